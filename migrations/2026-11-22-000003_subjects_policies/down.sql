@@ -1,0 +1,3 @@
+DROP TABLE policy_entries;
+DROP TABLE distribution_policies;
+DROP TABLE subjects;

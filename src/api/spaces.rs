@@ -1,0 +1,391 @@
+//! `/v1/spaces`: create, list, get, update and delete spaces.
+//!
+//! A space's id is a caller-chosen slug (`[a-z0-9-]`, 1–63 characters, no leading or trailing
+//! dash), immutable once created, so JWT `spaces` grants can name a space before it exists.
+//! Listing needs `licenses:read` and shows only granted spaces; creating, updating and deleting
+//! need `admin` and a grant for that space id. Updates and deletes honour `If-Match`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{Caller, Scope, SpaceGrant};
+use crate::http::AppState;
+use crate::http::etag::{IfMatch, etag_header};
+use crate::http::extract::Json;
+use crate::http::pagination::{PageQuery, next_cursor};
+use crate::http::problem::{ApiError, FieldError, types};
+use crate::ledger::activity::{self, Activity};
+use crate::ledger::spaces::{self as store, NewSpace, SpaceChanges, SpaceRow};
+
+/// A space.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Space {
+    /// Immutable slug, used in paths and in JWT `spaces` grants.
+    #[schema(example = "acme-eu")]
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Increments on every change; also sent as the `ETag`.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<SpaceRow> for Space {
+    fn from(r: SpaceRow) -> Self {
+        Space {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// One page of spaces.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SpacePage {
+    pub items: Vec<Space>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Body of `POST /v1/spaces`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSpace {
+    /// Slug: lowercase letters, digits and dashes, 1–63 characters, no leading/trailing dash.
+    #[schema(example = "acme-eu")]
+    pub id: String,
+    /// Display name, 1–200 characters.
+    #[schema(example = "ACME Europe")]
+    pub name: String,
+    /// Free text, at most 2000 characters.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Body of `PATCH /v1/spaces/{space}`: the fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpace {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// True for a well-formed space id.
+pub fn valid_space_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// 400 for a malformed space id in a path.
+pub fn check_space_path(id: &str) -> Result<(), ApiError> {
+    if valid_space_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            format!("{id:?} is not a space id (lowercase letters, digits, dashes; 1-63 characters)"),
+        ))
+    }
+}
+
+fn check_name(errors: &mut Vec<FieldError>, name: &str) {
+    let len = name.trim().chars().count();
+    if len == 0 || name.chars().count() > 200 {
+        errors.push(FieldError {
+            field: "name".into(),
+            message: "must be 1 to 200 characters and not blank".into(),
+        });
+    }
+}
+
+fn check_description(errors: &mut Vec<FieldError>, description: &str) {
+    if description.chars().count() > 2000 {
+        errors.push(FieldError {
+            field: "description".into(),
+            message: "must be at most 2000 characters".into(),
+        });
+    }
+}
+
+fn with_etag(mut builder: actix_web::HttpResponseBuilder, space: Space) -> HttpResponse {
+    builder.insert_header(etag_header(space.version));
+    builder.json(space)
+}
+
+/// List the spaces the caller may see.
+#[utoipa::path(
+    tag = "spaces",
+    operation_id = "list_spaces",
+    security(("bearer" = ["licenses:read"])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of spaces, ordered by id", body = SpacePage))
+)]
+#[get("/v1/spaces")]
+pub async fn list_spaces(
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<PageQuery>,
+) -> Result<web::Json<SpacePage>, ApiError> {
+    caller.require(Scope::LicensesRead)?;
+    let limit = query.limit()?;
+    let after: Option<String> = query.after()?;
+    let only: Option<Vec<String>> = match &caller.spaces {
+        SpaceGrant::All => None,
+        SpaceGrant::Only(set) => Some(set.iter().cloned().collect()),
+    };
+    let mut conn = state.pool.get().await?;
+    let rows = store::list(&mut conn, only.as_deref(), after.as_deref(), limit).await?;
+    let next = next_cursor(rows.len(), limit, rows.last().map(|r| r.id.clone()));
+    Ok(web::Json(SpacePage {
+        items: rows.into_iter().map(Space::from).collect(),
+        next_cursor: next,
+    }))
+}
+
+/// Create a space.
+#[utoipa::path(
+    tag = "spaces",
+    operation_id = "create_space",
+    security(("bearer" = ["admin"])),
+    request_body = CreateSpace,
+    responses(
+        (status = 201, description = "Created; `Location` and `ETag` headers are set", body = Space),
+        (status = 409, description = "A space with this id exists"),
+    )
+)]
+#[post("/v1/spaces")]
+pub async fn create_space(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: Json<CreateSpace>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let body = body.0;
+    let mut errors = Vec::new();
+    if !valid_space_id(&body.id) {
+        errors.push(FieldError {
+            field: "id".into(),
+            message: "lowercase letters, digits and dashes, 1-63 characters, \
+                      no leading or trailing dash"
+                .into(),
+        });
+    }
+    check_name(&mut errors, &body.name);
+    check_description(&mut errors, &body.description);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    if !caller.may_see(&body.id) {
+        return Err(ApiError::new(
+            &types::FORBIDDEN,
+            format!("your token does not grant space {}", body.id),
+        ));
+    }
+    let mut conn = state.pool.get().await?;
+    let row = store::insert(
+        &mut conn,
+        NewSpace {
+            id: &body.id,
+            name: body.name.trim(),
+            description: &body.description,
+        },
+    )
+    .await
+    .map_err(|e| match ApiError::from(e) {
+        err if err.kind() == &types::ALREADY_EXISTS => ApiError::new(
+            &types::ALREADY_EXISTS,
+            format!("space {} already exists", body.id),
+        ),
+        err => err,
+    })?;
+    activity::record(
+        &mut conn,
+        Activity::new(&caller.subject, "space.created").space(&row.id),
+    )
+    .await?;
+    let location = format!("/v1/spaces/{}", row.id);
+    let mut builder = HttpResponse::Created();
+    builder.insert_header((header::LOCATION, location));
+    Ok(with_etag(builder, row.into()))
+}
+
+/// Get one space.
+#[utoipa::path(
+    tag = "spaces",
+    operation_id = "get_space",
+    security(("bearer" = ["licenses:read"])),
+    params(("space" = String, Path, description = "Space id")),
+    responses((status = 200, description = "The space; `ETag` is set", body = Space))
+)]
+#[get("/v1/spaces/{space}")]
+pub async fn get_space(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    check_space_path(&id)?;
+    caller.authorize(&id, Scope::LicensesRead)?;
+    let mut conn = state.pool.get().await?;
+    let row = store::find(&mut conn, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("space {id}")))?;
+    Ok(with_etag(HttpResponse::Ok(), row.into()))
+}
+
+/// Change a space's name or description.
+#[utoipa::path(
+    tag = "spaces",
+    operation_id = "update_space",
+    security(("bearer" = ["admin"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("If-Match" = Option<String>, Header, description = "ETag the change is based on; 412 if the space changed since"),
+    ),
+    request_body = UpdateSpace,
+    responses(
+        (status = 200, description = "Updated; the new `ETag` is set", body = Space),
+        (status = 412, description = "If-Match does not match"),
+    )
+)]
+#[patch("/v1/spaces/{space}")]
+pub async fn update_space(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: Json<UpdateSpace>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    check_space_path(&id)?;
+    caller.authorize(&id, Scope::Admin)?;
+    let if_match = IfMatch::from_request(&req)?;
+    let body = body.0;
+    let mut errors = Vec::new();
+    if body.name.is_none() && body.description.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "name or description is required".into(),
+        });
+    }
+    if let Some(name) = &body.name {
+        check_name(&mut errors, name);
+    }
+    if let Some(description) = &body.description {
+        check_description(&mut errors, description);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let versions = match &if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    };
+    let mut conn = state.pool.get().await?;
+    let changes = SpaceChanges {
+        name: body.name.as_deref().map(str::trim),
+        description: body.description.as_deref(),
+    };
+    match store::update(&mut conn, &id, versions, changes).await? {
+        Some(row) => {
+            activity::record(
+                &mut conn,
+                Activity::new(&caller.subject, "space.updated").space(&row.id),
+            )
+            .await?;
+            Ok(with_etag(HttpResponse::Ok(), row.into()))
+        }
+        None => Err(missing_or_stale(&mut conn, &id).await),
+    }
+}
+
+/// Delete an empty space.
+#[utoipa::path(
+    tag = "spaces",
+    operation_id = "delete_space",
+    security(("bearer" = ["admin"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("If-Match" = Option<String>, Header, description = "ETag the delete is based on"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "The space still has accounts, subjects, policies or assignments"),
+        (status = 412, description = "If-Match does not match"),
+    )
+)]
+#[delete("/v1/spaces/{space}")]
+pub async fn delete_space(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    check_space_path(&id)?;
+    caller.authorize(&id, Scope::Admin)?;
+    let if_match = IfMatch::from_request(&req)?;
+    let versions = match &if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    };
+    let mut conn = state.pool.get().await?;
+    let deleted = store::delete(&mut conn, &id, versions)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            err if err.kind() == &types::IN_USE => ApiError::new(
+                &types::IN_USE,
+                format!(
+                    "space {id} still has accounts, subjects, policies or assignments; delete them first"
+                ),
+            ),
+            err => err,
+        })?;
+    if deleted == 0 {
+        return Err(missing_or_stale(&mut conn, &id).await);
+    }
+    activity::record(
+        &mut conn,
+        Activity::new(&caller.subject, "space.deleted").space(&id),
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// After a conditional write matched nothing: 404 if the space is gone, else 412.
+async fn missing_or_stale(conn: &mut crate::db::Conn, id: &str) -> ApiError {
+    match store::find(conn, id).await {
+        Ok(Some(row)) => IfMatch::failed(row.version),
+        Ok(None) => ApiError::not_found(format!("space {id}")),
+        Err(e) => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_space_id;
+
+    #[test]
+    fn space_ids() {
+        for ok in ["a", "acme-eu", "0", "a1-b2", &"x".repeat(63)] {
+            assert!(valid_space_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a b", "é", &"x".repeat(64)] {
+            assert!(!valid_space_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The `vpp-broker` command line: one binary, one subcommand per role.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+use crate::config::{LogArgs, LogFormat};
+use crate::telemetry::logging;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vpp-broker",
+    version,
+    about = "Allocates, revokes and reconciles Apple Apps and Books (VPP) licenses across prioritized token accounts",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the background workers.
+    Serve(commands::serve::ServeArgs),
+    /// Apply pending database migrations (safe to run from several replicas at once).
+    Migrate(commands::migrate::MigrateArgs),
+    /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
+    Openapi(commands::openapi::OpenapiArgs),
+    /// Start a complete local service with no set-up: PostgreSQL (found or started), migrations,
+    /// a demo space and a development JWT.
+    Dev(commands::dev::DevArgs),
+}
+
+/// Parses the command line, sets up logging and runs the subcommand on a tokio runtime.
+pub fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if matches!(cli.command, Command::Dev(_)) && std::env::var_os("VPP_LOG_FORMAT").is_none() {
+        cli.log.log_format = LogFormat::Text;
+    }
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Migrate(args) => commands::migrate::run(args).await,
+            Command::Openapi(args) => commands::openapi::run(args),
+            Command::Dev(args) => commands::dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "vpp-broker stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,25 @@
+//! `vpp-broker migrate`: apply pending migrations under an advisory lock.
+
+use clap::Args;
+
+use crate::config::DbArgs;
+use crate::db::migrate;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+pub async fn run(args: MigrateArgs) -> Result<(), String> {
+    args.db.validate()?;
+    let applied = migrate::run_pending(&args.db.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    if applied.is_empty() {
+        tracing::info!("database schema is up to date");
+    } else {
+        tracing::info!(applied = ?applied, "migrations applied");
+    }
+    Ok(())
+}

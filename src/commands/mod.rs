@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod dev;
+pub mod migrate;
+pub mod openapi;
+pub mod serve;

@@ -1,0 +1,62 @@
+//! `vpp-broker serve`: the HTTP API (and, as later capabilities land, the background workers).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::jwt::Authenticator;
+use crate::config::{AuthArgs, DbArgs, HttpArgs};
+use crate::db::{self, migrate};
+use crate::http::AppState;
+use crate::http::server::{self, Parts};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Apply pending migrations before serving (under the same advisory lock as `migrate`).
+    /// The Helm chart runs `migrate` as a hook instead.
+    #[arg(long, env = "VPP_AUTO_MIGRATE", default_value_t = false)]
+    pub auto_migrate: bool,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    args.db.validate()?;
+    args.auth.validate()?;
+    if args.auto_migrate {
+        let applied = migrate::run_pending(&args.db.database_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(applied = applied.len(), "auto-migrate finished");
+    }
+    let pool = db::connect(&args.db, "vpp-broker")?;
+    let authenticator = Arc::new(Authenticator::from_args(&args.auth).await?);
+    let cancel = CancellationToken::new();
+    if let Some(jwks) = authenticator.jwks() {
+        jwks.spawn_refresher(cancel.clone());
+    }
+    let listener = TcpListener::bind(args.http.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
+    let state = Arc::new(AppState { pool });
+    let server = server::start(
+        Parts {
+            state,
+            authenticator,
+        },
+        &args.http,
+        listener,
+        true,
+    )
+    .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    tracing::info!(listen = %args.http.listen, "vpp-broker serving");
+    let result = server.await.map_err(|e| format!("HTTP server failed: {e}"));
+    cancel.cancel();
+    tracing::info!("vpp-broker stopped");
+    result
+}

@@ -1,0 +1,194 @@
+//! Command-line and environment configuration (12-factor).
+//!
+//! Every option reads an environment variable of the same meaning, so the Helm chart, the
+//! Dockerfile and a developer shell all configure the service the same way. Values are parsed by
+//! clap and then checked by [`validate`](AuthArgs::validate)-style methods at start-up, so a bad
+//! setting stops the process with one clear message instead of failing on the first request.
+//! Secrets (`DATABASE_URL`, JWT secrets) have `hide_env_values` so `--help` never prints them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable lines (for a terminal).
+    Text,
+}
+
+/// Logging options, shared by every subcommand.
+#[derive(Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, env = "VPP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `info,vpp_broker=debug`.
+    #[arg(long, env = "VPP_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+/// PostgreSQL connection options.
+#[derive(Args, Clone, Debug)]
+pub struct DbArgs {
+    /// PostgreSQL URL of the ledger database, e.g. postgres://user:pass@host:5432/vpp_broker.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Maximum connections this process keeps open to PostgreSQL.
+    #[arg(long, env = "VPP_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_pool_size: u32,
+    /// Seconds to wait for a free pooled connection (or a new one) before answering 503.
+    #[arg(long, env = "VPP_DB_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub db_timeout_secs: u64,
+    /// Server-side statement timeout in milliseconds for request-path queries.
+    #[arg(long, env = "VPP_DB_STATEMENT_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub db_statement_timeout_ms: u64,
+}
+
+impl DbArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.db_timeout_secs)
+    }
+
+    /// Rejects URLs that are not PostgreSQL URLs before anything tries to connect.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.database_url)
+            .map_err(|e| format!("DATABASE_URL is not a valid URL: {e}"))?;
+        match url.scheme() {
+            "postgres" | "postgresql" => Ok(()),
+            other => Err(format!(
+                "DATABASE_URL must start with postgres:// or postgresql://, not {other}://"
+            )),
+        }
+    }
+}
+
+/// HTTP server options.
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Address and port the HTTP API listens on.
+    #[arg(long, env = "VPP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// HTTP worker threads; 0 means one per CPU core.
+    #[arg(long, env = "VPP_HTTP_WORKERS", default_value_t = 0)]
+    pub http_workers: usize,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "VPP_BODY_LIMIT_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub body_limit_bytes: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM before the process exits.
+    #[arg(long, env = "VPP_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Caller authentication: which JWTs are accepted.
+///
+/// At least one key source must be given: a shared HS256 secret (development), PEM public keys
+/// (RS256 / ES256), or a JWKS URL. Algorithms are pinned by key type; `alg: none` and any
+/// algorithm without a configured key are refused.
+#[derive(Args, Clone, Debug)]
+pub struct AuthArgs {
+    /// Required `iss` claim of caller JWTs.
+    #[arg(long, env = "VPP_JWT_ISSUER")]
+    pub jwt_issuer: String,
+    /// Required `aud` claim of caller JWTs.
+    #[arg(long, env = "VPP_JWT_AUDIENCE")]
+    pub jwt_audience: String,
+    /// Shared secret for HS256 tokens (at least 32 bytes). Meant for development.
+    #[arg(long, env = "VPP_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM-encoded public keys (RSA for RS256, EC P-256 for ES256); several keys may be
+    /// concatenated.
+    #[arg(long, env = "VPP_JWT_PUBLIC_KEYS_PEM", hide_env_values = true)]
+    pub jwt_public_keys_pem: Option<String>,
+    /// URL of a JWKS document (RS256 / ES256 keys), fetched at start and cached.
+    #[arg(long, env = "VPP_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Seconds between JWKS refreshes (an unknown `kid` also triggers one, at most every 30 s).
+    #[arg(long, env = "VPP_JWT_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub jwt_jwks_refresh_secs: u64,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "VPP_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_secs: u64,
+}
+
+impl AuthArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jwt_issuer.trim().is_empty() {
+            return Err("VPP_JWT_ISSUER must not be empty".into());
+        }
+        if self.jwt_audience.trim().is_empty() {
+            return Err("VPP_JWT_AUDIENCE must not be empty".into());
+        }
+        if self.jwt_hs256_secret.is_none()
+            && self.jwt_public_keys_pem.is_none()
+            && self.jwt_jwks_url.is_none()
+        {
+            return Err("no JWT key configured: set VPP_JWT_HS256_SECRET, \
+                 VPP_JWT_PUBLIC_KEYS_PEM or VPP_JWT_JWKS_URL"
+                .into());
+        }
+        if let Some(secret) = &self.jwt_hs256_secret
+            && secret.len() < 32
+        {
+            return Err("VPP_JWT_HS256_SECRET must be at least 32 bytes long".into());
+        }
+        if let Some(url) = &self.jwt_jwks_url {
+            let parsed =
+                url::Url::parse(url).map_err(|e| format!("VPP_JWT_JWKS_URL is not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err("VPP_JWT_JWKS_URL must be an http(s) URL".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> AuthArgs {
+        AuthArgs {
+            jwt_issuer: "iss".into(),
+            jwt_audience: "aud".into(),
+            jwt_hs256_secret: None,
+            jwt_public_keys_pem: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
+            jwt_leeway_secs: 30,
+        }
+    }
+
+    #[test]
+    fn auth_needs_a_key_source() {
+        let err = auth().validate().unwrap_err();
+        assert!(err.contains("no JWT key configured"), "{err}");
+    }
+
+    #[test]
+    fn short_hs256_secret_is_refused() {
+        let mut a = auth();
+        a.jwt_hs256_secret = Some("short".into());
+        assert!(a.validate().unwrap_err().contains("32 bytes"));
+        a.jwt_hs256_secret = Some("x".repeat(32));
+        assert!(a.validate().is_ok());
+    }
+
+    #[test]
+    fn database_url_must_be_postgres() {
+        let mut db = DbArgs {
+            database_url: "mysql://x/y".into(),
+            db_pool_size: 1,
+            db_timeout_secs: 1,
+            db_statement_timeout_ms: 1000,
+        };
+        assert!(db.validate().unwrap_err().contains("postgres://"));
+        db.database_url = "not a url".into();
+        assert!(db.validate().unwrap_err().contains("not a valid URL"));
+        db.database_url = "postgres://u@localhost/db".into();
+        assert!(db.validate().is_ok());
+    }
+}

@@ -1,0 +1,206 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    account_distribution_entries (account_id, kind, value) {
+        account_id -> Uuid,
+        kind -> Text,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    accounts (id) {
+        id -> Uuid,
+        space_id -> Text,
+        name -> Text,
+        priority -> Int4,
+        location_uid -> Text,
+        location_name -> Text,
+        country_code -> Text,
+        website_url -> Text,
+        org_name -> Text,
+        token_ciphertext -> Bytea,
+        token_nonce -> Bytea,
+        token_key_id -> Text,
+        token_expires_at -> Timestamptz,
+        status -> Text,
+        status_reason -> Text,
+        status_changed_at -> Timestamptz,
+        throttled_until -> Nullable<Timestamptz>,
+        apple_mdm_id -> Nullable<Text>,
+        notification_token_hash -> Nullable<Bytea>,
+        notify_on_removal -> Bool,
+        new_assets_for_everyone -> Bool,
+        when_unusable -> Text,
+        last_full_sync_at -> Nullable<Timestamptz>,
+        last_incremental_sync_at -> Nullable<Timestamptz>,
+        assignments_version_id -> Nullable<Text>,
+        delete_requested_at -> Nullable<Timestamptz>,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    activity_log (id) {
+        id -> Int8,
+        occurred_at -> Timestamptz,
+        space_id -> Nullable<Text>,
+        actor -> Text,
+        action -> Text,
+        account_id -> Nullable<Uuid>,
+        assignment_id -> Nullable<Uuid>,
+        subject -> Nullable<Text>,
+        adam_id -> Nullable<Text>,
+        pricing_param -> Nullable<Text>,
+        rule -> Nullable<Text>,
+        apple_event_id -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        details -> Jsonb,
+    }
+}
+
+diesel::table! {
+    assets (account_id, adam_id, pricing_param) {
+        account_id -> Uuid,
+        adam_id -> Text,
+        pricing_param -> Text,
+        product_type -> Text,
+        device_assignable -> Bool,
+        revocable -> Bool,
+        supported_platforms -> Array<Nullable<Text>>,
+        apple_total -> Int4,
+        apple_assigned -> Int4,
+        apple_retired -> Int4,
+        foreign_assigned -> Int4,
+        held -> Int4,
+        synced_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    assignments (id) {
+        id -> Uuid,
+        space_id -> Text,
+        account_id -> Uuid,
+        adam_id -> Text,
+        pricing_param -> Text,
+        subject_id -> Uuid,
+        license_type -> Text,
+        state -> Text,
+        rule -> Text,
+        decision -> Jsonb,
+        requested_by -> Text,
+        reason -> Text,
+        apple_event_id -> Nullable<Text>,
+        batch_id -> Nullable<Uuid>,
+        error -> Nullable<Jsonb>,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    distribution_policies (id) {
+        id -> Uuid,
+        space_id -> Text,
+        adam_id -> Text,
+        pricing_param -> Text,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (space_id, caller, key) {
+        space_id -> Text,
+        caller -> Text,
+        key -> Text,
+        request_fingerprint -> Bytea,
+        status_code -> Nullable<Int4>,
+        response_body -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Int8,
+        kind -> Text,
+        account_id -> Nullable<Uuid>,
+        payload -> Jsonb,
+        dedupe_key -> Nullable<Text>,
+        state -> Text,
+        run_at -> Timestamptz,
+        attempts -> Int4,
+        locked_by -> Nullable<Text>,
+        locked_until -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    policy_entries (policy_id, target_kind, target) {
+        policy_id -> Uuid,
+        target_kind -> Text,
+        target -> Text,
+        mode -> Text,
+        account_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    spaces (id) {
+        id -> Text,
+        name -> Text,
+        description -> Text,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    subjects (id) {
+        id -> Uuid,
+        space_id -> Text,
+        kind -> Text,
+        external_id -> Text,
+        groups -> Array<Nullable<Text>>,
+        user_external_id -> Nullable<Text>,
+        shared_ipad -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(account_distribution_entries -> accounts (account_id));
+diesel::joinable!(accounts -> spaces (space_id));
+diesel::joinable!(assets -> accounts (account_id));
+diesel::joinable!(assignments -> spaces (space_id));
+diesel::joinable!(assignments -> subjects (subject_id));
+diesel::joinable!(distribution_policies -> spaces (space_id));
+diesel::joinable!(jobs -> accounts (account_id));
+diesel::joinable!(policy_entries -> accounts (account_id));
+diesel::joinable!(policy_entries -> distribution_policies (policy_id));
+diesel::joinable!(subjects -> spaces (space_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    account_distribution_entries,
+    accounts,
+    activity_log,
+    assets,
+    assignments,
+    distribution_policies,
+    idempotency_keys,
+    jobs,
+    policy_entries,
+    spaces,
+    subjects,
+);

@@ -1,0 +1,175 @@
+//! The outermost middleware: request id, tracing span, access log, metrics, panic guard and the
+//! problem+json safety net.
+//!
+//! For each request it
+//! 1. takes a sane incoming `x-request-id` or makes one (UUIDv7), echoes it in the response;
+//! 2. runs the rest of the stack inside a `request` span (so every log line has the id) and a
+//!    task-local [`RequestInfo`] (so problem bodies carry it);
+//! 3. turns a panic into a generic 500 problem (the panic is logged once, the client never sees
+//!    a dropped connection);
+//! 4. turns any error response that is not already `application/problem+json` into one;
+//! 5. records `http_requests_total` / `http_request_duration_seconds` by route pattern and logs
+//!    one access line: method, route, status, latency. Headers are never logged, so
+//!    `Authorization` never reaches the logs.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpResponse, ResponseError};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use super::problem::{self, ApiError};
+use crate::telemetry::metrics;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What handlers and error rendering may know about the current request.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    pub request_id: String,
+    pub path: String,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestInfo;
+}
+
+/// The current request, when called inside a request.
+pub fn current() -> Option<RequestInfo> {
+    REQUEST.try_with(Clone::clone).ok()
+}
+
+/// The current request id, when called inside a request.
+pub fn request_id() -> Option<String> {
+    REQUEST.try_with(|r| r.request_id.clone()).ok()
+}
+
+fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
+    let value = req.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| value.to_owned())
+}
+
+enum Outcome {
+    Response(ServiceResponse<BoxBody>),
+    Error(HttpResponse),
+    Panic(HttpResponse),
+}
+
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let started = Instant::now();
+    let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    let info = RequestInfo {
+        request_id: request_id.clone(),
+        path: path.clone(),
+    };
+
+    let outcome = REQUEST
+        .scope(info, async move {
+            match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+                Ok(Ok(res)) => {
+                    let res = res.map_into_boxed_body();
+                    if needs_problem_body(&res) {
+                        let status = res.status();
+                        let kind = problem::for_status(status);
+                        let fixed = ApiError::new(kind, status.canonical_reason().unwrap_or("error"))
+                            .error_response();
+                        let mut fixed = fixed;
+                        *fixed.status_mut() = status;
+                        copy_header(res.headers(), fixed.headers_mut(), header::ALLOW);
+                        copy_header(res.headers(), fixed.headers_mut(), header::WWW_AUTHENTICATE);
+                        copy_header(res.headers(), fixed.headers_mut(), header::RETRY_AFTER);
+                        let (req, _) = res.into_parts();
+                        Outcome::Response(ServiceResponse::new(req, fixed))
+                    } else {
+                        Outcome::Response(res)
+                    }
+                }
+                Ok(Err(err)) => Outcome::Error(err.error_response()),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".into());
+                    tracing::error!(panic = %message, "handler panicked");
+                    Outcome::Panic(ApiError::bare(&problem::types::INTERNAL).error_response())
+                }
+            }
+        })
+        .instrument(span.clone())
+        .await;
+
+    let request_id_value = HeaderValue::from_str(&request_id).ok();
+    let request_id_name = header::HeaderName::from_static(REQUEST_ID_HEADER);
+    // The request cannot be cloned while the inner service runs (actix needs it unshared for
+    // routing), so errors and panics are answered through `InternalError::from_response`.
+    let (result, status, route) = match outcome {
+        Outcome::Response(mut res) => {
+            if let Some(v) = request_id_value {
+                res.headers_mut().insert(request_id_name, v);
+            }
+            let status = res.status().as_u16();
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned());
+            (Ok(res), status, route)
+        }
+        Outcome::Error(mut resp) | Outcome::Panic(mut resp) => {
+            if let Some(v) = request_id_value {
+                resp.headers_mut().insert(request_id_name, v);
+            }
+            let status = resp.status().as_u16();
+            let err = actix_web::error::InternalError::from_response("request failed", resp);
+            (Err(Error::from(err)), status, "unmatched".to_owned())
+        }
+    };
+    let elapsed = started.elapsed();
+    metrics::record_request(&method, &route, status, elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            route = %route,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    result
+}
+
+fn needs_problem_body(res: &ServiceResponse<BoxBody>) -> bool {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return false;
+    }
+    !res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/problem+json"))
+}
+
+fn copy_header(
+    from: &header::HeaderMap,
+    to: &mut header::HeaderMap,
+    name: header::HeaderName,
+) {
+    if let Some(value) = from.get(&name) {
+        to.insert(name, value.clone());
+    }
+}

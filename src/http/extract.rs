@@ -1,0 +1,204 @@
+//! Extractor configuration: every way a body, path or query can be wrong becomes a problem.
+//!
+//! * body not JSON by content type → 415 `unsupported-media-type`
+//! * body larger than the limit → 413 `payload-too-large`
+//! * syntactically broken JSON → 400 `malformed-json`
+//! * wrong types, missing or unknown fields → 422 `invalid-body` (request types use
+//!   `deny_unknown_fields`)
+//! * a path segment or query parameter of the wrong shape → 400 `invalid-parameter`
+
+use actix_web::dev::Payload;
+use actix_web::error::{PathError, QueryPayloadError};
+use actix_web::http::header;
+use actix_web::web::{BytesMut, PathConfig, QueryConfig};
+use actix_web::{FromRequest, HttpRequest, error};
+use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use super::problem::{ApiError, FieldError, types};
+
+/// Largest accepted body, in bytes (app data set by the server from `VPP_BODY_LIMIT_BYTES`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON request body. Unlike actix's `Json`, errors name the offending field by its path
+/// (`accounts[2].priority: invalid type ...`) and are problems.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(256 * 1024);
+        let content_type_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == mime::APPLICATION
+                    && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+            });
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !content_type_ok {
+                return Err(ApiError::new(
+                    &types::UNSUPPORTED_MEDIA_TYPE,
+                    "the body must be JSON sent with Content-Type: application/json",
+                ));
+            }
+            if let Some(length) = declared
+                && length > limit
+            {
+                return Err(too_large(limit));
+            }
+            let mut body = BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::new(&types::BAD_REQUEST, format!("cannot read the body: {e}"))
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(Json)
+        })
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        &types::PAYLOAD_TOO_LARGE,
+        format!("the body exceeds the limit of {limit} bytes"),
+    )
+}
+
+/// Parses JSON; errors say which field is wrong.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        deserialize_error(e.inner(), &path)
+    })?;
+    de.end().map_err(|e| deserialize_error(&e, "."))?;
+    Ok(value)
+}
+
+pub fn path_config() -> PathConfig {
+    PathConfig::default().error_handler(path_error)
+}
+
+pub fn query_config() -> QueryConfig {
+    QueryConfig::default().error_handler(query_error)
+}
+
+/// Syntax errors are 400; data errors (types, unknown or missing fields) are 422 with the field.
+fn deserialize_error(e: &serde_json::Error, path: &str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let message = e.to_string();
+            let field = match (field_of(&message), path) {
+                // "unknown field `x`" / "missing field `y`": name the field inside `path`.
+                (Some(name), ".") => name,
+                (Some(name), p) if !p.ends_with(&name) => format!("{p}.{name}"),
+                (_, ".") => "body".to_owned(),
+                (_, p) => p.to_owned(),
+            };
+            let message = strip_position(&message);
+            ApiError::new(&types::INVALID_BODY, format!("{field}: {message}"))
+                .with_errors(vec![FieldError { field, message }])
+        }
+        _ => ApiError::new(&types::MALFORMED_JSON, format!("the body is not valid JSON: {e}")),
+    }
+}
+
+/// serde names the offending field in backticks: "unknown field `x`", "missing field `y`".
+fn field_of(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    let candidate = &message[start..end];
+    (message.contains("field") && !candidate.is_empty()).then(|| candidate.to_owned())
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn path_error(err: PathError, _req: &HttpRequest) -> error::Error {
+    let PathError::Deserialize(e) = &err else {
+        return ApiError::new(&types::INVALID_PARAMETER, err.to_string()).into();
+    };
+    ApiError::new(&types::INVALID_PARAMETER, format!("invalid path parameter: {e}")).into()
+}
+
+fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> error::Error {
+    let QueryPayloadError::Deserialize(e) = &err else {
+        return ApiError::new(&types::INVALID_PARAMETER, err.to_string()).into();
+    };
+    ApiError::new(&types::INVALID_PARAMETER, format!("invalid query parameter: {e}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        items: Option<Vec<Item>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        n: u32,
+    }
+
+    fn field(body: &str) -> (String, u16, String) {
+        let err = parse::<Body>(body.as_bytes()).unwrap_err();
+        let problem = err.to_problem();
+        let field = problem.errors.first().map(|e| e.field.clone()).unwrap_or_default();
+        (field, problem.status, err.kind().slug.to_owned())
+    }
+
+    #[test]
+    fn unknown_and_wrong_fields_name_the_field() {
+        assert_eq!(field(r#"{"name":"a","extra":1}"#), ("extra".into(), 422, "invalid-body".into()));
+        assert_eq!(field(r#"{}"#), ("name".into(), 422, "invalid-body".into()));
+        assert_eq!(field(r#"{"name": 5}"#), ("name".into(), 422, "invalid-body".into()));
+        assert_eq!(
+            field(r#"{"name":"a","items":[{"n":1},{"n":"x"}]}"#),
+            ("items[1].n".into(), 422, "invalid-body".into())
+        );
+        assert_eq!(
+            field(r#"{"name":"a","items":[{"n":1,"m":2}]}"#),
+            ("items[0].m".into(), 422, "invalid-body".into())
+        );
+    }
+
+    #[test]
+    fn broken_json_is_malformed() {
+        assert_eq!(field(r#"{"name": "#).2, "malformed-json");
+        assert_eq!(field(r#"{"name": "a"} trailing"#).2, "malformed-json");
+        assert_eq!(field("").2, "malformed-json");
+    }
+}

@@ -1,0 +1,19 @@
+//! HTTP transport: server assembly, middleware, problem+json errors, extractors, pagination,
+//! ETags, the OpenAPI document and the operational routes. Resources live in [`crate::api`].
+
+pub mod context;
+pub mod etag;
+pub mod extract;
+pub mod fallback;
+pub mod openapi;
+pub mod ops;
+pub mod pagination;
+pub mod problem;
+pub mod server;
+
+use crate::db::Pool;
+
+/// State shared by every handler.
+pub struct AppState {
+    pub pool: Pool,
+}

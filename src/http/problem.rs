@@ -1,0 +1,384 @@
+//! RFC 9457 `application/problem+json` errors.
+//!
+//! Every failure a client can see has a [`ProblemType`] with a stable `type` URI
+//! (`urn:vpp-broker:problem:<slug>`), an HTTP status and a title. Handlers return
+//! [`ApiError`]; its `ResponseError` impl renders the problem, adds the request id, and logs
+//! 5xx causes once (with the request id from the surrounding span). Internal details never reach
+//! the body of a 500.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::context;
+
+/// Prefix of every problem `type`.
+pub const TYPE_PREFIX: &str = "urn:vpp-broker:problem:";
+
+/// A kind of failure: stable slug, HTTP status and title.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProblemType {
+    pub slug: &'static str,
+    pub status: u16,
+    pub title: &'static str,
+}
+
+impl ProblemType {
+    pub fn type_uri(&self) -> String {
+        format!("{TYPE_PREFIX}{}", self.slug)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+macro_rules! problem_types {
+    ($( $(#[$doc:meta])* $name:ident = ($slug:literal, $status:literal, $title:literal); )+) => {
+        $( $(#[$doc])* pub const $name: ProblemType = ProblemType { slug: $slug, status: $status, title: $title }; )+
+        /// Every problem type the service can answer with.
+        pub const ALL: &[&ProblemType] = &[$(&$name),+];
+    };
+}
+
+/// The catalogue of problem types. Adding one here is the only way to answer a new failure.
+pub mod types {
+    use super::ProblemType;
+
+    problem_types! {
+        /// The body is not syntactically valid JSON.
+        MALFORMED_JSON = ("malformed-json", 400, "Malformed JSON body");
+        /// A path segment or query parameter has the wrong format.
+        INVALID_PARAMETER = ("invalid-parameter", 400, "Invalid path or query parameter");
+        /// The request is malformed in another way (bad header, bad payload).
+        BAD_REQUEST = ("bad-request", 400, "Bad request");
+        /// Missing, malformed, expired or otherwise unacceptable bearer token.
+        UNAUTHORIZED = ("unauthorized", 401, "Authentication required");
+        /// The token is valid but lacks a scope the operation needs.
+        FORBIDDEN = ("forbidden", 403, "Missing scope");
+        /// Nothing with that id exists in a space the caller may see.
+        NOT_FOUND = ("not-found", 404, "Not found");
+        /// The route exists but not for this HTTP method.
+        METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed");
+        /// A resource with the same identity already exists.
+        ALREADY_EXISTS = ("already-exists", 409, "Already exists");
+        /// The resource is still referenced and cannot be deleted.
+        IN_USE = ("in-use", 409, "Resource in use");
+        /// The request conflicts with the current state of the resource.
+        CONFLICT = ("conflict", 409, "Conflict");
+        /// `If-Match` does not match the resource's current ETag.
+        PRECONDITION_FAILED = ("precondition-failed", 412, "Precondition failed");
+        /// The body is larger than the configured limit.
+        PAYLOAD_TOO_LARGE = ("payload-too-large", 413, "Payload too large");
+        /// The body is not `application/json`.
+        UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", 415, "Unsupported media type");
+        /// Well-formed JSON that does not match the operation's schema (types, unknown fields).
+        INVALID_BODY = ("invalid-body", 422, "Invalid request body");
+        /// The body matches the schema but a value is not acceptable.
+        VALIDATION_FAILED = ("validation-failed", 422, "Validation failed");
+        /// An unexpected failure; details are in the server log under the request id.
+        INTERNAL = ("internal", 500, "Internal server error");
+        /// A dependency (the database, the key set) is unavailable; retry later.
+        UNAVAILABLE = ("unavailable", 503, "Service unavailable");
+    }
+}
+
+/// One invalid field of a request.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON pointer-like path of the field, e.g. `name`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable identifier of the kind of failure (`urn:vpp-broker:problem:<slug>`).
+    #[serde(rename = "type")]
+    #[schema(example = "urn:vpp-broker:problem:not-found")]
+    pub type_: String,
+    /// Short summary of the kind of failure.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The request id (also in the `x-request-id` response header and every log line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Invalid fields, for `validation-failed` and `invalid-body`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Extra, problem-specific members.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub extensions: Option<serde_json::Value>,
+}
+
+/// The error type of every handler.
+pub struct ApiError {
+    kind: &'static ProblemType,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+    extensions: Option<serde_json::Value>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Cause of a 5xx, logged once and never shown.
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    pub fn new(kind: &'static ProblemType, detail: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            detail: Some(detail.into()),
+            errors: Vec::new(),
+            extensions: None,
+            headers: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// A problem without detail text.
+    pub fn bare(kind: &'static ProblemType) -> Self {
+        ApiError {
+            detail: None,
+            ..ApiError::new(kind, "")
+        }
+    }
+
+    /// An unexpected failure: logged with its cause, answered with a generic 500.
+    pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError {
+            source: Some(source.into()),
+            ..ApiError::new(&types::INTERNAL, "an unexpected error occurred; the server log has the details under this request id")
+        }
+    }
+
+    pub fn not_found(what: impl fmt::Display) -> Self {
+        ApiError::new(&types::NOT_FOUND, format!("{what} not found"))
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError {
+            errors,
+            ..ApiError::new(&types::VALIDATION_FAILED, detail)
+        }
+    }
+
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::validation(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    pub fn with_extensions(mut self, extensions: serde_json::Value) -> Self {
+        self.extensions = Some(extensions);
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn kind(&self) -> &'static ProblemType {
+        self.kind
+    }
+
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// The problem document this error renders to.
+    pub fn to_problem(&self) -> Problem {
+        let info = context::current();
+        Problem {
+            type_: self.kind.type_uri(),
+            title: self.kind.title.to_owned(),
+            status: self.kind.status,
+            detail: self.detail.clone(),
+            instance: info.as_ref().map(|i| i.path.clone()),
+            request_id: info.map(|i| i.request_id),
+            errors: self.errors.clone(),
+            extensions: self.extensions.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiError")
+            .field("type", &self.kind.slug)
+            .field("detail", &self.detail)
+            .finish()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.detail {
+            Some(d) => write!(f, "{}: {d}", self.kind.title),
+            None => f.write_str(self.kind.title),
+        }
+    }
+}
+
+/// Renders the cause chain of an error on one line.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.kind.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.kind.status >= 500 {
+            match &self.source {
+                Some(source) => tracing::error!(
+                    problem = self.kind.slug,
+                    error = %chain(source.as_ref()),
+                    "request failed"
+                ),
+                None => tracing::error!(problem = self.kind.slug, detail = ?self.detail, "request failed"),
+            }
+        }
+        let mut builder = HttpResponse::build(self.status_code());
+        builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        for (name, value) in &self.headers {
+            builder.insert_header((name.clone(), value.clone()));
+        }
+        builder.json(self.to_problem())
+    }
+}
+
+/// Maps database errors: missing row → 404, unique violation → 409, FK violation → 409 in-use,
+/// CHECK violation → 422; everything else is a 500 with the cause logged.
+impl From<diesel::result::Error> for ApiError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &err {
+            Error::NotFound => ApiError::bare(&types::NOT_FOUND),
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => ApiError::new(
+                &types::ALREADY_EXISTS,
+                format!(
+                    "conflicts with an existing record ({})",
+                    info.constraint_name().unwrap_or("unique constraint")
+                ),
+            ),
+            Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info) => ApiError::new(
+                &types::IN_USE,
+                format!(
+                    "still referenced by other records ({})",
+                    info.constraint_name().unwrap_or("foreign key")
+                ),
+            ),
+            Error::DatabaseError(DatabaseErrorKind::CheckViolation, info) => ApiError::new(
+                &types::VALIDATION_FAILED,
+                format!(
+                    "a value is out of range ({})",
+                    info.constraint_name().unwrap_or("check constraint")
+                ),
+            ),
+            _ => ApiError::internal(err),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
+    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        tracing::warn!(error = %err, "database pool unavailable");
+        ApiError::new(
+            &types::UNAVAILABLE,
+            "the ledger database is unavailable; retry later",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+}
+
+/// Builds the problem for a bare status code (the safety net for responses not produced by
+/// [`ApiError`], e.g. from third-party services mounted in the app).
+pub fn for_status(status: StatusCode) -> &'static ProblemType {
+    match status.as_u16() {
+        401 => &types::UNAUTHORIZED,
+        403 => &types::FORBIDDEN,
+        404 => &types::NOT_FOUND,
+        405 => &types::METHOD_NOT_ALLOWED,
+        409 => &types::CONFLICT,
+        412 => &types::PRECONDITION_FAILED,
+        413 => &types::PAYLOAD_TOO_LARGE,
+        415 => &types::UNSUPPORTED_MEDIA_TYPE,
+        422 => &types::INVALID_BODY,
+        s if s >= 500 && s != 503 => &types::INTERNAL,
+        503 => &types::UNAVAILABLE,
+        _ => &types::BAD_REQUEST,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn problem_slugs_are_unique_and_statuses_are_errors() {
+        let mut seen = HashSet::new();
+        for p in types::ALL {
+            assert!(seen.insert(p.slug), "duplicate slug {}", p.slug);
+            assert!((400..600).contains(&p.status), "{} has status {}", p.slug, p.status);
+            assert!(p.type_uri().starts_with(TYPE_PREFIX));
+        }
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let err = ApiError::internal(std::io::Error::other("secret connection string"));
+        let problem = err.to_problem();
+        assert_eq!(problem.status, 500);
+        let body = serde_json::to_string(&problem).unwrap();
+        assert!(!body.contains("secret connection string"), "{body}");
+    }
+
+    #[test]
+    fn database_errors_map_to_problems() {
+        assert_eq!(ApiError::from(diesel::result::Error::NotFound).kind().status, 404);
+        assert_eq!(
+            ApiError::from(diesel::result::Error::RollbackTransaction).kind().status,
+            500
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
+//!
+//! Names: `http_requests_total` and `http_request_duration_seconds` (labels `method`, `route`,
+//! `status`), `db_pool_connections` (label `state`: `size`, `available`, `waiting`, `max`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus handle; installs the recorder on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("duration_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .expect("static bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed in tests that embed the library; then
+        // this handle renders nothing but still works.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Records one finished HTTP request.
+pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(seconds);
+}
+
+/// Publishes the state of a database pool.
+pub fn record_pool(status: deadpool::Status) {
+    metrics::gauge!("db_pool_connections", "state" => "size").set(status.size as f64);
+    metrics::gauge!("db_pool_connections", "state" => "available").set(status.available as f64);
+    metrics::gauge!("db_pool_connections", "state" => "waiting").set(status.waiting as f64);
+    metrics::gauge!("db_pool_connections", "state" => "max").set(status.max_size as f64);
+}
