@@ -38,7 +38,17 @@ pub enum Command {
 
 /// Parses the command line, sets up logging and runs the subcommand on a tokio runtime.
 pub fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let mut cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let hint = env_hint(&e);
+            let _ = e.print();
+            if let Some(hint) = hint {
+                eprintln!("note: {hint}");
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     if matches!(cli.command, Command::Dev(_)) && std::env::var_os("VPP_LOG_FORMAT").is_none() {
         cli.log.log_format = LogFormat::Text;
     }
@@ -46,7 +56,10 @@ pub fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -69,6 +82,31 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// For a bad option value, names the environment variable it may have come from.
+fn env_hint(err: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(arg) = err.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.trim_start_matches("--");
+    let root = Cli::command();
+    let commands = std::iter::once(&root).chain(root.get_subcommands());
+    for command in commands {
+        for a in command.get_arguments() {
+            if a.get_long() == Some(long)
+                && let Some(env) = a.get_env()
+            {
+                return Some(format!(
+                    "--{long} is also read from the environment variable {}",
+                    env.to_string_lossy()
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

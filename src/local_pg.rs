@@ -119,7 +119,9 @@ pub async fn locate(given: Option<&str>) -> Result<Server, String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         if !last.is_empty() {
-            return Err(format!("private PostgreSQL did not accept connections: {last}"));
+            return Err(format!(
+                "private PostgreSQL did not accept connections: {last}"
+            ));
         }
     }
     Ok(Server {

@@ -97,7 +97,9 @@ pub fn check_space_path(id: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             &types::INVALID_PARAMETER,
-            format!("{id:?} is not a space id (lowercase letters, digits, dashes; 1-63 characters)"),
+            format!(
+                "{id:?} is not a space id (lowercase letters, digits, dashes; 1-63 characters)"
+            ),
         ))
     }
 }

@@ -89,7 +89,9 @@ impl JwksCache {
                         Algorithm::ES256
                     }
                     (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
-                    (None, AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => {
+                    (None, AlgorithmParameters::EllipticCurve(p))
+                        if p.curve == EllipticCurve::P256 =>
+                    {
                         Algorithm::ES256
                     }
                     _ => return None,
@@ -133,7 +135,11 @@ impl JwksCache {
     pub fn spawn_refresher(self: Arc<Self>, cancel: CancellationToken) {
         tokio::spawn(async move {
             loop {
-                let wait = if self.has_keys() { self.every } else { Duration::from_secs(5) };
+                let wait = if self.has_keys() {
+                    self.every
+                } else {
+                    Duration::from_secs(5)
+                };
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}

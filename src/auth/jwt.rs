@@ -130,13 +130,18 @@ impl Authenticator {
         let value = authorization.ok_or_else(missing)?;
         let token = match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Err(unauthorized("the Authorization header must use the Bearer scheme")),
+            _ => {
+                return Err(unauthorized(
+                    "the Authorization header must use the Bearer scheme",
+                ));
+            }
         };
         if token.is_empty() {
             return Err(unauthorized("the bearer token is empty"));
         }
-        let header = decode_header(token)
-            .map_err(|_| unauthorized("the bearer token is not a well-formed JWT with a supported algorithm"))?;
+        let header = decode_header(token).map_err(|_| {
+            unauthorized("the bearer token is not a well-formed JWT with a supported algorithm")
+        })?;
         if !self.accepts(header.alg) {
             return Err(unauthorized(&format!(
                 "tokens signed with {:?} are not accepted",
@@ -145,7 +150,10 @@ impl Authenticator {
         }
         let validation = self.validation(header.alg);
         let mut last = ErrorKind::InvalidSignature;
-        for key in self.candidate_keys(header.alg, header.kid.as_deref()).await? {
+        for key in self
+            .candidate_keys(header.alg, header.kid.as_deref())
+            .await?
+        {
             match decode::<Claims>(token, &key, &validation) {
                 Ok(data) => return Ok(caller_from(data.claims)),
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
@@ -280,6 +288,8 @@ mod tests {
     #[test]
     fn pem_parsing_rejects_garbage() {
         assert!(parse_pem_keys("nothing here").is_err());
-        assert!(parse_pem_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
+        assert!(
+            parse_pem_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err()
+        );
     }
 }

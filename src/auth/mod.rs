@@ -124,7 +124,11 @@ impl FromRequest for Caller {
             let value = match header_value {
                 None => None,
                 Some(Ok(v)) => Some(v),
-                Some(Err(_)) => return Err(jwt::unauthorized("the Authorization header is not valid ASCII")),
+                Some(Err(_)) => {
+                    return Err(jwt::unauthorized(
+                        "the Authorization header is not valid ASCII",
+                    ));
+                }
             };
             authenticator.authenticate(value.as_deref()).await
         })
@@ -159,9 +163,18 @@ mod tests {
 
     #[test]
     fn other_spaces_are_not_found_before_scope_is_checked() {
-        let c = caller(&[Scope::LicensesRead], SpaceGrant::Only(["a".to_owned()].into()));
-        assert_eq!(c.authorize("b", Scope::Admin).unwrap_err().kind().status, 404);
-        assert_eq!(c.authorize("a", Scope::Admin).unwrap_err().kind().status, 403);
+        let c = caller(
+            &[Scope::LicensesRead],
+            SpaceGrant::Only(["a".to_owned()].into()),
+        );
+        assert_eq!(
+            c.authorize("b", Scope::Admin).unwrap_err().kind().status,
+            404
+        );
+        assert_eq!(
+            c.authorize("a", Scope::Admin).unwrap_err().kind().status,
+            403
+        );
         assert!(c.authorize("a", Scope::LicensesRead).is_ok());
     }
 }

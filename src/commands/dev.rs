@@ -160,5 +160,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("  try:");
     println!("    curl -s -H \"Authorization: Bearer $VPP_TOKEN\" {base}/v1/spaces/{DEMO_SPACE}");
     println!();
-    running.await.map_err(|e| format!("HTTP server failed: {e}"))
+    running
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))
 }

@@ -16,8 +16,9 @@ pub struct OpenapiArgs {
 pub fn run(args: OpenapiArgs) -> Result<(), String> {
     let json = openapi::document_json();
     match args.output {
-        Some(path) => std::fs::write(&path, json)
-            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        Some(path) => {
+            std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
         None => {
             print!("{json}");
             Ok(())

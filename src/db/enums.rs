@@ -89,6 +89,11 @@ mod tests {
             );
         }
         assert_eq!(Colour::DarkBlue.to_string(), "dark_blue");
-        assert!("blue".parse::<Colour>().unwrap_err().contains("unknown Colour"));
+        assert!(
+            "blue"
+                .parse::<Colour>()
+                .unwrap_err()
+                .contains("unknown Colour")
+        );
     }
 }

@@ -12,7 +12,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Advisory lock key that serialises migration runs across replicas ("vppmigr" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7670_706d_6967_72;
+const MIGRATION_LOCK: i64 = 0x0076_7070_6d69_6772;
 
 type Wrapper = AsyncConnectionWrapper<AsyncPgConnection>;
 

@@ -31,8 +31,10 @@ pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
         }
         .boxed()
     });
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&args.database_url, config);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &args.database_url,
+        config,
+    );
     Pool::builder(manager)
         .max_size(args.db_pool_size as usize)
         .wait_timeout(Some(args.timeout()))

@@ -73,7 +73,8 @@ pub async fn middleware(
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = req.method().to_string();
     let path = req.path().to_owned();
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
     let info = RequestInfo {
         request_id: request_id.clone(),
         path: path.clone(),
@@ -87,8 +88,9 @@ pub async fn middleware(
                     if needs_problem_body(&res) {
                         let status = res.status();
                         let kind = problem::for_status(status);
-                        let fixed = ApiError::new(kind, status.canonical_reason().unwrap_or("error"))
-                            .error_response();
+                        let fixed =
+                            ApiError::new(kind, status.canonical_reason().unwrap_or("error"))
+                                .error_response();
                         let mut fixed = fixed;
                         *fixed.status_mut() = status;
                         copy_header(res.headers(), fixed.headers_mut(), header::ALLOW);
@@ -164,11 +166,7 @@ fn needs_problem_body(res: &ServiceResponse<BoxBody>) -> bool {
         .is_some_and(|ct| ct.starts_with("application/problem+json"))
 }
 
-fn copy_header(
-    from: &header::HeaderMap,
-    to: &mut header::HeaderMap,
-    name: header::HeaderName,
-) {
+fn copy_header(from: &header::HeaderMap, to: &mut header::HeaderMap, name: header::HeaderName) {
     if let Some(value) = from.get(&name) {
         to.insert(name, value.clone());
     }

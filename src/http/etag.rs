@@ -34,9 +34,9 @@ impl IfMatch {
         let mut any_header = false;
         for value in req.headers().get_all(header::IF_MATCH) {
             any_header = true;
-            let text = value.to_str().map_err(|_| {
-                ApiError::new(&types::BAD_REQUEST, "If-Match is not valid ASCII")
-            })?;
+            let text = value
+                .to_str()
+                .map_err(|_| ApiError::new(&types::BAD_REQUEST, "If-Match is not valid ASCII"))?;
             for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 if tag == "*" {
                     return Ok(IfMatch::Any);
@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(parse(&[]).unwrap(), IfMatch::Any);
         assert_eq!(parse(&["*"]).unwrap(), IfMatch::Any);
         assert_eq!(parse(&["\"3\""]).unwrap(), IfMatch::Versions(vec![3]));
-        assert_eq!(parse(&["\"3\", \"4\""]).unwrap(), IfMatch::Versions(vec![3, 4]));
+        assert_eq!(
+            parse(&["\"3\", \"4\""]).unwrap(),
+            IfMatch::Versions(vec![3, 4])
+        );
         assert_eq!(parse(&["W/\"3\""]).unwrap(), IfMatch::Versions(vec![]));
         assert!(!parse(&["W/\"3\""]).unwrap().matches(3));
         assert!(parse(&["3"]).is_err());

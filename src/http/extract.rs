@@ -121,7 +121,10 @@ fn deserialize_error(e: &serde_json::Error, path: &str) -> ApiError {
             ApiError::new(&types::INVALID_BODY, format!("{field}: {message}"))
                 .with_errors(vec![FieldError { field, message }])
         }
-        _ => ApiError::new(&types::MALFORMED_JSON, format!("the body is not valid JSON: {e}")),
+        _ => ApiError::new(
+            &types::MALFORMED_JSON,
+            format!("the body is not valid JSON: {e}"),
+        ),
     }
 }
 
@@ -144,14 +147,22 @@ fn path_error(err: PathError, _req: &HttpRequest) -> error::Error {
     let PathError::Deserialize(e) = &err else {
         return ApiError::new(&types::INVALID_PARAMETER, err.to_string()).into();
     };
-    ApiError::new(&types::INVALID_PARAMETER, format!("invalid path parameter: {e}")).into()
+    ApiError::new(
+        &types::INVALID_PARAMETER,
+        format!("invalid path parameter: {e}"),
+    )
+    .into()
 }
 
 fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> error::Error {
     let QueryPayloadError::Deserialize(e) = &err else {
         return ApiError::new(&types::INVALID_PARAMETER, err.to_string()).into();
     };
-    ApiError::new(&types::INVALID_PARAMETER, format!("invalid query parameter: {e}")).into()
+    ApiError::new(
+        &types::INVALID_PARAMETER,
+        format!("invalid query parameter: {e}"),
+    )
+    .into()
 }
 
 #[cfg(test)]
@@ -176,15 +187,25 @@ mod tests {
     fn field(body: &str) -> (String, u16, String) {
         let err = parse::<Body>(body.as_bytes()).unwrap_err();
         let problem = err.to_problem();
-        let field = problem.errors.first().map(|e| e.field.clone()).unwrap_or_default();
+        let field = problem
+            .errors
+            .first()
+            .map(|e| e.field.clone())
+            .unwrap_or_default();
         (field, problem.status, err.kind().slug.to_owned())
     }
 
     #[test]
     fn unknown_and_wrong_fields_name_the_field() {
-        assert_eq!(field(r#"{"name":"a","extra":1}"#), ("extra".into(), 422, "invalid-body".into()));
+        assert_eq!(
+            field(r#"{"name":"a","extra":1}"#),
+            ("extra".into(), 422, "invalid-body".into())
+        );
         assert_eq!(field(r#"{}"#), ("name".into(), 422, "invalid-body".into()));
-        assert_eq!(field(r#"{"name": 5}"#), ("name".into(), 422, "invalid-body".into()));
+        assert_eq!(
+            field(r#"{"name": 5}"#),
+            ("name".into(), 422, "invalid-body".into())
+        );
         assert_eq!(
             field(r#"{"name":"a","items":[{"n":1},{"n":"x"}]}"#),
             ("items[1].n".into(), 422, "invalid-body".into())

@@ -17,20 +17,21 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(api: &utoipa::openapi::OpenApi, extra: &[(&str, &str)]) -> Self {
         let mut routes: Vec<(String, Vec<String>)> = Vec::new();
-        let mut add = |path: &str, method: String| {
-            match routes.iter_mut().find(|(p, _)| p == path) {
-                Some((_, methods)) => {
-                    if !methods.contains(&method) {
-                        methods.push(method)
-                    }
+        let mut add = |path: &str, method: String| match routes.iter_mut().find(|(p, _)| p == path)
+        {
+            Some((_, methods)) => {
+                if !methods.contains(&method) {
+                    methods.push(method)
                 }
-                None => routes.push((path.to_owned(), vec![method])),
             }
+            None => routes.push((path.to_owned(), vec![method])),
         };
         for (path, item) in api.paths.paths.iter() {
             let value = serde_json::to_value(item).unwrap_or_default();
             if let Some(map) = value.as_object() {
-                for method in ["get", "put", "post", "delete", "options", "head", "patch", "trace"] {
+                for method in [
+                    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+                ] {
                     if map.contains_key(method) {
                         add(path, method.to_ascii_uppercase());
                     }
@@ -88,7 +89,11 @@ mod tests {
     fn table_matches_templates() {
         let table = RouteTable::new(
             &utoipa::openapi::OpenApi::default(),
-            &[("/v1/spaces/{space}", "GET"), ("/v1/spaces/{space}", "PATCH"), ("/livez", "GET")],
+            &[
+                ("/v1/spaces/{space}", "GET"),
+                ("/v1/spaces/{space}", "PATCH"),
+                ("/livez", "GET"),
+            ],
         );
         assert_eq!(
             table.allowed("/v1/spaces/acme").unwrap(),

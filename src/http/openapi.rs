@@ -57,17 +57,61 @@ impl Modify for SecurityAddon {
 
 /// Shared responses: (status, component name, description).
 const SHARED: &[(&str, &str, &str)] = &[
-    ("400", "BadRequest", "Malformed JSON, or a path or query parameter of the wrong shape"),
-    ("401", "Unauthorized", "Missing, malformed, expired or otherwise unacceptable bearer token"),
-    ("403", "Forbidden", "The token lacks the scope this operation needs"),
-    ("404", "NotFound", "No such resource in a space the caller may see"),
-    ("409", "Conflict", "The request conflicts with the current state"),
-    ("412", "PreconditionFailed", "If-Match does not match the current ETag"),
-    ("413", "PayloadTooLarge", "The body exceeds the configured limit"),
-    ("415", "UnsupportedMediaType", "The body is not application/json"),
-    ("422", "UnprocessableContent", "The body does not match the schema or a value is invalid"),
-    ("500", "InternalError", "Unexpected failure; the log has details under the request id"),
-    ("503", "Unavailable", "The ledger database or the signing keys are unavailable; retry later"),
+    (
+        "400",
+        "BadRequest",
+        "Malformed JSON, or a path or query parameter of the wrong shape",
+    ),
+    (
+        "401",
+        "Unauthorized",
+        "Missing, malformed, expired or otherwise unacceptable bearer token",
+    ),
+    (
+        "403",
+        "Forbidden",
+        "The token lacks the scope this operation needs",
+    ),
+    (
+        "404",
+        "NotFound",
+        "No such resource in a space the caller may see",
+    ),
+    (
+        "409",
+        "Conflict",
+        "The request conflicts with the current state",
+    ),
+    (
+        "412",
+        "PreconditionFailed",
+        "If-Match does not match the current ETag",
+    ),
+    (
+        "413",
+        "PayloadTooLarge",
+        "The body exceeds the configured limit",
+    ),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "The body is not application/json",
+    ),
+    (
+        "422",
+        "UnprocessableContent",
+        "The body does not match the schema or a value is invalid",
+    ),
+    (
+        "500",
+        "InternalError",
+        "Unexpected failure; the log has details under the request id",
+    ),
+    (
+        "503",
+        "Unavailable",
+        "The ledger database or the signing keys are unavailable; retry later",
+    ),
 ];
 
 fn problem_ref(name: &str) -> RefOr<utoipa::openapi::Response> {

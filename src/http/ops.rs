@@ -71,7 +71,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, Api
         )),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::new(&types::UNAVAILABLE, "the ledger database is unreachable"))
+            Err(ApiError::new(
+                &types::UNAVAILABLE,
+                "the ledger database is unreachable",
+            ))
         }
         Err(_) => Err(ApiError::new(
             &types::UNAVAILABLE,

@@ -42,14 +42,23 @@ impl PageQuery {
         let Some(cursor) = &self.cursor else {
             return Ok(None);
         };
-        let bad = || ApiError::new(&types::INVALID_PARAMETER, "cursor is not a cursor this API issued");
+        let bad = || {
+            ApiError::new(
+                &types::INVALID_PARAMETER,
+                "cursor is not a cursor this API issued",
+            )
+        };
         let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
         serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
     }
 }
 
 /// Encodes the key of the last item of a full page as the next cursor.
-pub fn next_cursor<K: Serialize>(page_len: usize, limit: i64, last_key: Option<K>) -> Option<String> {
+pub fn next_cursor<K: Serialize>(
+    page_len: usize,
+    limit: i64,
+    last_key: Option<K>,
+) -> Option<String> {
     if (page_len as i64) < limit {
         return None;
     }
@@ -66,12 +75,38 @@ mod tests {
     #[test]
     fn cursor_round_trip_and_bad_cursor() {
         let c = next_cursor(2, 2, Some("b".to_owned())).unwrap();
-        let q = PageQuery { limit: Some(2), cursor: Some(c) };
+        let q = PageQuery {
+            limit: Some(2),
+            cursor: Some(c),
+        };
         assert_eq!(q.after::<String>().unwrap().as_deref(), Some("b"));
-        assert!(next_cursor(1, 2, Some("b")).is_none(), "short page is the last");
-        let bad = PageQuery { limit: None, cursor: Some("%%%".into()) };
-        assert_eq!(bad.after::<String>().unwrap_err().kind().slug, "invalid-parameter");
-        assert!(PageQuery { limit: Some(0), cursor: None }.limit().is_err());
-        assert!(PageQuery { limit: Some(201), cursor: None }.limit().is_err());
+        assert!(
+            next_cursor(1, 2, Some("b")).is_none(),
+            "short page is the last"
+        );
+        let bad = PageQuery {
+            limit: None,
+            cursor: Some("%%%".into()),
+        };
+        assert_eq!(
+            bad.after::<String>().unwrap_err().kind().slug,
+            "invalid-parameter"
+        );
+        assert!(
+            PageQuery {
+                limit: Some(0),
+                cursor: None
+            }
+            .limit()
+            .is_err()
+        );
+        assert!(
+            PageQuery {
+                limit: Some(201),
+                cursor: None
+            }
+            .limit()
+            .is_err()
+        );
     }
 }

@@ -125,8 +125,10 @@ pub struct Problem {
     pub extensions: Option<serde_json::Value>,
 }
 
-/// The error type of every handler.
-pub struct ApiError {
+/// The error type of every handler (boxed, so `Result<_, ApiError>` stays one pointer wide).
+pub struct ApiError(Box<Inner>);
+
+struct Inner {
     kind: &'static ProblemType,
     detail: Option<String>,
     errors: Vec<FieldError>,
@@ -138,30 +140,30 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: &'static ProblemType, detail: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(Inner {
             kind,
             detail: Some(detail.into()),
             errors: Vec::new(),
             extensions: None,
             headers: Vec::new(),
             source: None,
-        }
+        }))
     }
 
     /// A problem without detail text.
     pub fn bare(kind: &'static ProblemType) -> Self {
-        ApiError {
-            detail: None,
-            ..ApiError::new(kind, "")
-        }
+        let mut e = ApiError::new(kind, "");
+        e.0.detail = None;
+        e
     }
 
     /// An unexpected failure: logged with its cause, answered with a generic 500.
     pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        ApiError {
-            source: Some(source.into()),
-            ..ApiError::new(&types::INTERNAL, "an unexpected error occurred; the server log has the details under this request id")
-        }
+        ApiError::new(
+            &types::INTERNAL,
+            "an unexpected error occurred; the server log has the details under this request id",
+        )
+        .with_source(source)
     }
 
     pub fn not_found(what: impl fmt::Display) -> Self {
@@ -174,10 +176,7 @@ impl ApiError {
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>()
             .join("; ");
-        ApiError {
-            errors,
-            ..ApiError::new(&types::VALIDATION_FAILED, detail)
-        }
+        ApiError::new(&types::VALIDATION_FAILED, detail).with_errors(errors)
     }
 
     pub fn field(field: &str, message: impl Into<String>) -> Self {
@@ -188,45 +187,49 @@ impl ApiError {
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
-        self.errors = errors;
+        self.0.errors = errors;
         self
     }
 
     pub fn with_extensions(mut self, extensions: serde_json::Value) -> Self {
-        self.extensions = Some(extensions);
+        self.0.extensions = Some(extensions);
         self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        self.0.headers.push((name, value));
         self
     }
 
-    pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        self.source = Some(source.into());
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        self.0.source = Some(source.into());
         self
     }
 
     pub fn kind(&self) -> &'static ProblemType {
-        self.kind
+        self.0.kind
     }
 
     pub fn detail(&self) -> Option<&str> {
-        self.detail.as_deref()
+        self.0.detail.as_deref()
     }
 
     /// The problem document this error renders to.
     pub fn to_problem(&self) -> Problem {
         let info = context::current();
+        let this = &self.0;
         Problem {
-            type_: self.kind.type_uri(),
-            title: self.kind.title.to_owned(),
-            status: self.kind.status,
-            detail: self.detail.clone(),
+            type_: this.kind.type_uri(),
+            title: this.kind.title.to_owned(),
+            status: this.kind.status,
+            detail: this.detail.clone(),
             instance: info.as_ref().map(|i| i.path.clone()),
             request_id: info.map(|i| i.request_id),
-            errors: self.errors.clone(),
-            extensions: self.extensions.clone(),
+            errors: this.errors.clone(),
+            extensions: this.extensions.clone(),
         }
     }
 }
@@ -234,17 +237,17 @@ impl ApiError {
 impl fmt::Debug for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiError")
-            .field("type", &self.kind.slug)
-            .field("detail", &self.detail)
+            .field("type", &self.0.kind.slug)
+            .field("detail", &self.0.detail)
             .finish()
     }
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.detail {
-            Some(d) => write!(f, "{}: {d}", self.kind.title),
-            None => f.write_str(self.kind.title),
+        match &self.0.detail {
+            Some(d) => write!(f, "{}: {d}", self.0.kind.title),
+            None => f.write_str(self.0.kind.title),
         }
     }
 }
@@ -263,23 +266,26 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.kind.status_code()
+        self.0.kind.status_code()
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.kind.status >= 500 {
-            match &self.source {
+        let this = &self.0;
+        if this.kind.status >= 500 {
+            match &this.source {
                 Some(source) => tracing::error!(
-                    problem = self.kind.slug,
+                    problem = this.kind.slug,
                     error = %chain(source.as_ref()),
                     "request failed"
                 ),
-                None => tracing::error!(problem = self.kind.slug, detail = ?self.detail, "request failed"),
+                None => {
+                    tracing::error!(problem = this.kind.slug, detail = ?this.detail, "request failed")
+                }
             }
         }
         let mut builder = HttpResponse::build(self.status_code());
         builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        for (name, value) in &self.headers {
+        for (name, value) in &this.headers {
             builder.insert_header((name.clone(), value.clone()));
         }
         builder.json(self.to_problem())
@@ -314,6 +320,14 @@ impl From<diesel::result::Error> for ApiError {
                     info.constraint_name().unwrap_or("check constraint")
                 ),
             ),
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                tracing::warn!(error = %err, "database connection lost");
+                ApiError::new(
+                    &types::UNAVAILABLE,
+                    "the ledger database is unavailable; retry later",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
             _ => ApiError::internal(err),
         }
     }
@@ -359,7 +373,12 @@ mod tests {
         let mut seen = HashSet::new();
         for p in types::ALL {
             assert!(seen.insert(p.slug), "duplicate slug {}", p.slug);
-            assert!((400..600).contains(&p.status), "{} has status {}", p.slug, p.status);
+            assert!(
+                (400..600).contains(&p.status),
+                "{} has status {}",
+                p.slug,
+                p.status
+            );
             assert!(p.type_uri().starts_with(TYPE_PREFIX));
         }
     }
@@ -375,9 +394,16 @@ mod tests {
 
     #[test]
     fn database_errors_map_to_problems() {
-        assert_eq!(ApiError::from(diesel::result::Error::NotFound).kind().status, 404);
         assert_eq!(
-            ApiError::from(diesel::result::Error::RollbackTransaction).kind().status,
+            ApiError::from(diesel::result::Error::NotFound)
+                .kind()
+                .status,
+            404
+        );
+        assert_eq!(
+            ApiError::from(diesel::result::Error::RollbackTransaction)
+                .kind()
+                .status,
             500
         );
     }

@@ -1,0 +1,11 @@
+//! Integration tests: real PostgreSQL (one database per test, cloned from a migrated template),
+//! the HTTP server on a real port, JWTs really signed and verified.
+
+mod auth;
+mod cli;
+mod migrations;
+mod openapi;
+mod ops;
+mod problems;
+mod spaces;
+mod support;

@@ -1,0 +1,139 @@
+//! Operational routes, request ids, metrics and logs.
+
+use reqwest::Method;
+
+use crate::support::{TestApp, expect_problem};
+
+#[tokio::test]
+async fn livez_and_readyz() {
+    let app = TestApp::start().await;
+    let live: serde_json::Value = app
+        .http
+        .get(app.url("/livez"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["status"], "ok");
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Revert the newest migration: the service is no longer ready, and says why.
+    vpp_broker::db::migrate::revert(&app.db.url, 1)
+        .await
+        .unwrap();
+    let resp = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let body = expect_problem(resp, 503, "unavailable").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("migrations"),
+        "{body}"
+    );
+    // Liveness does no I/O and stays green.
+    assert_eq!(
+        app.http
+            .get(app.url("/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = TestApp::start().await;
+    let resp = app
+        .req(Method::GET, "/v1/spaces")
+        .header("x-request-id", "caller-chosen-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "caller-chosen-42");
+
+    let resp = app.req(Method::GET, "/v1/spaces").send().await.unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+
+    // Unsafe ids are replaced, not echoed.
+    let resp = app
+        .req(Method::GET, "/v1/spaces")
+        .header("x-request-id", "evil\tvalue with spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resp.headers()["x-request-id"], "evil\tvalue with spaces");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_report_the_pool() {
+    let app = TestApp::start().await;
+    for _ in 0..3 {
+        app.req(Method::GET, "/v1/spaces/some-space")
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_requests_total")
+                && l.contains("method=\"GET\"")
+                && l.contains("route=\"/v1/spaces/{space}\"")
+                && l.contains("status=\"404\"")
+        })
+        .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{line}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "histogram missing"
+    );
+    assert!(
+        text.contains("db_pool_connections{state=\"max\"}"),
+        "pool gauge missing"
+    );
+}
+
+#[tokio::test]
+async fn docs_ui_is_served_offline() {
+    let app = TestApp::start().await;
+    let resp = app.http.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    assert!(html.to_lowercase().contains("swagger"), "{html}");
+    // The UI's assets come from the binary, not a CDN.
+    assert!(
+        !html.contains("cdn.") && !html.contains("unpkg.com"),
+        "{html}"
+    );
+    let resp = app
+        .http
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().len() > 100_000);
+    let init = app
+        .http
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("/openapi.json"), "{init}");
+}

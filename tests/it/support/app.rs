@@ -1,0 +1,141 @@
+//! The service on a real port, in this process, against a fresh test database.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use reqwest::{Method, RequestBuilder};
+use vpp_broker::auth::jwt::Authenticator;
+use vpp_broker::config::{AuthArgs, DbArgs, HttpArgs};
+use vpp_broker::db::Pool;
+use vpp_broker::http::AppState;
+use vpp_broker::http::server::{self, Parts};
+
+use super::db::TestDb;
+use super::keys;
+
+/// Authentication settings the test server accepts: HS256 with the test secret by default.
+pub fn hs256_auth() -> AuthArgs {
+    AuthArgs {
+        jwt_issuer: keys::ISSUER.into(),
+        jwt_audience: keys::AUDIENCE.into(),
+        jwt_hs256_secret: Some(keys::HS_SECRET.into()),
+        jwt_public_keys_pem: None,
+        jwt_jwks_url: None,
+        jwt_jwks_refresh_secs: 300,
+        jwt_leeway_secs: 5,
+    }
+}
+
+pub fn db_args(url: &str) -> DbArgs {
+    DbArgs {
+        database_url: url.to_owned(),
+        db_pool_size: 8,
+        db_timeout_secs: 5,
+        db_statement_timeout_ms: 15_000,
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub pool: Pool,
+    pub http: reqwest::Client,
+    handle: ServerHandle,
+    // Declared last: dropped after the server handle.
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        TestApp::start_with(hs256_auth(), 256 * 1024).await
+    }
+
+    pub async fn start_with(auth: AuthArgs, body_limit: u64) -> TestApp {
+        let db = TestDb::new().await;
+        let pool = vpp_broker::db::connect(&db_args(&db.url), "vpp-broker-test").expect("pool");
+        let authenticator = Arc::new(Authenticator::from_args(&auth).await.expect("auth"));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let http_args = HttpArgs {
+            listen: addr,
+            http_workers: 1,
+            body_limit_bytes: body_limit,
+            shutdown_timeout_secs: 1,
+        };
+        let state = Arc::new(AppState { pool: pool.clone() });
+        let server = server::start(
+            Parts {
+                state,
+                authenticator,
+            },
+            &http_args,
+            listener,
+            false,
+        )
+        .expect("start server");
+        let handle = server.handle();
+        tokio::spawn(server);
+        TestApp {
+            base_url: format!("http://{addr}"),
+            pool,
+            http: reqwest::Client::new(),
+            handle,
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// A request with an admin token for every space.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req_as(method, path, &admin_token())
+    }
+
+    pub fn req_as(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+pub fn admin_token() -> String {
+    keys::sign_hs256(&keys::claims("admin", &["*"]))
+}
+
+pub fn token(scope: &str, spaces: &[&str]) -> String {
+    keys::sign_hs256(&keys::claims(scope, spaces))
+}
+
+/// Reads a problem response, asserting its status, media type and `type` slug.
+pub async fn expect_problem(resp: reqwest::Response, status: u16, slug: &str) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "content type {ct:?} is not problem+json"
+    );
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: serde_json::Value = resp.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:vpp-broker:problem:{slug}"),
+        "{body}"
+    );
+    assert!(body["title"].is_string(), "{body}");
+    assert_eq!(body["request_id"].as_str(), request_id.as_deref(), "{body}");
+    body
+}

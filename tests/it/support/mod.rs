@@ -1,0 +1,8 @@
+//! Test harness: real PostgreSQL (a database per test), the server on a real port, real JWTs.
+#![allow(dead_code)]
+
+pub mod app;
+pub mod db;
+pub mod keys;
+
+pub use app::{TestApp, admin_token, expect_problem, token};
