@@ -34,6 +34,8 @@ pub enum Command {
     /// Start a complete local service with no set-up: PostgreSQL (found or started), migrations,
     /// a demo space and a development JWT.
     Dev(commands::dev::DevArgs),
+    /// Re-encrypt every stored sToken with the first (active) key of VPP_TOKEN_KEYS.
+    RotateKeys(commands::rotate_keys::RotateKeysArgs),
 }
 
 /// Parses the command line, sets up logging and runs the subcommand on a tokio runtime.
@@ -72,6 +74,7 @@ pub fn main() -> ExitCode {
             Command::Migrate(args) => commands::migrate::run(args).await,
             Command::Openapi(args) => commands::openapi::run(args),
             Command::Dev(args) => commands::dev::run(args).await,
+            Command::RotateKeys(args) => commands::rotate_keys::run(args).await,
         }
     });
     match result {

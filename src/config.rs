@@ -146,6 +146,79 @@ impl AuthArgs {
     }
 }
 
+/// Where Apple's license API is.
+#[derive(Args, Clone, Debug)]
+pub struct AppleArgs {
+    /// Base URL of Apple's Apps and Books license API (the simulator's `/mdm/v2` in tests).
+    #[arg(
+        long,
+        env = "VPP_APPLE_BASE_URL",
+        default_value = "https://vpp.itunes.apple.com/mdm/v2"
+    )]
+    pub apple_base_url: String,
+    /// Timeout of each Apple request, in seconds.
+    #[arg(long, env = "VPP_APPLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub apple_timeout_secs: u64,
+}
+
+impl AppleArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.apple_base_url)
+            .map_err(|e| format!("VPP_APPLE_BASE_URL is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("VPP_APPLE_BASE_URL must be an http(s) URL".into());
+        }
+        Ok(())
+    }
+}
+
+/// How this deployment stores sTokens and presents itself to Apple.
+#[derive(Args, Clone, Debug)]
+pub struct AccountArgs {
+    /// AES-256 keys that encrypt sTokens at rest: `keyid:base64key[,keyid:base64key…]`, the first
+    /// encrypts, all decrypt. Generate a key with `openssl rand -base64 32`. Required by `serve`.
+    #[arg(long, env = "VPP_TOKEN_KEYS", hide_env_values = true)]
+    pub token_keys: Option<String>,
+    /// This deployment's id in Apple's mdmInfo (default: generated once, stored in the database).
+    #[arg(long, env = "VPP_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// This deployment's name in Apple's mdmInfo (what other MDMs' admins see as the owner).
+    #[arg(long, env = "VPP_INSTANCE_NAME", default_value = "vpp-broker")]
+    pub instance_name: String,
+    /// External base URL (https) where Apple's notifications reach this service, e.g.
+    /// https://vpp-broker.example.com. Without it the service relies on status polling.
+    #[arg(long, env = "VPP_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+impl AccountArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(id) = &self.instance_id
+            && (id.trim().is_empty() || id.chars().count() > 100)
+        {
+            return Err("VPP_INSTANCE_ID must be 1 to 100 characters".into());
+        }
+        if self.instance_name.trim().is_empty() || self.instance_name.chars().count() > 100 {
+            return Err("VPP_INSTANCE_NAME must be 1 to 100 characters".into());
+        }
+        if let Some(public) = &self.public_url {
+            let url =
+                url::Url::parse(public).map_err(|e| format!("VPP_PUBLIC_URL is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err("VPP_PUBLIC_URL must be an http(s) URL (Apple requires https)".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The public URL without a trailing slash.
+    pub fn public_base(&self) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

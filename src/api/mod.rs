@@ -1,6 +1,7 @@
 //! The `/v1` resources. [`configure`] is the single route registration: the server mounts it
 //! and the OpenAPI document is generated from it.
 
+pub mod accounts;
 pub mod spaces;
 
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -15,5 +16,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(spaces::create_space)
         .service(spaces::get_space)
         .service(spaces::update_space)
-        .service(spaces::delete_space);
+        .service(spaces::delete_space)
+        .service(accounts::list_accounts)
+        .service(accounts::create_account)
+        .service(accounts::get_account)
+        .service(accounts::update_account)
+        .service(accounts::delete_account)
+        .service(accounts::test_account)
+        .service(accounts::reclaim_account)
+        .service(accounts::replace_account_token)
+        .service(accounts::get_account_order)
+        .service(accounts::set_account_order);
 }

@@ -139,7 +139,22 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     };
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let state = Arc::new(AppState { pool });
+    let (cipher, _) = crate::crypto::TokenCipher::generate("dev");
+    tracing::info!(
+        "generated a token encryption key for this run (VPP_TOKEN_KEYS is not needed in dev)"
+    );
+    let apple_args = crate::config::AppleArgs {
+        apple_base_url: "https://vpp.itunes.apple.com/mdm/v2".into(),
+        apple_timeout_secs: 30,
+    };
+    let account_args = crate::config::AccountArgs {
+        token_keys: None,
+        instance_id: None,
+        instance_name: "vpp-broker dev".into(),
+        public_url: None,
+    };
+    let state =
+        Arc::new(AppState::build(pool, &apple_args, &account_args, Arc::new(cipher)).await?);
     let running = server::start(
         Parts {
             state,

@@ -3,4 +3,5 @@
 pub mod dev;
 pub mod migrate;
 pub mod openapi;
+pub mod rotate_keys;
 pub mod serve;

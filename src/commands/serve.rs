@@ -7,7 +7,8 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Authenticator;
-use crate::config::{AuthArgs, DbArgs, HttpArgs};
+use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, HttpArgs};
+use crate::crypto::TokenCipher;
 use crate::db::{self, migrate};
 use crate::http::AppState;
 use crate::http::server::{self, Parts};
@@ -20,6 +21,10 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub apple: AppleArgs,
+    #[command(flatten)]
+    pub accounts: AccountArgs,
     /// Apply pending migrations before serving (under the same advisory lock as `migrate`).
     /// The Helm chart runs `migrate` as a hook instead.
     #[arg(long, env = "VPP_AUTO_MIGRATE", default_value_t = false)]
@@ -29,6 +34,17 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     args.db.validate()?;
     args.auth.validate()?;
+    args.apple.validate()?;
+    args.accounts.validate()?;
+    let cipher = match &args.accounts.token_keys {
+        Some(spec) => Arc::new(TokenCipher::from_spec(spec)?),
+        None => {
+            return Err("VPP_TOKEN_KEYS is required: sTokens are stored encrypted and serve \
+                        refuses to start without a key (generate one with `openssl rand -base64 32` \
+                        and set VPP_TOKEN_KEYS=k1:<key>)"
+                .into());
+        }
+    };
     if args.auto_migrate {
         let applied = migrate::run_pending(&args.db.database_url)
             .await
@@ -43,7 +59,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
     let listener = TcpListener::bind(args.http.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
-    let state = Arc::new(AppState { pool });
+    let state = Arc::new(AppState::build(pool, &args.apple, &args.accounts, cipher).await?);
     let server = server::start(
         Parts {
             state,

@@ -105,6 +105,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    deployment (singleton) {
+        singleton -> Bool,
+        instance_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     distribution_policies (id) {
         id -> Uuid,
         space_id -> Text,
@@ -197,6 +205,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     activity_log,
     assets,
     assignments,
+    deployment,
     distribution_policies,
     idempotency_keys,
     jobs,

@@ -11,9 +11,4 @@ pub mod pagination;
 pub mod problem;
 pub mod server;
 
-use crate::db::Pool;
-
-/// State shared by every handler.
-pub struct AppState {
-    pub pool: Pool,
-}
+pub use crate::state::AppState;

@@ -80,6 +80,21 @@ pub mod types {
         INVALID_BODY = ("invalid-body", 422, "Invalid request body");
         /// The body matches the schema but a value is not acceptable.
         VALIDATION_FAILED = ("validation-failed", 422, "Validation failed");
+        /// The sToken file is not a valid Apple content token (not base64, not JSON, fields
+        /// missing, bad or past expiry date).
+        INVALID_STOKEN = ("invalid-stoken", 422, "Invalid sToken");
+        /// Apple refused the sToken (expired, invalid, revoked, login required).
+        STOKEN_REJECTED = ("stoken-rejected", 422, "Apple rejected the sToken");
+        /// The token's Apple location is already attached to an account of this deployment.
+        LOCATION_ALREADY_ATTACHED = ("location-already-attached", 409, "Apple location already attached");
+        /// A replacement sToken belongs to another Apple location.
+        LOCATION_MISMATCH = ("location-mismatch", 409, "Different Apple location");
+        /// The account is used by a policy or still holds licenses.
+        ACCOUNT_IN_USE = ("account-in-use", 409, "Account in use");
+        /// Apple asked to wait (429/503 with Retry-After) or did not answer.
+        APPLE_UNAVAILABLE = ("apple-unavailable", 503, "Apple is unavailable");
+        /// Apple answered with an error the service cannot act on.
+        APPLE_ERROR = ("apple-error", 502, "Apple returned an error");
         /// An unexpected failure; details are in the server log under the request id.
         INTERNAL = ("internal", 500, "Internal server error");
         /// A dependency (the database, the key set) is unavailable; retry later.

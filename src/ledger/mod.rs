@@ -1,5 +1,9 @@
 //! The ledger: diesel models and queries, one module per table family. Handlers and workers
 //! call these; nothing else writes SQL.
 
+pub mod accounts;
 pub mod activity;
+pub mod assets;
+pub mod assignments;
+pub mod jobs;
 pub mod spaces;

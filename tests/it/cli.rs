@@ -40,6 +40,12 @@ fn help_lists_subcommands_and_env_vars() {
         "VPP_LOG_FORMAT",
         "VPP_LOG",
         "VPP_AUTO_MIGRATE",
+        "VPP_TOKEN_KEYS",
+        "VPP_INSTANCE_ID",
+        "VPP_INSTANCE_NAME",
+        "VPP_PUBLIC_URL",
+        "VPP_APPLE_BASE_URL",
+        "VPP_APPLE_TIMEOUT_SECS",
     ] {
         assert!(text.contains(var), "{var} missing from serve --help");
     }
@@ -54,6 +60,7 @@ fn invalid_configuration_stops_with_a_clear_message() {
         ),
         ("VPP_JWT_ISSUER", "i"),
         ("VPP_JWT_AUDIENCE", "a"),
+        ("VPP_TOKEN_KEYS", crate::support::app::TOKEN_KEYS),
     ];
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "no JWT key configured"),
@@ -80,6 +87,27 @@ fn invalid_configuration_stops_with_a_clear_message() {
             ],
             "VPP_LOG",
         ),
+        (
+            &[
+                ("VPP_JWT_HS256_SECRET", &"x".repeat(40)),
+                ("VPP_TOKEN_KEYS", "k1:c2hvcnQ="),
+            ],
+            "must be 32 bytes",
+        ),
+        (
+            &[
+                ("VPP_JWT_HS256_SECRET", &"x".repeat(40)),
+                ("VPP_PUBLIC_URL", "ftp://x"),
+            ],
+            "VPP_PUBLIC_URL",
+        ),
+        (
+            &[
+                ("VPP_JWT_HS256_SECRET", &"x".repeat(40)),
+                ("VPP_APPLE_BASE_URL", "nonsense"),
+            ],
+            "VPP_APPLE_BASE_URL",
+        ),
     ];
     for (extra, expected) in cases {
         let mut envs: Vec<(&str, &str)> = base.to_vec();
@@ -104,6 +132,21 @@ fn invalid_configuration_stops_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("postgres://"));
     let out = run(&["serve"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+    // No key to encrypt sTokens: serve refuses to start.
+    let out = run(
+        &["serve"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            ("VPP_JWT_ISSUER", "i"),
+            ("VPP_JWT_AUDIENCE", "a"),
+            ("VPP_JWT_HS256_SECRET", &"x".repeat(40)),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VPP_TOKEN_KEYS is required"));
 }
 
 #[test]
@@ -133,6 +176,7 @@ async fn serve_stops_gracefully_on_sigterm() {
         .env("VPP_JWT_AUDIENCE", "a")
         .env("VPP_JWT_HS256_SECRET", "x".repeat(40))
         .env("VPP_HTTP_WORKERS", "1")
+        .env("VPP_TOKEN_KEYS", crate::support::app::TOKEN_KEYS)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

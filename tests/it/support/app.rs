@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use reqwest::{Method, RequestBuilder};
 use vpp_broker::auth::jwt::Authenticator;
-use vpp_broker::config::{AuthArgs, DbArgs, HttpArgs};
+use vpp_broker::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, HttpArgs};
 use vpp_broker::db::Pool;
 use vpp_broker::http::AppState;
 use vpp_broker::http::server::{self, Parts};
@@ -40,20 +40,65 @@ pub struct TestApp {
     pub base_url: String,
     pub pool: Pool,
     pub http: reqwest::Client,
+    pub state: Arc<AppState>,
     handle: ServerHandle,
     // Declared last: dropped after the server handle.
     pub db: TestDb,
 }
 
+/// Token encryption keys of the test server.
+pub const TOKEN_KEYS: &str = "t1:MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+
+/// Options of a test server.
+pub struct Options {
+    pub auth: AuthArgs,
+    pub body_limit: u64,
+    /// Apple's base URL (the simulator's); by default a closed port, so a test that reaches
+    /// Apple without meaning to fails loudly.
+    pub apple_base_url: String,
+    pub public_url: Option<String>,
+    pub token_keys: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auth: hs256_auth(),
+            body_limit: 256 * 1024,
+            apple_base_url: "http://127.0.0.1:9/mdm/v2".into(),
+            public_url: None,
+            token_keys: TOKEN_KEYS.into(),
+        }
+    }
+}
+
 impl TestApp {
     pub async fn start() -> TestApp {
-        TestApp::start_with(hs256_auth(), 256 * 1024).await
+        TestApp::start_opts(Options::default()).await
     }
 
     pub async fn start_with(auth: AuthArgs, body_limit: u64) -> TestApp {
+        TestApp::start_opts(Options {
+            auth,
+            body_limit,
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn start_opts(opts: Options) -> TestApp {
+        let Options {
+            auth,
+            body_limit,
+            apple_base_url,
+            public_url,
+            token_keys,
+        } = opts;
         let db = TestDb::new().await;
         let pool = vpp_broker::db::connect(&db_args(&db.url), "vpp-broker-test").expect("pool");
         let authenticator = Arc::new(Authenticator::from_args(&auth).await.expect("auth"));
+        let cipher =
+            Arc::new(vpp_broker::crypto::TokenCipher::from_spec(&token_keys).expect("keys"));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let http_args = HttpArgs {
@@ -62,10 +107,27 @@ impl TestApp {
             body_limit_bytes: body_limit,
             shutdown_timeout_secs: 1,
         };
-        let state = Arc::new(AppState { pool: pool.clone() });
+        let state = Arc::new(
+            AppState::build(
+                pool.clone(),
+                &AppleArgs {
+                    apple_base_url,
+                    apple_timeout_secs: 10,
+                },
+                &AccountArgs {
+                    token_keys: None,
+                    instance_id: None,
+                    instance_name: "vpp-broker test".into(),
+                    public_url,
+                },
+                cipher,
+            )
+            .await
+            .expect("state"),
+        );
         let server = server::start(
             Parts {
-                state,
+                state: state.clone(),
                 authenticator,
             },
             &http_args,
@@ -79,6 +141,7 @@ impl TestApp {
             base_url: format!("http://{addr}"),
             pool,
             http: reqwest::Client::new(),
+            state,
             handle,
             db,
         }

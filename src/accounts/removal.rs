@@ -1,0 +1,119 @@
+//! Deleting an account (rule T8).
+//!
+//! An account a distribution policy uses (a reservation names it), or that still holds
+//! licenses, is only deleted when the caller passes `revoke_all=true`: silently revoking licenses
+//! or breaking a policy is never what a caller wants by accident. With `revoke_all`, the
+//! policy entries naming the account are removed, every live assignment starts revocation
+//! (pending ones are dropped at once, the others go `revoking` and a revocation job is queued in
+//! the same transaction), and the account is marked for deletion; the dispatcher removes the
+//! row when Apple has released every license. An account with nothing at Apple is removed at
+//! once.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::AccountError;
+use crate::db::schema::{accounts, policy_entries};
+use crate::ledger::accounts as store;
+use crate::ledger::activity::{self, Activity};
+use crate::ledger::{assignments, jobs};
+use crate::state::AppState;
+
+/// Outcome of a delete request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// The account is gone.
+    Now,
+    /// Revocation is under way; the account goes when Apple has released its licenses.
+    Pending { revoking: i64 },
+}
+
+pub const REVOKE_ACCOUNT_JOB: &str = "revoke_account";
+
+pub async fn delete(
+    state: &AppState,
+    actor: &str,
+    space: &str,
+    id: Uuid,
+    revoke_all: bool,
+    versions: Option<&[i64]>,
+) -> Result<Deleted, AccountError> {
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        if store::lock_space(conn, space).await?.is_none() {
+            return Err(AccountError::NotFound(format!("space {space}")));
+        }
+        let account = store::find_for_update(conn, space, id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
+        if let Some(v) = versions
+            && !v.contains(&account.version)
+        {
+            return Err(AccountError::Stale {
+                current: account.version,
+            });
+        }
+        let policies: i64 = policy_entries::table
+            .filter(policy_entries::account_id.eq(id))
+            .count()
+            .get_result(conn)
+            .await?;
+        let live = assignments::count_live(conn, id).await?;
+        if !revoke_all && (policies > 0 || live > 0) {
+            return Err(AccountError::InUse(format!(
+                "account {id} is used by {policies} distribution policy entries and holds {live} \
+                 licenses; pass revoke_all=true to revoke every license and delete it"
+            )));
+        }
+        if policies > 0 {
+            diesel::delete(policy_entries::table.filter(policy_entries::account_id.eq(id)))
+                .execute(conn)
+                .await?;
+        }
+        let counts = assignments::revoke_all_of_account(conn, id).await?;
+        let at_apple = assignments::count_at_apple(conn, id).await?;
+        activity::record(
+            conn,
+            Activity::new(actor, "account.delete_requested")
+                .space(space)
+                .account(id)
+                .details(serde_json::json!({
+                    "revoke_all": revoke_all,
+                    "policy_entries_removed": policies,
+                    "pending_dropped": counts.dropped,
+                    "revoking": at_apple,
+                })),
+        )
+        .await?;
+        if at_apple == 0 {
+            store::remove(conn, space, id).await?;
+            activity::record(
+                conn,
+                Activity::new(actor, "account.deleted")
+                    .space(space)
+                    .account(id),
+            )
+            .await?;
+            return Ok(Deleted::Now);
+        }
+        diesel::update(accounts::table.filter(accounts::id.eq(id)))
+            .set((
+                accounts::delete_requested_at.eq(Some(Utc::now())),
+                accounts::version.eq(accounts::version + 1),
+            ))
+            .execute(conn)
+            .await?;
+        jobs::enqueue(
+            conn,
+            REVOKE_ACCOUNT_JOB,
+            Some(id),
+            serde_json::json!({ "account_id": id }),
+            Some(&format!("{REVOKE_ACCOUNT_JOB}:{id}")),
+        )
+        .await?;
+        Ok(Deleted::Pending { revoking: at_apple })
+    })
+    .await
+}

@@ -1,0 +1,793 @@
+//! `/v1/spaces/{space}/accounts`: token accounts (rules T1–T3, T8, T9, A5).
+//!
+//! Reading needs `licenses:read`; every change needs `accounts:manage`. Responses never carry
+//! the sToken, not even masked parts of it. Reads persist time-driven status transitions
+//! (expiring, expired, end of throttling) before answering, so the status shown is honest.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::accounts::checks::{self, TestReport};
+use crate::accounts::removal::{self, Deleted};
+use crate::accounts::status::AccountStatus;
+use crate::accounts::{AccountError, ListEntry, ListKind, WhenUnusable, attach, check_list, order};
+use crate::api::spaces::check_space_path;
+use crate::auth::{Caller, Scope};
+use crate::db::Conn;
+use crate::http::etag::{IfMatch, etag_header};
+use crate::http::extract::Json;
+use crate::http::problem::{ApiError, FieldError, Problem};
+use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry};
+use crate::ledger::activity::{self, Activity};
+use crate::ledger::assets;
+use crate::state::AppState;
+
+/// The Apple location an account manages.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Location {
+    /// Apple's location id (`uId`).
+    pub uid: String,
+    pub name: String,
+    /// ISO 3166 alpha-2 country code.
+    pub country: String,
+    pub website_url: String,
+}
+
+/// Status with its cause.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    pub state: AccountStatus,
+    /// Why, and what to do about it (empty when active).
+    pub reason: String,
+    /// When the state last changed.
+    pub since: DateTime<Utc>,
+    /// Until when Apple asked to wait (while throttled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_until: Option<DateTime<Utc>>,
+}
+
+/// License counts over all the account's assets.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct Licenses {
+    /// Distinct assets (adamId + pricing).
+    pub assets: i64,
+    /// Licenses the account owns at Apple.
+    pub total: i64,
+    /// Licenses this service holds (pending, associating or active assignments).
+    pub held: i64,
+    /// Licenses assigned at Apple by someone else (another MDM, a previous owner).
+    pub assigned_elsewhere: i64,
+    /// Licenses this service may still allocate.
+    pub available: i64,
+}
+
+/// Account settings.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Settings {
+    /// Apple's "license removal notification": notify the user when a license is taken back.
+    pub notify_on_removal: bool,
+    /// Whether newly purchased assets are available to everyone in the space by default.
+    pub new_assets_for_everyone: bool,
+    /// What allocation does while the account cannot call Apple (expired, revoked, not owned,
+    /// throttled): `queue` the Apple call, or `skip` the account.
+    pub when_unusable: WhenUnusable,
+}
+
+/// A token account. The sToken is never returned.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Account {
+    pub id: Uuid,
+    pub space: String,
+    pub name: String,
+    /// Organisation named in the sToken.
+    pub organization: String,
+    pub location: Location,
+    /// 1 is tried first.
+    pub priority: i32,
+    pub status: StatusView,
+    pub token_expires_at: DateTime<Utc>,
+    /// Whether Apple's client config names this deployment as owner.
+    pub owned_by_this_deployment: bool,
+    pub last_full_sync_at: Option<DateTime<Utc>>,
+    pub last_incremental_sync_at: Option<DateTime<Utc>>,
+    pub licenses: Licenses,
+    pub settings: Settings,
+    /// Who may receive this account's licenses when allocation falls back to it; empty means
+    /// everyone in the space.
+    pub distribution_list: Vec<ListEntry>,
+    /// Set while a delete with `revoke_all` waits for Apple to release the licenses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_requested_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The accounts of a space, in priority order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccountList {
+    pub items: Vec<Account>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_queue() -> WhenUnusable {
+    WhenUnusable::Queue
+}
+
+/// Settings given when adding an account (all optional).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSettings {
+    #[serde(default = "default_true")]
+    pub notify_on_removal: bool,
+    #[serde(default = "default_true")]
+    pub new_assets_for_everyone: bool,
+    #[serde(default = "default_queue")]
+    pub when_unusable: WhenUnusable,
+}
+
+impl Default for NewSettings {
+    fn default() -> Self {
+        NewSettings {
+            notify_on_removal: true,
+            new_assets_for_everyone: true,
+            when_unusable: WhenUnusable::Queue,
+        }
+    }
+}
+
+/// Body of `POST …/accounts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// Display name, 1–200 characters.
+    pub name: String,
+    /// The content of the `.vpptoken` file as downloaded from Apple Business Manager.
+    pub stoken: String,
+    /// Where to insert the account (1 = first); default: after the existing accounts.
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub settings: NewSettings,
+    #[serde(default)]
+    pub distribution_list: Vec<ListEntry>,
+}
+
+/// Settings to change (each optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsChange {
+    pub notify_on_removal: Option<bool>,
+    pub new_assets_for_everyone: Option<bool>,
+    pub when_unusable: Option<WhenUnusable>,
+}
+
+/// Body of `PATCH …/accounts/{account}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    pub name: Option<String>,
+    /// Move the account to this priority (1 = first); the others shift. Existing licenses
+    /// never move.
+    pub priority: Option<i32>,
+    pub settings: Option<SettingsChange>,
+    /// Replaces the whole distribution list.
+    pub distribution_list: Option<Vec<ListEntry>>,
+}
+
+/// Body of `PUT …/accounts/{account}/stoken`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceToken {
+    /// The new `.vpptoken` file content.
+    pub stoken: String,
+    /// Required when the new token belongs to another Apple location: forget this account's
+    /// assets and assignments (licenses assigned at the old location stay assigned there).
+    #[serde(default)]
+    pub clear_ledger: bool,
+}
+
+/// Body of `PUT …/account-order`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountOrder {
+    /// Every account id of the space, highest priority first.
+    pub order: Vec<Uuid>,
+}
+
+/// Answer of `POST …/test`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestResult {
+    pub report: TestReport,
+    pub account: Account,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Revoke every license of the account and remove policy entries that name it. Required
+    /// when the account is used by a policy or holds licenses.
+    #[serde(default)]
+    pub revoke_all: bool,
+}
+
+const MAX_STOKEN_LEN: usize = 16 * 1024;
+
+fn check_name(errors: &mut Vec<FieldError>, name: &str) {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        errors.push(FieldError {
+            field: "name".into(),
+            message: "must be 1 to 200 characters and not blank".into(),
+        });
+    }
+}
+
+fn check_stoken(errors: &mut Vec<FieldError>, stoken: &str) {
+    if stoken.trim().is_empty() || stoken.len() > MAX_STOKEN_LEN {
+        errors.push(FieldError {
+            field: "stoken".into(),
+            message: format!("must be the .vpptoken file content (1 to {MAX_STOKEN_LEN} bytes)"),
+        });
+    }
+}
+
+fn check_priority(errors: &mut Vec<FieldError>, priority: Option<i32>) {
+    if priority.is_some_and(|p| p < 1) {
+        errors.push(FieldError {
+            field: "priority".into(),
+            message: "must be 1 or more".into(),
+        });
+    }
+}
+
+/// Builds the views of some accounts of one space (one query for lists, one for counts).
+async fn views(
+    conn: &mut Conn,
+    rows: Vec<AccountRow>,
+    state: &AppState,
+) -> Result<Vec<Account>, ApiError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let lists = store::distribution(conn, &ids).await?;
+    let totals = assets::totals(conn, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let t = totals
+                .iter()
+                .find(|t| t.account_id == r.id)
+                .cloned()
+                .unwrap_or_default();
+            let total = t.total.unwrap_or(0);
+            let held = t.held.unwrap_or(0);
+            let elsewhere = t.foreign.unwrap_or(0);
+            let distribution_list = lists
+                .iter()
+                .filter(|e| e.account_id == r.id)
+                .filter_map(|e| {
+                    Some(ListEntry {
+                        kind: e.kind.parse::<ListKind>().ok()?,
+                        value: e.value.clone(),
+                    })
+                })
+                .collect();
+            Account {
+                owned_by_this_deployment: r.apple_mdm_id.as_deref()
+                    == Some(state.identity.instance_id.as_str()),
+                id: r.id,
+                space: r.space_id,
+                name: r.name,
+                organization: r.org_name,
+                location: Location {
+                    uid: r.location_uid,
+                    name: r.location_name,
+                    country: r.country_code,
+                    website_url: r.website_url,
+                },
+                priority: r.priority,
+                status: StatusView {
+                    state: r.status,
+                    reason: r.status_reason,
+                    since: r.status_changed_at,
+                    throttled_until: r.throttled_until,
+                },
+                token_expires_at: r.token_expires_at,
+                last_full_sync_at: r.last_full_sync_at,
+                last_incremental_sync_at: r.last_incremental_sync_at,
+                licenses: Licenses {
+                    assets: t.assets,
+                    total,
+                    held,
+                    assigned_elsewhere: elsewhere,
+                    available: (total - held - elsewhere).max(0),
+                },
+                settings: Settings {
+                    notify_on_removal: r.notify_on_removal,
+                    new_assets_for_everyone: r.new_assets_for_everyone,
+                    when_unusable: r.when_unusable,
+                },
+                distribution_list,
+                deletion_requested_at: r.delete_requested_at,
+                version: r.version,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            }
+        })
+        .collect())
+}
+
+async fn view(conn: &mut Conn, row: AccountRow, state: &AppState) -> Result<Account, ApiError> {
+    views(conn, vec![row], state)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal(std::io::Error::other("account view missing")))
+}
+
+async fn load(conn: &mut Conn, space: &str, id: Uuid) -> Result<AccountRow, ApiError> {
+    let row = store::find(conn, space, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("account {id}")))?;
+    Ok(checks::refresh(conn, row).await?)
+}
+
+fn with_etag(mut builder: actix_web::HttpResponseBuilder, account: Account) -> HttpResponse {
+    builder.insert_header(etag_header(account.version));
+    builder.json(account)
+}
+
+/// List a space's token accounts in priority order.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "list_accounts",
+    security(("bearer" = ["licenses:read"])),
+    params(("space" = String, Path, description = "Space id")),
+    responses((status = 200, description = "Accounts, priority 1 first", body = AccountList))
+)]
+#[get("/v1/spaces/{space}/accounts")]
+pub async fn list_accounts(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<AccountList>, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    let mut rows = Vec::new();
+    for row in store::list(&mut conn, &space).await? {
+        rows.push(checks::refresh(&mut conn, row).await?);
+    }
+    Ok(web::Json(AccountList {
+        items: views(&mut conn, rows, &state).await?,
+    }))
+}
+
+/// Attach an Apple location by its sToken.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "create_account",
+    security(("bearer" = ["accounts:manage"])),
+    params(("space" = String, Path, description = "Space id")),
+    request_body = CreateAccount,
+    responses(
+        (status = 201, description = "Attached; `status` tells whether the token is owned by this deployment", body = Account),
+        (status = 409, description = "The Apple location is already attached (`location-already-attached`)"),
+        (status = 422, description = "Invalid sToken file (`invalid-stoken`), Apple refused it (`stoken-rejected`) or a field is invalid"),
+        (status = 502, description = "Apple answered with an unexpected error (`apple-error`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Apple is unavailable or throttling (`apple-unavailable`, with Retry-After)"),
+    )
+)]
+#[post("/v1/spaces/{space}/accounts")]
+pub async fn create_account(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Json<CreateAccount>,
+) -> Result<HttpResponse, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let body = body.0;
+    let mut errors = Vec::new();
+    check_name(&mut errors, &body.name);
+    check_stoken(&mut errors, &body.stoken);
+    check_priority(&mut errors, body.priority);
+    check_list(&body.distribution_list, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let row = attach::add(
+        &state,
+        &caller.subject,
+        &space,
+        attach::NewAccountInput {
+            name: body.name,
+            stoken: body.stoken,
+            priority: body.priority,
+            notify_on_removal: body.settings.notify_on_removal,
+            new_assets_for_everyone: body.settings.new_assets_for_everyone,
+            when_unusable: body.settings.when_unusable,
+            distribution_list: body.distribution_list,
+        },
+    )
+    .await?;
+    let mut conn = state.pool.get().await?;
+    let account = view(&mut conn, row, &state).await?;
+    let mut builder = HttpResponse::Created();
+    builder.insert_header((
+        header::LOCATION,
+        format!("/v1/spaces/{space}/accounts/{}", account.id),
+    ));
+    Ok(with_etag(builder, account))
+}
+
+/// Get one token account.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "get_account",
+    security(("bearer" = ["licenses:read"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("account" = Uuid, Path, description = "Account id"),
+    ),
+    responses((status = 200, description = "The account; `ETag` is set", body = Account))
+)]
+#[get("/v1/spaces/{space}/accounts/{account}")]
+pub async fn get_account(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let mut conn = state.pool.get().await?;
+    let row = load(&mut conn, &space, id).await?;
+    Ok(with_etag(
+        HttpResponse::Ok(),
+        view(&mut conn, row, &state).await?,
+    ))
+}
+
+/// Rename, change settings or the distribution list, or move to another priority.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "update_account",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("account" = Uuid, Path, description = "Account id"),
+        ("If-Match" = Option<String>, Header, description = "ETag the change is based on"),
+    ),
+    request_body = UpdateAccount,
+    responses(
+        (status = 200, description = "Updated; the new `ETag` is set", body = Account),
+        (status = 412, description = "If-Match does not match"),
+    )
+)]
+#[patch("/v1/spaces/{space}/accounts/{account}")]
+pub async fn update_account(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+    req: HttpRequest,
+    body: Json<UpdateAccount>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let if_match = IfMatch::from_request(&req)?;
+    let body = body.0;
+    let mut errors = Vec::new();
+    if body.name.is_none()
+        && body.priority.is_none()
+        && body.settings.is_none()
+        && body.distribution_list.is_none()
+    {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "name, priority, settings or distribution_list is required".into(),
+        });
+    }
+    if let Some(name) = &body.name {
+        check_name(&mut errors, name);
+    }
+    check_priority(&mut errors, body.priority);
+    if let Some(list) = &body.distribution_list {
+        check_list(list, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let actor = caller.subject.clone();
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let current = store::find_for_update(conn, &space, id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
+        if !if_match.matches(current.version) {
+            return Err(AccountError::Stale {
+                current: current.version,
+            });
+        }
+        let settings = body.settings.unwrap_or_default();
+        store::update_details(
+            conn,
+            id,
+            store::DetailsChange {
+                name: body.name.as_deref().map(str::trim),
+                notify_on_removal: settings.notify_on_removal,
+                new_assets_for_everyone: settings.new_assets_for_everyone,
+                when_unusable: settings.when_unusable,
+            },
+        )
+        .await?;
+        if let Some(list) = &body.distribution_list {
+            let entries: Vec<DistributionEntry> = list
+                .iter()
+                .map(|e| DistributionEntry {
+                    account_id: id,
+                    kind: e.kind.as_str().to_owned(),
+                    value: e.value.trim().to_owned(),
+                })
+                .collect();
+            store::replace_distribution(conn, id, &entries).await?;
+        }
+        if let Some(priority) = body.priority {
+            order::move_to(conn, &actor, &space, id, priority).await?;
+        }
+        activity::record(
+            conn,
+            Activity::new(&actor, "account.updated")
+                .space(&space)
+                .account(id)
+                .details(serde_json::json!({
+                    "name": body.name.is_some(),
+                    "settings": true,
+                    "distribution_list": body.distribution_list.as_ref().map(Vec::len),
+                    "priority": body.priority,
+                })),
+        )
+        .await?;
+        Ok(())
+    })
+    .await?;
+    let row = load(&mut conn, &space, id).await?;
+    Ok(with_etag(
+        HttpResponse::Ok(),
+        view(&mut conn, row, &state).await?,
+    ))
+}
+
+/// Delete an account; with `revoke_all`, revoke its licenses first.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "delete_account",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("account" = Uuid, Path, description = "Account id"),
+        ("If-Match" = Option<String>, Header, description = "ETag the delete is based on"),
+        DeleteQuery,
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 202, description = "Licenses are being revoked at Apple; the account is removed when they are all released", body = Account),
+        (status = 409, description = "Used by a distribution policy or holding licenses, and `revoke_all` was not given (`account-in-use`)"),
+        (status = 412, description = "If-Match does not match"),
+    )
+)]
+#[delete("/v1/spaces/{space}/accounts/{account}")]
+pub async fn delete_account(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+    query: web::Query<DeleteQuery>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let versions = match IfMatch::from_request(&req)? {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v),
+    };
+    match removal::delete(
+        &state,
+        &caller.subject,
+        &space,
+        id,
+        query.revoke_all,
+        versions.as_deref(),
+    )
+    .await?
+    {
+        Deleted::Now => Ok(HttpResponse::NoContent().finish()),
+        Deleted::Pending { .. } => {
+            let mut conn = state.pool.get().await?;
+            let row = load(&mut conn, &space, id).await?;
+            Ok(with_etag(
+                HttpResponse::Accepted(),
+                view(&mut conn, row, &state).await?,
+            ))
+        }
+    }
+}
+
+/// Check the token with Apple now and update the status.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "test_account",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("account" = Uuid, Path, description = "Account id"),
+    ),
+    responses((status = 200, description = "What Apple said, and the account after it", body = TestResult))
+)]
+#[post("/v1/spaces/{space}/accounts/{account}/test")]
+pub async fn test_account(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+) -> Result<web::Json<TestResult>, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let (row, report) = checks::test(&state, &caller.subject, &space, id).await?;
+    let mut conn = state.pool.get().await?;
+    Ok(web::Json(TestResult {
+        report,
+        account: view(&mut conn, row, &state).await?,
+    }))
+}
+
+/// Overwrite another MDM's identity in the token's client config with this deployment's.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "reclaim_account",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("account" = Uuid, Path, description = "Account id"),
+    ),
+    responses(
+        (status = 200, description = "This deployment owns the token again", body = Account),
+        (status = 422, description = "Apple refused the token (`stoken-rejected`)"),
+        (status = 502, description = "Apple answered with an unexpected error (`apple-error`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/spaces/{space}/accounts/{account}/reclaim")]
+pub async fn reclaim_account(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let row = checks::reclaim(&state, &caller.subject, &space, id).await?;
+    let mut conn = state.pool.get().await?;
+    Ok(with_etag(
+        HttpResponse::Ok(),
+        view(&mut conn, row, &state).await?,
+    ))
+}
+
+/// Replace the account's sToken (same Apple location; another location needs `clear_ledger`).
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "replace_account_token",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("account" = Uuid, Path, description = "Account id"),
+    ),
+    request_body = ReplaceToken,
+    responses(
+        (status = 200, description = "Token replaced", body = Account),
+        (status = 409, description = "The token belongs to another location and `clear_ledger` was not given (`location-mismatch`), or that location is attached elsewhere"),
+        (status = 502, description = "Apple answered with an unexpected error (`apple-error`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/v1/spaces/{space}/accounts/{account}/stoken")]
+pub async fn replace_account_token(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+    body: Json<ReplaceToken>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let mut errors = Vec::new();
+    check_stoken(&mut errors, &body.0.stoken);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let row = attach::replace_token(
+        &state,
+        &caller.subject,
+        &space,
+        id,
+        &body.0.stoken,
+        body.0.clear_ledger,
+    )
+    .await?;
+    let mut conn = state.pool.get().await?;
+    Ok(with_etag(
+        HttpResponse::Ok(),
+        view(&mut conn, row, &state).await?,
+    ))
+}
+
+/// The current priority order.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "get_account_order",
+    security(("bearer" = ["licenses:read"])),
+    params(("space" = String, Path, description = "Space id")),
+    responses((status = 200, description = "Account ids, priority 1 first", body = AccountOrder))
+)]
+#[get("/v1/spaces/{space}/account-order")]
+pub async fn get_account_order(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<AccountOrder>, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    let order = store::list(&mut conn, &space)
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    Ok(web::Json(AccountOrder { order }))
+}
+
+/// Reorder all accounts of the space at once. Existing licenses are never moved.
+#[utoipa::path(
+    tag = "accounts",
+    operation_id = "set_account_order",
+    security(("bearer" = ["accounts:manage"])),
+    params(("space" = String, Path, description = "Space id")),
+    request_body = AccountOrder,
+    responses((status = 200, description = "The new order", body = AccountList))
+)]
+#[put("/v1/spaces/{space}/account-order")]
+pub async fn set_account_order(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Json<AccountOrder>,
+) -> Result<web::Json<AccountList>, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let rows = order::reorder(&state, &caller.subject, &space, &body.0.order).await?;
+    let mut conn = state.pool.get().await?;
+    Ok(web::Json(AccountList {
+        items: views(&mut conn, rows, &state).await?,
+    }))
+}

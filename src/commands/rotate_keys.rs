@@ -1,0 +1,75 @@
+//! `vpp-broker rotate-keys`: re-encrypts every stored sToken with the active key.
+//!
+//! Rotation: put the new key first in `VPP_TOKEN_KEYS` (keep the old one after it), roll the
+//! deployment, run this command once, then remove the old key. Safe to run while replicas serve
+//! and to re-run; each account is re-sealed in its own transaction under a row lock.
+
+use std::sync::Arc;
+
+use clap::Args;
+use diesel_async::AsyncConnection;
+
+use crate::accounts::AccountError;
+use crate::config::DbArgs;
+use crate::crypto::TokenCipher;
+use crate::db;
+use crate::ledger::accounts as store;
+
+#[derive(Debug, Args)]
+pub struct RotateKeysArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The keys, new active key first (same format as for `serve`).
+    #[arg(long, env = "VPP_TOKEN_KEYS", hide_env_values = true)]
+    pub token_keys: String,
+}
+
+/// Re-seals every token not sealed with the active key; returns how many.
+pub async fn rotate(pool: &db::Pool, cipher: &TokenCipher) -> Result<usize, String> {
+    let mut done = 0;
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    loop {
+        let batch = store::sealed_with_other_keys(&mut conn, cipher.active_key_id(), 100)
+            .await
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            return Ok(done);
+        }
+        for row in batch {
+            let id = row.id;
+            let result: Result<(), AccountError> = conn
+                .transaction(async |conn| {
+                    let Some(locked) = store::find_for_update(conn, &row.space_id, id).await?
+                    else {
+                        return Ok(());
+                    };
+                    if locked.token_key_id == cipher.active_key_id() {
+                        return Ok(());
+                    }
+                    let token = cipher.open(id.as_bytes(), &locked.sealed_token())?;
+                    let sealed = cipher.seal(id.as_bytes(), token.expose());
+                    Ok(store::reseal(conn, id, &sealed).await?)
+                })
+                .await;
+            result.map_err(|e| format!("account {id}: {e}"))?;
+            done += 1;
+        }
+    }
+}
+
+pub async fn run(args: RotateKeysArgs) -> Result<(), String> {
+    args.db.validate()?;
+    let cipher = Arc::new(TokenCipher::from_spec(&args.token_keys)?);
+    let pool = db::connect(&args.db, "vpp-broker-rotate-keys")?;
+    let n = rotate(&pool, &cipher).await?;
+    tracing::info!(
+        reencrypted = n,
+        key = cipher.active_key_id(),
+        "token keys rotated"
+    );
+    println!(
+        "re-encrypted {n} sTokens with key {}",
+        cipher.active_key_id()
+    );
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! sTokens at rest: AES-256-GCM with rotatable keys.
+//!
+//! Keys come from `VPP_TOKEN_KEYS` as `keyid:base64key[,keyid:base64key…]` (32-byte keys; the
+//! first is active for new encryptions, the others still decrypt). Each ciphertext is stored with
+//! its key id and a random 96-bit nonce, and the account id is bound in as associated data, so a
+//! ciphertext copied onto another account row does not decrypt. Rotation: put the new key first,
+//! keep the old one, run `vpp-broker rotate-keys`, then drop the old key.
+//!
+//! `serve` refuses to start without keys; `dev` generates one per run and says so.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+
+use crate::apple::stoken::SToken;
+
+/// A sealed secret as stored in the ledger.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("no token key with id {0:?} is configured (VPP_TOKEN_KEYS)")]
+    UnknownKey(String),
+    #[error("a stored token does not decrypt with key {0:?} (wrong key or tampered data)")]
+    Decrypt(String),
+}
+
+pub struct TokenCipher {
+    active: String,
+    keys: HashMap<String, Aes256Gcm>,
+}
+
+impl fmt::Debug for TokenCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.keys.keys().collect();
+        ids.sort();
+        f.debug_struct("TokenCipher")
+            .field("active", &self.active)
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
+fn valid_key_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl TokenCipher {
+    /// Parses `keyid:base64key[,…]`. Errors name the entry, never the key material.
+    pub fn from_spec(spec: &str) -> Result<Self, String> {
+        let mut keys = HashMap::new();
+        let mut active = None;
+        for (i, entry) in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let (id, material) = entry.split_once(':').ok_or_else(|| {
+                format!(
+                    "VPP_TOKEN_KEYS entry #{} must look like keyid:base64key",
+                    i + 1
+                )
+            })?;
+            if !valid_key_id(id) {
+                return Err(format!(
+                    "VPP_TOKEN_KEYS entry #{}: key id must be 1-32 of [A-Za-z0-9._-]",
+                    i + 1
+                ));
+            }
+            let bytes = STANDARD
+                .decode(material.trim())
+                .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not valid base64"))?;
+            if bytes.len() != 32 {
+                return Err(format!(
+                    "VPP_TOKEN_KEYS key {id:?} must be 32 bytes (AES-256), got {}; \
+                     generate one with `openssl rand -base64 32`",
+                    bytes.len()
+                ));
+            }
+            let cipher = Aes256Gcm::new_from_slice(&bytes)
+                .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not a valid AES-256 key"))?;
+            if keys.insert(id.to_owned(), cipher).is_some() {
+                return Err(format!("VPP_TOKEN_KEYS names key {id:?} twice"));
+            }
+            active.get_or_insert_with(|| id.to_owned());
+        }
+        let active = active.ok_or("VPP_TOKEN_KEYS holds no key")?;
+        Ok(TokenCipher { active, keys })
+    }
+
+    /// A fresh random key (for `dev`): returns the cipher and its spec.
+    pub fn generate(key_id: &str) -> (Self, String) {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let spec = format!("{key_id}:{}", STANDARD.encode(key));
+        let cipher = TokenCipher::from_spec(&spec).unwrap_or_else(|e| unreachable!("{e}"));
+        (cipher, spec)
+    }
+
+    pub fn active_key_id(&self) -> &str {
+        &self.active
+    }
+
+    /// Encrypts `secret` with the active key, binding `aad` (the owning row's id).
+    pub fn seal(&self, aad: &[u8], secret: &str) -> Sealed {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let cipher = &self.keys[&self.active];
+        let nonce_ref = Nonce::try_from(&nonce[..]).unwrap_or_else(|_| unreachable!("12 bytes"));
+        let ciphertext = cipher
+            .encrypt(
+                &nonce_ref,
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad,
+                },
+            )
+            .unwrap_or_else(|_| unreachable!("AES-GCM encryption of a short message cannot fail"));
+        Sealed {
+            key_id: self.active.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        }
+    }
+
+    /// Decrypts a sealed sToken.
+    pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<SToken, CryptoError> {
+        let cipher = self
+            .keys
+            .get(&sealed.key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
+        let nonce = Nonce::try_from(&sealed.nonce[..])
+            .map_err(|_| CryptoError::Decrypt(sealed.key_id.clone()))?;
+        let plain = cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| CryptoError::Decrypt(sealed.key_id.clone()))?;
+        let text =
+            String::from_utf8(plain).map_err(|_| CryptoError::Decrypt(sealed.key_id.clone()))?;
+        Ok(SToken::new(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ids: &[&str]) -> String {
+        ids.iter()
+            .map(|id| format!("{id}:{}", STANDARD.encode([id.len() as u8; 32])))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn seal_and_open_round_trip_and_bind_the_row() {
+        let c = TokenCipher::from_spec(&spec(&["k1"])).unwrap();
+        let sealed = c.seal(b"account-1", "the-stoken");
+        assert_eq!(sealed.key_id, "k1");
+        assert_ne!(sealed.ciphertext, b"the-stoken");
+        assert_eq!(
+            c.open(b"account-1", &sealed).unwrap().expose(),
+            "the-stoken"
+        );
+        // Another row's id does not open it; neither does a flipped bit.
+        assert!(c.open(b"account-2", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        tampered.ciphertext[0] ^= 1;
+        assert!(c.open(b"account-1", &tampered).is_err());
+        // Nonces are fresh.
+        assert_ne!(c.seal(b"a", "x").nonce, c.seal(b"a", "x").nonce);
+    }
+
+    #[test]
+    fn rotation_keeps_old_keys_readable() {
+        let old = TokenCipher::from_spec(&spec(&["old"])).unwrap();
+        let sealed = old.seal(b"row", "secret");
+        let rotated = TokenCipher::from_spec(&spec(&["new", "old"])).unwrap();
+        assert_eq!(rotated.active_key_id(), "new");
+        assert_eq!(rotated.open(b"row", &sealed).unwrap().expose(), "secret");
+        assert_eq!(rotated.seal(b"row", "secret").key_id, "new");
+        let dropped = TokenCipher::from_spec(&spec(&["new"])).unwrap();
+        assert_eq!(
+            dropped.open(b"row", &sealed).unwrap_err(),
+            CryptoError::UnknownKey("old".into())
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_refused_without_echoing_keys() {
+        for bad in [
+            "",
+            "nokey",
+            "k1:not-base64!!",
+            "k1:AAAA",
+            "bad id:AAAA",
+            &format!("{},{}", spec(&["a"]), spec(&["a"])),
+        ] {
+            let err = TokenCipher::from_spec(bad).unwrap_err();
+            assert!(err.contains("VPP_TOKEN_KEYS"), "{err}");
+            assert!(!err.contains("AAAA"), "{err}");
+        }
+        let (c, spec) = TokenCipher::generate("dev");
+        assert!(spec.starts_with("dev:"));
+        assert_eq!(c.active_key_id(), "dev");
+        assert!(!format!("{c:?}").contains(&spec[4..]));
+    }
+}

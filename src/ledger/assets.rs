@@ -1,0 +1,167 @@
+//! Assets (apps and books) per account, with Apple's counts and what this service holds.
+//!
+//! Free licenses of an account for an asset = `apple_total - foreign_assigned - held`, where
+//! `foreign_assigned` counts licenses assigned at Apple that this instance did not assign
+//! (another MDM, a previous owner) and `held` counts this ledger's live assignments.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::schema::assets;
+
+/// One asset as Apple reported it.
+#[derive(Clone, Debug)]
+pub struct AppleAsset {
+    pub adam_id: String,
+    pub pricing_param: String,
+    pub product_type: String,
+    pub device_assignable: bool,
+    pub revocable: bool,
+    pub supported_platforms: Vec<String>,
+    pub total: i32,
+    pub assigned: i32,
+    pub retired: i32,
+}
+
+impl AppleAsset {
+    pub fn from_apple(a: &crate::apple::types::Asset) -> Self {
+        let clamp = |v: Option<i64>| v.unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
+        let product_type = match a.product_type.as_ref().map(|p| p.as_str()) {
+            Some("App") => "App",
+            Some("Book") => "Book",
+            _ => "Other",
+        };
+        AppleAsset {
+            adam_id: a.adam_id.clone(),
+            pricing_param: a.pricing_param.as_str().to_owned(),
+            product_type: product_type.to_owned(),
+            device_assignable: a.device_assignable.unwrap_or(false),
+            revocable: a.revocable.unwrap_or(false),
+            supported_platforms: a
+                .supported_platforms
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            total: clamp(a.total_count),
+            assigned: clamp(a.assigned_count),
+            retired: clamp(a.retired_count),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = assets)]
+pub struct AssetRow {
+    pub account_id: Uuid,
+    pub adam_id: String,
+    pub pricing_param: String,
+    pub product_type: String,
+    pub device_assignable: bool,
+    pub revocable: bool,
+    pub supported_platforms: Vec<Option<String>>,
+    pub apple_total: i32,
+    pub apple_assigned: i32,
+    pub apple_retired: i32,
+    pub foreign_assigned: i32,
+    pub held: i32,
+    pub synced_at: Option<DateTime<Utc>>,
+}
+
+impl AssetRow {
+    /// Licenses this service may still hand out from this account.
+    pub fn free(&self) -> i64 {
+        (self.apple_total as i64 - self.foreign_assigned as i64 - self.held as i64).max(0)
+    }
+}
+
+/// Records the assets of a freshly attached account: every license Apple reports as assigned
+/// is someone else's (this instance has assigned nothing from it yet).
+pub async fn import_new(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    list: &[AppleAsset],
+    at: DateTime<Utc>,
+) -> QueryResult<usize> {
+    let mut n = 0;
+    for chunk in list.chunks(500) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|a| {
+                (
+                    assets::account_id.eq(account),
+                    assets::adam_id.eq(&a.adam_id),
+                    assets::pricing_param.eq(&a.pricing_param),
+                    assets::product_type.eq(&a.product_type),
+                    assets::device_assignable.eq(a.device_assignable),
+                    assets::revocable.eq(a.revocable),
+                    assets::supported_platforms.eq(a
+                        .supported_platforms
+                        .iter()
+                        .cloned()
+                        .map(Some)
+                        .collect::<Vec<_>>()),
+                    assets::apple_total.eq(a.total),
+                    assets::apple_assigned.eq(a.assigned),
+                    assets::apple_retired.eq(a.retired),
+                    assets::foreign_assigned.eq(a.assigned),
+                    assets::synced_at.eq(Some(at)),
+                )
+            })
+            .collect();
+        n += diesel::insert_into(assets::table)
+            .values(rows)
+            .on_conflict((assets::account_id, assets::adam_id, assets::pricing_param))
+            .do_nothing()
+            .execute(conn)
+            .await?;
+    }
+    Ok(n)
+}
+
+/// Forgets every asset (and, by cascade, every assignment) of an account.
+pub async fn clear(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<usize> {
+    diesel::delete(assets::table.filter(assets::account_id.eq(account)))
+        .execute(conn)
+        .await
+}
+
+pub async fn for_account(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+) -> QueryResult<Vec<AssetRow>> {
+    assets::table
+        .filter(assets::account_id.eq(account))
+        .order((assets::adam_id, assets::pricing_param))
+        .select(AssetRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Per-account totals: (account, assets, licenses owned, held by us, assigned elsewhere).
+#[derive(Clone, Debug, Default, Queryable)]
+pub struct Totals {
+    pub account_id: Uuid,
+    pub assets: i64,
+    pub total: Option<i64>,
+    pub held: Option<i64>,
+    pub foreign: Option<i64>,
+}
+
+pub async fn totals(conn: &mut AsyncPgConnection, accounts_: &[Uuid]) -> QueryResult<Vec<Totals>> {
+    assets::table
+        .filter(assets::account_id.eq_any(accounts_))
+        .group_by(assets::account_id)
+        .select((
+            assets::account_id,
+            diesel::dsl::count_star(),
+            sql::<Nullable<BigInt>>("sum(apple_total)"),
+            sql::<Nullable<BigInt>>("sum(held)"),
+            sql::<Nullable<BigInt>>("sum(foreign_assigned)"),
+        ))
+        .load(conn)
+        .await
+}
