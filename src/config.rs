@@ -146,6 +146,64 @@ impl AuthArgs {
     }
 }
 
+/// The Apple dispatcher: background workers of `serve`.
+#[derive(Args, Clone, Debug)]
+pub struct DispatchArgs {
+    /// Dispatcher workers in this process (0: this process never calls Apple by itself).
+    #[arg(long, env = "VPP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub workers: u64,
+    /// Milliseconds a new association waits for others of its account to share an Apple request.
+    #[arg(long, env = "VPP_BATCH_LINGER_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub batch_linger_ms: u64,
+    /// Apple requests in flight per account (paced to Apple's maxRequestPerSecond).
+    #[arg(long, env = "VPP_APPLE_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=15))]
+    pub apple_concurrency: u64,
+    /// Seconds before the first status poll of an Apple event (doubling up to the maximum).
+    #[arg(long, env = "VPP_EVENT_POLL_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub event_poll_secs: u64,
+    /// Longest wait between status polls of a pending Apple event.
+    #[arg(long, env = "VPP_EVENT_POLL_MAX_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub event_poll_max_secs: u64,
+    /// Seconds a worker's claim on jobs lasts; a crashed worker's jobs are taken over after it.
+    #[arg(long, env = "VPP_JOB_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub job_lease_secs: u64,
+    /// Milliseconds an idle worker sleeps between looks for work.
+    #[arg(long, env = "VPP_IDLE_POLL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub idle_poll_ms: u64,
+}
+
+impl DispatchArgs {
+    pub fn settings(&self, database_url: &str) -> crate::dispatch::Settings {
+        use std::time::Duration;
+        crate::dispatch::Settings {
+            database_url: database_url.to_owned(),
+            workers: self.workers as usize,
+            idle_poll: Duration::from_millis(self.idle_poll_ms),
+            lease: Duration::from_secs(self.job_lease_secs),
+            linger: Duration::from_millis(self.batch_linger_ms),
+            concurrency: self.apple_concurrency as usize,
+            first_poll: Duration::from_secs(self.event_poll_secs),
+            max_poll: Duration::from_secs(self.event_poll_max_secs.max(self.event_poll_secs)),
+            max_backoff: Duration::from_secs(300),
+            max_claim: 5000,
+        }
+    }
+}
+
+impl Default for DispatchArgs {
+    fn default() -> Self {
+        DispatchArgs {
+            workers: 2,
+            batch_linger_ms: 250,
+            apple_concurrency: 4,
+            event_poll_secs: 2,
+            event_poll_max_secs: 30,
+            job_lease_secs: 60,
+            idle_poll_ms: 200,
+        }
+    }
+}
+
 /// Where Apple's license API is.
 #[derive(Args, Clone, Debug)]
 pub struct AppleArgs {

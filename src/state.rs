@@ -13,6 +13,8 @@ pub struct AppState {
     pub apple: AppleClient,
     pub cipher: Arc<TokenCipher>,
     pub identity: Identity,
+    pub allocation: crate::engine::allocate::Settings,
+    pub waiters: Arc<crate::waiters::Waiters>,
 }
 
 impl AppState {
@@ -55,6 +57,10 @@ impl AppState {
                 instance_name: accounts.instance_name.clone(),
                 public_url: accounts.public_base(),
             },
+            allocation: crate::engine::allocate::Settings {
+                linger: std::time::Duration::from_millis(250),
+            },
+            waiters: Arc::new(crate::waiters::Waiters::default()),
         })
     }
 }

@@ -1,9 +1,12 @@
 -- Background work (Apple calls, syncs, webhooks), claimed with FOR UPDATE SKIP LOCKED and held
 -- by a lease: a replica that dies loses its lease and another replica takes the job over.
+-- Apple work is one job per assignment (associate / disassociate), so enqueueing never contends
+-- with other allocations; the dispatcher claims an account's jobs together and batches them.
 CREATE TABLE jobs (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind         text NOT NULL,
     account_id   uuid REFERENCES accounts (id) ON DELETE CASCADE,
+    assignment_id uuid,
     payload      jsonb NOT NULL DEFAULT '{}',
     -- Jobs with the same dedupe key are coalesced while one is waiting.
     dedupe_key   text,
@@ -17,6 +20,7 @@ CREATE TABLE jobs (
 );
 CREATE UNIQUE INDEX jobs_dedupe ON jobs (dedupe_key) WHERE dedupe_key IS NOT NULL AND state = 'queued';
 CREATE INDEX jobs_ready ON jobs (run_at) WHERE state = 'queued';
+CREATE INDEX jobs_by_account ON jobs (account_id, id) WHERE state = 'queued';
 
 -- Every decision and state change: who asked, which account, which rule, Apple event id.
 CREATE TABLE activity_log (

@@ -4,7 +4,7 @@
 //! licenses, is only deleted when the caller passes `revoke_all=true`: silently revoking licenses
 //! or breaking a policy is never what a caller wants by accident. With `revoke_all`, the
 //! policy entries naming the account are removed, every live assignment starts revocation
-//! (pending ones are dropped at once, the others go `revoking` and a revocation job is queued in
+//! (pending ones are dropped at once, the others go `revoking` with a disassociate job queued in
 //! the same transaction), and the account is marked for deletion; the dispatcher removes the
 //! row when Apple has released every license. An account with nothing at Apple is removed at
 //! once.
@@ -18,7 +18,7 @@ use super::AccountError;
 use crate::db::schema::{accounts, policy_entries};
 use crate::ledger::accounts as store;
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::{assignments, jobs};
+use crate::ledger::assignments;
 use crate::state::AppState;
 
 /// Outcome of a delete request.
@@ -29,8 +29,6 @@ pub enum Deleted {
     /// Revocation is under way; the account goes when Apple has released its licenses.
     Pending { revoking: i64 },
 }
-
-pub const REVOKE_ACCOUNT_JOB: &str = "revoke_account";
 
 pub async fn delete(
     state: &AppState,
@@ -72,7 +70,17 @@ pub async fn delete(
                 .execute(conn)
                 .await?;
         }
-        let counts = assignments::revoke_all_of_account(conn, id).await?;
+        let counts = crate::engine::revoke::revoke(
+            conn,
+            space,
+            &crate::engine::revoke::Scope {
+                account: Some(id),
+                ..Default::default()
+            },
+            actor,
+            "account deleted",
+        )
+        .await?;
         let at_apple = assignments::count_at_apple(conn, id).await?;
         activity::record(
             conn,
@@ -105,14 +113,6 @@ pub async fn delete(
             ))
             .execute(conn)
             .await?;
-        jobs::enqueue(
-            conn,
-            REVOKE_ACCOUNT_JOB,
-            Some(id),
-            serde_json::json!({ "account_id": id }),
-            Some(&format!("{REVOKE_ACCOUNT_JOB}:{id}")),
-        )
-        .await?;
         Ok(Deleted::Pending { revoking: at_apple })
     })
     .await

@@ -2,6 +2,9 @@
 //! and the OpenAPI document is generated from it.
 
 pub mod accounts;
+pub mod apple_notifications;
+pub mod assignments;
+pub mod policies;
 pub mod spaces;
 
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -26,5 +29,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(accounts::reclaim_account)
         .service(accounts::replace_account_token)
         .service(accounts::get_account_order)
-        .service(accounts::set_account_order);
+        .service(accounts::set_account_order)
+        .service(assignments::allocate_license)
+        .service(assignments::list_assignments)
+        .service(assignments::get_assignment)
+        .service(assignments::revoke_assignment)
+        .service(assignments::create_revocation)
+        .service(policies::list_policies)
+        .service(policies::get_policy)
+        .service(policies::put_policy)
+        .service(policies::delete_policy)
+        .service(apple_notifications::receive_apple_notification);
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod apple_sim;
 pub mod dev;
 pub mod migrate;
 pub mod openapi;

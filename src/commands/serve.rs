@@ -7,7 +7,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Authenticator;
-use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, HttpArgs};
+use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, DispatchArgs, HttpArgs};
 use crate::crypto::TokenCipher;
 use crate::db::{self, migrate};
 use crate::http::AppState;
@@ -25,6 +25,8 @@ pub struct ServeArgs {
     pub apple: AppleArgs,
     #[command(flatten)]
     pub accounts: AccountArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
     /// Apply pending migrations before serving (under the same advisory lock as `migrate`).
     /// The Helm chart runs `migrate` as a hook instead.
     #[arg(long, env = "VPP_AUTO_MIGRATE", default_value_t = false)]
@@ -59,7 +61,18 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
     let listener = TcpListener::bind(args.http.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
-    let state = Arc::new(AppState::build(pool, &args.apple, &args.accounts, cipher).await?);
+    let mut state = AppState::build(pool, &args.apple, &args.accounts, cipher).await?;
+    let dispatch = args.dispatch.settings(&args.db.database_url);
+    state.allocation.linger = dispatch.linger;
+    let state = Arc::new(state);
+    state
+        .waiters
+        .clone()
+        .spawn_listener(args.db.database_url.clone(), cancel.clone());
+    let workers = crate::dispatch::spawn(
+        crate::dispatch::Ctx::new(state.clone(), dispatch),
+        cancel.clone(),
+    );
     let server = server::start(
         Parts {
             state,
@@ -73,6 +86,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     tracing::info!(listen = %args.http.listen, "vpp-broker serving");
     let result = server.await.map_err(|e| format!("HTTP server failed: {e}"));
     cancel.cancel();
+    // Let workers finish the Apple request in hand; their leases cover anything cut short.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(args.http.shutdown_timeout_secs),
+        futures_util::future::join_all(workers),
+    )
+    .await;
     tracing::info!("vpp-broker stopped");
     result
 }

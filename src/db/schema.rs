@@ -62,6 +62,40 @@ diesel::table! {
 }
 
 diesel::table! {
+    apple_events (event_id) {
+        event_id -> Text,
+        account_id -> Uuid,
+        kind -> Text,
+        adam_id -> Nullable<Text>,
+        pricing_param -> Nullable<Text>,
+        requested -> Int4,
+        status -> Text,
+        failures -> Nullable<Jsonb>,
+        polls -> Int4,
+        submitted_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    apple_notifications (notification_id) {
+        notification_id -> Text,
+        account_id -> Nullable<Uuid>,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    apple_users (account_id, client_user_id) {
+        account_id -> Uuid,
+        client_user_id -> Text,
+        status -> Text,
+        event_id -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     assets (account_id, adam_id, pricing_param) {
         account_id -> Uuid,
         adam_id -> Text,
@@ -141,6 +175,7 @@ diesel::table! {
         id -> Int8,
         kind -> Text,
         account_id -> Nullable<Uuid>,
+        assignment_id -> Nullable<Uuid>,
         payload -> Jsonb,
         dedupe_key -> Nullable<Text>,
         state -> Text,
@@ -190,6 +225,8 @@ diesel::table! {
 
 diesel::joinable!(account_distribution_entries -> accounts (account_id));
 diesel::joinable!(accounts -> spaces (space_id));
+diesel::joinable!(apple_events -> accounts (account_id));
+diesel::joinable!(apple_users -> accounts (account_id));
 diesel::joinable!(assets -> accounts (account_id));
 diesel::joinable!(assignments -> spaces (space_id));
 diesel::joinable!(assignments -> subjects (subject_id));
@@ -203,6 +240,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     account_distribution_entries,
     accounts,
     activity_log,
+    apple_events,
+    apple_notifications,
+    apple_users,
     assets,
     assignments,
     deployment,

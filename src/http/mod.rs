@@ -5,6 +5,7 @@ pub mod context;
 pub mod etag;
 pub mod extract;
 pub mod fallback;
+pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;

@@ -15,6 +15,7 @@ use utoipa_actix_web::AppExt;
 use super::problem::{FieldError, Problem};
 
 pub const BEARER: &str = "bearer";
+pub const APPLE_NOTIFICATION: &str = "apple_notification";
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -30,6 +31,10 @@ pub const BEARER: &str = "bearer";
     components(schemas(Problem, FieldError)),
     tags(
         (name = "spaces", description = "Isolated partitions of a deployment (tenants, sites, teams)"),
+        (name = "accounts", description = "Token accounts: one Apple location (sToken) each, ordered by priority"),
+        (name = "assignments", description = "Allocate and revoke licenses; the ledger of who holds what"),
+        (name = "policies", description = "Distribution policies per asset: reserved, first-come-first-served, disallowed"),
+        (name = "apple", description = "Endpoints Apple calls (notifications); not for MDM callers"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)"),
     )
 )]
@@ -48,6 +53,17 @@ impl Modify for SecurityAddon {
                     .bearer_format("JWT")
                     .description(Some(
                         "JWT with iss, aud, exp, nbf, sub, scope (space-separated) and spaces (array; \"*\" = all)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            APPLE_NOTIFICATION,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The notification auth token this service gave Apple for the account",
                     ))
                     .build(),
             ),

@@ -95,6 +95,16 @@ pub mod types {
         APPLE_UNAVAILABLE = ("apple-unavailable", 503, "Apple is unavailable");
         /// Apple answered with an error the service cannot act on.
         APPLE_ERROR = ("apple-error", 502, "Apple returned an error");
+        /// The `Idempotency-Key` was already used for a different request.
+        IDEMPOTENCY_KEY_REUSED = ("idempotency-key-reused", 422, "Idempotency key reused");
+        /// The asset's distribution policy refuses this subject (rule A3).
+        SUBJECT_DISALLOWED = ("subject-disallowed", 403, "Subject disallowed by policy");
+        /// No account of the space owns the asset.
+        ASSET_NOT_FOUND = ("asset-not-found", 404, "Asset not found");
+        /// Every account is exhausted or cannot serve; `accounts` says why, per account (A9).
+        NO_LICENSE_AVAILABLE = ("no-license-available", 409, "No license available");
+        /// The requested license type cannot be given to this subject or asset.
+        LICENSE_TYPE_UNAVAILABLE = ("license-type-unavailable", 422, "License type unavailable");
         /// An unexpected failure; details are in the server log under the request id.
         INTERNAL = ("internal", 500, "Internal server error");
         /// A dependency (the database, the key set) is unavailable; retry later.

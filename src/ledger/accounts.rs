@@ -439,3 +439,12 @@ pub async fn update_details(
     }
     touch(conn, id).await
 }
+
+pub async fn by_id(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<AccountRow>> {
+    accounts::table
+        .filter(accounts::id.eq(id))
+        .select(AccountRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}

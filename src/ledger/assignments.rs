@@ -1,10 +1,129 @@
 //! Assignments: the ledger rows of licenses (life cycle in design §4).
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::schema::assignments;
+use crate::engine::model::{AssignmentState, LicenseType, Rule};
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = assignments)]
+pub struct AssignmentRow {
+    pub id: Uuid,
+    pub space_id: String,
+    pub account_id: Uuid,
+    pub adam_id: String,
+    pub pricing_param: String,
+    pub subject_id: Uuid,
+    pub license_type: LicenseType,
+    pub state: AssignmentState,
+    pub rule: Rule,
+    pub decision: serde_json::Value,
+    pub requested_by: String,
+    pub reason: String,
+    pub apple_event_id: Option<String>,
+    pub batch_id: Option<Uuid>,
+    pub error: Option<serde_json::Value>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const LIVE: [&str; 3] = ["pending", "associating", "active"];
+
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    id: Uuid,
+) -> QueryResult<Option<AssignmentRow>> {
+    assignments::table
+        .filter(assignments::space_id.eq(space))
+        .filter(assignments::id.eq(id))
+        .select(AssignmentRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn by_id(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<AssignmentRow>> {
+    assignments::table
+        .filter(assignments::id.eq(id))
+        .select(AssignmentRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The live assignment of `subject` for an asset in a space, if any.
+pub async fn live_for(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+    subject: Uuid,
+) -> QueryResult<Option<AssignmentRow>> {
+    assignments::table
+        .filter(assignments::space_id.eq(space))
+        .filter(assignments::adam_id.eq(adam_id))
+        .filter(assignments::pricing_param.eq(pricing_param))
+        .filter(assignments::subject_id.eq(subject))
+        .filter(assignments::state.eq_any(LIVE))
+        .select(AssignmentRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Filters of the assignment listing.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub account: Option<Uuid>,
+    pub adam_id: Option<String>,
+    pub pricing_param: Option<String>,
+    pub subject: Option<Uuid>,
+    pub state: Option<AssignmentState>,
+    pub live_only: bool,
+}
+
+/// A page of a space's assignments ordered by id (UUIDv7: creation order).
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    filter: &ListFilter,
+    after: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<AssignmentRow>> {
+    let mut q = assignments::table
+        .filter(assignments::space_id.eq(space))
+        .select(AssignmentRow::as_select())
+        .order(assignments::id.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(a) = filter.account {
+        q = q.filter(assignments::account_id.eq(a));
+    }
+    if let Some(a) = &filter.adam_id {
+        q = q.filter(assignments::adam_id.eq(a.clone()));
+    }
+    if let Some(p) = &filter.pricing_param {
+        q = q.filter(assignments::pricing_param.eq(p.clone()));
+    }
+    if let Some(s) = filter.subject {
+        q = q.filter(assignments::subject_id.eq(s));
+    }
+    if let Some(s) = filter.state {
+        q = q.filter(assignments::state.eq(s));
+    }
+    if filter.live_only {
+        q = q.filter(assignments::state.eq_any(LIVE));
+    }
+    if let Some(after) = after {
+        q = q.filter(assignments::id.gt(after));
+    }
+    q.load(conn).await
+}
 
 /// All assignment rows of an account, finished ones included.
 pub async fn count_for_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
@@ -34,47 +153,4 @@ pub async fn count_at_apple(conn: &mut AsyncPgConnection, account: Uuid) -> Quer
         .count()
         .get_result(conn)
         .await
-}
-
-#[derive(diesel::QueryableByName, Debug, Default, Clone, Copy)]
-pub struct RevokeCounts {
-    /// Pending assignments never sent to Apple: revoked at once.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub dropped: i64,
-    /// Assignments Apple holds (or is associating): now `revoking`, for the dispatcher.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub revoking: i64,
-}
-
-/// Starts revocation of every live assignment of an account (V1 "all of an account's"): pending
-/// ones (never sent) become `revoked`, the others `revoking`; the freed licenses return to the
-/// pool at once (`held` drops in the same statement).
-pub async fn revoke_all_of_account(
-    conn: &mut AsyncPgConnection,
-    account: Uuid,
-) -> QueryResult<RevokeCounts> {
-    diesel::sql_query(
-        "WITH changed AS (
-             UPDATE assignments
-                SET state = CASE WHEN state = 'pending' THEN 'revoked' ELSE 'revoking' END,
-                    version = version + 1,
-                    updated_at = now()
-              WHERE account_id = $1 AND state IN ('pending', 'associating', 'active')
-          RETURNING adam_id, pricing_param, state
-         ), released AS (
-             UPDATE assets a
-                SET held = a.held - c.n, updated_at = now()
-               FROM (SELECT adam_id, pricing_param, count(*) AS n FROM changed
-                      GROUP BY adam_id, pricing_param) c
-              WHERE a.account_id = $1 AND a.adam_id = c.adam_id
-                AND a.pricing_param = c.pricing_param
-          RETURNING 1
-         )
-         SELECT count(*) FILTER (WHERE state = 'revoked') AS dropped,
-                count(*) FILTER (WHERE state = 'revoking') AS revoking
-           FROM changed",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(account)
-    .get_result(conn)
-    .await
 }

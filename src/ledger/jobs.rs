@@ -26,3 +26,165 @@ pub async fn enqueue(
     .await?;
     Ok(n == 1)
 }
+
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Debug, diesel::QueryableByName)]
+pub struct JobRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub kind: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    pub assignment_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    pub payload: serde_json::Value,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+}
+
+#[derive(diesel::QueryableByName)]
+struct AccountId {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    account_id: Uuid,
+}
+
+/// Accounts with jobs ready to run, oldest first.
+pub async fn ready_accounts(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Uuid>> {
+    let rows: Vec<AccountId> = diesel::sql_query(
+        "SELECT account_id FROM jobs
+          WHERE state = 'queued' AND account_id IS NOT NULL AND run_at <= now()
+            AND (locked_until IS NULL OR locked_until < now())
+          GROUP BY account_id ORDER BY min(run_at) LIMIT $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.account_id).collect())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
+
+/// Session advisory lock that makes one worker (across all replicas) the dispatcher of an
+/// account at a time. Use on a dedicated connection: the lock dies with its session.
+pub async fn try_lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<bool> {
+    let row: Locked = diesel::sql_query(
+        "SELECT pg_try_advisory_lock(hashtextextended($1::text, 7610)) AS locked",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .get_result(conn)
+    .await?;
+    Ok(row.locked)
+}
+
+pub async fn unlock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1::text, 7610))")
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Leases the account's queued jobs that are due within `horizon` (so associations queued a
+/// moment apart travel in one Apple request). Expired leases of a dead worker are taken over.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    worker: &str,
+    lease: std::time::Duration,
+    horizon: std::time::Duration,
+    max: i64,
+) -> QueryResult<Vec<JobRow>> {
+    diesel::sql_query(
+        "UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
+                         attempts = attempts + 1
+          WHERE id IN (SELECT id FROM jobs
+                        WHERE account_id = $1 AND state = 'queued'
+                          AND run_at <= now() + make_interval(secs => $4)
+                          AND (locked_until IS NULL OR locked_until < now())
+                        ORDER BY id LIMIT $5
+                        FOR UPDATE SKIP LOCKED)
+      RETURNING id, kind, assignment_id, payload, attempts",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Text, _>(worker)
+    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(horizon.as_secs_f64())
+    .bind::<diesel::sql_types::BigInt, _>(max)
+    .load(conn)
+    .await
+}
+
+pub async fn delete(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM jobs WHERE id = ANY($1)")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+        .execute(conn)
+        .await
+}
+
+/// Releases jobs to run again at `at` (retry, throttling, waiting for another event).
+pub async fn postpone(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    at: DateTime<Utc>,
+    error: Option<&str>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE jobs SET run_at = $2, locked_by = NULL, locked_until = NULL,
+                         last_error = COALESCE($3, last_error)
+          WHERE id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(error)
+    .execute(conn)
+    .await
+}
+
+/// Moves every queued job of an account that is due before `at` to `at` (the account cannot
+/// call Apple until then).
+pub async fn postpone_account(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    at: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE jobs SET run_at = $2 WHERE account_id = $1 AND state = 'queued' AND run_at < $2",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .execute(conn)
+    .await
+}
+
+/// Queues a poll of an Apple event.
+pub async fn enqueue_poll(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    event_id: &str,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO jobs (kind, account_id, payload, run_at) VALUES ('poll_event', $1, $2, $3)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Jsonb, _>(serde_json::json!({ "event_id": event_id }))
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Queued or leased jobs (for tests and the drain check).
+pub async fn count(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    use crate::db::schema::jobs;
+    jobs::table
+        .filter(jobs::state.eq("queued"))
+        .count()
+        .get_result(conn)
+        .await
+}

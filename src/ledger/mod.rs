@@ -6,4 +6,6 @@ pub mod activity;
 pub mod assets;
 pub mod assignments;
 pub mod jobs;
+pub mod policies;
 pub mod spaces;
+pub mod subjects;

@@ -1,6 +1,7 @@
 //! Integration tests: real PostgreSQL (one database per test, cloned from a migrated template),
 //! the HTTP server on a real port, JWTs really signed and verified.
 
+mod accounts;
 mod auth;
 mod cli;
 mod migrations;

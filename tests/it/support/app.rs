@@ -77,6 +77,40 @@ impl TestApp {
         TestApp::start_opts(Options::default()).await
     }
 
+    /// A server whose Apple is the given simulator.
+    pub async fn with_sim(sim: &vpp_broker::apple_sim::SimHandle) -> TestApp {
+        TestApp::start_opts(Options {
+            apple_base_url: sim.base_url(),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Creates a space (as admin).
+    pub async fn space(&self, id: &str) {
+        let resp = self
+            .req(Method::POST, "/v1/spaces")
+            .json(&serde_json::json!({"id": id, "name": id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "create space {id}");
+    }
+
+    /// Attaches an account by sToken; returns its JSON.
+    pub async fn account(&self, space: &str, name: &str, stoken: &str) -> serde_json::Value {
+        let resp = self
+            .req(Method::POST, &format!("/v1/spaces/{space}/accounts"))
+            .json(&serde_json::json!({"name": name, "stoken": stoken}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "attach {name}: {body}");
+        body
+    }
+
     pub async fn start_with(auth: AuthArgs, body_limit: u64) -> TestApp {
         TestApp::start_opts(Options {
             auth,
@@ -94,6 +128,7 @@ impl TestApp {
             public_url,
             token_keys,
         } = opts;
+        super::logs::capture();
         let db = TestDb::new().await;
         let pool = vpp_broker::db::connect(&db_args(&db.url), "vpp-broker-test").expect("pool");
         let authenticator = Arc::new(Authenticator::from_args(&auth).await.expect("auth"));

@@ -4,5 +4,7 @@
 pub mod app;
 pub mod db;
 pub mod keys;
+pub mod logs;
+pub mod sim;
 
 pub use app::{TestApp, admin_token, expect_problem, token};

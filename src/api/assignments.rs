@@ -1,0 +1,817 @@
+//! `/v1/spaces/{space}/assignments` and `/revocations`: allocate and revoke licenses
+//! (rules A1–A10, V1).
+//!
+//! Allocation answers from the ledger at database speed; Apple is never called on the request
+//! path. `?wait=N` (0–30 s) optionally holds the answer until Apple confirmed or refused.
+//! Allocating and revoking need `licenses:write`; reading needs `licenses:read`.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::api::spaces::check_space_path;
+use crate::auth::{Caller, Scope};
+use crate::engine::allocate::{
+    self, AllocationError, AllocationRequest, AssetRef, Outcome, SubjectInput,
+};
+use crate::engine::model::{
+    AssignmentState, Decision, LicenseType, LicenseWish, Rule, SubjectKind,
+};
+use crate::engine::revoke::{self, Revoked};
+use crate::http::extract::Json;
+use crate::http::idempotency::{self, Begin};
+use crate::http::pagination::{MAX_LIMIT, next_cursor};
+use crate::http::problem::{ApiError, FieldError, types};
+use crate::ledger::assignments::{self as store, AssignmentRow, ListFilter};
+use crate::ledger::subjects::{self, SubjectRow};
+use crate::state::AppState;
+
+/// An asset: Apple product id and pricing.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    /// Apple's product id (digits).
+    #[schema(example = "408709785")]
+    pub adam_id: String,
+    /// `STDQ` (standard) or `PLUS` (high quality); default `STDQ`.
+    #[serde(default = "stdq")]
+    #[schema(example = "STDQ")]
+    pub pricing_param: String,
+}
+
+fn stdq() -> String {
+    "STDQ".into()
+}
+
+/// Who the license is for.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectRef {
+    pub kind: SubjectKind,
+    /// Serial number (devices) or client user id (users).
+    pub id: String,
+    /// Devices: the client user id of the device's user (for user-based licenses and rule A7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Devices: a Shared iPad always gets a device-based license.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_ipad: bool,
+    /// The subject's group memberships, as the MDM knows them (stored; used by policies and
+    /// distribution lists). Omit to keep what was stored before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+/// Body of `POST …/assignments`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateBody {
+    pub asset: Asset,
+    pub subject: SubjectRef,
+    /// `auto` (default): device-based for device-assignable assets, else user-based.
+    #[serde(default = "auto")]
+    pub license_type: LicenseWish,
+    /// Why the license is wanted (recorded in the activity log).
+    #[serde(default)]
+    pub reason: String,
+    /// Explain the decision without taking a license.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn auto() -> LicenseWish {
+    LicenseWish::Auto
+}
+
+/// One license held (or once held) by a subject.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub id: Uuid,
+    pub space: String,
+    pub account_id: Uuid,
+    pub asset: Asset,
+    pub subject: AssignmentSubject,
+    pub license_type: LicenseType,
+    pub state: AssignmentState,
+    /// The rule that decided this allocation.
+    pub rule: Rule,
+    /// Accounts skipped before this one, and why.
+    pub decision: Decision,
+    pub requested_by: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apple_event_id: Option<String>,
+    /// Apple's error and what the service did about it (failed assignments).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The license holder of an assignment.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AssignmentSubject {
+    pub kind: SubjectKind,
+    pub id: String,
+}
+
+/// Answer of an allocation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Allocation {
+    /// The assignment (absent for a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+    /// True when this request created the assignment; false when it existed (A6, A7).
+    pub created: bool,
+    pub rule: Rule,
+    pub account_id: Uuid,
+    pub license_type: LicenseType,
+    pub decision: Decision,
+    pub dry_run: bool,
+}
+
+/// One page of assignments.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AssignmentPage {
+    pub items: Vec<Assignment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Seconds (0–30) to hold the answer until Apple confirmed or refused.
+    #[param(minimum = 0, maximum = 30)]
+    pub wait: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    pub account_id: Option<Uuid>,
+    pub adam_id: Option<String>,
+    pub pricing_param: Option<String>,
+    /// With `subject_id`: `device` or `user`.
+    pub subject_kind: Option<SubjectKind>,
+    pub subject_id: Option<String>,
+    pub state: Option<AssignmentState>,
+    /// Only license-holding assignments (pending, associating, active).
+    pub live: Option<bool>,
+}
+
+/// Body of `POST …/revocations`: which live assignments to revoke (at least one filter).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationBody {
+    /// Only this account's (all of an account's: give only this).
+    pub account_id: Option<Uuid>,
+    /// Only this asset's (omit `pricing_param` for both pricings).
+    pub asset: Option<RevokeAsset>,
+    /// Only this subject's.
+    pub subject: Option<RevokeSubject>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeAsset {
+    pub adam_id: String,
+    pub pricing_param: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeSubject {
+    pub kind: SubjectKind,
+    pub id: String,
+}
+
+/// What a revocation started.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Revocation {
+    /// Pending assignments revoked before reaching Apple.
+    pub dropped: i64,
+    /// Assignments now `revoking`; Apple is asked to release them.
+    pub revoking: i64,
+}
+
+fn check_asset(errors: &mut Vec<FieldError>, field: &str, adam_id: &str, pricing: Option<&str>) {
+    if adam_id.is_empty() || adam_id.len() > 20 || !adam_id.bytes().all(|b| b.is_ascii_digit()) {
+        errors.push(FieldError {
+            field: format!("{field}.adam_id"),
+            message: "must be Apple's numeric product id (1-20 digits)".into(),
+        });
+    }
+    if let Some(p) = pricing
+        && p != "STDQ"
+        && p != "PLUS"
+    {
+        errors.push(FieldError {
+            field: format!("{field}.pricing_param"),
+            message: "must be STDQ or PLUS".into(),
+        });
+    }
+}
+
+fn check_id(errors: &mut Vec<FieldError>, field: &str, id: &str) {
+    if id.trim().is_empty() || id.chars().count() > 256 {
+        errors.push(FieldError {
+            field: field.into(),
+            message: "must be 1 to 256 characters".into(),
+        });
+    }
+}
+
+fn validate(body: &AllocateBody) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    check_asset(
+        &mut errors,
+        "asset",
+        &body.asset.adam_id,
+        Some(&body.asset.pricing_param),
+    );
+    check_id(&mut errors, "subject.id", &body.subject.id);
+    if let Some(user) = &body.subject.user {
+        check_id(&mut errors, "subject.user", user);
+        if body.subject.kind == SubjectKind::User {
+            errors.push(FieldError {
+                field: "subject.user".into(),
+                message: "only devices have a user".into(),
+            });
+        }
+    }
+    if body.subject.shared_ipad && body.subject.kind == SubjectKind::User {
+        errors.push(FieldError {
+            field: "subject.shared_ipad".into(),
+            message: "only devices can be Shared iPads".into(),
+        });
+    }
+    if let Some(groups) = &body.subject.groups {
+        if groups.len() > 100 {
+            errors.push(FieldError {
+                field: "subject.groups".into(),
+                message: "at most 100 groups".into(),
+            });
+        }
+        for (i, g) in groups.iter().enumerate() {
+            check_id(&mut errors, &format!("subject.groups[{i}]"), g);
+        }
+    }
+    if body.reason.chars().count() > 1000 {
+        errors.push(FieldError {
+            field: "reason".into(),
+            message: "at most 1000 characters".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+impl From<AllocationError> for ApiError {
+    fn from(err: AllocationError) -> Self {
+        match err {
+            AllocationError::UnknownAsset { .. } => {
+                ApiError::new(&types::ASSET_NOT_FOUND, err.to_string())
+            }
+            AllocationError::Disallowed(why) => ApiError::new(&types::SUBJECT_DISALLOWED, why),
+            AllocationError::Incompatible(why) => {
+                ApiError::new(&types::LICENSE_TYPE_UNAVAILABLE, why)
+            }
+            AllocationError::Exhausted { skipped } => ApiError::new(
+                &types::NO_LICENSE_AVAILABLE,
+                format!(
+                    "no account of this space can serve this subject; see `accounts` ({} tried)",
+                    skipped.len()
+                ),
+            )
+            .with_extensions(serde_json::json!({ "accounts": skipped })),
+            AllocationError::Db(e) => e.into(),
+            AllocationError::Pool(e) => e.into(),
+        }
+    }
+}
+
+/// Builds the views of assignments (one query for their subjects).
+pub async fn views(
+    conn: &mut diesel_async::AsyncPgConnection,
+    rows: Vec<AssignmentRow>,
+) -> Result<Vec<Assignment>, ApiError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.subject_id).collect();
+    let subjects: Vec<SubjectRow> = subjects::by_ids(conn, &ids).await?;
+    Ok(rows.into_iter().map(|r| view(r, &subjects)).collect())
+}
+
+fn view(r: AssignmentRow, subjects: &[SubjectRow]) -> Assignment {
+    let subject = subjects
+        .iter()
+        .find(|s| s.id == r.subject_id)
+        .map(|s| AssignmentSubject {
+            kind: s.kind,
+            id: s.external_id.clone(),
+        })
+        .unwrap_or(AssignmentSubject {
+            kind: match r.license_type {
+                LicenseType::Device => SubjectKind::Device,
+                LicenseType::User => SubjectKind::User,
+            },
+            id: String::new(),
+        });
+    Assignment {
+        id: r.id,
+        space: r.space_id,
+        account_id: r.account_id,
+        asset: Asset {
+            adam_id: r.adam_id,
+            pricing_param: r.pricing_param,
+        },
+        subject,
+        license_type: r.license_type,
+        state: r.state,
+        rule: r.rule,
+        decision: serde_json::from_value(r.decision).unwrap_or_default(),
+        requested_by: r.requested_by,
+        reason: r.reason,
+        apple_event_id: r.apple_event_id,
+        error: r.error,
+        version: r.version,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
+}
+
+async fn one_view(
+    conn: &mut diesel_async::AsyncPgConnection,
+    row: AssignmentRow,
+) -> Result<Assignment, ApiError> {
+    views(conn, vec![row])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal(std::io::Error::other("assignment view missing")))
+}
+
+/// Waits (bounded) until the assignment is final; returns it as it is then.
+pub async fn wait_final(
+    state: &AppState,
+    space: &str,
+    id: Uuid,
+    timeout: Duration,
+) -> Result<Option<AssignmentRow>, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let handle = state.waiters.handle(id);
+    let result = loop {
+        let notified = handle.notified();
+        let row = {
+            let mut conn = state.pool.get().await?;
+            store::find(&mut conn, space, id).await?
+        };
+        let Some(row) = row else { break None };
+        let now = tokio::time::Instant::now();
+        if row.state.is_final() || now >= deadline {
+            break Some(row);
+        }
+        let nap = (deadline - now).min(Duration::from_secs(1));
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(nap) => {}
+        }
+    };
+    drop(handle);
+    state.waiters.release(id);
+    Ok(result)
+}
+
+fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpResponse {
+    let mut builder = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+    if status >= 400 {
+        builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+    }
+    if replayed {
+        builder.insert_header((idempotency::REPLAYED, HeaderValue::from_static("true")));
+    }
+    if status == 201
+        && let (Some(space), Some(id)) = (
+            body.pointer("/assignment/space").and_then(|v| v.as_str()),
+            body.pointer("/assignment/id").and_then(|v| v.as_str()),
+        )
+    {
+        builder.insert_header((
+            header::LOCATION,
+            format!("/v1/spaces/{space}/assignments/{id}"),
+        ));
+    }
+    builder.json(body)
+}
+
+/// Allocate a license for a subject (or explain what would be allocated with `dry_run`).
+#[utoipa::path(
+    tag = "assignments",
+    operation_id = "allocate_license",
+    security(("bearer" = ["licenses:write"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key (24 h, per caller)"),
+        WaitQuery,
+    ),
+    request_body = AllocateBody,
+    responses(
+        (status = 201, description = "A license was allocated; `decision` explains the choice", body = Allocation),
+        (status = 200, description = "The subject already holds a license for the asset (A6/A7), or a dry run", body = Allocation),
+        (status = 403, description = "The asset's policy disallows the subject (`subject-disallowed`)"),
+        (status = 404, description = "Unknown space, or no account of the space owns the asset (`asset-not-found`)"),
+        (status = 409, description = "No license available anywhere (`no-license-available`, with `accounts` listing why per account)"),
+        (status = 422, description = "Invalid body, license type impossible for this subject or asset, or Idempotency-Key reused for another request"),
+    )
+)]
+#[post("/v1/spaces/{space}/assignments")]
+pub async fn allocate_license(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<WaitQuery>,
+    req: HttpRequest,
+    body: Json<AllocateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesWrite)?;
+    let wait = wait_seconds(query.wait)?;
+    let body = body.0;
+    validate(&body)?;
+    let request = AllocationRequest {
+        space: space.clone(),
+        asset: AssetRef {
+            adam_id: body.asset.adam_id.clone(),
+            pricing_param: body.asset.pricing_param.clone(),
+        },
+        subject: match body.subject.kind {
+            SubjectKind::Device => SubjectInput::Device {
+                serial: body.subject.id.clone(),
+                user: body.subject.user.clone(),
+                shared_ipad: body.subject.shared_ipad,
+                groups: body.subject.groups.clone(),
+            },
+            SubjectKind::User => SubjectInput::User {
+                id: body.subject.id.clone(),
+                groups: body.subject.groups.clone(),
+            },
+        },
+        wish: body.license_type,
+        reason: body.reason.clone(),
+        requested_by: caller.subject.clone(),
+        dry_run: body.dry_run,
+        exclude_accounts: Vec::new(),
+        replaces: None,
+    };
+    let key = idempotency::key(&req)?;
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    let settings = state.allocation.clone();
+    let (status, mut json, replayed) = match key {
+        None => {
+            let result = allocate::allocate(&mut conn, &settings, &request).await;
+            let (s, j) = render(&mut conn, result, body.dry_run).await?;
+            (s, j, false)
+        }
+        Some(key) => {
+            let fingerprint =
+                idempotency::fingerprint(&req, &serde_json::to_vec(&body).unwrap_or_default());
+            let caller_id = caller.subject.clone();
+            conn.transaction(async |conn| {
+                match idempotency::begin(conn, &space, &caller_id, &key, &fingerprint).await? {
+                    Begin::Replay { status, body } => Ok::<_, ApiError>((status, body, true)),
+                    Begin::Fresh => {
+                        let result = allocate::allocate(conn, &settings, &request).await;
+                        let (s, j) = render(conn, result, request.dry_run).await?;
+                        idempotency::finish(conn, &space, &caller_id, &key, s, &j).await?;
+                        Ok((s, j, false))
+                    }
+                }
+            })
+            .await?
+        }
+    };
+    drop(conn);
+    if let Some(wait) = wait
+        && status < 300
+        && let Some(id) = json
+            .pointer("/assignment/id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<Uuid>().ok())
+        && let Some(row) = wait_final(&state, &space, id, wait).await?
+    {
+        let mut conn = state.pool.get().await?;
+        json["assignment"] =
+            serde_json::to_value(one_view(&mut conn, row).await?).unwrap_or_default();
+    }
+    Ok(respond(status, &json, replayed))
+}
+
+/// The rendered answer to an allocation: status and JSON body (a problem for refusals).
+async fn render(
+    conn: &mut diesel_async::AsyncPgConnection,
+    result: Result<Outcome, AllocationError>,
+    dry_run: bool,
+) -> Result<(u16, serde_json::Value), ApiError> {
+    match result {
+        Ok(o) => {
+            let subjects = match &o.assignment {
+                Some(a) => subjects::by_ids(conn, &[a.subject_id]).await?,
+                None => Vec::new(),
+            };
+            let body = Allocation {
+                assignment: o.assignment.map(|row| view(row, &subjects)),
+                created: o.created,
+                rule: o.rule,
+                account_id: o.account_id,
+                license_type: o.license_type,
+                decision: o.decision,
+                dry_run,
+            };
+            Ok((
+                if o.created { 201 } else { 200 },
+                serde_json::to_value(body).unwrap_or_default(),
+            ))
+        }
+        Err(AllocationError::Db(e)) => Err(e.into()),
+        Err(AllocationError::Pool(e)) => Err(e.into()),
+        Err(refusal) => {
+            let api: ApiError = refusal.into();
+            let status = api.kind().status;
+            Ok((
+                status,
+                serde_json::to_value(api.to_problem()).unwrap_or_default(),
+            ))
+        }
+    }
+}
+
+fn wait_seconds(wait: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match wait {
+        None | Some(0) => Ok(None),
+        Some(s) if s <= 30 => Ok(Some(Duration::from_secs(s))),
+        Some(s) => Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            format!("wait must be 0 to 30 seconds, not {s}"),
+        )),
+    }
+}
+
+/// List a space's assignments.
+#[utoipa::path(
+    tag = "assignments",
+    operation_id = "list_assignments",
+    security(("bearer" = ["licenses:read"])),
+    params(("space" = String, Path, description = "Space id"), ListQuery),
+    responses((status = 200, description = "A page of assignments, oldest first", body = AssignmentPage))
+)]
+#[get("/v1/spaces/{space}/assignments")]
+pub async fn list_assignments(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+) -> Result<web::Json<AssignmentPage>, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let q = query.into_inner();
+    let page = crate::http::pagination::PageQuery {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+    };
+    let limit = page.limit()?;
+    let after: Option<Uuid> = page.after()?;
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    let subject = match (q.subject_kind, &q.subject_id) {
+        (Some(kind), Some(id)) => match subjects::find(&mut conn, &space, kind, id).await? {
+            Some(s) => Some(s.id),
+            None => {
+                return Ok(web::Json(AssignmentPage {
+                    items: Vec::new(),
+                    next_cursor: None,
+                }));
+            }
+        },
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::new(
+                &types::INVALID_PARAMETER,
+                "subject_kind and subject_id go together",
+            ));
+        }
+    };
+    let filter = ListFilter {
+        account: q.account_id,
+        adam_id: q.adam_id,
+        pricing_param: q.pricing_param,
+        subject,
+        state: q.state,
+        live_only: q.live.unwrap_or(false),
+    };
+    let rows = store::list(
+        &mut conn,
+        &space,
+        &filter,
+        after,
+        limit.min(MAX_LIMIT as i64),
+    )
+    .await?;
+    let next = next_cursor(rows.len(), limit, rows.last().map(|r| r.id));
+    Ok(web::Json(AssignmentPage {
+        items: views(&mut conn, rows).await?,
+        next_cursor: next,
+    }))
+}
+
+/// Get one assignment, optionally waiting (≤ 30 s) for its final state.
+#[utoipa::path(
+    tag = "assignments",
+    operation_id = "get_assignment",
+    security(("bearer" = ["licenses:read"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("assignment" = Uuid, Path, description = "Assignment id"),
+        WaitQuery,
+    ),
+    responses((status = 200, description = "The assignment", body = Assignment))
+)]
+#[get("/v1/spaces/{space}/assignments/{assignment}")]
+pub async fn get_assignment(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+    query: web::Query<WaitQuery>,
+) -> Result<web::Json<Assignment>, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let wait = wait_seconds(query.wait)?;
+    let row = match wait {
+        Some(wait) => wait_final(&state, &space, id, wait).await?,
+        None => {
+            let mut conn = state.pool.get().await?;
+            store::find(&mut conn, &space, id).await?
+        }
+    }
+    .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
+    let mut conn = state.pool.get().await?;
+    Ok(web::Json(one_view(&mut conn, row).await?))
+}
+
+/// Revoke one assignment (V1). The license is free in the ledger at once.
+#[utoipa::path(
+    tag = "assignments",
+    operation_id = "revoke_assignment",
+    security(("bearer" = ["licenses:write"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("assignment" = Uuid, Path, description = "Assignment id"),
+    ),
+    responses((status = 202, description = "Revocation started (or the assignment was already finished); the assignment as it is now", body = Assignment))
+)]
+#[delete("/v1/spaces/{space}/assignments/{assignment}")]
+pub async fn revoke_assignment(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, id) = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesWrite)?;
+    let mut conn = state.pool.get().await?;
+    if store::find(&mut conn, &space, id).await?.is_none() {
+        return Err(ApiError::not_found(format!("assignment {id}")));
+    }
+    let actor = caller.subject.clone();
+    conn.transaction(async |conn| {
+        revoke::revoke(
+            conn,
+            &space,
+            &revoke::Scope {
+                assignment: Some(id),
+                ..Default::default()
+            },
+            &actor,
+            "revoked by request",
+        )
+        .await
+    })
+    .await?;
+    let row = store::find(&mut conn, &space, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
+    Ok(HttpResponse::Accepted().json(one_view(&mut conn, row).await?))
+}
+
+/// Revoke every live assignment matching the filters: all of an asset (in one account or
+/// all), all of a subject's, all of an account's (V1).
+#[utoipa::path(
+    tag = "assignments",
+    operation_id = "create_revocation",
+    security(("bearer" = ["licenses:write"])),
+    params(("space" = String, Path, description = "Space id")),
+    request_body = RevocationBody,
+    responses((status = 202, description = "Revocations started", body = Revocation))
+)]
+#[post("/v1/spaces/{space}/revocations")]
+pub async fn create_revocation(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Json<RevocationBody>,
+) -> Result<HttpResponse, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesWrite)?;
+    let body = body.0;
+    let mut errors = Vec::new();
+    if body.account_id.is_none() && body.asset.is_none() && body.subject.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "give at least one of account_id, asset, subject".into(),
+        });
+    }
+    if let Some(a) = &body.asset {
+        check_asset(&mut errors, "asset", &a.adam_id, a.pricing_param.as_deref());
+    }
+    if let Some(s) = &body.subject {
+        check_id(&mut errors, "subject.id", &s.id);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    if let Some(account) = body.account_id
+        && crate::ledger::accounts::find(&mut conn, &space, account)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::not_found(format!("account {account}")));
+    }
+    let subject = match &body.subject {
+        Some(s) => match subjects::find(&mut conn, &space, s.kind, &s.id).await? {
+            Some(row) => Some(row.id),
+            None => {
+                return Ok(HttpResponse::Accepted().json(Revocation {
+                    dropped: 0,
+                    revoking: 0,
+                }));
+            }
+        },
+        None => None,
+    };
+    let scope = revoke::Scope {
+        assignment: None,
+        account: body.account_id,
+        adam_id: body.asset.as_ref().map(|a| a.adam_id.clone()),
+        pricing_param: body.asset.as_ref().and_then(|a| a.pricing_param.clone()),
+        subject,
+    };
+    let actor = caller.subject.clone();
+    let reason = if body.reason.is_empty() {
+        "revoked by request".to_owned()
+    } else {
+        body.reason.clone()
+    };
+    let Revoked { dropped, revoking } = conn
+        .transaction(async |conn| revoke::revoke(conn, &space, &scope, &actor, &reason).await)
+        .await?;
+    Ok(HttpResponse::Accepted().json(Revocation { dropped, revoking }))
+}

@@ -1,0 +1,418 @@
+//! `/v1/spaces/{space}/policies/{adam_id}/{pricing_param}`: distribution policies per asset
+//! (rules A2, A3). Reading needs `licenses:read`; changing needs `accounts:manage`.
+//!
+//! A policy is replaced whole (`PUT`): reserved subjects (devices or users, optionally with the
+//! account to reserve from), first-come-first-served groups, disallowed subjects or groups.
+//! A subject or group may appear in one mode only; a reservation's account must belong to the
+//! space.
+
+use std::collections::HashSet;
+
+use actix_web::{HttpRequest, HttpResponse, delete, get, put, web};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::api::spaces::check_space_path;
+use crate::auth::{Caller, Scope};
+use crate::engine::model::SubjectKind;
+use crate::http::etag::{IfMatch, etag_header};
+use crate::http::extract::Json;
+use crate::http::problem::{ApiError, FieldError, types};
+use crate::ledger::activity::{self, Activity};
+use crate::ledger::policies::{self as store, EntryRow, PolicyRow};
+use crate::state::AppState;
+
+/// A reserved subject.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    pub kind: SubjectKind,
+    /// Serial number or client user id.
+    pub id: String,
+    /// Reserve from this account (default: the highest-priority account owning the asset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<Uuid>,
+}
+
+crate::text_enum! {
+    /// What a disallow entry names.
+    pub enum TargetKind {
+        Device = "device",
+        User = "user",
+        Group = "group",
+    }
+}
+
+/// A disallowed device, user or group.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Disallowed {
+    pub kind: TargetKind,
+    pub id: String,
+}
+
+/// Body of `PUT …/policies/{adam_id}/{pricing_param}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// Served first, from their account if given; licenses are held back for them (A2).
+    #[serde(default)]
+    pub reserved: Vec<Reservation>,
+    /// When non-empty, only members of these groups (and reserved subjects) may take
+    /// first-come-first-served licenses.
+    #[serde(default)]
+    pub fcfs_groups: Vec<String>,
+    /// Never get a license for this asset (A3).
+    #[serde(default)]
+    pub disallowed: Vec<Disallowed>,
+}
+
+/// A distribution policy.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Policy {
+    pub id: Uuid,
+    pub space: String,
+    pub adam_id: String,
+    pub pricing_param: String,
+    pub reserved: Vec<Reservation>,
+    pub fcfs_groups: Vec<String>,
+    pub disallowed: Vec<Disallowed>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The policies of a space.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PolicyList {
+    pub items: Vec<Policy>,
+}
+
+fn view(p: PolicyRow, entries: &[EntryRow]) -> Policy {
+    let mine = entries.iter().filter(|e| e.policy_id == p.id);
+    let mut policy = Policy {
+        id: p.id,
+        space: p.space_id,
+        adam_id: p.adam_id,
+        pricing_param: p.pricing_param,
+        reserved: Vec::new(),
+        fcfs_groups: Vec::new(),
+        disallowed: Vec::new(),
+        version: p.version,
+        created_at: p.created_at,
+        updated_at: p.updated_at,
+    };
+    for e in mine {
+        match e.mode.as_str() {
+            "reserved" => {
+                if let Ok(kind) = e.target_kind.parse() {
+                    policy.reserved.push(Reservation {
+                        kind,
+                        id: e.target.clone(),
+                        account_id: e.account_id,
+                    })
+                }
+            }
+            "fcfs" => policy.fcfs_groups.push(e.target.clone()),
+            _ => {
+                if let Ok(kind) = e.target_kind.parse() {
+                    policy.disallowed.push(Disallowed {
+                        kind,
+                        id: e.target.clone(),
+                    })
+                }
+            }
+        }
+    }
+    policy
+}
+
+fn check_path(adam_id: &str, pricing: &str) -> Result<(), ApiError> {
+    if adam_id.is_empty() || adam_id.len() > 20 || !adam_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            "adam_id must be Apple's numeric product id",
+        ));
+    }
+    if pricing != "STDQ" && pricing != "PLUS" {
+        return Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            "pricing_param must be STDQ or PLUS",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a body and turns it into entries. `accounts` are the space's account ids.
+fn entries(body: &PolicyBody, accounts: &[Uuid]) -> Result<Vec<EntryRow>, ApiError> {
+    let mut errors = Vec::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut out = Vec::new();
+    let mut add = |errors: &mut Vec<FieldError>,
+                   field: String,
+                   kind: &str,
+                   id: &str,
+                   mode: &str,
+                   account: Option<Uuid>| {
+        if id.trim().is_empty() || id.chars().count() > 256 {
+            errors.push(FieldError {
+                field: field.clone(),
+                message: "must be 1 to 256 characters".into(),
+            });
+            return;
+        }
+        if !seen.insert((kind.to_owned(), id.to_owned())) {
+            errors.push(FieldError {
+                field,
+                message: format!(
+                    "{kind} {id:?} appears more than once; a subject or group takes one mode only"
+                ),
+            });
+            return;
+        }
+        out.push(EntryRow {
+            policy_id: Uuid::nil(),
+            target_kind: kind.to_owned(),
+            target: id.to_owned(),
+            mode: mode.to_owned(),
+            account_id: account,
+        });
+    };
+    for (i, r) in body.reserved.iter().enumerate() {
+        if let Some(a) = r.account_id
+            && !accounts.contains(&a)
+        {
+            errors.push(FieldError {
+                field: format!("reserved[{i}].account_id"),
+                message: format!("account {a} is not an account of this space"),
+            });
+        }
+        add(
+            &mut errors,
+            format!("reserved[{i}].id"),
+            r.kind.as_str(),
+            &r.id,
+            "reserved",
+            r.account_id,
+        );
+    }
+    for (i, g) in body.fcfs_groups.iter().enumerate() {
+        add(
+            &mut errors,
+            format!("fcfs_groups[{i}]"),
+            "group",
+            g,
+            "fcfs",
+            None,
+        );
+    }
+    for (i, d) in body.disallowed.iter().enumerate() {
+        add(
+            &mut errors,
+            format!("disallowed[{i}].id"),
+            d.kind.as_str(),
+            &d.id,
+            "disallowed",
+            None,
+        );
+    }
+    if out.len() > 10_000 {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "at most 10000 entries".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// List the space's distribution policies.
+#[utoipa::path(
+    tag = "policies",
+    operation_id = "list_policies",
+    security(("bearer" = ["licenses:read"])),
+    params(("space" = String, Path, description = "Space id")),
+    responses((status = 200, description = "Policies by asset", body = PolicyList))
+)]
+#[get("/v1/spaces/{space}/policies")]
+pub async fn list_policies(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<PolicyList>, ApiError> {
+    let space = path.into_inner();
+    check_space_path(&space)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    let rows = store::list(&mut conn, &space).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
+    let entries = store::entries_of(&mut conn, &ids).await?;
+    Ok(web::Json(PolicyList {
+        items: rows.into_iter().map(|p| view(p, &entries)).collect(),
+    }))
+}
+
+/// Get the policy of one asset.
+#[utoipa::path(
+    tag = "policies",
+    operation_id = "get_policy",
+    security(("bearer" = ["licenses:read"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("adam_id" = String, Path, description = "Apple product id"),
+        ("pricing_param" = String, Path, description = "STDQ or PLUS"),
+    ),
+    responses((status = 200, description = "The policy; `ETag` is set", body = Policy))
+)]
+#[get("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
+pub async fn get_policy(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, adam_id, pricing) = path.into_inner();
+    check_space_path(&space)?;
+    check_path(&adam_id, &pricing)?;
+    caller.authorize(&space, Scope::LicensesRead)?;
+    let mut conn = state.pool.get().await?;
+    let row = store::find(&mut conn, &space, &adam_id, &pricing)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("policy for {adam_id}/{pricing}")))?;
+    let entries = store::entries_of(&mut conn, &[row.id]).await?;
+    let policy = view(row, &entries);
+    Ok(HttpResponse::Ok()
+        .insert_header(etag_header(policy.version))
+        .json(policy))
+}
+
+/// Create or replace the policy of one asset.
+#[utoipa::path(
+    tag = "policies",
+    operation_id = "put_policy",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("adam_id" = String, Path, description = "Apple product id"),
+        ("pricing_param" = String, Path, description = "STDQ or PLUS"),
+        ("If-Match" = Option<String>, Header, description = "ETag the change is based on"),
+    ),
+    request_body = PolicyBody,
+    responses(
+        (status = 200, description = "The policy as stored", body = Policy),
+        (status = 412, description = "If-Match does not match"),
+    )
+)]
+#[put("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
+pub async fn put_policy(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+    req: HttpRequest,
+    body: Json<PolicyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, adam_id, pricing) = path.into_inner();
+    check_space_path(&space)?;
+    check_path(&adam_id, &pricing)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let if_match = IfMatch::from_request(&req)?;
+    let mut conn = state.pool.get().await?;
+    if crate::ledger::spaces::find(&mut conn, &space)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("space {space}")));
+    }
+    let accounts: Vec<Uuid> = crate::ledger::accounts::list(&mut conn, &space)
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let new_entries = entries(&body.0, &accounts)?;
+    let actor = caller.subject.clone();
+    let policy = conn
+        .transaction(async |conn| {
+            if let Some(existing) = store::find(conn, &space, &adam_id, &pricing).await?
+                && !if_match.matches(existing.version)
+            {
+                return Err(IfMatch::failed(existing.version));
+            }
+            let row = store::replace(
+                conn,
+                &space,
+                &adam_id,
+                &pricing,
+                &new_entries,
+                Uuid::now_v7(),
+            )
+            .await?;
+            activity::record(
+                conn,
+                Activity {
+                    adam_id: Some(adam_id.clone()),
+                    pricing_param: Some(pricing.clone()),
+                    ..Activity::new(&actor, "policy.replaced")
+                        .space(&space)
+                        .details(serde_json::json!({"entries": new_entries.len()}))
+                },
+            )
+            .await?;
+            let entries = store::entries_of(conn, &[row.id]).await?;
+            Ok::<_, ApiError>(view(row, &entries))
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(etag_header(policy.version))
+        .json(policy))
+}
+
+/// Delete the policy of one asset (the asset becomes open to everyone in the space).
+#[utoipa::path(
+    tag = "policies",
+    operation_id = "delete_policy",
+    security(("bearer" = ["accounts:manage"])),
+    params(
+        ("space" = String, Path, description = "Space id"),
+        ("adam_id" = String, Path, description = "Apple product id"),
+        ("pricing_param" = String, Path, description = "STDQ or PLUS"),
+    ),
+    responses((status = 204, description = "Deleted"))
+)]
+#[delete("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
+pub async fn delete_policy(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (space, adam_id, pricing) = path.into_inner();
+    check_space_path(&space)?;
+    check_path(&adam_id, &pricing)?;
+    caller.authorize(&space, Scope::AccountsManage)?;
+    let mut conn = state.pool.get().await?;
+    if store::delete(&mut conn, &space, &adam_id, &pricing).await? == 0 {
+        return Err(ApiError::not_found(format!(
+            "policy for {adam_id}/{pricing}"
+        )));
+    }
+    activity::record(
+        &mut conn,
+        Activity {
+            adam_id: Some(adam_id.clone()),
+            pricing_param: Some(pricing.clone()),
+            ..Activity::new(&caller.subject, "policy.deleted").space(&space)
+        },
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,485 @@
+//! Turning an account's queued jobs into as few Apple requests as the limits allow.
+//!
+//! Associations and disassociations are grouped by asset and license type and cut into chunks
+//! of `maxSerialNumbers` / `maxClientUserIds` (from Apple's service config), one asset per
+//! request: different subjects rarely want the same set of assets, and Apple assigns every
+//! asset of a request to every target of it. Releases go before new associations.
+//!
+//! A chunk is marked `associating` (with a batch id) before Apple is called, so a crash between
+//! the call and the bookkeeping leaves assignments that the next worker simply submits again;
+//! Apple treats re-associating an assigned target as a no-op, so nothing is doubled.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{Ctx, DispatchError, retry};
+use crate::accounts::status;
+use crate::accounts::{AccountError, observe_error};
+use crate::apple::error::{AppleError, ErrorClass};
+use crate::apple::stoken::SToken;
+use crate::apple::types::{AssetKey, ManageAssetsRequest, PricingParam};
+use crate::db::schema::apple_events;
+use crate::engine::model::LicenseType;
+use crate::ledger::accounts::{self as store, AccountRow};
+use crate::ledger::jobs::{self, JobRow};
+
+/// One Apple request's worth of work.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub associate: bool,
+    pub adam_id: String,
+    pub pricing_param: String,
+    pub license_type: LicenseType,
+    /// (assignment, target) pairs.
+    pub items: Vec<(Uuid, String)>,
+    pub job_ids: Vec<i64>,
+}
+
+#[derive(Debug, QueryableByName)]
+struct Work {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    adam_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pricing_param: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    license_type: LicenseType,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    state: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    apple_event_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    event_pending: bool,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    target: String,
+}
+
+/// Splits claimed association/disassociation jobs into chunks. Jobs with nothing left to do
+/// are deleted; disassociations waiting for their association's event are postponed.
+pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchError> {
+    let mut by_assignment: BTreeMap<Uuid, Vec<&JobRow>> = BTreeMap::new();
+    for j in jobs_ {
+        if let Some(a) = j.assignment_id {
+            by_assignment.entry(a).or_default().push(j);
+        }
+    }
+    let ids: Vec<Uuid> = by_assignment.keys().copied().collect();
+    let mut conn = ctx.state.pool.get().await?;
+    let work: Vec<Work> = diesel::sql_query(
+        "SELECT a.id, a.adam_id, a.pricing_param, a.license_type, a.state, a.apple_event_id,
+                COALESCE(e.status = 'pending', false) AS event_pending, s.external_id AS target
+           FROM assignments a
+           JOIN subjects s ON s.id = a.subject_id
+           LEFT JOIN apple_events e ON e.event_id = a.apple_event_id
+          WHERE a.id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+    .load(&mut conn)
+    .await?;
+    let service = ctx.state.apple.service_config().await?;
+    let mut groups: BTreeMap<(bool, String, String, LicenseType), Chunk> = BTreeMap::new();
+    let mut done = Vec::new();
+    let mut waiting = Vec::new();
+    for (assignment, js) in &by_assignment {
+        let job_ids: Vec<i64> = js.iter().map(|j| j.id).collect();
+        let Some(w) = work.iter().find(|w| w.id == *assignment) else {
+            done.extend(job_ids);
+            continue;
+        };
+        for j in js {
+            let associate = j.kind == "associate";
+            let relevant = if associate {
+                w.state == "pending" || (w.state == "associating" && w.apple_event_id.is_none())
+            } else {
+                w.state == "revoking"
+            };
+            if !relevant {
+                done.push(j.id);
+                continue;
+            }
+            if !associate && w.event_pending {
+                // Revoked while Apple was still associating: release after that settles.
+                waiting.push(j.id);
+                continue;
+            }
+            let key = (
+                !associate,
+                w.adam_id.clone(),
+                w.pricing_param.clone(),
+                w.license_type,
+            );
+            let chunk = groups.entry(key).or_insert_with(|| Chunk {
+                associate,
+                adam_id: w.adam_id.clone(),
+                pricing_param: w.pricing_param.clone(),
+                license_type: w.license_type,
+                items: Vec::new(),
+                job_ids: Vec::new(),
+            });
+            if !chunk.items.iter().any(|(id, _)| id == assignment) {
+                chunk.items.push((*assignment, w.target.clone()));
+            }
+            chunk.job_ids.push(j.id);
+        }
+    }
+    jobs::delete(&mut conn, &done).await?;
+    jobs::postpone(
+        &mut conn,
+        &waiting,
+        retry::at(std::time::Duration::from_secs(2)),
+        None,
+    )
+    .await?;
+    // Disassociations sort first (key.0 = false for associate → true sorts last).
+    let mut chunks = Vec::new();
+    for (_, group) in groups {
+        let limit = match (group.license_type, group.associate) {
+            (LicenseType::Device, _) => service.max_serial_numbers(),
+            (LicenseType::User, _) => service.max_client_user_ids(),
+        }
+        .max(1);
+        for part in group.items.chunks(limit) {
+            let ids: Vec<Uuid> = part.iter().map(|(id, _)| *id).collect();
+            let job_ids = group
+                .job_ids
+                .iter()
+                .copied()
+                .filter(|jid| {
+                    jobs_
+                        .iter()
+                        .any(|j| j.id == *jid && j.assignment_id.is_some_and(|a| ids.contains(&a)))
+                })
+                .collect();
+            chunks.push(Chunk {
+                items: part.to_vec(),
+                job_ids,
+                ..group.clone()
+            });
+        }
+    }
+    chunks.sort_by_key(|c| c.associate);
+    Ok(chunks)
+}
+
+/// What happened to a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Apple accepted; the event is being followed.
+    Event(String),
+    /// Nothing was left to send.
+    Nothing,
+    /// Apple refused for a reason that applies to the whole account (auth, throttling): stop
+    /// sending for this account now.
+    AccountBlocked,
+    /// A transient failure; the chunk's jobs are retried later.
+    Retry,
+    /// Apple refused the request itself; the assignments failed.
+    Refused,
+}
+
+/// Submits one chunk to Apple and records the outcome.
+pub async fn submit(
+    ctx: &Ctx,
+    account: &AccountRow,
+    token: &SToken,
+    chunk: &Chunk,
+    attempts: i32,
+) -> Result<Sent, DispatchError> {
+    let batch = Uuid::now_v7();
+    let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
+    let mut conn = ctx.state.pool.get().await?;
+    let marked: Vec<Uuid> = if chunk.associate {
+        diesel::sql_query(
+            "UPDATE assignments SET state = 'associating', batch_id = $2, updated_at = now()
+              WHERE id = ANY($1)
+                AND (state = 'pending' OR (state = 'associating' AND apple_event_id IS NULL))
+          RETURNING id",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+        .bind::<diesel::sql_types::Uuid, _>(batch)
+        .load::<super::IdRow>(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+    } else {
+        diesel::sql_query(
+            "UPDATE assignments SET batch_id = $2, updated_at = now()
+              WHERE id = ANY($1) AND state = 'revoking' RETURNING id",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+        .bind::<diesel::sql_types::Uuid, _>(batch)
+        .load::<super::IdRow>(&mut conn)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+    };
+    drop(conn);
+    if marked.is_empty() {
+        let mut conn = ctx.state.pool.get().await?;
+        jobs::delete(&mut conn, &chunk.job_ids).await?;
+        return Ok(Sent::Nothing);
+    }
+    let mut targets: Vec<String> = chunk
+        .items
+        .iter()
+        .filter(|(id, _)| marked.contains(id))
+        .map(|(_, t)| t.clone())
+        .collect();
+    targets.dedup();
+
+    if chunk.associate && chunk.license_type == LicenseType::User {
+        match super::users::ensure_registered(&ctx.state, account.id, token, &targets).await {
+            Ok(refused) if !refused.is_empty() => {
+                fail_targets(ctx, account, chunk, batch, &refused).await?;
+                targets.retain(|t| !refused.contains_key(t));
+                if targets.is_empty() {
+                    let mut conn = ctx.state.pool.get().await?;
+                    jobs::delete(&mut conn, &chunk.job_ids).await?;
+                    return Ok(Sent::Refused);
+                }
+            }
+            Ok(_) => {}
+            Err(DispatchError::Apple(err)) => {
+                return handle_error(ctx, account, chunk, batch, err, attempts).await;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+
+    let asset = AssetKey::new(
+        chunk.adam_id.clone(),
+        PricingParam::from(chunk.pricing_param.as_str()),
+    );
+    let request = match chunk.license_type {
+        LicenseType::Device => ManageAssetsRequest::devices(vec![asset], targets),
+        LicenseType::User => ManageAssetsRequest::users(vec![asset], targets),
+    };
+    ctx.pace(account.id).await;
+    let result = if chunk.associate {
+        ctx.state.apple.associate(token, &request).await
+    } else {
+        ctx.state.apple.disassociate(token, &request).await
+    };
+    match result {
+        Ok(event) => {
+            let event_id = event.event_id.clone();
+            let mut conn = ctx.state.pool.get().await?;
+            conn.transaction(async |conn| {
+                diesel::sql_query(
+                    "UPDATE assignments SET apple_event_id = $2, updated_at = now() WHERE batch_id = $1",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(batch)
+                .bind::<diesel::sql_types::Text, _>(&event_id)
+                .execute(conn)
+                .await?;
+                diesel::insert_into(apple_events::table)
+                    .values((
+                        apple_events::event_id.eq(&event_id),
+                        apple_events::account_id.eq(account.id),
+                        apple_events::kind.eq(if chunk.associate { "associate" } else { "disassociate" }),
+                        apple_events::adam_id.eq(Some(&chunk.adam_id)),
+                        apple_events::pricing_param.eq(Some(&chunk.pricing_param)),
+                        apple_events::requested.eq(marked.len() as i32),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await?;
+                jobs::delete(conn, &chunk.job_ids).await?;
+                jobs::enqueue_poll(conn, account.id, &event_id, retry::at(ctx.settings.first_poll)).await?;
+                Ok::<(), diesel::result::Error>(())
+            })
+            .await?;
+            tracing::info!(
+                account = %account.id,
+                event = %event_id,
+                kind = if chunk.associate { "associate" } else { "disassociate" },
+                adam_id = %chunk.adam_id,
+                size = marked.len(),
+                "Apple accepted a batch"
+            );
+            metrics::counter!("apple_batches_total", "kind" => if chunk.associate { "associate" } else { "disassociate" })
+                .increment(1);
+            metrics::histogram!("apple_batch_size").record(marked.len() as f64);
+            Ok(Sent::Event(event_id))
+        }
+        Err(err) => handle_error(ctx, account, chunk, batch, err, attempts).await,
+    }
+}
+
+/// Fails the assignments of `refused` targets of a chunk (user registration refused).
+async fn fail_targets(
+    ctx: &Ctx,
+    account: &AccountRow,
+    chunk: &Chunk,
+    batch: Uuid,
+    refused: &std::collections::HashMap<String, (i32, String)>,
+) -> Result<(), DispatchError> {
+    let ids: Vec<Uuid> = chunk
+        .items
+        .iter()
+        .filter(|(_, t)| refused.contains_key(t))
+        .map(|(id, _)| *id)
+        .collect();
+    let error = serde_json::json!({
+        "message": "Apple did not register the user",
+        "errors": refused,
+    });
+    fail(ctx, account, chunk, batch, &ids, &error).await
+}
+
+/// Marks assignments of this batch failed and gives their licenses back to the pool.
+async fn fail(
+    ctx: &Ctx,
+    account: &AccountRow,
+    chunk: &Chunk,
+    batch: Uuid,
+    ids: &[Uuid],
+    error: &serde_json::Value,
+) -> Result<(), DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let failed: Vec<super::IdRow> = diesel::sql_query(
+            "UPDATE assignments SET state = 'failed', error = $3, version = version + 1, updated_at = now()
+              WHERE id = ANY($1) AND batch_id = $2 AND state = 'associating' RETURNING id",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+        .bind::<diesel::sql_types::Uuid, _>(batch)
+        .bind::<diesel::sql_types::Jsonb, _>(error)
+        .load(conn)
+        .await?;
+        let failed: Vec<Uuid> = failed.into_iter().map(|r| r.id).collect();
+        diesel::sql_query(
+            "UPDATE assets SET held = held - $4, updated_at = now()
+              WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3 AND $4 > 0",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(account.id)
+        .bind::<diesel::sql_types::Text, _>(&chunk.adam_id)
+        .bind::<diesel::sql_types::Text, _>(&chunk.pricing_param)
+        .bind::<diesel::sql_types::Integer, _>(failed.len() as i32)
+        .execute(conn)
+        .await?;
+        diesel::sql_query(
+            "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, adam_id,
+                                       pricing_param, details)
+             SELECT space_id, 'system', 'assignment.failed', account_id, id, adam_id, pricing_param, $2
+               FROM assignments WHERE id = ANY($1)",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&failed)
+        .bind::<diesel::sql_types::Jsonb, _>(error)
+        .execute(conn)
+        .await?;
+        crate::waiters::notify(conn, &failed).await?;
+        Ok::<(), diesel::result::Error>(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Puts a chunk back: assignments to `pending` (associations) and the jobs to run at `at`.
+async fn requeue(
+    ctx: &Ctx,
+    chunk: &Chunk,
+    batch: Uuid,
+    at: chrono::DateTime<Utc>,
+    why: &str,
+) -> Result<(), DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    if chunk.associate {
+        diesel::sql_query(
+            "UPDATE assignments SET state = 'pending', batch_id = NULL, updated_at = now()
+              WHERE batch_id = $1 AND state = 'associating' AND apple_event_id IS NULL",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(batch)
+        .execute(&mut conn)
+        .await?;
+    }
+    jobs::postpone(&mut conn, &chunk.job_ids, at, Some(why)).await?;
+    Ok(())
+}
+
+async fn handle_error(
+    ctx: &Ctx,
+    account: &AccountRow,
+    chunk: &Chunk,
+    batch: Uuid,
+    err: AppleError,
+    attempts: i32,
+) -> Result<Sent, DispatchError> {
+    let now = Utc::now();
+    let class = err.class();
+    tracing::warn!(account = %account.id, error = %err, "Apple request failed");
+    if let Some(observation) = observe_error(&err, now) {
+        // Auth failures and Retry-After windows concern the whole account (T7, A10).
+        let mut conn = ctx.state.pool.get().await?;
+        let next = status::next(
+            &account.status_state(),
+            account.token_expires_at,
+            Some(&observation),
+            now,
+        );
+        store::save_status(&mut conn, account, &next, "system").await?;
+        let until = match next.throttled_until {
+            Some(t) if next.status == status::AccountStatus::Throttled => t,
+            _ => now + chrono::Duration::minutes(5),
+        };
+        drop(conn);
+        requeue(ctx, chunk, batch, until, &err.to_string()).await?;
+        let mut conn = ctx.state.pool.get().await?;
+        jobs::postpone_account(&mut conn, account.id, until).await?;
+        return Ok(Sent::AccountBlocked);
+    }
+    match class {
+        ErrorClass::Transient { .. } | ErrorClass::Protocol => {
+            let delay = retry::backoff(attempts, ctx.settings.max_backoff);
+            requeue(ctx, chunk, batch, retry::at(delay), &err.to_string()).await?;
+            Ok(Sent::Retry)
+        }
+        _ => {
+            let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
+            let error = serde_json::json!({
+                "number": err.error_number,
+                "message": err.to_string(),
+            });
+            if chunk.associate {
+                fail(ctx, account, chunk, batch, &ids, &error).await?;
+            } else {
+                // A release Apple refuses outright: the license stays consumed at Apple.
+                let mut conn = ctx.state.pool.get().await?;
+                diesel::sql_query(
+                    "WITH f AS (UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
+                                       updated_at = now()
+                                 WHERE batch_id = $1 AND state = 'revoking' RETURNING account_id, adam_id, pricing_param)
+                     UPDATE assets s SET foreign_assigned = foreign_assigned + (SELECT count(*) FROM f)
+                      WHERE (s.account_id, s.adam_id, s.pricing_param) IN (SELECT account_id, adam_id, pricing_param FROM f)",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(batch)
+                .bind::<diesel::sql_types::Jsonb, _>(&error)
+                .execute(&mut conn)
+                .await?;
+                crate::waiters::notify(&mut conn, &ids).await?;
+            }
+            let mut conn = ctx.state.pool.get().await?;
+            jobs::delete(&mut conn, &chunk.job_ids).await?;
+            Ok(Sent::Refused)
+        }
+    }
+}
+
+/// Re-reads the account after a status change elsewhere (used between chunks).
+pub async fn reload(ctx: &Ctx, account: &AccountRow) -> Result<Option<AccountRow>, DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    Ok(store::find(&mut conn, &account.space_id, account.id).await?)
+}
+
+impl From<AccountError> for DispatchError {
+    fn from(e: AccountError) -> Self {
+        DispatchError::Other(e.to_string())
+    }
+}

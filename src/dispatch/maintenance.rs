@@ -1,0 +1,47 @@
+//! Housekeeping every few minutes (any replica may do it; each step is idempotent): forget
+//! idempotency keys older than 24 h and Apple notification ids older than a day, and make
+//! stale leases (a worker that died holding them) claimable at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::RunQueryDsl;
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+
+const EVERY: Duration = Duration::from_secs(300);
+
+pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        if let Err(e) = once(&ctx).await {
+            tracing::warn!(error = %e, "maintenance failed");
+        }
+    }
+}
+
+pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    let keys = diesel::sql_query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
+    )
+    .execute(&mut conn)
+    .await?;
+    let notes = diesel::sql_query(
+        "DELETE FROM apple_notifications WHERE received_at < now() - interval '1 day'",
+    )
+    .execute(&mut conn)
+    .await?;
+    if keys + notes > 0 {
+        tracing::info!(
+            idempotency_keys = keys,
+            notifications = notes,
+            "maintenance removed old rows"
+        );
+    }
+    Ok(())
+}

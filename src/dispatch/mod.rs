@@ -1,0 +1,436 @@
+//! The Apple dispatcher: background workers that turn queued jobs into Apple requests and
+//! follow Apple's events to the end (rules T7, T10, A10).
+//!
+//! Every `serve` process runs `VPP_WORKERS` workers. Coordination goes through PostgreSQL only:
+//! - a worker becomes the dispatcher of one account at a time through a session advisory lock
+//!   held on its own dedicated connection, so across all replicas one worker talks to Apple for
+//!   an account (batches are as large as possible and the per-token rate limit holds); a worker
+//!   that dies loses its session and with it the lock;
+//! - it leases the account's queued jobs (`locked_until`); a lease that expires (the worker was
+//!   killed mid-batch) makes the jobs claimable again, and re-submission is harmless;
+//! - an account that cannot call Apple (expired, revoked, not owned, throttled) keeps its jobs
+//!   queued until it can (A10): nothing is dropped. A Retry-After pauses that account only (T7).
+//!
+//! Each iteration: pick an account with due jobs → lock it → lease its jobs due within the
+//! linger window → releases, then associations, grouped into chunks (see [`batch`]) and sent
+//! up to `concurrency` at a time, paced to Apple's `maxRequestPerSecond` → event polls.
+
+pub mod batch;
+pub mod events;
+pub mod maintenance;
+pub mod retry;
+pub mod users;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::accounts::status;
+use crate::apple::error::{AppleError, ErrorClass};
+use crate::apple::stoken::SToken;
+use crate::ledger::accounts::{self as store, AccountRow};
+use crate::ledger::jobs::{self, JobRow};
+use crate::state::AppState;
+use batch::Sent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Apple(#[from] AppleError),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
+    #[error(transparent)]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(diesel::QueryableByName)]
+pub(crate) struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+}
+
+#[derive(diesel::QueryableByName)]
+pub(crate) struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub n: i64,
+}
+
+/// Dispatcher tunables (all from the command line / environment).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: String,
+    pub workers: usize,
+    /// Sleep between looks for work when idle.
+    pub idle_poll: Duration,
+    /// How long claimed jobs stay leased before another worker may take them over.
+    pub lease: Duration,
+    /// Associations queued within this window travel together.
+    pub linger: Duration,
+    /// Apple requests in flight per account.
+    pub concurrency: usize,
+    /// First status poll of an event, doubling up to `max_poll`.
+    pub first_poll: Duration,
+    pub max_poll: Duration,
+    /// Cap of the retry backoff for transient failures.
+    pub max_backoff: Duration,
+    /// Jobs leased per iteration.
+    pub max_claim: i64,
+}
+
+/// What every worker of a process shares.
+pub struct Ctx {
+    pub state: Arc<AppState>,
+    pub settings: Settings,
+    pub worker: String,
+    /// Next moment each account may call Apple (pacing to maxRequestPerSecond).
+    next_call: Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl Ctx {
+    pub fn new(state: Arc<AppState>, settings: Settings) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            state,
+            settings,
+            worker: format!("{}-{}", hostname(), std::process::id()),
+            next_call: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits until `account` may make its next Apple request.
+    pub async fn pace(&self, account: Uuid) {
+        let per_second = match self.state.apple.service_config().await {
+            Ok(c) => c.max_request_per_second().max(1),
+            Err(_) => 15,
+        };
+        let spacing = Duration::from_secs_f64(1.0 / per_second as f64);
+        let wait = {
+            let mut next = self.next_call.lock().await;
+            let now = Instant::now();
+            let slot = next.get(&account).copied().unwrap_or(now).max(now);
+            next.insert(account, slot + spacing);
+            slot - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "vpp-broker".into())
+}
+
+/// Starts the workers; they stop when `cancel` fires (finishing the request in hand).
+pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    for i in 0..ctx.settings.workers {
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        handles.push(tokio::spawn(async move { worker(ctx, i, cancel).await }));
+    }
+    if ctx.settings.workers > 0 {
+        handles.push(tokio::spawn(maintenance::run(ctx.clone(), cancel)));
+    }
+    handles
+}
+
+async fn worker(ctx: Arc<Ctx>, index: usize, cancel: CancellationToken) {
+    let mut conn: Option<AsyncPgConnection> = None;
+    tracing::info!(worker = index, "dispatcher worker started");
+    while !cancel.is_cancelled() {
+        if conn.is_none() {
+            match AsyncPgConnection::establish(&ctx.settings.database_url).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => tracing::warn!(error = %e, "dispatcher cannot connect; retrying"),
+            }
+        }
+        let worked = match conn.as_mut() {
+            Some(c) => match run_once(&ctx, c).await {
+                Ok(worked) => worked,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatcher iteration failed");
+                    conn = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        if !worked {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(ctx.settings.idle_poll) => {}
+            }
+        }
+    }
+    tracing::info!(worker = index, "dispatcher worker stopped");
+}
+
+/// One look for work. True when something was processed.
+pub async fn run_once(ctx: &Ctx, conn: &mut AsyncPgConnection) -> Result<bool, DispatchError> {
+    for account in jobs::ready_accounts(conn, 16).await? {
+        if !jobs::try_lock_account(conn, account).await? {
+            continue;
+        }
+        let result = process_account(ctx, conn, account).await;
+        let unlocked = jobs::unlock_account(conn, account).await;
+        let worked = result?;
+        unlocked?;
+        if worked {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn process_account(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<bool, DispatchError> {
+    let account = {
+        let mut pooled = ctx.state.pool.get().await?;
+        match store::by_id(&mut pooled, id).await? {
+            Some(a) => a,
+            None => return Ok(false),
+        }
+    };
+    let now = Utc::now();
+    let effective = status::next(&account.status_state(), account.token_expires_at, None, now);
+    if !effective.status.allows_apple_calls() {
+        // A10: the work waits (queued, never dropped) until the account is usable again.
+        let until = match (effective.status, effective.throttled_until) {
+            (status::AccountStatus::Throttled, Some(t)) => t,
+            _ => now + chrono::Duration::minutes(1),
+        };
+        jobs::postpone_account(conn, id, until).await?;
+        return Ok(false);
+    }
+    let claimed = jobs::claim(
+        conn,
+        id,
+        &ctx.worker,
+        ctx.settings.lease,
+        ctx.settings.linger,
+        ctx.settings.max_claim,
+    )
+    .await?;
+    if claimed.is_empty() {
+        return Ok(false);
+    }
+    let token = match ctx
+        .state
+        .cipher
+        .open(account.id.as_bytes(), &account.sealed_token())
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(account = %id, error = %e, "cannot decrypt the account's sToken; its jobs wait");
+            let ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+            jobs::postpone(
+                conn,
+                &ids,
+                now + chrono::Duration::minutes(5),
+                Some(&e.to_string()),
+            )
+            .await?;
+            return Ok(false);
+        }
+    };
+    let (polls, work): (Vec<JobRow>, Vec<JobRow>) =
+        claimed.into_iter().partition(|j| j.kind == "poll_event");
+    let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
+    let chunks = batch::plan(ctx, &work).await?;
+    let blocked = AtomicBool::new(false);
+    let sends: Vec<_> = chunks
+        .iter()
+        .map(|chunk| submit_unless_blocked(ctx, &account, &token, chunk, attempts, &blocked))
+        .collect();
+    let results: Vec<Result<Sent, DispatchError>> = futures_util::stream::iter(sends)
+        .buffer_unordered(ctx.settings.concurrency.max(1))
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    if AtomicBool::load(&blocked, Ordering::SeqCst) {
+        let ids: Vec<i64> = polls.iter().map(|j| j.id).collect();
+        jobs::postpone(conn, &ids, now + chrono::Duration::seconds(30), None).await?;
+        return Ok(true);
+    }
+    let polling: Vec<_> = polls
+        .iter()
+        .map(|job| poll(ctx, &account, &token, job))
+        .collect();
+    let polled: Vec<Result<(), DispatchError>> = futures_util::stream::iter(polling)
+        .buffer_unordered(ctx.settings.concurrency.max(1))
+        .collect()
+        .await;
+    for r in polled {
+        r?;
+    }
+    Ok(true)
+}
+
+/// Submits a chunk, unless an earlier chunk found the account blocked (then its jobs wait).
+async fn submit_unless_blocked(
+    ctx: &Ctx,
+    account: &AccountRow,
+    token: &SToken,
+    chunk: &batch::Chunk,
+    attempts: i32,
+    blocked: &AtomicBool,
+) -> Result<Sent, DispatchError> {
+    if AtomicBool::load(blocked, Ordering::SeqCst) {
+        let mut c = ctx.state.pool.get().await?;
+        jobs::postpone(
+            &mut c,
+            &chunk.job_ids,
+            retry::at(Duration::from_secs(30)),
+            None,
+        )
+        .await?;
+        return Ok(Sent::AccountBlocked);
+    }
+    let sent = batch::submit(ctx, account, token, chunk, attempts).await;
+    if matches!(sent, Ok(Sent::AccountBlocked)) {
+        blocked.store(true, Ordering::SeqCst);
+    }
+    sent
+}
+
+/// Polls one event; applies its result when finished.
+async fn poll(
+    ctx: &Ctx,
+    account: &AccountRow,
+    token: &SToken,
+    job: &JobRow,
+) -> Result<(), DispatchError> {
+    let Some(event_id) = job.payload.get("event_id").and_then(|v| v.as_str()) else {
+        let mut conn = ctx.state.pool.get().await?;
+        jobs::delete(&mut conn, &[job.id]).await?;
+        return Ok(());
+    };
+    ctx.pace(account.id).await;
+    match ctx.state.apple.event_status(token, event_id).await {
+        Ok(status) if status.is_pending() => {
+            let mut conn = ctx.state.pool.get().await?;
+            let polls: i32 = diesel::sql_query(
+                "UPDATE apple_events SET polls = polls + 1 WHERE event_id = $1 RETURNING polls AS n",
+            )
+            .bind::<diesel::sql_types::Text, _>(event_id)
+            .get_result::<PollCount>(&mut conn)
+            .await
+            .map(|p| p.n)
+            .unwrap_or(1);
+            let delay = ctx
+                .settings
+                .first_poll
+                .saturating_mul(1u32 << polls.clamp(0, 10))
+                .min(ctx.settings.max_poll);
+            jobs::postpone(&mut conn, &[job.id], retry::at(delay), None).await?;
+            Ok(())
+        }
+        Ok(status) => {
+            let failures = events::failures_by_target(&status.failures);
+            events::apply(
+                &ctx.state,
+                token,
+                event_id,
+                &events::Results::Complete(failures),
+            )
+            .await?;
+            let mut conn = ctx.state.pool.get().await?;
+            jobs::delete(&mut conn, &[job.id]).await?;
+            Ok(())
+        }
+        Err(err) if matches!(err.class(), ErrorClass::NotFound) => {
+            // Apple no longer knows the event: submit its work again (harmless if it landed).
+            tracing::warn!(event = %event_id, "Apple does not know the event; resubmitting its work");
+            let mut conn = ctx.state.pool.get().await?;
+            conn.transaction(async |conn| {
+                diesel::sql_query(
+                    "WITH a AS (UPDATE assignments SET state = CASE WHEN state = 'associating' THEN 'pending' ELSE state END,
+                                       apple_event_id = NULL, batch_id = NULL, updated_at = now()
+                                 WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')
+                             RETURNING id, account_id, state)
+                     INSERT INTO jobs (kind, account_id, assignment_id)
+                     SELECT CASE WHEN state = 'pending' THEN 'associate' ELSE 'disassociate' END, account_id, id FROM a",
+                )
+                .bind::<diesel::sql_types::Text, _>(event_id)
+                .execute(conn)
+                .await?;
+                diesel::sql_query("UPDATE apple_events SET status = 'failed', finished_at = now() WHERE event_id = $1")
+                    .bind::<diesel::sql_types::Text, _>(event_id)
+                    .execute(conn)
+                    .await?;
+                jobs::delete(conn, &[job.id]).await?;
+                Ok::<(), diesel::result::Error>(())
+            })
+            .await?;
+            Ok(())
+        }
+        Err(err) => {
+            let now = Utc::now();
+            let mut conn = ctx.state.pool.get().await?;
+            if let Some(observation) = crate::accounts::observe_error(&err, now) {
+                let next = status::next(
+                    &account.status_state(),
+                    account.token_expires_at,
+                    Some(&observation),
+                    now,
+                );
+                store::save_status(&mut conn, account, &next, "system").await?;
+            }
+            let delay = retry::backoff(job.attempts, ctx.settings.max_backoff);
+            jobs::postpone(
+                &mut conn,
+                &[job.id],
+                retry::at(delay),
+                Some(&err.to_string()),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct PollCount {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    n: i32,
+}
+
+/// Runs the dispatcher until no job is left (tests and the benchmark use it to drain).
+pub async fn drain(ctx: &Ctx, timeout: Duration) -> Result<(), DispatchError> {
+    let deadline = Instant::now() + timeout;
+    let mut conn = AsyncPgConnection::establish(&ctx.settings.database_url).await?;
+    loop {
+        let worked = run_once(ctx, &mut conn).await?;
+        if !worked {
+            let remaining = jobs::count(&mut conn).await?;
+            if remaining == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(DispatchError::Other(format!(
+                    "{remaining} jobs left after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Retry timing: capped exponential backoff with jitter, and Apple's Retry-After.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+/// Delay before attempt `attempts + 1`: 1 s, 2 s, 4 s … capped at `cap`, times a random factor
+/// in [0.5, 1.5) so retries from many workers do not align.
+pub fn backoff(attempts: i32, cap: Duration) -> Duration {
+    let exp = attempts.clamp(0, 16) as u32;
+    let base = Duration::from_secs(1u64 << exp).min(cap);
+    let factor: f64 = rand::rng().random_range(0.5..1.5);
+    base.mul_f64(factor).min(cap)
+}
+
+pub fn at(delay: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(300);
+        for attempts in 0..30 {
+            let d = backoff(attempts, cap);
+            assert!(d <= cap);
+            let nominal = Duration::from_secs(1u64 << attempts.clamp(0, 16)).min(cap);
+            assert!(
+                d >= nominal.mul_f64(0.5) && d <= nominal.mul_f64(1.5),
+                "{attempts}: {d:?}"
+            );
+        }
+        assert!(backoff(1, cap) < Duration::from_secs(4));
+    }
+}

@@ -1,0 +1,106 @@
+//! User-based licenses need the user registered with Apple at that account (`users/create`).
+//! Registration is done on demand, just before the first association of a user, and remembered
+//! in `apple_users`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::DispatchError;
+use crate::apple::stoken::SToken;
+use crate::apple::types::RequestUser;
+use crate::db::schema::apple_users;
+use crate::state::AppState;
+
+/// Apple's error number for "a registered user already exists with this clientUserId".
+const ALREADY_REGISTERED: i32 = 9716;
+
+/// Registers the users of `users` not yet registered at `account`. Returns the users Apple
+/// refused, with its error (number, message).
+pub async fn ensure_registered(
+    state: &AppState,
+    account: Uuid,
+    token: &SToken,
+    users: &[String],
+) -> Result<HashMap<String, (i32, String)>, DispatchError> {
+    let mut refused = HashMap::new();
+    let known: Vec<String> = {
+        let mut conn = state.pool.get().await?;
+        apple_users::table
+            .filter(apple_users::account_id.eq(account))
+            .filter(apple_users::client_user_id.eq_any(users))
+            .filter(apple_users::status.eq("registered"))
+            .select(apple_users::client_user_id)
+            .load(&mut conn)
+            .await?
+    };
+    let missing: Vec<&String> = users.iter().filter(|u| !known.contains(u)).collect();
+    if missing.is_empty() {
+        return Ok(refused);
+    }
+    let max = state.apple.service_config().await?.max_users().max(1);
+    for chunk in missing.chunks(max) {
+        let request: Vec<RequestUser> =
+            chunk.iter().map(|u| RequestUser::new(u.as_str())).collect();
+        let event = state.apple.create_users(token, &request).await?;
+        // User creation is quick; wait for it here rather than split the association in two.
+        let mut status = state.apple.event_status(token, &event.event_id).await?;
+        let mut waited = Duration::ZERO;
+        while status.is_pending() && waited < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            waited += Duration::from_millis(300);
+            status = state.apple.event_status(token, &event.event_id).await?;
+        }
+        let mut failed_here: HashMap<String, (i32, String)> = HashMap::new();
+        for failure in &status.failures {
+            let number = failure.error_number.unwrap_or(0);
+            if number == ALREADY_REGISTERED {
+                continue;
+            }
+            for user in &failure.error_info.client_user_ids {
+                failed_here.insert(
+                    user.clone(),
+                    (number, failure.error_message.clone().unwrap_or_default()),
+                );
+            }
+        }
+        if status.is_pending() {
+            for u in chunk {
+                failed_here.insert(
+                    (*u).clone(),
+                    (0, "user registration did not finish within 60 s".into()),
+                );
+            }
+        }
+        let registered: Vec<_> = chunk
+            .iter()
+            .filter(|u| !failed_here.contains_key(u.as_str()))
+            .map(|u| {
+                (
+                    apple_users::account_id.eq(account),
+                    apple_users::client_user_id.eq((*u).clone()),
+                    apple_users::status.eq("registered"),
+                    apple_users::event_id.eq(Some(event.event_id.clone())),
+                )
+            })
+            .collect();
+        if !registered.is_empty() {
+            let mut conn = state.pool.get().await?;
+            diesel::insert_into(apple_users::table)
+                .values(registered)
+                .on_conflict((apple_users::account_id, apple_users::client_user_id))
+                .do_update()
+                .set((
+                    apple_users::status.eq("registered"),
+                    apple_users::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(&mut conn)
+                .await?;
+        }
+        refused.extend(failed_here);
+    }
+    Ok(refused)
+}

@@ -1,0 +1,232 @@
+//! Applying a distribution policy to one subject (rules A2, A3).
+//!
+//! * **Disallowed** entries (a device, a user, or a group) refuse the subject outright.
+//! * **Reserved** entries name individual devices or users, optionally with the account to
+//!   reserve from. A reserved subject is served from that account first (A2), and the licenses
+//!   its reservation holds are held back from everyone else while it does not hold one.
+//!   A reservation without an account holds back from the highest-priority account that owns
+//!   the asset.
+//! * **First-come-first-served** groups: when a policy lists any, only their members (and
+//!   reserved subjects) may take a license; a policy without FCFS groups leaves the asset open
+//!   to everyone not disallowed. No policy at all means open to everyone in the space.
+
+use std::collections::HashMap;
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::ledger::policies::{self, EntryRow};
+
+/// Who is asking, as policy matching sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Who {
+    /// The license holder: ("device", serial) or ("user", client user id).
+    pub kind: String,
+    pub id: String,
+    /// Other identities that count for disallow / list matching (the device's user).
+    pub also: Vec<(String, String)>,
+    /// Groups of the subject (and of the device's user, when known).
+    pub groups: Vec<String>,
+}
+
+impl Who {
+    fn matches(&self, e: &EntryRow) -> bool {
+        match e.target_kind.as_str() {
+            "group" => self.groups.iter().any(|g| g == &e.target),
+            kind => {
+                (kind == self.kind && e.target == self.id)
+                    || self.also.iter().any(|(k, v)| k == kind && v == &e.target)
+            }
+        }
+    }
+}
+
+/// The policy of one asset in one space.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub entries: Vec<EntryRow>,
+}
+
+/// What the policy says about a subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// May take a license; `reserved_from` is `Some` for reserved subjects (with the
+    /// reservation's account, if it names one).
+    Allowed {
+        reserved_from: Option<Option<Uuid>>,
+    },
+    Disallowed(String),
+}
+
+impl Policy {
+    pub async fn load(
+        conn: &mut AsyncPgConnection,
+        space: &str,
+        adam_id: &str,
+        pricing_param: &str,
+    ) -> diesel::QueryResult<Policy> {
+        Ok(Policy {
+            entries: policies::entries_for_asset(conn, space, adam_id, pricing_param).await?,
+        })
+    }
+
+    pub fn verdict(&self, who: &Who) -> Verdict {
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.mode == "disallowed" && who.matches(e))
+        {
+            return Verdict::Disallowed(format!(
+                "the asset's distribution policy disallows {} {:?}",
+                e.target_kind, e.target
+            ));
+        }
+        // A reservation of the license holder itself.
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.mode == "reserved" && e.target_kind == who.kind && e.target == who.id)
+        {
+            return Verdict::Allowed {
+                reserved_from: Some(e.account_id),
+            };
+        }
+        let fcfs: Vec<&EntryRow> = self.entries.iter().filter(|e| e.mode == "fcfs").collect();
+        if !fcfs.is_empty() && !fcfs.iter().any(|e| who.matches(e)) {
+            return Verdict::Disallowed(
+                "the asset's distribution policy limits first-come-first-served licenses to \
+                 groups the subject is not in"
+                    .into(),
+            );
+        }
+        Verdict::Allowed {
+            reserved_from: None,
+        }
+    }
+
+    pub fn has_reservations(&self) -> bool {
+        self.entries.iter().any(|e| e.mode == "reserved")
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Outstanding {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    account_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Reservations of the asset whose subject does not hold a live license yet, per account
+/// (`None`: reservations that name no account).
+pub async fn outstanding(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+) -> diesel::QueryResult<HashMap<Option<Uuid>, i64>> {
+    let rows: Vec<Outstanding> = diesel::sql_query(
+        "SELECT pe.account_id, count(*) AS n
+           FROM policy_entries pe
+           JOIN distribution_policies p ON p.id = pe.policy_id
+          WHERE p.space_id = $1 AND p.adam_id = $2 AND p.pricing_param = $3
+            AND pe.mode = 'reserved'
+            AND NOT EXISTS (
+                SELECT 1 FROM subjects s
+                  JOIN assignments a ON a.subject_id = s.id
+                 WHERE s.space_id = $1 AND s.kind = pe.target_kind AND s.external_id = pe.target
+                   AND a.adam_id = $2 AND a.pricing_param = $3
+                   AND a.state IN ('pending', 'associating', 'active'))
+          GROUP BY pe.account_id",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Text, _>(adam_id)
+    .bind::<diesel::sql_types::Text, _>(pricing_param)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.account_id, r.n)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, target: &str, mode: &str, account: Option<Uuid>) -> EntryRow {
+        EntryRow {
+            policy_id: Uuid::nil(),
+            target_kind: kind.into(),
+            target: target.into(),
+            mode: mode.into(),
+            account_id: account,
+        }
+    }
+
+    fn device(serial: &str, groups: &[&str]) -> Who {
+        Who {
+            kind: "device".into(),
+            id: serial.into(),
+            also: vec![("user".into(), "u1".into())],
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn no_policy_allows_everyone() {
+        assert_eq!(
+            Policy::default().verdict(&device("S", &[])),
+            Verdict::Allowed {
+                reserved_from: None
+            }
+        );
+    }
+
+    #[test]
+    fn disallowed_beats_everything() {
+        let p = Policy {
+            entries: vec![
+                entry("group", "students", "disallowed", None),
+                entry("group", "staff", "fcfs", None),
+            ],
+        };
+        assert!(matches!(
+            p.verdict(&device("S", &["students", "staff"])),
+            Verdict::Disallowed(_)
+        ));
+        // The device's user counts too.
+        let p = Policy {
+            entries: vec![entry("user", "u1", "disallowed", None)],
+        };
+        assert!(matches!(
+            p.verdict(&device("S", &[])),
+            Verdict::Disallowed(_)
+        ));
+    }
+
+    #[test]
+    fn reservations_and_fcfs_groups() {
+        let acct = Uuid::now_v7();
+        let p = Policy {
+            entries: vec![
+                entry("device", "VIP", "reserved", Some(acct)),
+                entry("group", "staff", "fcfs", None),
+            ],
+        };
+        assert_eq!(
+            p.verdict(&device("VIP", &[])),
+            Verdict::Allowed {
+                reserved_from: Some(Some(acct))
+            }
+        );
+        assert_eq!(
+            p.verdict(&device("S", &["staff"])),
+            Verdict::Allowed {
+                reserved_from: None
+            }
+        );
+        assert!(matches!(
+            p.verdict(&device("S", &["other"])),
+            Verdict::Disallowed(_)
+        ));
+        assert!(p.has_reservations());
+    }
+}

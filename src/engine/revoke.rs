@@ -1,0 +1,98 @@
+//! Revocation (rule V1): one assignment, all of an asset (in one account or all), all of a
+//! subject's, all of an account's.
+//!
+//! A revoked license is free in the ledger at once (`held` drops in the same statement).
+//! Pending assignments never reached Apple: they become `revoked` and their queued Apple job is
+//! dropped. Assignments Apple holds (or is associating) become `revoking` and get a
+//! `disassociate` job; the dispatcher moves them to `revoked` when Apple confirms.
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Which live assignments to revoke (all given filters must match).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub assignment: Option<Uuid>,
+    pub account: Option<Uuid>,
+    pub adam_id: Option<String>,
+    pub pricing_param: Option<String>,
+    pub subject: Option<Uuid>,
+}
+
+/// What a revocation did.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema, diesel::QueryableByName,
+)]
+pub struct Revoked {
+    /// Pending assignments dropped before reaching Apple (now `revoked`).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub dropped: i64,
+    /// Assignments now `revoking`; Apple is asked to release them.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub revoking: i64,
+}
+
+/// Starts revocation of every live assignment of `space` matching `scope`. Run it inside the
+/// caller's transaction.
+pub async fn revoke(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    scope: &Scope,
+    actor: &str,
+    reason: &str,
+) -> diesel::QueryResult<Revoked> {
+    diesel::sql_query(
+        "WITH changed AS (
+             UPDATE assignments
+                SET state = CASE WHEN state = 'pending' THEN 'revoked' ELSE 'revoking' END,
+                    version = version + 1, updated_at = now()
+              WHERE space_id = $1 AND state IN ('pending', 'associating', 'active')
+                AND ($2::uuid IS NULL OR id = $2)
+                AND ($3::uuid IS NULL OR account_id = $3)
+                AND ($4::text IS NULL OR adam_id = $4)
+                AND ($5::text IS NULL OR pricing_param = $5)
+                AND ($6::uuid IS NULL OR subject_id = $6)
+          RETURNING id, account_id, adam_id, pricing_param, state
+         ), released AS (
+             UPDATE assets a SET held = a.held - c.n, updated_at = now()
+               FROM (SELECT account_id, adam_id, pricing_param, count(*) AS n FROM changed
+                      GROUP BY account_id, adam_id, pricing_param) c
+              WHERE a.account_id = c.account_id AND a.adam_id = c.adam_id
+                AND a.pricing_param = c.pricing_param
+          RETURNING 1
+         ), dropped_jobs AS (
+             DELETE FROM jobs WHERE kind = 'associate'
+                AND assignment_id IN (SELECT id FROM changed WHERE state = 'revoked')
+          RETURNING 1
+         ), new_jobs AS (
+             INSERT INTO jobs (kind, account_id, assignment_id)
+             SELECT 'disassociate', account_id, id FROM changed WHERE state = 'revoking'
+          RETURNING 1
+         ), logged AS (
+             INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
+                                       adam_id, pricing_param, request_id, details)
+             SELECT $1, $7, 'assignment.revoke_requested', account_id, id, adam_id, pricing_param,
+                    $8, jsonb_build_object('reason', $9::text, 'state', state)
+               FROM changed
+          RETURNING 1
+         )
+         SELECT count(*) FILTER (WHERE state = 'revoked') AS dropped,
+                count(*) FILTER (WHERE state = 'revoking') AS revoking
+           FROM changed",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.assignment)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.account)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.adam_id.as_deref())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.pricing_param.as_deref())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.subject)
+    .bind::<diesel::sql_types::Text, _>(actor)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(
+        crate::http::context::request_id(),
+    )
+    .bind::<diesel::sql_types::Text, _>(reason)
+    .get_result(conn)
+    .await
+}

@@ -1,0 +1,153 @@
+//! Distribution policies per space and asset: reserved subjects, first-come-first-served
+//! groups, disallowed subjects.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::schema::{distribution_policies as policies, policy_entries as entries};
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = policies)]
+pub struct PolicyRow {
+    pub id: Uuid,
+    pub space_id: String,
+    pub adam_id: String,
+    pub pricing_param: String,
+    pub version: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = entries)]
+pub struct EntryRow {
+    pub policy_id: Uuid,
+    pub target_kind: String,
+    pub target: String,
+    pub mode: String,
+    pub account_id: Option<Uuid>,
+}
+
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+) -> QueryResult<Option<PolicyRow>> {
+    policies::table
+        .filter(policies::space_id.eq(space))
+        .filter(policies::adam_id.eq(adam_id))
+        .filter(policies::pricing_param.eq(pricing_param))
+        .select(PolicyRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn list(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Vec<PolicyRow>> {
+    policies::table
+        .filter(policies::space_id.eq(space))
+        .order((policies::adam_id, policies::pricing_param))
+        .select(PolicyRow::as_select())
+        .load(conn)
+        .await
+}
+
+pub async fn entries_of(
+    conn: &mut AsyncPgConnection,
+    policies_: &[Uuid],
+) -> QueryResult<Vec<EntryRow>> {
+    entries::table
+        .filter(entries::policy_id.eq_any(policies_))
+        .order((
+            entries::policy_id,
+            entries::mode,
+            entries::target_kind,
+            entries::target,
+        ))
+        .select(EntryRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// The entries of the policy of (space, asset), if there is one: one query.
+pub async fn entries_for_asset(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+) -> QueryResult<Vec<EntryRow>> {
+    entries::table
+        .inner_join(policies::table)
+        .filter(policies::space_id.eq(space))
+        .filter(policies::adam_id.eq(adam_id))
+        .filter(policies::pricing_param.eq(pricing_param))
+        .select(EntryRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Creates or replaces the policy of (space, asset) with `new_entries`; returns the policy.
+pub async fn replace(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+    new_entries: &[EntryRow],
+    id: Uuid,
+) -> QueryResult<PolicyRow> {
+    let policy: PolicyRow = diesel::insert_into(policies::table)
+        .values((
+            policies::id.eq(id),
+            policies::space_id.eq(space),
+            policies::adam_id.eq(adam_id),
+            policies::pricing_param.eq(pricing_param),
+        ))
+        .on_conflict((
+            policies::space_id,
+            policies::adam_id,
+            policies::pricing_param,
+        ))
+        .do_update()
+        .set((
+            policies::version.eq(policies::version + 1),
+            policies::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(PolicyRow::as_returning())
+        .get_result(conn)
+        .await?;
+    diesel::delete(entries::table.filter(entries::policy_id.eq(policy.id)))
+        .execute(conn)
+        .await?;
+    let rows: Vec<EntryRow> = new_entries
+        .iter()
+        .map(|e| EntryRow {
+            policy_id: policy.id,
+            ..e.clone()
+        })
+        .collect();
+    if !rows.is_empty() {
+        diesel::insert_into(entries::table)
+            .values(rows)
+            .execute(conn)
+            .await?;
+    }
+    Ok(policy)
+}
+
+pub async fn delete(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+) -> QueryResult<usize> {
+    diesel::delete(
+        policies::table
+            .filter(policies::space_id.eq(space))
+            .filter(policies::adam_id.eq(adam_id))
+            .filter(policies::pricing_param.eq(pricing_param)),
+    )
+    .execute(conn)
+    .await
+}
