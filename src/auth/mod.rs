@@ -55,18 +55,6 @@ pub struct Caller {
     pub spaces: SpaceGrant,
 }
 
-impl PartialOrd for Scope {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scope {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
-    }
-}
-
 impl Caller {
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&Scope::Admin)
