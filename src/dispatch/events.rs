@@ -106,6 +106,7 @@ struct Realloc {
     id: Uuid,
     space: String,
     requested_by: String,
+    message: String,
 }
 
 /// What applying results changed.
@@ -128,17 +129,35 @@ pub async fn apply(
 ) -> Result<Applied, DispatchError> {
     let mut conn = state.pool.get().await?;
     let Some(event) = find_event(&mut conn, event_id).await? else {
-        return Ok(Applied::default());
+        // Not ours (or its account is gone): nothing to settle.
+        return Ok(Applied {
+            finished: true,
+            ..Applied::default()
+        });
     };
-    let (applied, reallocs) = conn
+    let (mut applied, reallocs) = conn
         .transaction(async |conn| transition(conn, &event, results).await)
         .await?;
     drop(conn);
+    if !reallocs.is_empty() {
+        applied.failed += reallocs.len();
+        reallocate(state, token, &event, reallocs).await?;
+        let mut conn = state.pool.get().await?;
+        let remaining: i64 = diesel::sql_query(
+            "SELECT count(*) AS n FROM assignments
+              WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')",
+        )
+        .bind::<diesel::sql_types::Text, _>(&event.event_id)
+        .get_result::<super::Count>(&mut conn)
+        .await?
+        .n;
+        if remaining == 0 {
+            close_event(&mut conn, &event.event_id).await?;
+            applied.finished = true;
+        }
+    }
     if applied.finished {
         finish_account_deletion(state, event.account_id).await?;
-    }
-    if !reallocs.is_empty() {
-        reallocate(state, token, &event, reallocs).await?;
     }
     Ok(applied)
 }
@@ -171,17 +190,19 @@ async fn transition(
         let Some(outcome) = outcome else { continue };
         match (associate, w.state.as_str(), outcome) {
             (true, "associating", None) => to_active.push(w.id),
+            // Left `associating` until re-allocated (see `reallocate`), so its final state
+            // arrives complete; a crash before that repeats the re-allocation on the next poll.
+            (true, "associating", Some((NOT_ENOUGH_LICENSES, message))) => reallocs.push(Realloc {
+                id: w.id,
+                space: w.space_id.clone(),
+                requested_by: w.requested_by.clone(),
+                message,
+            }),
             (true, "associating", Some((number, message))) => {
-                let mut error = serde_json::json!({ "number": number, "message": message });
-                if number == NOT_ENOUGH_LICENSES {
-                    error["action"] = "re-allocating from the next eligible account".into();
-                    reallocs.push(Realloc {
-                        id: w.id,
-                        space: w.space_id.clone(),
-                        requested_by: w.requested_by.clone(),
-                    });
-                }
-                to_failed.push((w.id, error));
+                to_failed.push((
+                    w.id,
+                    serde_json::json!({ "number": number, "message": message }),
+                ));
             }
             // Revoked while associating, and the association failed: Apple holds nothing.
             (true, "revoking", Some(_)) => to_revoked.push(w.id),
@@ -275,30 +296,15 @@ async fn transition(
     .get_result::<super::Count>(conn)
     .await?
     .n;
-    let finished = remaining == 0 || matches!(results, Results::Complete(_));
-    if finished {
-        let failures = match results {
-            Results::Complete(f) => serde_json::to_value(f).unwrap_or_default(),
-            Results::Partial(_) => serde_json::Value::Null,
-        };
+    let finished = remaining == 0;
+    if let Results::Complete(f) = results {
         diesel::update(apple_events::table.filter(apple_events::event_id.eq(&event.event_id)))
-            .set((
-                apple_events::status.eq(if to_failed.is_empty() {
-                    "complete"
-                } else {
-                    "failed"
-                }),
-                apple_events::finished_at.eq(Some(chrono::Utc::now())),
-                apple_events::failures.eq(Some(failures)),
-            ))
+            .set(apple_events::failures.eq(Some(serde_json::to_value(f).unwrap_or_default())))
             .execute(conn)
             .await?;
-        diesel::sql_query(
-            "DELETE FROM jobs WHERE kind = 'poll_event' AND payload->>'event_id' = $1",
-        )
-        .bind::<diesel::sql_types::Text, _>(&event.event_id)
-        .execute(conn)
-        .await?;
+    }
+    if finished {
+        close_event(conn, &event.event_id).await?;
     }
     Ok((
         Applied {
@@ -309,6 +315,26 @@ async fn transition(
         },
         reallocs,
     ))
+}
+
+/// Marks an event finished (complete, or failed when any of its assignments failed) and drops
+/// its poll job.
+async fn close_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE apple_events SET finished_at = now(),
+                status = CASE WHEN EXISTS (SELECT 1 FROM assignments
+                                            WHERE apple_event_id = $1 AND state = 'failed')
+                              THEN 'failed' ELSE 'complete' END
+          WHERE event_id = $1 AND status = 'pending'",
+    )
+    .bind::<diesel::sql_types::Text, _>(event_id)
+    .execute(conn)
+    .await?;
+    diesel::sql_query("DELETE FROM jobs WHERE kind = 'poll_event' AND payload->>'event_id' = $1")
+        .bind::<diesel::sql_types::Text, _>(event_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 async fn set_state(
@@ -394,10 +420,15 @@ async fn reallocate(
         let Some(old) = crate::ledger::assignments::by_id(&mut conn, r.id).await? else {
             continue;
         };
-        let subject = crate::ledger::subjects::by_ids(&mut conn, &[old.subject_id])
+        if old.state != crate::engine::model::AssignmentState::Associating {
+            continue;
+        }
+        let Some(subject) = crate::ledger::subjects::by_ids(&mut conn, &[old.subject_id])
             .await?
-            .pop();
-        let Some(subject) = subject else { continue };
+            .pop()
+        else {
+            continue;
+        };
         let input = match subject.kind {
             SubjectKind::Device => SubjectInput::Device {
                 serial: subject.external_id.clone(),
@@ -427,45 +458,67 @@ async fn reallocate(
             exclude_accounts: vec![event.account_id],
             replaces: Some(old.id),
         };
-        let result = allocate::allocate(&mut conn, &settings, &request).await;
-        let (note, new_id) = match &result {
-            Ok(o) => (
-                serde_json::json!({"reallocated_to": o.assignment.as_ref().map(|a| a.id), "account_id": o.account_id}),
-                o.assignment.as_ref().map(|a| a.id),
-            ),
-            Err(e) => (serde_json::json!({"reallocation": e.to_string()}), None),
-        };
-        diesel::sql_query(
-            "UPDATE assignments SET error = COALESCE(error, '{}'::jsonb) || $2, updated_at = now() WHERE id = $1",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(old.id)
-        .bind::<diesel::sql_types::Jsonb, _>(&note)
-        .execute(&mut conn)
-        .await?;
-        activity::record(
-            &mut conn,
-            Activity {
-                assignment_id: Some(old.id),
-                adam_id: Some(adam.clone()),
-                pricing_param: Some(pricing.clone()),
-                apple_event_id: Some(event.event_id.clone()),
-                ..Activity::new(
-                    "system",
-                    if new_id.is_some() {
-                        "assignment.reallocated"
-                    } else {
-                        "assignment.reallocation_failed"
+        // One transaction: the failed assignment gives its license back, the subject gets one
+        // from another account, and the old assignment records where it went.
+        let new_id = conn
+            .transaction(async |conn| {
+                let mut error =
+                    serde_json::json!({ "number": NOT_ENOUGH_LICENSES, "message": r.message });
+                set_state(conn, &[old.id], "failed", Some(&error)).await?;
+                diesel::sql_query(
+                    "UPDATE assets SET held = held - 1, updated_at = now()
+                      WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(event.account_id)
+                .bind::<diesel::sql_types::Text, _>(&adam)
+                .bind::<diesel::sql_types::Text, _>(&pricing)
+                .execute(conn)
+                .await?;
+                let new_id = match allocate::allocate(conn, &settings, &request).await {
+                    Ok(o) => {
+                        let id = o.assignment.as_ref().map(|a| a.id);
+                        error["reallocated_to"] = serde_json::json!(id);
+                        error["reallocated_account_id"] = serde_json::json!(o.account_id);
+                        id
+                    }
+                    Err(allocate::AllocationError::Db(e)) => return Err(DispatchError::Db(e)),
+                    Err(allocate::AllocationError::Pool(e)) => return Err(DispatchError::Pool(e)),
+                    Err(refusal) => {
+                        error["reallocation"] = serde_json::json!(refusal.to_string());
+                        None
+                    }
+                };
+                diesel::sql_query("UPDATE assignments SET error = $2 WHERE id = $1")
+                    .bind::<diesel::sql_types::Uuid, _>(old.id)
+                    .bind::<diesel::sql_types::Jsonb, _>(&error)
+                    .execute(conn)
+                    .await?;
+                let action = if new_id.is_some() {
+                    "assignment.reallocated"
+                } else {
+                    "assignment.reallocation_failed"
+                };
+                activity::record(
+                    conn,
+                    Activity {
+                        assignment_id: Some(old.id),
+                        adam_id: Some(adam.clone()),
+                        pricing_param: Some(pricing.clone()),
+                        apple_event_id: Some(event.event_id.clone()),
+                        ..Activity::new("system", action)
+                            .space(&r.space)
+                            .account(event.account_id)
+                            .details(error.clone())
                     },
                 )
-                .space(&r.space)
-                .account(event.account_id)
-                .details(note)
-            },
-        )
-        .await?;
-        if let Some(new_id) = new_id {
-            crate::waiters::notify(&mut conn, &[old.id, new_id]).await?;
-        }
+                .await?;
+                let mut woken = vec![old.id];
+                woken.extend(new_id);
+                crate::waiters::notify(conn, &woken).await?;
+                Ok::<_, DispatchError>(new_id)
+            })
+            .await?;
+        tracing::info!(old = %old.id, new = ?new_id, "re-allocated after Apple error 9709");
     }
     Ok(())
 }

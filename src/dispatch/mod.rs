@@ -346,7 +346,7 @@ async fn poll(
         }
         Ok(status) => {
             let failures = events::failures_by_target(&status.failures);
-            events::apply(
+            let applied = events::apply(
                 &ctx.state,
                 token,
                 event_id,
@@ -354,7 +354,19 @@ async fn poll(
             )
             .await?;
             let mut conn = ctx.state.pool.get().await?;
-            jobs::delete(&mut conn, &[job.id]).await?;
+            if applied.finished {
+                jobs::delete(&mut conn, &[job.id]).await?;
+            } else {
+                // Something of the event is still being settled (a re-allocation cut short):
+                // look again soon; applying results again is harmless.
+                jobs::postpone(
+                    &mut conn,
+                    &[job.id],
+                    retry::at(ctx.settings.first_poll),
+                    None,
+                )
+                .await?;
+            }
             Ok(())
         }
         Err(err) if matches!(err.class(), ErrorClass::NotFound) => {

@@ -144,10 +144,10 @@ pub struct Problem {
     /// Invalid fields, for `validation-failed` and `invalid-body`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// Extra, problem-specific members.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub extensions: Option<serde_json::Value>,
+    /// Extra, problem-specific members (RFC 9457 extensions), e.g. `accounts` of
+    /// `no-license-available`.
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The error type of every handler (boxed, so `Result<_, ApiError>` stays one pointer wide).
@@ -254,7 +254,10 @@ impl ApiError {
             instance: info.as_ref().map(|i| i.path.clone()),
             request_id: info.map(|i| i.request_id),
             errors: this.errors.clone(),
-            extensions: this.extensions.clone(),
+            extensions: match &this.extensions {
+                Some(serde_json::Value::Object(map)) => map.clone(),
+                _ => serde_json::Map::new(),
+            },
         }
     }
 }

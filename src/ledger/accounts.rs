@@ -221,6 +221,15 @@ pub async fn save_status(
             .set(accounts::status_changed_at.eq(diesel::dsl::now))
             .execute(conn)
             .await?;
+        if next.status.allows_apple_calls() && !current.status.allows_apple_calls() {
+            // Usable again: the Apple work that waited for it goes out now.
+            diesel::sql_query(
+                "UPDATE jobs SET run_at = now() WHERE account_id = $1 AND state = 'queued' AND run_at > now()",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(account.id)
+            .execute(conn)
+            .await?;
+        }
         activity::record(
             conn,
             Activity::new(actor, "account.status_changed")

@@ -2,6 +2,7 @@
 //! the HTTP server on a real port, JWTs really signed and verified.
 
 mod accounts;
+mod allocation;
 mod auth;
 mod cli;
 mod migrations;

@@ -42,6 +42,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub state: Arc<AppState>,
     handle: ServerHandle,
+    cancel: tokio_util::sync::CancellationToken,
     // Declared last: dropped after the server handle.
     pub db: TestDb,
 }
@@ -58,6 +59,25 @@ pub struct Options {
     pub apple_base_url: String,
     pub public_url: Option<String>,
     pub token_keys: String,
+    /// Run the Apple dispatcher in this process (fast test timings).
+    pub dispatcher: Option<vpp_broker::dispatch::Settings>,
+}
+
+/// Dispatcher timings for tests: tiny linger and polls, so events finish in well under a second.
+pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
+    use std::time::Duration;
+    vpp_broker::dispatch::Settings {
+        database_url: database_url.to_owned(),
+        workers: 2,
+        idle_poll: Duration::from_millis(20),
+        lease: Duration::from_secs(30),
+        linger: Duration::from_millis(30),
+        concurrency: 4,
+        first_poll: Duration::from_millis(100),
+        max_poll: Duration::from_millis(400),
+        max_backoff: Duration::from_secs(2),
+        max_claim: 5000,
+    }
 }
 
 impl Default for Options {
@@ -68,6 +88,7 @@ impl Default for Options {
             apple_base_url: "http://127.0.0.1:9/mdm/v2".into(),
             public_url: None,
             token_keys: TOKEN_KEYS.into(),
+            dispatcher: None,
         }
     }
 }
@@ -81,6 +102,7 @@ impl TestApp {
     pub async fn with_sim(sim: &vpp_broker::apple_sim::SimHandle) -> TestApp {
         TestApp::start_opts(Options {
             apple_base_url: sim.base_url(),
+            dispatcher: Some(fast_dispatch("")),
             ..Options::default()
         })
         .await
@@ -127,6 +149,7 @@ impl TestApp {
             apple_base_url,
             public_url,
             token_keys,
+            dispatcher,
         } = opts;
         super::logs::capture();
         let db = TestDb::new().await;
@@ -142,24 +165,36 @@ impl TestApp {
             body_limit_bytes: body_limit,
             shutdown_timeout_secs: 1,
         };
-        let state = Arc::new(
-            AppState::build(
-                pool.clone(),
-                &AppleArgs {
-                    apple_base_url,
-                    apple_timeout_secs: 10,
-                },
-                &AccountArgs {
-                    token_keys: None,
-                    instance_id: None,
-                    instance_name: "vpp-broker test".into(),
-                    public_url,
-                },
-                cipher,
-            )
-            .await
-            .expect("state"),
-        );
+        let mut state = AppState::build(
+            pool.clone(),
+            &AppleArgs {
+                apple_base_url,
+                apple_timeout_secs: 10,
+            },
+            &AccountArgs {
+                token_keys: None,
+                instance_id: None,
+                instance_name: "vpp-broker test".into(),
+                public_url,
+            },
+            cipher,
+        )
+        .await
+        .expect("state");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        if let Some(d) = &dispatcher {
+            state.allocation.linger = d.linger;
+        }
+        let state = Arc::new(state);
+        state
+            .waiters
+            .clone()
+            .spawn_listener(db.url.clone(), cancel.clone());
+        if let Some(mut d) = dispatcher {
+            d.database_url = db.url.clone();
+            let ctx = vpp_broker::dispatch::Ctx::new(state.clone(), d);
+            vpp_broker::dispatch::spawn(ctx, cancel.clone());
+        }
         let server = server::start(
             Parts {
                 state: state.clone(),
@@ -178,6 +213,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             state,
             handle,
+            cancel,
             db,
         }
     }
@@ -196,7 +232,14 @@ impl TestApp {
     }
 
     pub async fn stop(&self) {
+        self.cancel.cancel();
         self.handle.stop(true).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

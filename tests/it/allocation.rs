@@ -1,0 +1,831 @@
+//! The allocation engine against PostgreSQL and the Apple simulator over real HTTP, with the
+//! dispatcher running: rules A1–A10, V1, T7, T10, each test named after its rule.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use reqwest::Method;
+use serde_json::{Value, json};
+use vpp_broker::apple::types::{AssetKey, PricingParam};
+use vpp_broker::apple_sim::{FailRule, FaultsPatch, SimHandle, TokenStatus};
+use vpp_broker::db::schema::{assets, assignments};
+
+use crate::support::sim::{self, app, book, location};
+use crate::support::{TestApp, expect_problem, token};
+
+const U1: &str = "2000000001";
+const U2: &str = "2000000002";
+const APP: &str = "408709785";
+const BOOK: &str = "377298193";
+
+/// Two accounts in space `acme`: A (priority 1) and B (priority 2), each owning `APP`.
+struct World {
+    sim: SimHandle,
+    app: TestApp,
+    a: String,
+    b: String,
+}
+
+async fn world(total_a: i64, total_b: i64) -> World {
+    let sim = sim::start(vec![
+        location(U1, "Library A", vec![app(APP, total_a), book(BOOK, 5)]),
+        location(U2, "Library B", vec![app(APP, total_b)]),
+    ])
+    .await;
+    let app = TestApp::with_sim(&sim).await;
+    app.space("acme").await;
+    let a = app.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = app.account("acme", "B", &sim::stoken(&sim, U2)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    World { sim, app, a, b }
+}
+
+fn device(serial: &str) -> Value {
+    json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": serial}})
+}
+
+async fn allocate(app: &TestApp, body: Value) -> reqwest::Response {
+    app.req(Method::POST, "/v1/spaces/acme/assignments")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn allocated(app: &TestApp, body: Value) -> Value {
+    let resp = allocate(app, body).await;
+    let status = resp.status();
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "{json}");
+    json
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    let resp = app.req(Method::GET, path).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.json().await.unwrap()
+}
+
+/// Waits until the assignment reaches a final state (through the API's bounded wait).
+async fn final_state(app: &TestApp, id: &str) -> Value {
+    let v = get(app, &format!("/v1/spaces/acme/assignments/{id}?wait=20")).await;
+    assert!(
+        ["active", "failed", "revoked"].contains(&v["state"].as_str().unwrap()),
+        "not final after 20 s: {v}"
+    );
+    v
+}
+
+async fn held(app: &TestApp, account: &str) -> i32 {
+    let mut conn = app.db.connect().await;
+    let id: uuid::Uuid = account.parse().unwrap();
+    assets::table
+        .filter(assets::account_id.eq(id))
+        .filter(assets::adam_id.eq(APP))
+        .select(assets::held)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn sim_serials(sim: &SimHandle, u_id: &str) -> Vec<String> {
+    let mut serials: Vec<String> = sim
+        .location(u_id)
+        .await
+        .unwrap()
+        .assignments
+        .into_iter()
+        .filter(|a| a.adam_id == APP)
+        .filter_map(|a| a.serial_number)
+        .collect();
+    serials.sort();
+    serials
+}
+
+#[tokio::test]
+async fn a1_accounts_are_tried_in_priority_order_and_apple_confirms() {
+    let w = world(5, 5).await;
+    let body = allocated(&w.app, device("S1")).await;
+    assert_eq!(body["account_id"], w.a);
+    assert_eq!(body["rule"], "priority");
+    assert_eq!(body["created"], true);
+    assert_eq!(body["assignment"]["state"], "pending");
+    assert_eq!(
+        body["assignment"]["subject"],
+        json!({"kind": "device", "id": "S1"})
+    );
+    let id = body["assignment"]["id"].as_str().unwrap();
+    let done = final_state(&w.app, id).await;
+    assert_eq!(done["state"], "active");
+    assert!(done["apple_event_id"].is_string());
+    assert_eq!(sim_serials(&w.sim, U1).await, ["S1"]);
+    assert_eq!(held(&w.app, &w.a).await, 1);
+
+    // After a reorder, new allocations go to the new first account (A5: the old one stays).
+    w.app
+        .req(Method::PUT, "/v1/spaces/acme/account-order")
+        .json(&json!({"order": [w.b, w.a]}))
+        .send()
+        .await
+        .unwrap();
+    let next = allocated(&w.app, device("S2")).await;
+    assert_eq!(next["account_id"], w.b);
+    assert_eq!(
+        get(&w.app, &format!("/v1/spaces/acme/assignments/{id}")).await["account_id"],
+        w.a
+    );
+}
+
+#[tokio::test]
+async fn a2_reserved_subjects_come_first_and_their_licenses_are_held_back() {
+    let w = world(2, 5).await;
+    let resp = w
+        .app
+        .req(Method::PUT, &format!("/v1/spaces/acme/policies/{APP}/STDQ"))
+        .json(&json!({"reserved": [
+            {"kind": "device", "id": "VIP-A", "account_id": w.a},
+            {"kind": "device", "id": "VIP-B", "account_id": w.b},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // VIP-B is served from its reservation's account although A comes first.
+    let vip_b = allocated(&w.app, device("VIP-B")).await;
+    assert_eq!(
+        (vip_b["account_id"].as_str(), vip_b["rule"].as_str()),
+        (Some(w.b.as_str()), Some("reservation"))
+    );
+    // A holds 2: one is held back for VIP-A, so ordinary devices get one from A, then go to B.
+    let first = allocated(&w.app, device("D1")).await;
+    assert_eq!(first["account_id"], w.a);
+    let second = allocated(&w.app, device("D2")).await;
+    assert_eq!(second["account_id"], w.b);
+    assert_eq!(second["rule"], "fallback");
+    let skipped = &second["decision"]["skipped"][0];
+    assert_eq!(skipped["reason"], "no_free_license");
+    assert!(
+        skipped["detail"]
+            .as_str()
+            .unwrap()
+            .contains("reservations 1"),
+        "{skipped}"
+    );
+    // VIP-A still gets its license from A.
+    let vip_a = allocated(&w.app, device("VIP-A")).await;
+    assert_eq!(
+        (vip_a["account_id"].as_str(), vip_a["rule"].as_str()),
+        (Some(w.a.as_str()), Some("reservation"))
+    );
+}
+
+#[tokio::test]
+async fn a3_disallowed_subjects_get_a_clear_403_and_nothing_changes() {
+    let w = world(5, 5).await;
+    w.app
+        .req(Method::PUT, &format!("/v1/spaces/acme/policies/{APP}/STDQ"))
+        .json(&json!({
+            "disallowed": [{"kind": "device", "id": "BANNED"}, {"kind": "group", "id": "students"}],
+            "fcfs_groups": ["staff", "students-staff"]
+        }))
+        .send()
+        .await
+        .unwrap();
+    let cases = [
+        device("BANNED"),
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S1", "groups": ["students", "staff"]}}),
+        // Not in a first-come-first-served group.
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S2", "groups": ["visitors"]}}),
+    ];
+    for body in cases {
+        let problem = expect_problem(allocate(&w.app, body).await, 403, "subject-disallowed").await;
+        assert!(problem["detail"].as_str().unwrap().contains("policy"));
+    }
+    assert_eq!(held(&w.app, &w.a).await, 0);
+    let ok = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S3", "groups": ["staff"]}}),
+    )
+    .await;
+    assert_eq!(ok["account_id"], w.a);
+}
+
+#[tokio::test]
+async fn a4_fallback_needs_the_distribution_list_and_exhaustion_explains_itself() {
+    let w = world(1, 5).await;
+    w.app
+        .req(Method::PATCH, &format!("/v1/spaces/acme/accounts/{}", w.b))
+        .json(&json!({"distribution_list": [{"kind": "group", "value": "staff"}, {"kind": "device", "value": "LISTED"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allocated(&w.app, device("FIRST")).await["account_id"], w.a);
+    // A is exhausted; B only serves its list.
+    let refused = allocate(&w.app, device("OUTSIDER")).await;
+    let problem = expect_problem(refused, 409, "no-license-available").await;
+    let accounts = problem["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 2);
+    assert_eq!(accounts[0]["account_id"], w.a);
+    assert_eq!(accounts[0]["reason"], "no_free_license");
+    assert_eq!(accounts[1]["account_id"], w.b);
+    assert_eq!(accounts[1]["reason"], "not_on_distribution_list");
+    let by_group = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "STAFFER", "groups": ["staff"]}}),
+    )
+    .await;
+    assert_eq!(
+        (by_group["account_id"].as_str(), by_group["rule"].as_str()),
+        (Some(w.b.as_str()), Some("fallback"))
+    );
+    assert_eq!(allocated(&w.app, device("LISTED")).await["account_id"], w.b);
+}
+
+#[tokio::test]
+async fn a6_allocation_is_idempotent_and_idempotency_keys_replay() {
+    let w = world(5, 5).await;
+    let first = allocated(&w.app, device("S1")).await;
+    let again = allocate(&w.app, device("S1")).await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["created"], false);
+    assert_eq!(again["rule"], "existing");
+    assert_eq!(again["assignment"]["id"], first["assignment"]["id"]);
+
+    let with_key = |serial: &str, key: &str| {
+        w.app
+            .req(Method::POST, "/v1/spaces/acme/assignments")
+            .header("idempotency-key", key)
+            .json(&device(serial))
+            .send()
+    };
+    let one = with_key("S2", "key-1").await.unwrap();
+    assert_eq!(one.status(), 201);
+    let one: Value = one.json().await.unwrap();
+    let replay = with_key("S2", "key-1").await.unwrap();
+    assert_eq!(replay.status(), 201, "the first answer is replayed");
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay, one);
+    expect_problem(
+        with_key("S3", "key-1").await.unwrap(),
+        422,
+        "idempotency-key-reused",
+    )
+    .await;
+    // Concurrent requests with one key allocate once.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let req = w
+            .app
+            .req(Method::POST, "/v1/spaces/acme/assignments")
+            .header("idempotency-key", "key-2")
+            .json(&device("S4"));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.unwrap().json::<Value>().await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap()["assignment"]["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(held(&w.app, &w.a).await, 3);
+}
+
+#[tokio::test]
+async fn a7_a_users_license_covers_their_device_but_shared_ipads_get_device_licenses() {
+    let w = world(5, 5).await;
+    let user = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "u1"}}),
+    )
+    .await;
+    assert_eq!(user["license_type"], "user");
+    let covered = allocate(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "D1", "user": "u1"}}),
+    )
+    .await;
+    assert_eq!(covered.status(), 200);
+    let covered: Value = covered.json().await.unwrap();
+    assert_eq!(covered["rule"], "user_license_covers_device");
+    assert_eq!(covered["assignment"]["id"], user["assignment"]["id"]);
+    let shared = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "IPAD", "user": "u1", "shared_ipad": true}}),
+    )
+    .await;
+    assert_eq!(shared["license_type"], "device");
+    // The user license reaches Apple through a registered user.
+    let done = final_state(&w.app, user["assignment"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "active", "{done}");
+    let snapshot = w.sim.location(U1).await.unwrap();
+    assert!(snapshot.users.iter().any(|u| u.client_user_id == "u1"));
+    assert!(
+        snapshot
+            .assignments
+            .iter()
+            .any(|a| a.client_user_id.as_deref() == Some("u1"))
+    );
+    // Books are not device-assignable: `auto` picks the device's user.
+    let book_body = json!({"asset": {"adam_id": BOOK}, "subject": {"kind": "device", "id": "D2", "user": "u2"}});
+    let b = allocated(&w.app, book_body).await;
+    assert_eq!(
+        (
+            b["license_type"].as_str(),
+            b["assignment"]["subject"]["id"].as_str()
+        ),
+        (Some("user"), Some("u2"))
+    );
+    let no_user = allocate(
+        &w.app,
+        json!({"asset": {"adam_id": BOOK}, "subject": {"kind": "device", "id": "D3"}}),
+    )
+    .await;
+    expect_problem(no_user, 422, "license-type-unavailable").await;
+}
+
+#[tokio::test]
+async fn a8_free_apps_consume_licenses_like_paid_ones() {
+    // A free app bought with 2 licenses: the third managed install has none.
+    let w = world(2, 0).await;
+    allocated(&w.app, device("S1")).await;
+    allocated(&w.app, device("S2")).await;
+    expect_problem(
+        allocate(&w.app, device("S3")).await,
+        409,
+        "no-license-available",
+    )
+    .await;
+    assert_eq!(held(&w.app, &w.a).await, 2);
+}
+
+#[tokio::test]
+async fn a9_never_over_allocate_under_concurrency() {
+    let w = world(25, 0).await;
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let req = w
+            .app
+            .req(Method::POST, "/v1/spaces/acme/assignments")
+            .json(&device(&format!("SERIAL-{i:04}")));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut created = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => created += 1,
+            409 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((created, refused), (25, 95));
+    assert_eq!(held(&w.app, &w.a).await, 25);
+    let mut conn = w.app.db.connect().await;
+    let live: i64 = assignments::table
+        .filter(assignments::state.eq_any(["pending", "associating", "active"]))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(live, 25);
+    // Apple ends up holding exactly the ledger's assignments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sim_serials(&w.sim, U1).await.len() < 25 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim_serials(&w.sim, U1).await.len(), 25);
+}
+
+#[tokio::test]
+async fn a10_unusable_accounts_queue_or_skip_as_configured_and_nothing_is_lost() {
+    let w = world(5, 5).await;
+    // A is revoked at Apple and the service knows it (a Test found out).
+    w.sim
+        .set_location_token_status(U1, TokenStatus::Revoked)
+        .await
+        .unwrap();
+    let resp = w
+        .app
+        .req(
+            Method::POST,
+            &format!("/v1/spaces/acme/accounts/{}/test", w.a),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["report"]["status"],
+        "revoked"
+    );
+    // Default `queue`: the license comes from A's ledger, the Apple call waits.
+    let queued = allocated(&w.app, device("Q1")).await;
+    assert_eq!(queued["account_id"], w.a);
+    assert!(
+        queued["decision"]["queued_because"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = get(
+        &w.app,
+        &format!(
+            "/v1/spaces/acme/assignments/{}",
+            queued["assignment"]["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        still["state"], "pending",
+        "no Apple call for a revoked account"
+    );
+    // `skip`: the next account serves.
+    w.app
+        .req(Method::PATCH, &format!("/v1/spaces/acme/accounts/{}", w.a))
+        .json(&json!({"settings": {"when_unusable": "skip"}}))
+        .send()
+        .await
+        .unwrap();
+    let skipped = allocated(&w.app, device("Q2")).await;
+    assert_eq!(skipped["account_id"], w.b);
+    assert_eq!(skipped["decision"]["skipped"][0]["reason"], "unusable");
+    // When A works again, its queued call goes out by itself.
+    w.sim
+        .set_location_token_status(U1, TokenStatus::Valid)
+        .await
+        .unwrap();
+    w.app
+        .req(
+            Method::POST,
+            &format!("/v1/spaces/acme/accounts/{}/test", w.a),
+        )
+        .send()
+        .await
+        .unwrap();
+    let done = final_state(&w.app, queued["assignment"]["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "active");
+}
+
+#[tokio::test]
+async fn t7_retry_after_pauses_only_that_account_and_work_resumes_by_itself() {
+    let w = world(5, 5).await;
+    w.sim
+        .set_faults(&FaultsPatch {
+            fail_next: Some(FailRule {
+                count: 1,
+                status: 503,
+                error_number: 9729,
+                retry_after_secs: Some(2),
+                retry_after_http_date: false,
+                location: Some(U1.into()),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let on_a = allocated(&w.app, device("S1")).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let account = get(&w.app, &format!("/v1/spaces/acme/accounts/{}", w.a)).await;
+    assert_eq!(account["status"]["state"], "throttled", "{account}");
+    // B is unaffected meanwhile.
+    w.app
+        .req(Method::PUT, "/v1/spaces/acme/account-order")
+        .json(&json!({"order": [w.b, w.a]}))
+        .send()
+        .await
+        .unwrap();
+    let on_b = allocated(&w.app, device("S2")).await;
+    let b_done = final_state(&w.app, on_b["assignment"]["id"].as_str().unwrap()).await;
+    assert_eq!(b_done["state"], "active");
+    // A resumes after its Retry-After.
+    let a_done = final_state(&w.app, on_a["assignment"]["id"].as_str().unwrap()).await;
+    assert_eq!(a_done["state"], "active");
+    assert_eq!(sim_serials(&w.sim, U1).await, ["S1"]);
+}
+
+#[tokio::test]
+async fn t10_associations_are_batched_and_followed_to_the_end() {
+    let w = world(100, 0).await;
+    w.sim.reset_counters().await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let req = w
+            .app
+            .req(Method::POST, "/v1/spaces/acme/assignments")
+            .json(&device(&format!("B{i:03}")));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.unwrap().json::<Value>().await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(
+            t.await.unwrap()["assignment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        assert_eq!(final_state(&w.app, id).await["state"], "active");
+    }
+    let counters = w.sim.counters().await.unwrap();
+    let associates = counters
+        .iter()
+        .filter(|(k, _)| k.contains("associate") && !k.contains("dis"))
+        .map(|(_, v)| *v)
+        .sum::<u64>();
+    assert!(
+        (1..=4).contains(&associates),
+        "40 associations took {associates} requests: {counters:?}"
+    );
+    assert_eq!(sim_serials(&w.sim, U1).await.len(), 40);
+}
+
+#[tokio::test]
+async fn t10_apple_running_short_9709_reallocates_from_the_next_account() {
+    let w = world(10, 10).await;
+    // Apple sold fewer licenses than the ledger believes (a refund the service has not seen).
+    w.sim
+        .set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 2)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            allocated(&w.app, device(&format!("R{i}"))).await["assignment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut failed = 0;
+    for id in &ids {
+        let v = final_state(&w.app, id).await;
+        if v["state"] == "failed" {
+            failed += 1;
+            assert_eq!(v["error"]["number"], 9709);
+            let new_id = v["error"]["reallocated_to"]
+                .as_str()
+                .unwrap_or_else(|| panic!("not re-allocated: {v}"));
+            let moved = final_state(&w.app, new_id).await;
+            assert_eq!(moved["account_id"], w.b);
+            assert_eq!(moved["rule"], "reallocation");
+            assert_eq!(moved["state"], "active");
+        }
+    }
+    assert_eq!(failed, 2);
+    assert_eq!(sim_serials(&w.sim, U1).await.len(), 2);
+    assert_eq!(sim_serials(&w.sim, U2).await.len(), 2);
+    // The ledger learned Apple's count: A owns 2 of the app and holds both.
+    let mut conn = w.app.db.connect().await;
+    let a: uuid::Uuid = w.a.parse().unwrap();
+    let (total, foreign): (i32, i32) = assets::table
+        .filter(assets::account_id.eq(a))
+        .filter(assets::adam_id.eq(APP))
+        .select((assets::apple_total, assets::foreign_assigned))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((total, foreign, held(&w.app, &w.a).await), (2, 0, 2));
+    // So the next device goes straight to B.
+    assert_eq!(allocated(&w.app, device("R9")).await["account_id"], w.b);
+}
+
+#[tokio::test]
+async fn v1_revocations_free_licenses_at_once_and_apple_releases_them() {
+    let w = world(2, 5).await;
+    let one = allocated(&w.app, device("S1")).await;
+    let one_id = one["assignment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(final_state(&w.app, &one_id).await["state"], "active");
+    allocated(&w.app, device("S2")).await;
+    // Revoke one: its license is free in the ledger immediately.
+    let resp = w
+        .app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/assignments/{one_id}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.json::<Value>().await.unwrap()["state"], "revoking");
+    assert_eq!(allocated(&w.app, device("S3")).await["account_id"], w.a);
+    assert_eq!(final_state(&w.app, &one_id).await["state"], "revoked");
+
+    // All of a subject's, all of an asset's in one account, all of an account's.
+    let by_subject = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({"subject": {"kind": "device", "id": "S2"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_subject.status(), 202);
+    let r: Value = by_subject.json().await.unwrap();
+    assert_eq!(
+        r["dropped"].as_i64().unwrap() + r["revoking"].as_i64().unwrap(),
+        1
+    );
+    allocated(&w.app, device("S4")).await;
+    let by_asset = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({"asset": {"adam_id": APP, "pricing_param": "STDQ"}, "account_id": w.a}))
+        .send()
+        .await
+        .unwrap();
+    let r: Value = by_asset.json().await.unwrap();
+    assert_eq!(
+        r["dropped"].as_i64().unwrap() + r["revoking"].as_i64().unwrap(),
+        2
+    );
+    assert_eq!(held(&w.app, &w.a).await, 0);
+    allocated(&w.app, device("S5")).await;
+    let by_account = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({"account_id": w.a}))
+        .send()
+        .await
+        .unwrap();
+    let r: Value = by_account.json().await.unwrap();
+    assert_eq!(
+        r["dropped"].as_i64().unwrap() + r["revoking"].as_i64().unwrap(),
+        1
+    );
+    let empty = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(empty, 422, "validation-failed").await;
+    // Apple ends up holding nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sim_serials(&w.sim, U1).await.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sim_serials(&w.sim, U1).await.is_empty());
+}
+
+#[tokio::test]
+async fn t8_deleting_with_revoke_all_waits_for_apple_then_removes_the_account() {
+    let w = world(5, 5).await;
+    let a = allocated(&w.app, device("S1")).await;
+    final_state(&w.app, a["assignment"]["id"].as_str().unwrap()).await;
+    let resp = w
+        .app
+        .req(Method::DELETE, &format!("/v1/spaces/acme/accounts/{}", w.a))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 409, "account-in-use").await;
+    let resp = w
+        .app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/accounts/{}?revoke_all=true", w.a),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    assert!(resp.json::<Value>().await.unwrap()["deletion_requested_at"].is_string());
+    // New allocations skip it while it is being deleted.
+    assert_eq!(allocated(&w.app, device("S2")).await["account_id"], w.b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = w
+            .app
+            .req(Method::GET, &format!("/v1/spaces/acme/accounts/{}", w.a))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "account not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sim_serials(&w.sim, U1).await.is_empty(),
+        "Apple released the license"
+    );
+    let order = get(&w.app, "/v1/spaces/acme/account-order").await;
+    assert_eq!(order["order"], json!([w.b]), "priorities closed the gap");
+}
+
+#[tokio::test]
+async fn dry_run_explains_without_taking_and_wait_returns_the_final_state() {
+    let w = world(1, 1).await;
+    let resp = allocate(&w.app, json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S1"}, "dry_run": true})).await;
+    assert_eq!(resp.status(), 200);
+    let dry: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (dry["dry_run"].as_bool(), dry["account_id"].as_str()),
+        (Some(true), Some(w.a.as_str()))
+    );
+    assert!(dry.get("assignment").is_none());
+    assert_eq!(held(&w.app, &w.a).await, 0);
+    let resp = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/assignments?wait=20")
+        .json(&device("S1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let waited: Value = resp.json().await.unwrap();
+    assert_eq!(waited["assignment"]["state"], "active", "{waited}");
+    let bad_wait = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/assignments?wait=31")
+        .json(&device("S2"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(bad_wait, 400, "invalid-parameter").await;
+}
+
+#[tokio::test]
+async fn bad_allocation_requests_are_problems_and_leave_the_ledger_alone() {
+    let w = world(5, 5).await;
+    let cases = [
+        (
+            json!({"asset": {"adam_id": "999999"}, "subject": {"kind": "device", "id": "S1"}}),
+            404,
+            "asset-not-found",
+        ),
+        (
+            json!({"asset": {"adam_id": "abc"}, "subject": {"kind": "device", "id": "S1"}}),
+            422,
+            "validation-failed",
+        ),
+        (
+            json!({"asset": {"adam_id": APP, "pricing_param": "GOLD"}, "subject": {"kind": "device", "id": "S1"}}),
+            422,
+            "validation-failed",
+        ),
+        (
+            json!({"asset": {"adam_id": APP}, "subject": {"kind": "robot", "id": "S1"}}),
+            422,
+            "invalid-body",
+        ),
+        (
+            json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": ""}}),
+            422,
+            "validation-failed",
+        ),
+        (
+            json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "u1"}, "license_type": "device"}),
+            422,
+            "license-type-unavailable",
+        ),
+        (json!({"asset": {"adam_id": APP}}), 422, "invalid-body"),
+    ];
+    for (body, status, slug) in cases {
+        expect_problem(allocate(&w.app, body).await, status, slug).await;
+    }
+    // Scopes and grants.
+    let reader = token("licenses:read", &["acme"]);
+    let resp = w
+        .app
+        .req_as(Method::POST, "/v1/spaces/acme/assignments", &reader)
+        .json(&device("S1"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 403, "forbidden").await;
+    let other = token("licenses:write", &["elsewhere"]);
+    let resp = w
+        .app
+        .req_as(Method::POST, "/v1/spaces/acme/assignments", &other)
+        .json(&device("S1"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 404, "not-found").await;
+    assert_eq!(held(&w.app, &w.a).await, 0);
+    let mut conn = w.app.db.connect().await;
+    let n: i64 = assignments::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
