@@ -53,6 +53,7 @@ struct Work {
     state: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     apple_event_id: Option<String>,
+    /// Its association is still in flight (submitted, or being submitted right now).
     #[diesel(sql_type = diesel::sql_types::Bool)]
     event_pending: bool,
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -72,7 +73,10 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
     let mut conn = ctx.state.pool.get().await?;
     let work: Vec<Work> = diesel::sql_query(
         "SELECT a.id, a.adam_id, a.pricing_param, a.license_type, a.state, a.apple_event_id,
-                COALESCE(e.status = 'pending', false) AS event_pending, s.external_id AS target
+                (COALESCE(e.status = 'pending', false)
+                 OR EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'associate' AND j.assignment_id = a.id
+                              AND j.locked_until > now())) AS event_pending,
+                s.external_id AS target
            FROM assignments a
            JOIN subjects s ON s.id = a.subject_id
            LEFT JOIN apple_events e ON e.event_id = a.apple_event_id

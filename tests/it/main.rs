@@ -6,6 +6,7 @@ mod allocation;
 mod auth;
 mod cli;
 mod migrations;
+mod multiprocess;
 mod openapi;
 mod ops;
 mod problems;

@@ -5,6 +5,7 @@ pub mod app;
 pub mod db;
 pub mod keys;
 pub mod logs;
+pub mod procs;
 pub mod sim;
 
 pub use app::{TestApp, admin_token, expect_problem, token};
