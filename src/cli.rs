@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and the background workers.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Apply pending database migrations (safe to run from several replicas at once).
     Migrate(commands::migrate::MigrateArgs),
     /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
@@ -36,6 +36,8 @@ pub enum Command {
     Dev(commands::dev::DevArgs),
     /// Re-encrypt every stored sToken with the first (active) key of VPP_TOKEN_KEYS.
     RotateKeys(commands::rotate_keys::RotateKeysArgs),
+    /// Run the Apple license API simulator (fake Apple for tests and the quick start).
+    AppleSim(commands::apple_sim::AppleSimArgs),
 }
 
 /// Parses the command line, sets up logging and runs the subcommand on a tokio runtime.
@@ -51,7 +53,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    if matches!(cli.command, Command::Dev(_)) && std::env::var_os("VPP_LOG_FORMAT").is_none() {
+    if matches!(cli.command, Command::Dev(_) | Command::AppleSim(_))
+        && std::env::var_os("VPP_LOG_FORMAT").is_none()
+    {
         cli.log.log_format = LogFormat::Text;
     }
     if let Err(e) = logging::init(&cli.log) {
@@ -70,11 +74,12 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Serve(args) => commands::serve::run(*args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,
             Command::Openapi(args) => commands::openapi::run(args),
             Command::Dev(args) => commands::dev::run(args).await,
             Command::RotateKeys(args) => commands::rotate_keys::run(args).await,
+            Command::AppleSim(args) => commands::apple_sim::run(args).await,
         }
     });
     match result {

@@ -4,8 +4,9 @@
 //! this service gave Apple when it wrote the client config; only its SHA-256 is stored and the
 //! comparison is constant-time. Notifications may arrive more than once: each `notificationId`
 //! is processed once. ASSET_MANAGEMENT results move assignments like a status poll would;
-//! ASSET_COUNT adjusts the asset's total; TEST_NOTIFICATION is acknowledged. Anything else is
-//! acknowledged and ignored, so Apple does not retry it.
+//! ASSET_COUNT adjusts the asset's total. TEST_NOTIFICATION is acknowledged before any check:
+//! Apple sends it while the account is being attached (not stored yet), and it changes
+//! nothing. Anything else is acknowledged and ignored, so Apple does not retry it.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, post, web};
@@ -13,7 +14,9 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use crate::accounts::identity::notification_token_hash;
-use crate::apple::types::{NotificationEnvelope, NotificationPayload, NotificationResult};
+use crate::apple::types::{
+    NotificationEnvelope, NotificationPayload, NotificationResult, NotificationType,
+};
 use crate::dispatch::events::{self, Results};
 use crate::http::problem::{ApiError, Problem, types};
 use crate::ledger::accounts as store;
@@ -44,6 +47,15 @@ pub async fn receive_apple_notification(
     body: crate::http::extract::Json<NotificationEnvelope>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = path.into_inner();
+    let envelope = body.0;
+    if matches!(
+        envelope.notification_type,
+        NotificationType::TestNotification
+    ) {
+        // Apple sends it while the client config is being written, before the account is
+        // stored; it changes nothing, so it is acknowledged without further checks.
+        return Ok(HttpResponse::Ok().finish());
+    }
     let mut conn = state.pool.get().await?;
     let account = store::by_id(&mut conn, account_id)
         .await?
@@ -64,7 +76,6 @@ pub async fn receive_apple_notification(
             "the notification's bearer token is not this account's",
         ));
     }
-    let envelope = body.0;
     let fresh = diesel::sql_query(
         "INSERT INTO apple_notifications (notification_id, account_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )

@@ -4,8 +4,12 @@
 //!    `vpp_broker_dev`), else a private cluster started from this machine's server binaries
 //!    (see [`crate::local_pg`]).
 //! 2. Migrations, a demo space (`demo`).
-//! 3. A random HS256 secret for this run and a development JWT (scope `admin`, every space,
-//!    valid 7 days) printed with a curl line that works.
+//! 3. The Apple simulator in-process, with two demo locations attached to the demo space as
+//!    accounts with priorities 1 and 2 (assets with counts; notifications flow back to this
+//!    server); the dispatcher runs, so allocations reach the simulator and become `active`.
+//! 4. A random HS256 secret for this run and a development JWT (scope `admin`, every space,
+//!    valid 7 days) printed with curl lines that work. sTokens are encrypted with a dev key
+//!    generated once into `$TMPDIR/vpp-broker-dev/token-keys`.
 //!
 //! Not for production: the secret changes at every start and the token is all-powerful.
 
@@ -17,11 +21,20 @@ use jsonwebtoken::{EncodingKey, Header, encode};
 use rand::RngCore;
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::{WhenUnusable, attach};
+use crate::apple::types::ProductType;
+use crate::apple_sim::{
+    SeedAsset, SeedFile, SeedLocation, SimConfig, SimHandle, SimSettings, Simulator,
+};
 use crate::auth::jwt::Authenticator;
 use crate::config::{AuthArgs, DbArgs, HttpArgs};
+use crate::crypto::TokenCipher;
 use crate::db::{self, migrate};
 use crate::http::AppState;
 use crate::http::server::{self, Parts};
+use crate::ledger::accounts as accounts_store;
 use crate::ledger::spaces::{self, NewSpace};
 use crate::local_pg;
 
@@ -40,6 +53,9 @@ pub struct DevArgs {
     /// Database created on the found server when DATABASE_URL is not given.
     #[arg(long, env = "VPP_DEV_DATABASE", default_value = "vpp_broker_dev")]
     pub dev_database: String,
+    /// Address of the in-process Apple simulator (port 0: any free port).
+    #[arg(long, env = "VPP_DEV_SIM_LISTEN", default_value = "127.0.0.1:0")]
+    pub sim_listen: SocketAddr,
 }
 
 #[derive(Serialize)]
@@ -90,7 +106,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let db_args = DbArgs {
-        database_url,
+        database_url: database_url.clone(),
         db_pool_size: 8,
         db_timeout_secs: 5,
         db_statement_timeout_ms: 15_000,
@@ -139,25 +155,45 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     };
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let (cipher, _) = crate::crypto::TokenCipher::generate("dev");
-    tracing::info!(
-        "generated a token encryption key for this run (VPP_TOKEN_KEYS is not needed in dev)"
-    );
+    let cipher = Arc::new(TokenCipher::from_spec(&dev_token_key()?)?);
+    let sim = Simulator::start(SimConfig {
+        bind: args.sim_listen,
+        workers: 1,
+        settings: SimSettings {
+            event_delay_ms: 500,
+            ..SimSettings::default()
+        },
+        seed: Some(demo_seed()),
+        handle_signals: false,
+    })
+    .await
+    .map_err(|e| format!("cannot start the Apple simulator: {e}"))?;
+    let base = format!("http://{}", args.listen);
     let apple_args = crate::config::AppleArgs {
-        apple_base_url: "https://vpp.itunes.apple.com/mdm/v2".into(),
+        apple_base_url: sim.base_url(),
         apple_timeout_secs: 30,
     };
     let account_args = crate::config::AccountArgs {
         token_keys: None,
         instance_id: None,
         instance_name: "vpp-broker dev".into(),
-        public_url: None,
+        // The simulator delivers notifications over plain http to this server.
+        public_url: Some(base.clone()),
     };
-    let state =
-        Arc::new(AppState::build(pool, &apple_args, &account_args, Arc::new(cipher)).await?);
+    let cancel = CancellationToken::new();
+    let state = Arc::new(AppState::build(pool, &apple_args, &account_args, cipher).await?);
+    state
+        .waiters
+        .clone()
+        .spawn_listener(database_url.clone(), cancel.clone());
+    let dispatch = crate::config::DispatchArgs::default().settings(&database_url);
+    crate::dispatch::spawn(
+        crate::dispatch::Ctx::new(state.clone(), dispatch),
+        cancel.clone(),
+    );
     let running = server::start(
         Parts {
-            state,
+            state: state.clone(),
             authenticator,
         },
         &http_args,
@@ -165,17 +201,170 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         true,
     )
     .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    let server_task = tokio::spawn(running);
+    // Accounts are attached once the server runs: Apple (the simulator) checks the
+    // notification URL while the client config is written.
+    let accounts = demo_accounts(&state, &sim).await?;
 
-    let base = format!("http://{}", args.listen);
     println!();
     println!("vpp-broker dev is running at {base}   (Ctrl-C stops it)");
-    println!("  API docs:  {base}/docs/");
+    println!("  API docs:        {base}/docs/");
+    println!(
+        "  Apple simulator: {}  (admin API: {})",
+        sim.base_url(),
+        sim.admin_url()
+    );
+    for line in &accounts {
+        println!("  {line}");
+    }
     println!("  JWT (admin, all spaces, valid 7 days, this run only):");
     println!("    export VPP_TOKEN={token}");
     println!("  try:");
-    println!("    curl -s -H \"Authorization: Bearer $VPP_TOKEN\" {base}/v1/spaces/{DEMO_SPACE}");
+    println!(
+        "    curl -s -H \"Authorization: Bearer $VPP_TOKEN\" {base}/v1/spaces/{DEMO_SPACE}/accounts"
+    );
+    println!(
+        "    curl -s -H \"Authorization: Bearer $VPP_TOKEN\" -H 'content-type: application/json' \\\n      \
+         -d '{{\"asset\":{{\"adam_id\":\"{PAGES}\"}},\"subject\":{{\"kind\":\"device\",\"id\":\"DEMO-SERIAL-1\"}}}}' \\\n      \
+         '{base}/v1/spaces/{DEMO_SPACE}/assignments?wait=10'"
+    );
     println!();
-    running
+    let result = server_task
         .await
-        .map_err(|e| format!("HTTP server failed: {e}"))
+        .map_err(|e| format!("HTTP server task failed: {e}"))?
+        .map_err(|e| format!("HTTP server failed: {e}"));
+    cancel.cancel();
+    sim.stop().await;
+    result
+}
+
+/// Apple product ids of the demo assets (Pages, Keynote, Numbers, and a book).
+const PAGES: &str = "361309726";
+const KEYNOTE: &str = "361285480";
+const NUMBERS: &str = "361304891";
+const BOOK: &str = "1436133720";
+
+/// Demo locations. Fixed tokens and expiry dates make the sTokens identical at every run, so
+/// accounts attached by an earlier run keep working against this run's simulator.
+fn demo_seed() -> SeedFile {
+    let app = |adam: &str, total: i64| SeedAsset {
+        adam_id: adam.into(),
+        product_type: Some(ProductType::App),
+        total_count: total,
+        ..Default::default()
+    };
+    let location = |uid: &str, name: &str, token: &str, assets: Vec<SeedAsset>| SeedLocation {
+        u_id: Some(uid.into()),
+        name: name.into(),
+        org_name: Some("Demo Org".into()),
+        country: Some("US".into()),
+        token: Some(token.into()),
+        token_exp_date: Some("2030-01-01T00:00:00+0000".into()),
+        assets,
+        ..Default::default()
+    };
+    SeedFile {
+        settings: None,
+        locations: vec![
+            location(
+                "9000000001",
+                "Demo HQ",
+                "demo-hq-token",
+                vec![
+                    app(PAGES, 50),
+                    app(KEYNOTE, 50),
+                    app(NUMBERS, 10),
+                    SeedAsset {
+                        product_type: Some(ProductType::Book),
+                        ..app(BOOK, 20)
+                    },
+                ],
+            ),
+            location(
+                "9000000002",
+                "Demo Branch",
+                "demo-branch-token",
+                vec![app(PAGES, 20), app(NUMBERS, 5)],
+            ),
+        ],
+    }
+}
+
+/// Attaches the demo locations to the demo space (priorities 1 and 2) unless an earlier run
+/// did. Accounts whose sToken this run cannot decrypt (the dev key file was removed) are
+/// dropped and attached again: dev data is disposable.
+async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>, String> {
+    let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+    let existing = accounts_store::list(&mut conn, DEMO_SPACE)
+        .await
+        .map_err(|e| e.to_string())?;
+    for account in &existing {
+        if state
+            .cipher
+            .open(account.id.as_bytes(), &account.sealed_token())
+            .is_err()
+        {
+            tracing::warn!(account = %account.id, "demo account sealed with a lost dev key; attaching it again");
+            accounts_store::lock_space(&mut conn, DEMO_SPACE)
+                .await
+                .map_err(|e| e.to_string())?;
+            accounts_store::remove(&mut conn, DEMO_SPACE, account.id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    drop(conn);
+    let mut lines = Vec::new();
+    for (i, seeded) in sim.seeded().iter().enumerate() {
+        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        let row = match accounts_store::by_location(&mut conn, &seeded.u_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some((id, space)) => accounts_store::find(&mut conn, &space, id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("demo account vanished")?,
+            None => attach::add(
+                state,
+                "vpp-broker dev",
+                DEMO_SPACE,
+                attach::NewAccountInput {
+                    name: seeded.name.clone(),
+                    stoken: seeded.s_token.clone(),
+                    priority: Some(i as i32 + 1),
+                    notify_on_removal: true,
+                    new_assets_for_everyone: true,
+                    when_unusable: WhenUnusable::Queue,
+                    distribution_list: Vec::new(),
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot attach demo account {}: {e}", seeded.name))?,
+        };
+        lines.push(format!(
+            "account {} (priority {}): {}  [{}]",
+            row.name, row.priority, row.id, row.status
+        ));
+    }
+    Ok(lines)
+}
+
+/// The dev token key: generated once, kept in the temp dir so later runs can decrypt the
+/// sTokens earlier runs stored.
+fn dev_token_key() -> Result<String, String> {
+    let dir = std::env::temp_dir().join("vpp-broker-dev");
+    let path = dir.join("token-keys");
+    if let Ok(spec) = std::fs::read_to_string(&path) {
+        return Ok(spec.trim().to_owned());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (_, spec) = TokenCipher::generate("dev");
+    std::fs::write(&path, &spec).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    tracing::info!(path = %path.display(), "generated a development token encryption key (serve needs VPP_TOKEN_KEYS instead)");
+    Ok(spec)
 }

@@ -335,12 +335,12 @@ async fn decide(
     let target = resolve(conn, req).await?;
     let (adam, pricing) = (&req.asset.adam_id, &req.asset.pricing_param);
 
-    if !req.dry_run || target.holder.id != Uuid::nil() {
-        if let Some(existing) =
+    // (A dry run for a subject never seen before has nothing to find.)
+    if (!req.dry_run || target.holder.id != Uuid::nil())
+        && let Some(existing) =
             assignments::live_for(conn, &req.space, adam, pricing, target.holder.id).await?
-        {
-            return Ok(outcome_existing(existing, Rule::Existing));
-        }
+    {
+        return Ok(outcome_existing(existing, Rule::Existing));
     }
     // A7: a device license is not assigned when the device's user already holds a user license.
     if target.license_type == LicenseType::Device

@@ -1,0 +1,1164 @@
+//! [`AppleClient`]: the only code that talks to Apple's license API (reqwest, rustls).
+//!
+//! Decisions:
+//! - **Errors from the body first.** Every answer's body is checked for `errorNumber` /
+//!   `errorMessage` whatever the HTTP status: an invalid token answers HTTP 200 + 9622 (§8.2,
+//!   §13 #3). A non-2xx without an error body becomes an [`ErrorOrigin::HttpStatus`] error; an
+//!   undecodable 2xx body an [`ErrorOrigin::Decode`] one.
+//! - **No hidden retries.** The client never sleeps on 429 or `Retry-After`: it returns the error
+//!   with `retry_after` parsed (§13 #4: on any status) and the caller's dispatcher schedules. The one
+//!   exception: a GET whose connection could not be established is retried once after 200 ms.
+//! - **Pacing.** Requests per sToken are paced to `maxRequestPerSecond` (default 15), in this
+//!   process: a request starts only when fewer than that many are in flight or ended within the
+//!   last second, so Apple never sees more per second whatever the latency. That is not a retry:
+//!   it keeps a single paged read of a big library (e.g. 30 pages) from tripping 9646 by itself.
+//! - **Timeouts** on every request (the whole exchange, body included).
+//! - **Paging** (§5): page 0 first, then the remaining pages up to 5 at a time, following
+//!   `nextPageIndex` until it is absent (§13 #8: never compute the end from `totalPages`, which
+//!   can change). If `versionId` differs between pages (or a page index becomes invalid, 9650) the
+//!   read restarts from page 0, at most 3 times, then fails with [`ErrorOrigin::VersionChanged`]
+//!   (class `Transient`). The listing's `version_id` is the one of page 0: use it as the next
+//!   `sinceVersionId`.
+//! - **One kind of target per request** (§13 #2): associate/disassociate/revoke with both serial
+//!   numbers and clientUserIds is refused locally; send them in separate requests.
+//! - **Pre-validation** of batch sizes, duplicates and mdmInfo against the last service config
+//!   this client fetched (or Apple's documented defaults; pre-validation never fetches it). A
+//!   refused request is an [`ErrorOrigin::Local`] error carrying the number Apple would answer.
+//! - **Service config** is fetched without a token (§13 #11), cached 5 minutes; when a refresh
+//!   fails the previous copy is served (with a warning) rather than failing the caller.
+//! - `tokenExpirationDate` is optional everywhere (§13 #1); `pricingParam` is always sent
+//!   (§13 #12); 9729 is "temporarily unavailable" (§13 #9); 9622 always means invalid token
+//!   (§13 #10).
+//! - **Secrets**: the sToken goes only into a header marked sensitive. Logs (debug level: endpoint,
+//!   status, duration, class) and errors never contain it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use futures_util::stream;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::codes;
+use super::error::{AppleError, parse_retry_after};
+use super::stoken::SToken;
+use super::types::*;
+
+/// Apple's production base URL.
+pub const APPLE_BASE_URL: &str = "https://vpp.itunes.apple.com/mdm/v2";
+/// How long a fetched service config is used before it is fetched again.
+pub const SERVICE_CONFIG_TTL: Duration = Duration::from_secs(300);
+/// Pages fetched at the same time (Apple: "no more than five").
+pub const MAX_PARALLEL_PAGES: usize = 5;
+/// Full paged reads attempted before giving up on a changing `versionId`.
+pub const MAX_TRAVERSALS: usize = 3;
+/// Window of the per-token pacer: Apple's one second plus a margin for clock granularity.
+const PACING_WINDOW: Duration = Duration::from_millis(1020);
+/// Largest number of pages one listing follows (guards against a server that never ends).
+const MAX_PAGES: u32 = 100_000;
+
+/// A list read across all its pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    /// `versionId` of page 0: the next `sinceVersionId`.
+    pub version_id: Option<String>,
+    /// Metadata of page 0 (`uId`, `tokenExpirationDate`, `mdmInfo`).
+    pub meta: ResponseMeta,
+    /// Pages read in the successful traversal.
+    pub pages: u32,
+}
+
+/// Filters of `GET /assets` (§4.4). `None` = not sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AssetQuery {
+    pub adam_id: Option<String>,
+    pub pricing_param: Option<PricingParam>,
+    pub product_type: Option<ProductType>,
+    pub revocable: Option<bool>,
+    pub device_assignable: Option<bool>,
+    pub max_available_count: Option<i64>,
+    pub min_available_count: Option<i64>,
+    pub max_assigned_count: Option<i64>,
+    pub min_assigned_count: Option<i64>,
+    /// `true`: unlimited assets come in a separate array, which the client appends to `items`
+    /// (their counts are `None`); `false`: excluded; `None`: listed with `totalCount` 2147483647.
+    pub unlimited: Option<bool>,
+}
+
+/// Filters of `GET /assignments` (§4.5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AssignmentQuery {
+    pub adam_id: Option<String>,
+    pub pricing_param: Option<PricingParam>,
+    pub serial_number: Option<String>,
+    pub client_user_id: Option<String>,
+    pub exclude_inactive_users: Option<bool>,
+    pub include_user_state: Option<bool>,
+    /// Only records changed since this `versionId` (incremental sync).
+    pub since_version_id: Option<String>,
+}
+
+/// Filters of `GET /users` (§4.10).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserQuery {
+    pub client_user_id: Option<String>,
+    pub active_only: Option<bool>,
+    pub retired_only: Option<bool>,
+    pub since_version_id: Option<String>,
+}
+
+type Pairs = Vec<(&'static str, String)>;
+
+fn push<T: ToString>(pairs: &mut Pairs, name: &'static str, value: &Option<T>) {
+    if let Some(v) = value {
+        pairs.push((name, v.to_string()));
+    }
+}
+
+impl AssetQuery {
+    fn pairs(&self) -> Pairs {
+        let mut p = Pairs::new();
+        push(&mut p, "adamId", &self.adam_id);
+        push(&mut p, "pricingParam", &self.pricing_param);
+        push(&mut p, "productType", &self.product_type);
+        push(&mut p, "revocable", &self.revocable);
+        push(&mut p, "deviceAssignable", &self.device_assignable);
+        push(&mut p, "maxAvailableCount", &self.max_available_count);
+        push(&mut p, "minAvailableCount", &self.min_available_count);
+        push(&mut p, "maxAssignedCount", &self.max_assigned_count);
+        push(&mut p, "minAssignedCount", &self.min_assigned_count);
+        push(&mut p, "unlimited", &self.unlimited);
+        p
+    }
+}
+
+impl AssignmentQuery {
+    fn pairs(&self) -> Pairs {
+        let mut p = Pairs::new();
+        push(&mut p, "adamId", &self.adam_id);
+        push(&mut p, "pricingParam", &self.pricing_param);
+        push(&mut p, "serialNumber", &self.serial_number);
+        push(&mut p, "clientUserId", &self.client_user_id);
+        push(&mut p, "excludeInactiveUsers", &self.exclude_inactive_users);
+        push(&mut p, "includeUserState", &self.include_user_state);
+        push(&mut p, "sinceVersionId", &self.since_version_id);
+        p
+    }
+}
+
+impl UserQuery {
+    fn pairs(&self) -> Pairs {
+        let mut p = Pairs::new();
+        push(&mut p, "clientUserId", &self.client_user_id);
+        push(&mut p, "activeOnly", &self.active_only);
+        push(&mut p, "retiredOnly", &self.retired_only);
+        push(&mut p, "sinceVersionId", &self.since_version_id);
+        p
+    }
+}
+
+/// The endpoints, with their method and path under the base URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    ServiceConfig,
+    GetClientConfig,
+    SetClientConfig,
+    GetAssets,
+    GetAssignments,
+    Associate,
+    Disassociate,
+    Revoke,
+    Status,
+    GetUsers,
+    CreateUsers,
+    UpdateUsers,
+    RetireUsers,
+}
+
+impl Endpoint {
+    fn is_get(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ServiceConfig
+                | Endpoint::GetClientConfig
+                | Endpoint::GetAssets
+                | Endpoint::GetAssignments
+                | Endpoint::Status
+                | Endpoint::GetUsers
+        )
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::ServiceConfig => "service/config",
+            Endpoint::GetClientConfig | Endpoint::SetClientConfig => "client/config",
+            Endpoint::GetAssets => "assets",
+            Endpoint::GetAssignments => "assignments",
+            Endpoint::Associate => "assets/associate",
+            Endpoint::Disassociate => "assets/disassociate",
+            Endpoint::Revoke => "assets/revoke",
+            Endpoint::Status => "status",
+            Endpoint::GetUsers => "users",
+            Endpoint::CreateUsers => "users/create",
+            Endpoint::UpdateUsers => "users/update",
+            Endpoint::RetireUsers => "users/retire",
+        }
+    }
+
+    /// `METHOD /path`, used in errors, logs and the simulator's counters.
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::ServiceConfig => "GET /service/config",
+            Endpoint::GetClientConfig => "GET /client/config",
+            Endpoint::SetClientConfig => "POST /client/config",
+            Endpoint::GetAssets => "GET /assets",
+            Endpoint::GetAssignments => "GET /assignments",
+            Endpoint::Associate => "POST /assets/associate",
+            Endpoint::Disassociate => "POST /assets/disassociate",
+            Endpoint::Revoke => "POST /assets/revoke",
+            Endpoint::Status => "GET /status",
+            Endpoint::GetUsers => "GET /users",
+            Endpoint::CreateUsers => "POST /users/create",
+            Endpoint::UpdateUsers => "POST /users/update",
+            Endpoint::RetireUsers => "POST /users/retire",
+        }
+    }
+}
+
+/// One page of a list endpoint.
+trait Paged: DeserializeOwned + Send {
+    type Item: Send;
+    fn into_parts(self) -> (Vec<Self::Item>, PageInfo, ResponseMeta);
+    fn version(&self) -> Option<&str>;
+}
+
+impl Paged for GetAssetsResponse {
+    type Item = Asset;
+    fn into_parts(mut self) -> (Vec<Asset>, PageInfo, ResponseMeta) {
+        self.assets.append(&mut self.unlimited_assets);
+        (self.assets, self.page, self.meta)
+    }
+    fn version(&self) -> Option<&str> {
+        self.page.version_id.as_deref()
+    }
+}
+
+impl Paged for GetAssignmentsResponse {
+    type Item = Assignment;
+    fn into_parts(self) -> (Vec<Assignment>, PageInfo, ResponseMeta) {
+        (self.assignments, self.page, self.meta)
+    }
+    fn version(&self) -> Option<&str> {
+        self.page.version_id.as_deref()
+    }
+}
+
+impl Paged for GetUsersResponse {
+    type Item = User;
+    fn into_parts(self) -> (Vec<User>, PageInfo, ResponseMeta) {
+        (self.users, self.page, self.meta)
+    }
+    fn version(&self) -> Option<&str> {
+        self.page.version_id.as_deref()
+    }
+}
+
+enum Traversal<T> {
+    Done(Listing<T>),
+    Changed,
+}
+
+struct CachedConfig {
+    fetched: Instant,
+    config: Arc<ServiceConfig>,
+}
+
+/// Per-token pacer. A request takes a slot when it starts and gives it back, stamped with the
+/// time it ended, when it finishes; at most `per_window` slots are in flight or ended within the
+/// last [`PACING_WINDOW`]. Since the server saw each request before it ended, the server never
+/// sees more than `per_window` requests in any second, whatever the latency. Keys are SHA-256
+/// digests, never token text.
+#[derive(Default)]
+struct Pacer {
+    windows: Mutex<HashMap<[u8; 32], Window>>,
+}
+
+#[derive(Default)]
+struct Window {
+    in_flight: usize,
+    ended: VecDeque<Instant>,
+}
+
+/// A request's slot; dropping it records when the request ended.
+struct Permit<'a> {
+    pacer: &'a Pacer,
+    key: [u8; 32],
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut windows = self.pacer.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get_mut(&self.key) {
+            window.in_flight = window.in_flight.saturating_sub(1);
+            window.ended.push_back(Instant::now());
+        }
+    }
+}
+
+impl Pacer {
+    async fn acquire(&self, token: &SToken, per_window: usize) -> Permit<'_> {
+        let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        loop {
+            let wait = {
+                let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                if windows.len() > 1024 {
+                    windows.retain(|_, w| {
+                        w.in_flight > 0 || w.ended.back().is_some_and(|t| now - *t < PACING_WINDOW)
+                    });
+                }
+                let window = windows.entry(key).or_default();
+                while window
+                    .ended
+                    .front()
+                    .is_some_and(|t| now - *t >= PACING_WINDOW)
+                {
+                    window.ended.pop_front();
+                }
+                if window.in_flight + window.ended.len() < per_window.max(1) {
+                    window.in_flight += 1;
+                    None
+                } else {
+                    // Wait for the oldest ended request to leave the window, or poll while
+                    // every slot is still in flight.
+                    Some(
+                        window
+                            .ended
+                            .front()
+                            .map_or(Duration::from_millis(10), |t| *t + PACING_WINDOW - now),
+                    )
+                }
+            };
+            match wait {
+                None => return Permit { pacer: self, key },
+                Some(d) => tokio::time::sleep(d).await,
+            }
+        }
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    service_config: tokio::sync::Mutex<Option<CachedConfig>>,
+    /// Last fetched service config (defaults until one is fetched); used without I/O.
+    known: Mutex<Arc<ServiceConfig>>,
+    pacer: Pacer,
+}
+
+/// Client of Apple's license API v2. Cheap to clone (one connection pool, one cache).
+#[derive(Clone)]
+pub struct AppleClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AppleClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppleClient")
+            .field("base_url", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppleClient {
+    /// A client for `base_url` (e.g. [`APPLE_BASE_URL`] or a simulator's `…/mdm/v2`); `timeout`
+    /// bounds every request.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<AppleClient, AppleError> {
+        const LABEL: &str = "client set-up";
+        let parsed = url::Url::parse(base_url.trim()).map_err(|e| {
+            AppleError::local(LABEL, None, format!("the Apple base URL is not a URL: {e}"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(AppleError::local(
+                LABEL,
+                None,
+                "the Apple base URL must be http(s)",
+            ));
+        }
+        if timeout.is_zero() {
+            return Err(AppleError::local(
+                LABEL,
+                None,
+                "the timeout must not be zero",
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("vpp-broker/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| {
+                AppleError::local(LABEL, None, format!("cannot build the HTTP client: {e}"))
+            })?;
+        Ok(AppleClient {
+            inner: Arc::new(Inner {
+                http,
+                base: parsed.as_str().trim_end_matches('/').to_owned(),
+                service_config: tokio::sync::Mutex::new(None),
+                known: Mutex::new(Arc::new(ServiceConfig::default())),
+                pacer: Pacer::default(),
+            }),
+        })
+    }
+
+    /// The base URL requests go to (no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The last fetched service config, or an empty one (documented defaults) if none was
+    /// fetched yet. No I/O.
+    pub fn known_service_config(&self) -> Arc<ServiceConfig> {
+        self.inner
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `GET /service/config`, cached for 5 minutes.
+    pub async fn service_config(&self) -> Result<Arc<ServiceConfig>, AppleError> {
+        let mut cache = self.inner.service_config.lock().await;
+        if let Some(cached) = cache.as_ref()
+            && cached.fetched.elapsed() < SERVICE_CONFIG_TTL
+        {
+            return Ok(cached.config.clone());
+        }
+        match self
+            .call::<ServiceConfig>(Endpoint::ServiceConfig, None, Vec::new(), None)
+            .await
+        {
+            Ok(config) => {
+                let config = Arc::new(config);
+                *cache = Some(CachedConfig {
+                    fetched: Instant::now(),
+                    config: config.clone(),
+                });
+                *self.inner.known.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+                Ok(config)
+            }
+            Err(e) => match cache.as_ref() {
+                Some(stale) => {
+                    tracing::warn!(error = %e, "service config refresh failed; using the previous one");
+                    Ok(stale.config.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// `GET /client/config`: the location behind the token (also the token check).
+    pub async fn get_client_config(&self, token: &SToken) -> Result<ClientConfig, AppleError> {
+        self.call(Endpoint::GetClientConfig, Some(token), Vec::new(), None)
+            .await
+    }
+
+    /// `POST /client/config`: set mdmInfo and/or the notification subscription.
+    pub async fn set_client_config(
+        &self,
+        token: &SToken,
+        request: &ClientConfigRequest,
+    ) -> Result<ClientConfig, AppleError> {
+        let ep = Endpoint::SetClientConfig;
+        self.check_client_config(ep, request)?;
+        let body = encode(ep, request)?;
+        self.call(ep, Some(token), Vec::new(), Some(body)).await
+    }
+
+    /// `GET /assets`, all pages.
+    pub async fn get_assets(
+        &self,
+        token: &SToken,
+        query: &AssetQuery,
+    ) -> Result<Listing<Asset>, AppleError> {
+        self.list::<GetAssetsResponse>(Endpoint::GetAssets, token, query.pairs())
+            .await
+    }
+
+    /// `GET /assignments`, all pages (`since_version_id` for an incremental read).
+    pub async fn get_assignments(
+        &self,
+        token: &SToken,
+        query: &AssignmentQuery,
+    ) -> Result<Listing<Assignment>, AppleError> {
+        self.list::<GetAssignmentsResponse>(Endpoint::GetAssignments, token, query.pairs())
+            .await
+    }
+
+    /// `GET /users`, all pages.
+    pub async fn get_users(
+        &self,
+        token: &SToken,
+        query: &UserQuery,
+    ) -> Result<Listing<User>, AppleError> {
+        self.list::<GetUsersResponse>(Endpoint::GetUsers, token, query.pairs())
+            .await
+    }
+
+    /// `POST /assets/associate` (asynchronous: follow the event).
+    pub async fn associate(
+        &self,
+        token: &SToken,
+        request: &ManageAssetsRequest,
+    ) -> Result<EventResponse, AppleError> {
+        self.manage_assets(Endpoint::Associate, token, request)
+            .await
+    }
+
+    /// `POST /assets/disassociate` (asynchronous).
+    pub async fn disassociate(
+        &self,
+        token: &SToken,
+        request: &ManageAssetsRequest,
+    ) -> Result<EventResponse, AppleError> {
+        self.manage_assets(Endpoint::Disassociate, token, request)
+            .await
+    }
+
+    /// `POST /assets/revoke`: all revocable assets of the targets (asynchronous).
+    pub async fn revoke(
+        &self,
+        token: &SToken,
+        request: &RevokeAssetsRequest,
+    ) -> Result<EventResponse, AppleError> {
+        let ep = Endpoint::Revoke;
+        let limits = self.known_service_config();
+        check_targets(
+            ep,
+            &request.serial_numbers,
+            &request.client_user_ids,
+            limits.max_revoke_serial_numbers(),
+            limits.max_revoke_client_user_ids(),
+        )?;
+        let body = encode(ep, request)?;
+        self.call(ep, Some(token), Vec::new(), Some(body)).await
+    }
+
+    /// `GET /status?eventId=…`.
+    pub async fn event_status(
+        &self,
+        token: &SToken,
+        event_id: &str,
+    ) -> Result<StatusResponse, AppleError> {
+        let ep = Endpoint::Status;
+        if event_id.trim().is_empty() {
+            return Err(AppleError::local(
+                ep.label(),
+                Some(codes::INVALID_ARGUMENT),
+                "the event id is empty",
+            ));
+        }
+        self.call(
+            ep,
+            Some(token),
+            vec![("eventId", event_id.to_owned())],
+            None,
+        )
+        .await
+    }
+
+    /// `POST /users/create` (asynchronous).
+    pub async fn create_users(
+        &self,
+        token: &SToken,
+        users: &[RequestUser],
+    ) -> Result<EventResponse, AppleError> {
+        self.manage_users(Endpoint::CreateUsers, token, users).await
+    }
+
+    /// `POST /users/update` (asynchronous).
+    pub async fn update_users(
+        &self,
+        token: &SToken,
+        users: &[RequestUser],
+    ) -> Result<EventResponse, AppleError> {
+        self.manage_users(Endpoint::UpdateUsers, token, users).await
+    }
+
+    /// `POST /users/retire` (asynchronous); only `client_user_id` is needed.
+    pub async fn retire_users(
+        &self,
+        token: &SToken,
+        users: &[RequestUser],
+    ) -> Result<EventResponse, AppleError> {
+        self.manage_users(Endpoint::RetireUsers, token, users).await
+    }
+
+    async fn manage_assets(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        request: &ManageAssetsRequest,
+    ) -> Result<EventResponse, AppleError> {
+        let limits = self.known_service_config();
+        if request.assets.is_empty() {
+            return Err(AppleError::local(
+                ep.label(),
+                Some(codes::NO_ASSETS),
+                "the request names no asset",
+            ));
+        }
+        if request.assets.len() > limits.max_assets() {
+            return Err(AppleError::local(
+                ep.label(),
+                Some(codes::TOO_MANY_ASSETS),
+                format!(
+                    "{} assets in one request; Apple accepts at most {}",
+                    request.assets.len(),
+                    limits.max_assets()
+                ),
+            ));
+        }
+        if has_duplicates(request.assets.iter()) {
+            return Err(AppleError::local(
+                ep.label(),
+                Some(codes::DUPLICATE_ASSETS),
+                "the request lists an asset twice",
+            ));
+        }
+        check_targets(
+            ep,
+            &request.serial_numbers,
+            &request.client_user_ids,
+            limits.max_serial_numbers(),
+            limits.max_client_user_ids(),
+        )?;
+        let body = encode(ep, request)?;
+        self.call(ep, Some(token), Vec::new(), Some(body)).await
+    }
+
+    async fn manage_users(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        users: &[RequestUser],
+    ) -> Result<EventResponse, AppleError> {
+        let limits = self.known_service_config();
+        let local = |number, message: String| AppleError::local(ep.label(), Some(number), message);
+        if users.is_empty() {
+            return Err(local(codes::NO_USERS, "the request names no user".into()));
+        }
+        if users.len() > limits.max_users() {
+            return Err(local(
+                codes::TOO_MANY_USERS,
+                format!(
+                    "{} users in one request; Apple accepts at most {}",
+                    users.len(),
+                    limits.max_users()
+                ),
+            ));
+        }
+        if users.iter().any(|u| u.client_user_id.trim().is_empty()) {
+            return Err(local(
+                codes::INVALID_ARGUMENT,
+                "a user has an empty clientUserId".into(),
+            ));
+        }
+        if has_duplicates(users.iter().map(|u| &u.client_user_id)) {
+            return Err(local(
+                codes::DUPLICATE_USERS,
+                "the request lists a clientUserId twice".into(),
+            ));
+        }
+        let body = encode(
+            ep,
+            &ManageUsersRequest {
+                users: users.to_vec(),
+            },
+        )?;
+        self.call(ep, Some(token), Vec::new(), Some(body)).await
+    }
+
+    fn check_client_config(
+        &self,
+        ep: Endpoint,
+        request: &ClientConfigRequest,
+    ) -> Result<(), AppleError> {
+        let limits = self.known_service_config();
+        let local = |number, message: &str| AppleError::local(ep.label(), Some(number), message);
+        if let Some(info) = &request.mdm_info {
+            if info.id.trim().is_empty()
+                || info.name.trim().is_empty()
+                || info.metadata.trim().is_empty()
+            {
+                return Err(local(
+                    codes::MDM_INFO_INCOMPLETE,
+                    "mdmInfo needs a non-empty id, name and metadata",
+                ));
+            }
+            if info.id.chars().count() > limits.max_mdm_id_length() {
+                return Err(local(codes::MDM_ID_TOO_LONG, "mdmInfo.id is too long"));
+            }
+            if info.name.chars().count() > limits.max_mdm_name_length() {
+                return Err(local(codes::MDM_NAME_TOO_LONG, "mdmInfo.name is too long"));
+            }
+            if info.metadata.chars().count() > limits.max_mdm_metadata_length() {
+                return Err(local(
+                    codes::MDM_METADATA_TOO_LONG,
+                    "mdmInfo.metadata is too long",
+                ));
+            }
+        }
+        match (&request.notification_url, &request.notification_auth_token) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(local(
+                    codes::NOTIFICATION_URL_AND_TOKEN,
+                    "notificationUrl and notificationAuthToken must be set together",
+                ));
+            }
+            (Some(url), Some(secret)) => {
+                let max = limits.max_notification_length();
+                if url.chars().count() > max || secret.expose().chars().count() > max {
+                    return Err(local(
+                        codes::NOTIFICATION_FIELD_TOO_LONG,
+                        "notificationUrl or notificationAuthToken is too long",
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Reads every page of a list endpoint, restarting when `versionId` changes.
+    async fn list<R: Paged>(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        query: Pairs,
+    ) -> Result<Listing<R::Item>, AppleError> {
+        for traversal in 1..=MAX_TRAVERSALS {
+            match self.traverse::<R>(ep, token, &query).await? {
+                Traversal::Done(listing) => return Ok(listing),
+                Traversal::Changed => {
+                    tracing::debug!(
+                        endpoint = ep.label(),
+                        traversal,
+                        "versionId changed during a paged read; restarting"
+                    );
+                }
+            }
+        }
+        Err(AppleError::version_changed(ep.label(), MAX_TRAVERSALS))
+    }
+
+    async fn traverse<R: Paged>(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        query: &Pairs,
+    ) -> Result<Traversal<R::Item>, AppleError> {
+        let first: R = self.fetch_page(ep, token, query, 0).await?;
+        let version = first.version().map(str::to_owned);
+        let (mut items, info, meta) = first.into_parts();
+        let mut pages: u32 = 1;
+        let mut next = info.next_page_index;
+        let mut total = info.total_pages.unwrap_or(1);
+        while let Some(start) = next {
+            if start != pages {
+                return Err(AppleError::decode(
+                    ep.label(),
+                    200,
+                    format!("nextPageIndex {start} after {pages} pages"),
+                ));
+            }
+            let end = total.max(start + 1).min(MAX_PAGES);
+            if start >= end {
+                return Err(AppleError::decode(
+                    ep.label(),
+                    200,
+                    format!("more than {MAX_PAGES} pages"),
+                ));
+            }
+            let results: Vec<Result<R, AppleError>> = stream::iter(start..end)
+                .map(|index| self.fetch_page::<R>(ep, token, query, index))
+                .buffered(MAX_PARALLEL_PAGES)
+                .collect()
+                .await;
+            let changed = results.iter().any(|r| match r {
+                Ok(page) => page.version() != version.as_deref(),
+                Err(e) => e.error_number == Some(codes::BAD_PAGE_INDEX),
+            });
+            if changed {
+                return Ok(Traversal::Changed);
+            }
+            next = None;
+            for result in results {
+                let (page_items, page_info, _) = result?.into_parts();
+                items.extend(page_items);
+                pages += 1;
+                total = page_info.total_pages.unwrap_or(total);
+                next = page_info.next_page_index;
+            }
+        }
+        Ok(Traversal::Done(Listing {
+            items,
+            version_id: version,
+            meta,
+            pages,
+        }))
+    }
+
+    async fn fetch_page<R: Paged>(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        query: &Pairs,
+        index: u32,
+    ) -> Result<R, AppleError> {
+        let mut pairs = query.clone();
+        pairs.push(("pageIndex", index.to_string()));
+        self.call(ep, Some(token), pairs, None).await
+    }
+
+    /// One request: pacing, header, timeout, one connect retry for GETs, error reading.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        ep: Endpoint,
+        token: Option<&SToken>,
+        query: Pairs,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, AppleError> {
+        let mut url = url::Url::parse(&format!("{}/{}", self.inner.base, ep.path()))
+            .map_err(|e| AppleError::local(ep.label(), None, format!("bad URL: {e}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter());
+        }
+        let authorization = match token {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| {
+                        AppleError::local(
+                            ep.label(),
+                            Some(codes::BAD_AUTHORIZATION_HEADER),
+                            "the sToken contains characters that cannot be sent in a header",
+                        )
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        // Held until this function returns: its drop records when the request ended.
+        let _permit = match token {
+            Some(token) => {
+                let per_second = self.known_service_config().max_request_per_second();
+                Some(self.inner.pacer.acquire(token, per_second).await)
+            }
+            None => None,
+        };
+        let started = Instant::now();
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let mut request = self.inner.http.request(
+                if ep.is_get() {
+                    reqwest::Method::GET
+                } else {
+                    reqwest::Method::POST
+                },
+                url.clone(),
+            );
+            if let Some(value) = &authorization {
+                request = request.header(AUTHORIZATION, value.clone());
+            }
+            if let Some(bytes) = &body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(bytes.clone());
+            }
+            match request.send().await {
+                Ok(response) => break response,
+                Err(e) if ep.is_get() && attempt == 1 && e.is_connect() && !e.is_timeout() => {
+                    tracing::debug!(endpoint = ep.label(), "connection failed; retrying once");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    let error = transport_error(ep, e);
+                    log_outcome(ep, None, started, Err(&error));
+                    return Err(error);
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let result = match response.bytes().await {
+            Ok(bytes) => read_answer(ep, status, retry_after, &bytes),
+            Err(e) => Err(transport_error(ep, e)),
+        };
+        log_outcome(ep, Some(status), started, result.as_ref().map(|_| ()));
+        result
+    }
+}
+
+fn log_outcome(
+    ep: Endpoint,
+    status: Option<u16>,
+    started: Instant,
+    result: Result<(), &AppleError>,
+) {
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => tracing::debug!(endpoint = ep.label(), status, elapsed_ms, "apple request"),
+        Err(e) => tracing::debug!(
+            endpoint = ep.label(),
+            status,
+            elapsed_ms,
+            error = %e,
+            class = ?e.class(),
+            "apple request failed"
+        ),
+    }
+}
+
+fn transport_error(ep: Endpoint, error: reqwest::Error) -> AppleError {
+    if error.is_timeout() {
+        return AppleError::timeout(ep.label());
+    }
+    // Describe the cause chain without the URL (it adds nothing and could carry query values).
+    let error = error.without_url();
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if error.is_connect() || error.is_request() || error.is_body() {
+        AppleError::connection(ep.label(), detail)
+    } else {
+        AppleError::decode(ep.label(), 0, detail)
+    }
+}
+
+/// The error fields looked for in every body.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    #[serde(default)]
+    error_number: Option<i32>,
+    #[serde(default)]
+    error_message: Option<String>,
+    #[serde(default)]
+    error_info: Option<ErrorInfo>,
+}
+
+fn read_answer<T: DeserializeOwned>(
+    ep: Endpoint,
+    status: u16,
+    retry_after: Option<Duration>,
+    bytes: &[u8],
+) -> Result<T, AppleError> {
+    if let Ok(probe) = serde_json::from_slice::<Probe>(bytes)
+        && (probe.error_number.is_some() || probe.error_message.is_some())
+    {
+        return Err(AppleError::from_body(
+            ep.label(),
+            status,
+            ErrorResponse {
+                error_number: probe.error_number,
+                error_message: probe.error_message,
+                error_info: probe.error_info.unwrap_or_default(),
+            },
+            retry_after,
+        ));
+    }
+    if !(200..300).contains(&status) {
+        return Err(AppleError::from_status(ep.label(), status, retry_after));
+    }
+    serde_json::from_slice(bytes).map_err(|e| AppleError::decode(ep.label(), status, e))
+}
+
+fn encode<T: Serialize>(ep: Endpoint, body: &T) -> Result<Vec<u8>, AppleError> {
+    serde_json::to_vec(body)
+        .map_err(|e| AppleError::local(ep.label(), None, format!("cannot encode the body: {e}")))
+}
+
+fn has_duplicates<'a, T: std::hash::Hash + Eq + 'a>(items: impl Iterator<Item = &'a T>) -> bool {
+    let mut seen = HashSet::new();
+    items.into_iter().any(|item| !seen.insert(item))
+}
+
+/// Shared target checks of associate/disassociate/revoke.
+fn check_targets(
+    ep: Endpoint,
+    serials: &[String],
+    users: &[String],
+    max_serials: usize,
+    max_users: usize,
+) -> Result<(), AppleError> {
+    let local = |number, message: String| AppleError::local(ep.label(), Some(number), message);
+    match (serials.is_empty(), users.is_empty()) {
+        (true, true) => {
+            return Err(local(
+                codes::NO_TARGETS,
+                "the request names no serial number and no clientUserId".into(),
+            ));
+        }
+        (false, false) => {
+            return Err(local(
+                codes::INVALID_ARGUMENT,
+                "send serial numbers and clientUserIds in separate requests".into(),
+            ));
+        }
+        _ => {}
+    }
+    if serials.len() > max_serials {
+        return Err(local(
+            codes::TOO_MANY_SERIAL_NUMBERS,
+            format!(
+                "{} serial numbers in one request; Apple accepts at most {max_serials}",
+                serials.len()
+            ),
+        ));
+    }
+    if users.len() > max_users {
+        return Err(local(
+            codes::TOO_MANY_CLIENT_USER_IDS,
+            format!(
+                "{} clientUserIds in one request; Apple accepts at most {max_users}",
+                users.len()
+            ),
+        ));
+    }
+    if has_duplicates(serials.iter()) {
+        return Err(local(
+            codes::DUPLICATE_SERIAL_NUMBERS,
+            "the request lists a serial number twice".into(),
+        ));
+    }
+    if has_duplicates(users.iter()) {
+        return Err(local(
+            codes::DUPLICATE_CLIENT_USER_IDS,
+            "the request lists a clientUserId twice".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apple::error::{AuthFailure, ErrorClass};
+
+    #[test]
+    fn error_bodies_win_over_status_and_bad_bodies_are_protocol_errors() {
+        let e = read_answer::<ClientConfig>(
+            Endpoint::GetClientConfig,
+            200,
+            None,
+            br#"{"errorNumber":9622,"errorMessage":"Invalid authentication token"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Auth(AuthFailure::Invalid));
+        assert_eq!(e.http_status, Some(200));
+
+        let e = read_answer::<ClientConfig>(Endpoint::GetClientConfig, 502, None, b"<html>")
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Transient { retry_after: None });
+
+        let e = read_answer::<ClientConfig>(Endpoint::GetClientConfig, 200, None, b"<html>")
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Protocol);
+
+        let ok = read_answer::<ClientConfig>(
+            Endpoint::GetClientConfig,
+            200,
+            None,
+            br#"{"locationName":"PS01","uId":"1"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.location_name.as_deref(), Some("PS01"));
+    }
+
+    #[test]
+    fn queries_send_only_given_filters_in_apple_spelling() {
+        let q = AssignmentQuery {
+            adam_id: Some("1".into()),
+            pricing_param: Some(PricingParam::Plus),
+            include_user_state: Some(true),
+            since_version_id: Some("v1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            q.pairs(),
+            vec![
+                ("adamId", "1".to_owned()),
+                ("pricingParam", "PLUS".to_owned()),
+                ("includeUserState", "true".to_owned()),
+                ("sinceVersionId", "v1".to_owned()),
+            ]
+        );
+        assert!(UserQuery::default().pairs().is_empty());
+    }
+
+    #[test]
+    fn target_checks_refuse_mixed_empty_oversized_and_duplicate_lists() {
+        let ep = Endpoint::Associate;
+        let s = |n: usize| (0..n).map(|i| format!("S{i}")).collect::<Vec<_>>();
+        let number = |r: Result<(), AppleError>| r.unwrap_err().error_number;
+        assert_eq!(number(check_targets(ep, &[], &[], 10, 10)), Some(9719));
+        assert_eq!(number(check_targets(ep, &s(1), &s(1), 10, 10)), Some(9602));
+        assert_eq!(number(check_targets(ep, &s(11), &[], 10, 10)), Some(9702));
+        assert_eq!(number(check_targets(ep, &[], &s(11), 10, 10)), Some(9701));
+        let dup = vec!["A".to_owned(), "A".to_owned()];
+        assert_eq!(number(check_targets(ep, &dup, &[], 10, 10)), Some(9705));
+        assert_eq!(number(check_targets(ep, &[], &dup, 10, 10)), Some(9704));
+        assert!(check_targets(ep, &s(10), &[], 10, 10).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_pacer_counts_requests_until_a_window_after_they_end() {
+        let pacer = Pacer::default();
+        let token = SToken::new("t");
+        let first = pacer.acquire(&token, 2).await;
+        let second = pacer.acquire(&token, 2).await;
+        // Both slots in flight: a third request waits.
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(100), pacer.acquire(&token, 2)).await;
+        assert!(blocked.is_err());
+        drop(first);
+        let ended = Instant::now();
+        let _third = pacer.acquire(&token, 2).await;
+        assert!(ended.elapsed() >= PACING_WINDOW - Duration::from_millis(5));
+        // Other tokens are not affected.
+        let other = tokio::time::timeout(
+            Duration::from_millis(100),
+            pacer.acquire(&SToken::new("u"), 2),
+        )
+        .await;
+        assert!(other.is_ok());
+        drop(second);
+    }
+
+    #[test]
+    fn new_rejects_bad_base_urls() {
+        assert!(AppleClient::new("not a url", Duration::from_secs(1)).is_err());
+        assert!(AppleClient::new("ftp://x/mdm/v2", Duration::from_secs(1)).is_err());
+        let client =
+            AppleClient::new("http://127.0.0.1:1/mdm/v2/", Duration::from_secs(1)).unwrap();
+        assert_eq!(client.base_url(), "http://127.0.0.1:1/mdm/v2");
+        assert!(!format!("{client:?}").is_empty());
+    }
+}

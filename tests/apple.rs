@@ -1,0 +1,17 @@
+//! Contract tests of the Apple client against the in-process Apple simulator, over real HTTP
+//! (no mocks): every endpoint, every error class, paging, events, notifications, users, secrets.
+//!
+//! Each test starts its own simulator on 127.0.0.1:0, so tests run in parallel.
+
+mod apple {
+    pub mod support;
+
+    mod config;
+    mod errors;
+    mod events;
+    mod notifications;
+    mod paging;
+    mod secrets;
+    mod simulator;
+    mod users;
+}
