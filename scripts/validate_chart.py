@@ -9,7 +9,8 @@ Steps:
      `kubernetes-validate --strict` against the oldest supported and the newest bundled
      Kubernetes version;
   3. check what the schemas cannot see: security context, probes, drain timing, the Ingress
-     never publishing /metrics, selectors that match, hook annotations, env var names;
+     never publishing /metrics, selectors that match, hook annotations, env var names, and
+     that the ConfigMap carries every config.* setting with its value;
   4. check that bad values are refused (values.schema.json and the chart's own `fail`s).
 
 Prints one line per check and exits 1 if anything failed.
@@ -43,15 +44,49 @@ KNOWN_ENV = {
     "VPP_JWT_JWKS_URL", "VPP_JWT_JWKS_REFRESH_SECS", "VPP_JWT_LEEWAY_SECS",
     "VPP_LOG_FORMAT", "VPP_LOG", "VPP_AUTO_MIGRATE",
     "VPP_TOKEN_KEYS", "VPP_INSTANCE_ID", "VPP_INSTANCE_NAME", "VPP_APPLE_BASE_URL",
-    "VPP_PUBLIC_URL",
+    "VPP_APPLE_TIMEOUT_SECS", "VPP_PUBLIC_URL",
+    # The Apple dispatcher (background workers of `serve`).
+    "VPP_WORKERS", "VPP_BATCH_QUIET_MS", "VPP_BATCH_MAX_WAIT_MS", "VPP_APPLE_CONCURRENCY",
+    "VPP_EVENT_POLL_SECS", "VPP_EVENT_POLL_MAX_SECS", "VPP_JOB_LEASE_SECS", "VPP_IDLE_POLL_MS",
 }
 SECRET_ENV = {"DATABASE_URL", "VPP_TOKEN_KEYS", "VPP_JWT_HS256_SECRET", "VPP_JWT_PUBLIC_KEYS_PEM"}
+# Settings the ConfigMap always carries: values path under `config` -> env var. The rendered
+# value must equal the (merged) chart value, so a wrong key in the template cannot slip through.
+CONFIG_ENV: dict[str, str] = {
+    "logFormat": "VPP_LOG_FORMAT",
+    "logLevel": "VPP_LOG",
+    "httpWorkers": "VPP_HTTP_WORKERS",
+    "bodyLimitBytes": "VPP_BODY_LIMIT_BYTES",
+    "shutdownTimeoutSeconds": "VPP_SHUTDOWN_TIMEOUT_SECS",
+    "db.poolSize": "VPP_DB_POOL_SIZE",
+    "db.timeoutSeconds": "VPP_DB_TIMEOUT_SECS",
+    "db.statementTimeoutMs": "VPP_DB_STATEMENT_TIMEOUT_MS",
+    "jwt.issuer": "VPP_JWT_ISSUER",
+    "jwt.audience": "VPP_JWT_AUDIENCE",
+    "jwt.jwksRefreshSeconds": "VPP_JWT_JWKS_REFRESH_SECS",
+    "jwt.leewaySeconds": "VPP_JWT_LEEWAY_SECS",
+    "apple.baseUrl": "VPP_APPLE_BASE_URL",
+    "apple.timeoutSeconds": "VPP_APPLE_TIMEOUT_SECS",
+    "dispatch.workers": "VPP_WORKERS",
+    "dispatch.batchQuietMs": "VPP_BATCH_QUIET_MS",
+    "dispatch.batchMaxWaitMs": "VPP_BATCH_MAX_WAIT_MS",
+    "dispatch.appleConcurrency": "VPP_APPLE_CONCURRENCY",
+    "dispatch.eventPollSeconds": "VPP_EVENT_POLL_SECS",
+    "dispatch.eventPollMaxSeconds": "VPP_EVENT_POLL_MAX_SECS",
+    "dispatch.jobLeaseSeconds": "VPP_JOB_LEASE_SECS",
+    "dispatch.idlePollMs": "VPP_IDLE_POLL_MS",
+}
 # Kinds kubernetes-validate has no schema for (CRDs); checked structurally below instead.
 CRD_KINDS = {"ServiceMonitor"}
 
 DEV_VALUES: dict[str, Any] = {
     "replicaCount": 1,
-    "config": {"jwt": {"issuer": "vpp-broker-dev", "audience": "vpp-broker"}},
+    "config": {
+        "jwt": {"issuer": "vpp-broker-dev", "audience": "vpp-broker"},
+        # Non-default dispatcher settings, including zeros, so their rendering is exercised.
+        "apple": {"timeoutSeconds": 10},
+        "dispatch": {"workers": 1, "batchQuietMs": 0, "batchMaxWaitMs": 0, "idlePollMs": 50},
+    },
     "secrets": {
         "create": True,
         "inline": {
@@ -90,6 +125,26 @@ BAD_VALUES: list[tuple[str, dict[str, Any], type[helm.HelmError], str]] = [
      "/secrets/inline/tokenKeys"),
     ("config.instance.id not a UUID", {"config": {"instance": {"id": "prod"}}},
      helm.HelmValuesError, "/config/instance/id"),
+    ("config.instance.name longer than 100 characters",
+     {"config": {"instance": {"name": "x" * 101}}}, helm.HelmValuesError,
+     "/config/instance/name"),
+    ("config.apple.timeoutSeconds: 0", {"config": {"apple": {"timeoutSeconds": 0}}},
+     helm.HelmValuesError, "/config/apple/timeoutSeconds"),
+    ("config.dispatch.workers: -1", {"config": {"dispatch": {"workers": -1}}},
+     helm.HelmValuesError, "/config/dispatch/workers"),
+    ("config.dispatch.workers: 65", {"config": {"dispatch": {"workers": 65}}},
+     helm.HelmValuesError, "/config/dispatch/workers"),
+    ('config.dispatch.workers: "2"', {"config": {"dispatch": {"workers": "2"}}},
+     helm.HelmValuesError, "/config/dispatch/workers"),
+    ("unknown dispatch key (typo)", {"config": {"dispatch": {"worker": 2}}},
+     helm.HelmValuesError, "additional properties 'worker'"),
+    ("config.dispatch.appleConcurrency: 16 (above Apple's 15 requests/s)",
+     {"config": {"dispatch": {"appleConcurrency": 16}}}, helm.HelmValuesError,
+     "/config/dispatch/appleConcurrency"),
+    ("config.dispatch.jobLeaseSeconds: 4", {"config": {"dispatch": {"jobLeaseSeconds": 4}}},
+     helm.HelmValuesError, "/config/dispatch/jobLeaseSeconds"),
+    ("config.dispatch.idlePollMs: 5", {"config": {"dispatch": {"idlePollMs": 5}}},
+     helm.HelmValuesError, "/config/dispatch/idlePollMs"),
     ("ingress enabled without host", {"ingress": {"enabled": True}}, helm.HelmRenderError,
      "ingress.host is required"),
     ("grace period shorter than preStop + shutdown timeout",
@@ -137,6 +192,17 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data or {}
 
 
+def merged(defaults: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """values.yaml with a scenario's values on top (maps merge, everything else replaces)."""
+    out = dict(defaults)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def render(chart: helm.Chart, values: dict[str, Any] | None) -> dict[str, str]:
     return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
@@ -179,7 +245,7 @@ def kube_validate(files: list[Path], versions: list[str]) -> tuple[bool, str]:
 
 
 def pod_checks(report: Report, scenario: str, docs: list[dict[str, Any]],
-               values: dict[str, Any]) -> None:
+               values: dict[str, Any], effective: dict[str, Any]) -> None:
     deploy = one(docs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -233,6 +299,18 @@ def pod_checks(report: Report, scenario: str, docs: list[dict[str, Any]],
         for key in ("VPP_JWT_ISSUER", "VPP_JWT_AUDIENCE", "VPP_APPLE_BASE_URL"):
             assert key in cm, f"{key} missing from the ConfigMap"
     report.check(f"{scenario}: env var names known, secrets only via secretKeyRef", env)
+
+    def config_values() -> None:
+        wrong = []
+        for path, name in CONFIG_ENV.items():
+            value: Any = effective["config"]
+            for part in path.split("."):
+                value = value[part]
+            if cm.get(name) != str(value):
+                wrong.append(f"{name}={cm.get(name)!r} (config.{path} is {value!r})")
+        assert not wrong, "; ".join(wrong)
+    report.check(f"{scenario}: ConfigMap carries config.* ({len(CONFIG_ENV)} settings, "
+                 "dispatcher included) as set", config_values)
 
     def rollout() -> None:
         annotations = deploy["spec"]["template"]["metadata"].get("annotations", {})
@@ -326,6 +404,7 @@ def main() -> int:
         ("dev-secret", DEV_VALUES),
     ]
 
+    defaults = load_yaml(chart_dir / "values.yaml")
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="vpp-broker-chart-"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -374,7 +453,7 @@ def main() -> int:
                          notes_check)
 
             try:
-                pod_checks(report, scenario, docs, values or {})
+                pod_checks(report, scenario, docs, values or {}, merged(defaults, values))
             except (AssertionError, KeyError, IndexError, TypeError) as e:
                 report.fail(f"{scenario}: manifest structure", f"{type(e).__name__}: {e}")
 

@@ -152,9 +152,13 @@ pub struct DispatchArgs {
     /// Dispatcher workers in this process (0: this process never calls Apple by itself).
     #[arg(long, env = "VPP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub workers: u64,
-    /// Milliseconds a new association waits for others of its account to share an Apple request.
-    #[arg(long, env = "VPP_BATCH_LINGER_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    pub batch_linger_ms: u64,
+    /// A batch of Apple work (one account, asset and license type) is sent once no new work
+    /// joined it for this many milliseconds (a burst is over) ...
+    #[arg(long, env = "VPP_BATCH_QUIET_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub batch_quiet_ms: u64,
+    /// ... or once its oldest work waited this many milliseconds (or it fills an Apple request).
+    #[arg(long, env = "VPP_BATCH_MAX_WAIT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub batch_max_wait_ms: u64,
     /// Apple requests in flight per account (paced to Apple's maxRequestPerSecond).
     #[arg(long, env = "VPP_APPLE_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=15))]
     pub apple_concurrency: u64,
@@ -180,7 +184,8 @@ impl DispatchArgs {
             workers: self.workers as usize,
             idle_poll: Duration::from_millis(self.idle_poll_ms),
             lease: Duration::from_secs(self.job_lease_secs),
-            linger: Duration::from_millis(self.batch_linger_ms),
+            quiet: Duration::from_millis(self.batch_quiet_ms),
+            max_wait: Duration::from_millis(self.batch_max_wait_ms.max(self.batch_quiet_ms)),
             concurrency: self.apple_concurrency as usize,
             first_poll: Duration::from_secs(self.event_poll_secs),
             max_poll: Duration::from_secs(self.event_poll_max_secs.max(self.event_poll_secs)),
@@ -194,7 +199,8 @@ impl Default for DispatchArgs {
     fn default() -> Self {
         DispatchArgs {
             workers: 2,
-            batch_linger_ms: 250,
+            batch_quiet_ms: 250,
+            batch_max_wait_ms: 5000,
             apple_concurrency: 4,
             event_poll_secs: 2,
             event_poll_max_secs: 30,

@@ -13,7 +13,6 @@ pub struct AppState {
     pub apple: AppleClient,
     pub cipher: Arc<TokenCipher>,
     pub identity: Identity,
-    pub allocation: crate::engine::allocate::Settings,
     pub waiters: Arc<crate::waiters::Waiters>,
 }
 
@@ -56,9 +55,6 @@ impl AppState {
                 instance_id,
                 instance_name: accounts.instance_name.clone(),
                 public_url: accounts.public_base(),
-            },
-            allocation: crate::engine::allocate::Settings {
-                linger: std::time::Duration::from_millis(250),
             },
             waiters: Arc::new(crate::waiters::Waiters::default()),
         })

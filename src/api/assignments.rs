@@ -490,10 +490,9 @@ pub async fn allocate_license(
     {
         return Err(ApiError::not_found(format!("space {space}")));
     }
-    let settings = state.allocation.clone();
     let (status, mut json, replayed) = match key {
         None => {
-            let result = allocate::allocate(&mut conn, &settings, &request).await;
+            let result = allocate::allocate(&mut conn, &request).await;
             let (s, j) = render(&mut conn, result, body.dry_run).await?;
             (s, j, false)
         }
@@ -505,7 +504,7 @@ pub async fn allocate_license(
                 match idempotency::begin(conn, &space, &caller_id, &key, &fingerprint).await? {
                     Begin::Replay { status, body } => Ok::<_, ApiError>((status, body, true)),
                     Begin::Fresh => {
-                        let result = allocate::allocate(conn, &settings, &request).await;
+                        let result = allocate::allocate(conn, &request).await;
                         let (s, j) = render(conn, result, request.dry_run).await?;
                         idempotency::finish(conn, &space, &caller_id, &key, s, &j).await?;
                         Ok((s, j, false))

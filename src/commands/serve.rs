@@ -61,10 +61,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
     let listener = TcpListener::bind(args.http.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
-    let mut state = AppState::build(pool, &args.apple, &args.accounts, cipher).await?;
+    let state = Arc::new(AppState::build(pool, &args.apple, &args.accounts, cipher).await?);
     let dispatch = args.dispatch.settings(&args.db.database_url);
-    state.allocation.linger = dispatch.linger;
-    let state = Arc::new(state);
     state
         .waiters
         .clone()

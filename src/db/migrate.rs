@@ -2,7 +2,7 @@
 //!
 //! `migrate` is safe when several replicas start at once: it takes a PostgreSQL advisory lock,
 //! so one process applies pending migrations while the others wait and then find nothing to do.
-//! Migrations follow expand/contract (see README "Upgrading"), because old replicas keep
+//! Migrations follow expand/contract (docs/deploying.md, "Upgrading"), because old replicas keep
 //! serving while a new release migrates.
 
 use diesel_async::AsyncPgConnection;

@@ -265,7 +265,6 @@ pub async fn submit(
         LicenseType::Device => ManageAssetsRequest::devices(vec![asset], targets),
         LicenseType::User => ManageAssetsRequest::users(vec![asset], targets),
     };
-    ctx.pace(account.id).await;
     let result = if chunk.associate {
         ctx.state.apple.associate(token, &request).await
     } else {

@@ -412,9 +412,6 @@ async fn reallocate(
         return Ok(());
     };
     refresh_counts(state, token, event.account_id, &adam, &pricing).await?;
-    let settings = allocate::Settings {
-        linger: std::time::Duration::ZERO,
-    };
     for r in reallocs {
         let mut conn = state.pool.get().await?;
         let Some(old) = crate::ledger::assignments::by_id(&mut conn, r.id).await? else {
@@ -474,7 +471,7 @@ async fn reallocate(
                 .bind::<diesel::sql_types::Text, _>(&pricing)
                 .execute(conn)
                 .await?;
-                let new_id = match allocate::allocate(conn, &settings, &request).await {
+                let new_id = match allocate::allocate(conn, &request).await {
                     Ok(o) => {
                         let id = o.assignment.as_ref().map(|a| a.id);
                         error["reallocated_to"] = serde_json::json!(id);

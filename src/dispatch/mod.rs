@@ -11,9 +11,15 @@
 //! - an account that cannot call Apple (expired, revoked, not owned, throttled) keeps its jobs
 //!   queued until it can (A10): nothing is dropped. A Retry-After pauses that account only (T7).
 //!
-//! Each iteration: pick an account with due jobs → lock it → lease its jobs due within the
-//! linger window → releases, then associations, grouped into chunks (see [`batch`]) and sent
-//! up to `concurrency` at a time, paced to Apple's `maxRequestPerSecond` → event polls.
+//! Each iteration: pick an account with due jobs → lock it → lease its due work → releases, then
+//! associations, grouped into chunks (see [`batch`]) and sent up to `concurrency` at a time (the
+//! Apple client paces them to Apple's `maxRequestPerSecond`) → event polls.
+//!
+//! Batching: an account's queued work for one asset and license type is one *batch*, sent when
+//! no new work joined it for `quiet` (250 ms by default: a burst has ended), when its oldest
+//! work waited `max_wait` (5 s), or when it fills an Apple request (1000 targets). A lone
+//! allocation reaches Apple after ~`quiet`; a storm of allocations goes out in as few requests
+//! as Apple's limits allow.
 
 pub mod batch;
 pub mod events;
@@ -21,7 +27,6 @@ pub mod maintenance;
 pub mod retry;
 pub mod users;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +34,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -76,8 +80,11 @@ pub struct Settings {
     pub idle_poll: Duration,
     /// How long claimed jobs stay leased before another worker may take them over.
     pub lease: Duration,
-    /// Associations queued within this window travel together.
-    pub linger: Duration,
+    /// A batch (an account's queued work for one asset and license type) is sent once no new
+    /// work joined it for this long ...
+    pub quiet: Duration,
+    /// ... or its oldest work waited this long, or it is full.
+    pub max_wait: Duration,
     /// Apple requests in flight per account.
     pub concurrency: usize,
     /// First status poll of an event, doubling up to `max_poll`.
@@ -94,8 +101,6 @@ pub struct Ctx {
     pub state: Arc<AppState>,
     pub settings: Settings,
     pub worker: String,
-    /// Next moment each account may call Apple (pacing to maxRequestPerSecond).
-    next_call: Mutex<HashMap<Uuid, Instant>>,
 }
 
 impl Ctx {
@@ -104,27 +109,7 @@ impl Ctx {
             state,
             settings,
             worker: format!("{}-{}", hostname(), std::process::id()),
-            next_call: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Waits until `account` may make its next Apple request.
-    pub async fn pace(&self, account: Uuid) {
-        let per_second = match self.state.apple.service_config().await {
-            Ok(c) => c.max_request_per_second().max(1),
-            Err(_) => 15,
-        };
-        let spacing = Duration::from_secs_f64(1.0 / per_second as f64);
-        let wait = {
-            let mut next = self.next_call.lock().await;
-            let now = Instant::now();
-            let slot = next.get(&account).copied().unwrap_or(now).max(now);
-            next.insert(account, slot + spacing);
-            slot - now
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
     }
 }
 
@@ -219,13 +204,24 @@ async fn process_account(
         jobs::postpone_account(conn, id, until).await?;
         return Ok(false);
     }
+    let full = ctx
+        .state
+        .apple
+        .service_config()
+        .await
+        .map(|c| c.max_serial_numbers().min(c.max_client_user_ids()))
+        .unwrap_or(1000) as i64;
     let claimed = jobs::claim(
         conn,
         id,
         &ctx.worker,
-        ctx.settings.lease,
-        ctx.settings.linger,
-        ctx.settings.max_claim,
+        &jobs::Batching {
+            lease: ctx.settings.lease,
+            quiet: ctx.settings.quiet,
+            max_wait: ctx.settings.max_wait,
+            full,
+            max: ctx.settings.max_claim,
+        },
     )
     .await?;
     if claimed.is_empty() {
@@ -324,7 +320,6 @@ async fn poll(
         jobs::delete(&mut conn, &[job.id]).await?;
         return Ok(());
     };
-    ctx.pace(account.id).await;
     match ctx.state.apple.event_status(token, event_id).await {
         Ok(status) if status.is_pending() => {
             let mut conn = ctx.state.pool.get().await?;

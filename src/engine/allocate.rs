@@ -101,13 +101,6 @@ pub enum AllocationError {
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
 }
 
-/// Tunables of allocation.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// How long a new association waits for others of its account to batch with.
-    pub linger: std::time::Duration,
-}
-
 /// The license holder and what matching needs to know about it.
 struct Target {
     holder: SubjectRow,
@@ -305,14 +298,13 @@ fn outcome_existing(existing: AssignmentRow, rule: Rule) -> Outcome {
 /// Allocates (or, with `dry_run`, explains what would be allocated).
 pub async fn allocate(
     conn: &mut AsyncPgConnection,
-    settings: &Settings,
     req: &AllocationRequest,
 ) -> Result<Outcome, AllocationError> {
     // A concurrent request for the same subject and asset may win the unique index; then the
     // winner's assignment is the answer (A6). Two attempts are enough: the second finds it.
     for _ in 0..3 {
         match conn
-            .transaction(async |conn| decide(conn, settings, req).await)
+            .transaction(async |conn| decide(conn, req).await)
             .await
         {
             Err(AllocationError::Db(diesel::result::Error::DatabaseError(
@@ -329,7 +321,6 @@ pub async fn allocate(
 
 async fn decide(
     conn: &mut AsyncPgConnection,
-    settings: &Settings,
     req: &AllocationRequest,
 ) -> Result<Outcome, AllocationError> {
     let target = resolve(conn, req).await?;
@@ -486,7 +477,7 @@ async fn decide(
         }
         let id = Uuid::now_v7();
         let taken = take(
-            conn, settings, req, candidate, &target, hold, id, rule, &decision,
+            conn, req, candidate, &target, hold, id, rule, &decision,
         )
         .await?;
         if !taken {
@@ -525,7 +516,6 @@ struct Taken {
 #[allow(clippy::too_many_arguments)]
 async fn take(
     conn: &mut AsyncPgConnection,
-    settings: &Settings,
     req: &AllocationRequest,
     candidate: &Candidate,
     target: &Target,
@@ -553,11 +543,11 @@ async fn take(
           RETURNING id
          ), job AS (
              INSERT INTO jobs (kind, account_id, assignment_id, run_at)
-             SELECT 'associate', $1, id, now() + make_interval(secs => $13) FROM ins
+             SELECT 'associate', $1, id, now() FROM ins
          ), act AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
                                        adam_id, pricing_param, rule, request_id, details)
-             SELECT $6, $11, 'assignment.allocated', $1, id, $14, $2, $3, $9, $15, $16 FROM ins
+             SELECT $6, $11, 'assignment.allocated', $1, id, $13, $2, $3, $9, $14, $15 FROM ins
          )
          SELECT count(*) AS n FROM ins",
     )
@@ -573,7 +563,6 @@ async fn take(
     .bind::<diesel::sql_types::Jsonb, _>(decision_json)
     .bind::<diesel::sql_types::Text, _>(&req.requested_by)
     .bind::<diesel::sql_types::Text, _>(&req.reason)
-    .bind::<diesel::sql_types::Double, _>(settings.linger.as_secs_f64())
     .bind::<diesel::sql_types::Text, _>(format!(
         "{}:{}",
         target.holder.kind, target.holder.external_id

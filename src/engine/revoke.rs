@@ -5,6 +5,10 @@
 //! Pending assignments never reached Apple: they become `revoked` and their queued Apple job is
 //! dropped. Assignments Apple holds (or is associating) become `revoking` and get a
 //! `disassociate` job; the dispatcher moves them to `revoked` when Apple confirms.
+//!
+//! V4: Apple's v2 disassociate has no "notify the user" flag (v1 had one), so the account's
+//! license-removal-notification setting is recorded with each revocation (`notify_user` in the
+//! activity log) for the calling MDM to act on.
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
@@ -73,9 +77,11 @@ pub async fn revoke(
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
                                        adam_id, pricing_param, request_id, details)
-             SELECT $1, $7, 'assignment.revoke_requested', account_id, id, adam_id, pricing_param,
-                    $8, jsonb_build_object('reason', $9::text, 'state', state)
-               FROM changed
+             SELECT $1, $7, 'assignment.revoke_requested', c.account_id, c.id, c.adam_id,
+                    c.pricing_param, $8,
+                    jsonb_build_object('reason', $9::text, 'state', c.state,
+                                       'notify_user', a.notify_on_removal)
+               FROM changed c JOIN accounts a ON a.id = c.account_id
           RETURNING 1
          )
          SELECT count(*) FILTER (WHERE state = 'revoked') AS dropped,

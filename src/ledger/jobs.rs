@@ -89,32 +89,62 @@ pub async fn unlock_account(conn: &mut AsyncPgConnection, account: Uuid) -> Quer
         .map(|_| ())
 }
 
-/// Leases the account's queued jobs that are due within `horizon` (so associations queued a
-/// moment apart travel in one Apple request). Expired leases of a dead worker are taken over.
+/// How work is grouped into batches.
+pub struct Batching {
+    /// How long claimed jobs stay leased.
+    pub lease: std::time::Duration,
+    /// A batch is due when no job joined it for this long ...
+    pub quiet: std::time::Duration,
+    /// ... or its oldest job waited this long ...
+    pub max_wait: std::time::Duration,
+    /// ... or it holds this many jobs.
+    pub full: i64,
+    /// Jobs leased per claim at most.
+    pub max: i64,
+}
+
+/// Leases the account's due work: event polls whose time has come, and associate/disassociate
+/// jobs of *due batches* (one batch = one asset, pricing, license type and kind; see
+/// [`Batching`]). Expired leases of a dead worker are taken over.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     account: Uuid,
     worker: &str,
-    lease: std::time::Duration,
-    horizon: std::time::Duration,
-    max: i64,
+    batching: &Batching,
 ) -> QueryResult<Vec<JobRow>> {
     diesel::sql_query(
-        "UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
+        "WITH free AS (
+             SELECT j.id, j.kind, j.created_at, a.adam_id, a.pricing_param, a.license_type
+               FROM jobs j LEFT JOIN assignments a ON a.id = j.assignment_id
+              WHERE j.account_id = $1 AND j.state = 'queued' AND j.run_at <= now()
+                AND (j.locked_until IS NULL OR j.locked_until < now())
+         ), due AS (
+             SELECT kind, adam_id, pricing_param, license_type FROM free
+              WHERE kind IN ('associate', 'disassociate')
+              GROUP BY kind, adam_id, pricing_param, license_type
+             HAVING max(created_at) < now() - make_interval(secs => $4)
+                 OR min(created_at) < now() - make_interval(secs => $5)
+                 OR count(*) >= $6
+         ), pick AS (
+             SELECT f.id FROM free f
+              WHERE f.kind = 'poll_event'
+                 OR f.adam_id IS NULL
+                 OR EXISTS (SELECT 1 FROM due d WHERE d.kind = f.kind AND d.adam_id = f.adam_id
+                              AND d.pricing_param = f.pricing_param AND d.license_type = f.license_type)
+         )
+         UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
                          attempts = attempts + 1
-          WHERE id IN (SELECT id FROM jobs
-                        WHERE account_id = $1 AND state = 'queued'
-                          AND run_at <= now() + make_interval(secs => $4)
-                          AND (locked_until IS NULL OR locked_until < now())
-                        ORDER BY id LIMIT $5
-                        FOR UPDATE SKIP LOCKED)
+          WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT id FROM pick)
+                        ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED)
       RETURNING id, kind, assignment_id, payload, attempts",
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Text, _>(worker)
-    .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .bind::<diesel::sql_types::Double, _>(horizon.as_secs_f64())
-    .bind::<diesel::sql_types::BigInt, _>(max)
+    .bind::<diesel::sql_types::Double, _>(batching.lease.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(batching.quiet.as_secs_f64())
+    .bind::<diesel::sql_types::Double, _>(batching.max_wait.as_secs_f64())
+    .bind::<diesel::sql_types::BigInt, _>(batching.full)
+    .bind::<diesel::sql_types::BigInt, _>(batching.max)
     .load(conn)
     .await
 }

@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod migrations;
 mod multiprocess;
+mod notifications;
 mod openapi;
 mod ops;
 mod problems;

@@ -58,12 +58,15 @@ pub struct Options {
     /// Apple without meaning to fails loudly.
     pub apple_base_url: String,
     pub public_url: Option<String>,
+    /// Subscribe to Apple notifications at this server's own URL (overrides `public_url`).
+    pub notify_self: bool,
     pub token_keys: String,
     /// Run the Apple dispatcher in this process (fast test timings).
     pub dispatcher: Option<vpp_broker::dispatch::Settings>,
 }
 
-/// Dispatcher timings for tests: tiny linger and polls, so events finish in well under a second.
+/// Dispatcher timings for tests: tiny batching windows and polls, so events finish in well
+/// under a second.
 pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
     use std::time::Duration;
     vpp_broker::dispatch::Settings {
@@ -71,7 +74,8 @@ pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
         workers: 2,
         idle_poll: Duration::from_millis(20),
         lease: Duration::from_secs(30),
-        linger: Duration::from_millis(30),
+        quiet: Duration::from_millis(30),
+        max_wait: Duration::from_millis(300),
         concurrency: 4,
         first_poll: Duration::from_millis(100),
         max_poll: Duration::from_millis(400),
@@ -87,6 +91,7 @@ impl Default for Options {
             body_limit: 256 * 1024,
             apple_base_url: "http://127.0.0.1:9/mdm/v2".into(),
             public_url: None,
+            notify_self: false,
             token_keys: TOKEN_KEYS.into(),
             dispatcher: None,
         }
@@ -148,6 +153,7 @@ impl TestApp {
             body_limit,
             apple_base_url,
             public_url,
+            notify_self,
             token_keys,
             dispatcher,
         } = opts;
@@ -159,13 +165,18 @@ impl TestApp {
             Arc::new(vpp_broker::crypto::TokenCipher::from_spec(&token_keys).expect("keys"));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let public_url = if notify_self {
+            Some(format!("http://{addr}"))
+        } else {
+            public_url
+        };
         let http_args = HttpArgs {
             listen: addr,
             http_workers: 1,
             body_limit_bytes: body_limit,
             shutdown_timeout_secs: 1,
         };
-        let mut state = AppState::build(
+        let state = AppState::build(
             pool.clone(),
             &AppleArgs {
                 apple_base_url,
@@ -182,9 +193,6 @@ impl TestApp {
         .await
         .expect("state");
         let cancel = tokio_util::sync::CancellationToken::new();
-        if let Some(d) = &dispatcher {
-            state.allocation.linger = d.linger;
-        }
         let state = Arc::new(state);
         state
             .waiters

@@ -1,0 +1,120 @@
+//! Apple's notifications reach the service (rule T10): the receiver authenticates them with the
+//! per-account bearer token, ignores duplicates, and moves assignments without waiting for a
+//! status poll; ASSET_COUNT adjusts counts.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use reqwest::Method;
+use serde_json::{Value, json};
+use vpp_broker::apple::types::{AssetKey, NotificationType, PricingParam};
+use vpp_broker::apple_sim::FaultsPatch;
+use vpp_broker::db::schema::assets;
+
+use crate::support::app::{Options, fast_dispatch};
+use crate::support::sim::{self, app, location};
+use crate::support::{TestApp, expect_problem};
+
+const U1: &str = "5000000001";
+const APP: &str = "408709785";
+
+#[tokio::test]
+async fn t10_notifications_complete_assignments_without_polling() {
+    let sim = sim::start(vec![location(U1, "Library", vec![app(APP, 10)])]).await;
+    let mut dispatch = fast_dispatch("");
+    // Polls so late that only a notification can finish the event within the test.
+    dispatch.first_poll = Duration::from_secs(120);
+    dispatch.max_poll = Duration::from_secs(120);
+    let app = TestApp::start_opts(Options {
+        apple_base_url: sim.base_url(),
+        notify_self: true,
+        dispatcher: Some(dispatch),
+        ..Options::default()
+    })
+    .await;
+    app.space("acme").await;
+    // Attaching subscribed the location; Apple's TEST_NOTIFICATION got through.
+    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
+    let snapshot = sim.location(U1).await.unwrap();
+    let url = snapshot.notification_url.expect("subscribed");
+    assert_eq!(url, format!("{}/apple/notifications/{}", app.base_url, account["id"].as_str().unwrap()));
+    assert!(snapshot.notification_types.contains(&NotificationType::AssetManagement));
+
+    sim.set_faults(&FaultsPatch { duplicate_notifications: Some(5), ..Default::default() }).await.unwrap();
+    let started = std::time::Instant::now();
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/assignments?wait=15")
+        .json(&json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S1"}}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["assignment"]["state"], "active", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "finished by notification, not by a poll");
+    // Every delivery (duplicates included) was accepted.
+    let deliveries = sim.notifications().await.unwrap();
+    let management: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.notification_type == NotificationType::AssetManagement)
+        .collect();
+    assert!(management.iter().any(|d| d.duplicate), "a duplicate was sent");
+    assert!(management.iter().all(|d| d.http_status == Some(200)), "{management:?}");
+
+    // ASSET_COUNT: a purchase raises the total in the ledger.
+    sim.set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 25).await.unwrap();
+    let id: uuid::Uuid = account["id"].as_str().unwrap().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = app.db.connect().await;
+        let total: i32 = assets::table
+            .filter(assets::account_id.eq(id))
+            .filter(assets::adam_id.eq(APP))
+            .select(assets::apple_total)
+            .first(&mut conn)
+            .await
+            .unwrap();
+        if total == 25 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ASSET_COUNT not applied (total {total})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn forged_notifications_are_refused() {
+    let sim = sim::start(vec![location(U1, "Library", vec![app(APP, 10)])]).await;
+    let app = TestApp::start_opts(Options {
+        apple_base_url: sim.base_url(),
+        notify_self: true,
+        ..Options::default()
+    })
+    .await;
+    app.space("acme").await;
+    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
+    let path = format!("/apple/notifications/{}", account["id"].as_str().unwrap());
+    let envelope = json!({
+        "notificationId": "n-1", "notificationType": "ASSET_COUNT", "uId": U1,
+        "notification": {"adamId": APP, "pricingParam": "STDQ", "countDelta": 1000}
+    });
+    for auth in [None, Some("Bearer not-the-token")] {
+        let mut req = app.http.post(app.url(&path)).json(&envelope);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        expect_problem(req.send().await.unwrap(), 401, "unauthorized").await;
+    }
+    let unknown = app
+        .http
+        .post(app.url("/apple/notifications/00000000-0000-0000-0000-000000000000"))
+        .header("authorization", "Bearer x")
+        .json(&envelope)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(unknown, 404, "not-found").await;
+    let mut conn = app.db.connect().await;
+    let total: i32 = assets::table.select(assets::apple_total).first(&mut conn).await.unwrap();
+    assert_eq!(total, 10, "nothing changed");
+}
