@@ -24,7 +24,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use vpp_broker::apple::types::ProductType;
-use vpp_broker::apple_sim::{FaultsPatch, SeedAsset, SeedFile, SeedLocation, SimConfig, SimSettings, Simulator};
+use vpp_broker::apple_sim::{
+    FaultsPatch, SeedAsset, SeedFile, SeedLocation, SimConfig, SimSettings, Simulator,
+};
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-42";
 const KEYS: &str = "b1:MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
@@ -183,7 +185,11 @@ async fn drained(db_url: &str, timeout: Duration) {
         if n.n == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "not drained after {timeout:?}: {} left", n.n);
+        assert!(
+            Instant::now() < deadline,
+            "not drained after {timeout:?}: {} left",
+            n.n
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -198,7 +204,17 @@ fn pgbench_tps(db_url: &str, script: &str, clients: usize, seconds: u64) -> f64 
     let path = std::env::temp_dir().join(format!("vpp-bench-{}.sql", std::process::id()));
     std::fs::write(&path, script).expect("script");
     let out = Command::new("pgbench")
-        .args(["-n", "-r", "-j", "2", "-c", &clients.to_string(), "-T", &seconds.to_string(), "-f"])
+        .args([
+            "-n",
+            "-r",
+            "-j",
+            "2",
+            "-c",
+            &clients.to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
         .arg(&path)
         .arg(db_url)
         .output()
@@ -208,7 +224,12 @@ fn pgbench_tps(db_url: &str, script: &str, clients: usize, seconds: u64) -> f64 
         .find(|l| l.starts_with("tps ="))
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 fn pgbench_script(account: &str, subject: &str, hot: bool) -> String {
@@ -253,7 +274,9 @@ async fn main() {
     let db_name = format!("vpp_bench_{}", std::process::id());
     server.ensure_database(&db_name).await.expect("create db");
     let db_url = server.database_url(&db_name);
-    vpp_broker::db::migrate::run_pending(&db_url).await.expect("migrate");
+    vpp_broker::db::migrate::run_pending(&db_url)
+        .await
+        .expect("migrate");
 
     // Apple: one location owning 101 apps with plenty of licenses, 500 ms per call.
     let mut assets: Vec<SeedAsset> = (0..SPREAD_ASSETS)
@@ -294,10 +317,18 @@ async fn main() {
     .expect("latency");
 
     // The service, as its own process (so its memory is its own).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("http://127.0.0.1:{port}");
     let exe = std::env::current_exe().expect("exe");
-    let bin = exe.parent().and_then(|p| p.parent()).expect("target dir").join("vpp-broker");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("vpp-broker");
     let mut child = Command::new(&bin)
         .arg("serve")
         .env("DATABASE_URL", &db_url)
@@ -315,18 +346,41 @@ async fn main() {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with --release first)", bin.display()));
-    let http = reqwest::Client::builder().pool_max_idle_per_host(128).build().unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (build it with --release first)",
+                bin.display()
+            )
+        });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "service not ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let token = token();
     let post = |path: &str, body: Value| {
-        http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send()
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
     };
-    assert_eq!(post("/v1/spaces", json!({"id": "bench", "name": "Bench"})).await.unwrap().status(), 201);
+    assert_eq!(
+        post("/v1/spaces", json!({"id": "bench", "name": "Bench"}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let account: Value = post(
         "/v1/spaces/bench/accounts",
         json!({"name": "Bench", "stoken": sim.seeded()[0].s_token}),
@@ -347,8 +401,16 @@ async fn main() {
         for clients in [16usize, 64] {
             sim.reset_counters().await.unwrap();
             let tag = format!("{scenario}{clients}");
-            let (mut latencies, elapsed, per_asset) =
-                storm(&http, &base, &token, scenario, clients, args.per_client, &tag).await;
+            let (mut latencies, elapsed, per_asset) = storm(
+                &http,
+                &base,
+                &token,
+                scenario,
+                clients,
+                args.per_client,
+                &tag,
+            )
+            .await;
             drained(&db_url, Duration::from_secs(300)).await;
             let (assoc, total) = associates(&sim.counters().await.unwrap());
             latencies.sort();
@@ -384,7 +446,9 @@ async fn main() {
     let pg_name = format!("vpp_pgbench_{}", std::process::id());
     server.ensure_database(&pg_name).await.expect("pgbench db");
     let pg_url = server.database_url(&pg_name);
-    vpp_broker::db::migrate::run_pending(&pg_url).await.expect("migrate");
+    vpp_broker::db::migrate::run_pending(&pg_url)
+        .await
+        .expect("migrate");
     let mut conn = AsyncPgConnection::establish(&pg_url).await.expect("db");
     let subject = uuid::Uuid::now_v7();
     conn.batch_execute(&format!(
@@ -404,13 +468,20 @@ async fn main() {
     let mut ceilings = BTreeMap::new();
     for (scenario, hot) in [("spread", false), ("hot", true)] {
         for clients in [16usize, 64] {
-            let tps = pgbench_tps(&pg_url, &pgbench_script(&account_id, &subject.to_string(), hot), clients, args.pgbench_seconds);
+            let tps = pgbench_tps(
+                &pg_url,
+                &pgbench_script(&account_id, &subject.to_string(), hot),
+                clients,
+                args.pgbench_seconds,
+            );
             ceilings.insert((scenario, clients), tps);
         }
     }
 
     println!();
-    println!("| scenario | clients | allocations | alloc/s | p50 ms | p99 ms | pgbench tps | ratio | Apple associate req / 1000 | minimum / 1000 |");
+    println!(
+        "| scenario | clients | allocations | alloc/s | p50 ms | p99 ms | pgbench tps | ratio | Apple associate req / 1000 | minimum / 1000 |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &runs {
         let ceiling = ceilings[&(r.scenario, r.clients)];
@@ -435,12 +506,20 @@ async fn main() {
         "Apple requests of every kind (associate, status, service config ...): {:.1} per 1000 allocations",
         1000.0 * total_apple as f64 / total_alloc as f64
     );
-    println!("service memory: peak RSS {:.1} MiB, RSS at end {:.1} MiB", peak_kib as f64 / 1024.0, rss_kib as f64 / 1024.0);
+    println!(
+        "service memory: peak RSS {:.1} MiB, RSS at end {:.1} MiB",
+        peak_kib as f64 / 1024.0,
+        rss_kib as f64 / 1024.0
+    );
 
     sim.stop().await;
-    let mut admin = AsyncPgConnection::establish(&server.admin_url).await.expect("admin");
+    let mut admin = AsyncPgConnection::establish(&server.admin_url)
+        .await
+        .expect("admin");
     for db in [&db_name, &pg_name] {
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await;
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
     }
     let _ = diesel::sql_query("SELECT 1").execute(&mut admin).await;
 }

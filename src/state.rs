@@ -14,6 +14,8 @@ pub struct AppState {
     pub cipher: Arc<TokenCipher>,
     pub identity: Identity,
     pub waiters: Arc<crate::waiters::Waiters>,
+    /// Batches this process's concurrent allocations.
+    pub combiner: Arc<crate::engine::combiner::Combiner>,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
                     .to_string()
             }
         };
+        let pool_for_combiner = pool.clone();
         Ok(AppState {
             pool,
             apple: client,
@@ -57,6 +60,7 @@ impl AppState {
                 public_url: accounts.public_base(),
             },
             waiters: Arc::new(crate::waiters::Waiters::default()),
+            combiner: crate::engine::combiner::Combiner::start(pool_for_combiner, 2, 128),
         })
     }
 }

@@ -305,8 +305,17 @@ impl From<AllocationError> for ApiError {
                 ),
             )
             .with_extensions(serde_json::json!({ "accounts": skipped })),
+            AllocationError::UnknownSpace(space) => ApiError::not_found(format!("space {space}")),
             AllocationError::Db(e) => e.into(),
             AllocationError::Pool(e) => e.into(),
+            AllocationError::Unavailable(why) => {
+                tracing::warn!(error = %why, "allocation unavailable");
+                ApiError::new(
+                    &types::UNAVAILABLE,
+                    "the ledger database is unavailable; retry later",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
         }
     }
 }
@@ -483,20 +492,19 @@ pub async fn allocate_license(
         replaces: None,
     };
     let key = idempotency::key(&req)?;
-    let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
     let (status, mut json, replayed) = match key {
+        // The common path: decided together with this process's concurrent allocations.
+        None if !body.dry_run => {
+            let (s, j) = render(state.combiner.allocate(request).await, false)?;
+            (s, j, false)
+        }
         None => {
-            let result = allocate::allocate(&mut conn, &request).await;
-            let (s, j) = render(&mut conn, result, body.dry_run).await?;
+            let mut conn = state.pool.get().await?;
+            let (s, j) = render(allocate::allocate(&mut conn, &request).await, true)?;
             (s, j, false)
         }
         Some(key) => {
+            let mut conn = state.pool.get().await?;
             let fingerprint =
                 idempotency::fingerprint(&req, &serde_json::to_vec(&body).unwrap_or_default());
             let caller_id = caller.subject.clone();
@@ -505,7 +513,7 @@ pub async fn allocate_license(
                     Begin::Replay { status, body } => Ok::<_, ApiError>((status, body, true)),
                     Begin::Fresh => {
                         let result = allocate::allocate(conn, &request).await;
-                        let (s, j) = render(conn, result, request.dry_run).await?;
+                        let (s, j) = render(result, request.dry_run)?;
                         idempotency::finish(conn, &space, &caller_id, &key, s, &j).await?;
                         Ok((s, j, false))
                     }
@@ -514,7 +522,6 @@ pub async fn allocate_license(
             .await?
         }
     };
-    drop(conn);
     if let Some(wait) = wait
         && status < 300
         && let Some(id) = json
@@ -531,19 +538,15 @@ pub async fn allocate_license(
 }
 
 /// The rendered answer to an allocation: status and JSON body (a problem for refusals).
-async fn render(
-    conn: &mut diesel_async::AsyncPgConnection,
+fn render(
     result: Result<Outcome, AllocationError>,
     dry_run: bool,
 ) -> Result<(u16, serde_json::Value), ApiError> {
     match result {
         Ok(o) => {
-            let subjects = match &o.assignment {
-                Some(a) => subjects::by_ids(conn, &[a.subject_id]).await?,
-                None => Vec::new(),
-            };
+            let holder = [o.holder.clone()];
             let body = Allocation {
-                assignment: o.assignment.map(|row| view(row, &subjects)),
+                assignment: o.assignment.map(|row| view(row, &holder)),
                 created: o.created,
                 rule: o.rule,
                 account_id: o.account_id,
@@ -556,8 +559,11 @@ async fn render(
                 serde_json::to_value(body).unwrap_or_default(),
             ))
         }
-        Err(AllocationError::Db(e)) => Err(e.into()),
-        Err(AllocationError::Pool(e)) => Err(e.into()),
+        Err(
+            e @ (AllocationError::Db(_)
+            | AllocationError::Pool(_)
+            | AllocationError::Unavailable(_)),
+        ) => Err(e.into()),
         Err(refusal) => {
             let api: ApiError = refusal.into();
             let status = api.kind().status;

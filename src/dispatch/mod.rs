@@ -251,16 +251,23 @@ async fn process_account(
     let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
     let chunks = batch::plan(ctx, &work).await?;
     let blocked = AtomicBool::new(false);
-    let sends: Vec<_> = chunks
-        .iter()
-        .map(|chunk| submit_unless_blocked(ctx, &account, &token, chunk, attempts, &blocked))
-        .collect();
-    let results: Vec<Result<Sent, DispatchError>> = futures_util::stream::iter(sends)
-        .buffer_unordered(ctx.settings.concurrency.max(1))
-        .collect()
-        .await;
-    for r in results {
-        r?;
+    // Releases first, and all of them accepted before any association goes out: Apple
+    // processes a location's events in order, so a license the ledger already re-allocated is
+    // free at Apple by the time its new association runs.
+    let (releases, associations): (Vec<&batch::Chunk>, Vec<&batch::Chunk>) =
+        chunks.iter().partition(|c| !c.associate);
+    for phase in [releases, associations] {
+        let sends: Vec<_> = phase
+            .into_iter()
+            .map(|chunk| submit_unless_blocked(ctx, &account, &token, chunk, attempts, &blocked))
+            .collect();
+        let results: Vec<Result<Sent, DispatchError>> = futures_util::stream::iter(sends)
+            .buffer_unordered(ctx.settings.concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
     }
     if AtomicBool::load(&blocked, Ordering::SeqCst) {
         let ids: Vec<i64> = polls.iter().map(|j| j.id).collect();

@@ -10,12 +10,9 @@
 //!   reserved subjects) may take a license; a policy without FCFS groups leaves the asset open
 //!   to everyone not disallowed. No policy at all means open to everyone in the space.
 
-use std::collections::HashMap;
-
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::ledger::policies::{self, EntryRow};
+use crate::ledger::policies::EntryRow;
 
 /// Who is asking, as policy matching sees it.
 #[derive(Clone, Debug, Default)]
@@ -59,17 +56,6 @@ pub enum Verdict {
 }
 
 impl Policy {
-    pub async fn load(
-        conn: &mut AsyncPgConnection,
-        space: &str,
-        adam_id: &str,
-        pricing_param: &str,
-    ) -> diesel::QueryResult<Policy> {
-        Ok(Policy {
-            entries: policies::entries_for_asset(conn, space, adam_id, pricing_param).await?,
-        })
-    }
-
     pub fn verdict(&self, who: &Who) -> Verdict {
         if let Some(e) = self
             .entries
@@ -107,44 +93,6 @@ impl Policy {
     pub fn has_reservations(&self) -> bool {
         self.entries.iter().any(|e| e.mode == "reserved")
     }
-}
-
-#[derive(diesel::QueryableByName)]
-struct Outstanding {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
-    account_id: Option<Uuid>,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-/// Reservations of the asset whose subject does not hold a live license yet, per account
-/// (`None`: reservations that name no account).
-pub async fn outstanding(
-    conn: &mut AsyncPgConnection,
-    space: &str,
-    adam_id: &str,
-    pricing_param: &str,
-) -> diesel::QueryResult<HashMap<Option<Uuid>, i64>> {
-    let rows: Vec<Outstanding> = diesel::sql_query(
-        "SELECT pe.account_id, count(*) AS n
-           FROM policy_entries pe
-           JOIN distribution_policies p ON p.id = pe.policy_id
-          WHERE p.space_id = $1 AND p.adam_id = $2 AND p.pricing_param = $3
-            AND pe.mode = 'reserved'
-            AND NOT EXISTS (
-                SELECT 1 FROM subjects s
-                  JOIN assignments a ON a.subject_id = s.id
-                 WHERE s.space_id = $1 AND s.kind = pe.target_kind AND s.external_id = pe.target
-                   AND a.adam_id = $2 AND a.pricing_param = $3
-                   AND a.state IN ('pending', 'associating', 'active'))
-          GROUP BY pe.account_id",
-    )
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Text, _>(adam_id)
-    .bind::<diesel::sql_types::Text, _>(pricing_param)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.account_id, r.n)).collect())
 }
 
 #[cfg(test)]

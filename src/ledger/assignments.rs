@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::db::schema::assignments;
 use crate::engine::model::{AssignmentState, LicenseType, Rule};
 
-#[derive(Clone, Debug, Queryable, Selectable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = assignments)]
 pub struct AssignmentRow {
     pub id: Uuid,

@@ -122,7 +122,10 @@ pub async fn claim(
              SELECT kind, adam_id, pricing_param, license_type FROM free
               WHERE kind IN ('associate', 'disassociate')
               GROUP BY kind, adam_id, pricing_param, license_type
-             HAVING max(created_at) < now() - make_interval(secs => $4)
+             -- Releases go out at once: licenses they free may already be re-allocated, and
+             -- Apple must see the release before the association that reuses it.
+             HAVING kind = 'disassociate'
+                 OR max(created_at) < now() - make_interval(secs => $4)
                  OR min(created_at) < now() - make_interval(secs => $5)
                  OR count(*) >= $6
          ), pick AS (

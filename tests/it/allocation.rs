@@ -829,3 +829,31 @@ async fn bad_allocation_requests_are_problems_and_leave_the_ledger_alone() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn v1_a_revoked_license_reused_at_once_is_released_at_apple_first() {
+    // One license: every allocation needs the previous holder's release to reach Apple first.
+    let w = world(1, 0).await;
+    let mut previous: Option<String> = None;
+    for i in 0..5 {
+        if let Some(id) = &previous {
+            let resp = w
+                .app
+                .req(Method::DELETE, &format!("/v1/spaces/acme/assignments/{id}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+        }
+        let next = allocated(&w.app, device(&format!("R{i}"))).await;
+        assert_eq!(next["account_id"], w.a);
+        let id = next["assignment"]["id"].as_str().unwrap().to_owned();
+        let done = final_state(&w.app, &id).await;
+        assert_eq!(
+            done["state"], "active",
+            "Apple refused a license the ledger had freed: {done}"
+        );
+        previous = Some(id);
+    }
+    assert_eq!(sim_serials(&w.sim, U1).await, ["R4"]);
+}

@@ -1,0 +1,465 @@
+//! Reading what a batch of allocations needs, in a fixed number of queries whatever the batch
+//! size: the subjects (created or updated as the caller describes them), their live
+//! assignments, the assets' policies and outstanding reservations, the accounts that own the
+//! assets (with their asset rows **locked**), and which distribution-list entries match the
+//! subjects.
+//!
+//! Lock order, which keeps concurrent batches (in any replica) free of deadlocks: subject rows
+//! first (upserted in sorted order), then asset rows (locked in `(account, adam_id, pricing)`
+//! order). Holding the asset rows makes the batch's in-memory counts exact until it commits.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::allocate::{AllocationRequest, AssetRef, SubjectInput};
+use super::model::SubjectKind;
+use super::policy::Policy;
+use crate::accounts::WhenUnusable;
+use crate::accounts::status::{self, AccountStatus, StatusState};
+use crate::ledger::assignments::AssignmentRow;
+use crate::ledger::policies::EntryRow;
+use crate::ledger::subjects::SubjectRow;
+
+/// One account owning one asset, with what allocation needs to know.
+#[derive(Clone, Debug, diesel::QueryableByName)]
+pub struct Candidate {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub name: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub priority: i32,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: AccountStatus,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status_reason: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub throttled_until: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub token_expires_at: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub when_unusable: WhenUnusable,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub deleting: bool,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub adam_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub pricing_param: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub apple_total: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub foreign_assigned: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub held: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub device_assignable: bool,
+    /// The account has a non-empty distribution list.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub has_list: bool,
+}
+
+impl Candidate {
+    /// The account's status now (time-driven transitions applied).
+    pub fn effective_status(&self, now: DateTime<Utc>) -> StatusState {
+        status::next(
+            &StatusState {
+                status: self.status,
+                reason: self.status_reason.clone(),
+                throttled_until: self.throttled_until,
+            },
+            self.token_expires_at,
+            None,
+            now,
+        )
+    }
+}
+
+/// Everything the decisions of one batch read.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub subjects: HashMap<(SubjectKind, String), SubjectRow>,
+    /// Live assignments of the batch's subjects for the batch's assets.
+    pub existing: Vec<AssignmentRow>,
+    pub policies: HashMap<AssetRef, Policy>,
+    /// Reservations whose subject holds no license yet, per asset and account (`None`: the
+    /// reservation names no account).
+    pub outstanding: HashMap<AssetRef, HashMap<Option<Uuid>, i64>>,
+    /// Accounts owning each asset, in priority order.
+    pub candidates: HashMap<AssetRef, Vec<Candidate>>,
+    /// Distribution-list entries matching the batch's subjects: (account, kind, value).
+    pub listed: HashSet<(Uuid, String, String)>,
+}
+
+/// The subject facts a batch carries, deduplicated and sorted (the lock order).
+struct Facts {
+    kind: SubjectKind,
+    external_id: String,
+    groups: Option<Vec<String>>,
+    user_external_id: Option<String>,
+    shared_ipad: Option<bool>,
+}
+
+fn facts(reqs: &[&AllocationRequest]) -> Vec<Facts> {
+    let mut map: std::collections::BTreeMap<(SubjectKind, String), Facts> = Default::default();
+    let mut put = |f: Facts| {
+        let key = (f.kind, f.external_id.clone());
+        match map.get_mut(&key) {
+            Some(existing) => {
+                if f.groups.is_some() {
+                    existing.groups = f.groups;
+                }
+                if f.user_external_id.is_some() {
+                    existing.user_external_id = f.user_external_id;
+                }
+                if f.shared_ipad.is_some() {
+                    existing.shared_ipad = f.shared_ipad;
+                }
+            }
+            None => {
+                map.insert(key, f);
+            }
+        }
+    };
+    for r in reqs {
+        match &r.subject {
+            SubjectInput::User { id, groups } => put(Facts {
+                kind: SubjectKind::User,
+                external_id: id.clone(),
+                groups: groups.clone(),
+                user_external_id: None,
+                shared_ipad: None,
+            }),
+            SubjectInput::Device {
+                serial,
+                user,
+                shared_ipad,
+                groups,
+            } => {
+                put(Facts {
+                    kind: SubjectKind::Device,
+                    external_id: serial.clone(),
+                    groups: groups.clone(),
+                    user_external_id: user.clone(),
+                    shared_ipad: Some(*shared_ipad),
+                });
+                if let Some(u) = user {
+                    put(Facts {
+                        kind: SubjectKind::User,
+                        external_id: u.clone(),
+                        groups: None,
+                        user_external_id: None,
+                        shared_ipad: None,
+                    });
+                }
+            }
+        }
+    }
+    map.into_values().collect()
+}
+
+#[derive(diesel::QueryableByName)]
+struct SubjectSql {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    space_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: SubjectKind,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    external_id: String,
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Nullable<diesel::sql_types::Text>>)]
+    groups: Vec<Option<String>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    user_external_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    shared_ipad: bool,
+}
+
+impl From<SubjectSql> for SubjectRow {
+    fn from(s: SubjectSql) -> Self {
+        SubjectRow {
+            id: s.id,
+            space_id: s.space_id,
+            kind: s.kind,
+            external_id: s.external_id,
+            groups: s.groups,
+            user_external_id: s.user_external_id,
+            shared_ipad: s.shared_ipad,
+        }
+    }
+}
+
+/// Creates or updates the batch's subjects (or, for a dry run, only reads them and stands in
+/// for unknown ones) and returns them.
+async fn subjects(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    facts: &[Facts],
+    dry_run: bool,
+) -> diesel::QueryResult<HashMap<(SubjectKind, String), SubjectRow>> {
+    let rows: Vec<serde_json::Value> = facts
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "id": Uuid::now_v7(),
+                "kind": f.kind,
+                "external_id": f.external_id,
+                "has_groups": f.groups.is_some(),
+                "groups": f.groups.clone().unwrap_or_default(),
+                "user_external_id": f.user_external_id,
+                "shared_ipad": f.shared_ipad,
+            })
+        })
+        .collect();
+    let sql = if dry_run {
+        "SELECT COALESCE(s.id, '00000000-0000-0000-0000-000000000000'::uuid) AS id, $2 AS space_id,
+                t.kind, t.external_id,
+                CASE WHEN t.has_groups THEN t.groups ELSE COALESCE(s.groups, '{}') END AS groups,
+                COALESCE(t.user_external_id, s.user_external_id) AS user_external_id,
+                COALESCE(t.shared_ipad, s.shared_ipad, false) AS shared_ipad
+           FROM jsonb_to_recordset($1) AS t(id uuid, kind text, external_id text, has_groups bool,
+                                            groups text[], user_external_id text, shared_ipad bool)
+           LEFT JOIN subjects s ON s.space_id = $2 AND s.kind = t.kind AND s.external_id = t.external_id"
+    } else {
+        "WITH t AS (
+             SELECT * FROM jsonb_to_recordset($1) AS t(id uuid, kind text, external_id text,
+                 has_groups bool, groups text[], user_external_id text, shared_ipad bool)
+         )
+         INSERT INTO subjects AS s (id, space_id, kind, external_id, groups, user_external_id, shared_ipad)
+         SELECT t.id, $2, t.kind, t.external_id, t.groups, t.user_external_id,
+                COALESCE(t.shared_ipad, false)
+           FROM t ORDER BY t.kind, t.external_id
+         ON CONFLICT (space_id, kind, external_id) DO UPDATE SET
+             groups = CASE WHEN (SELECT t.has_groups FROM t
+                                  WHERE t.kind = s.kind AND t.external_id = s.external_id)
+                           THEN EXCLUDED.groups ELSE s.groups END,
+             user_external_id = COALESCE(EXCLUDED.user_external_id, s.user_external_id),
+             shared_ipad = CASE WHEN (SELECT t.shared_ipad IS NOT NULL FROM t
+                                       WHERE t.kind = s.kind AND t.external_id = s.external_id)
+                                THEN EXCLUDED.shared_ipad ELSE s.shared_ipad END
+         RETURNING s.id, s.space_id, s.kind, s.external_id, s.groups, s.user_external_id, s.shared_ipad"
+    };
+    let found: Vec<SubjectSql> = diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
+        .bind::<diesel::sql_types::Text, _>(space)
+        .load(conn)
+        .await?;
+    Ok(found
+        .into_iter()
+        .map(SubjectRow::from)
+        .map(|s| ((s.kind, s.external_id.clone()), s))
+        .collect())
+}
+
+/// Whether the space exists (checked once per batch; its row is share-locked against deletion
+/// until the batch commits).
+pub async fn space_exists(conn: &mut AsyncPgConnection, space: &str) -> diesel::QueryResult<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct One {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        _one: i32,
+    }
+    let found: Vec<One> =
+        diesel::sql_query("SELECT 1 AS _one FROM spaces WHERE id = $1 FOR KEY SHARE")
+            .bind::<diesel::sql_types::Text, _>(space)
+            .load(conn)
+            .await?;
+    Ok(!found.is_empty())
+}
+
+/// Loads everything the batch's decisions read. Without `dry_run` the subjects are written and
+/// the asset rows locked until the caller's transaction ends.
+pub async fn snapshot(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    reqs: &[&AllocationRequest],
+    dry_run: bool,
+) -> diesel::QueryResult<Snapshot> {
+    let mut snap = Snapshot {
+        subjects: subjects(conn, space, &facts(reqs), dry_run).await?,
+        ..Snapshot::default()
+    };
+    let assets: Vec<AssetRef> = {
+        let set: HashSet<AssetRef> = reqs.iter().map(|r| r.asset.clone()).collect();
+        let mut v: Vec<AssetRef> = set.into_iter().collect();
+        v.sort_by(|a, b| (&a.adam_id, &a.pricing_param).cmp(&(&b.adam_id, &b.pricing_param)));
+        v
+    };
+    let adams: Vec<&str> = assets.iter().map(|a| a.adam_id.as_str()).collect();
+    let pricings: Vec<&str> = assets.iter().map(|a| a.pricing_param.as_str()).collect();
+    let subject_ids: Vec<Uuid> = snap
+        .subjects
+        .values()
+        .map(|s| s.id)
+        .filter(|id| !id.is_nil())
+        .collect();
+
+    if !subject_ids.is_empty() {
+        snap.existing = diesel::sql_query(
+            "SELECT id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
+                    rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
+                    created_at, updated_at
+               FROM assignments
+              WHERE space_id = $1 AND subject_id = ANY($2) AND adam_id = ANY($3)
+                AND state IN ('pending', 'associating', 'active')",
+        )
+        .bind::<diesel::sql_types::Text, _>(space)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&subject_ids)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
+        .load::<AssignmentRow>(conn)
+        .await?;
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct PolicyEntry {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        adam_id: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        pricing_param: String,
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        policy_id: Uuid,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        target_kind: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        target: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        mode: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+        account_id: Option<Uuid>,
+        /// For reservations: the subject already holds a live license for the asset.
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        served: bool,
+    }
+    let entries: Vec<PolicyEntry> = diesel::sql_query(
+        "SELECT p.adam_id, p.pricing_param, e.policy_id, e.target_kind, e.target, e.mode, e.account_id,
+                (e.mode = 'reserved' AND EXISTS (
+                    SELECT 1 FROM subjects s JOIN assignments a ON a.subject_id = s.id
+                     WHERE s.space_id = p.space_id AND s.kind = e.target_kind AND s.external_id = e.target
+                       AND a.adam_id = p.adam_id AND a.pricing_param = p.pricing_param
+                       AND a.state IN ('pending', 'associating', 'active'))) AS served
+           FROM distribution_policies p
+           JOIN policy_entries e ON e.policy_id = p.id
+           JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
+             ON want.adam_id = p.adam_id AND want.pricing_param = p.pricing_param
+          WHERE p.space_id = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
+    .load(conn)
+    .await?;
+    for e in entries {
+        let asset = AssetRef {
+            adam_id: e.adam_id,
+            pricing_param: e.pricing_param,
+        };
+        if e.mode == "reserved" && !e.served {
+            *snap
+                .outstanding
+                .entry(asset.clone())
+                .or_default()
+                .entry(e.account_id)
+                .or_default() += 1;
+        }
+        snap.policies
+            .entry(asset)
+            .or_default()
+            .entries
+            .push(EntryRow {
+                policy_id: e.policy_id,
+                target_kind: e.target_kind,
+                target: e.target,
+                mode: e.mode,
+                account_id: e.account_id,
+            });
+    }
+
+    let lock = if dry_run { "" } else { "FOR UPDATE OF s" };
+    let candidates: Vec<Candidate> = diesel::sql_query(format!(
+        "SELECT a.id, a.name, a.priority, a.status, a.status_reason, a.throttled_until,
+                a.token_expires_at, a.when_unusable, a.delete_requested_at IS NOT NULL AS deleting,
+                s.adam_id, s.pricing_param, s.apple_total, s.foreign_assigned, s.held,
+                s.device_assignable,
+                EXISTS (SELECT 1 FROM account_distribution_entries d WHERE d.account_id = a.id) AS has_list
+           FROM accounts a
+           JOIN assets s ON s.account_id = a.id
+           JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
+             ON want.adam_id = s.adam_id AND want.pricing_param = s.pricing_param
+          WHERE a.space_id = $1
+          ORDER BY s.account_id, s.adam_id, s.pricing_param
+          {lock}"
+    ))
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
+    .load(conn)
+    .await?;
+    let listed_accounts: Vec<Uuid> = candidates
+        .iter()
+        .filter(|c| c.has_list)
+        .map(|c| c.id)
+        .collect();
+    for c in candidates {
+        snap.candidates
+            .entry(AssetRef {
+                adam_id: c.adam_id.clone(),
+                pricing_param: c.pricing_param.clone(),
+            })
+            .or_default()
+            .push(c);
+    }
+    for list in snap.candidates.values_mut() {
+        list.sort_by_key(|c| c.priority);
+    }
+
+    if !listed_accounts.is_empty() {
+        let serials: Vec<&str> = snap
+            .subjects
+            .values()
+            .filter(|s| s.kind == SubjectKind::Device)
+            .map(|s| s.external_id.as_str())
+            .collect();
+        let users: Vec<&str> = snap
+            .subjects
+            .values()
+            .filter(|s| s.kind == SubjectKind::User)
+            .map(|s| s.external_id.as_str())
+            .collect();
+        let groups: Vec<String> = snap
+            .subjects
+            .values()
+            .flat_map(|s| s.group_names())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        #[derive(diesel::QueryableByName)]
+        struct Listed {
+            #[diesel(sql_type = diesel::sql_types::Uuid)]
+            account_id: Uuid,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            kind: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let rows: Vec<Listed> = diesel::sql_query(
+            "SELECT account_id, kind, value FROM account_distribution_entries
+              WHERE account_id = ANY($1)
+                AND ((kind = 'device' AND value = ANY($2)) OR (kind = 'user' AND value = ANY($3))
+                  OR (kind = 'group' AND value = ANY($4)))",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&listed_accounts)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&serials)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&users)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&groups)
+        .load(conn)
+        .await?;
+        snap.listed = rows
+            .into_iter()
+            .map(|r| (r.account_id, r.kind, r.value))
+            .collect();
+    }
+    Ok(snap)
+}

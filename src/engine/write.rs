@@ -1,0 +1,125 @@
+//! Writing a batch's new licenses in one statement: the pool update (`held`), the assignments,
+//! their Apple jobs and the activity rows.
+//!
+//! The pool update carries its own guard (`held + foreign_assigned + n <= apple_total`): should
+//! the in-memory decision ever disagree with the locked rows, the statement reports fewer
+//! accounts updated than planned and the caller rolls the batch back. Over-allocation is refused
+//! by the database, not only by the decision.
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::decide::Planned;
+use crate::ledger::assignments::AssignmentRow;
+
+/// Who asked, per planned license.
+pub struct Origin<'a> {
+    pub requested_by: &'a str,
+    pub reason: &'a str,
+    pub request_id: Option<&'a str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error("the pool update found fewer free licenses than decided; the batch is rolled back")]
+    Overdrawn,
+}
+
+/// Writes `planned` (with who asked for each) and returns the new rows, in no particular order.
+pub async fn write(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    planned: &[(&Planned, Origin<'_>)],
+) -> Result<Vec<AssignmentRow>, WriteError> {
+    if planned.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<serde_json::Value> = planned
+        .iter()
+        .map(|(p, o)| {
+            serde_json::json!({
+                "id": p.id,
+                "account_id": p.account_id,
+                "adam_id": p.asset.adam_id,
+                "pricing_param": p.asset.pricing_param,
+                "subject_id": p.holder.id,
+                "license_type": p.license_type,
+                "rule": p.rule,
+                "decision": p.decision,
+                "requested_by": o.requested_by,
+                "reason": o.reason,
+                "request_id": o.request_id,
+                "subject_label": format!("{}:{}", p.holder.kind, p.holder.external_id),
+                "details": {
+                    "license_type": p.license_type,
+                    "skipped": p.decision.skipped.len(),
+                    "queued_because": p.decision.queued_because,
+                },
+            })
+        })
+        .collect();
+    let groups = {
+        let mut set: Vec<(uuid::Uuid, &str, &str)> = planned
+            .iter()
+            .map(|(p, _)| {
+                (
+                    p.account_id,
+                    p.asset.adam_id.as_str(),
+                    p.asset.pricing_param.as_str(),
+                )
+            })
+            .collect();
+        set.sort();
+        set.dedup();
+        set.len() as i64
+    };
+    // One statement. If the guarded pool update touched fewer rows than planned, the final
+    // SELECT returns nothing and the caller rolls the transaction back, inserts included.
+    let inserted: Vec<AssignmentRow> = diesel::sql_query(
+        "WITH new AS (
+             SELECT * FROM jsonb_to_recordset($1) AS t(
+                 id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
+                 license_type text, rule text, decision jsonb, requested_by text, reason text,
+                 request_id text, subject_label text, details jsonb)
+         ), counts AS (
+             SELECT account_id, adam_id, pricing_param, count(*) AS n FROM new
+              GROUP BY account_id, adam_id, pricing_param
+         ), bump AS (
+             UPDATE assets s SET held = s.held + c.n, updated_at = now()
+               FROM counts c
+              WHERE s.account_id = c.account_id AND s.adam_id = c.adam_id
+                AND s.pricing_param = c.pricing_param
+                AND s.held + s.foreign_assigned + c.n <= s.apple_total
+          RETURNING 1
+         ), ins AS (
+             INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subject_id,
+                                      license_type, state, rule, decision, requested_by, reason)
+             SELECT id, $2, account_id, adam_id, pricing_param, subject_id, license_type, 'pending',
+                    rule, decision, requested_by, reason
+               FROM new
+          RETURNING id, space_id, account_id, adam_id, pricing_param, subject_id, license_type,
+                    state, rule, decision, requested_by, reason, apple_event_id, batch_id, error,
+                    version, created_at, updated_at
+         ), job AS (
+             INSERT INTO jobs (kind, account_id, assignment_id)
+             SELECT 'associate', account_id, id FROM new
+         ), act AS (
+             INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
+                                       adam_id, pricing_param, rule, request_id, details)
+             SELECT $2, requested_by, 'assignment.allocated', account_id, id, subject_label,
+                    adam_id, pricing_param, rule, request_id, details
+               FROM new
+         )
+         SELECT ins.* FROM ins WHERE (SELECT count(*) FROM bump) = $3",
+    )
+    .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::BigInt, _>(groups)
+    .load(conn)
+    .await?;
+    if inserted.len() != planned.len() {
+        return Err(WriteError::Overdrawn);
+    }
+    Ok(inserted)
+}
