@@ -87,6 +87,58 @@ fn memory(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// (sum, count) of the service's `allocation_batch_size` metric.
+async fn batch_sizes(http: &reqwest::Client, base: &str) -> (f64, f64) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("allocation_batch_size_sum"),
+        value("allocation_batch_size_count"),
+    )
+}
+
+/// CPU seconds used so far by a process (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let after = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU seconds of every PostgreSQL process on the machine.
+fn postgres_cpu_seconds() -> f64 {
+    let mut total = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("postgres") {
+                total += cpu_seconds(pid);
+            }
+        }
+    }
+    total
+}
+
 struct Run {
     scenario: &'static str,
     clients: usize,
@@ -97,6 +149,12 @@ struct Run {
     apple_associates: u64,
     apple_minimum: u64,
     apple_total: u64,
+    /// CPU seconds per 1000 allocations: the service, PostgreSQL, this load generator.
+    cpu_service: f64,
+    cpu_postgres: f64,
+    cpu_client: f64,
+    /// Average requests per allocation transaction.
+    batch: f64,
 }
 
 async fn storm(
@@ -401,6 +459,12 @@ async fn main() {
         for clients in [16usize, 64] {
             sim.reset_counters().await.unwrap();
             let tag = format!("{scenario}{clients}");
+            let batches_before = batch_sizes(&http, &base).await;
+            let cpu_before = (
+                cpu_seconds(child.id()),
+                postgres_cpu_seconds(),
+                cpu_seconds(std::process::id()),
+            );
             let (mut latencies, elapsed, per_asset) = storm(
                 &http,
                 &base,
@@ -411,8 +475,14 @@ async fn main() {
                 &tag,
             )
             .await;
+            let cpu_after = (
+                cpu_seconds(child.id()),
+                postgres_cpu_seconds(),
+                cpu_seconds(std::process::id()),
+            );
             drained(&db_url, Duration::from_secs(300)).await;
             let (assoc, total) = associates(&sim.counters().await.unwrap());
+            let batches_after = batch_sizes(&http, &base).await;
             latencies.sort();
             let allocations = latencies.len();
             runs.push(Run {
@@ -425,6 +495,11 @@ async fn main() {
                 apple_associates: assoc,
                 apple_minimum: per_asset.values().map(|n| n.div_ceil(1000)).sum(),
                 apple_total: total,
+                cpu_service: 1000.0 * (cpu_after.0 - cpu_before.0) / allocations as f64,
+                cpu_postgres: 1000.0 * (cpu_after.1 - cpu_before.1) / allocations as f64,
+                cpu_client: 1000.0 * (cpu_after.2 - cpu_before.2) / allocations as f64,
+                batch: (batches_after.0 - batches_before.0)
+                    / (batches_after.1 - batches_before.1).max(1.0),
             });
             let r = runs.last().unwrap();
             println!(
@@ -501,6 +576,18 @@ async fn main() {
     }
     let total_apple: u64 = runs.iter().map(|r| r.apple_total).sum();
     let total_alloc: usize = runs.iter().map(|r| r.allocations).sum();
+    println!();
+    println!("CPU seconds per 1000 allocations (2 cores shared by all three):");
+    println!(
+        "| scenario | clients | service | PostgreSQL | load generator + simulator | allocations per transaction |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in &runs {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            r.scenario, r.clients, r.cpu_service, r.cpu_postgres, r.cpu_client, r.batch
+        );
+    }
     println!();
     println!(
         "Apple requests of every kind (associate, status, service config ...): {:.1} per 1000 allocations",

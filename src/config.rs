@@ -190,7 +190,7 @@ impl DispatchArgs {
             first_poll: Duration::from_secs(self.event_poll_secs),
             max_poll: Duration::from_secs(self.event_poll_max_secs.max(self.event_poll_secs)),
             max_backoff: Duration::from_secs(300),
-            max_claim: 5000,
+            max_claim: 20_000,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! the call and the bookkeeping leaves assignments that the next worker simply submits again;
 //! Apple treats re-associating an assigned target as a no-op, so nothing is doubled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -61,15 +61,11 @@ struct Work {
 }
 
 /// Splits claimed association/disassociation jobs into chunks. Jobs with nothing left to do
-/// are deleted; disassociations waiting for their association's event are postponed.
+/// are deleted; disassociations waiting for their association's event are postponed; the
+/// partial last request of a batch that was claimed only because it filled a request waits
+/// for more work.
 pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchError> {
-    let mut by_assignment: BTreeMap<Uuid, Vec<&JobRow>> = BTreeMap::new();
-    for j in jobs_ {
-        if let Some(a) = j.assignment_id {
-            by_assignment.entry(a).or_default().push(j);
-        }
-    }
-    let ids: Vec<Uuid> = by_assignment.keys().copied().collect();
+    let ids: Vec<Uuid> = jobs_.iter().filter_map(|j| j.assignment_id).collect();
     let mut conn = ctx.state.pool.get().await?;
     let work: Vec<Work> = diesel::sql_query(
         "SELECT a.id, a.adam_id, a.pricing_param, a.license_type, a.state, a.apple_event_id,
@@ -85,50 +81,92 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
     .load(&mut conn)
     .await?;
+    let work: HashMap<Uuid, Work> = work.into_iter().map(|w| (w.id, w)).collect();
     let service = ctx.state.apple.service_config().await?;
-    let mut groups: BTreeMap<(bool, String, String, LicenseType), Chunk> = BTreeMap::new();
+
+    /// One batch: (assignment, target, its jobs) in claim order, and whether it is complete.
+    struct Group {
+        chunk: Chunk,
+        entries: Vec<(Uuid, String, Vec<i64>)>,
+        index: HashMap<Uuid, usize>,
+        closed: bool,
+    }
+    let mut groups: BTreeMap<(bool, String, String, LicenseType), Group> = BTreeMap::new();
     let mut done = Vec::new();
     let mut waiting = Vec::new();
-    for (assignment, js) in &by_assignment {
-        let job_ids: Vec<i64> = js.iter().map(|j| j.id).collect();
-        let Some(w) = work.iter().find(|w| w.id == *assignment) else {
-            done.extend(job_ids);
+    let mut later = Vec::new();
+    for j in jobs_ {
+        let Some(w) = j.assignment_id.and_then(|a| work.get(&a)) else {
+            done.push(j.id);
             continue;
         };
-        for j in js {
-            let associate = j.kind == "associate";
-            let relevant = if associate {
-                w.state == "pending" || (w.state == "associating" && w.apple_event_id.is_none())
-            } else {
-                w.state == "revoking"
-            };
-            if !relevant {
-                done.push(j.id);
-                continue;
-            }
-            if !associate && w.event_pending {
-                // Revoked while Apple was still associating: release after that settles.
-                waiting.push(j.id);
-                continue;
-            }
-            let key = (
-                !associate,
-                w.adam_id.clone(),
-                w.pricing_param.clone(),
-                w.license_type,
-            );
-            let chunk = groups.entry(key).or_insert_with(|| Chunk {
+        let associate = j.kind == "associate";
+        let relevant = if associate {
+            w.state == "pending" || (w.state == "associating" && w.apple_event_id.is_none())
+        } else {
+            w.state == "revoking"
+        };
+        if !relevant {
+            done.push(j.id);
+            continue;
+        }
+        if !associate && w.event_pending {
+            // Revoked while Apple was still associating: release after that settles.
+            waiting.push(j.id);
+            continue;
+        }
+        let key = (
+            !associate,
+            w.adam_id.clone(),
+            w.pricing_param.clone(),
+            w.license_type,
+        );
+        let group = groups.entry(key).or_insert_with(|| Group {
+            chunk: Chunk {
                 associate,
                 adam_id: w.adam_id.clone(),
                 pricing_param: w.pricing_param.clone(),
                 license_type: w.license_type,
                 items: Vec::new(),
                 job_ids: Vec::new(),
-            });
-            if !chunk.items.iter().any(|(id, _)| id == assignment) {
-                chunk.items.push((*assignment, w.target.clone()));
+            },
+            entries: Vec::new(),
+            index: HashMap::new(),
+            closed: true,
+        });
+        group.closed &= j.closed;
+        match group.index.get(&w.id) {
+            Some(&at) => group.entries[at].2.push(j.id),
+            None => {
+                group.index.insert(w.id, group.entries.len());
+                group.entries.push((w.id, w.target.clone(), vec![j.id]));
             }
-            chunk.job_ids.push(j.id);
+        }
+    }
+    let mut chunks = Vec::new();
+    for (_, group) in groups {
+        let limit = match group.chunk.license_type {
+            LicenseType::Device => service.max_serial_numbers(),
+            LicenseType::User => service.max_client_user_ids(),
+        }
+        .max(1);
+        let mut entries = group.entries;
+        if !group.closed {
+            // Claimed because it filled requests: send the full ones, keep the rest queued.
+            let keep = entries.len() / limit * limit;
+            for (_, _, jobs) in entries.drain(keep..) {
+                later.extend(jobs);
+            }
+        }
+        for part in entries.chunks(limit) {
+            chunks.push(Chunk {
+                items: part.iter().map(|(id, t, _)| (*id, t.clone())).collect(),
+                job_ids: part
+                    .iter()
+                    .flat_map(|(_, _, jobs)| jobs.iter().copied())
+                    .collect(),
+                ..group.chunk.clone()
+            });
         }
     }
     jobs::delete(&mut conn, &done).await?;
@@ -139,34 +177,7 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
         None,
     )
     .await?;
-    // Disassociations sort first (key.0 = false for associate → true sorts last).
-    let mut chunks = Vec::new();
-    for (_, group) in groups {
-        let limit = match (group.license_type, group.associate) {
-            (LicenseType::Device, _) => service.max_serial_numbers(),
-            (LicenseType::User, _) => service.max_client_user_ids(),
-        }
-        .max(1);
-        for part in group.items.chunks(limit) {
-            let ids: Vec<Uuid> = part.iter().map(|(id, _)| *id).collect();
-            let job_ids = group
-                .job_ids
-                .iter()
-                .copied()
-                .filter(|jid| {
-                    jobs_
-                        .iter()
-                        .any(|j| j.id == *jid && j.assignment_id.is_some_and(|a| ids.contains(&a)))
-                })
-                .collect();
-            chunks.push(Chunk {
-                items: part.to_vec(),
-                job_ids,
-                ..group.clone()
-            });
-        }
-    }
-    chunks.sort_by_key(|c| c.associate);
+    jobs::unclaim(&mut conn, &later).await?;
     Ok(chunks)
 }
 

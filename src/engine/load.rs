@@ -270,6 +270,37 @@ pub async fn space_exists(conn: &mut AsyncPgConnection, space: &str) -> diesel::
     Ok(!found.is_empty())
 }
 
+#[derive(diesel::QueryableByName)]
+struct PolicyEntry {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    adam_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pricing_param: String,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    policy_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    target_kind: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    target: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    mode: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    account_id: Option<Uuid>,
+    /// For reservations: the subject already holds a live license for the asset.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    served: bool,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Listed {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    account_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
 /// Loads everything the batch's decisions read. Without `dry_run` the subjects are written and
 /// the asset rows locked until the caller's transaction ends.
 pub async fn snapshot(
@@ -297,43 +328,41 @@ pub async fn snapshot(
         .filter(|id| !id.is_nil())
         .collect();
 
-    if !subject_ids.is_empty() {
-        snap.existing = diesel::sql_query(
-            "SELECT id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
-                    rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
-                    created_at, updated_at
-               FROM assignments
-              WHERE space_id = $1 AND subject_id = ANY($2) AND adam_id = ANY($3)
-                AND state IN ('pending', 'associating', 'active')",
-        )
-        .bind::<diesel::sql_types::Text, _>(space)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&subject_ids)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
-        .load::<AssignmentRow>(conn)
-        .await?;
-    }
+    let serials: Vec<&str> = snap
+        .subjects
+        .values()
+        .filter(|s| s.kind == SubjectKind::Device)
+        .map(|s| s.external_id.as_str())
+        .collect();
+    let users: Vec<&str> = snap
+        .subjects
+        .values()
+        .filter(|s| s.kind == SubjectKind::User)
+        .map(|s| s.external_id.as_str())
+        .collect();
+    let groups: Vec<String> = snap
+        .subjects
+        .values()
+        .flat_map(|s| s.group_names())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
 
-    #[derive(diesel::QueryableByName)]
-    struct PolicyEntry {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        adam_id: String,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        pricing_param: String,
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        policy_id: Uuid,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        target_kind: String,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        target: String,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        mode: String,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
-        account_id: Option<Uuid>,
-        /// For reservations: the subject already holds a live license for the asset.
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        served: bool,
-    }
-    let entries: Vec<PolicyEntry> = diesel::sql_query(
+    // The four reads are independent: they go out together, pipelined on the connection
+    // (PostgreSQL runs them one after the other; the batch waits one round trip, not four).
+    let shared: &AsyncPgConnection = conn;
+    let existing_q = diesel::sql_query(
+        "SELECT id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
+                rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
+                created_at, updated_at
+           FROM assignments
+          WHERE space_id = $1 AND subject_id = ANY($2) AND adam_id = ANY($3)
+            AND state IN ('pending', 'associating', 'active')",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&subject_ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams);
+    let policies_q = diesel::sql_query(
         "SELECT p.adam_id, p.pricing_param, e.policy_id, e.target_kind, e.target, e.mode, e.account_id,
                 (e.mode = 'reserved' AND EXISTS (
                     SELECT 1 FROM subjects s JOIN assignments a ON a.subject_id = s.id
@@ -348,9 +377,51 @@ pub async fn snapshot(
     )
     .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings);
+    let lock = if dry_run { "" } else { "FOR UPDATE OF s" };
+    let candidates_q = diesel::sql_query(format!(
+        "SELECT a.id, a.name, a.priority, a.status, a.status_reason, a.throttled_until,
+                a.token_expires_at, a.when_unusable, a.delete_requested_at IS NOT NULL AS deleting,
+                s.adam_id, s.pricing_param, s.apple_total, s.foreign_assigned, s.held,
+                s.device_assignable,
+                EXISTS (SELECT 1 FROM account_distribution_entries d WHERE d.account_id = a.id) AS has_list
+           FROM accounts a
+           JOIN assets s ON s.account_id = a.id
+           JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
+             ON want.adam_id = s.adam_id AND want.pricing_param = s.pricing_param
+          WHERE a.space_id = $1
+          ORDER BY s.account_id, s.adam_id, s.pricing_param
+          {lock}"
+    ))
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings);
+    let listed_q = diesel::sql_query(
+        "SELECT d.account_id, d.kind, d.value
+           FROM account_distribution_entries d
+           JOIN accounts a ON a.id = d.account_id
+          WHERE a.space_id = $1
+            AND EXISTS (SELECT 1 FROM assets s
+                          JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
+                            ON want.adam_id = s.adam_id AND want.pricing_param = s.pricing_param
+                         WHERE s.account_id = a.id)
+            AND ((d.kind = 'device' AND d.value = ANY($4)) OR (d.kind = 'user' AND d.value = ANY($5))
+              OR (d.kind = 'group' AND d.value = ANY($6)))",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
-    .load(conn)
-    .await?;
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&serials)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&users)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&groups);
+    let (existing, entries, candidates, listed) = futures_util::try_join!(
+        existing_q.load::<AssignmentRow>(&mut &*shared),
+        policies_q.load::<PolicyEntry>(&mut &*shared),
+        candidates_q.load::<Candidate>(&mut &*shared),
+        listed_q.load::<Listed>(&mut &*shared),
+    )?;
+
+    snap.existing = existing;
     for e in entries {
         let asset = AssetRef {
             adam_id: e.adam_id,
@@ -376,32 +447,6 @@ pub async fn snapshot(
                 account_id: e.account_id,
             });
     }
-
-    let lock = if dry_run { "" } else { "FOR UPDATE OF s" };
-    let candidates: Vec<Candidate> = diesel::sql_query(format!(
-        "SELECT a.id, a.name, a.priority, a.status, a.status_reason, a.throttled_until,
-                a.token_expires_at, a.when_unusable, a.delete_requested_at IS NOT NULL AS deleting,
-                s.adam_id, s.pricing_param, s.apple_total, s.foreign_assigned, s.held,
-                s.device_assignable,
-                EXISTS (SELECT 1 FROM account_distribution_entries d WHERE d.account_id = a.id) AS has_list
-           FROM accounts a
-           JOIN assets s ON s.account_id = a.id
-           JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
-             ON want.adam_id = s.adam_id AND want.pricing_param = s.pricing_param
-          WHERE a.space_id = $1
-          ORDER BY s.account_id, s.adam_id, s.pricing_param
-          {lock}"
-    ))
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
-    .load(conn)
-    .await?;
-    let listed_accounts: Vec<Uuid> = candidates
-        .iter()
-        .filter(|c| c.has_list)
-        .map(|c| c.id)
-        .collect();
     for c in candidates {
         snap.candidates
             .entry(AssetRef {
@@ -414,52 +459,9 @@ pub async fn snapshot(
     for list in snap.candidates.values_mut() {
         list.sort_by_key(|c| c.priority);
     }
-
-    if !listed_accounts.is_empty() {
-        let serials: Vec<&str> = snap
-            .subjects
-            .values()
-            .filter(|s| s.kind == SubjectKind::Device)
-            .map(|s| s.external_id.as_str())
-            .collect();
-        let users: Vec<&str> = snap
-            .subjects
-            .values()
-            .filter(|s| s.kind == SubjectKind::User)
-            .map(|s| s.external_id.as_str())
-            .collect();
-        let groups: Vec<String> = snap
-            .subjects
-            .values()
-            .flat_map(|s| s.group_names())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        #[derive(diesel::QueryableByName)]
-        struct Listed {
-            #[diesel(sql_type = diesel::sql_types::Uuid)]
-            account_id: Uuid,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            kind: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            value: String,
-        }
-        let rows: Vec<Listed> = diesel::sql_query(
-            "SELECT account_id, kind, value FROM account_distribution_entries
-              WHERE account_id = ANY($1)
-                AND ((kind = 'device' AND value = ANY($2)) OR (kind = 'user' AND value = ANY($3))
-                  OR (kind = 'group' AND value = ANY($4)))",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&listed_accounts)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&serials)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&users)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&groups)
-        .load(conn)
-        .await?;
-        snap.listed = rows
-            .into_iter()
-            .map(|r| (r.account_id, r.kind, r.value))
-            .collect();
-    }
+    snap.listed = listed
+        .into_iter()
+        .map(|r| (r.account_id, r.kind, r.value))
+        .collect();
     Ok(snap)
 }

@@ -41,6 +41,11 @@ pub struct JobRow {
     pub payload: serde_json::Value,
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pub attempts: i32,
+    /// Its batch is complete (the account is quiet, the batch waited long enough, or it is a
+    /// release). A batch claimed only because it filled an Apple request is not: its last,
+    /// partial request waits for more work.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub closed: bool,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -93,7 +98,8 @@ pub async fn unlock_account(conn: &mut AsyncPgConnection, account: Uuid) -> Quer
 pub struct Batching {
     /// How long claimed jobs stay leased.
     pub lease: std::time::Duration,
-    /// A batch is due when no job joined it for this long ...
+    /// Batches are due when no association joined any of the account's batches for this long
+    /// (a burst is over) ...
     pub quiet: std::time::Duration,
     /// ... or its oldest job waited this long ...
     pub max_wait: std::time::Duration,
@@ -118,28 +124,38 @@ pub async fn claim(
                FROM jobs j LEFT JOIN assignments a ON a.id = j.assignment_id
               WHERE j.account_id = $1 AND j.state = 'queued' AND j.run_at <= now()
                 AND (j.locked_until IS NULL OR j.locked_until < now())
-         ), due AS (
-             SELECT kind, adam_id, pricing_param, license_type FROM free
+         ), account_quiet AS (
+             -- The account's burst is over: no association joined any of its batches lately.
+             SELECT COALESCE(max(created_at) FILTER (WHERE kind = 'associate'), '-infinity')
+                    < now() - make_interval(secs => $4) AS quiet
+               FROM free
+         ), groups AS (
+             SELECT kind, adam_id, pricing_param, license_type,
+                    -- Releases go out at once: licenses they free may already be re-allocated,
+                    -- and Apple must see the release before the association that reuses it.
+                    (kind = 'disassociate'
+                     OR (SELECT quiet FROM account_quiet)
+                     OR min(created_at) < now() - make_interval(secs => $5)) AS closed,
+                    count(*) >= $6 AS full
+               FROM free
               WHERE kind IN ('associate', 'disassociate')
               GROUP BY kind, adam_id, pricing_param, license_type
-             -- Releases go out at once: licenses they free may already be re-allocated, and
-             -- Apple must see the release before the association that reuses it.
-             HAVING kind = 'disassociate'
-                 OR max(created_at) < now() - make_interval(secs => $4)
-                 OR min(created_at) < now() - make_interval(secs => $5)
-                 OR count(*) >= $6
          ), pick AS (
-             SELECT f.id FROM free f
-              WHERE f.kind = 'poll_event'
-                 OR f.adam_id IS NULL
-                 OR EXISTS (SELECT 1 FROM due d WHERE d.kind = f.kind AND d.adam_id = f.adam_id
-                              AND d.pricing_param = f.pricing_param AND d.license_type = f.license_type)
+             SELECT f.id,
+                    COALESCE(g.closed, true) AS closed
+               FROM free f
+               LEFT JOIN groups g ON g.kind = f.kind AND g.adam_id = f.adam_id
+                    AND g.pricing_param = f.pricing_param AND g.license_type = f.license_type
+              WHERE f.kind = 'poll_event' OR f.adam_id IS NULL OR g.closed OR g.full
+         ), leased AS (
+             UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
+                             attempts = attempts + 1
+              WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT id FROM pick)
+                            ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED)
+          RETURNING id, kind, assignment_id, payload, attempts
          )
-         UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
-                         attempts = attempts + 1
-          WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT id FROM pick)
-                        ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED)
-      RETURNING id, kind, assignment_id, payload, attempts",
+         SELECT l.id, l.kind, l.assignment_id, l.payload, l.attempts, p.closed
+           FROM leased l JOIN pick p ON p.id = l.id",
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Text, _>(worker)
@@ -174,6 +190,22 @@ pub async fn postpone(
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
     .bind::<diesel::sql_types::Timestamptz, _>(at)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(error)
+    .execute(conn)
+    .await
+}
+
+/// Hands claimed jobs back untouched (their claim does not count as an attempt): used for the
+/// partial remainder of a batch that waits for more work.
+pub async fn unclaim(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::sql_query(
+        "UPDATE jobs SET locked_by = NULL, locked_until = NULL,
+                         attempts = GREATEST(attempts - 1, 0)
+          WHERE id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
     .execute(conn)
     .await
 }

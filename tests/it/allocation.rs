@@ -857,3 +857,57 @@ async fn v1_a_revoked_license_reused_at_once_is_released_at_apple_first() {
     }
     assert_eq!(sim_serials(&w.sim, U1).await, ["R4"]);
 }
+
+#[tokio::test]
+async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_to_end() {
+    let sim = sim::start_with(vec![location(U1, "Library A", vec![app(APP, 100)])], |s| {
+        s.limits.insert("maxSerialNumbers".to_owned(), 5);
+    })
+    .await;
+    let mut dispatch = crate::support::app::fast_dispatch("");
+    // A long quiet window: only batches that fill an Apple request may go before it passes.
+    dispatch.quiet = Duration::from_secs(3);
+    dispatch.max_wait = Duration::from_secs(3);
+    let app_ = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        dispatcher: Some(dispatch),
+        ..Default::default()
+    })
+    .await;
+    app_.space("acme").await;
+    app_.account("acme", "A", &sim::stoken(&sim, U1)).await;
+    // The account's sync and config calls are done; count associations from here.
+    sim.reset_counters().await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(
+            allocated(&app_, device(&format!("F{i:03}"))).await["assignment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Two full requests of 5 go out without waiting for the burst to end ...
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while sim_serials(&sim, U1).await.len() < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sim_serials(&sim, U1).await.len(),
+        10,
+        "full requests waited for the quiet window"
+    );
+    // ... and the last two wait for it, then go out together.
+    for id in &ids {
+        assert_eq!(final_state(&app_, id).await["state"], "active");
+    }
+    assert_eq!(sim_serials(&sim, U1).await.len(), 12);
+    let counters = sim.counters().await.unwrap();
+    let associates: u64 = counters
+        .iter()
+        .filter(|(k, _)| k.contains("associate") && !k.contains("dis"))
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(associates, 3, "12 serials at 5 per request: {counters:?}");
+}
