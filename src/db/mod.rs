@@ -7,6 +7,7 @@
 pub mod enums;
 pub mod migrate;
 pub mod pool;
+pub mod prepared;
 pub mod schema;
 
 pub use pool::{Conn, Pool, connect};

@@ -1,5 +1,15 @@
 //! The connection pool. Each connection gets `application_name` and a `statement_timeout` when it
 //! is opened, so a runaway query cannot hold a request forever.
+//!
+//! Sessions also set `jit = off`: PostgreSQL compiles a query whose estimated cost is high (a
+//! claim over a long queue, a batch of a thousand ids) at 15-20 ms a time, longer than the query
+//! runs; this service's queries are short.
+//!
+//! The hot statements are prepared once per connection ([`crate::db::prepared`]) and may run on
+//! PostgreSQL's generic plans. Those are planned from the table statistics of the moment, which
+//! lag behind a fresh or fast-growing ledger, so hot-path SQL is written to need no statistics
+//! to find its index: it filters on the most selective key alone (ids, subject ids), not on a
+//! space id that the planner might believe selects a handful of rows.
 
 use diesel::ConnectionError;
 use diesel_async::pooled_connection::deadpool::Object;
@@ -12,6 +22,16 @@ use crate::config::DbArgs;
 pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
 pub type Conn = Object<AsyncPgConnection>;
 
+/// Opens one session with the settings every service connection shares (see the module docs),
+/// then runs `extra` (more `SET`s).
+pub async fn open(url: &str, extra: &str) -> Result<AsyncPgConnection, ConnectionError> {
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    conn.batch_execute(&format!("SET jit = off; {extra}"))
+        .await
+        .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
 /// Builds the pool. Connections are opened lazily, so this succeeds while the database is down;
 /// `/readyz` reports it.
 pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
@@ -22,14 +42,7 @@ pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
         let setup = format!(
             "SET application_name = '{app_name}'; SET statement_timeout = {statement_timeout}"
         );
-        async move {
-            let mut conn = AsyncPgConnection::establish(url).await?;
-            conn.batch_execute(&setup)
-                .await
-                .map_err(ConnectionError::CouldntSetupConfiguration)?;
-            Ok(conn)
-        }
-        .boxed()
+        async move { open(url, &setup).await }.boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         &args.database_url,

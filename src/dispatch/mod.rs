@@ -133,12 +133,15 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
     handles
 }
 
+/// How the dispatcher's own sessions name themselves in `pg_stat_activity`.
+const DISPATCH_SESSION: &str = "SET application_name = 'vpp-broker dispatcher'";
+
 async fn worker(ctx: Arc<Ctx>, index: usize, cancel: CancellationToken) {
     let mut conn: Option<AsyncPgConnection> = None;
     tracing::info!(worker = index, "dispatcher worker started");
     while !cancel.is_cancelled() {
         if conn.is_none() {
-            match AsyncPgConnection::establish(&ctx.settings.database_url).await {
+            match crate::db::pool::open(&ctx.settings.database_url, DISPATCH_SESSION).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => tracing::warn!(error = %e, "dispatcher cannot connect; retrying"),
             }
@@ -431,7 +434,7 @@ struct PollCount {
 /// Runs the dispatcher until no job is left (tests and the benchmark use it to drain).
 pub async fn drain(ctx: &Ctx, timeout: Duration) -> Result<(), DispatchError> {
     let deadline = Instant::now() + timeout;
-    let mut conn = AsyncPgConnection::establish(&ctx.settings.database_url).await?;
+    let mut conn = crate::db::pool::open(&ctx.settings.database_url, DISPATCH_SESSION).await?;
     loop {
         let worked = run_once(ctx, &mut conn).await?;
         if !worked {

@@ -8,6 +8,7 @@
 //! first (upserted in sorted order), then asset rows (locked in `(account, adam_id, pricing)`
 //! order). Holding the asset rows makes the batch's in-memory counts exact until it commits.
 
+use crate::db::prepared::Prepare;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -245,6 +246,7 @@ async fn subjects(
     let found: Vec<SubjectSql> = diesel::sql_query(sql)
         .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
         .bind::<diesel::sql_types::Text, _>(space)
+        .prepared()
         .load(conn)
         .await?;
     Ok(found
@@ -265,6 +267,7 @@ pub async fn space_exists(conn: &mut AsyncPgConnection, space: &str) -> diesel::
     let found: Vec<One> =
         diesel::sql_query("SELECT 1 AS _one FROM spaces WHERE id = $1 FOR KEY SHARE")
             .bind::<diesel::sql_types::Text, _>(space)
+            .prepared()
             .load(conn)
             .await?;
     Ok(!found.is_empty())
@@ -351,15 +354,17 @@ pub async fn snapshot(
     // The four reads are independent: they go out together, pipelined on the connection
     // (PostgreSQL runs them one after the other; the batch waits one round trip, not four).
     let shared: &AsyncPgConnection = conn;
+    // Subjects belong to one space, so their ids alone select the space's assignments. The
+    // live-state filter is applied below, not in SQL: with it, a planner working from stale
+    // statistics (a fresh or fast-growing ledger) walks the whole partial index of live
+    // assignments instead of probing the subject index.
     let existing_q = diesel::sql_query(
         "SELECT id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
                 rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
                 created_at, updated_at
            FROM assignments
-          WHERE space_id = $1 AND subject_id = ANY($2) AND adam_id = ANY($3)
-            AND state IN ('pending', 'associating', 'active')",
+          WHERE subject_id = ANY($1) AND adam_id = ANY($2)",
     )
-    .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&subject_ids)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams);
     let policies_q = diesel::sql_query(
@@ -415,13 +420,13 @@ pub async fn snapshot(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&users)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&groups);
     let (existing, entries, candidates, listed) = futures_util::try_join!(
-        existing_q.load::<AssignmentRow>(&mut &*shared),
-        policies_q.load::<PolicyEntry>(&mut &*shared),
-        candidates_q.load::<Candidate>(&mut &*shared),
-        listed_q.load::<Listed>(&mut &*shared),
+        existing_q.prepared().load::<AssignmentRow>(&mut &*shared),
+        policies_q.prepared().load::<PolicyEntry>(&mut &*shared),
+        candidates_q.prepared().load::<Candidate>(&mut &*shared),
+        listed_q.prepared().load::<Listed>(&mut &*shared),
     )?;
 
-    snap.existing = existing;
+    snap.existing = existing.into_iter().filter(|a| a.state.is_live()).collect();
     for e in entries {
         let asset = AssetRef {
             adam_id: e.adam_id,

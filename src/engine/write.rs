@@ -6,6 +6,7 @@
 //! accounts updated than planned and the caller rolls the batch back. Over-allocation is refused
 //! by the database, not only by the decision.
 
+use crate::db::prepared::Prepare;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::decide::Planned;
@@ -116,6 +117,7 @@ pub async fn write(
     .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
     .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::BigInt, _>(groups)
+    .prepared()
     .load(conn)
     .await?;
     if inserted.len() != planned.len() {

@@ -1,5 +1,6 @@
 //! The job table: background work claimed with `FOR UPDATE SKIP LOCKED` under leases.
 
+use crate::db::prepared::Prepare;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -22,6 +23,7 @@ pub async fn enqueue(
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(account)
     .bind::<diesel::sql_types::Jsonb, _>(payload)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(dedupe_key)
+    .prepared()
     .execute(conn)
     .await?;
     Ok(n == 1)
@@ -63,6 +65,7 @@ pub async fn ready_accounts(conn: &mut AsyncPgConnection, limit: i64) -> QueryRe
           GROUP BY account_id ORDER BY min(run_at) LIMIT $1",
     )
     .bind::<diesel::sql_types::BigInt, _>(limit)
+    .prepared()
     .load(conn)
     .await?;
     Ok(rows.into_iter().map(|r| r.account_id).collect())
@@ -81,6 +84,7 @@ pub async fn try_lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> Qu
         "SELECT pg_try_advisory_lock(hashtextextended($1::text, 7610)) AS locked",
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
+    .prepared()
     .get_result(conn)
     .await?;
     Ok(row.locked)
@@ -89,6 +93,7 @@ pub async fn try_lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> Qu
 pub async fn unlock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1::text, 7610))")
         .bind::<diesel::sql_types::Uuid, _>(account)
+        .prepared()
         .execute(conn)
         .await
         .map(|_| ())
@@ -124,38 +129,40 @@ pub async fn claim(
                FROM jobs j LEFT JOIN assignments a ON a.id = j.assignment_id
               WHERE j.account_id = $1 AND j.state = 'queued' AND j.run_at <= now()
                 AND (j.locked_until IS NULL OR j.locked_until < now())
-         ), account_quiet AS (
-             -- The account's burst is over: no association joined any of its batches lately.
-             SELECT COALESCE(max(created_at) FILTER (WHERE kind = 'associate'), '-infinity')
-                    < now() - make_interval(secs => $4) AS quiet
+         ), batched AS (
+             -- One pass over the account's due jobs (window functions, no self-join: a claim
+             -- stays linear in the queue's length). A batch: kind, asset, pricing, license type.
+             SELECT id, kind, adam_id,
+                    count(*) OVER batch AS size,
+                    min(created_at) OVER batch AS oldest,
+                    max(created_at) FILTER (WHERE kind = 'associate') OVER () AS newest_association
                FROM free
-         ), groups AS (
-             SELECT kind, adam_id, pricing_param, license_type,
-                    -- Releases go out at once: licenses they free may already be re-allocated,
-                    -- and Apple must see the release before the association that reuses it.
-                    (kind = 'disassociate'
-                     OR (SELECT quiet FROM account_quiet)
-                     OR min(created_at) < now() - make_interval(secs => $5)) AS closed,
-                    count(*) >= $6 AS full
-               FROM free
-              WHERE kind IN ('associate', 'disassociate')
-              GROUP BY kind, adam_id, pricing_param, license_type
+             WINDOW batch AS (PARTITION BY kind, adam_id, pricing_param, license_type)
          ), pick AS (
-             SELECT f.id,
-                    COALESCE(g.closed, true) AS closed
-               FROM free f
-               LEFT JOIN groups g ON g.kind = f.kind AND g.adam_id = f.adam_id
-                    AND g.pricing_param = f.pricing_param AND g.license_type = f.license_type
-              WHERE f.kind = 'poll_event' OR f.adam_id IS NULL OR g.closed OR g.full
-         ), leased AS (
-             UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
-                             attempts = attempts + 1
-              WHERE id IN (SELECT id FROM jobs WHERE id IN (SELECT id FROM pick)
-                            ORDER BY id LIMIT $7 FOR UPDATE SKIP LOCKED)
-          RETURNING id, kind, assignment_id, payload, attempts
+             SELECT id,
+                    -- Event polls and jobs whose assignment is gone are never held back.
+                    (kind NOT IN ('associate', 'disassociate') OR adam_id IS NULL
+                     -- Releases go out at once: licenses they free may already be re-allocated,
+                     -- and Apple must see the release before the association that reuses it.
+                     OR kind = 'disassociate'
+                     -- The account's burst is over: no association joined any batch lately ...
+                     OR COALESCE(newest_association, '-infinity') < now() - make_interval(secs => $4)
+                     -- ... or this batch waited long enough.
+                     OR oldest < now() - make_interval(secs => $5)) AS closed,
+                    size >= $6 AS full
+               FROM batched
+         ), locked AS (
+             SELECT j.id, p.closed
+               FROM pick p JOIN jobs j ON j.id = p.id
+              WHERE p.closed OR p.full
+              ORDER BY j.id LIMIT $7
+                FOR UPDATE OF j SKIP LOCKED
          )
-         SELECT l.id, l.kind, l.assignment_id, l.payload, l.attempts, p.closed
-           FROM leased l JOIN pick p ON p.id = l.id",
+         UPDATE jobs SET locked_by = $2, locked_until = now() + make_interval(secs => $3),
+                         attempts = jobs.attempts + 1
+           FROM locked
+          WHERE jobs.id = locked.id
+      RETURNING jobs.id, jobs.kind, jobs.assignment_id, jobs.payload, jobs.attempts, locked.closed",
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Text, _>(worker)
@@ -164,6 +171,7 @@ pub async fn claim(
     .bind::<diesel::sql_types::Double, _>(batching.max_wait.as_secs_f64())
     .bind::<diesel::sql_types::BigInt, _>(batching.full)
     .bind::<diesel::sql_types::BigInt, _>(batching.max)
+    .prepared()
     .load(conn)
     .await
 }
@@ -171,6 +179,7 @@ pub async fn claim(
 pub async fn delete(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
     diesel::sql_query("DELETE FROM jobs WHERE id = ANY($1)")
         .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+        .prepared()
         .execute(conn)
         .await
 }
@@ -190,6 +199,7 @@ pub async fn postpone(
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
     .bind::<diesel::sql_types::Timestamptz, _>(at)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(error)
+    .prepared()
     .execute(conn)
     .await
 }
@@ -206,6 +216,7 @@ pub async fn unclaim(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<u
           WHERE id = ANY($1)",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .prepared()
     .execute(conn)
     .await
 }
@@ -222,6 +233,7 @@ pub async fn postpone_account(
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .prepared()
     .execute(conn)
     .await
 }
@@ -239,6 +251,7 @@ pub async fn enqueue_poll(
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Jsonb, _>(serde_json::json!({ "event_id": event_id }))
     .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .prepared()
     .execute(conn)
     .await
     .map(|_| ())

@@ -1,5 +1,6 @@
 //! Subjects: devices and users, with the group memberships the calling MDM reported.
 
+use crate::db::prepared::Prepare;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -62,6 +63,7 @@ pub async fn upsert(
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Nullable<diesel::sql_types::Text>>>, _>(groups)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(facts.user_external_id)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Bool>, _>(facts.shared_ipad)
+    .prepared()
     .get_result::<SubjectSql>(conn)
     .await
     .map(Into::into)
