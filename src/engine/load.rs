@@ -331,18 +331,15 @@ pub async fn snapshot(
         .filter(|id| !id.is_nil())
         .collect();
 
-    let serials: Vec<&str> = snap
-        .subjects
-        .values()
-        .filter(|s| s.kind == SubjectKind::Device)
-        .map(|s| s.external_id.as_str())
-        .collect();
-    let users: Vec<&str> = snap
-        .subjects
-        .values()
-        .filter(|s| s.kind == SubjectKind::User)
-        .map(|s| s.external_id.as_str())
-        .collect();
+    let external_ids = |kind: SubjectKind| -> Vec<&str> {
+        snap.subjects
+            .values()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.external_id.as_str())
+            .collect()
+    };
+    let serials = external_ids(SubjectKind::Device);
+    let users = external_ids(SubjectKind::User);
     let groups: Vec<String> = snap
         .subjects
         .values()
