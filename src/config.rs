@@ -152,11 +152,12 @@ pub struct DispatchArgs {
     /// Dispatcher workers in this process (0: this process never calls Apple by itself).
     #[arg(long, env = "VPP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub workers: u64,
-    /// A batch of Apple work (one account, asset and license type) is sent once no new work
-    /// joined it for this many milliseconds (a burst is over) ...
+    /// An account's batches of Apple work (one per asset and license type) are sent once no new
+    /// association joined any of them for this many milliseconds (the burst is over) ...
     #[arg(long, env = "VPP_BATCH_QUIET_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub batch_quiet_ms: u64,
-    /// ... or once its oldest work waited this many milliseconds (or it fills an Apple request).
+    /// ... or a batch once its oldest work waited this many milliseconds (full Apple requests
+    /// go out during a burst).
     #[arg(long, env = "VPP_BATCH_MAX_WAIT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub batch_max_wait_ms: u64,
     /// Apple requests in flight per account (paced to Apple's maxRequestPerSecond).

@@ -95,7 +95,10 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
     let mut done = Vec::new();
     let mut waiting = Vec::new();
     let mut later = Vec::new();
-    for j in jobs_ {
+    // Oldest first, so that the jobs a full-only batch hands back are the newest.
+    let mut ordered: Vec<&JobRow> = jobs_.iter().collect();
+    ordered.sort_by_key(|j| j.id);
+    for j in ordered {
         let Some(w) = j.assignment_id.and_then(|a| work.get(&a)) else {
             done.push(j.id);
             continue;
@@ -170,14 +173,13 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
         }
     }
     jobs::delete(&mut conn, &done).await?;
-    jobs::postpone(
+    jobs::unclaim(
         &mut conn,
         &waiting,
         retry::at(std::time::Duration::from_secs(2)),
-        None,
     )
     .await?;
-    jobs::unclaim(&mut conn, &later).await?;
+    jobs::unclaim(&mut conn, &later, Utc::now()).await?;
     Ok(chunks)
 }
 

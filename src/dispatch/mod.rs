@@ -15,11 +15,14 @@
 //! associations, grouped into chunks (see [`batch`]) and sent up to `concurrency` at a time (the
 //! Apple client paces them to Apple's `maxRequestPerSecond`) → event polls.
 //!
-//! Batching: an account's queued work for one asset and license type is one *batch*, sent when
-//! no new work joined it for `quiet` (250 ms by default: a burst has ended), when its oldest
-//! work waited `max_wait` (5 s), or when it fills an Apple request (1000 targets). A lone
-//! allocation reaches Apple after ~`quiet`; a storm of allocations goes out in as few requests
-//! as Apple's limits allow.
+//! Batching: an account's queued work for one asset and license type is one *batch*. Batches
+//! are sent when the account's burst is over (no association joined any of its batches for
+//! `quiet`, 250 ms by default), when their oldest work waited `max_wait` (5 s), or, during a
+//! burst, as full Apple requests (1000 targets; the partial rest waits). Releases go at once. A
+//! lone allocation reaches Apple after ~`quiet`; a storm spread over many assets goes out in as
+//! few requests as Apple's limits allow, because no asset's batch leaves half-filled while the
+//! storm goes on. A steady trickle on one asset delays the account's other partial batches by at
+//! most `max_wait`.
 
 pub mod batch;
 pub mod events;
@@ -80,10 +83,10 @@ pub struct Settings {
     pub idle_poll: Duration,
     /// How long claimed jobs stay leased before another worker may take them over.
     pub lease: Duration,
-    /// A batch (an account's queued work for one asset and license type) is sent once no new
-    /// work joined it for this long ...
+    /// An account's batches (its queued work per asset and license type) are sent once no
+    /// association joined any of them for this long ...
     pub quiet: Duration,
-    /// ... or its oldest work waited this long, or it is full.
+    /// ... or a batch's oldest work waited this long; full requests go during a burst.
     pub max_wait: Duration,
     /// Apple requests in flight per account.
     pub concurrency: usize,
@@ -207,13 +210,13 @@ async fn process_account(
         jobs::postpone_account(conn, id, until).await?;
         return Ok(false);
     }
-    let full = ctx
+    let (full_devices, full_users) = ctx
         .state
         .apple
         .service_config()
         .await
-        .map(|c| c.max_serial_numbers().min(c.max_client_user_ids()))
-        .unwrap_or(1000) as i64;
+        .map(|c| (c.max_serial_numbers(), c.max_client_user_ids()))
+        .unwrap_or((1000, 1000));
     let claimed = jobs::claim(
         conn,
         id,
@@ -222,7 +225,8 @@ async fn process_account(
             lease: ctx.settings.lease,
             quiet: ctx.settings.quiet,
             max_wait: ctx.settings.max_wait,
-            full,
+            full_devices: full_devices.max(1) as i64,
+            full_users: full_users.max(1) as i64,
             max: ctx.settings.max_claim,
         },
     )
@@ -253,6 +257,11 @@ async fn process_account(
         claimed.into_iter().partition(|j| j.kind == "poll_event");
     let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
     let chunks = batch::plan(ctx, &work).await?;
+    if chunks.is_empty() && polls.is_empty() {
+        // Only held-back or finished work: let the worker look at other accounts (or sleep)
+        // instead of claiming the same jobs again at once.
+        return Ok(false);
+    }
     let blocked = AtomicBool::new(false);
     // Releases first, and all of them accepted before any association goes out: Apple
     // processes a location's events in order, so a license the ledger already re-allocated is

@@ -423,7 +423,10 @@ pub async fn snapshot(
         listed_q.prepared().load::<Listed>(&mut &*shared),
     )?;
 
-    snap.existing = existing.into_iter().filter(|a| a.state.is_live()).collect();
+    snap.existing = existing
+        .into_iter()
+        .filter(|a| a.state.is_live() && a.space_id == space)
+        .collect();
     for e in entries {
         let asset = AssetRef {
             adam_id: e.adam_id,

@@ -10,7 +10,6 @@
 //! license-removal-notification setting is recorded with each revocation (`notify_user` in the
 //! activity log) for the calling MDM to act on.
 
-use crate::db::prepared::Prepare;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -100,7 +99,6 @@ pub async fn revoke(
         crate::http::context::request_id(),
     )
     .bind::<diesel::sql_types::Text, _>(reason)
-    .prepared()
     .get_result(conn)
     .await
 }

@@ -108,8 +108,10 @@ pub struct Batching {
     pub quiet: std::time::Duration,
     /// ... or its oldest job waited this long ...
     pub max_wait: std::time::Duration,
-    /// ... or it holds this many jobs.
-    pub full: i64,
+    /// ... or it fills an Apple request: this many device-license jobs ...
+    pub full_devices: i64,
+    /// ... or this many user-license jobs.
+    pub full_users: i64,
     /// Jobs leased per claim at most.
     pub max: i64,
 }
@@ -132,7 +134,7 @@ pub async fn claim(
          ), batched AS (
              -- One pass over the account's due jobs (window functions, no self-join: a claim
              -- stays linear in the queue's length). A batch: kind, asset, pricing, license type.
-             SELECT id, kind, adam_id,
+             SELECT id, kind, adam_id, license_type,
                     count(*) OVER batch AS size,
                     min(created_at) OVER batch AS oldest,
                     max(created_at) FILTER (WHERE kind = 'associate') OVER () AS newest_association
@@ -149,7 +151,7 @@ pub async fn claim(
                      OR COALESCE(newest_association, '-infinity') < now() - make_interval(secs => $4)
                      -- ... or this batch waited long enough.
                      OR oldest < now() - make_interval(secs => $5)) AS closed,
-                    size >= $6 AS full
+                    size >= CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS full
                FROM batched
          ), locked AS (
              SELECT j.id, p.closed
@@ -169,8 +171,9 @@ pub async fn claim(
     .bind::<diesel::sql_types::Double, _>(batching.lease.as_secs_f64())
     .bind::<diesel::sql_types::Double, _>(batching.quiet.as_secs_f64())
     .bind::<diesel::sql_types::Double, _>(batching.max_wait.as_secs_f64())
-    .bind::<diesel::sql_types::BigInt, _>(batching.full)
+    .bind::<diesel::sql_types::BigInt, _>(batching.full_devices)
     .bind::<diesel::sql_types::BigInt, _>(batching.max)
+    .bind::<diesel::sql_types::BigInt, _>(batching.full_users)
     .prepared()
     .load(conn)
     .await
@@ -204,18 +207,23 @@ pub async fn postpone(
     .await
 }
 
-/// Hands claimed jobs back untouched (their claim does not count as an attempt): used for the
-/// partial remainder of a batch that waits for more work.
-pub async fn unclaim(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
+/// Hands claimed jobs back to run at `at`, their claim not counted as an attempt: the partial
+/// remainder of a batch that waits for more work, a release that waits for an association.
+pub async fn unclaim(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    at: DateTime<Utc>,
+) -> QueryResult<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
     diesel::sql_query(
-        "UPDATE jobs SET locked_by = NULL, locked_until = NULL,
+        "UPDATE jobs SET locked_by = NULL, locked_until = NULL, run_at = $2,
                          attempts = GREATEST(attempts - 1, 0)
           WHERE id = ANY($1)",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
     .prepared()
     .execute(conn)
     .await

@@ -911,3 +911,72 @@ async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_
         .sum();
     assert_eq!(associates, 3, "12 serials at 5 per request: {counters:?}");
 }
+
+#[tokio::test]
+async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
+    use vpp_broker::ledger::jobs::{self, Batching};
+    let sim = sim::start(vec![location(U1, "Library A", vec![app(APP, 100)])]).await;
+    // No dispatcher: the test claims the queued jobs itself.
+    let app_ = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        ..Default::default()
+    })
+    .await;
+    app_.space("acme").await;
+    let account: uuid::Uuid = app_.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for i in 0..6 {
+        allocated(&app_, device(&format!("D{i}"))).await;
+        let user = allocated(
+            &app_,
+            json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": format!("user{i}")}}),
+        )
+        .await;
+        assert_eq!(user["assignment"]["license_type"], "user", "{user}");
+    }
+    let mut conn = app_.db.connect().await;
+    let burst = Batching {
+        lease: Duration::from_secs(60),
+        // The burst is still going on, and nothing waited long.
+        quiet: Duration::from_secs(600),
+        max_wait: Duration::from_secs(600),
+        full_devices: 5,
+        full_users: 1000,
+        max: 100,
+    };
+    let claimed = jobs::claim(&mut conn, account, "test", &burst)
+        .await
+        .unwrap();
+    // Six device jobs fill a request of five: claimed, marked as not closed (the sixth waits).
+    // Six user jobs fill nothing of a thousand: left queued.
+    assert_eq!(
+        claimed.len(),
+        6,
+        "{:?}",
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>()
+    );
+    assert!(claimed.iter().all(|j| j.kind == "associate" && !j.closed));
+    let ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+    jobs::unclaim(&mut conn, &ids, chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let quiet = Batching {
+        quiet: Duration::ZERO,
+        ..burst
+    };
+    let claimed = jobs::claim(&mut conn, account, "test", &quiet)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 12);
+    assert!(claimed.iter().all(|j| j.closed));
+    // Handing back did not count as an attempt.
+    assert!(
+        claimed.iter().all(|j| j.attempts == 1),
+        "{:?}",
+        claimed.iter().map(|j| j.attempts).collect::<Vec<_>>()
+    );
+}
