@@ -41,6 +41,16 @@ struct Learned {
     owned: bool,
 }
 
+impl Learned {
+    /// When the token expires: Apple's word if it gave one, else the date inside the token.
+    fn expires_at(&self) -> chrono::DateTime<Utc> {
+        self.config
+            .meta
+            .token_expiration_date
+            .unwrap_or(self.parsed.exp_date)
+    }
+}
+
 async fn learn(state: &AppState, text: &str) -> Result<Learned, AccountError> {
     let parsed = parse_stoken(text)?;
     let config = state
@@ -143,11 +153,7 @@ pub async fn add(
     };
     let list = fetch_assets(state, token).await?;
     let now = Utc::now();
-    let expires_at = learned
-        .config
-        .meta
-        .token_expiration_date
-        .unwrap_or(learned.parsed.exp_date);
+    let expires_at = learned.expires_at();
     let initial = StatusState {
         status: AccountStatus::Active,
         reason: String::new(),
@@ -203,15 +209,7 @@ pub async fn add(
                 },
             )
             .await
-            .map_err(|e| match e {
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    ref info,
-                ) if info.constraint_name() == Some("accounts_location_unique") => {
-                    AccountError::LocationTaken { here: false }
-                }
-                other => other.into(),
-            })?;
+            .map_err(location_taken_elsewhere)?;
             if let Some(p) = input.priority {
                 let mut order: Vec<Uuid> = existing.iter().map(|a| a.id).collect();
                 let at = (p.max(1) as usize - 1).min(order.len());
@@ -291,11 +289,7 @@ pub async fn replace_token(
         fetch_assets(state, token).await?
     };
     let now = Utc::now();
-    let expires_at = learned
-        .config
-        .meta
-        .token_expiration_date
-        .unwrap_or(learned.parsed.exp_date);
+    let expires_at = learned.expires_at();
     let sealed = state.cipher.seal(id.as_bytes(), token.expose());
 
     let mut conn = state.pool.get().await?;
@@ -331,15 +325,7 @@ pub async fn replace_token(
             },
         )
         .await
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                ref info,
-            ) if info.constraint_name() == Some("accounts_location_unique") => {
-                AccountError::LocationTaken { here: false }
-            }
-            other => other.into(),
-        })?;
+        .map_err(location_taken_elsewhere)?;
         let refreshed = store::find(conn, space, id)
             .await?
             .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
@@ -386,4 +372,17 @@ pub fn open_token(state: &AppState, account: &AccountRow) -> Result<SToken, Acco
     Ok(state
         .cipher
         .open(account.id.as_bytes(), &account.sealed_token())?)
+}
+
+/// The unique location constraint tripped: another space attached the location meanwhile.
+fn location_taken_elsewhere(e: diesel::result::Error) -> AccountError {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            ref info,
+        ) if info.constraint_name() == Some("accounts_location_unique") => {
+            AccountError::LocationTaken { here: false }
+        }
+        other => other.into(),
+    }
 }

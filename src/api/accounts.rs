@@ -16,7 +16,7 @@ use crate::accounts::checks::{self, TestReport};
 use crate::accounts::removal::{self, Deleted};
 use crate::accounts::status::AccountStatus;
 use crate::accounts::{AccountError, ListEntry, ListKind, WhenUnusable, attach, check_list, order};
-use crate::api::spaces::check_space_path;
+use crate::api::spaces::require_space;
 use crate::auth::{Caller, Scope};
 use crate::db::Conn;
 use crate::http::etag::{IfMatch, etag_header};
@@ -357,15 +357,9 @@ pub async fn list_accounts(
     path: web::Path<String>,
 ) -> Result<web::Json<AccountList>, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
+    require_space(&mut conn, &space).await?;
     let mut rows = Vec::new();
     for row in store::list(&mut conn, &space).await? {
         rows.push(checks::refresh(&mut conn, row).await?);
@@ -398,7 +392,6 @@ pub async fn create_account(
     body: Json<CreateAccount>,
 ) -> Result<HttpResponse, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let body = body.0;
     let mut errors = Vec::new();
@@ -452,7 +445,6 @@ pub async fn get_account(
     path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let mut conn = state.pool.get().await?;
     let row = load(&mut conn, &space, id).await?;
@@ -487,7 +479,6 @@ pub async fn update_account(
     body: Json<UpdateAccount>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
@@ -599,7 +590,6 @@ pub async fn delete_account(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let versions = match IfMatch::from_request(&req)? {
         IfMatch::Any => None,
@@ -645,7 +635,6 @@ pub async fn test_account(
     path: web::Path<(String, Uuid)>,
 ) -> Result<web::Json<TestResult>, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let (row, report) = checks::test(&state, &caller.subject, &space, id).await?;
     let mut conn = state.pool.get().await?;
@@ -677,7 +666,6 @@ pub async fn reclaim_account(
     path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let row = checks::reclaim(&state, &caller.subject, &space, id).await?;
     let mut conn = state.pool.get().await?;
@@ -711,7 +699,6 @@ pub async fn replace_account_token(
     body: Json<ReplaceToken>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let mut errors = Vec::new();
     check_stoken(&mut errors, &body.0.stoken);
@@ -749,15 +736,9 @@ pub async fn get_account_order(
     path: web::Path<String>,
 ) -> Result<web::Json<AccountOrder>, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
+    require_space(&mut conn, &space).await?;
     let order = store::list(&mut conn, &space)
         .await?
         .into_iter()
@@ -783,7 +764,6 @@ pub async fn set_account_order(
     body: Json<AccountOrder>,
 ) -> Result<web::Json<AccountList>, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let rows = order::reorder(&state, &caller.subject, &space, &body.0.order).await?;
     let mut conn = state.pool.get().await?;

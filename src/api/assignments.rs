@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::api::spaces::check_space_path;
+use crate::api::spaces::require_space;
 use crate::auth::{Caller, Scope};
 use crate::engine::allocate::{
     self, AllocationError, AllocationRequest, AssetRef, Outcome, SubjectInput,
@@ -461,7 +461,6 @@ pub async fn allocate_license(
     body: Json<AllocateBody>,
 ) -> Result<HttpResponse, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesWrite)?;
     let wait = wait_seconds(query.wait)?;
     let body = body.0;
@@ -602,7 +601,6 @@ pub async fn list_assignments(
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<AssignmentPage>, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let q = query.into_inner();
     let page = crate::http::pagination::PageQuery {
@@ -612,12 +610,7 @@ pub async fn list_assignments(
     let limit = page.limit()?;
     let after: Option<Uuid> = page.after()?;
     let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
+    require_space(&mut conn, &space).await?;
     let subject = match (q.subject_kind, &q.subject_id) {
         (Some(kind), Some(id)) => match subjects::find(&mut conn, &space, kind, id).await? {
             Some(s) => Some(s.id),
@@ -679,7 +672,6 @@ pub async fn get_assignment(
     query: web::Query<WaitQuery>,
 ) -> Result<web::Json<Assignment>, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let wait = wait_seconds(query.wait)?;
     let row = match wait {
@@ -712,7 +704,6 @@ pub async fn revoke_assignment(
     path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesWrite)?;
     let mut conn = state.pool.get().await?;
     if store::find(&mut conn, &space, id).await?.is_none() {
@@ -757,7 +748,6 @@ pub async fn create_revocation(
     body: Json<RevocationBody>,
 ) -> Result<HttpResponse, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesWrite)?;
     let body = body.0;
     let mut errors = Vec::new();
@@ -777,12 +767,7 @@ pub async fn create_revocation(
         return Err(ApiError::validation(errors));
     }
     let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
+    require_space(&mut conn, &space).await?;
     if let Some(account) = body.account_id
         && crate::ledger::accounts::find(&mut conn, &space, account)
             .await?

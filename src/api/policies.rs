@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::api::spaces::check_space_path;
+use crate::api::spaces::require_space;
 use crate::auth::{Caller, Scope};
 use crate::engine::model::SubjectKind;
 use crate::http::etag::{IfMatch, etag_header};
@@ -247,15 +247,9 @@ pub async fn list_policies(
     path: web::Path<String>,
 ) -> Result<web::Json<PolicyList>, ApiError> {
     let space = path.into_inner();
-    check_space_path(&space)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
+    require_space(&mut conn, &space).await?;
     let rows = store::list(&mut conn, &space).await?;
     let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
     let entries = store::entries_of(&mut conn, &ids).await?;
@@ -283,7 +277,6 @@ pub async fn get_policy(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, adam_id, pricing) = path.into_inner();
-    check_space_path(&space)?;
     check_path(&adam_id, &pricing)?;
     caller.authorize(&space, Scope::LicensesRead)?;
     let mut conn = state.pool.get().await?;
@@ -323,17 +316,11 @@ pub async fn put_policy(
     body: Json<PolicyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, adam_id, pricing) = path.into_inner();
-    check_space_path(&space)?;
     check_path(&adam_id, &pricing)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    if crate::ledger::spaces::find(&mut conn, &space)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!("space {space}")));
-    }
+    require_space(&mut conn, &space).await?;
     let accounts: Vec<Uuid> = crate::ledger::accounts::list(&mut conn, &space)
         .await?
         .into_iter()
@@ -396,7 +383,6 @@ pub async fn delete_policy(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, adam_id, pricing) = path.into_inner();
-    check_space_path(&space)?;
     check_path(&adam_id, &pricing)?;
     caller.authorize(&space, Scope::AccountsManage)?;
     let mut conn = state.pool.get().await?;

@@ -90,7 +90,19 @@ pub fn valid_space_id(id: &str) -> bool {
         && bytes.last() != Some(&b'-')
 }
 
-/// 400 for a malformed space id in a path.
+/// 404 unless the space exists: listings of a space that does not exist are not empty pages.
+pub async fn require_space(
+    conn: &mut diesel_async::AsyncPgConnection,
+    space: &str,
+) -> Result<(), ApiError> {
+    match store::find(conn, space).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("space {space}"))),
+    }
+}
+
+/// 400 for a malformed space id in a path (checked by [`crate::auth::Caller::authorize`], which
+/// every space-scoped route calls first).
 pub fn check_space_path(id: &str) -> Result<(), ApiError> {
     if valid_space_id(id) {
         Ok(())
@@ -240,7 +252,6 @@ pub async fn get_space(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    check_space_path(&id)?;
     caller.authorize(&id, Scope::LicensesRead)?;
     let mut conn = state.pool.get().await?;
     let row = store::find(&mut conn, &id)
@@ -273,7 +284,6 @@ pub async fn update_space(
     body: Json<UpdateSpace>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    check_space_path(&id)?;
     caller.authorize(&id, Scope::Admin)?;
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
@@ -338,7 +348,6 @@ pub async fn delete_space(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    check_space_path(&id)?;
     caller.authorize(&id, Scope::Admin)?;
     let if_match = IfMatch::from_request(&req)?;
     let versions = match &if_match {

@@ -446,6 +446,29 @@ async fn set_client_config(sim: web::Data<Sim>, req: HttpRequest, body: Bytes) -
     )
 }
 
+/// One page of a location's `dataset` as `list` reads it, with the location's `mdmInfo`/token
+/// meta; then a matching version-churn fault may change the data set (between two pages).
+fn page<R: Serialize>(
+    sim: &Sim,
+    caller: &Caller,
+    dataset: Dataset,
+    list: impl FnOnce(&State, &Location, ResponseMeta) -> Result<R, Refusal>,
+) -> HttpResponse {
+    let mut state = sim.lock();
+    let response = {
+        let Some(location) = state.locations.get(&caller.location) else {
+            return missing_location();
+        };
+        let meta = state.meta(location, caller.exp_date);
+        list(&state, location, meta)
+    };
+    state.churn(&caller.location, dataset);
+    match response {
+        Ok(r) => json(StatusCode::OK, &r),
+        Err(refusal) => refused(refusal),
+    }
+}
+
 async fn get_assets(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
     let caller = tri!(guard(&sim, &req));
     let q = query(&req);
@@ -462,21 +485,12 @@ async fn get_assets(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
         unlimited: tri!(bool_param(&q, "unlimited")),
     };
     let index = tri!(page_index(&q));
-    let mut state = sim.lock();
-    let response = {
-        let Some(location) = state.locations.get(&caller.location) else {
-            return missing_location();
-        };
+    page(&sim, &caller, Dataset::Assets, |state, location, meta| {
         state.list_assets(location, &filter, index).map(|mut r| {
-            r.meta = state.meta(location, caller.exp_date);
+            r.meta = meta;
             r
         })
-    };
-    state.churn(&caller.location, Dataset::Assets);
-    match response {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(refusal) => refused(refusal),
-    }
+    })
 }
 
 async fn get_assignments(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
@@ -492,23 +506,19 @@ async fn get_assignments(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse 
         since: q.get("sinceVersionId").cloned(),
     };
     let index = tri!(page_index(&q));
-    let mut state = sim.lock();
-    let response = {
-        let Some(location) = state.locations.get(&caller.location) else {
-            return missing_location();
-        };
-        state
-            .list_assignments(location, &filter, index)
-            .map(|mut r| {
-                r.meta = state.meta(location, caller.exp_date);
-                r
-            })
-    };
-    state.churn(&caller.location, Dataset::Assignments);
-    match response {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(refusal) => refused(refusal),
-    }
+    page(
+        &sim,
+        &caller,
+        Dataset::Assignments,
+        |state, location, meta| {
+            state
+                .list_assignments(location, &filter, index)
+                .map(|mut r| {
+                    r.meta = meta;
+                    r
+                })
+        },
+    )
 }
 
 async fn get_users(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
@@ -521,21 +531,12 @@ async fn get_users(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
         since: q.get("sinceVersionId").cloned(),
     };
     let index = tri!(page_index(&q));
-    let mut state = sim.lock();
-    let response = {
-        let Some(location) = state.locations.get(&caller.location) else {
-            return missing_location();
-        };
+    page(&sim, &caller, Dataset::Users, |state, location, meta| {
         state.list_users(location, &filter, index).map(|mut r| {
-            r.meta = state.meta(location, caller.exp_date);
+            r.meta = meta;
             r
         })
-    };
-    state.churn(&caller.location, Dataset::Users);
-    match response {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(refusal) => refused(refusal),
-    }
+    })
 }
 
 /// Accepts an event whose tasks `plan` computes, and answers its eventId.

@@ -63,6 +63,49 @@ impl<T> Outcome<T> {
             Err(n) => self.failures.entry(n).or_default().push(item),
         }
     }
+
+    /// Completes `event`: its count and one error object per error number, each naming its
+    /// items (`name` adds one item's ids to `errorInfo`).
+    fn finish(&self, event: &mut Event, name: impl Fn(&mut ErrorInfo, &T)) {
+        event.num_completed = self.successes.len() as i64;
+        event.failures = self
+            .failures
+            .iter()
+            .map(|(number, items)| {
+                let mut e = error_object(*number);
+                for item in items {
+                    name(&mut e.error_info, item);
+                }
+                e
+            })
+            .collect();
+    }
+
+    /// The completion notifications: the successes, then each error number's items, at most
+    /// [`NOTIFICATION_CHUNK`] a piece. `payload` builds one body from its items and error.
+    fn notifications(
+        &self,
+        location: &Location,
+        kind: NotificationType,
+        payload: impl Fn(&[T], NotificationResult, Option<ErrorResponse>) -> serde_json::Value,
+    ) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for chunk in self.successes.chunks(NOTIFICATION_CHUNK) {
+            let body = payload(chunk, NotificationResult::Success, None);
+            out.extend(location.notification(kind.clone(), body));
+        }
+        for (number, items) in &self.failures {
+            for chunk in items.chunks(NOTIFICATION_CHUNK) {
+                let body = payload(
+                    chunk,
+                    NotificationResult::Failure,
+                    Some(error_object(*number)),
+                );
+                out.extend(location.notification(kind.clone(), body));
+            }
+        }
+        out
+    }
 }
 
 fn error_object(number: i32) -> ErrorResponse {
@@ -352,52 +395,30 @@ impl State {
                     let (adam, pricing) = asset_id(&key);
                     outcome.record(assignment_view(&(adam, pricing, target)), result);
                 }
-                event.num_completed = outcome.successes.len() as i64;
-                event.failures = outcome
-                    .failures
-                    .iter()
-                    .map(|(number, items)| {
-                        let mut e = error_object(*number);
-                        for a in items {
-                            push_unique(&mut e.error_info.assets, a.key());
-                            if let Some(s) = &a.serial_number {
-                                push_unique(&mut e.error_info.serial_numbers, s.clone());
-                            }
-                            if let Some(u) = &a.client_user_id {
-                                push_unique(&mut e.error_info.client_user_ids, u.clone());
-                            }
-                        }
-                        e
-                    })
-                    .collect();
-                let payload = |chunk: &[Assignment], error: Option<ErrorResponse>| {
-                    serde_json::to_value(AssetManagementNotification {
-                        assignments: chunk.to_vec(),
-                        event_id: Some(id.to_owned()),
-                        result: Some(if error.is_some() {
-                            NotificationResult::Failure
-                        } else {
-                            NotificationResult::Success
-                        }),
-                        kind: Some(event.kind.clone()),
-                        error,
-                    })
-                    .unwrap_or_default()
-                };
-                for chunk in outcome.successes.chunks(NOTIFICATION_CHUNK) {
-                    out.extend(
-                        location
-                            .notification(NotificationType::AssetManagement, payload(chunk, None)),
-                    );
-                }
-                for (number, items) in &outcome.failures {
-                    for chunk in items.chunks(NOTIFICATION_CHUNK) {
-                        out.extend(location.notification(
-                            NotificationType::AssetManagement,
-                            payload(chunk, Some(error_object(*number))),
-                        ));
+                outcome.finish(event, |info, a| {
+                    push_unique(&mut info.assets, a.key());
+                    if let Some(s) = &a.serial_number {
+                        push_unique(&mut info.serial_numbers, s.clone());
                     }
-                }
+                    if let Some(u) = &a.client_user_id {
+                        push_unique(&mut info.client_user_ids, u.clone());
+                    }
+                });
+                let kind = event.kind.clone();
+                out.extend(outcome.notifications(
+                    location,
+                    NotificationType::AssetManagement,
+                    |chunk, result, error| {
+                        serde_json::to_value(AssetManagementNotification {
+                            assignments: chunk.to_vec(),
+                            event_id: Some(id.to_owned()),
+                            result: Some(result),
+                            kind: Some(kind.clone()),
+                            error,
+                        })
+                        .unwrap_or_default()
+                    },
+                ));
             }
             _ => {
                 let mut outcome: Outcome<User> = Outcome::new();
@@ -462,49 +483,24 @@ impl State {
                     };
                     outcome.record(view, result);
                 }
-                event.num_completed = outcome.successes.len() as i64;
-                event.failures = outcome
-                    .failures
-                    .iter()
-                    .map(|(number, users)| {
-                        let mut e = error_object(*number);
-                        for u in users {
-                            push_unique(
-                                &mut e.error_info.client_user_ids,
-                                u.client_user_id.clone(),
-                            );
-                        }
-                        e
-                    })
-                    .collect();
-                let payload = |chunk: &[User], error: Option<ErrorResponse>| {
-                    serde_json::to_value(UserManagementNotification {
-                        users: chunk.to_vec(),
-                        event_id: Some(id.to_owned()),
-                        result: Some(if error.is_some() {
-                            NotificationResult::Failure
-                        } else {
-                            NotificationResult::Success
-                        }),
-                        kind: Some(event.kind.clone()),
-                        error,
-                    })
-                    .unwrap_or_default()
-                };
-                for chunk in outcome.successes.chunks(NOTIFICATION_CHUNK) {
-                    out.extend(
-                        location
-                            .notification(NotificationType::UserManagement, payload(chunk, None)),
-                    );
-                }
-                for (number, items) in &outcome.failures {
-                    for chunk in items.chunks(NOTIFICATION_CHUNK) {
-                        out.extend(location.notification(
-                            NotificationType::UserManagement,
-                            payload(chunk, Some(error_object(*number))),
-                        ));
-                    }
-                }
+                outcome.finish(event, |info, u| {
+                    push_unique(&mut info.client_user_ids, u.client_user_id.clone());
+                });
+                let kind = event.kind.clone();
+                out.extend(outcome.notifications(
+                    location,
+                    NotificationType::UserManagement,
+                    |chunk, result, error| {
+                        serde_json::to_value(UserManagementNotification {
+                            users: chunk.to_vec(),
+                            event_id: Some(id.to_owned()),
+                            result: Some(result),
+                            kind: Some(kind.clone()),
+                            error,
+                        })
+                        .unwrap_or_default()
+                    },
+                ));
             }
         }
     }
@@ -576,28 +572,7 @@ fn valid_email(email: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apple_sim::seed::{SeedAsset, SeedLocation, SeedUser};
-    use crate::apple_sim::settings::SimSettings;
-
-    fn location_with(total: i64) -> (State, String) {
-        let mut state = State::new(SimSettings::default());
-        let seeded = state
-            .add_location(&SeedLocation {
-                name: "Test".into(),
-                assets: vec![SeedAsset {
-                    adam_id: "1".into(),
-                    total_count: total,
-                    ..Default::default()
-                }],
-                users: vec![SeedUser {
-                    client_user_id: "u1".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .unwrap();
-        (state, seeded.u_id)
-    }
+    use crate::apple_sim::state::tests::location_with;
 
     #[test]
     fn licenses_running_out_fail_the_rest_with_9709() {

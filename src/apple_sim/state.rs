@@ -840,11 +840,13 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::apple_sim::seed::SeedUser;
 
-    fn location_with(total: i64) -> (State, String) {
+    /// A state with one location owning `total` licenses of app "1" and one user "u1"; returns
+    /// the location's id too. Shared by the simulator's unit tests.
+    pub(crate) fn location_with(total: i64) -> (State, String) {
         let mut state = State::new(SimSettings::default());
         let seeded = state
             .add_location(&SeedLocation {

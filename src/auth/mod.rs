@@ -83,9 +83,11 @@ impl Caller {
         }
     }
 
-    /// 404 unless the caller's grant includes `space` (whether or not it exists), then 403
-    /// unless it has `scope`. The order hides other spaces' existence.
+    /// 400 unless `space` (from a path) is a well-formed space id, 404 unless the caller's grant
+    /// includes it (whether or not it exists), then 403 unless it has `scope`. The order hides
+    /// other spaces' existence.
     pub fn authorize(&self, space: &str, scope: Scope) -> Result<(), ApiError> {
+        crate::api::spaces::check_space_path(space)?;
         if !self.may_see(space) {
             return Err(ApiError::not_found(format!("space {space}")));
         }

@@ -210,33 +210,24 @@ pub async fn submit(
     let batch = Uuid::now_v7();
     let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
     let mut conn = ctx.state.pool.get().await?;
-    let marked: Vec<Uuid> = if chunk.associate {
-        diesel::sql_query(
-            "UPDATE assignments SET state = 'associating', batch_id = $2, updated_at = now()
-              WHERE id = ANY($1)
-                AND (state = 'pending' OR (state = 'associating' AND apple_event_id IS NULL))
-          RETURNING id",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
-        .bind::<diesel::sql_types::Uuid, _>(batch)
-        .load::<super::IdRow>(&mut conn)
-        .await?
-        .into_iter()
-        .map(|r| r.id)
-        .collect()
+    // Marks the assignments this request carries (those still waiting for it).
+    let mark = if chunk.associate {
+        "UPDATE assignments SET state = 'associating', batch_id = $2, updated_at = now()
+          WHERE id = ANY($1)
+            AND (state = 'pending' OR (state = 'associating' AND apple_event_id IS NULL))
+      RETURNING id"
     } else {
-        diesel::sql_query(
-            "UPDATE assignments SET batch_id = $2, updated_at = now()
-              WHERE id = ANY($1) AND state = 'revoking' RETURNING id",
-        )
+        "UPDATE assignments SET batch_id = $2, updated_at = now()
+          WHERE id = ANY($1) AND state = 'revoking' RETURNING id"
+    };
+    let marked: Vec<Uuid> = diesel::sql_query(mark)
         .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
         .bind::<diesel::sql_types::Uuid, _>(batch)
         .load::<super::IdRow>(&mut conn)
         .await?
         .into_iter()
         .map(|r| r.id)
-        .collect()
-    };
+        .collect();
     drop(conn);
     if marked.is_empty() {
         let mut conn = ctx.state.pool.get().await?;
@@ -434,13 +425,7 @@ async fn handle_error(
     if let Some(observation) = observe_error(&err, now) {
         // Auth failures and Retry-After windows concern the whole account (T7, A10).
         let mut conn = ctx.state.pool.get().await?;
-        let next = status::next(
-            &account.status_state(),
-            account.token_expires_at,
-            Some(&observation),
-            now,
-        );
-        store::save_status(&mut conn, account, &next, "system").await?;
+        let next = super::record_observation(&mut conn, account, &observation, now).await?;
         let until = match next.throttled_until {
             Some(t) if next.status == status::AccountStatus::Throttled => t,
             _ => now + chrono::Duration::minutes(5),

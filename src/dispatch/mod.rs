@@ -136,6 +136,24 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
     handles
 }
 
+/// Records what an Apple error says about the whole account (expired or revoked token,
+/// Retry-After: T7, A10) and returns the account's new status.
+async fn record_observation(
+    conn: &mut AsyncPgConnection,
+    account: &AccountRow,
+    observation: &status::Observation,
+    now: chrono::DateTime<Utc>,
+) -> Result<status::StatusState, DispatchError> {
+    let next = status::next(
+        &account.status_state(),
+        account.token_expires_at,
+        Some(observation),
+        now,
+    );
+    store::save_status(conn, account, &next, "system").await?;
+    Ok(next)
+}
+
 /// How the dispatcher's own sessions name themselves in `pg_stat_activity`.
 const DISPATCH_SESSION: &str = "SET application_name = 'vpp-broker dispatcher'";
 
@@ -413,13 +431,7 @@ async fn poll(
             let now = Utc::now();
             let mut conn = ctx.state.pool.get().await?;
             if let Some(observation) = crate::accounts::observe_error(&err, now) {
-                let next = status::next(
-                    &account.status_state(),
-                    account.token_expires_at,
-                    Some(&observation),
-                    now,
-                );
-                store::save_status(&mut conn, account, &next, "system").await?;
+                record_observation(&mut conn, account, &observation, now).await?;
             }
             let delay = retry::backoff(job.attempts, ctx.settings.max_backoff);
             jobs::postpone(

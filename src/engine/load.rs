@@ -161,38 +161,6 @@ fn facts(reqs: &[&AllocationRequest]) -> Vec<Facts> {
     map.into_values().collect()
 }
 
-#[derive(diesel::QueryableByName)]
-struct SubjectSql {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    space_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    kind: SubjectKind,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    external_id: String,
-    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Nullable<diesel::sql_types::Text>>)]
-    groups: Vec<Option<String>>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    user_external_id: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    shared_ipad: bool,
-}
-
-impl From<SubjectSql> for SubjectRow {
-    fn from(s: SubjectSql) -> Self {
-        SubjectRow {
-            id: s.id,
-            space_id: s.space_id,
-            kind: s.kind,
-            external_id: s.external_id,
-            groups: s.groups,
-            user_external_id: s.user_external_id,
-            shared_ipad: s.shared_ipad,
-        }
-    }
-}
-
 /// Creates or updates the batch's subjects (or, for a dry run, only reads them and stands in
 /// for unknown ones) and returns them.
 async fn subjects(
@@ -243,7 +211,7 @@ async fn subjects(
                                 THEN EXCLUDED.shared_ipad ELSE s.shared_ipad END
          RETURNING s.id, s.space_id, s.kind, s.external_id, s.groups, s.user_external_id, s.shared_ipad"
     };
-    let found: Vec<SubjectSql> = diesel::sql_query(sql)
+    let found: Vec<SubjectRow> = diesel::sql_query(sql)
         .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
         .bind::<diesel::sql_types::Text, _>(space)
         .prepared()
@@ -251,7 +219,6 @@ async fn subjects(
         .await?;
     Ok(found
         .into_iter()
-        .map(SubjectRow::from)
         .map(|s| ((s.kind, s.external_id.clone()), s))
         .collect())
 }

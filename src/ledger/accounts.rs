@@ -338,31 +338,31 @@ pub async fn set_observed(
     expires_at: Option<DateTime<Utc>>,
     apple_mdm_id: Option<Option<&str>>,
 ) -> QueryResult<()> {
-    if let Some(name) = location_name {
-        diesel::update(accounts::table.filter(accounts::id.eq(id)))
-            .set(accounts::location_name.eq(name))
-            .execute(conn)
-            .await?;
+    #[derive(AsChangeset)]
+    #[diesel(table_name = accounts)]
+    struct Observed<'a> {
+        location_name: Option<&'a str>,
+        country_code: Option<&'a str>,
+        token_expires_at: Option<DateTime<Utc>>,
+        apple_mdm_id: Option<Option<&'a str>>,
     }
-    if let Some(country) = country_code {
-        diesel::update(accounts::table.filter(accounts::id.eq(id)))
-            .set(accounts::country_code.eq(country))
-            .execute(conn)
-            .await?;
+    if location_name.is_none()
+        && country_code.is_none()
+        && expires_at.is_none()
+        && apple_mdm_id.is_none()
+    {
+        return Ok(());
     }
-    if let Some(expires) = expires_at {
-        diesel::update(accounts::table.filter(accounts::id.eq(id)))
-            .set(accounts::token_expires_at.eq(expires))
-            .execute(conn)
-            .await?;
-    }
-    if let Some(owner) = apple_mdm_id {
-        diesel::update(accounts::table.filter(accounts::id.eq(id)))
-            .set(accounts::apple_mdm_id.eq(owner))
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
+    diesel::update(accounts::table.filter(accounts::id.eq(id)))
+        .set(Observed {
+            location_name,
+            country_code,
+            token_expires_at: expires_at,
+            apple_mdm_id,
+        })
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Re-encrypts the token of one account (key rotation).
