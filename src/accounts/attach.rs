@@ -294,14 +294,13 @@ pub async fn replace_token(
 
     let mut conn = state.pool.get().await?;
     conn.transaction(async |conn| {
-        let locked = store::find_for_update(conn, space, id)
+        let locked = store::find_locked(conn, space, id)
             .await?
             .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
         let cleared = if same_location {
             0
         } else {
-            let n = crate::ledger::assignments::count_for_account(conn, id).await?;
-            assets::clear(conn, id).await?;
+            let n = assets::forget_location(conn, id).await?;
             assets::import_new(conn, id, &list, now).await?;
             n
         };

@@ -43,7 +43,7 @@ pub async fn delete(
         if store::lock_space(conn, space).await?.is_none() {
             return Err(AccountError::NotFound(format!("space {space}")));
         }
-        let account = store::find_for_update(conn, space, id)
+        let account = store::find_locked(conn, space, id)
             .await?
             .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
         if let Some(v) = versions

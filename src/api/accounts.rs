@@ -506,7 +506,7 @@ pub async fn update_account(
     let actor = caller.subject.clone();
     let mut conn = state.pool.get().await?;
     conn.transaction(async |conn| {
-        let current = store::find_for_update(conn, &space, id)
+        let current = store::find_locked(conn, &space, id)
             .await?
             .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
         if !if_match.matches(current.version) {

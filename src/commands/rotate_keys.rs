@@ -39,8 +39,7 @@ pub async fn rotate(pool: &db::Pool, cipher: &TokenCipher) -> Result<usize, Stri
             let id = row.id;
             let result: Result<(), AccountError> = conn
                 .transaction(async |conn| {
-                    let Some(locked) = store::find_for_update(conn, &row.space_id, id).await?
-                    else {
+                    let Some(locked) = store::find_locked(conn, &row.space_id, id).await? else {
                         return Ok(());
                     };
                     if locked.token_key_id == cipher.active_key_id() {

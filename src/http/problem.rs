@@ -321,7 +321,10 @@ impl ResponseError for ApiError {
 }
 
 /// Maps database errors: missing row → 404, unique violation → 409, FK violation → 409 in-use,
-/// CHECK violation → 422; everything else is a 500 with the cause logged.
+/// CHECK violation → 422, a lost connection or a transaction PostgreSQL aborted to resolve a
+/// conflict with a concurrent one (serialization failure, deadlock) → 503 with `Retry-After`
+/// (nothing was written; the same request succeeds when retried); everything else is a 500
+/// with the cause logged.
 impl From<diesel::result::Error> for ApiError {
     fn from(err: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
@@ -348,6 +351,15 @@ impl From<diesel::result::Error> for ApiError {
                     info.constraint_name().unwrap_or("check constraint")
                 ),
             ),
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                conflict_aborted(&err)
+            }
+            // diesel reports no SQLSTATE for 40P01; PostgreSQL's message is the only mark.
+            Error::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if info.message().starts_with("deadlock detected") =>
+            {
+                conflict_aborted(&err)
+            }
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 tracing::warn!(error = %err, "database connection lost");
                 ApiError::new(
@@ -359,6 +371,16 @@ impl From<diesel::result::Error> for ApiError {
             _ => ApiError::internal(err),
         }
     }
+}
+
+/// PostgreSQL rolled the transaction back because it conflicted with a concurrent one.
+fn conflict_aborted(err: &diesel::result::Error) -> ApiError {
+    tracing::warn!(error = %err, "transaction aborted by a concurrent one");
+    ApiError::new(
+        &types::UNAVAILABLE,
+        "the change conflicted with a concurrent one and was rolled back; retry it",
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
@@ -434,5 +456,25 @@ mod tests {
                 .status,
             500
         );
+        use diesel::result::{DatabaseErrorKind, Error};
+        for (kind, message) in [
+            (
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize access",
+            ),
+            (DatabaseErrorKind::Unknown, "deadlock detected"),
+        ] {
+            let err = ApiError::from(Error::DatabaseError(kind, Box::new(message.to_owned())));
+            assert_eq!(err.kind().status, 503, "{message}");
+            assert!(
+                err.0.headers.iter().any(|(n, _)| n == header::RETRY_AFTER),
+                "{message}"
+            );
+        }
+        let other = Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("division by zero".to_owned()),
+        );
+        assert_eq!(ApiError::from(other).kind().status, 500);
     }
 }

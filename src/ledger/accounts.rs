@@ -120,8 +120,14 @@ pub async fn find(
         .optional()
 }
 
-/// Locks the account row for the rest of the transaction.
-pub async fn find_for_update(
+/// Locks the account row for the rest of the transaction against other writers of it.
+///
+/// `FOR NO KEY UPDATE`, not `FOR UPDATE`: the jobs and Apple events that allocations and the
+/// dispatcher insert for the account check their foreign key with a `KEY SHARE` lock on this
+/// row while they hold assignment and asset rows; a `FOR UPDATE` here made them wait for us
+/// while we waited for their rows (a deadlock, seen when a token replacement cleared the ledger
+/// during a dispatch). Only deleting the row needs the stronger lock, and `DELETE` takes it.
+pub async fn find_locked(
     conn: &mut AsyncPgConnection,
     space: &str,
     id: Uuid,
@@ -130,7 +136,7 @@ pub async fn find_for_update(
         .filter(accounts::space_id.eq(space))
         .filter(accounts::id.eq(id))
         .select(AccountRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(conn)
         .await
         .optional()
@@ -146,12 +152,14 @@ pub async fn list(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Vec<
 }
 
 /// Locks the space row: serialises everything that renumbers its accounts' priorities.
-/// `None` if the space does not exist.
+/// `None` if the space does not exist. `FOR NO KEY UPDATE`, so that allocations (whose new
+/// assignments reference the space) are not blocked by it, for the reason given at
+/// [`find_locked`].
 pub async fn lock_space(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Option<String>> {
     spaces::table
         .filter(spaces::id.eq(space))
         .select(spaces::id)
-        .for_update()
+        .for_no_key_update()
         .first(conn)
         .await
         .optional()

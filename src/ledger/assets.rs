@@ -123,10 +123,34 @@ pub async fn import_new(
 }
 
 /// Forgets every asset (and, by cascade, every assignment) of an account.
-pub async fn clear(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<usize> {
+/// Forgets what the ledger knows of an account's Apple location, when a token of another
+/// location replaces it: its assignments, assets, queued Apple work, followed events and
+/// registered users. Returns how many assignments were forgotten.
+///
+/// The assignments are locked first, as the dispatcher locks them before the asset rows;
+/// deleting the assets first (which cascades to the assignments) took the locks the other way
+/// round and could deadlock with a dispatch in progress.
+pub async fn forget_location(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
+    use crate::db::schema::{apple_events, apple_users, assignments, jobs};
+    let forgotten: Vec<Uuid> = assignments::table
+        .filter(assignments::account_id.eq(account))
+        .select(assignments::id)
+        .for_update()
+        .load(conn)
+        .await?;
+    diesel::delete(jobs::table.filter(jobs::account_id.eq(account)))
+        .execute(conn)
+        .await?;
+    diesel::delete(apple_events::table.filter(apple_events::account_id.eq(account)))
+        .execute(conn)
+        .await?;
+    diesel::delete(apple_users::table.filter(apple_users::account_id.eq(account)))
+        .execute(conn)
+        .await?;
     diesel::delete(assets::table.filter(assets::account_id.eq(account)))
         .execute(conn)
-        .await
+        .await?;
+    Ok(forgotten.len() as i64)
 }
 
 pub async fn for_account(

@@ -125,15 +125,6 @@ pub async fn list(
     q.load(conn).await
 }
 
-/// All assignment rows of an account, finished ones included.
-pub async fn count_for_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
-    assignments::table
-        .filter(assignments::account_id.eq(account))
-        .count()
-        .get_result(conn)
-        .await
-}
-
 /// Live (license-holding) assignments of an account.
 pub async fn count_live(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
     assignments::table

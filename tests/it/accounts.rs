@@ -501,8 +501,13 @@ async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licen
         &format!("/v1/spaces/acme/assignments/{assignment_id}"),
     )
     .await;
+    // (Its version may have moved on meanwhile: the dispatcher takes it to Apple.)
     assert_eq!(now["account_id"], ids[0]);
-    assert_eq!(now["version"], alloc["assignment"]["version"]);
+    assert_eq!(now["rule"], alloc["assignment"]["rule"]);
+    assert!(
+        ["pending", "associating", "active"].contains(&now["state"].as_str().unwrap()),
+        "{now}"
+    );
 }
 
 #[tokio::test]
@@ -561,6 +566,8 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
     )
     .await;
     assert_eq!(alloc.status(), 201);
+    let alloc: Value = alloc.json().await.unwrap();
+    let alloc_id = alloc["assignment"]["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/spaces/acme/accounts/{id}/stoken");
 
     // A renewed token of the same location: the ledger stays.
@@ -606,6 +613,16 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
     assert_eq!(switched["licenses"]["held"], 0);
     let listed = get(&app, "/v1/spaces/acme/assignments").await;
     assert!(listed["items"].as_array().unwrap().is_empty());
+    // The old location's queued Apple work went with its ledger.
+    let old_assignment: uuid::Uuid = alloc_id.parse().unwrap();
+    let mut conn = app.db.connect().await;
+    let left: i64 = vpp_broker::db::schema::jobs::table
+        .filter(vpp_broker::db::schema::jobs::assignment_id.eq(old_assignment))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     let log = actions(&app, &id).await;
     let replaced: Vec<&Value> = log
         .iter()
