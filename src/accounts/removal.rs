@@ -53,6 +53,10 @@ pub async fn delete(
                 current: account.version,
             });
         }
+        // Allocations in flight hold the account's asset rows until they commit: waiting for
+        // them lets the count and the revocation below see their licenses, and once this
+        // transaction commits the allocation guard refuses new ones (`engine::write`).
+        crate::ledger::assets::lock_account(conn, id).await?;
         let policies: i64 = policy_entries::table
             .filter(policy_entries::account_id.eq(id))
             .count()

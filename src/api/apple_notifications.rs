@@ -3,8 +3,11 @@
 //! Apple authenticates with `Authorization: Bearer <notificationAuthToken>`, the random token
 //! this service gave Apple when it wrote the client config; only its SHA-256 is stored and the
 //! comparison is constant-time. Notifications may arrive more than once: each `notificationId`
-//! is processed once. ASSET_MANAGEMENT results move assignments like a status poll would;
-//! ASSET_COUNT adjusts the asset's total. TEST_NOTIFICATION is acknowledged before any check:
+//! is processed once (and forgotten again when processing fails, so Apple's retry counts).
+//! ASSET_MANAGEMENT results move the assignments of this account's events like a status poll
+//! would; ASSET_COUNT adjusts the asset's total. A notification naming another location (`uId`)
+//! or another account's event changes nothing: one account's token never reaches another's
+//! ledger. TEST_NOTIFICATION is acknowledged before any check:
 //! Apple sends it while the account is being attached (not stored yet), and it changes
 //! nothing. Anything else is acknowledged and ignored, so Apple does not retry it.
 
@@ -19,7 +22,7 @@ use crate::apple::types::{
 };
 use crate::dispatch::events::{self, Results};
 use crate::http::problem::{ApiError, Problem, types};
-use crate::ledger::accounts as store;
+use crate::ledger::accounts::{self as store, AccountRow};
 use crate::state::AppState;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -88,17 +91,42 @@ pub async fn receive_apple_notification(
         return Ok(HttpResponse::Ok().finish());
     }
     drop(conn);
+    if let Err(e) = process(&state, &account, &envelope).await {
+        // Forget the notification, so that Apple's next delivery of it is processed.
+        let mut conn = state.pool.get().await?;
+        diesel::sql_query("DELETE FROM apple_notifications WHERE notification_id = $1")
+            .bind::<diesel::sql_types::Text, _>(&envelope.notification_id)
+            .execute(&mut conn)
+            .await?;
+        return Err(e);
+    }
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// Applies one authenticated, first-seen notification of `account`.
+async fn process(
+    state: &AppState,
+    account: &AccountRow,
+    envelope: &NotificationEnvelope,
+) -> Result<(), ApiError> {
+    if let Some(uid) = &envelope.u_id
+        && !uid.is_empty()
+        && *uid != account.location_uid
+    {
+        tracing::warn!(account = %account.id, "Apple notification for another location; ignored");
+        return Ok(());
+    }
     let payload = match envelope.payload() {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "undecodable Apple notification payload; acknowledged");
-            return Ok(HttpResponse::Ok().finish());
+            return Ok(());
         }
     };
     match payload {
         NotificationPayload::AssetManagement(n) => {
             let Some(event_id) = n.event_id.clone() else {
-                return Ok(HttpResponse::Ok().finish());
+                return Ok(());
             };
             let error = n.error.as_ref().map(|e| {
                 (
@@ -124,26 +152,32 @@ pub async fn receive_apple_notification(
                 .cipher
                 .open(account.id.as_bytes(), &account.sealed_token())
                 .map_err(ApiError::internal)?;
-            events::apply(&state, &token, &event_id, &Results::Partial(results))
-                .await
-                .map_err(ApiError::internal)?;
+            events::apply(
+                state,
+                &token,
+                account.id,
+                &event_id,
+                &Results::Partial(results),
+            )
+            .await
+            .map_err(ApiError::internal)?;
         }
         NotificationPayload::AssetCount(n) => {
             let mut conn = state.pool.get().await?;
             diesel::sql_query(
-                "UPDATE assets SET apple_total = GREATEST(0, apple_total + $4), updated_at = now()
+                "UPDATE assets
+                    SET apple_total = LEAST(GREATEST(0, apple_total::bigint + $4), 2147483647)::int,
+                        updated_at = now()
                   WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
             )
-            .bind::<diesel::sql_types::Uuid, _>(account_id)
+            .bind::<diesel::sql_types::Uuid, _>(account.id)
             .bind::<diesel::sql_types::Text, _>(&n.adam_id)
             .bind::<diesel::sql_types::Text, _>(n.pricing_param.as_str())
-            .bind::<diesel::sql_types::Integer, _>(
-                n.count_delta.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-            )
+            .bind::<diesel::sql_types::BigInt, _>(n.count_delta)
             .execute(&mut conn)
             .await?;
         }
         _ => {}
     }
-    Ok(HttpResponse::Ok().finish())
+    Ok(())
 }

@@ -60,9 +60,10 @@ pub struct SubjectRef {
     /// Devices: the client user id of the device's user (for user-based licenses and rule A7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Devices: a Shared iPad always gets a device-based license.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub shared_ipad: bool,
+    /// Devices: a Shared iPad always gets a device-based license. Omit to keep what was stored
+    /// before (a new device is not a Shared iPad).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_ipad: Option<bool>,
     /// The subject's group memberships, as the MDM knows them (stored; used by policies and
     /// distribution lists). Omit to keep what was stored before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,7 +258,7 @@ fn validate(body: &AllocateBody) -> Result<(), ApiError> {
             });
         }
     }
-    if body.subject.shared_ipad && body.subject.kind == SubjectKind::User {
+    if body.subject.shared_ipad == Some(true) && body.subject.kind == SubjectKind::User {
         errors.push(FieldError {
             field: "subject.shared_ipad".into(),
             message: "only devices can be Shared iPads".into(),
@@ -308,6 +309,11 @@ impl From<AllocationError> for ApiError {
             AllocationError::UnknownSpace(space) => ApiError::not_found(format!("space {space}")),
             AllocationError::Db(e) => e.into(),
             AllocationError::Pool(e) => e.into(),
+            AllocationError::Overdrawn => ApiError::new(
+                &types::UNAVAILABLE,
+                "the ledger kept changing while the allocation was decided; retry",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
             AllocationError::Unavailable(why) => {
                 tracing::warn!(error = %why, "allocation unavailable");
                 ApiError::new(
@@ -561,7 +567,8 @@ fn render(
         Err(
             e @ (AllocationError::Db(_)
             | AllocationError::Pool(_)
-            | AllocationError::Unavailable(_)),
+            | AllocationError::Unavailable(_)
+            | AllocationError::Overdrawn),
         ) => Err(e.into()),
         Err(refusal) => {
             let api: ApiError = refusal.into();

@@ -25,6 +25,7 @@ use crate::apple::types::{AssetKey, ManageAssetsRequest, PricingParam};
 use crate::db::schema::apple_events;
 use crate::engine::model::LicenseType;
 use crate::ledger::accounts::{self as store, AccountRow};
+use crate::ledger::assignments;
 use crate::ledger::jobs::{self, JobRow};
 
 /// One Apple request's worth of work.
@@ -220,10 +221,15 @@ pub async fn submit(
         "UPDATE assignments SET batch_id = $2, updated_at = now()
           WHERE id = ANY($1) AND state = 'revoking' RETURNING id"
     };
-    let marked: Vec<Uuid> = diesel::sql_query(mark)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
-        .bind::<diesel::sql_types::Uuid, _>(batch)
-        .load::<super::IdRow>(&mut conn)
+    let marked: Vec<Uuid> = conn
+        .transaction(async |conn| {
+            assignments::lock_in_order(conn, &ids).await?;
+            diesel::sql_query(mark)
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+                .bind::<diesel::sql_types::Uuid, _>(batch)
+                .load::<super::IdRow>(conn)
+                .await
+        })
         .await?
         .into_iter()
         .map(|r| r.id)
@@ -279,6 +285,7 @@ pub async fn submit(
             let event_id = event.event_id.clone();
             let mut conn = ctx.state.pool.get().await?;
             conn.transaction(async |conn| {
+                assignments::lock_in_order(conn, &marked).await?;
                 diesel::sql_query(
                     "UPDATE assignments SET apple_event_id = $2, updated_at = now() WHERE batch_id = $1",
                 )
@@ -352,6 +359,7 @@ async fn fail(
 ) -> Result<(), DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
     conn.transaction(async |conn| {
+        assignments::lock_in_order(conn, ids).await?;
         let failed: Vec<super::IdRow> = diesel::sql_query(
             "UPDATE assignments SET state = 'failed', error = $3, version = version + 1, updated_at = now()
               WHERE id = ANY($1) AND batch_id = $2 AND state = 'associating' RETURNING id",
@@ -399,12 +407,17 @@ async fn requeue(
 ) -> Result<(), DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
     if chunk.associate {
-        diesel::sql_query(
-            "UPDATE assignments SET state = 'pending', batch_id = NULL, updated_at = now()
-              WHERE batch_id = $1 AND state = 'associating' AND apple_event_id IS NULL",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(batch)
-        .execute(&mut conn)
+        let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
+        conn.transaction(async |conn| {
+            assignments::lock_in_order(conn, &ids).await?;
+            diesel::sql_query(
+                "UPDATE assignments SET state = 'pending', batch_id = NULL, updated_at = now()
+                  WHERE batch_id = $1 AND state = 'associating' AND apple_event_id IS NULL",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(batch)
+            .execute(conn)
+            .await
+        })
         .await?;
     }
     jobs::postpone(&mut conn, &chunk.job_ids, at, Some(why)).await?;

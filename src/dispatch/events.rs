@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::DispatchError;
 use crate::apple::client::AssetQuery;
+use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::apple::stoken::SToken;
 use crate::apple::types::{ErrorResponse, PricingParam};
 use crate::db::schema::apple_events;
@@ -28,9 +29,6 @@ use crate::engine::allocate::{self, AllocationRequest, AssetRef, SubjectInput};
 use crate::engine::model::{LicenseType, LicenseWish, SubjectKind};
 use crate::ledger::activity::{self, Activity};
 use crate::state::AppState;
-
-/// Apple's "not enough licenses" error number.
-pub const NOT_ENOUGH_LICENSES: i32 = 9709;
 
 /// Results of some or all targets of an event.
 #[derive(Debug)]
@@ -68,12 +66,16 @@ pub struct EventRow {
     pub pricing_param: Option<String>,
 }
 
+/// The event `event_id` of `account` (an event id another account submitted is not found: a
+/// notification authenticated for one account never settles another's assignments).
 pub async fn find_event(
     conn: &mut AsyncPgConnection,
+    account: Uuid,
     event_id: &str,
 ) -> QueryResult<Option<EventRow>> {
     apple_events::table
         .filter(apple_events::event_id.eq(event_id))
+        .filter(apple_events::account_id.eq(account))
         .select((
             apple_events::event_id,
             apple_events::account_id,
@@ -119,16 +121,17 @@ pub struct Applied {
     pub finished: bool,
 }
 
-/// Moves the assignments of `event_id` according to `results`. `token` is needed to refresh
-/// counts when Apple reports 9709.
+/// Moves the assignments of `account`'s event `event_id` according to `results`. `token` (the
+/// account's) is needed to refresh counts when Apple reports 9709.
 pub async fn apply(
     state: &AppState,
     token: &SToken,
+    account: Uuid,
     event_id: &str,
     results: &Results,
 ) -> Result<Applied, DispatchError> {
     let mut conn = state.pool.get().await?;
-    let Some(event) = find_event(&mut conn, event_id).await? else {
+    let Some(event) = find_event(&mut conn, account, event_id).await? else {
         // Not ours (or its account is gone): nothing to settle.
         return Ok(Applied {
             finished: true,
@@ -171,6 +174,7 @@ async fn transition(
         "SELECT a.id, a.space_id, a.state, s.external_id AS target, a.requested_by
            FROM assignments a JOIN subjects s ON s.id = a.subject_id
           WHERE a.apple_event_id = $1 AND a.state IN ('associating', 'revoking')
+          ORDER BY a.id
           FOR UPDATE OF a",
     )
     .bind::<diesel::sql_types::Text, _>(&event.event_id)
@@ -411,7 +415,7 @@ async fn reallocate(
     let (Some(adam), Some(pricing)) = (event.adam_id.clone(), event.pricing_param.clone()) else {
         return Ok(());
     };
-    refresh_counts(state, token, event.account_id, &adam, &pricing).await?;
+    refresh_counts(state, token, event, &adam, &pricing).await?;
     for r in reallocs {
         let mut conn = state.pool.get().await?;
         let Some(old) = crate::ledger::assignments::by_id(&mut conn, r.id).await? else {
@@ -430,7 +434,7 @@ async fn reallocate(
             SubjectKind::Device => SubjectInput::Device {
                 serial: subject.external_id.clone(),
                 user: subject.user_external_id.clone(),
-                shared_ipad: subject.shared_ipad,
+                shared_ipad: None,
                 groups: None,
             },
             SubjectKind::User => SubjectInput::User {
@@ -457,20 +461,25 @@ async fn reallocate(
         };
         // One transaction: the failed assignment gives its license back, the subject gets one
         // from another account, and the old assignment records where it went.
-        let new_id = conn
+        let outcome = conn
             .transaction(async |conn| {
                 let mut error =
                     serde_json::json!({ "number": NOT_ENOUGH_LICENSES, "message": r.message });
-                set_state(conn, &[old.id], "failed", Some(&error)).await?;
-                diesel::sql_query(
-                    "UPDATE assets SET held = held - 1, updated_at = now()
-                      WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
+                // Only an assignment still waiting for this association is re-allocated, once:
+                // a poll and a notification may report the same 9709, and a revocation may
+                // have taken the assignment (and its license) meanwhile.
+                let claimed: Vec<super::IdRow> = diesel::sql_query(
+                    "UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
+                            updated_at = now()
+                      WHERE id = $1 AND state = 'associating' RETURNING id",
                 )
-                .bind::<diesel::sql_types::Uuid, _>(event.account_id)
-                .bind::<diesel::sql_types::Text, _>(&adam)
-                .bind::<diesel::sql_types::Text, _>(&pricing)
-                .execute(conn)
+                .bind::<diesel::sql_types::Uuid, _>(old.id)
+                .bind::<diesel::sql_types::Jsonb, _>(&error)
+                .load(conn)
                 .await?;
+                if claimed.is_empty() {
+                    return Ok::<_, DispatchError>(None);
+                }
                 let new_id = match allocate::allocate(conn, &request).await {
                     Ok(o) => {
                         let id = o.assignment.as_ref().map(|a| a.id);
@@ -480,11 +489,26 @@ async fn reallocate(
                     }
                     Err(allocate::AllocationError::Db(e)) => return Err(DispatchError::Db(e)),
                     Err(allocate::AllocationError::Pool(e)) => return Err(DispatchError::Pool(e)),
+                    Err(e @ allocate::AllocationError::Overdrawn) => {
+                        return Err(DispatchError::Other(e.to_string()));
+                    }
                     Err(refusal) => {
                         error["reallocation"] = serde_json::json!(refusal.to_string());
                         None
                     }
                 };
+                // After the allocation, which locked the asset rows in their usual order (the
+                // failed account's row among them): taking this row first could deadlock
+                // with an allocation batch.
+                diesel::sql_query(
+                    "UPDATE assets SET held = held - 1, updated_at = now()
+                      WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(event.account_id)
+                .bind::<diesel::sql_types::Text, _>(&adam)
+                .bind::<diesel::sql_types::Text, _>(&pricing)
+                .execute(conn)
+                .await?;
                 diesel::sql_query("UPDATE assignments SET error = $2 WHERE id = $1")
                     .bind::<diesel::sql_types::Uuid, _>(old.id)
                     .bind::<diesel::sql_types::Jsonb, _>(&error)
@@ -512,23 +536,29 @@ async fn reallocate(
                 let mut woken = vec![old.id];
                 woken.extend(new_id);
                 crate::waiters::notify(conn, &woken).await?;
-                Ok::<_, DispatchError>(new_id)
+                Ok(Some(new_id))
             })
             .await?;
-        tracing::info!(old = %old.id, new = ?new_id, "re-allocated after Apple error 9709");
+        if let Some(new_id) = outcome {
+            tracing::info!(old = %old.id, new = ?new_id, "re-allocated after Apple error 9709");
+        }
     }
     Ok(())
 }
 
-/// Re-reads one asset's counts from Apple. Licenses Apple reports as assigned beyond what this
-/// ledger holds at Apple count as assigned elsewhere.
-pub async fn refresh_counts(
+/// Re-reads one asset's counts from Apple after `event` reported 9709. Licenses Apple reports
+/// as assigned beyond what this ledger holds at Apple count as assigned elsewhere. The ledger
+/// holds at Apple its active and revoking assignments and those of other events in flight
+/// (Apple may have applied them already; counting them as foreign as well would refuse
+/// licenses that exist), but not this event's, which Apple just refused.
+async fn refresh_counts(
     state: &AppState,
     token: &SToken,
-    account: Uuid,
+    event: &EventRow,
     adam_id: &str,
     pricing_param: &str,
 ) -> Result<(), DispatchError> {
+    let account = event.account_id;
     let listing = state
         .apple
         .get_assets(
@@ -554,7 +584,9 @@ pub async fn refresh_counts(
         "UPDATE assets s SET apple_total = $4, apple_assigned = $5,
                 foreign_assigned = GREATEST(0, $5 - (SELECT count(*) FROM assignments a
                      WHERE a.account_id = s.account_id AND a.adam_id = s.adam_id
-                       AND a.pricing_param = s.pricing_param AND a.state IN ('active', 'revoking'))),
+                       AND a.pricing_param = s.pricing_param
+                       AND (a.state IN ('active', 'revoking')
+                            OR (a.state = 'associating' AND a.apple_event_id <> $6)))),
                 synced_at = now(), updated_at = now()
           WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
     )
@@ -563,6 +595,7 @@ pub async fn refresh_counts(
     .bind::<diesel::sql_types::Text, _>(pricing_param)
     .bind::<diesel::sql_types::Integer, _>(total)
     .bind::<diesel::sql_types::Integer, _>(assigned)
+    .bind::<diesel::sql_types::Text, _>(&event.event_id)
     .execute(&mut conn)
     .await?;
     Ok(())

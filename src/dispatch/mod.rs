@@ -381,6 +381,7 @@ async fn poll(
             let applied = events::apply(
                 &ctx.state,
                 token,
+                account.id,
                 event_id,
                 &events::Results::Complete(failures),
             )

@@ -46,7 +46,8 @@ pub enum SubjectInput {
         serial: String,
         /// Client user id of the device's user, when known.
         user: Option<String>,
-        shared_ipad: bool,
+        /// `None`: as stored before (a new device is not a Shared iPad).
+        shared_ipad: Option<bool>,
         groups: Option<Vec<String>>,
     },
     User {
@@ -107,7 +108,14 @@ pub enum AllocationError {
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
     #[error("the ledger database is unavailable: {0}")]
     Unavailable(String),
+    /// The guarded write found the ledger changed since the batch was decided (an account
+    /// marked for deletion meanwhile); nothing was written. Deciding again gives the answer.
+    #[error("the ledger changed while the allocation was decided")]
+    Overdrawn,
 }
+
+/// How often [`allocate`] decides again after [`AllocationError::Overdrawn`].
+const ATTEMPTS: usize = 3;
 
 /// Allocates one license (or, with `dry_run`, explains what would be allocated), in its own
 /// transaction (a savepoint when the caller already has one).
@@ -116,12 +124,21 @@ pub async fn allocate(
     req: &AllocationRequest,
 ) -> Result<Outcome, AllocationError> {
     let space = req.space.clone();
-    let mut results = conn
-        .transaction(async |conn| allocate_many(conn, &space, &[req]).await)
-        .await?;
-    results
-        .pop()
-        .unwrap_or(Err(AllocationError::Db(diesel::result::Error::NotFound)))
+    let mut attempt = 1;
+    loop {
+        let result = conn
+            .transaction(async |conn| allocate_many(conn, &space, &[req]).await)
+            .await;
+        match result {
+            Err(AllocationError::Overdrawn) if attempt < ATTEMPTS => attempt += 1,
+            Err(e) => return Err(e),
+            Ok(mut results) => {
+                return results
+                    .pop()
+                    .unwrap_or(Err(AllocationError::Db(diesel::result::Error::NotFound)));
+            }
+        }
+    }
 }
 
 /// Decides and writes a batch of allocations of one space; runs inside the caller's
@@ -160,11 +177,7 @@ pub async fn allocate_many(
     let rows = match write::write(conn, space, &planned).await {
         Ok(rows) => rows,
         Err(WriteError::Db(e)) => return Err(AllocationError::Db(e)),
-        Err(WriteError::Overdrawn) => {
-            return Err(AllocationError::Db(
-                diesel::result::Error::RollbackTransaction,
-            ));
-        }
+        Err(WriteError::Overdrawn) => return Err(AllocationError::Overdrawn),
     };
     let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(reqs.len());
     for d in decided {

@@ -104,7 +104,7 @@ async fn run(pool: &Pool, space: &str, group: Vec<Pending>) {
                 let _ = p.reply.send(o);
             }
         }
-        Err(e) if group.len() == 1 => {
+        Err(e) if group.len() == 1 && !matches!(e, AllocationError::Overdrawn) => {
             if let Some(p) = group.into_iter().next() {
                 let _ = p.reply.send(Err(e));
             }

@@ -16,6 +16,7 @@ use super::load::{Candidate, Snapshot};
 use super::model::{Decision, LicenseType, LicenseWish, Rule, Skip, SkipReason, SubjectKind};
 use super::policy::{Policy, Verdict, Who};
 use crate::accounts::WhenUnusable;
+use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::ledger::assignments::AssignmentRow;
 use crate::ledger::subjects::SubjectRow;
 
@@ -265,16 +266,28 @@ fn decide_one(
         Verdict::Disallowed(why) => return Decided::Refused(AllocationError::Disallowed(why)),
         Verdict::Allowed { reserved_from } => reserved_from,
     };
+    // Accounts excluded by a re-allocation (Apple reported none left there) are skipped, but
+    // the first owner stays the first by priority: excluding it must not let a fallback
+    // account serve subjects outside its distribution list (A4).
+    let first_owner = all[0].id;
+    let excluded: Vec<Skip> = all
+        .iter()
+        .filter(|c| req.exclude_accounts.contains(&c.id))
+        .map(|c| Skip {
+            account_id: c.id,
+            account_name: c.name.clone(),
+            priority: c.priority,
+            reason: SkipReason::NoFreeLicense,
+            detail: format!("Apple reported no license left (error {NOT_ENOUGH_LICENSES})"),
+        })
+        .collect();
     let mut ordered: Vec<&Candidate> = all
         .iter()
         .filter(|c| !req.exclude_accounts.contains(&c.id))
         .collect();
     if ordered.is_empty() {
-        return Decided::Refused(AllocationError::Exhausted {
-            skipped: Vec::new(),
-        });
+        return Decided::Refused(AllocationError::Exhausted { skipped: excluded });
     }
-    let first_owner = ordered[0].id;
     // Reservations hold licenses back from everyone else; a reservation naming no account
     // holds back from the highest-priority owner.
     let mut holdback: HashMap<Uuid, i64> = HashMap::new();
@@ -318,6 +331,7 @@ fn decide_one(
 
     let mut decision = Decision {
         replaces: req.replaces,
+        skipped: excluded,
         ..Decision::default()
     };
     for c in ordered {
@@ -460,7 +474,7 @@ mod tests {
             subject: SubjectInput::Device {
                 serial: serial.into(),
                 user: None,
-                shared_ipad: false,
+                shared_ipad: None,
                 groups: None,
             },
             wish: LicenseWish::Auto,

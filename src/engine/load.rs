@@ -144,7 +144,7 @@ fn facts(reqs: &[&AllocationRequest]) -> Vec<Facts> {
                     external_id: serial.clone(),
                     groups: groups.clone(),
                     user_external_id: user.clone(),
-                    shared_ipad: Some(*shared_ipad),
+                    shared_ipad: *shared_ipad,
                 });
                 if let Some(u) = user {
                     put(Facts {
@@ -283,6 +283,32 @@ pub async fn snapshot(
         subjects: subjects(conn, space, &facts(reqs), dry_run).await?,
         ..Snapshot::default()
     };
+    // A device's user stored by an earlier request (this one gave only the serial) decides
+    // A6/A7 and user-based licenses too. Its row was written with the device's, so this
+    // statement normally only reads; it runs only when such a user is missing.
+    let stored_users: Vec<Facts> = snap
+        .subjects
+        .values()
+        .filter_map(|s| s.user_external_id.as_ref())
+        .filter(|u| {
+            !snap
+                .subjects
+                .contains_key(&(SubjectKind::User, (*u).clone()))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|u| Facts {
+            kind: SubjectKind::User,
+            external_id: u.clone(),
+            groups: None,
+            user_external_id: None,
+            shared_ipad: None,
+        })
+        .collect();
+    if !stored_users.is_empty() {
+        let users = subjects(conn, space, &stored_users, dry_run).await?;
+        snap.subjects.extend(users);
+    }
     let assets: Vec<AssetRef> = {
         let set: HashSet<AssetRef> = reqs.iter().map(|r| r.asset.clone()).collect();
         let mut v: Vec<AssetRef> = set.into_iter().collect();

@@ -38,8 +38,18 @@ pub struct Revoked {
     pub revoking: i64,
 }
 
+#[derive(diesel::QueryableByName)]
+struct Target {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
 /// Starts revocation of every live assignment of `space` matching `scope`. Run it inside the
 /// caller's transaction.
+///
+/// Rows are locked in the ledger's lock order first (assignments by id, then their asset rows
+/// by key; see [`crate::ledger::assignments::lock_in_order`]): a revocation spanning several
+/// assets or assignments then never deadlocks with allocation batches or the dispatcher.
 pub async fn revoke(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -47,17 +57,47 @@ pub async fn revoke(
     actor: &str,
     reason: &str,
 ) -> diesel::QueryResult<Revoked> {
+    let targets: Vec<Uuid> = diesel::sql_query(
+        "SELECT id FROM assignments
+          WHERE space_id = $1 AND state IN ('pending', 'associating', 'active')
+            AND ($2::uuid IS NULL OR id = $2)
+            AND ($3::uuid IS NULL OR account_id = $3)
+            AND ($4::text IS NULL OR adam_id = $4)
+            AND ($5::text IS NULL OR pricing_param = $5)
+            AND ($6::uuid IS NULL OR subject_id = $6)
+          ORDER BY id
+          FOR UPDATE",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.assignment)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.account)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.adam_id.as_deref())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.pricing_param.as_deref())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.subject)
+    .load::<Target>(conn)
+    .await?
+    .into_iter()
+    .map(|t| t.id)
+    .collect();
+    if targets.is_empty() {
+        return Ok(Revoked::default());
+    }
+    diesel::sql_query(
+        "SELECT 1 FROM assets s
+          WHERE (s.account_id, s.adam_id, s.pricing_param) IN (
+                SELECT account_id, adam_id, pricing_param FROM assignments WHERE id = ANY($1))
+          ORDER BY s.account_id, s.adam_id, s.pricing_param
+          FOR UPDATE OF s",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&targets)
+    .execute(conn)
+    .await?;
     diesel::sql_query(
         "WITH changed AS (
              UPDATE assignments
                 SET state = CASE WHEN state = 'pending' THEN 'revoked' ELSE 'revoking' END,
                     version = version + 1, updated_at = now()
-              WHERE space_id = $1 AND state IN ('pending', 'associating', 'active')
-                AND ($2::uuid IS NULL OR id = $2)
-                AND ($3::uuid IS NULL OR account_id = $3)
-                AND ($4::text IS NULL OR adam_id = $4)
-                AND ($5::text IS NULL OR pricing_param = $5)
-                AND ($6::uuid IS NULL OR subject_id = $6)
+              WHERE id = ANY($2) AND state IN ('pending', 'associating', 'active')
           RETURNING id, account_id, adam_id, pricing_param, state
          ), released AS (
              UPDATE assets a SET held = a.held - c.n, updated_at = now()
@@ -77,9 +117,9 @@ pub async fn revoke(
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
                                        adam_id, pricing_param, request_id, details)
-             SELECT $1, $7, 'assignment.revoke_requested', c.account_id, c.id, c.adam_id,
-                    c.pricing_param, $8,
-                    jsonb_build_object('reason', $9::text, 'state', c.state,
+             SELECT $1, $3, 'assignment.revoke_requested', c.account_id, c.id, c.adam_id,
+                    c.pricing_param, $4,
+                    jsonb_build_object('reason', $5::text, 'state', c.state,
                                        'notify_user', a.notify_on_removal)
                FROM changed c JOIN accounts a ON a.id = c.account_id
           RETURNING 1
@@ -89,11 +129,7 @@ pub async fn revoke(
            FROM changed",
     )
     .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.assignment)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.account)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.adam_id.as_deref())
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.pricing_param.as_deref())
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.subject)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&targets)
     .bind::<diesel::sql_types::Text, _>(actor)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(
         crate::http::context::request_id(),

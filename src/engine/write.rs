@@ -1,10 +1,17 @@
 //! Writing a batch's new licenses in one statement: the pool update (`held`), the assignments,
 //! their Apple jobs and the activity rows.
 //!
-//! The pool update carries its own guard (`held + foreign_assigned + n <= apple_total`): should
-//! the in-memory decision ever disagree with the locked rows, the statement reports fewer
-//! accounts updated than planned and the caller rolls the batch back. Over-allocation is refused
-//! by the database, not only by the decision.
+//! The pool update carries its own guard (`held + foreign_assigned + n <= apple_total`, and the
+//! account not marked for deletion): should the in-memory decision ever disagree with the
+//! ledger, the statement reports fewer accounts updated than planned and the caller rolls the
+//! batch back and decides again. Over-allocation is refused by the database, not only by the
+//! decision.
+//!
+//! The deletion check closes a race the row locks alone leave open: the batch read the
+//! account's `delete_requested_at` without locking the account row. A deletion waits for the
+//! account's asset rows (which the batch holds) before it revokes, so it sees every license
+//! written before; a batch that writes after the deletion committed (this statement reads
+//! afresh) finds the mark and decides again, skipping the account.
 
 use crate::db::prepared::Prepare;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -92,6 +99,8 @@ pub async fn write(
               WHERE s.account_id = c.account_id AND s.adam_id = c.adam_id
                 AND s.pricing_param = c.pricing_param
                 AND s.held + s.foreign_assigned + c.n <= s.apple_total
+                AND NOT EXISTS (SELECT 1 FROM accounts a
+                                 WHERE a.id = s.account_id AND a.delete_requested_at IS NOT NULL)
           RETURNING 1
          ), ins AS (
              INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subject_id,

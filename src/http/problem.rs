@@ -320,7 +320,7 @@ impl ResponseError for ApiError {
     }
 }
 
-/// Maps database errors: missing row → 404, unique violation → 409, FK violation → 409 in-use,
+/// Maps database errors: missing row → 404, unique (or exclusion) violation → 409, FK violation → 409 in-use,
 /// CHECK violation → 422, a lost connection or a transaction PostgreSQL aborted to resolve a
 /// conflict with a concurrent one (serialization failure, deadlock) → 503 with `Retry-After`
 /// (nothing was written; the same request succeeds when retried); everything else is a 500
@@ -330,7 +330,10 @@ impl From<diesel::result::Error> for ApiError {
         use diesel::result::{DatabaseErrorKind, Error};
         match &err {
             Error::NotFound => ApiError::bare(&types::NOT_FOUND),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => ApiError::new(
+            Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::ExclusionViolation,
+                info,
+            ) => ApiError::new(
                 &types::ALREADY_EXISTS,
                 format!(
                     "conflicts with an existing record ({})",

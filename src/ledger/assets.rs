@@ -123,6 +123,29 @@ pub async fn import_new(
 }
 
 /// Forgets every asset (and, by cascade, every assignment) of an account.
+/// Locks an account's live assignments (by id) and then its asset rows (by key), in the
+/// ledger's lock order (see [`crate::ledger::assignments::lock_in_order`]). Waits for the
+/// allocation batches that hold the asset rows, so a later statement sees their licenses.
+pub async fn lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<()> {
+    use crate::db::schema::assignments;
+    assignments::table
+        .filter(assignments::account_id.eq(account))
+        .filter(assignments::state.eq_any(["pending", "associating", "active"]))
+        .order(assignments::id)
+        .select(assignments::id)
+        .for_update()
+        .load::<Uuid>(conn)
+        .await?;
+    assets::table
+        .filter(assets::account_id.eq(account))
+        .order((assets::adam_id, assets::pricing_param))
+        .select(assets::adam_id)
+        .for_update()
+        .load::<String>(conn)
+        .await?;
+    Ok(())
+}
+
 /// Forgets what the ledger knows of an account's Apple location, when a token of another
 /// location replaces it: its assignments, assets, queued Apple work, followed events and
 /// registered users. Returns how many assignments were forgotten.

@@ -145,3 +145,23 @@ pub async fn count_at_apple(conn: &mut AsyncPgConnection, account: Uuid) -> Quer
         .get_result(conn)
         .await
 }
+
+/// Locks assignment rows in id order for the rest of the transaction.
+///
+/// Lock order, shared by every transaction that changes existing assignments (revocation, the
+/// dispatcher's bookkeeping, re-allocation): assignment rows in id order first, then asset rows
+/// in `(account, adam_id, pricing_param)` order, the order allocation batches lock them in.
+/// Transactions that take locks in one order never wait for each other in a cycle.
+pub async fn lock_in_order(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    assignments::table
+        .filter(assignments::id.eq_any(ids))
+        .order(assignments::id)
+        .select(assignments::id)
+        .for_update()
+        .load::<Uuid>(conn)
+        .await
+        .map(|_| ())
+}

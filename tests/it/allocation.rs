@@ -980,3 +980,206 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
         claimed.iter().map(|j| j.attempts).collect::<Vec<_>>()
     );
 }
+
+/// A 9709 reported twice at once (a status poll and Apple's notification race) re-allocates
+/// the subject once and gives the failed account's license back once (rule A9): the second
+/// report finds the assignment no longer waiting for Apple.
+#[tokio::test]
+async fn t10_a_9709_reported_twice_at_once_reallocates_once() {
+    use std::collections::HashMap;
+    use vpp_broker::dispatch::events::{self, Results};
+    let sim = sim::start(vec![
+        location(U1, "Library A", vec![app(APP, 10)]),
+        location(U2, "Library B", vec![app(APP, 10)]),
+    ])
+    .await;
+    let mut dispatch = crate::support::app::fast_dispatch("");
+    // The test reports the event's result itself.
+    dispatch.first_poll = Duration::from_secs(120);
+    dispatch.max_poll = Duration::from_secs(120);
+    let app = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        dispatcher: Some(dispatch),
+        ..Default::default()
+    })
+    .await;
+    app.space("acme").await;
+    let a = app.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = app.account("acme", "B", &sim::stoken(&sim, U2)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sim.set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
+        .await
+        .unwrap();
+    let first = allocated(&app, device("R0")).await;
+    let id = first["assignment"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(first["account_id"], a);
+    let event = loop {
+        let v = get(&app, &format!("/v1/spaces/acme/assignments/{id}")).await;
+        if let Some(e) = v["apple_event_id"].as_str() {
+            break e.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let results = Results::Complete(HashMap::from([(
+        "R0".to_owned(),
+        (9709, "There aren't enough assets available.".to_owned()),
+    )]));
+    let token = vpp_broker::apple::stoken::SToken::new(sim::stoken(&sim, U1));
+    let account: uuid::Uuid = a.parse().unwrap();
+    let (one, two) = tokio::join!(
+        events::apply(&app.state, &token, account, &event, &results),
+        events::apply(&app.state, &token, account, &event, &results),
+    );
+    one.unwrap();
+    two.unwrap();
+
+    let old = final_state(&app, &id).await;
+    assert_eq!(old["state"], "failed");
+    let new_id = old["error"]["reallocated_to"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&app, &format!("/v1/spaces/acme/assignments/{new_id}")).await["account_id"],
+        b
+    );
+    let mut conn = app.db.connect().await;
+    let live: i64 = assignments::table
+        .filter(assignments::state.eq_any(["pending", "associating", "active"]))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(live, 1, "one license for R0");
+    assert_eq!((held(&app, &a).await, held(&app, &b).await), (0, 1));
+}
+
+/// What a device request told the service before stays true when a later request gives only
+/// the serial: the device's user still decides A6/A7 and user-based licenses, and a Shared
+/// iPad stays one.
+#[tokio::test]
+async fn a7_a_devices_stored_user_and_shared_ipad_flag_carry_over() {
+    let w = world(5, 5).await;
+    // A book is not device-assignable: the device's user gets the license.
+    let book = |subject: Value| json!({"asset": {"adam_id": BOOK}, "subject": subject});
+    let first = allocated(
+        &w.app,
+        book(json!({"kind": "device", "id": "D1", "user": "u1"})),
+    )
+    .await;
+    assert_eq!(first["license_type"], "user");
+    let again = allocate(&w.app, book(json!({"kind": "device", "id": "D1"}))).await;
+    assert_eq!(again.status(), 200, "the stored user's license (A6)");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["assignment"]["id"], first["assignment"]["id"]);
+
+    // The user's app license covers the device when only the serial is given (A7).
+    let user_app = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "u1"}}),
+    )
+    .await;
+    let covered = allocate(&w.app, device("D1")).await;
+    assert_eq!(covered.status(), 200);
+    let covered: Value = covered.json().await.unwrap();
+    assert_eq!(covered["rule"], "user_license_covers_device");
+    assert_eq!(covered["assignment"]["id"], user_app["assignment"]["id"]);
+
+    // A Shared iPad stays one when a later request omits the flag.
+    let ipad = json!({"kind": "device", "id": "IPAD", "user": "u2", "shared_ipad": true});
+    allocated(&w.app, json!({"asset": {"adam_id": APP}, "subject": ipad})).await;
+    let refused = allocate(&w.app, book(json!({"kind": "device", "id": "IPAD"}))).await;
+    let body = expect_problem(refused, 409, "no-license-available").await;
+    assert_eq!(
+        body["accounts"][0]["reason"], "not_device_assignable",
+        "a Shared iPad gets device licenses only: {body}"
+    );
+}
+
+/// A re-allocation after 9709 follows A4 like any allocation: excluding the first account does
+/// not make the next one "first", so a subject outside its distribution list gets nothing.
+#[tokio::test]
+async fn a4_a_reallocation_after_9709_respects_the_distribution_list() {
+    let w = world(10, 10).await;
+    let resp = w
+        .app
+        .req(Method::PATCH, &format!("/v1/spaces/acme/accounts/{}", w.b))
+        .json(&json!({"distribution_list": [{"kind": "device", "value": "LISTED"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    w.sim
+        .set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
+        .await
+        .unwrap();
+    let unlisted = allocated(&w.app, device("OTHER")).await;
+    let listed = allocated(&w.app, device("LISTED")).await;
+    let unlisted = final_state(&w.app, unlisted["assignment"]["id"].as_str().unwrap()).await;
+    assert_eq!(unlisted["state"], "failed");
+    assert!(unlisted["error"]["reallocated_to"].is_null(), "{unlisted}");
+    assert!(
+        unlisted["error"]["reallocation"].as_str().is_some(),
+        "{unlisted}"
+    );
+    let listed = final_state(&w.app, listed["assignment"]["id"].as_str().unwrap()).await;
+    let moved = listed["error"]["reallocated_to"].as_str().unwrap();
+    let moved = final_state(&w.app, moved).await;
+    assert_eq!(
+        (moved["account_id"].as_str(), moved["state"].as_str()),
+        (Some(w.b.as_str()), Some("active"))
+    );
+    assert_eq!(held(&w.app, &w.b).await, 1);
+}
+
+/// Deleting an account while allocations race it (rule T8 with A9): every license the account
+/// handed out is revoked before it goes, none is handed out after, and Apple holds nothing of
+/// it at the end.
+#[tokio::test]
+async fn t8_deleting_an_account_under_concurrent_allocations_leaves_nothing_behind() {
+    let w = world(100, 100).await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let req = w
+            .app
+            .req(Method::POST, "/v1/spaces/acme/assignments")
+            .json(&device(&format!("RACE-{i}")));
+        tasks.push(tokio::spawn(async move {
+            req.send().await.unwrap().status().as_u16()
+        }));
+        if i == 20 {
+            let del = w.app.req(
+                Method::DELETE,
+                &format!("/v1/spaces/acme/accounts/{}?revoke_all=true", w.a),
+            );
+            tasks.push(tokio::spawn(async move {
+                del.send().await.unwrap().status().as_u16()
+            }));
+        }
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!([201, 202, 204].contains(&status), "{status}");
+    }
+    let path = format!("/v1/spaces/acme/accounts/{}", w.a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.app.req(Method::GET, &path).send().await.unwrap().status() != 404 {
+        assert!(std::time::Instant::now() < deadline, "account A never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sim_serials(&w.sim, U1).await.is_empty(),
+        "Apple still holds A's licenses"
+    );
+    let mut conn = w.app.db.connect().await;
+    let b: uuid::Uuid = w.b.parse().unwrap();
+    let live: Vec<uuid::Uuid> = assignments::table
+        .filter(assignments::state.eq_any(["pending", "associating", "active"]))
+        .select(assignments::account_id)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert!(live.iter().all(|a| *a == b), "only B holds licenses now");
+}

@@ -195,3 +195,61 @@ async fn schema_constraints_reject_illegal_states() {
     .await;
     assert!(e.unwrap().contains("policy_entries_pkey"));
 }
+
+/// Lock strength: rows that reference an account or a space (jobs, Apple events, assignments)
+/// take `FOR KEY SHARE` on it while they are inserted. Renumbering priorities and the row
+/// locks writers of accounts and spaces take must not wait for those, or allocations, the
+/// dispatcher and reorders deadlock one another.
+#[tokio::test]
+async fn reorders_and_account_locks_do_not_wait_for_rows_referencing_the_account() {
+    let db = TestDb::new().await;
+    let mut setup = db.connect().await;
+    setup
+        .batch_execute(
+            "INSERT INTO spaces (id, name) VALUES ('s', 'S');
+             INSERT INTO accounts (id, space_id, name, priority, location_uid, token_ciphertext,
+                                   token_nonce, token_key_id, token_expires_at)
+             VALUES ('00000000-0000-0000-0000-000000000001', 's', 'A', 1, 'loc-1', 'x',
+                     '123456789012', 'k1', now() + interval '1 year'),
+                    ('00000000-0000-0000-0000-000000000002', 's', 'B', 2, 'loc-2', 'x',
+                     '123456789012', 'k1', now() + interval '1 year');",
+        )
+        .await
+        .unwrap();
+    // An open transaction holds a job of account A (its key-share lock on A's row).
+    let mut holder = db.connect().await;
+    holder
+        .batch_execute(
+            "BEGIN; INSERT INTO jobs (kind, account_id)
+                    VALUES ('associate', '00000000-0000-0000-0000-000000000001');",
+        )
+        .await
+        .unwrap();
+    let mut conn = db.connect().await;
+    conn.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+    diesel_async::AsyncConnection::transaction(&mut conn, async |c| {
+        let a: uuid::Uuid = "00000000-0000-0000-0000-000000000001".parse().unwrap();
+        let b: uuid::Uuid = "00000000-0000-0000-0000-000000000002".parse().unwrap();
+        vpp_broker::ledger::accounts::lock_space(c, "s").await?;
+        vpp_broker::ledger::accounts::find_locked(c, "s", a).await?;
+        vpp_broker::ledger::accounts::write_order(c, &[b, a]).await?;
+        Ok::<_, diesel::result::Error>(())
+    })
+    .await
+    .expect("no lock waits for the key-share holder");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let order: Vec<String> = diesel::sql_query("SELECT name FROM accounts ORDER BY priority")
+        .load::<Name>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(order, ["B", "A"]);
+}
+
+#[derive(diesel::QueryableByName)]
+struct Name {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}

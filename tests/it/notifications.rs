@@ -159,3 +159,103 @@ async fn forged_notifications_are_refused() {
         .unwrap();
     assert_eq!(total, 10, "nothing changed");
 }
+
+/// The receiver authenticates a notification for one account; that must never reach another
+/// account's ledger. Whoever holds space A's sToken can read A's notification token from
+/// Apple's client config, so A's token posting space B's event id (or B's location) changes
+/// nothing in B.
+#[tokio::test]
+async fn a_notification_of_one_account_never_settles_another_accounts_assignments() {
+    const U2: &str = "5000000002";
+    let sim = sim::start(vec![
+        location(U1, "Library A", vec![app(APP, 10)]),
+        location(U2, "Library B", vec![app(APP, 10)]),
+    ])
+    .await;
+    let mut dispatch = fast_dispatch("");
+    // No poll within the test: only a notification could finish B's event.
+    dispatch.first_poll = Duration::from_secs(120);
+    dispatch.max_poll = Duration::from_secs(120);
+    let app = TestApp::start_opts(Options {
+        apple_base_url: sim.base_url(),
+        notify_self: true,
+        dispatcher: Some(dispatch),
+        ..Options::default()
+    })
+    .await;
+    app.space("alpha").await;
+    app.space("beta").await;
+    let a = app.account("alpha", "A", &sim::stoken(&sim, U1)).await;
+    app.account("beta", "B", &sim::stoken(&sim, U2)).await;
+    // Apple's notifications are dropped, so B's assignment waits for its event.
+    sim.set_faults(&FaultsPatch {
+        drop_notifications: Some(1000),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let resp = app
+        .req(Method::POST, "/v1/spaces/beta/assignments")
+        .json(&json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "B-1"}}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let assignment = body["assignment"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/spaces/beta/assignments/{assignment}");
+    let event = loop {
+        let now: Value = app
+            .req(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(e) = now["apple_event_id"].as_str() {
+            break e.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // A's notification token, as Apple's client config shows it to A's sToken holder.
+    let config = app
+        .state
+        .apple
+        .get_client_config(&vpp_broker::apple::stoken::SToken::new(sim::stoken(
+            &sim, U1,
+        )))
+        .await
+        .unwrap();
+    let a_token = config.notification_auth_token.expect("subscribed");
+    let a_path = format!("/apple/notifications/{}", a["id"].as_str().unwrap());
+    for (n, uid) in [("forged-1", U1), ("forged-2", U2)] {
+        let forged = json!({
+            "notificationId": n, "notificationType": "ASSET_MANAGEMENT", "uId": uid,
+            "notification": {
+                "eventId": event, "type": "ASSOCIATE", "result": "FAILURE",
+                "error": {"errorNumber": 9610, "errorMessage": "forged"},
+                "assignments": [{"adamId": APP, "pricingParam": "STDQ", "serialNumber": "B-1"}]
+            }
+        });
+        let resp = app
+            .http
+            .post(app.url(&a_path))
+            .header("authorization", format!("Bearer {}", a_token.expose()))
+            .json(&forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "acknowledged, so Apple does not retry");
+    }
+    let now: Value = app
+        .req(Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["state"], "associating", "{now}");
+    assert!(now["error"].is_null(), "{now}");
+}
