@@ -53,19 +53,20 @@ pub struct ListEntry {
 
 /// What Apple's answer (or failure) says about the account's status.
 pub fn observe_error(err: &AppleError, now: DateTime<Utc>) -> Option<Observation> {
+    // Bounded, so no header can push the date past what the clock represents.
+    let until = |after: std::time::Duration| {
+        let after = after.min(crate::apple::error::MAX_RETRY_AFTER);
+        now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::seconds(60))
+    };
     match err.class() {
         ErrorClass::Auth(failure) => Some(Observation::Auth(failure)),
         ErrorClass::RateLimited { retry_after } => Some(Observation::Throttled {
-            until: now
-                + chrono::Duration::from_std(
-                    retry_after.unwrap_or(std::time::Duration::from_secs(60)),
-                )
-                .unwrap_or(chrono::Duration::seconds(60)),
+            until: until(retry_after.unwrap_or(std::time::Duration::from_secs(60))),
         }),
         ErrorClass::Transient {
             retry_after: Some(after),
         } => Some(Observation::Throttled {
-            until: now + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::seconds(60)),
+            until: until(after),
         }),
         _ => None,
     }

@@ -548,7 +548,7 @@ impl AppleClient {
             limits.max_revoke_client_user_ids(),
         )?;
         let body = encode(ep, request)?;
-        self.call(ep, Some(token), Vec::new(), Some(body)).await
+        self.call_event(ep, token, body).await
     }
 
     /// `GET /status?eventId=…`.
@@ -601,6 +601,25 @@ impl AppleClient {
         self.manage_users(Endpoint::RetireUsers, token, users).await
     }
 
+    /// A request Apple answers with an event id; an answer without one is a protocol error
+    /// (nothing could follow the work to its end).
+    async fn call_event(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        body: Vec<u8>,
+    ) -> Result<EventResponse, AppleError> {
+        let event: EventResponse = self.call(ep, Some(token), Vec::new(), Some(body)).await?;
+        if event.event_id.trim().is_empty() {
+            return Err(AppleError::decode(
+                ep.label(),
+                200,
+                "the answer has no eventId",
+            ));
+        }
+        Ok(event)
+    }
+
     async fn manage_assets(
         &self,
         ep: Endpoint,
@@ -641,7 +660,7 @@ impl AppleClient {
             limits.max_client_user_ids(),
         )?;
         let body = encode(ep, request)?;
-        self.call(ep, Some(token), Vec::new(), Some(body)).await
+        self.call_event(ep, token, body).await
     }
 
     async fn manage_users(
@@ -683,7 +702,7 @@ impl AppleClient {
                 users: users.to_vec(),
             },
         )?;
-        self.call(ep, Some(token), Vec::new(), Some(body)).await
+        self.call_event(ep, token, body).await
     }
 
     fn check_client_config(
@@ -779,33 +798,56 @@ impl AppleClient {
                     format!("nextPageIndex {start} after {pages} pages"),
                 ));
             }
-            let end = total.max(start + 1).min(MAX_PAGES);
-            if start >= end {
+            if start >= MAX_PAGES {
                 return Err(AppleError::decode(
                     ep.label(),
                     200,
                     format!("more than {MAX_PAGES} pages"),
                 ));
             }
+            // The pages Apple announced, at most MAX_PARALLEL_PAGES at a time, so that an
+            // error (a 429, a revoked token) or the end of the list stops the read before
+            // more requests go out.
+            let end = total
+                .max(start + 1)
+                .min(start + MAX_PARALLEL_PAGES as u32)
+                .min(MAX_PAGES);
             let results: Vec<Result<R, AppleError>> = stream::iter(start..end)
                 .map(|index| self.fetch_page::<R>(ep, token, query, index))
                 .buffered(MAX_PARALLEL_PAGES)
                 .collect()
                 .await;
-            let changed = results.iter().any(|r| match r {
-                Ok(page) => page.version() != version.as_deref(),
-                Err(e) => e.error_number == Some(codes::BAD_PAGE_INDEX),
-            });
-            if changed {
-                return Ok(Traversal::Changed);
-            }
             next = None;
             for result in results {
-                let (page_items, page_info, _) = result?.into_parts();
+                let page = match result {
+                    Ok(page) => page,
+                    // A page the previous one announced is gone: the list changed.
+                    Err(e) if e.error_number == Some(codes::BAD_PAGE_INDEX) => {
+                        return Ok(Traversal::Changed);
+                    }
+                    Err(e) => return Err(e),
+                };
+                if page.version() != version.as_deref() {
+                    return Ok(Traversal::Changed);
+                }
+                let (page_items, page_info, _) = page.into_parts();
                 items.extend(page_items);
                 pages += 1;
                 total = page_info.total_pages.unwrap_or(total);
                 next = page_info.next_page_index;
+                match next {
+                    // The end, whatever `totalPages` said: later results of the window (past
+                    // the end) are ignored.
+                    None => break,
+                    Some(n) if n != pages => {
+                        return Err(AppleError::decode(
+                            ep.label(),
+                            200,
+                            format!("nextPageIndex {n} after {pages} pages"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Ok(Traversal::Done(Listing {
@@ -952,16 +994,35 @@ fn transport_error(ep: Endpoint, error: reqwest::Error) -> AppleError {
     }
 }
 
-/// The error fields looked for in every body.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Probe {
-    #[serde(default)]
-    error_number: Option<i32>,
-    #[serde(default)]
-    error_message: Option<String>,
-    #[serde(default)]
-    error_info: Option<ErrorInfo>,
+/// The error fields of a body, read loosely: a body that names an error is an error whatever
+/// the shape of its other fields (a number sent as a string, an `errorInfo` of another shape),
+/// so an error can never decode as an empty success.
+fn probe_error(bytes: &[u8]) -> Option<ErrorResponse> {
+    let body: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let object = body.as_object()?;
+    let number = object.get("errorNumber");
+    let message = object.get("errorMessage");
+    if number.is_none_or(|n| n.is_null()) && message.is_none_or(|m| m.is_null()) {
+        return None;
+    }
+    let error_number = number.and_then(|n| match n {
+        serde_json::Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    });
+    let error_message = message.map(|m| match m {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let error_info = object
+        .get("errorInfo")
+        .and_then(|info| serde_json::from_value::<ErrorInfo>(info.clone()).ok())
+        .unwrap_or_default();
+    Some(ErrorResponse {
+        error_number,
+        error_message,
+        error_info,
+    })
 }
 
 fn read_answer<T: DeserializeOwned>(
@@ -970,17 +1031,11 @@ fn read_answer<T: DeserializeOwned>(
     retry_after: Option<Duration>,
     bytes: &[u8],
 ) -> Result<T, AppleError> {
-    if let Ok(probe) = serde_json::from_slice::<Probe>(bytes)
-        && (probe.error_number.is_some() || probe.error_message.is_some())
-    {
+    if let Some(error) = probe_error(bytes) {
         return Err(AppleError::from_body(
             ep.label(),
             status,
-            ErrorResponse {
-                error_number: probe.error_number,
-                error_message: probe.error_message,
-                error_info: probe.error_info.unwrap_or_default(),
-            },
+            error,
             retry_after,
         ));
     }
@@ -1090,6 +1145,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.location_name.as_deref(), Some("PS01"));
+
+        // An error body of an unexpected shape is still an error, never an empty success.
+        for (body, number) in [
+            (
+                br#"{"errorNumber":"9646","errorMessage":"Too many requests"}"#.as_slice(),
+                Some(9646),
+            ),
+            (
+                br#"{"errorNumber":9610,"errorInfo":{"assets":[{"adamId":408709785}]}}"#,
+                Some(9610),
+            ),
+            (br#"{"errorMessage":"Something went wrong"}"#, None),
+        ] {
+            let e = read_answer::<EventResponse>(Endpoint::Associate, 200, None, body)
+                .expect_err("an error body is an error");
+            assert_eq!(e.error_number, number, "{e}");
+        }
+        let e = read_answer::<EventResponse>(
+            Endpoint::Associate,
+            429,
+            None,
+            br#"{"errorNumber":"9646","errorMessage":"Too many requests"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.error_number, Some(9646));
+        assert!(matches!(e.class(), ErrorClass::RateLimited { .. }));
     }
 
     #[test]

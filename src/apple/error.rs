@@ -282,15 +282,20 @@ pub fn class_of_status(status: u16, retry_after: Option<Duration>) -> ErrorClass
     }
 }
 
-/// Parses a `Retry-After` value: delay in seconds, or an HTTP date (a past date means "now").
+/// The longest `Retry-After` honoured. Apple asks for seconds to minutes; a larger value is a
+/// broken header, and believing it would block the account for years (or overflow the clock).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a `Retry-After` value: delay in seconds, or an HTTP date (a past date means "now"),
+/// at most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     let date = DateTime::parse_from_rfc2822(value).ok()?;
     let wait = date.with_timezone(&Utc) - now;
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    Some(wait.to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -404,6 +409,15 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        // Absurd values are bounded (a year-long block, or a date past the clock's range).
+        assert_eq!(
+            parse_retry_after("10000000000000", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 
     #[test]

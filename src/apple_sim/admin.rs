@@ -213,7 +213,7 @@ async fn add_token(sim: web::Data<Sim>, path: web::Path<String>, bytes: Bytes) -
 }
 
 /// Body of `POST /_sim/tokens/status`: one token, or every token of a location.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenStatusChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +221,16 @@ pub struct TokenStatusChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     pub status: TokenStatus,
+}
+
+impl std::fmt::Debug for TokenStatusChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStatusChange")
+            .field("s_token", &self.s_token.as_ref().map(|_| "***"))
+            .field("location", &self.location)
+            .field("status", &self.status)
+            .finish()
+    }
 }
 
 async fn token_status(sim: web::Data<Sim>, bytes: Bytes) -> HttpResponse {

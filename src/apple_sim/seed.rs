@@ -149,13 +149,24 @@ fn default_serial_prefix() -> String {
 }
 
 /// A location the simulator created, with its (fake) sToken.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SeededLocation {
     pub u_id: String,
     pub name: String,
-    /// The sToken text to give the client (fake: minted by the simulator).
+    /// The sToken text to give the client (fake: minted by the simulator, but in `dev` it is
+    /// an account's credential, so it never prints through `Debug`).
     pub s_token: String,
+}
+
+impl std::fmt::Debug for SeededLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeededLocation")
+            .field("u_id", &self.u_id)
+            .field("name", &self.name)
+            .field("s_token", &"***")
+            .finish()
+    }
 }
 
 impl SeededLocation {

@@ -157,6 +157,10 @@ pub struct SettingsPatch {
 pub struct FailRule {
     /// Requests still to fail.
     pub count: u32,
+    /// Matching requests let through before the failures start (e.g. 1: the first page of a
+    /// paged read succeeds, the following ones fail).
+    #[serde(default)]
+    pub after: u32,
     #[serde(default = "default_fail_status")]
     pub status: u16,
     #[serde(default = "default_fail_number")]

@@ -657,6 +657,10 @@ impl State {
             r.count > 0 && r.location.as_deref().is_none_or(|l| Some(l) == location)
         })?;
         let rule = &mut self.faults.fail_next[index];
+        if rule.after > 0 {
+            rule.after -= 1;
+            return None;
+        }
         rule.count -= 1;
         let taken = rule.clone();
         self.faults.fail_next.retain(|r| r.count > 0);

@@ -20,6 +20,7 @@ fn fail_next(
 ) -> FaultsPatch {
     FaultsPatch {
         fail_next: Some(FailRule {
+            after: 0,
             count,
             status,
             error_number,

@@ -96,8 +96,8 @@ async fn a_version_change_mid_traversal_restarts_from_page_zero() {
     );
     assert_eq!(
         env.count("GET /assignments").await,
-        16,
-        "one full traversal thrown away, one kept"
+        1 + 5 + 8,
+        "page 0 and the window of 5 pages that showed the change thrown away; 8 pages kept"
     );
 }
 
@@ -395,4 +395,43 @@ async fn ten_thousand_assignments_are_read_quickly() {
     // busy cores must still finish well within this bound.
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     assert_eq!(env.count("GET /assignments").await, 20, "no 429, no retry");
+}
+
+/// An error on a later page ends the read: the client stops asking for more pages (it never
+/// hammers Apple while Apple refuses it) and returns the error.
+#[tokio::test]
+async fn an_error_on_a_later_page_stops_the_read() {
+    let env = with_assignments(200).await;
+    env.sim
+        .set_faults(&FaultsPatch {
+            fail_next: Some(vpp_broker::apple_sim::FailRule {
+                after: 1,
+                count: 1000,
+                status: 503,
+                error_number: 9729,
+                retry_after_secs: Some(30),
+                retry_after_http_date: false,
+                location: None,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = env
+        .client
+        .get_assignments(&env.token, &AssignmentQuery::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Transient {
+            retry_after: Some(Duration::from_secs(30))
+        }
+    );
+    // Page 0, then one window of at most 5 pages in parallel; not the other 23 pages.
+    let requests = env.count("GET /assignments").await;
+    assert!(
+        (2..=6).contains(&requests),
+        "{requests} requests for a 29-page read that failed at page 1"
+    );
 }

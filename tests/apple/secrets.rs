@@ -123,6 +123,7 @@ async fn secrets_never_appear_in_logs_or_errors() {
     env.sim
         .set_faults(&FaultsPatch {
             fail_next: Some(FailRule {
+                after: 0,
                 count: 1,
                 status: 503,
                 error_number: 9729,

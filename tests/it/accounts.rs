@@ -278,6 +278,7 @@ async fn t2_test_reports_every_status_driven_by_apple() {
     // Throttled: 503 with Retry-After.
     sim.set_faults(&FaultsPatch {
         fail_next: Some(FailRule {
+            after: 0,
             count: 1,
             status: 503,
             error_number: 9729,
@@ -298,6 +299,7 @@ async fn t2_test_reports_every_status_driven_by_apple() {
     // Login required (9601).
     sim.set_faults(&FaultsPatch {
         fail_next: Some(FailRule {
+            after: 0,
             count: 1,
             status: 401,
             error_number: 9601,

@@ -484,6 +484,7 @@ async fn t7_retry_after_pauses_only_that_account_and_work_resumes_by_itself() {
     w.sim
         .set_faults(&FaultsPatch {
             fail_next: Some(FailRule {
+                after: 0,
                 count: 1,
                 status: 503,
                 error_number: 9729,
