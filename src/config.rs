@@ -32,7 +32,7 @@ pub struct LogArgs {
 }
 
 /// PostgreSQL connection options.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct DbArgs {
     /// PostgreSQL URL of the ledger database, e.g. postgres://user:pass@host:5432/vpp_broker.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -88,7 +88,7 @@ pub struct HttpArgs {
 /// At least one key source must be given: a shared HS256 secret (development), PEM public keys
 /// (RS256 / ES256), or a JWKS URL. Algorithms are pinned by key type; `alg: none` and any
 /// algorithm without a configured key are refused.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct AuthArgs {
     /// Required `iss` claim of caller JWTs.
     #[arg(long, env = "VPP_JWT_ISSUER")]
@@ -238,7 +238,7 @@ impl AppleArgs {
 }
 
 /// How this deployment stores sTokens and presents itself to Apple.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct AccountArgs {
     /// AES-256 keys that encrypt sTokens at rest: `keyid:base64key[,keyid:base64key…]`, the first
     /// encrypts, all decrypt. Generate a key with `openssl rand -base64 32`. Required by `serve`.
@@ -328,5 +328,87 @@ mod tests {
         assert!(db.validate().unwrap_err().contains("not a valid URL"));
         db.database_url = "postgres://u@localhost/db".into();
         assert!(db.validate().is_ok());
+    }
+}
+
+/// Shown instead of a secret by the `Debug` impls below: settings that carry one (the database
+/// URL with its password, JWT keys, sToken encryption keys) never print it, whatever logs them.
+const REDACTED: &str = "***";
+
+fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
+    value.as_ref().map(|_| REDACTED)
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &REDACTED)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("db_timeout_secs", &self.db_timeout_secs)
+            .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_hs256_secret", &redacted(&self.jwt_hs256_secret))
+            .field("jwt_public_keys_pem", &self.jwt_public_keys_pem)
+            .field("jwt_jwks_url", &self.jwt_jwks_url)
+            .field("jwt_jwks_refresh_secs", &self.jwt_jwks_refresh_secs)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AccountArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountArgs")
+            .field("token_keys", &redacted(&self.token_keys))
+            .field("instance_id", &self.instance_id)
+            .field("instance_name", &self.instance_name)
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn settings_with_secrets_never_print_them() {
+        let db = DbArgs {
+            database_url: "postgres://u:hunter2@db/x".into(),
+            db_pool_size: 1,
+            db_timeout_secs: 1,
+            db_statement_timeout_ms: 100,
+        };
+        let auth = AuthArgs {
+            jwt_issuer: "i".into(),
+            jwt_audience: "a".into(),
+            jwt_hs256_secret: Some("hunter2-hunter2-hunter2-hunter2-x".into()),
+            jwt_public_keys_pem: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
+            jwt_leeway_secs: 5,
+        };
+        let accounts = AccountArgs {
+            token_keys: Some("k1:hunter2".into()),
+            instance_id: None,
+            instance_name: "n".into(),
+            public_url: None,
+        };
+        for printed in [
+            format!("{db:?}"),
+            format!("{auth:?}"),
+            format!("{accounts:?}"),
+        ] {
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains(REDACTED), "{printed}");
+        }
     }
 }

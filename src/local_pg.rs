@@ -97,10 +97,15 @@ pub async fn locate(given: Option<&str>) -> Result<Server, String> {
     let dir = std::env::var("VPP_PG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(DEFAULT_PRIVATE_DIR));
-    let port = std::env::var("VPP_PG_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(DEFAULT_PRIVATE_PORT);
+    let port = match std::env::var("VPP_PG_PORT") {
+        Ok(p) => p
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("VPP_PG_PORT must be a TCP port (1-65535), not {p:?}"))?,
+        Err(_) => DEFAULT_PRIVATE_PORT,
+    };
     let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     if connect(&admin_url).await.is_err() {
         let dir2 = dir.clone();

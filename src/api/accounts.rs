@@ -71,7 +71,9 @@ pub struct Licenses {
 pub struct Settings {
     /// Apple's "license removal notification": notify the user when a license is taken back.
     pub notify_on_removal: bool,
-    /// Whether newly purchased assets are available to everyone in the space by default.
+    /// Whether the account's assets are available to everyone in the space by default (`true`),
+    /// or only once the space has a distribution policy for the asset (`false`: an admin
+    /// releases each new purchase by giving it a policy, even an empty one).
     pub new_assets_for_everyone: bool,
     /// What allocation does while the account cannot call Apple (expired, revoked, not owned,
     /// throttled): `queue` the Apple call, or `skip` the account.
@@ -145,7 +147,7 @@ impl Default for NewSettings {
 }
 
 /// Body of `POST …/accounts`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     /// Display name, 1–200 characters.
@@ -183,7 +185,7 @@ pub struct UpdateAccount {
 }
 
 /// Body of `PUT …/accounts/{account}/stoken`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceToken {
     /// The new `.vpptoken` file content.

@@ -330,7 +330,7 @@ pub async fn put_policy(
     let actor = caller.subject.clone();
     let policy = conn
         .transaction(async |conn| {
-            if let Some(existing) = store::find(conn, &space, &adam_id, &pricing).await?
+            if let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await?
                 && !if_match.matches(existing.version)
             {
                 return Err(IfMatch::failed(existing.version));
@@ -373,32 +373,47 @@ pub async fn put_policy(
         ("space" = String, Path, description = "Space id"),
         ("adam_id" = String, Path, description = "Apple product id"),
         ("pricing_param" = String, Path, description = "STDQ or PLUS"),
+        ("If-Match" = Option<String>, Header, description = "ETag the deletion is based on"),
     ),
-    responses((status = 204, description = "Deleted"))
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 412, description = "If-Match does not match"),
+    )
 )]
 #[delete("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn delete_policy(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (space, adam_id, pricing) = path.into_inner();
     check_path(&adam_id, &pricing)?;
     caller.authorize(&space, Scope::AccountsManage)?;
+    let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    if store::delete(&mut conn, &space, &adam_id, &pricing).await? == 0 {
-        return Err(ApiError::not_found(format!(
-            "policy for {adam_id}/{pricing}"
-        )));
-    }
-    activity::record(
-        &mut conn,
-        Activity {
-            adam_id: Some(adam_id.clone()),
-            pricing_param: Some(pricing.clone()),
-            ..Activity::new(&caller.subject, "policy.deleted").space(&space)
-        },
-    )
+    let actor = caller.subject.clone();
+    conn.transaction(async |conn| {
+        let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await? else {
+            return Err(ApiError::not_found(format!(
+                "policy for {adam_id}/{pricing}"
+            )));
+        };
+        if !if_match.matches(existing.version) {
+            return Err(IfMatch::failed(existing.version));
+        }
+        store::delete(conn, &space, &adam_id, &pricing).await?;
+        activity::record(
+            conn,
+            Activity {
+                adam_id: Some(adam_id.clone()),
+                pricing_param: Some(pricing.clone()),
+                ..Activity::new(&actor, "policy.deleted").space(&space)
+            },
+        )
+        .await?;
+        Ok(())
+    })
     .await?;
     Ok(HttpResponse::NoContent().finish())
 }

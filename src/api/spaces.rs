@@ -8,6 +8,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -336,7 +337,7 @@ pub async fn update_space(
     ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 409, description = "The space still has accounts, subjects, policies or assignments"),
+        (status = 409, description = "The space still has token accounts (its policies and subjects go with it)"),
         (status = 412, description = "If-Match does not match"),
     )
 )]
@@ -355,24 +356,29 @@ pub async fn delete_space(
         IfMatch::Versions(v) => Some(v.as_slice()),
     };
     let mut conn = state.pool.get().await?;
-    let deleted = store::delete(&mut conn, &id, versions)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            err if err.kind() == &types::IN_USE => ApiError::new(
+    let actor = caller.subject.clone();
+    conn.transaction(async |conn| {
+        let Some(version) = store::lock_for_delete(conn, &id).await? else {
+            return Err(ApiError::not_found(format!("space {id}")));
+        };
+        if versions.is_some_and(|v| !v.contains(&version)) {
+            return Err(IfMatch::failed(version));
+        }
+        let accounts = store::account_count(conn, &id).await?;
+        if accounts > 0 {
+            return Err(ApiError::new(
                 &types::IN_USE,
                 format!(
-                    "space {id} still has accounts, subjects, policies or assignments; delete them first"
+                    "space {id} still has {accounts} token accounts; delete them first \
+                     (`?revoke_all=true` revokes their licenses)"
                 ),
-            ),
-            err => err,
-        })?;
-    if deleted == 0 {
-        return Err(missing_or_stale(&mut conn, &id).await);
-    }
-    activity::record(
-        &mut conn,
-        Activity::new(&caller.subject, "space.deleted").space(&id),
-    )
+            ));
+        }
+        store::delete_contents(conn, &id).await?;
+        store::delete(conn, &id, None).await?;
+        activity::record(conn, Activity::new(&actor, "space.deleted").space(&id)).await?;
+        Ok(())
+    })
     .await?;
     Ok(HttpResponse::NoContent().finish())
 }

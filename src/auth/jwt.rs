@@ -155,7 +155,15 @@ impl Authenticator {
             .await?
         {
             match decode::<Claims>(token, &key, &validation) {
-                Ok(data) => return Ok(caller_from(data.claims)),
+                Ok(data) => {
+                    let sub = &data.claims.sub;
+                    if sub.is_empty() || sub.len() > MAX_SUBJECT_BYTES || sub.contains('\0') {
+                        return Err(unauthorized(&format!(
+                            "the token's `sub` must be 1 to {MAX_SUBJECT_BYTES} bytes without NUL"
+                        )));
+                    }
+                    return Ok(caller_from(data.claims));
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
                 Err(e) => {
                     last = e.into_kind();
@@ -196,6 +204,10 @@ impl Authenticator {
         Ok(keys)
     }
 }
+
+/// Longest accepted `sub`: it is recorded as the actor of every change and keys the
+/// idempotency store (PostgreSQL's index entries are limited to about 2.7 kB).
+pub const MAX_SUBJECT_BYTES: usize = 255;
 
 fn caller_from(claims: Claims) -> Caller {
     let words: Vec<String> = match claims.scope {

@@ -257,6 +257,7 @@ fn decide_one(
         };
     }
 
+    let has_policy = snap.policies.contains_key(asset);
     let policy = snap
         .policies
         .get(asset)
@@ -348,6 +349,15 @@ fn decide_one(
             decision.skipped.push(skip(
                 SkipReason::Deleting,
                 "the account is being deleted".into(),
+            ));
+            continue;
+        }
+        if !c.new_assets_for_everyone && !has_policy {
+            decision.skipped.push(skip(
+                SkipReason::NoPolicy,
+                "this account serves an asset once it has a distribution policy \
+                 (setting new_assets_for_everyone is off)"
+                    .into(),
             ));
             continue;
         }
@@ -457,6 +467,7 @@ mod tests {
             token_expires_at: Utc::now() + chrono::Duration::days(300),
             when_unusable: WhenUnusable::Queue,
             deleting: false,
+            new_assets_for_everyone: true,
             adam_id: "1".into(),
             pricing_param: "STDQ".into(),
             apple_total: total,

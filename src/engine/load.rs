@@ -45,6 +45,10 @@ pub struct Candidate {
     pub when_unusable: WhenUnusable,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub deleting: bool,
+    /// The account's setting: `false` serves an asset only once the space has a distribution
+    /// policy for it.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub new_assets_for_everyone: bool,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub adam_id: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -240,6 +244,8 @@ pub async fn space_exists(conn: &mut AsyncPgConnection, space: &str) -> diesel::
     Ok(!found.is_empty())
 }
 
+/// One entry of a policy of the batch's assets; a policy without entries comes as one row
+/// with no entry (it still exists: see `new_assets_for_everyone`).
 #[derive(diesel::QueryableByName)]
 struct PolicyEntry {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -248,12 +254,12 @@ struct PolicyEntry {
     pricing_param: String,
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     policy_id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    target_kind: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    target: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    mode: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    target_kind: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    target: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    mode: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
     account_id: Option<Uuid>,
     /// For reservations: the subject already holds a live license for the asset.
@@ -358,14 +364,15 @@ pub async fn snapshot(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&subject_ids)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams);
     let policies_q = diesel::sql_query(
-        "SELECT p.adam_id, p.pricing_param, e.policy_id, e.target_kind, e.target, e.mode, e.account_id,
-                (e.mode = 'reserved' AND EXISTS (
+        "SELECT p.adam_id, p.pricing_param, p.id AS policy_id, e.target_kind, e.target, e.mode,
+                e.account_id,
+                COALESCE(e.mode = 'reserved' AND EXISTS (
                     SELECT 1 FROM subjects s JOIN assignments a ON a.subject_id = s.id
                      WHERE s.space_id = p.space_id AND s.kind = e.target_kind AND s.external_id = e.target
                        AND a.adam_id = p.adam_id AND a.pricing_param = p.pricing_param
-                       AND a.state IN ('pending', 'associating', 'active'))) AS served
+                       AND a.state IN ('pending', 'associating', 'active')), false) AS served
            FROM distribution_policies p
-           JOIN policy_entries e ON e.policy_id = p.id
+           LEFT JOIN policy_entries e ON e.policy_id = p.id
            JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
              ON want.adam_id = p.adam_id AND want.pricing_param = p.pricing_param
           WHERE p.space_id = $1",
@@ -377,6 +384,7 @@ pub async fn snapshot(
     let candidates_q = diesel::sql_query(format!(
         "SELECT a.id, a.name, a.priority, a.status, a.status_reason, a.throttled_until,
                 a.token_expires_at, a.when_unusable, a.delete_requested_at IS NOT NULL AS deleting,
+                a.new_assets_for_everyone,
                 s.adam_id, s.pricing_param, s.apple_total, s.foreign_assigned, s.held,
                 s.device_assignable,
                 EXISTS (SELECT 1 FROM account_distribution_entries d WHERE d.account_id = a.id) AS has_list
@@ -425,7 +433,19 @@ pub async fn snapshot(
             adam_id: e.adam_id,
             pricing_param: e.pricing_param,
         };
-        if e.mode == "reserved" && !e.served {
+        let policy = snap.policies.entry(asset.clone()).or_default();
+        let (Some(target_kind), Some(target), Some(mode)) = (e.target_kind, e.target, e.mode)
+        else {
+            continue;
+        };
+        policy.entries.push(EntryRow {
+            policy_id: e.policy_id,
+            target_kind,
+            target,
+            mode: mode.clone(),
+            account_id: e.account_id,
+        });
+        if mode == "reserved" && !e.served {
             *snap
                 .outstanding
                 .entry(asset.clone())
@@ -433,17 +453,6 @@ pub async fn snapshot(
                 .entry(e.account_id)
                 .or_default() += 1;
         }
-        snap.policies
-            .entry(asset)
-            .or_default()
-            .entries
-            .push(EntryRow {
-                policy_id: e.policy_id,
-                target_kind: e.target_kind,
-                target: e.target,
-                mode: e.mode,
-                account_id: e.account_id,
-            });
     }
     for c in candidates {
         snap.candidates

@@ -101,6 +101,9 @@ crate::text_enum! {
         NotDeviceAssignable = "not_device_assignable",
         /// The account is being deleted.
         Deleting = "deleting",
+        /// The account does not make new assets available to everyone, and the space has no
+        /// distribution policy for this one yet.
+        NoPolicy = "no_policy",
     }
 }
 

@@ -8,7 +8,9 @@
 //! 3. turns a panic into a generic 500 problem (the panic is logged once, the client never sees
 //!    a dropped connection);
 //! 4. turns any error response that is not already `application/problem+json` into one;
-//! 5. records `http_requests_total` / `http_request_duration_seconds` by route pattern and logs
+//! 5. refuses a URL with a percent-encoded NUL (400 `invalid-parameter`; PostgreSQL stores no
+//!    NUL in text, so no handler has to guard against it);
+//! 6. records `http_requests_total` / `http_request_duration_seconds` by route pattern and logs
 //!    one access line: method, route, status, latency. Headers are never logged, so
 //!    `Authorization` never reaches the logs.
 
@@ -71,7 +73,11 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let started = Instant::now();
     let request_id = incoming_request_id(&req).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let method = req.method().to_string();
+    // A metrics label: arbitrary methods would make unbounded series.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_owned(),
+        _ => "OTHER".to_owned(),
+    };
     let path = req.path().to_owned();
     let span =
         tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
@@ -82,6 +88,16 @@ pub async fn middleware(
 
     let outcome = REQUEST
         .scope(info, async move {
+            if has_nul(&req) {
+                // PostgreSQL refuses NUL in text: refused here, for every path and query value.
+                return Outcome::Error(
+                    ApiError::new(
+                        &problem::types::INVALID_PARAMETER,
+                        "the URL contains a NUL character (%00)",
+                    )
+                    .error_response(),
+                );
+            }
             match AssertUnwindSafe(next.call(req)).catch_unwind().await {
                 Ok(Ok(res)) => {
                     let res = res.map_into_boxed_body();
@@ -153,6 +169,13 @@ pub async fn middleware(
         );
     });
     result
+}
+
+/// Whether the path or query carries a percent-encoded NUL.
+fn has_nul(req: &ServiceRequest) -> bool {
+    let uri = req.uri();
+    let has = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    has(uri.path()) || uri.query().is_some_and(has)
 }
 
 fn needs_problem_body(res: &ServiceResponse<BoxBody>) -> bool {

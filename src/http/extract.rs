@@ -85,8 +85,18 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Parses JSON; errors say which field is wrong.
+/// Parses JSON; errors say which field is wrong. A string holding a NUL character (`\u0000`)
+/// is refused: PostgreSQL cannot store it, and it is never a meaningful name or id.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if has_nul_escape(body) {
+        let message = "strings must not contain NUL characters (\\u0000)".to_owned();
+        return Err(
+            ApiError::new(&types::INVALID_BODY, message.clone()).with_errors(vec![FieldError {
+                field: "body".into(),
+                message,
+            }]),
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -94,6 +104,22 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|e| deserialize_error(&e, "."))?;
     Ok(value)
+}
+
+/// Whether the JSON text has a `\u0000` escape (a `\` that is not itself escaped, then `u0000`).
+fn has_nul_escape(body: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (i, &b) in body.iter().enumerate() {
+        if b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if backslashes % 2 == 1 && b == b'u' && body.get(i + 1..i + 5) == Some(b"0000".as_slice()) {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
 }
 
 pub fn path_config() -> PathConfig {
@@ -214,6 +240,18 @@ mod tests {
             field(r#"{"name":"a","items":[{"n":1,"m":2}]}"#),
             ("items[0].m".into(), 422, "invalid-body".into())
         );
+    }
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(has_nul_escape(br#"{"a":"x\u0000"}"#));
+        assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#));
+        assert!(
+            !has_nul_escape(br#"{"a":"\\u0000"}"#),
+            "an escaped backslash, then text"
+        );
+        assert!(!has_nul_escape(br#"{"a":"\u0001 u0000"}"#));
+        assert_eq!(field(r#"{"name":"a\u0000"}"#).2, "invalid-body");
     }
 
     #[test]

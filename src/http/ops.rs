@@ -100,6 +100,14 @@ pub async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         .body(handle.render())
 }
 
+/// `/docs` without the slash: the UI's relative asset paths need `/docs/`.
+#[get("/docs")]
+pub async fn docs_redirect() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+        .finish()
+}
+
 /// The OpenAPI document (precomputed at start).
 pub struct OpenApiJson(pub String);
 

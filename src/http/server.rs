@@ -60,6 +60,7 @@ pub fn start(
             .app_data(extract::path_config())
             .app_data(extract::query_config())
             .service(ops::openapi_json)
+            .service(ops::docs_redirect)
             .service(SwaggerUi::new("/docs/{_:.*}").config(Config::from("/openapi.json")))
             .default_service(web::to(fallback::not_routed))
             .wrap(from_fn(context::middleware))

@@ -45,6 +45,25 @@ pub async fn find(
         .optional()
 }
 
+/// [`find`], locking the row for the rest of the transaction (an `If-Match` check and the
+/// change it guards then see the same version).
+pub async fn find_locked(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+) -> QueryResult<Option<PolicyRow>> {
+    policies::table
+        .filter(policies::space_id.eq(space))
+        .filter(policies::adam_id.eq(adam_id))
+        .filter(policies::pricing_param.eq(pricing_param))
+        .select(PolicyRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
 pub async fn list(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Vec<PolicyRow>> {
     policies::table
         .filter(policies::space_id.eq(space))

@@ -102,6 +102,45 @@ pub async fn update(
 
 /// Deletes the space if its version is one of `versions` (any when `None`). Foreign keys refuse
 /// the delete while accounts, subjects or policies still belong to it.
+/// Locks the space row against every change, allocations included (they key-share it), for a
+/// transaction that deletes it. `None` if it does not exist.
+pub async fn lock_for_delete(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<Option<i64>> {
+    spaces::table
+        .filter(spaces::id.eq(id))
+        .select(spaces::version)
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// How many token accounts the space has.
+pub async fn account_count(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<i64> {
+    use crate::db::schema::accounts;
+    accounts::table
+        .filter(accounts::space_id.eq(id))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Removes what exists only for a space without accounts: its distribution policies, the
+/// subjects callers described, and the idempotency keys. (With no account left it has no
+/// assignments: they went with the accounts' assets.)
+pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<()> {
+    use crate::db::schema::{distribution_policies, idempotency_keys, subjects};
+    diesel::delete(distribution_policies::table.filter(distribution_policies::space_id.eq(id)))
+        .execute(conn)
+        .await?;
+    diesel::delete(subjects::table.filter(subjects::space_id.eq(id)))
+        .execute(conn)
+        .await?;
+    diesel::delete(idempotency_keys::table.filter(idempotency_keys::space_id.eq(id)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn delete(
     conn: &mut AsyncPgConnection,
     id: &str,

@@ -526,7 +526,9 @@ async fn updates_rename_change_settings_and_lists_with_if_match() {
         .json(&json!({
             "name": "Renamed",
             "settings": {"notify_on_removal": false, "when_unusable": "skip"},
-            "distribution_list": [{"kind": "group", "value": "staff"}, {"kind": "user", "value": "u1"}]
+            // A list is a set: an entry given twice (once with spaces) is kept once.
+            "distribution_list": [{"kind": "group", "value": "staff"}, {"kind": "user", "value": "u1"},
+                                  {"kind": "user", "value": " u1 "}]
         }))
         .send()
         .await

@@ -1184,3 +1184,34 @@ async fn t8_deleting_an_account_under_concurrent_allocations_leaves_nothing_behi
         .unwrap();
     assert!(live.iter().all(|a| *a == b), "only B holds licenses now");
 }
+
+/// An account whose setting `new_assets_for_everyone` is off serves an asset only once the
+/// space has a distribution policy for it (even an empty one: "everyone not disallowed").
+#[tokio::test]
+async fn accounts_that_keep_new_assets_back_serve_them_once_a_policy_exists() {
+    let w = world(5, 5).await;
+    let resp = w
+        .app
+        .req(Method::PATCH, &format!("/v1/spaces/acme/accounts/{}", w.a))
+        .json(&json!({"settings": {"new_assets_for_everyone": false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = allocated(&w.app, device("N1")).await;
+    assert_eq!(first["account_id"], w.b, "{first}");
+    assert_eq!(first["decision"]["skipped"][0]["reason"], "no_policy");
+    let resp = w
+        .app
+        .req(Method::PUT, &format!("/v1/spaces/acme/policies/{APP}/STDQ"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let second = allocated(&w.app, device("N2")).await;
+    assert_eq!(
+        (second["account_id"].as_str(), second["rule"].as_str()),
+        (Some(w.a.as_str()), Some("priority"))
+    );
+}

@@ -125,6 +125,14 @@ async fn required_claims_must_be_present() {
         let body = expect_problem(resp, 401, "unauthorized").await;
         assert!(body["detail"].is_string(), "{claim}: {body}");
     }
+    // `sub` names the actor in the ledger: empty or oversized subjects are refused.
+    for sub in [String::new(), "x".repeat(3000)] {
+        let mut c = claims("admin", &["*"]);
+        c["sub"] = serde_json::json!(sub);
+        let resp = get_with(&app, &keys::sign_hs256(&c)).await;
+        let body = expect_problem(resp, 401, "unauthorized").await;
+        assert!(body["detail"].as_str().unwrap().contains("sub"), "{body}");
+    }
 }
 
 #[tokio::test]

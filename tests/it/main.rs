@@ -10,6 +10,7 @@ mod multiprocess;
 mod notifications;
 mod openapi;
 mod ops;
+mod policies;
 mod problems;
 mod spaces;
 mod support;

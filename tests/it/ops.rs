@@ -109,6 +109,10 @@ async fn metrics_count_requests_by_route_and_report_the_pool() {
 #[tokio::test]
 async fn docs_ui_is_served_offline() {
     let app = TestApp::start().await;
+    // `/docs` leads to the UI too (clients follow the redirect).
+    let resp = app.http.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.url().path().ends_with("/docs/"), "{}", resp.url());
     let resp = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let html = resp.text().await.unwrap();

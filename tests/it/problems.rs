@@ -93,6 +93,14 @@ async fn malformed_bodies_are_problems_and_change_nothing() {
             Some("admin"),
         ),
         (json_ct, br#"[1, 2, 3]"#.to_vec(), 422, "invalid-body", None),
+        // PostgreSQL stores no NUL in text: refused before anything is written.
+        (
+            json_ct,
+            br#"{"id": "nul", "name": "a\u0000b"}"#.to_vec(),
+            422,
+            "invalid-body",
+            Some("body"),
+        ),
         (
             None,
             br#"{"id": "x", "name": "n"}"#.to_vec(),
@@ -153,6 +161,13 @@ async fn bad_paths_queries_routes_and_methods() {
         "invalid-parameter",
     )
     .await;
+    for nul in [
+        "/v1/spaces/acme/assignments?adam_id=%00",
+        "/v1/spaces/a%00b",
+        "/v1/spaces?cursor=x%00",
+    ] {
+        expect_problem(get(nul).await.unwrap(), 400, "invalid-parameter").await;
+    }
     expect_problem(
         get("/v1/spaces?limit=0").await.unwrap(),
         400,

@@ -282,12 +282,14 @@ async fn delete_respects_if_match_and_references() {
         .unwrap();
     expect_problem(resp, 404, "not-found").await;
 
-    // A space that still holds records cannot be deleted.
+    // A space with token accounts cannot be deleted: deleting an account revokes its licenses,
+    // which must be asked for explicitly.
     create(&app, "busy").await;
     let mut conn = app.db.connect().await;
     diesel::sql_query(
-        "INSERT INTO subjects (id, space_id, kind, external_id) \
-         VALUES (gen_random_uuid(), 'busy', 'device', 'SERIAL1')",
+        "INSERT INTO accounts (id, space_id, name, priority, location_uid, token_ciphertext,
+                               token_nonce, token_key_id, token_expires_at)
+         VALUES (gen_random_uuid(), 'busy', 'A', 1, 'loc-1', 'x', '123456789012', 'k1', now())",
     )
     .execute(&mut conn)
     .await
@@ -298,6 +300,27 @@ async fn delete_respects_if_match_and_references() {
         .await
         .unwrap();
     let body = expect_problem(resp, 409, "in-use").await;
-    assert!(body["detail"].as_str().unwrap().contains("busy"));
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoke_all"),
+        "{body}"
+    );
     assert_eq!(count_spaces(&app).await, 1);
+
+    // Without accounts, what callers told the space (subjects, policies) goes with it.
+    create(&app, "used").await;
+    for sql in [
+        "INSERT INTO subjects (id, space_id, kind, external_id) \
+         VALUES (gen_random_uuid(), 'used', 'device', 'SERIAL1')",
+        "INSERT INTO distribution_policies (id, space_id, adam_id, pricing_param) \
+         VALUES (gen_random_uuid(), 'used', '408709785', 'STDQ')",
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+    let resp = app
+        .req(Method::DELETE, "/v1/spaces/used")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(count_spaces(&app).await, 1, "only `busy` is left");
 }

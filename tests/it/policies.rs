@@ -1,0 +1,184 @@
+//! Distribution policies as a resource: create, read, list, replace and delete, validated, with
+//! `ETag`/`If-Match` (the rules they drive, A2/A3, are tested in `allocation`).
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::sim::{self, app, location};
+use crate::support::{TestApp, expect_problem};
+
+const U1: &str = "3000000001";
+const APP: &str = "408709785";
+
+async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp, String) {
+    let sim = sim::start(vec![location(U1, "Library", vec![app(APP, 10)])]).await;
+    let app = TestApp::with_sim(&sim).await;
+    app.space("acme").await;
+    app.space("other").await;
+    let id = app.account("acme", "Main", &sim::stoken(&sim, U1)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (sim, app, id)
+}
+
+#[tokio::test]
+async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
+    let (_sim, app, account) = world().await;
+    let path = format!("/v1/spaces/acme/policies/{APP}/STDQ");
+    let body = json!({
+        "reserved": [{"kind": "device", "id": "VIP-1", "account_id": account}, {"kind": "user", "id": "ceo"}],
+        "fcfs_groups": ["staff"],
+        "disallowed": [{"kind": "group", "id": "interns"}]
+    });
+    let resp = app
+        .req(Method::PUT, &path)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(created["reserved"].as_array().unwrap().len(), 2);
+    assert_eq!(created["fcfs_groups"], json!(["staff"]));
+    assert_eq!(created["disallowed"][0]["id"], "interns");
+
+    let resp = app.req(Method::GET, &path).send().await.unwrap();
+    assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag);
+    let listed: Value = app
+        .req(Method::GET, "/v1/spaces/acme/policies")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // Replace with the current ETag; a stale one is refused and changes nothing.
+    let resp = app
+        .req(Method::PUT, &path)
+        .header("if-match", &etag)
+        .json(&json!({"disallowed": [{"kind": "device", "id": "LOST"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let replaced: Value = resp.json().await.unwrap();
+    assert!(replaced["reserved"].as_array().unwrap().is_empty());
+    let stale = app
+        .req(Method::PUT, &path)
+        .header("if-match", &etag)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(stale, 412, "precondition-failed").await;
+    let stale = app
+        .req(Method::DELETE, &path)
+        .header("if-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(stale, 412, "precondition-failed").await;
+    let now: Value = app
+        .req(Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["disallowed"][0]["id"], "LOST");
+
+    let current = format!("\"{}\"", now["version"]);
+    let resp = app
+        .req(Method::DELETE, &path)
+        .header("if-match", &current)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    expect_problem(
+        app.req(Method::GET, &path).send().await.unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+    expect_problem(
+        app.req(Method::DELETE, &path).send().await.unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_policies_are_refused_and_change_nothing() {
+    let (_sim, app, account) = world().await;
+    let path = format!("/v1/spaces/acme/policies/{APP}/STDQ");
+    let foreign = uuid::Uuid::now_v7();
+    for (body, field) in [
+        // The same subject in two modes.
+        (
+            json!({"reserved": [{"kind": "device", "id": "D1"}], "disallowed": [{"kind": "device", "id": "D1"}]}),
+            "disallowed[0].id",
+        ),
+        // A reservation from an account outside the space.
+        (
+            json!({"reserved": [{"kind": "device", "id": "D1", "account_id": foreign}]}),
+            "reserved[0].account_id",
+        ),
+        (json!({"fcfs_groups": [""]}), "fcfs_groups[0]"),
+    ] {
+        let resp = app
+            .req(Method::PUT, &path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(resp, 422, "validation-failed").await;
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    // Reservations name individuals: a group cannot be reserved.
+    let resp = app
+        .req(Method::PUT, &path)
+        .json(&json!({"reserved": [{"kind": "group", "id": "staff"}]}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 422, "invalid-body").await;
+    for bad in [
+        "/v1/spaces/acme/policies/not-a-number/STDQ",
+        "/v1/spaces/acme/policies/408709785/GOLD",
+    ] {
+        let resp = app
+            .req(Method::PUT, bad)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(resp, 400, "invalid-parameter").await;
+    }
+    // Another space's account cannot be named either, and nothing was stored.
+    let resp = app
+        .req(
+            Method::PUT,
+            &format!("/v1/spaces/other/policies/{APP}/STDQ"),
+        )
+        .json(&json!({"reserved": [{"kind": "device", "id": "D1", "account_id": account}]}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 422, "validation-failed").await;
+    let listed: Value = app
+        .req(Method::GET, "/v1/spaces/acme/policies")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["items"].as_array().unwrap().is_empty());
+}
