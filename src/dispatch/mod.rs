@@ -210,6 +210,26 @@ async fn process_account(
     conn: &mut AsyncPgConnection,
     id: Uuid,
 ) -> Result<bool, DispatchError> {
+    let (full_devices, full_users) = ctx
+        .state
+        .apple
+        .service_config()
+        .await
+        .map(|c| (c.max_serial_numbers(), c.max_client_user_ids()))
+        .unwrap_or((1000, 1000));
+    let batching = jobs::Batching {
+        lease: ctx.settings.lease,
+        quiet: ctx.settings.quiet,
+        max_wait: ctx.settings.max_wait,
+        full_devices: full_devices.max(1) as i64,
+        full_users: full_users.max(1) as i64,
+        max: ctx.settings.max_claim,
+    };
+    // While a burst is still gathering, workers look often and find nothing due; the cheap
+    // check keeps those looks from costing the allocations PostgreSQL's CPU.
+    if !jobs::anything_due(conn, id, &batching).await? {
+        return Ok(false);
+    }
     let account = {
         let mut pooled = ctx.state.pool.get().await?;
         match store::by_id(&mut pooled, id).await? {
@@ -228,27 +248,7 @@ async fn process_account(
         jobs::postpone_account(conn, id, until).await?;
         return Ok(false);
     }
-    let (full_devices, full_users) = ctx
-        .state
-        .apple
-        .service_config()
-        .await
-        .map(|c| (c.max_serial_numbers(), c.max_client_user_ids()))
-        .unwrap_or((1000, 1000));
-    let claimed = jobs::claim(
-        conn,
-        id,
-        &ctx.worker,
-        &jobs::Batching {
-            lease: ctx.settings.lease,
-            quiet: ctx.settings.quiet,
-            max_wait: ctx.settings.max_wait,
-            full_devices: full_devices.max(1) as i64,
-            full_users: full_users.max(1) as i64,
-            max: ctx.settings.max_claim,
-        },
-    )
-    .await?;
+    let claimed = jobs::claim(conn, id, &ctx.worker, &batching).await?;
     if claimed.is_empty() {
         return Ok(false);
     }

@@ -68,12 +68,11 @@ pub async fn ensure_registered(
             }
         }
         if status.is_pending() {
-            for u in chunk {
-                failed_here.insert(
-                    (*u).clone(),
-                    (0, "user registration did not finish within 60 s".into()),
-                );
-            }
+            // Not Apple's refusal: the chunk is retried later like any transient failure
+            // (failing the users' assignments for good would lose them).
+            return Err(DispatchError::Apple(
+                crate::apple::error::AppleError::timeout("GET /status (users/create)"),
+            ));
         }
         let registered: Vec<_> = chunk
             .iter()
