@@ -183,9 +183,10 @@ pub async fn anything_due(
     Ok(full.full)
 }
 
-/// Leases the account's due work: event polls whose time has come, and associate/disassociate
+/// Leases the account's due work: event polls whose time has come, associate/disassociate
 /// jobs of *due batches* (one batch = one asset, pricing, license type and kind; see
-/// [`Batching`]). Expired leases of a dead worker are taken over.
+/// [`Batching`]), and of a batch still gathering, the oldest jobs that fill whole Apple
+/// requests. Expired leases of a dead worker are taken over.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     account: Uuid,
@@ -203,10 +204,12 @@ pub async fn claim(
              -- stays linear in the queue's length). A batch: kind, asset, pricing, license type.
              SELECT id, kind, adam_id, license_type,
                     count(*) OVER batch AS size,
+                    row_number() OVER in_order AS rank,
                     min(created_at) OVER batch AS oldest,
                     max(created_at) FILTER (WHERE kind = 'associate') OVER () AS newest_association
                FROM free
-             WINDOW batch AS (PARTITION BY kind, adam_id, pricing_param, license_type)
+             WINDOW batch AS (PARTITION BY kind, adam_id, pricing_param, license_type),
+                    in_order AS (PARTITION BY kind, adam_id, pricing_param, license_type ORDER BY id)
          ), pick AS (
              SELECT id,
                     -- Event polls and jobs whose assignment is gone are never held back.
@@ -218,7 +221,10 @@ pub async fn claim(
                      OR COALESCE(newest_association, '-infinity') < now() - make_interval(secs => $4)
                      -- ... or this batch waited long enough.
                      OR oldest < now() - make_interval(secs => $5)) AS closed,
-                    size >= CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS full
+                    -- A batch still gathering: only the oldest jobs that fill whole requests
+                    -- (the rest stays unleased, so the next claim does not take it twice).
+                    rank <= size / CASE WHEN license_type = 'user' THEN $8 ELSE $6 END
+                                 * CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS full
                FROM batched
          ), locked AS (
              SELECT j.id, p.closed

@@ -951,15 +951,30 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
     let claimed = jobs::claim(&mut conn, account, "test", &burst)
         .await
         .unwrap();
-    // Six device jobs fill a request of five: claimed, marked as not closed (the sixth waits).
-    // Six user jobs fill nothing of a thousand: left queued.
+    // Six device jobs fill a request of five: the five oldest are claimed, marked as not
+    // closed; the sixth stays queued (unleased) for the next request. Six user jobs fill
+    // nothing of a thousand: left queued.
     assert_eq!(
         claimed.len(),
-        6,
+        5,
         "{:?}",
         claimed.iter().map(|j| j.id).collect::<Vec<_>>()
     );
     assert!(claimed.iter().all(|j| j.kind == "associate" && !j.closed));
+    let device_jobs: Vec<i64> = {
+        use vpp_broker::db::schema::{assignments as a, jobs as j};
+        j::table
+            .inner_join(a::table.on(a::id.nullable().eq(j::assignment_id)))
+            .filter(a::license_type.eq("device"))
+            .order(j::id)
+            .select(j::id)
+            .load(&mut conn)
+            .await
+            .unwrap()
+    };
+    let mut ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+    ids.sort();
+    assert_eq!(ids, device_jobs[..5], "the oldest five");
     let ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
     jobs::unclaim(&mut conn, &ids, chrono::Utc::now())
         .await
