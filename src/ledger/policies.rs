@@ -35,14 +35,7 @@ pub async fn find(
     adam_id: &str,
     pricing_param: &str,
 ) -> QueryResult<Option<PolicyRow>> {
-    policies::table
-        .filter(policies::space_id.eq(space))
-        .filter(policies::adam_id.eq(adam_id))
-        .filter(policies::pricing_param.eq(pricing_param))
-        .select(PolicyRow::as_select())
-        .first(conn)
-        .await
-        .optional()
+    find_with(conn, space, adam_id, pricing_param, false).await
 }
 
 /// [`find`], locking the row for the rest of the transaction (an `If-Match` check and the
@@ -53,15 +46,26 @@ pub async fn find_locked(
     adam_id: &str,
     pricing_param: &str,
 ) -> QueryResult<Option<PolicyRow>> {
-    policies::table
+    find_with(conn, space, adam_id, pricing_param, true).await
+}
+
+async fn find_with(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    adam_id: &str,
+    pricing_param: &str,
+    lock: bool,
+) -> QueryResult<Option<PolicyRow>> {
+    let query = policies::table
         .filter(policies::space_id.eq(space))
         .filter(policies::adam_id.eq(adam_id))
         .filter(policies::pricing_param.eq(pricing_param))
-        .select(PolicyRow::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()
+        .select(PolicyRow::as_select());
+    if lock {
+        query.for_update().first(conn).await.optional()
+    } else {
+        query.first(conn).await.optional()
+    }
 }
 
 pub async fn list(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Vec<PolicyRow>> {

@@ -39,9 +39,7 @@ async fn count_accounts(app: &TestApp) -> i64 {
 }
 
 async fn get(app: &TestApp, path: &str) -> Value {
-    let resp = app.req(Method::GET, path).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "GET {path}");
-    resp.json().await.unwrap()
+    app.get_json(path).await
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {

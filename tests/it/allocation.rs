@@ -58,6 +58,14 @@ async fn allocate(app: &TestApp, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// Allocates `APP` for a device in the background; resolves to the HTTP status.
+fn spawn_allocation(app: &TestApp, serial: &str) -> tokio::task::JoinHandle<u16> {
+    let req = app
+        .req(Method::POST, "/v1/spaces/acme/assignments")
+        .json(&device(serial));
+    tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+}
+
 async fn allocated(app: &TestApp, body: Value) -> Value {
     let resp = allocate(app, body).await;
     let status = resp.status();
@@ -67,9 +75,7 @@ async fn allocated(app: &TestApp, body: Value) -> Value {
 }
 
 async fn get(app: &TestApp, path: &str) -> Value {
-    let resp = app.req(Method::GET, path).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "GET {path}");
-    resp.json().await.unwrap()
+    app.get_json(path).await
 }
 
 /// Waits until the assignment reaches a final state (through the API's bounded wait).
@@ -373,13 +379,7 @@ async fn a9_never_over_allocate_under_concurrency() {
     let w = world(25, 0).await;
     let mut tasks = Vec::new();
     for i in 0..120 {
-        let req = w
-            .app
-            .req(Method::POST, "/v1/spaces/acme/assignments")
-            .json(&device(&format!("SERIAL-{i:04}")));
-        tasks.push(tokio::spawn(async move {
-            req.send().await.unwrap().status().as_u16()
-        }));
+        tasks.push(spawn_allocation(&w.app, &format!("SERIAL-{i:04}")));
     }
     let mut created = 0;
     let mut refused = 0;
@@ -1009,13 +1009,10 @@ async fn t10_a_9709_reported_twice_at_once_reallocates_once() {
         location(U2, "Library B", vec![app(APP, 10)]),
     ])
     .await;
-    let mut dispatch = crate::support::app::fast_dispatch("");
     // The test reports the event's result itself.
-    dispatch.first_poll = Duration::from_secs(120);
-    dispatch.max_poll = Duration::from_secs(120);
     let app = TestApp::start_opts(crate::support::app::Options {
         apple_base_url: sim.base_url(),
-        dispatcher: Some(dispatch),
+        dispatcher: Some(crate::support::app::unpolled_dispatch()),
         ..Default::default()
     })
     .await;
@@ -1158,13 +1155,7 @@ async fn t8_deleting_an_account_under_concurrent_allocations_leaves_nothing_behi
     let w = world(100, 100).await;
     let mut tasks = Vec::new();
     for i in 0..60 {
-        let req = w
-            .app
-            .req(Method::POST, "/v1/spaces/acme/assignments")
-            .json(&device(&format!("RACE-{i}")));
-        tasks.push(tokio::spawn(async move {
-            req.send().await.unwrap().status().as_u16()
-        }));
+        tasks.push(spawn_allocation(&w.app, &format!("RACE-{i}")));
         if i == 20 {
             let del = w.app.req(
                 Method::DELETE,

@@ -12,27 +12,29 @@ use vpp_broker::apple::types::{AssetKey, NotificationType, PricingParam};
 use vpp_broker::apple_sim::FaultsPatch;
 use vpp_broker::db::schema::assets;
 
-use crate::support::app::{Options, fast_dispatch};
+use crate::support::app::{Options, unpolled_dispatch};
 use crate::support::sim::{self, app, location};
 use crate::support::{TestApp, expect_problem};
 
 const U1: &str = "5000000001";
 const APP: &str = "408709785";
 
+/// A server subscribed to Apple's notifications whose dispatcher never polls in a test.
+async fn notified_app(sim: &vpp_broker::apple_sim::SimHandle) -> TestApp {
+    TestApp::start_opts(Options {
+        apple_base_url: sim.base_url(),
+        notify_self: true,
+        dispatcher: Some(unpolled_dispatch()),
+        ..Options::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn t10_notifications_complete_assignments_without_polling() {
     let sim = sim::start(vec![location(U1, "Library", vec![app(APP, 10)])]).await;
-    let mut dispatch = fast_dispatch("");
     // Polls so late that only a notification can finish the event within the test.
-    dispatch.first_poll = Duration::from_secs(120);
-    dispatch.max_poll = Duration::from_secs(120);
-    let app = TestApp::start_opts(Options {
-        apple_base_url: sim.base_url(),
-        notify_self: true,
-        dispatcher: Some(dispatch),
-        ..Options::default()
-    })
-    .await;
+    let app = notified_app(&sim).await;
     app.space("acme").await;
     // Attaching subscribed the location; Apple's TEST_NOTIFICATION got through.
     let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
@@ -172,17 +174,8 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
         location(U2, "Library B", vec![app(APP, 10)]),
     ])
     .await;
-    let mut dispatch = fast_dispatch("");
     // No poll within the test: only a notification could finish B's event.
-    dispatch.first_poll = Duration::from_secs(120);
-    dispatch.max_poll = Duration::from_secs(120);
-    let app = TestApp::start_opts(Options {
-        apple_base_url: sim.base_url(),
-        notify_self: true,
-        dispatcher: Some(dispatch),
-        ..Options::default()
-    })
-    .await;
+    let app = notified_app(&sim).await;
     app.space("alpha").await;
     app.space("beta").await;
     let a = app.account("alpha", "A", &sim::stoken(&sim, U1)).await;
@@ -204,14 +197,7 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
     let assignment = body["assignment"]["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/spaces/beta/assignments/{assignment}");
     let event = loop {
-        let now: Value = app
-            .req(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let now = app.get_json(&path).await;
         if let Some(e) = now["apple_event_id"].as_str() {
             break e.to_owned();
         }
@@ -248,14 +234,7 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
             .unwrap();
         assert_eq!(resp.status(), 200, "acknowledged, so Apple does not retry");
     }
-    let now: Value = app
-        .req(Method::GET, &path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let now = app.get_json(&path).await;
     assert_eq!(now["state"], "associating", "{now}");
     assert!(now["error"].is_null(), "{now}");
 }

@@ -46,14 +46,7 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
 
     let resp = app.req(Method::GET, &path).send().await.unwrap();
     assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag);
-    let listed: Value = app
-        .req(Method::GET, "/v1/spaces/acme/policies")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/v1/spaces/acme/policies").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 
     // Replace with the current ETag; a stale one is refused and changes nothing.
@@ -82,14 +75,7 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
         .await
         .unwrap();
     expect_problem(stale, 412, "precondition-failed").await;
-    let now: Value = app
-        .req(Method::GET, &path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let now: Value = app.get_json(&path).await;
     assert_eq!(now["disallowed"][0]["id"], "LOST");
 
     let current = format!("\"{}\"", now["version"]);
@@ -172,13 +158,6 @@ async fn bad_policies_are_refused_and_change_nothing() {
         .await
         .unwrap();
     expect_problem(resp, 422, "validation-failed").await;
-    let listed: Value = app
-        .req(Method::GET, "/v1/spaces/acme/policies")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/v1/spaces/acme/policies").await;
     assert!(listed["items"].as_array().unwrap().is_empty());
 }

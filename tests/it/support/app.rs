@@ -84,6 +84,17 @@ pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
     }
 }
 
+/// [`fast_dispatch`] whose status polls come too late for any test: only Apple's
+/// notifications (or the test itself) can finish an event.
+pub fn unpolled_dispatch() -> vpp_broker::dispatch::Settings {
+    use std::time::Duration;
+    vpp_broker::dispatch::Settings {
+        first_poll: Duration::from_secs(120),
+        max_poll: Duration::from_secs(120),
+        ..fast_dispatch("")
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -233,6 +244,13 @@ impl TestApp {
     /// A request with an admin token for every space.
     pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
         self.req_as(method, path, &admin_token())
+    }
+
+    /// `GET path` as admin; asserts 200 and returns the JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp = self.req(Method::GET, path).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.json().await.unwrap()
     }
 
     pub fn req_as(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
