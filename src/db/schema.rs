@@ -185,6 +185,9 @@ diesel::table! {
         locked_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
+        adam_id -> Nullable<Text>,
+        pricing_param -> Nullable<Text>,
+        license_type -> Nullable<Text>,
     }
 }
 

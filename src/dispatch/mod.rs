@@ -104,6 +104,9 @@ pub struct Ctx {
     pub state: Arc<AppState>,
     pub settings: Settings,
     pub worker: String,
+    /// When a worker of this process last looked for due work and found none: the others
+    /// skip their look until `idle_poll` has passed since (one look per interval per process).
+    nothing_due_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Ctx {
@@ -112,7 +115,23 @@ impl Ctx {
             state,
             settings,
             worker: format!("{}-{}", hostname(), std::process::id()),
+            nothing_due_at: std::sync::Mutex::new(None),
         })
+    }
+
+    fn looked_lately(&self) -> bool {
+        let at = *self
+            .nothing_due_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        at.is_some_and(|t| t.elapsed() < self.settings.idle_poll)
+    }
+
+    fn found_nothing_due(&self) {
+        *self
+            .nothing_due_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 }
 
@@ -190,7 +209,19 @@ async fn worker(ctx: Arc<Ctx>, index: usize, cancel: CancellationToken) {
 
 /// One look for work. True when something was processed.
 pub async fn run_once(ctx: &Ctx, conn: &mut AsyncPgConnection) -> Result<bool, DispatchError> {
-    for account in jobs::ready_accounts(conn, 16).await? {
+    if ctx.looked_lately() {
+        return Ok(false);
+    }
+    // An idle dispatcher neither groups anything nor calls Apple (for the service config).
+    if !jobs::any_ready(conn).await? {
+        ctx.found_nothing_due();
+        return Ok(false);
+    }
+    let due = jobs::due_accounts(conn, &batching(ctx).await, 16).await?;
+    if due.is_empty() {
+        ctx.found_nothing_due();
+    }
+    for account in due {
         if !jobs::try_lock_account(conn, account).await? {
             continue;
         }
@@ -205,31 +236,29 @@ pub async fn run_once(ctx: &Ctx, conn: &mut AsyncPgConnection) -> Result<bool, D
     Ok(false)
 }
 
-async fn process_account(
-    ctx: &Ctx,
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-) -> Result<bool, DispatchError> {
-    let (full_devices, full_users) = ctx
-        .state
-        .apple
-        .service_config()
-        .await
-        .map(|c| (c.max_serial_numbers(), c.max_client_user_ids()))
-        .unwrap_or((1000, 1000));
-    let batching = jobs::Batching {
+/// How work is grouped into Apple requests, by the limits of Apple's service config (fetched
+/// unless cached; the last known limits when Apple does not answer).
+async fn batching(ctx: &Ctx) -> jobs::Batching {
+    let config = match ctx.state.apple.service_config().await {
+        Ok(config) => config,
+        Err(_) => ctx.state.apple.known_service_config(),
+    };
+    let (full_devices, full_users) = (config.max_serial_numbers(), config.max_client_user_ids());
+    jobs::Batching {
         lease: ctx.settings.lease,
         quiet: ctx.settings.quiet,
         max_wait: ctx.settings.max_wait,
         full_devices: full_devices.max(1) as i64,
         full_users: full_users.max(1) as i64,
         max: ctx.settings.max_claim,
-    };
-    // While a burst is still gathering, workers look often and find nothing due; the cheap
-    // check keeps those looks from costing the allocations PostgreSQL's CPU.
-    if !jobs::anything_due(conn, id, &batching).await? {
-        return Ok(false);
     }
+}
+
+async fn process_account(
+    ctx: &Ctx,
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<bool, DispatchError> {
     let account = {
         let mut pooled = ctx.state.pool.get().await?;
         match store::by_id(&mut pooled, id).await? {
@@ -248,7 +277,7 @@ async fn process_account(
         jobs::postpone_account(conn, id, until).await?;
         return Ok(false);
     }
-    let claimed = jobs::claim(conn, id, &ctx.worker, &batching).await?;
+    let claimed = jobs::claim(conn, id, &ctx.worker, &batching(ctx).await).await?;
     if claimed.is_empty() {
         return Ok(false);
     }
@@ -411,9 +440,10 @@ async fn poll(
                     "WITH a AS (UPDATE assignments SET state = CASE WHEN state = 'associating' THEN 'pending' ELSE state END,
                                        apple_event_id = NULL, batch_id = NULL, updated_at = now()
                                  WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')
-                             RETURNING id, account_id, state)
-                     INSERT INTO jobs (kind, account_id, assignment_id)
-                     SELECT CASE WHEN state = 'pending' THEN 'associate' ELSE 'disassociate' END, account_id, id FROM a",
+                             RETURNING id, account_id, state, adam_id, pricing_param, license_type)
+                     INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
+                     SELECT CASE WHEN state = 'pending' THEN 'associate' ELSE 'disassociate' END,
+                            account_id, id, adam_id, pricing_param, license_type FROM a",
                 )
                 .bind::<diesel::sql_types::Text, _>(event_id)
                 .execute(conn)

@@ -98,7 +98,7 @@ pub async fn revoke(
                 SET state = CASE WHEN state = 'pending' THEN 'revoked' ELSE 'revoking' END,
                     version = version + 1, updated_at = now()
               WHERE id = ANY($2) AND state IN ('pending', 'associating', 'active')
-          RETURNING id, account_id, adam_id, pricing_param, state
+          RETURNING id, account_id, adam_id, pricing_param, license_type, state
          ), released AS (
              UPDATE assets a SET held = a.held - c.n, updated_at = now()
                FROM (SELECT account_id, adam_id, pricing_param, count(*) AS n FROM changed
@@ -111,8 +111,10 @@ pub async fn revoke(
                 AND assignment_id IN (SELECT id FROM changed WHERE state = 'revoked')
           RETURNING 1
          ), new_jobs AS (
-             INSERT INTO jobs (kind, account_id, assignment_id)
-             SELECT 'disassociate', account_id, id FROM changed WHERE state = 'revoking'
+             INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param,
+                               license_type)
+             SELECT 'disassociate', account_id, id, adam_id, pricing_param, license_type
+               FROM changed WHERE state = 'revoking'
           RETURNING 1
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,

@@ -112,8 +112,8 @@ pub async fn write(
                     state, rule, decision, requested_by, reason, apple_event_id, batch_id, error,
                     version, created_at, updated_at
          ), job AS (
-             INSERT INTO jobs (kind, account_id, assignment_id)
-             SELECT 'associate', account_id, id FROM new
+             INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
+             SELECT 'associate', account_id, id, adam_id, pricing_param, license_type FROM new
          ), act AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
                                        adam_id, pricing_param, rule, request_id, details)
