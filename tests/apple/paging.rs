@@ -1,7 +1,7 @@
 //! Paged reads: several pages in parallel, versionId changes, deltas, 10,000 assignments.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vpp_broker::apple::types::{AssetKey, ManageAssetsRequest, PricingParam, ProductType};
 use vpp_broker::apple::{AssetQuery, AssignmentQuery, ErrorClass, ErrorOrigin};
@@ -361,7 +361,7 @@ async fn assets_are_listed_with_counts_and_filters() {
 }
 
 #[tokio::test]
-async fn ten_thousand_assignments_are_read_quickly() {
+async fn ten_thousand_assignments_are_read_in_twenty_paced_pages_without_a_429() {
     let mut location = school();
     location.assets[0].total_count = 10_000;
     location.generated_assignments = vec![GeneratedAssignments {
@@ -371,7 +371,6 @@ async fn ten_thousand_assignments_are_read_quickly() {
         serial_prefix: "BENCH".into(),
     }];
     let env = env_with(location, test_settings()).await;
-    let started = Instant::now();
     // Spawned, as a dispatcher would: the client's futures are Send.
     let (client, token) = (env.client.clone(), env.token.clone());
     let listing = tokio::spawn(async move {
@@ -382,7 +381,6 @@ async fn ten_thousand_assignments_are_read_quickly() {
     .await
     .unwrap()
     .unwrap();
-    let elapsed = started.elapsed();
     assert_eq!(listing.items.len(), 10_000);
     assert_eq!(listing.pages, 20, "500 per page");
     let distinct: HashSet<_> = listing
@@ -391,9 +389,8 @@ async fn ten_thousand_assignments_are_read_quickly() {
         .map(|a| a.serial_number.clone())
         .collect();
     assert_eq!(distinct.len(), 10_000);
-    // 20 requests paced at 15 per second take a little over a second; a debug build on two
-    // busy cores must still finish well within this bound.
-    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    // The client paces itself to 15 requests per second: Apple never had to refuse one. (How
+    // fast this is lives in the benchmark, `examples/apple_sim_bench.rs`.)
     assert_eq!(env.count("GET /assignments").await, 20, "no 429, no retry");
 }
 
