@@ -122,45 +122,33 @@ pub async fn import_new(
     Ok(n)
 }
 
-/// Forgets every asset (and, by cascade, every assignment) of an account.
+const LIVE: [&str; 3] = ["pending", "associating", "active"];
+const ALL_STATES: [&str; 6] = [
+    "pending",
+    "associating",
+    "active",
+    "failed",
+    "revoking",
+    "revoked",
+];
+
 /// Locks an account's live assignments (by id) and then its asset rows (by key), in the
 /// ledger's lock order (see [`crate::ledger::assignments::lock_in_order`]). Waits for the
 /// allocation batches that hold the asset rows, so a later statement sees their licenses.
 pub async fn lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<()> {
-    use crate::db::schema::assignments;
-    assignments::table
-        .filter(assignments::account_id.eq(account))
-        .filter(assignments::state.eq_any(["pending", "associating", "active"]))
-        .order(assignments::id)
-        .select(assignments::id)
-        .for_update()
-        .load::<Uuid>(conn)
-        .await?;
-    assets::table
-        .filter(assets::account_id.eq(account))
-        .order((assets::adam_id, assets::pricing_param))
-        .select(assets::adam_id)
-        .for_update()
-        .load::<String>(conn)
-        .await?;
-    Ok(())
+    lock_rows(conn, account, &LIVE).await.map(|_| ())
 }
 
 /// Forgets what the ledger knows of an account's Apple location, when a token of another
 /// location replaces it: its assignments, assets, queued Apple work, followed events and
 /// registered users. Returns how many assignments were forgotten.
 ///
-/// The assignments are locked first, as the dispatcher locks them before the asset rows;
-/// deleting the assets first (which cascades to the assignments) took the locks the other way
-/// round and could deadlock with a dispatch in progress.
+/// Everything is locked in the ledger's lock order first: deleting the assets straight away
+/// (which cascades to the assignments) took the locks the other way round and deadlocked with
+/// a dispatch in progress.
 pub async fn forget_location(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
-    use crate::db::schema::{apple_events, apple_users, assignments, jobs};
-    let forgotten: Vec<Uuid> = assignments::table
-        .filter(assignments::account_id.eq(account))
-        .select(assignments::id)
-        .for_update()
-        .load(conn)
-        .await?;
+    use crate::db::schema::{apple_events, apple_users, jobs};
+    let forgotten = lock_rows(conn, account, &ALL_STATES).await?;
     diesel::delete(jobs::table.filter(jobs::account_id.eq(account)))
         .execute(conn)
         .await?;
@@ -173,7 +161,34 @@ pub async fn forget_location(conn: &mut AsyncPgConnection, account: Uuid) -> Que
     diesel::delete(assets::table.filter(assets::account_id.eq(account)))
         .execute(conn)
         .await?;
-    Ok(forgotten.len() as i64)
+    Ok(forgotten as i64)
+}
+
+/// Locks the account's assignments in `states` by id, then its assets by key. Returns how
+/// many assignments it locked.
+async fn lock_rows(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    states: &[&str],
+) -> QueryResult<usize> {
+    use crate::db::schema::assignments;
+    let locked = assignments::table
+        .filter(assignments::account_id.eq(account))
+        .filter(assignments::state.eq_any(states))
+        .order(assignments::id)
+        .select(assignments::id)
+        .for_update()
+        .load::<Uuid>(conn)
+        .await?
+        .len();
+    assets::table
+        .filter(assets::account_id.eq(account))
+        .order((assets::adam_id, assets::pricing_param))
+        .select(assets::adam_id)
+        .for_update()
+        .load::<String>(conn)
+        .await?;
+    Ok(locked)
 }
 
 pub async fn for_account(
