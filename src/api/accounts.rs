@@ -21,6 +21,7 @@ use crate::auth::{Caller, Scope};
 use crate::db::Conn;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
+use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, FieldError, Problem};
 use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry};
 use crate::ledger::activity::{self, Activity};
@@ -110,10 +111,13 @@ pub struct Account {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The accounts of a space, in priority order.
+/// The accounts of a space, in priority order (one page of them, for the list).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccountList {
     pub items: Vec<Account>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -345,33 +349,48 @@ fn with_etag(mut builder: actix_web::HttpResponseBuilder, account: Account) -> H
 }
 
 /// List a space's token accounts in priority order.
+///
+/// Accounts are listed with their Apple location, status (checked again when stale), license counts
+/// over all their assets, settings and distribution list. The sToken is never returned. Paged like
+/// every list (`limit`, `cursor`, `next_cursor`).
 #[utoipa::path(
     tag = "accounts",
     operation_id = "list_accounts",
     security(("bearer" = ["licenses:read"])),
-    params(("space" = String, Path, description = "Space id")),
-    responses((status = 200, description = "Accounts, priority 1 first", body = AccountList))
+    params(("space" = String, Path, description = "Space id"), PageQuery),
+    responses((status = 200, description = "A page of accounts, priority 1 first", body = AccountList))
 )]
 #[get("/v1/spaces/{space}/accounts")]
 pub async fn list_accounts(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<PageQuery>,
 ) -> Result<web::Json<AccountList>, ApiError> {
     let space = path.into_inner();
     caller.authorize(&space, Scope::LicensesRead)?;
+    let limit = query.limit()?;
+    let after: Option<i32> = query.after()?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     let mut rows = Vec::new();
-    for row in store::list(&mut conn, &space).await? {
+    for row in store::page(&mut conn, &space, after, limit).await? {
         rows.push(checks::refresh(&mut conn, row).await?);
     }
+    let next = next_cursor(rows.len(), limit, rows.last().map(|r| r.priority));
     Ok(web::Json(AccountList {
         items: views(&mut conn, rows, &state).await?,
+        next_cursor: next,
     }))
 }
 
 /// Attach an Apple location by its sToken.
+///
+/// The body carries the `.vpptoken` file's content. The service validates it, asks Apple for the
+/// location, refuses a location already attached anywhere in the deployment (409
+/// `location-already-attached`), writes this deployment's identity into the token's client config,
+/// stores the sToken encrypted and reads the location's assets. The new account takes the given
+/// priority (others move down) or the last one.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "create_account",
@@ -430,6 +449,9 @@ pub async fn create_account(
 }
 
 /// Get one token account.
+///
+/// The account with its status, counts, settings and distribution list; `ETag` carries its version
+/// for `If-Match`.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "get_account",
@@ -457,6 +479,10 @@ pub async fn get_account(
 }
 
 /// Rename, change settings or the distribution list, or move to another priority.
+///
+/// Every member is optional; only those given change. Moving an account to another priority
+/// renumbers the others and never moves existing licenses (A5). Honours `If-Match` (412 when the
+/// account changed since).
 #[utoipa::path(
     tag = "accounts",
     operation_id = "update_account",
@@ -566,6 +592,10 @@ pub async fn update_account(
 }
 
 /// Delete an account; with `revoke_all`, revoke its licenses first.
+///
+/// An account that holds licenses or that a policy names needs `revoke_all=true` (409
+/// `account-in-use` otherwise). Then every live license is revoked at Apple and the account is
+/// removed once Apple released them all (202 meanwhile, 204 when nothing was held).
 #[utoipa::path(
     tag = "accounts",
     operation_id = "delete_account",
@@ -620,6 +650,9 @@ pub async fn delete_account(
 }
 
 /// Check the token with Apple now and update the status.
+///
+/// Calls Apple with the stored sToken and records what it says: active, expiring (30 days or less),
+/// expired, revoked, invalid, login required, not owned by this deployment, or throttled.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "test_account",
@@ -647,6 +680,9 @@ pub async fn test_account(
 }
 
 /// Overwrite another MDM's identity in the token's client config with this deployment's.
+///
+/// Writes this deployment's identity into the token's client config, so that Apple's notifications
+/// come here and Apple writes are allowed again; another MDM using the same token loses it.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "reclaim_account",
@@ -678,6 +714,10 @@ pub async fn reclaim_account(
 }
 
 /// Replace the account's sToken (same Apple location; another location needs `clear_ledger`).
+///
+/// A renewed token of the same location keeps the account and its ledger. A token of another
+/// location is refused (409 `location-mismatch`) unless `clear_ledger` is true, which forgets the
+/// old location's assets and queued work.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "replace_account_token",
@@ -724,6 +764,8 @@ pub async fn replace_account_token(
 }
 
 /// The current priority order.
+///
+/// The ids of the space's accounts, priority 1 first, for `PUT …/account-order`.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "get_account_order",
@@ -750,6 +792,9 @@ pub async fn get_account_order(
 }
 
 /// Reorder all accounts of the space at once. Existing licenses are never moved.
+///
+/// The body must list every account of the space exactly once. Only new allocations follow the new
+/// order (A5).
 #[utoipa::path(
     tag = "accounts",
     operation_id = "set_account_order",
@@ -771,5 +816,6 @@ pub async fn set_account_order(
     let mut conn = state.pool.get().await?;
     Ok(web::Json(AccountList {
         items: views(&mut conn, rows, &state).await?,
+        next_cursor: None,
     }))
 }

@@ -30,6 +30,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Receive a notification from Apple.
+///
+/// Apple posts asset, assignment and user notifications here with the notification auth token the
+/// service gave it for the account. Notifications are applied once per id; a notification that
+/// fails is not remembered, so Apple's retry applies it. Not for MDM callers.
 #[utoipa::path(
     tag = "apple",
     operation_id = "receive_apple_notification",

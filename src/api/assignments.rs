@@ -111,11 +111,49 @@ pub struct Assignment {
     pub apple_event_id: Option<String>,
     /// Apple's error and what the service did about it (failed assignments).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub error: Option<serde_json::Value>,
+    pub error: Option<FailureView>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Why an assignment failed at Apple, and what the service did about it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[schema(as = AppleError)]
+pub struct FailureView {
+    /// Apple's error number (e.g. 9709: not enough licenses), when Apple gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 9709)]
+    pub number: Option<i64>,
+    /// Apple's message, or the service's when Apple's answer had none.
+    #[serde(default)]
+    pub message: String,
+    /// What the service did about it, in words (e.g. the license stays assigned at Apple).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// On 9709: the assignment that replaced this one, from the next eligible account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reallocated_to: Option<Uuid>,
+    /// On 9709: the account of the replacement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reallocated_account_id: Option<Uuid>,
+    /// On 9709 without a replacement: why no other account could serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reallocation: Option<String>,
+    /// User registration refused by Apple: Apple's error per client user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<std::collections::BTreeMap<String, UserRefusal>>,
+}
+
+/// Apple's refusal to register one user.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct UserRefusal {
+    /// Apple's error number.
+    #[serde(default)]
+    pub number: i64,
+    /// Apple's message.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// The license holder of an assignment.
@@ -144,6 +182,7 @@ pub struct Allocation {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AssignmentPage {
     pub items: Vec<Assignment>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
@@ -162,15 +201,21 @@ pub struct WaitQuery {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only this account's assignments.
     pub account_id: Option<Uuid>,
+    /// Only this asset's (Apple product id).
     pub adam_id: Option<String>,
+    /// With `adam_id`: only this pricing (`STDQ` or `PLUS`).
     pub pricing_param: Option<String>,
     /// With `subject_id`: `device` or `user`.
     pub subject_kind: Option<SubjectKind>,
+    /// Only this subject's (a serial number or client user id; with `subject_kind`).
     pub subject_id: Option<String>,
+    /// Only assignments in this state.
     pub state: Option<AssignmentState>,
     /// Only license-holding assignments (pending, associating, active).
     pub live: Option<bool>,
@@ -367,7 +412,9 @@ fn view(r: AssignmentRow, subjects: &[SubjectRow]) -> Assignment {
         requested_by: r.requested_by,
         reason: r.reason,
         apple_event_id: r.apple_event_id,
-        error: r.error,
+        error: r
+            .error
+            .map(|e| serde_json::from_value(e).unwrap_or_default()),
         version: r.version,
         created_at: r.created_at,
         updated_at: r.updated_at,
@@ -438,6 +485,12 @@ fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpRespons
 }
 
 /// Allocate a license for a subject (or explain what would be allocated with `dry_run`).
+///
+/// Decides in one transaction from the ledger and answers at database speed; Apple is called later
+/// by the dispatcher. The answer says which account served, the rule that decided (`existing`,
+/// `user_license_covers_device`, `reservation`, `priority`, `fallback`, `reallocation`) and which
+/// accounts were skipped and why. `Idempotency-Key` replays the first answer (24 h); `?wait=` holds
+/// the answer until Apple confirmed or refused the association.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "allocate_license",
@@ -593,6 +646,9 @@ fn wait_seconds(wait: Option<u64>) -> Result<Option<Duration>, ApiError> {
 }
 
 /// List a space's assignments.
+///
+/// Newest first, filtered by account, asset, subject and state. Paged like every list (`limit`,
+/// `cursor`, `next_cursor`).
 #[utoipa::path(
     tag = "assignments",
     operation_id = "list_assignments",
@@ -660,6 +716,9 @@ pub async fn list_assignments(
 }
 
 /// Get one assignment, optionally waiting (≤ 30 s) for its final state.
+///
+/// With `?wait=N` the answer waits (up to N seconds) until the assignment reaches a final state
+/// (`active`, `failed`, `revoked`).
 #[utoipa::path(
     tag = "assignments",
     operation_id = "get_assignment",
@@ -694,6 +753,9 @@ pub async fn get_assignment(
 }
 
 /// Revoke one assignment (V1). The license is free in the ledger at once.
+///
+/// A pending assignment is dropped before it reaches Apple; an associating or active one becomes
+/// `revoking` until Apple released the license.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "revoke_assignment",
@@ -739,6 +801,9 @@ pub async fn revoke_assignment(
 
 /// Revoke every live assignment matching the filters: all of an asset (in one account or
 /// all), all of a subject's, all of an account's (V1).
+///
+/// Give at least one filter: an account, an asset (with or without pricing) or a subject. Answers
+/// how many assignments were dropped before reaching Apple and how many are now being released.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "create_revocation",

@@ -20,6 +20,7 @@ use crate::auth::{Caller, Scope};
 use crate::engine::model::SubjectKind;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
+use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, FieldError, types};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::policies::{self as store, EntryRow, PolicyRow};
@@ -85,10 +86,13 @@ pub struct Policy {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The policies of a space.
+/// One page of the policies of a space.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PolicyList {
     pub items: Vec<Policy>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 fn view(p: PolicyRow, entries: &[EntryRow]) -> Policy {
@@ -233,32 +237,47 @@ fn entries(body: &PolicyBody, accounts: &[Uuid]) -> Result<Vec<EntryRow>, ApiErr
 }
 
 /// List the space's distribution policies.
+///
+/// One policy per asset, with its reserved subjects, first-come-first-served groups and disallowed
+/// subjects. Paged like every list (`limit`, `cursor`, `next_cursor`).
 #[utoipa::path(
     tag = "policies",
     operation_id = "list_policies",
     security(("bearer" = ["licenses:read"])),
-    params(("space" = String, Path, description = "Space id")),
-    responses((status = 200, description = "Policies by asset", body = PolicyList))
+    params(("space" = String, Path, description = "Space id"), PageQuery),
+    responses((status = 200, description = "A page of policies, by asset (adam id, then pricing)", body = PolicyList))
 )]
 #[get("/v1/spaces/{space}/policies")]
 pub async fn list_policies(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<PageQuery>,
 ) -> Result<web::Json<PolicyList>, ApiError> {
     let space = path.into_inner();
     caller.authorize(&space, Scope::LicensesRead)?;
+    let limit = query.limit()?;
+    let after: Option<(String, String)> = query.after()?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let rows = store::list(&mut conn, &space).await?;
+    let rows = store::page(&mut conn, &space, after, limit).await?;
+    let next = next_cursor(
+        rows.len(),
+        limit,
+        rows.last()
+            .map(|p| (p.adam_id.clone(), p.pricing_param.clone())),
+    );
     let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
     let entries = store::entries_of(&mut conn, &ids).await?;
     Ok(web::Json(PolicyList {
         items: rows.into_iter().map(|p| view(p, &entries)).collect(),
+        next_cursor: next,
     }))
 }
 
 /// Get the policy of one asset.
+///
+/// `ETag` carries the policy's version for `If-Match`.
 #[utoipa::path(
     tag = "policies",
     operation_id = "get_policy",
@@ -291,6 +310,10 @@ pub async fn get_policy(
 }
 
 /// Create or replace the policy of one asset.
+///
+/// Replaces the whole policy. A subject or group may appear in one mode only; a reservation's
+/// account must belong to the space and own the asset. Honours `If-Match` (412 when the policy
+/// changed since).
 #[utoipa::path(
     tag = "policies",
     operation_id = "put_policy",
@@ -365,6 +388,8 @@ pub async fn put_policy(
 }
 
 /// Delete the policy of one asset (the asset becomes open to everyone in the space).
+///
+/// Honours `If-Match`. Existing licenses are not revoked.
 #[utoipa::path(
     tag = "policies",
     operation_id = "delete_policy",

@@ -142,6 +142,9 @@ fn with_etag(mut builder: actix_web::HttpResponseBuilder, space: Space) -> HttpR
 }
 
 /// List the spaces the caller may see.
+///
+/// Only the spaces the token's `spaces` claim grants, ordered by id. Paged like every list
+/// (`limit`, `cursor`, `next_cursor`).
 #[utoipa::path(
     tag = "spaces",
     operation_id = "list_spaces",
@@ -172,6 +175,9 @@ pub async fn list_spaces(
 }
 
 /// Create a space.
+///
+/// The id is a slug you choose (lowercase letters, digits, dashes), so JWT grants can name a space
+/// before it exists. Needs the `admin` scope.
 #[utoipa::path(
     tag = "spaces",
     operation_id = "create_space",
@@ -239,6 +245,8 @@ pub async fn create_space(
 }
 
 /// Get one space.
+///
+/// `ETag` carries the space's version for `If-Match`.
 #[utoipa::path(
     tag = "spaces",
     operation_id = "get_space",
@@ -262,6 +270,8 @@ pub async fn get_space(
 }
 
 /// Change a space's name or description.
+///
+/// Honours `If-Match` (412 when the space changed since).
 #[utoipa::path(
     tag = "spaces",
     operation_id = "update_space",
@@ -327,6 +337,9 @@ pub async fn update_space(
 }
 
 /// Delete an empty space.
+///
+/// A space that still has token accounts cannot be deleted (409); its policies and subjects go with
+/// it.
 #[utoipa::path(
     tag = "spaces",
     operation_id = "delete_space",

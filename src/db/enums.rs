@@ -5,11 +5,16 @@
 //! by the database, the JSON API and the OpenAPI document.
 
 /// Declares an enum stored as text: diesel `ToSql`/`FromSql`, serde and utoipa in one spelling.
+///
+/// The spelling is taken as a `tt` fragment, not `literal`: a `literal` fragment reaches derive
+/// macros wrapped in an invisible group, which utoipa's `#[serde(rename = …)]` parser ignores
+/// (the document then showed the Rust variant names while the wire used the spelling).
+/// `tests/it/openapi.rs` compares every documented enum with what serde writes.
 #[macro_export]
 macro_rules! text_enum {
     (
         $(#[$meta:meta])*
-        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)? }
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)? }
     ) => {
         $(#[$meta])*
         #[derive(

@@ -341,9 +341,18 @@ async fn fail_targets(
         .filter(|(_, t)| refused.contains_key(t))
         .map(|(id, _)| *id)
         .collect();
+    let per_user: serde_json::Map<String, serde_json::Value> = refused
+        .iter()
+        .map(|(user, (number, message))| {
+            (
+                user.clone(),
+                serde_json::json!({ "number": number, "message": message }),
+            )
+        })
+        .collect();
     let error = serde_json::json!({
         "message": "Apple did not register the user",
-        "errors": refused,
+        "errors": per_user,
     });
     fail(ctx, account, chunk, batch, &ids, &error).await
 }

@@ -30,6 +30,9 @@ pub const UNDOCUMENTED: &[(&str, &str)] = &[
 ];
 
 /// Liveness: the process is up. No I/O.
+///
+/// Answers 200 as long as the process runs; it does no I/O, so a slow database never restarts the
+/// pod.
 #[utoipa::path(
     tag = "operations",
     operation_id = "get_livez",
@@ -44,6 +47,9 @@ pub async fn livez() -> web::Json<Health> {
 }
 
 /// Readiness: the ledger database answers and every migration is applied.
+///
+/// 503 while the database does not answer or a migration is missing, so traffic goes to ready
+/// replicas only.
 #[utoipa::path(
     tag = "operations",
     operation_id = "get_readyz",
@@ -84,6 +90,9 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, Api
 }
 
 /// Prometheus metrics in the text exposition format.
+///
+/// HTTP requests by route and status, database pool, Apple batches. No authentication: expose it
+/// only inside the cluster.
 #[utoipa::path(
     tag = "operations",
     operation_id = "get_metrics",

@@ -151,6 +151,23 @@ pub async fn list(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Vec<
         .await
 }
 
+/// One page of a space's accounts in priority order, after priority `after`.
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    after: Option<i32>,
+    limit: i64,
+) -> QueryResult<Vec<AccountRow>> {
+    accounts::table
+        .filter(accounts::space_id.eq(space))
+        .filter(accounts::priority.gt(after.unwrap_or(i32::MIN)))
+        .order(accounts::priority.asc())
+        .limit(limit)
+        .select(AccountRow::as_select())
+        .load(conn)
+        .await
+}
+
 /// Locks the space row: serialises everything that renumbers its accounts' priorities.
 /// `None` if the space does not exist. `FOR NO KEY UPDATE`, so that allocations (whose new
 /// assignments reference the space) are not blocked by it, for the reason given at

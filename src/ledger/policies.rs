@@ -77,6 +77,29 @@ pub async fn list(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<Vec<
         .await
 }
 
+/// One page of a space's policies by asset, after the asset `after` (adam id, pricing).
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    after: Option<(String, String)>,
+    limit: i64,
+) -> QueryResult<Vec<PolicyRow>> {
+    let mut query = policies::table
+        .filter(policies::space_id.eq(space))
+        .order((policies::adam_id, policies::pricing_param))
+        .limit(limit)
+        .select(PolicyRow::as_select())
+        .into_boxed();
+    if let Some((adam_id, pricing)) = after {
+        query = query.filter(
+            policies::adam_id.gt(adam_id.clone()).or(policies::adam_id
+                .eq(adam_id)
+                .and(policies::pricing_param.gt(pricing))),
+        );
+    }
+    query.load(conn).await
+}
+
 pub async fn entries_of(
     conn: &mut AsyncPgConnection,
     policies_: &[Uuid],

@@ -39,7 +39,7 @@ async fn served_document_matches_the_committed_file() {
 
 #[test]
 fn every_operation_follows_the_conventions() {
-    let doc: Value = serde_json::to_value(vpp_broker::http::openapi::document()).unwrap();
+    let doc = vpp_broker::http::openapi::document_value();
     let mut operation_ids = std::collections::HashSet::new();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/spaces"));
@@ -61,15 +61,59 @@ fn every_operation_follows_the_conventions() {
                 op["security"].is_array(),
                 "{where_}: no security requirement"
             );
+            assert!(
+                op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{where_}: no summary"
+            );
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                assert!(
+                    p["description"].as_str().is_some_and(|s| !s.is_empty()),
+                    "{where_}: parameter {} has no description",
+                    p["name"]
+                );
+                assert!(
+                    !p["schema"].to_string().contains("null"),
+                    "{where_}: parameter {} is nullable; absent is how a parameter is omitted",
+                    p["name"]
+                );
+            }
             let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                assert!(
+                    response["headers"]["x-request-id"].is_object(),
+                    "{where_} {status}: x-request-id not documented"
+                );
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/problem+json"]["schema"];
+                    assert!(
+                        schema.to_string().contains("#/components/schemas/Problem"),
+                        "{where_} {status}: not a problem"
+                    );
+                    assert!(
+                        response["description"]
+                            .as_str()
+                            .is_some_and(|d| !d.is_empty()),
+                        "{where_} {status}: no description"
+                    );
+                }
+            }
             for status in ["400", "500"] {
                 assert!(responses.contains_key(status), "{where_}: no {status}");
             }
             if path.starts_with("/v1/") {
                 let security = op["security"].to_string();
                 assert!(
-                    security.contains("bearer"),
-                    "{where_}: not bearer-protected"
+                    security.contains("oauth2"),
+                    "{where_}: not protected by the callers' scheme"
+                );
+                let scopes = op["security"][0]["oauth2"].as_array().unwrap();
+                assert_eq!(scopes.len(), 1, "{where_}: one scope expected");
+                let declared = &doc["components"]["securitySchemes"]["oauth2"]["flows"]["clientCredentials"]
+                    ["scopes"];
+                assert!(
+                    declared.get(scopes[0].as_str().unwrap()).is_some(),
+                    "{where_}: undeclared scope {}",
+                    scopes[0]
                 );
                 for status in ["401", "403", "404"] {
                     assert!(responses.contains_key(status), "{where_}: no {status}");
@@ -80,6 +124,70 @@ fn every_operation_follows_the_conventions() {
                     assert!(responses.contains_key(status), "{where_}: no {status}");
                 }
             }
+        }
+    }
+}
+
+/// Every string enum in the document lists exactly what the service writes and reads: the
+/// values come from serde (the wire), not from the schema generator. A schema with an `enum` that
+/// is not listed here fails the test, so a new enum cannot drift unnoticed.
+#[test]
+fn documented_enums_are_spelled_as_on_the_wire() {
+    use vpp_broker::accounts::status::AccountStatus;
+    use vpp_broker::accounts::{ListKind, WhenUnusable};
+    use vpp_broker::api::policies::TargetKind;
+    use vpp_broker::engine::model::{
+        AssignmentState, LicenseType, LicenseWish, Rule, SkipReason, SubjectKind,
+    };
+
+    fn wire<T: serde::Serialize + serde::de::DeserializeOwned>(all: &[T]) -> Vec<String> {
+        all.iter()
+            .map(|v| {
+                let value = serde_json::to_value(v).unwrap();
+                // What the service writes, it also reads back.
+                serde_json::from_value::<T>(value.clone()).unwrap();
+                value.as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+    let problem_types: Vec<String> = vpp_broker::http::problem::types::ALL
+        .iter()
+        .map(|t| t.type_uri())
+        .collect();
+    let known: Vec<(&str, Vec<String>)> = vec![
+        ("AccountStatus", wire(AccountStatus::ALL)),
+        ("AssignmentState", wire(AssignmentState::ALL)),
+        ("LicenseType", wire(LicenseType::ALL)),
+        ("LicenseWish", wire(LicenseWish::ALL)),
+        ("ListKind", wire(ListKind::ALL)),
+        ("Rule", wire(Rule::ALL)),
+        ("SkipReason", wire(SkipReason::ALL)),
+        ("SubjectKind", wire(SubjectKind::ALL)),
+        ("TargetKind", wire(TargetKind::ALL)),
+        ("WhenUnusable", wire(WhenUnusable::ALL)),
+        ("ProblemType", problem_types),
+        ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
+    ];
+    let doc = vpp_broker::http::openapi::document_value();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for (name, values) in &known {
+        let documented: Vec<String> = schemas[*name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} has no enum"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            &documented, values,
+            "{name}: documented values differ from the wire"
+        );
+    }
+    for (name, schema) in schemas {
+        if schema.get("enum").is_some() {
+            assert!(
+                known.iter().any(|(k, _)| k == name),
+                "{name} is a documented enum this test does not compare with the wire; add it"
+            );
         }
     }
 }
