@@ -70,9 +70,7 @@ pub async fn delete(
             )));
         }
         if policies > 0 {
-            diesel::delete(policy_entries::table.filter(policy_entries::account_id.eq(id)))
-                .execute(conn)
-                .await?;
+            crate::ledger::policies::remove_account_entries(conn, id).await?;
         }
         let counts = crate::engine::revoke::revoke(
             conn,

@@ -136,10 +136,18 @@ pub fn next(
         AccountStatus::Revoked => (base, "Apple revoked this sToken (9625); download a new token in Apple Business Manager and replace it".to_owned()),
         AccountStatus::Invalid => (base, "Apple does not accept this sToken (9622); download a new token in Apple Business Manager and replace it".to_owned()),
         AccountStatus::LoginRequired => (base, "Apple requires the content manager to sign in again (9601); sign in to Apple Business Manager, then test the account".to_owned()),
-        _ if expires_at <= now || base == AccountStatus::Expired => (
+        _ if expires_at <= now => (
             AccountStatus::Expired,
             format!(
                 "the sToken expired on {}; download a new token in Apple Business Manager and replace it",
+                expires_at.format("%Y-%m-%d")
+            ),
+        ),
+        // Apple's verdict, not the file's date (which may still be in the future).
+        AccountStatus::Expired => (
+            AccountStatus::Expired,
+            format!(
+                "Apple reports this sToken as expired (9621), although the token file says it is                  valid until {}; download a new token in Apple Business Manager and replace it",
                 expires_at.format("%Y-%m-%d")
             ),
         ),
@@ -244,6 +252,11 @@ mod tests {
             );
             assert_eq!(s.status, status);
             assert!(!s.reason.is_empty());
+            assert!(
+                !s.reason.contains("expired on"),
+                "Apple's verdict, not a date a year away: {}",
+                s.reason
+            );
             let later = next(&s, far, None, now() + Duration::days(1));
             assert_eq!(later.status, status, "sticky");
             let cleared = next(&later, far, Some(&healthy()), now());

@@ -76,8 +76,10 @@ pub struct Settings {
     /// or only once the space has a distribution policy for the asset (`false`: an admin
     /// releases each new purchase by giving it a policy, even an empty one).
     pub new_assets_for_everyone: bool,
-    /// What allocation does while the account cannot call Apple (expired, revoked, not owned,
-    /// throttled): `queue` the Apple call, or `skip` the account.
+    /// What allocation does while the account cannot call Apple (rule A10):
+    /// `queue_when_throttled` (default) queues the Apple call behind Apple's Retry-After and
+    /// skips an account that is expired, revoked, invalid, login-required or not owned (the
+    /// next account serves); `queue` always queues; `skip` always skips.
     pub when_unusable: WhenUnusable,
 }
 
@@ -124,8 +126,8 @@ fn default_true() -> bool {
     true
 }
 
-fn default_queue() -> WhenUnusable {
-    WhenUnusable::Queue
+fn default_when_unusable() -> WhenUnusable {
+    WhenUnusable::QueueWhenThrottled
 }
 
 /// Settings given when adding an account (all optional).
@@ -136,7 +138,7 @@ pub struct NewSettings {
     pub notify_on_removal: bool,
     #[serde(default = "default_true")]
     pub new_assets_for_everyone: bool,
-    #[serde(default = "default_queue")]
+    #[serde(default = "default_when_unusable")]
     pub when_unusable: WhenUnusable,
 }
 
@@ -145,7 +147,7 @@ impl Default for NewSettings {
         NewSettings {
             notify_on_removal: true,
             new_assets_for_everyone: true,
-            when_unusable: WhenUnusable::Queue,
+            when_unusable: WhenUnusable::QueueWhenThrottled,
         }
     }
 }

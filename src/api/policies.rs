@@ -150,8 +150,13 @@ fn check_path(adam_id: &str, pricing: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Validates a body and turns it into entries. `accounts` are the space's account ids.
-fn entries(body: &PolicyBody, accounts: &[Uuid]) -> Result<Vec<EntryRow>, ApiError> {
+/// Validates a body and turns it into entries. `accounts` are the space's account ids, `owners`
+/// those of them that own the asset (a reservation can only hold back what its account owns).
+fn entries(
+    body: &PolicyBody,
+    accounts: &[Uuid],
+    owners: &[Uuid],
+) -> Result<Vec<EntryRow>, ApiError> {
     let mut errors = Vec::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut out = Vec::new();
@@ -192,6 +197,13 @@ fn entries(body: &PolicyBody, accounts: &[Uuid]) -> Result<Vec<EntryRow>, ApiErr
             errors.push(FieldError {
                 field: format!("reserved[{i}].account_id"),
                 message: format!("account {a} is not an account of this space"),
+            });
+        } else if let Some(a) = r.account_id
+            && !owners.contains(&a)
+        {
+            errors.push(FieldError {
+                field: format!("reserved[{i}].account_id"),
+                message: format!("account {a} does not own this asset"),
             });
         }
         add(
@@ -349,7 +361,8 @@ pub async fn put_policy(
         .into_iter()
         .map(|a| a.id)
         .collect();
-    let new_entries = entries(&body.0, &accounts)?;
+    let owners = crate::ledger::assets::owners(&mut conn, &accounts, &adam_id, &pricing).await?;
+    let new_entries = entries(&body.0, &accounts, &owners)?;
     let actor = caller.subject.clone();
     let policy = conn
         .transaction(async |conn| {

@@ -335,7 +335,7 @@ async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>,
                     priority: Some(i as i32 + 1),
                     notify_on_removal: true,
                     new_assets_for_everyone: true,
-                    when_unusable: WhenUnusable::Queue,
+                    when_unusable: WhenUnusable::QueueWhenThrottled,
                     distribution_list: Vec::new(),
                 },
             )

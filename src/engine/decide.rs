@@ -15,7 +15,6 @@ use super::allocate::{AllocationError, AllocationRequest, AssetRef, SubjectInput
 use super::load::{Candidate, Snapshot};
 use super::model::{Decision, LicenseType, LicenseWish, Rule, Skip, SkipReason, SubjectKind};
 use super::policy::{Policy, Verdict, Who};
-use crate::accounts::WhenUnusable;
 use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::ledger::assignments::AssignmentRow;
 use crate::ledger::subjects::SubjectRow;
@@ -105,18 +104,14 @@ fn resolve(req: &AllocationRequest, snap: &Snapshot) -> Result<Target, Allocatio
                 .get(&req.asset)
                 .map(|c| c.iter().any(|c| c.device_assignable));
             let license_type = match req.wish {
+                // Shared iPads always get device licenses (A7), "regardless of whether
+                // device-based licenses are selected or not": a user wish is overridden.
+                _ if device.shared_ipad => LicenseType::Device,
                 LicenseWish::Device => LicenseType::Device,
                 LicenseWish::User => LicenseType::User,
-                // Shared iPads always get device licenses (A7).
-                LicenseWish::Auto if device.shared_ipad => LicenseType::Device,
                 LicenseWish::Auto if assignable == Some(false) => LicenseType::User,
                 LicenseWish::Auto => LicenseType::Device,
             };
-            if license_type == LicenseType::User && device.shared_ipad {
-                return Err(AllocationError::Incompatible(
-                    "Shared iPads always get device-based licenses".into(),
-                ));
-            }
             let mut groups = device.group_names();
             let mut also = Vec::new();
             if let Some(u) = &user {
@@ -363,7 +358,7 @@ fn decide_one(
         }
         let status = c.effective_status(now);
         let usable = status.status.allows_apple_calls();
-        if !usable && c.when_unusable == WhenUnusable::Skip {
+        if !usable && !c.when_unusable.queues(status.status) {
             decision.skipped.push(skip(
                 SkipReason::Unusable,
                 format!("status {}: {}", status.status, status.reason),
@@ -389,8 +384,13 @@ fn decide_one(
         let free =
             c.apple_total as i64 - c.foreign_assigned as i64 - c.held as i64 - already - hold;
         if free <= 0 {
+            let reason = if free + hold > 0 {
+                SkipReason::HeldForReservations
+            } else {
+                SkipReason::NoFreeLicense
+            };
             decision.skipped.push(skip(
-                SkipReason::NoFreeLicense,
+                reason,
                 format!(
                     "owns {}, held here {}, assigned elsewhere {}, held back for reservations {}",
                     c.apple_total,
@@ -445,6 +445,7 @@ fn decide_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounts::WhenUnusable;
     use crate::accounts::status::AccountStatus;
     use crate::engine::model::LicenseWish;
     use crate::ledger::policies::EntryRow;
@@ -591,6 +592,39 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a10_by_default_only_a_retry_after_queues() {
+        let b = account("B", 2, 5);
+        let idb = b.id;
+        for (status, queues) in [
+            (AccountStatus::Throttled, true),
+            (AccountStatus::Expired, false),
+            (AccountStatus::Revoked, false),
+            (AccountStatus::Invalid, false),
+            (AccountStatus::LoginRequired, false),
+            (AccountStatus::NotOwned, false),
+        ] {
+            let mut a = account("A", 1, 5);
+            a.status = status;
+            a.throttled_until = Some(Utc::now() + chrono::Duration::minutes(5));
+            a.when_unusable = WhenUnusable::QueueWhenThrottled;
+            let ida = a.id;
+            let snap = snapshot(vec![a, b.clone()], &["S1"]);
+            let r = device_req("S1");
+            match &decide_all(&[&r], &snap, Utc::now(), false)[0] {
+                Decided::New(p) if queues => {
+                    assert_eq!(p.account_id, ida, "{status}");
+                    assert!(p.decision.queued_because.is_some(), "{status}");
+                }
+                Decided::New(p) => {
+                    assert_eq!(p.account_id, idb, "{status}: the next account serves");
+                    assert_eq!(p.decision.skipped[0].reason, SkipReason::Unusable);
+                }
+                other => panic!("{status}: {other:?}"),
+            }
         }
     }
 

@@ -91,8 +91,10 @@ crate::text_enum! {
 crate::text_enum! {
     /// Why an account could not serve an allocation.
     pub enum SkipReason {
-        /// Every license is held, assigned elsewhere, or held back for reservations.
+        /// Every license is held here or assigned elsewhere.
         NoFreeLicense = "no_free_license",
+        /// The licenses left are held back for reserved subjects of the asset's policy (A2).
+        HeldForReservations = "held_for_reservations",
         /// A fallback account whose distribution list does not include the subject (A4).
         NotOnDistributionList = "not_on_distribution_list",
         /// The account cannot call Apple and is set to skip (A10).

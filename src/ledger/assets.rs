@@ -135,6 +135,22 @@ const ALL_STATES: [&str; 6] = [
 /// Locks an account's live assignments (by id) and then its asset rows (by key), in the
 /// ledger's lock order (see [`crate::ledger::assignments::lock_in_order`]). Waits for the
 /// allocation batches that hold the asset rows, so a later statement sees their licenses.
+/// The accounts among `accounts_` that own the asset.
+pub async fn owners(
+    conn: &mut AsyncPgConnection,
+    accounts_: &[Uuid],
+    adam_id: &str,
+    pricing: &str,
+) -> QueryResult<Vec<Uuid>> {
+    assets::table
+        .filter(assets::account_id.eq_any(accounts_))
+        .filter(assets::adam_id.eq(adam_id))
+        .filter(assets::pricing_param.eq(pricing))
+        .select(assets::account_id)
+        .load(conn)
+        .await
+}
+
 pub async fn lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<()> {
     lock_rows(conn, account, &LIVE).await.map(|_| ())
 }

@@ -197,3 +197,26 @@ pub async fn delete(
     .execute(conn)
     .await
 }
+
+/// Removes the entries (reservations) naming `account` from every policy, and gives each policy
+/// it changed a new version, so an `If-Match` based on the old one fails. Returns how many
+/// entries went.
+pub async fn remove_account_entries(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+) -> QueryResult<usize> {
+    let changed: Vec<Uuid> = diesel::delete(entries::table.filter(entries::account_id.eq(account)))
+        .returning(entries::policy_id)
+        .get_results(conn)
+        .await?;
+    if !changed.is_empty() {
+        diesel::update(policies::table.filter(policies::id.eq_any(&changed)))
+            .set((
+                policies::version.eq(policies::version + 1),
+                policies::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(changed.len())
+}

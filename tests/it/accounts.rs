@@ -646,7 +646,8 @@ async fn t8_delete_is_refused_while_a_policy_uses_the_account_unless_revoke_all(
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert!(resp.status().is_success());
+    let before: Value = resp.json().await.unwrap();
     let path = format!("/v1/spaces/acme/accounts/{id}");
     let resp = app.req(Method::DELETE, &path).send().await.unwrap();
     let body = expect_problem(resp, 409, "account-in-use").await;
@@ -664,6 +665,10 @@ async fn t8_delete_is_refused_while_a_policy_uses_the_account_unless_revoke_all(
     assert!(
         policy["reserved"].as_array().unwrap().is_empty(),
         "the reservation went with it"
+    );
+    assert!(
+        policy["version"].as_i64().unwrap() > before["version"].as_i64().unwrap(),
+        "the policy changed, so its version (ETag) changed: {policy}"
     );
     // An unused account is deleted at once.
     let other = app.account("acme", "Second", &sim::stoken(&sim, U2)).await;

@@ -175,7 +175,10 @@ async fn a2_reserved_subjects_come_first_and_their_licenses_are_held_back() {
     assert_eq!(second["account_id"], w.b);
     assert_eq!(second["rule"], "fallback");
     let skipped = &second["decision"]["skipped"][0];
-    assert_eq!(skipped["reason"], "no_free_license");
+    assert_eq!(
+        skipped["reason"], "held_for_reservations",
+        "the license left is VIP-A's, not gone"
+    );
     assert!(
         skipped["detail"]
             .as_str()
@@ -330,6 +333,18 @@ async fn a7_a_users_license_covers_their_device_but_shared_ipads_get_device_lice
     )
     .await;
     assert_eq!(shared["license_type"], "device");
+    // "regardless of whether device-based licenses are selected": a user wish on a Shared iPad
+    // gets the device license, not a 422.
+    let shared_user_wish = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "IPAD2", "user": "u1", "shared_ipad": true}, "license_type": "user"}),
+    )
+    .await;
+    assert_eq!(
+        shared_user_wish["license_type"], "device",
+        "{shared_user_wish}"
+    );
+    assert_eq!(shared_user_wish["assignment"]["subject"]["id"], "IPAD2");
     // The user license reaches Apple through a registered user.
     let done = final_state(&w.app, user["assignment"]["id"].as_str().unwrap()).await;
     assert_eq!(done["state"], "active", "{done}");
@@ -429,7 +444,17 @@ async fn a10_unusable_accounts_queue_or_skip_as_configured_and_nothing_is_lost()
         resp.json::<Value>().await.unwrap()["report"]["status"],
         "revoked"
     );
-    // Default `queue`: the license comes from A's ledger, the Apple call waits.
+    // Default `queue_when_throttled`: a revoked account is skipped, the next one serves (A10).
+    let by_default = allocated(&w.app, device("Q0")).await;
+    assert_eq!(by_default["account_id"], w.b, "{by_default}");
+    assert_eq!(by_default["decision"]["skipped"][0]["reason"], "unusable");
+    // `queue`: the license comes from A's ledger, the Apple call waits.
+    w.app
+        .req(Method::PATCH, &format!("/v1/spaces/acme/accounts/{}", w.a))
+        .json(&json!({"settings": {"when_unusable": "queue"}}))
+        .send()
+        .await
+        .unwrap();
     let queued = allocated(&w.app, device("Q1")).await;
     assert_eq!(queued["account_id"], w.a);
     assert!(

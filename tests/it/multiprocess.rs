@@ -339,7 +339,8 @@ async fn replicas_starting_together_migrate_once_and_drain_in_flight_requests_on
         .unwrap();
     let account: Value = post(
         "/v1/spaces/acme/accounts",
-        json!({"name": "A", "stoken": sim::stoken(&sim, UA)}),
+        // `queue`: the allocation below stays pending at a revoked account.
+        json!({"name": "A", "stoken": sim::stoken(&sim, UA), "settings": {"when_unusable": "queue"}}),
     )
     .await
     .unwrap()

@@ -127,6 +127,28 @@ async fn bad_policies_are_refused_and_change_nothing() {
         let problem = expect_problem(resp, 422, "validation-failed").await;
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
+    // A reservation from an account of the space that does not own the asset holds nothing back.
+    let resp = app
+        .req(Method::PUT, "/v1/spaces/acme/policies/999999/STDQ")
+        .json(&json!({"reserved": [{"kind": "device", "id": "D1", "account_id": account}]}))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(resp, 422, "validation-failed").await;
+    assert_eq!(problem["errors"][0]["field"], "reserved[0].account_id");
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not own"),
+        "{problem}"
+    );
+    let resp = app
+        .req(Method::GET, "/v1/spaces/acme/policies/999999/STDQ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "nothing was stored");
     // Reservations name individuals: a group cannot be reserved.
     let resp = app
         .req(Method::PUT, &path)
