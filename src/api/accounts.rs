@@ -155,12 +155,22 @@ impl Default for NewSettings {
 /// Body of `POST …/accounts`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Headquarters",
+    "stoken": "eyJ0b2tlbiI6Ii4uLiIsImV4cERhdGUiOiIyMDI3LTEyLTA2VDEwOjAwOjAwKzAwMDAiLCJvcmdOYW1lIjoiQUNNRSJ9",
+    "priority": 1,
+    "settings": {"when_unusable": "queue_when_throttled"},
+    "distribution_list": [{"kind": "group", "value": "sales"}]
+}))]
 pub struct CreateAccount {
     /// Display name, 1–200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The content of the `.vpptoken` file as downloaded from Apple Business Manager.
+    #[schema(min_length = 1)]
     pub stoken: String,
     /// Where to insert the account (1 = first); default: after the existing accounts.
+    #[schema(minimum = 1)]
     pub priority: Option<i32>,
     #[serde(default)]
     pub settings: NewSettings,
@@ -181,9 +191,12 @@ pub struct SettingsChange {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
+    /// Display name, 1–200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// Move the account to this priority (1 = first); the others shift. Existing licenses
     /// never move.
+    #[schema(minimum = 1)]
     pub priority: Option<i32>,
     pub settings: Option<SettingsChange>,
     /// Replaces the whole distribution list.

@@ -55,32 +55,42 @@ fn stdq() -> String {
 #[serde(deny_unknown_fields)]
 pub struct SubjectRef {
     pub kind: SubjectKind,
-    /// Serial number (devices) or client user id (users).
+    /// Serial number (devices) or client user id (users), 1–256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub id: String,
     /// Devices: the client user id of the device's user (for user-based licenses and rule A7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
     pub user: Option<String>,
     /// Devices: a Shared iPad always gets a device-based license. Omit to keep what was stored
     /// before (a new device is not a Shared iPad).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_ipad: Option<bool>,
     /// The subject's group memberships, as the MDM knows them (stored; used by policies and
-    /// distribution lists). Omit to keep what was stored before.
+    /// distribution lists). Omit to keep what was stored before. At most 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 100)]
     pub groups: Option<Vec<String>>,
 }
 
 /// Body of `POST …/assignments`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "asset": {"adam_id": "361309726", "pricing_param": "STDQ"},
+    "subject": {"kind": "device", "id": "C02XK0AAJGH5", "user": "u-1842", "groups": ["sales"]},
+    "license_type": "auto",
+    "reason": "enrolment of a new iPad"
+}))]
 pub struct AllocateBody {
     pub asset: Asset,
     pub subject: SubjectRef,
     /// `auto` (default): device-based for device-assignable assets, else user-based.
     #[serde(default = "auto")]
     pub license_type: LicenseWish,
-    /// Why the license is wanted (recorded in the activity log).
+    /// Why the license is wanted (recorded in the activity log), at most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
     /// Explain the decision without taking a license.
     #[serde(default)]
@@ -224,6 +234,7 @@ pub struct ListQuery {
 /// Body of `POST …/revocations`: which live assignments to revoke (at least one filter).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"asset": {"adam_id": "361309726"}, "reason": "app retired from the catalog"}))]
 pub struct RevocationBody {
     /// Only this account's (all of an account's: give only this).
     pub account_id: Option<Uuid>,

@@ -58,6 +58,11 @@ pub struct Disallowed {
 /// Body of `PUT …/policies/{adam_id}/{pricing_param}`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "reserved": [{"kind": "user", "id": "ceo"}, {"kind": "device", "id": "C02XK0AAJGH5"}],
+    "fcfs_groups": ["sales", "field-engineers"],
+    "disallowed": [{"kind": "group", "id": "contractors"}]
+}))]
 pub struct PolicyBody {
     /// Served first, from their account if given; licenses are held back for them (A2).
     #[serde(default)]

@@ -65,10 +65,11 @@ pub struct CreateSpace {
     #[schema(example = "acme-eu")]
     pub id: String,
     /// Display name, 1–200 characters.
-    #[schema(example = "ACME Europe")]
+    #[schema(example = "ACME Europe", min_length = 1, max_length = 200)]
     pub name: String,
     /// Free text, at most 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
 }
 
@@ -76,7 +77,11 @@ pub struct CreateSpace {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpace {
+    /// Display name, 1–200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    /// Free text, at most 2000 characters.
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
 

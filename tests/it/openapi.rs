@@ -191,3 +191,237 @@ fn documented_enums_are_spelled_as_on_the_wire() {
         }
     }
 }
+
+/// The document's promises about each answer, checked against real answers: the status is
+/// documented for the operation, the content type is the documented one, and every header the
+/// document marks `required` is sent.
+struct Contract {
+    doc: Value,
+}
+
+impl Contract {
+    fn new() -> Self {
+        Contract {
+            doc: vpp_broker::http::openapi::document_value(),
+        }
+    }
+
+    async fn check(&self, method: &str, template: &str, resp: reqwest::Response) -> Value {
+        let status = resp.status().as_u16().to_string();
+        let op = &self.doc["paths"][template][method];
+        assert!(op.is_object(), "{method} {template} is not documented");
+        let documented = &op["responses"][&status];
+        assert!(
+            documented.is_object(),
+            "{method} {template} answered {status}, which is not documented"
+        );
+        for (name, header) in documented["headers"].as_object().into_iter().flatten() {
+            if header["required"] == true {
+                assert!(
+                    resp.headers().contains_key(name.as_str()),
+                    "{method} {template} {status}: documented header {name} missing"
+                );
+            }
+        }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        match documented["content"].as_object() {
+            Some(content) => {
+                let ct = content_type.unwrap_or_default();
+                assert!(
+                    content.keys().any(|k| ct.starts_with(k.as_str())),
+                    "{method} {template} {status}: content type {ct} not documented"
+                );
+            }
+            None => assert!(
+                content_type.is_none() || status == "204",
+                "{method} {template} {status}: undocumented body"
+            ),
+        }
+        resp.json().await.unwrap_or(Value::Null)
+    }
+}
+
+#[tokio::test]
+async fn answers_keep_the_documents_promises_on_status_content_and_headers() {
+    use crate::support::sim::{self, app, location};
+    use reqwest::Method;
+    use serde_json::json;
+
+    let c = Contract::new();
+    let sim = sim::start(vec![location(
+        "3000000001",
+        "Library",
+        vec![app("408709785", 1)],
+    )])
+    .await;
+    let t = TestApp::with_sim(&sim).await;
+    let s = "/v1/spaces/{space}";
+    let space = c
+        .check(
+            "post",
+            "/v1/spaces",
+            t.req(Method::POST, "/v1/spaces")
+                .json(&json!({"id": "acme", "name": "Acme"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(space["id"], "acme");
+    let get = |path: &str| t.req(Method::GET, path).send();
+    c.check("get", "/v1/spaces", get("/v1/spaces").await.unwrap())
+        .await;
+    c.check("get", s, get("/v1/spaces/acme").await.unwrap())
+        .await;
+    c.check(
+        "patch",
+        s,
+        t.req(Method::PATCH, "/v1/spaces/acme")
+            .header("if-match", "\"999\"")
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    c.check(
+        "get",
+        s,
+        t.req_as(Method::GET, "/v1/spaces/acme", "not-a-jwt")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    c.check(
+        "post",
+        "/v1/spaces",
+        t.req(Method::POST, "/v1/spaces")
+            .json(&json!({"id": "Bad Id", "name": ""}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let account = c
+        .check(
+            "post",
+            "/v1/spaces/{space}/accounts",
+            t.req(Method::POST, "/v1/spaces/acme/accounts")
+                .json(&json!({"name": "Main", "stoken": sim::stoken(&sim, "3000000001")}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    let account_id = account["id"].as_str().unwrap();
+    c.check(
+        "get",
+        "/v1/spaces/{space}/accounts",
+        get("/v1/spaces/acme/accounts?limit=1").await.unwrap(),
+    )
+    .await;
+    c.check(
+        "get",
+        "/v1/spaces/{space}/accounts/{account}",
+        get(&format!("/v1/spaces/acme/accounts/{account_id}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let allocate = |serial: &str| {
+        t.req(Method::POST, "/v1/spaces/acme/assignments")
+            .header("idempotency-key", format!("k-{serial}"))
+            .json(&json!({"asset": {"adam_id": "408709785"}, "subject": {"kind": "device", "id": serial}}))
+            .send()
+    };
+    let path = "/v1/spaces/{space}/assignments";
+    let first = c.check("post", path, allocate("D1").await.unwrap()).await;
+    let replay = allocate("D1").await.unwrap();
+    assert_eq!(
+        replay.headers()["idempotent-replayed"],
+        "true",
+        "documented as sent on a replay"
+    );
+    c.check("post", path, replay).await;
+    let exhausted = c.check("post", path, allocate("D2").await.unwrap()).await;
+    assert_eq!(
+        exhausted["type"],
+        "urn:vpp-broker:problem:no-license-available"
+    );
+    assert!(exhausted["accounts"].is_array());
+    c.check(
+        "get",
+        path,
+        get("/v1/spaces/acme/assignments").await.unwrap(),
+    )
+    .await;
+    let id = first["assignment"]["id"].as_str().unwrap();
+    c.check(
+        "get",
+        "/v1/spaces/{space}/assignments/{assignment}",
+        get(&format!("/v1/spaces/acme/assignments/{id}?wait=5"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let policy_path = "/v1/spaces/{space}/policies/{adam_id}/{pricing_param}";
+    c.check(
+        "put",
+        policy_path,
+        t.req(Method::PUT, "/v1/spaces/acme/policies/408709785/STDQ")
+            .json(&json!({"disallowed": [{"kind": "device", "id": "BAD"}]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    c.check(
+        "get",
+        policy_path,
+        get("/v1/spaces/acme/policies/408709785/STDQ")
+            .await
+            .unwrap(),
+    )
+    .await;
+    let refused = c
+        .check(
+            "post",
+            path,
+            t.req(Method::POST, "/v1/spaces/acme/assignments")
+                .json(&json!({"asset": {"adam_id": "408709785"}, "subject": {"kind": "device", "id": "BAD"}}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(refused["type"], "urn:vpp-broker:problem:subject-disallowed");
+    c.check(
+        "get",
+        "/v1/spaces/{space}/policies",
+        get("/v1/spaces/acme/policies").await.unwrap(),
+    )
+    .await;
+    c.check(
+        "delete",
+        "/v1/spaces/{space}/assignments/{assignment}",
+        t.req(Method::DELETE, &format!("/v1/spaces/acme/assignments/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    c.check(
+        "post",
+        "/v1/spaces/{space}/revocations",
+        t.req(Method::POST, "/v1/spaces/acme/revocations")
+            .json(&json!({"asset": {"adam_id": "408709785"}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+}
