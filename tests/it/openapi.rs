@@ -150,10 +150,33 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             })
             .collect()
     }
-    let problem_types: Vec<String> = vpp_broker::http::problem::types::ALL
+    // Every problem type is documented exactly once: in `ProblemType` (the plain `Problem`), or
+    // as the `type` of the problem schema that carries its members.
+    use vpp_broker::http::problem::types;
+    let own = [
+        (
+            "ValidationProblem",
+            vec![&types::INVALID_BODY, &types::VALIDATION_FAILED],
+        ),
+        (
+            "NoLicenseAvailableProblem",
+            vec![&types::NO_LICENSE_AVAILABLE],
+        ),
+    ];
+    let problem_types: Vec<String> = types::ALL
         .iter()
+        .filter(|t| !own.iter().any(|(_, kinds)| kinds.contains(t)))
         .map(|t| t.type_uri())
         .collect();
+    let doc = vpp_broker::http::openapi::document_value();
+    for (schema, kinds) in &own {
+        let uris: Vec<String> = kinds.iter().map(|t| t.type_uri()).collect();
+        assert_eq!(
+            doc["components"]["schemas"][*schema]["properties"]["type"]["enum"],
+            serde_json::json!(uris),
+            "{schema}"
+        );
+    }
     let known: Vec<(&str, Vec<String>)> = vec![
         ("AccountStatus", wire(AccountStatus::ALL)),
         ("AssignmentState", wire(AssignmentState::ALL)),

@@ -60,6 +60,12 @@ const SHARED: &[(&str, &str)] = &[
 
 const VALIDATION: &[&ProblemType] = &[&types::INVALID_BODY, &types::VALIDATION_FAILED];
 
+/// Problem types with a schema of their own (they carry members); `Problem` has the others, so
+/// that a `type` names exactly one schema and clients narrow on it.
+fn has_own_schema(kind: &ProblemType) -> bool {
+    VALIDATION.contains(&kind) || *kind == types::NO_LICENSE_AVAILABLE
+}
+
 fn uris(kinds: &[&ProblemType]) -> Vec<Value> {
     kinds.iter().map(|k| json!(k.type_uri())).collect()
 }
@@ -120,8 +126,12 @@ fn problem_schema(
 }
 
 pub(super) fn schemas(schemas: &mut Map<String, Value>) {
-    let all: Vec<&ProblemType> = types::ALL.to_vec();
-    let catalogue = all
+    let plain: Vec<&ProblemType> = types::ALL
+        .iter()
+        .copied()
+        .filter(|k| !has_own_schema(k))
+        .collect();
+    let catalogue = plain
         .iter()
         .map(|k| format!("`{}` ({}): {}", k.slug, k.status, k.title))
         .collect::<Vec<_>>()
@@ -130,8 +140,13 @@ pub(super) fn schemas(schemas: &mut Map<String, Value>) {
         "ProblemType".into(),
         json!({
             "type": "string",
-            "enum": uris(&all),
-            "description": format!("Stable identifier of a kind of failure. {catalogue}."),
+            "enum": uris(&plain),
+            "description": format!(
+                "Stable identifier of a kind of failure (`urn:vpp-broker:problem:<slug>`). \
+                 {catalogue}. The problems that carry members have schemas of their own: \
+                 `invalid-body` and `validation-failed` (422, `ValidationProblem`), \
+                 `no-license-available` (409, `NoLicenseAvailableProblem`)."
+            ),
         }),
     );
     schemas.insert(
@@ -213,7 +228,7 @@ fn content_schema(op: &Operation, status: &str) -> Value {
         return schema_ref("Problem");
     };
     let mut mapping = Map::new();
-    for kind in types::ALL {
+    for kind in types::ALL.iter().filter(|k| k.status.to_string() == status) {
         let target = if kinds.contains(kind) {
             name
         } else {
