@@ -62,7 +62,8 @@ crate::text_enum! {
 #[serde(deny_unknown_fields)]
 pub struct ListEntry {
     pub kind: ListKind,
-    /// Client user id, group name or device serial number.
+    /// Client user id, group name or device serial number, 1–256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub value: String,
 }
 

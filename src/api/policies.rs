@@ -31,7 +31,8 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
     pub kind: SubjectKind,
-    /// Serial number or client user id.
+    /// Serial number or client user id, 1–256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub id: String,
     /// Reserve from this account (default: the highest-priority account owning the asset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +53,8 @@ crate::text_enum! {
 #[serde(deny_unknown_fields)]
 pub struct Disallowed {
     pub kind: TargetKind,
+    /// Serial number, client user id or group name, 1–256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub id: String,
 }
 
