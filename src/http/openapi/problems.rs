@@ -2,7 +2,7 @@
 //! narrow on `type`: `ProblemType` enumerates every `type` URI of the catalogue
 //! ([`crate::http::problem::types`]); the problems that carry members have their own schemas
 //! (`ValidationProblem` with `errors`, `NoLicenseAvailableProblem` with `accounts`), offered
-//! with a `type` discriminator where they can occur. Each operation keeps the description of its
+//! in a `oneOf` with `Problem` where they can occur (their `type` enums are disjoint). Each operation keeps the description of its
 //! own errors; statuses it does not describe get the shared description below.
 
 use serde_json::{Map, Value, json};
@@ -216,33 +216,19 @@ pub(super) fn schemas(schemas: &mut Map<String, Value>) {
 
 /// A problem schema offered for `status`, with its specialised variants where they occur.
 fn content_schema(op: &Operation, status: &str) -> Value {
-    let special: Option<(&str, Vec<&ProblemType>)> = match status {
-        "422" if op.has_body => Some(("ValidationProblem", VALIDATION.to_vec())),
-        "409" if op.id == "allocate_license" => Some((
-            "NoLicenseAvailableProblem",
-            vec![&types::NO_LICENSE_AVAILABLE],
-        )),
+    let special = match status {
+        "422" if op.has_body => Some("ValidationProblem"),
+        "409" if op.id == "allocate_license" => Some("NoLicenseAvailableProblem"),
         _ => None,
     };
-    let Some((name, kinds)) = special else {
+    let Some(name) = special else {
         return schema_ref("Problem");
     };
-    let mut mapping = Map::new();
-    for kind in types::ALL.iter().filter(|k| k.status.to_string() == status) {
-        let target = if kinds.contains(kind) {
-            name
-        } else {
-            "Problem"
-        };
-        mapping.insert(
-            kind.type_uri(),
-            json!(format!("#/components/schemas/{target}")),
-        );
-    }
-    json!({
-        "oneOf": [schema_ref(name), schema_ref("Problem")],
-        "discriminator": {"propertyName": "type", "mapping": mapping},
-    })
+    // No `discriminator`: each schema's `type` is an enum of its own URIs, so exactly one
+    // member of the `oneOf` matches and clients narrow on `type` alone. A discriminator mapping
+    // several URIs to the shared `Problem` makes openapi-typescript rewrite `Problem.type`
+    // globally to the last mapping's URIs (seen with 7.13), which breaks every other status.
+    json!({ "oneOf": [schema_ref(name), schema_ref("Problem")] })
 }
 
 /// The statuses every operation of this kind can answer besides its own.
