@@ -337,3 +337,39 @@ async fn deleting_an_assignment_that_is_already_revoked_or_failed_answers_200_as
         .unwrap();
     expect_problem(resp, 404, "not-found").await;
 }
+
+#[tokio::test]
+async fn activity_rows_of_handlers_carry_the_callers_request_id() {
+    let (_sim, app, _account) = world().await;
+    let resp = app
+        .req(Method::PUT, &format!("/v1/spaces/acme/policies/{APP}/STDQ"))
+        .header("x-request-id", "req-policy-1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut conn = app.db.connect().await;
+    let rows: Vec<(String, String, Option<String>)> = activity_log::table
+        .filter(activity_log::action.eq_any(["policy.created", "account.added"]))
+        .order(activity_log::id)
+        .select((
+            activity_log::action,
+            activity_log::actor,
+            activity_log::request_id,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "account.added");
+    assert!(rows[0].2.is_some(), "the attach request's id: {rows:?}");
+    assert_eq!(
+        rows[1],
+        (
+            "policy.created".to_owned(),
+            "test-caller".to_owned(),
+            Some("req-policy-1".to_owned())
+        )
+    );
+}
