@@ -63,6 +63,15 @@ function expectData<D, E>(what: string, status: number, answer: Answer<D, E>): D
   return data;
 }
 
+/** A successful answer without a body (204) that must have this status. */
+function expectEmpty<D, E>(what: string, status: number, answer: Answer<D, E>): void {
+  const { error, response } = answer;
+  if (response.status !== status || error !== undefined) {
+    throw new Error(`${what}: expected ${status}, got ${response.status}: ${JSON.stringify(error)}`);
+  }
+  console.log(`  ok  ${what}: ${status}`);
+}
+
 /** The problem of a failed answer that must have this status. */
 function expectError<D, E>(what: string, status: number, answer: Answer<D, E>): E {
   const { data, error, response } = answer;
@@ -180,6 +189,35 @@ const keynotePath = {
 } satisfies { path: paths["/v1/spaces/{space}/policies/{adam_id}/{pricing_param}"]["put"]["parameters"]["path"] };
 
 /** Keynote's policy: created, changed with If-Match, a stale If-Match refused (412). */
+/**
+ * Deletes a policy the Python scenario (run first on the same server) left, with the ETag read
+ * from it, so that this scenario's PUT creates it again (201).
+ */
+async function deletePolicyStep(adamId: string): Promise<void> {
+  const path: { path: paths["/v1/spaces/{space}/policies/{adam_id}/{pricing_param}"]["get"]["parameters"]["path"] } = {
+    path: { space: SPACE, adam_id: adamId, pricing_param: "STDQ" },
+  };
+  const found = await client.GET("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", { params: path });
+  if (found.response.status === 404) {
+    return;
+  }
+  expectData(`GET policy of ${adamId}`, 200, found);
+  const etag = etagOf(found.response, `GET policy of ${adamId}`);
+  expectEmpty(
+    `DELETE policy of ${adamId}`,
+    204,
+    await client.DELETE("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", {
+      params: { ...path, header: { "If-Match": etag } },
+    }),
+  );
+  const gone = expectError(
+    `GET deleted policy of ${adamId}`,
+    404,
+    await client.GET("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", { params: path }),
+  );
+  check(gone.type === "urn:vpp-broker:problem:not-found", `404 type: ${gone.type}`);
+}
+
 async function policyStep(): Promise<[string, string]> {
   const banned = `CONTRACT-BANNED-${RUN}`;
   const first: Schemas["PolicyBody"] = { disallowed: [{ kind: "device", id: banned }] };
@@ -187,7 +225,9 @@ async function policyStep(): Promise<[string, string]> {
     params: keynotePath,
     body: first,
   });
-  let policy = expectData("PUT Keynote policy", 200, created);
+  let policy = expectData("PUT Keynote policy (new)", 201, created);
+  const location = created.response.headers.get("Location");
+  check(location === `/v1/spaces/${SPACE}/policies/${KEYNOTE}/STDQ`, `Location of the new policy: ${location}`);
   const etag1 = etagOf(created.response, "PUT Keynote policy");
   check(etag1 === `"${policy.version}"`, `the ETag is the version: ${etag1} vs ${policy.version}`);
 
@@ -301,7 +341,7 @@ async function noLicenseStep(hq: Account, branch: Account): Promise<void> {
     params: numbersPath,
     body: { reserved },
   });
-  expectData("PUT Numbers policy reserving all 15 licenses", 200, held);
+  expectData("PUT Numbers policy reserving all 15 licenses (new)", 201, held);
   const etag = etagOf(held.response, "PUT Numbers policy");
 
   const problem = expectError(
@@ -321,12 +361,11 @@ async function noLicenseStep(hq: Account, branch: Account): Promise<void> {
     console.log(`      ${skip.priority} ${skip.account_name}: ${skip.reason} (${skip.detail})`);
   }
 
-  expectData(
-    "PUT Numbers policy without reservations",
-    200,
-    await client.PUT("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", {
+  expectEmpty(
+    "DELETE Numbers policy",
+    204,
+    await client.DELETE("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", {
       params: { ...numbersPath, header: { "If-Match": etag } },
-      body: {},
     }),
   );
 }
@@ -394,21 +433,29 @@ async function revokeStep(deviceAssignment: Assignment, userAssignment: Assignme
   check(live.items.length === 0, `no live Pages assignment left: ${live.items.length}`);
 }
 
+/** Deletes Keynote's policy, so that the next scenario creates it again. */
 async function cleanupStep(keynoteEtag: string): Promise<void> {
-  expectData(
-    "PUT Keynote policy without bans",
-    200,
-    await client.PUT("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", {
+  expectEmpty(
+    "DELETE Keynote policy",
+    204,
+    await client.DELETE("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", {
       params: { ...keynotePath, header: { "If-Match": keynoteEtag } },
-      body: {},
     }),
   );
+  const gone = expectError(
+    "GET deleted policy",
+    404,
+    await client.GET("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}", { params: keynotePath }),
+  );
+  check(gone.type === "urn:vpp-broker:problem:not-found", `404 type: ${gone.type}`);
 }
 
 async function main(): Promise<void> {
   const started = Date.now();
   await spacesStep();
   const [hq, branch] = await accountsStep();
+  await deletePolicyStep(KEYNOTE);
+  await deletePolicyStep(NUMBERS);
   const [banned, keynoteEtag] = await policyStep();
   await disallowedStep(banned);
   const deviceAssignment = await deviceLicenseStep(hq);

@@ -19,6 +19,7 @@ use crate::apple::types::ClientConfig;
 use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry, NewAccount};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assets::{self, AppleAsset};
+use crate::ledger::origin::Origin;
 use crate::state::AppState;
 use diesel_async::AsyncConnection;
 
@@ -122,7 +123,7 @@ fn entries(account: Uuid, list: &[ListEntry]) -> Vec<DistributionEntry> {
 
 pub async fn add(
     state: &AppState,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     input: NewAccountInput,
 ) -> Result<AccountRow, AccountError> {
@@ -244,7 +245,7 @@ pub async fn add(
 /// (licenses assigned at the old location stay assigned there) and imports the new location's.
 pub async fn replace_token(
     state: &AppState,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     id: Uuid,
     text: &str,
@@ -300,7 +301,7 @@ pub async fn replace_token(
         let cleared = if same_location {
             0
         } else {
-            let n = assets::forget_location(conn, id).await?;
+            let n = assets::forget_location(conn, id, actor).await?;
             assets::import_new(conn, id, &list, now).await?;
             n
         };

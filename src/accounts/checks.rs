@@ -11,6 +11,7 @@ use super::status::{self, AccountStatus, Observation};
 use super::{AccountError, observe_error};
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
+use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// The owner Apple reports for a location.
@@ -49,7 +50,7 @@ pub async fn refresh(
         None,
         Utc::now(),
     );
-    if store::save_status(conn, &account, &next, "system").await? {
+    if store::save_status(conn, &account, &next, &Origin::system()).await? {
         return store::find(conn, &account.space_id, account.id)
             .await?
             .ok_or_else(|| AccountError::NotFound(format!("account {}", account.id)));
@@ -60,7 +61,7 @@ pub async fn refresh(
 /// Calls Apple now with the account's token and records what it says.
 pub async fn test(
     state: &AppState,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     id: Uuid,
 ) -> Result<(AccountRow, TestReport), AccountError> {
@@ -149,7 +150,7 @@ pub async fn test(
 /// usable again and the activity log records who did it and whom it displaced.
 pub async fn reclaim(
     state: &AppState,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     id: Uuid,
 ) -> Result<AccountRow, AccountError> {
@@ -210,7 +211,7 @@ async fn record_failure(
     conn: &mut AsyncPgConnection,
     account: &AccountRow,
     err: crate::apple::error::AppleError,
-    actor: &str,
+    actor: &Origin,
     now: DateTime<Utc>,
 ) -> AccountError {
     if let Some(obs) = observe_error(&err, now) {

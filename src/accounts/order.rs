@@ -9,12 +9,13 @@ use super::AccountError;
 use crate::http::problem::FieldError;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
+use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Sets the full order: `ordered` must name every account of the space exactly once.
 pub async fn reorder(
     state: &AppState,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     ordered: &[Uuid],
 ) -> Result<Vec<AccountRow>, AccountError> {
@@ -53,7 +54,7 @@ pub async fn reorder(
 /// Moves one account to `priority` (clamped to 1..n), shifting the others.
 pub async fn move_to(
     conn: &mut diesel_async::AsyncPgConnection,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     id: Uuid,
     priority: i32,

@@ -19,6 +19,7 @@ use crate::db::schema::{accounts, policy_entries};
 use crate::ledger::accounts as store;
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assignments;
+use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Outcome of a delete request.
@@ -32,7 +33,7 @@ pub enum Deleted {
 
 pub async fn delete(
     state: &AppState,
-    actor: &str,
+    actor: &Origin,
     space: &str,
     id: Uuid,
     revoke_all: bool,
@@ -77,6 +78,9 @@ pub async fn delete(
             space,
             &crate::engine::revoke::Scope {
                 account: Some(id),
+                // The account goes whatever Apple answers: its non-revocable licenses are
+                // asked back too, and fail there (as before), so none is left holding it.
+                include_not_revocable: true,
                 ..Default::default()
             },
             actor,

@@ -210,7 +210,8 @@ pub struct ReplaceToken {
     /// The new `.vpptoken` file content.
     pub stoken: String,
     /// Required when the new token belongs to another Apple location: forget this account's
-    /// assets and assignments (licenses assigned at the old location stay assigned there).
+    /// assets and queued work; the licenses it held become `revoked` in this ledger (they stay
+    /// assigned at the old location) and stay readable as history.
     #[serde(default)]
     pub clear_ledger: bool,
 }
@@ -440,7 +441,7 @@ pub async fn create_account(
     }
     let row = attach::add(
         &state,
-        &caller.subject,
+        &caller.origin(),
         &space,
         attach::NewAccountInput {
             name: body.name,
@@ -546,7 +547,7 @@ pub async fn update_account(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let actor = caller.subject.clone();
+    let actor = caller.origin();
     let mut conn = state.pool.get().await?;
     conn.transaction(async |conn| {
         let current = store::find_locked(conn, &space, id)
@@ -644,7 +645,7 @@ pub async fn delete_account(
     };
     match removal::delete(
         &state,
-        &caller.subject,
+        &caller.origin(),
         &space,
         id,
         query.revoke_all,
@@ -686,7 +687,7 @@ pub async fn test_account(
 ) -> Result<web::Json<TestResult>, ApiError> {
     let (space, id) = path.into_inner();
     caller.authorize(&space, Scope::AccountsManage)?;
-    let (row, report) = checks::test(&state, &caller.subject, &space, id).await?;
+    let (row, report) = checks::test(&state, &caller.origin(), &space, id).await?;
     let mut conn = state.pool.get().await?;
     Ok(web::Json(TestResult {
         report,
@@ -720,7 +721,7 @@ pub async fn reclaim_account(
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
     caller.authorize(&space, Scope::AccountsManage)?;
-    let row = checks::reclaim(&state, &caller.subject, &space, id).await?;
+    let row = checks::reclaim(&state, &caller.origin(), &space, id).await?;
     let mut conn = state.pool.get().await?;
     Ok(with_etag(
         HttpResponse::Ok(),
@@ -732,7 +733,8 @@ pub async fn reclaim_account(
 ///
 /// A renewed token of the same location keeps the account and its ledger. A token of another
 /// location is refused (409 `location-mismatch`) unless `clear_ledger` is true, which forgets the
-/// old location's assets and queued work.
+/// old location's assets and queued work; its assignments stay as history, the live ones
+/// finished as `revoked` with the reason.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "replace_account_token",
@@ -764,7 +766,7 @@ pub async fn replace_account_token(
     }
     let row = attach::replace_token(
         &state,
-        &caller.subject,
+        &caller.origin(),
         &space,
         id,
         &body.0.stoken,
@@ -827,7 +829,7 @@ pub async fn set_account_order(
 ) -> Result<web::Json<AccountList>, ApiError> {
     let space = path.into_inner();
     caller.authorize(&space, Scope::AccountsManage)?;
-    let rows = order::reorder(&state, &caller.subject, &space, &body.0.order).await?;
+    let rows = order::reorder(&state, &caller.origin(), &space, &body.0.order).await?;
     let mut conn = state.pool.get().await?;
     Ok(web::Json(AccountList {
         items: views(&mut conn, rows, &state).await?,

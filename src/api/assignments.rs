@@ -117,6 +117,10 @@ pub struct Assignment {
     pub decision: Decision,
     pub requested_by: String,
     pub reason: String,
+    /// Who asked for this license's revocation, why, when and in which request; absent until
+    /// a revocation was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apple_event_id: Option<String>,
     /// Apple's error and what the service did about it (failed assignments).
@@ -125,6 +129,20 @@ pub struct Assignment {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The record of a revocation: who asked, why, when, in which request.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RevocationRecord {
+    /// The caller's JWT subject, or `system` (background work).
+    pub by: String,
+    /// The reason given with the request (`reason`); empty when none was given.
+    pub reason: String,
+    /// When the revocation was asked (the assignment's `updated_at` says when it finished).
+    pub requested_at: DateTime<Utc>,
+    /// The `x-request-id` of the request that asked; absent for background work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Why an assignment failed at Apple, and what the service did about it.
@@ -242,8 +260,20 @@ pub struct RevocationBody {
     pub asset: Option<RevokeAsset>,
     /// Only this subject's.
     pub subject: Option<RevokeSubject>,
+    /// Why (recorded on each assignment and in the activity log), at most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RevokeQuery {
+    /// Why the license is revoked (recorded on the assignment and in the activity log), at most
+    /// 1000 characters.
+    #[param(max_length = 1000)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -267,6 +297,28 @@ pub struct Revocation {
     pub dropped: i64,
     /// Assignments now `revoking`; Apple is asked to release them.
     pub revoking: i64,
+    /// Matching licenses of assets Apple does not let revoke (books), left as they are. Only
+    /// without an `asset` filter: naming such an asset is refused (409 `not-revocable`).
+    pub not_revocable: i64,
+}
+
+fn check_reason(errors: &mut Vec<FieldError>, field: &str, reason: &str) {
+    if reason.chars().count() > 1000 {
+        errors.push(FieldError {
+            field: field.into(),
+            message: "at most 1000 characters".into(),
+        });
+    }
+}
+
+fn not_revocable(what: String) -> ApiError {
+    ApiError::new(
+        &types::NOT_REVOCABLE,
+        format!(
+            "{what}: Apple does not take licenses of this asset back (error 9706; books stay \
+             with the user). Nothing was changed"
+        ),
+    )
 }
 
 fn check_asset(errors: &mut Vec<FieldError>, field: &str, adam_id: &str, pricing: Option<&str>) {
@@ -422,6 +474,15 @@ fn view(r: AssignmentRow, subjects: &[SubjectRow]) -> Assignment {
         decision: serde_json::from_value(r.decision).unwrap_or_default(),
         requested_by: r.requested_by,
         reason: r.reason,
+        revocation: match (r.revoked_by, r.revocation_requested_at) {
+            (Some(by), Some(requested_at)) => Some(RevocationRecord {
+                by,
+                reason: r.revocation_reason.unwrap_or_default(),
+                requested_at,
+                request_id: r.revocation_request_id,
+            }),
+            _ => None,
+        },
         apple_event_id: r.apple_event_id,
         error: r
             .error
@@ -555,7 +616,7 @@ pub async fn allocate_license(
         },
         wish: body.license_type,
         reason: body.reason.clone(),
-        requested_by: caller.subject.clone(),
+        origin: caller.origin(),
         dry_run: body.dry_run,
         exclude_accounts: Vec::new(),
         replaces: None,
@@ -766,7 +827,11 @@ pub async fn get_assignment(
 /// Revoke one assignment (V1). The license is free in the ledger at once.
 ///
 /// A pending assignment is dropped before it reaches Apple; an associating or active one becomes
-/// `revoking` until Apple released the license.
+/// `revoking` until Apple released the license (202). An assignment that is already `failed` or
+/// `revoked` is answered as it is (200), as is one already `revoking` (202). `?reason=` is
+/// recorded with who asked, when and the request id (`revocation` on the assignment, and the
+/// activity log). A license of an asset Apple does not let revoke (books) is refused with 409
+/// `not-revocable` and nothing changes.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "revoke_assignment",
@@ -774,40 +839,66 @@ pub async fn get_assignment(
     params(
         ("space" = String, Path, description = "Space id"),
         ("assignment" = Uuid, Path, description = "Assignment id"),
+        RevokeQuery,
     ),
-    responses((status = 202, description = "Revocation started (or the assignment was already finished); the assignment as it is now", body = Assignment))
+    responses(
+        (status = 202, description = "Revocation started (or already under way); the assignment as it is now", body = Assignment),
+        (status = 200, description = "The assignment was already finished (`failed` or `revoked`): nothing to do; the assignment as it is", body = Assignment),
+        (status = 404, description = "No such assignment in the space"),
+        (status = 409, description = "The asset is not revocable (`not-revocable`); nothing changed"),
+    )
 )]
 #[delete("/v1/spaces/{space}/assignments/{assignment}")]
 pub async fn revoke_assignment(
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<(String, Uuid)>,
+    query: web::Query<RevokeQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (space, id) = path.into_inner();
     caller.authorize(&space, Scope::LicensesWrite)?;
-    let mut conn = state.pool.get().await?;
-    if store::find(&mut conn, &space, id).await?.is_none() {
-        return Err(ApiError::not_found(format!("assignment {id}")));
+    let reason = query.into_inner().reason.unwrap_or_default();
+    if reason.chars().count() > 1000 {
+        return Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            "reason must be at most 1000 characters",
+        ));
     }
-    let actor = caller.subject.clone();
-    conn.transaction(async |conn| {
-        revoke::revoke(
-            conn,
-            &space,
-            &revoke::Scope {
+    let origin = caller.origin();
+    let mut conn = state.pool.get().await?;
+    // The row lock (first in the ledger's lock order) makes the state read here the state the
+    // revocation acts on: a finished assignment answers 200, a live one is revoked.
+    let started = conn
+        .transaction(async |conn| {
+            let row = store::find_locked(conn, &space, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
+            if !row.state.is_live() {
+                return Ok::<_, ApiError>(false);
+            }
+            let scope = revoke::Scope {
                 assignment: Some(id),
                 ..Default::default()
-            },
-            &actor,
-            "revoked by request",
-        )
-        .await
-    })
-    .await?;
+            };
+            if revoke::not_revocable(conn, &space, &scope).await? > 0 {
+                return Err(not_revocable(format!(
+                    "assignment {id} holds a license of asset {}/{}",
+                    row.adam_id, row.pricing_param
+                )));
+            }
+            revoke::revoke(conn, &space, &scope, &origin, &reason).await?;
+            Ok(true)
+        })
+        .await?;
     let row = store::find(&mut conn, &space, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
-    Ok(HttpResponse::Accepted().json(one_view(&mut conn, row).await?))
+    let view = one_view(&mut conn, row).await?;
+    Ok(if started || view.state == AssignmentState::Revoking {
+        HttpResponse::Accepted().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
 }
 
 /// Revoke every live assignment matching the filters: all of an asset (in one account or
@@ -815,13 +906,22 @@ pub async fn revoke_assignment(
 ///
 /// Give at least one filter: an account, an asset (with or without pricing) or a subject. Answers
 /// how many assignments were dropped before reaching Apple and how many are now being released.
+/// `reason` is recorded on each assignment with who asked, when and the request id. Licenses of
+/// assets Apple does not let revoke (books) are never sent to Apple: naming such an asset is
+/// refused (409 `not-revocable`, nothing changed); without an asset filter (all of a subject's
+/// or an account's) they are left as they are and counted in `not_revocable`.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "create_revocation",
     security(("bearer" = ["licenses:write"])),
     params(("space" = String, Path, description = "Space id")),
     request_body = RevocationBody,
-    responses((status = 202, description = "Revocations started", body = Revocation))
+    responses(
+        (status = 202, description = "Revocations started", body = Revocation),
+        (status = 404, description = "Unknown space or account"),
+        (status = 409, description = "The `asset` filter matches licenses of a non-revocable asset (`not-revocable`); nothing changed"),
+        (status = 422, description = "No filter, or an invalid one"),
+    )
 )]
 #[post("/v1/spaces/{space}/revocations")]
 pub async fn create_revocation(
@@ -846,6 +946,7 @@ pub async fn create_revocation(
     if let Some(s) = &body.subject {
         check_id(&mut errors, "subject.id", &s.id);
     }
+    check_reason(&mut errors, "reason", &body.reason);
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -865,6 +966,7 @@ pub async fn create_revocation(
                 return Ok(HttpResponse::Accepted().json(Revocation {
                     dropped: 0,
                     revoking: 0,
+                    not_revocable: 0,
                 }));
             }
         },
@@ -876,15 +978,30 @@ pub async fn create_revocation(
         adam_id: body.asset.as_ref().map(|a| a.adam_id.clone()),
         pricing_param: body.asset.as_ref().and_then(|a| a.pricing_param.clone()),
         subject,
+        include_not_revocable: false,
     };
-    let actor = caller.subject.clone();
-    let reason = if body.reason.is_empty() {
-        "revoked by request".to_owned()
-    } else {
-        body.reason.clone()
-    };
-    let Revoked { dropped, revoking } = conn
-        .transaction(async |conn| revoke::revoke(conn, &space, &scope, &actor, &reason).await)
+    let origin = caller.origin();
+    let Revoked {
+        dropped,
+        revoking,
+        not_revocable: kept,
+    } = conn
+        .transaction(async |conn| {
+            if let Some(asset) = &body.asset {
+                let n = revoke::not_revocable(conn, &space, &scope).await?;
+                if n > 0 {
+                    return Err(not_revocable(format!(
+                        "{n} of the licenses matched are of asset {}",
+                        asset.adam_id
+                    )));
+                }
+            }
+            Ok::<_, ApiError>(revoke::revoke(conn, &space, &scope, &origin, &body.reason).await?)
+        })
         .await?;
-    Ok(HttpResponse::Accepted().json(Revocation { dropped, revoking }))
+    Ok(HttpResponse::Accepted().json(Revocation {
+        dropped,
+        revoking,
+        not_revocable: kept,
+    }))
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, put, web};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
@@ -333,7 +334,8 @@ pub async fn get_policy(
 ///
 /// Replaces the whole policy. A subject or group may appear in one mode only; a reservation's
 /// account must belong to the space and own the asset. Honours `If-Match` (412 when the policy
-/// changed since).
+/// changed since). Answers 201 with `Location` when the asset had no policy, 200 when one was
+/// replaced.
 #[utoipa::path(
     tag = "policies",
     operation_id = "put_policy",
@@ -346,7 +348,8 @@ pub async fn get_policy(
     ),
     request_body = PolicyBody,
     responses(
-        (status = 200, description = "The policy as stored", body = Policy),
+        (status = 201, description = "The asset had no policy: created; `Location` and `ETag` are set", body = Policy),
+        (status = 200, description = "The asset's policy was replaced; `ETag` is set", body = Policy),
         (status = 412, description = "If-Match does not match"),
     )
 )]
@@ -371,39 +374,52 @@ pub async fn put_policy(
         .collect();
     let owners = crate::ledger::assets::owners(&mut conn, &accounts, &adam_id, &pricing).await?;
     let new_entries = entries(&body.0, &accounts, &owners)?;
-    let actor = caller.subject.clone();
-    let policy = conn
+    let actor = caller.origin();
+    let new_id = Uuid::now_v7();
+    let (policy, created) = conn
         .transaction(async |conn| {
             if let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await?
                 && !if_match.matches(existing.version)
             {
                 return Err(IfMatch::failed(existing.version));
             }
-            let row = store::replace(
-                conn,
-                &space,
-                &adam_id,
-                &pricing,
-                &new_entries,
-                Uuid::now_v7(),
-            )
-            .await?;
+            let row =
+                store::replace(conn, &space, &adam_id, &pricing, &new_entries, new_id).await?;
+            // The upsert keeps an existing policy's id: the new id means it was inserted.
+            let created = row.id == new_id;
             activity::record(
                 conn,
                 Activity {
                     adam_id: Some(adam_id.clone()),
                     pricing_param: Some(pricing.clone()),
-                    ..Activity::new(&actor, "policy.replaced")
-                        .space(&space)
-                        .details(serde_json::json!({"entries": new_entries.len()}))
+                    ..Activity::new(
+                        &actor,
+                        if created {
+                            "policy.created"
+                        } else {
+                            "policy.replaced"
+                        },
+                    )
+                    .space(&space)
+                    .details(serde_json::json!({"entries": new_entries.len()}))
                 },
             )
             .await?;
             let entries = store::entries_of(conn, &[row.id]).await?;
-            Ok::<_, ApiError>(view(row, &entries))
+            Ok::<_, ApiError>((view(row, &entries), created))
         })
         .await?;
-    Ok(HttpResponse::Ok()
+    let mut builder = if created {
+        let mut b = HttpResponse::Created();
+        b.insert_header((
+            header::LOCATION,
+            format!("/v1/spaces/{space}/policies/{adam_id}/{pricing}"),
+        ));
+        b
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(builder
         .insert_header(etag_header(policy.version))
         .json(policy))
 }
@@ -438,7 +454,7 @@ pub async fn delete_policy(
     caller.authorize(&space, Scope::AccountsManage)?;
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    let actor = caller.subject.clone();
+    let actor = caller.origin();
     conn.transaction(async |conn| {
         let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await? else {
             return Err(ApiError::not_found(format!(

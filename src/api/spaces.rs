@@ -240,7 +240,7 @@ pub async fn create_space(
     })?;
     activity::record(
         &mut conn,
-        Activity::new(&caller.subject, "space.created").space(&row.id),
+        Activity::new(&caller.origin(), "space.created").space(&row.id),
     )
     .await?;
     let location = format!("/v1/spaces/{}", row.id);
@@ -332,7 +332,7 @@ pub async fn update_space(
         Some(row) => {
             activity::record(
                 &mut conn,
-                Activity::new(&caller.subject, "space.updated").space(&row.id),
+                Activity::new(&caller.origin(), "space.updated").space(&row.id),
             )
             .await?;
             Ok(with_etag(HttpResponse::Ok(), row.into()))
@@ -374,7 +374,7 @@ pub async fn delete_space(
         IfMatch::Versions(v) => Some(v.as_slice()),
     };
     let mut conn = state.pool.get().await?;
-    let actor = caller.subject.clone();
+    let actor = caller.origin();
     conn.transaction(async |conn| {
         let Some(version) = store::lock_for_delete(conn, &id).await? else {
             return Err(ApiError::not_found(format!("space {id}")));

@@ -327,7 +327,7 @@ async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>,
                 .ok_or("demo account vanished")?,
             None => attach::add(
                 state,
-                "vpp-broker dev",
+                &vpp_origin(),
                 DEMO_SPACE,
                 attach::NewAccountInput {
                     name: seeded.name.clone(),
@@ -367,4 +367,9 @@ fn dev_token_key() -> Result<String, String> {
     }
     tracing::info!(path = %path.display(), "generated a development token encryption key (serve needs VPP_TOKEN_KEYS instead)");
     Ok(spec)
+}
+
+/// Who `dev`'s own changes are recorded as.
+fn vpp_origin() -> crate::ledger::origin::Origin {
+    crate::ledger::origin::Origin::new("vpp-broker dev", None)
 }

@@ -135,6 +135,10 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        revoked_by -> Nullable<Text>,
+        revocation_reason -> Nullable<Text>,
+        revocation_requested_at -> Nullable<Timestamptz>,
+        revocation_request_id -> Nullable<Text>,
     }
 }
 

@@ -28,6 +28,7 @@ use crate::db::schema::apple_events;
 use crate::engine::allocate::{self, AllocationRequest, AssetRef, SubjectInput};
 use crate::engine::model::{LicenseType, LicenseWish, SubjectKind};
 use crate::ledger::activity::{self, Activity};
+use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Results of some or all targets of an event.
@@ -393,7 +394,7 @@ pub async fn finish_account_deletion(state: &AppState, account: Uuid) -> Result<
         crate::ledger::accounts::remove(conn, &space, account).await?;
         activity::record(
             conn,
-            Activity::new("system", "account.deleted")
+            Activity::new(&Origin::system(), "account.deleted")
                 .space(&space)
                 .account(account),
         )
@@ -454,7 +455,8 @@ async fn reallocate(
                 LicenseType::User => LicenseWish::User,
             },
             reason: format!("re-allocation of {} after Apple error 9709", old.id),
-            requested_by: r.requested_by.clone(),
+            // Still the original requester's license; no request of theirs is running now.
+            origin: Origin::new(r.requested_by.clone(), None),
             dry_run: false,
             exclude_accounts: vec![event.account_id],
             replaces: Some(old.id),
@@ -526,7 +528,7 @@ async fn reallocate(
                         adam_id: Some(adam.clone()),
                         pricing_param: Some(pricing.clone()),
                         apple_event_id: Some(event.event_id.clone()),
-                        ..Activity::new("system", action)
+                        ..Activity::new(&Origin::system(), action)
                             .space(&r.space)
                             .account(event.account_id)
                             .details(error.clone())

@@ -45,6 +45,7 @@ use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::jobs::{self, JobRow};
+use crate::ledger::origin::Origin;
 use crate::state::AppState;
 use batch::Sent;
 
@@ -169,7 +170,7 @@ async fn record_observation(
         Some(observation),
         now,
     );
-    store::save_status(conn, account, &next, "system").await?;
+    store::save_status(conn, account, &next, &Origin::system()).await?;
     Ok(next)
 }
 

@@ -28,8 +28,9 @@ use uuid::Uuid;
 use super::decide::{self, Decided};
 use super::load;
 use super::model::{Decision, LicenseType, LicenseWish, Rule, Skip};
-use super::write::{self, Origin, WriteError};
+use super::write::{self, Requested, WriteError};
 use crate::ledger::assignments::AssignmentRow;
+use crate::ledger::origin::Origin;
 use crate::ledger::subjects::SubjectRow;
 
 /// An asset: Apple product id and pricing.
@@ -63,7 +64,10 @@ pub struct AllocationRequest {
     pub subject: SubjectInput,
     pub wish: LicenseWish,
     pub reason: String,
-    pub requested_by: String,
+    /// Who asks (recorded as the assignment's `requested_by`) and in which request (the
+    /// activity log's `request_id`), carried here because the combiner decides the request on
+    /// a task of its own.
+    pub origin: Origin,
     pub dry_run: bool,
     /// Accounts not to use (a re-allocation after Apple's 9709 excludes the account that failed).
     pub exclude_accounts: Vec<Uuid>,
@@ -158,17 +162,16 @@ pub async fn allocate_many(
     }
     let snap = load::snapshot(conn, space, reqs, dry_run).await?;
     let decided = decide::decide_all(reqs, &snap, Utc::now(), dry_run);
-    let request_id = crate::http::context::request_id();
-    let planned: Vec<(&decide::Planned, Origin<'_>)> = decided
+    let planned: Vec<(&decide::Planned, Requested<'_>)> = decided
         .iter()
         .zip(reqs)
         .filter_map(|(d, r)| match d {
             Decided::New(p) => Some((
                 p,
-                Origin {
-                    requested_by: &r.requested_by,
+                Requested {
+                    requested_by: &r.origin.actor,
                     reason: &r.reason,
-                    request_id: request_id.as_deref(),
+                    request_id: r.origin.request_id.as_deref(),
                 },
             )),
             _ => None,
@@ -182,7 +185,7 @@ pub async fn allocate_many(
     let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(reqs.len());
     for d in decided {
         let outcome = match d {
-            Decided::Existing { row, rule, holder } => Ok(Outcome::existing(row, rule, holder)),
+            Decided::Existing { row, rule, holder } => Ok(Outcome::existing(*row, rule, holder)),
             Decided::SameAs(i) => match &outcomes[i] {
                 Ok(first) => Ok(Outcome {
                     created: false,

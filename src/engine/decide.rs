@@ -36,7 +36,7 @@ pub struct Planned {
 pub enum Decided {
     /// The holder already has a license for the asset (A6, A7).
     Existing {
-        row: AssignmentRow,
+        row: Box<AssignmentRow>,
         rule: Rule,
         holder: SubjectRow,
     },
@@ -227,7 +227,7 @@ fn decide_one(
     if !target.holder.id.is_nil() {
         if let Some(row) = existing_for(snap, target.holder.id, asset) {
             return Decided::Existing {
-                row,
+                row: Box::new(row),
                 rule: Rule::Existing,
                 holder: target.holder,
             };
@@ -246,7 +246,7 @@ fn decide_one(
         && row.license_type == LicenseType::User
     {
         return Decided::Existing {
-            row,
+            row: Box::new(row),
             rule: Rule::UserLicenseCoversDevice,
             holder: user_row.clone(),
         };
@@ -491,7 +491,7 @@ mod tests {
             },
             wish: LicenseWish::Auto,
             reason: String::new(),
-            requested_by: "t".into(),
+            origin: crate::ledger::origin::Origin::new("t", None),
             dry_run: false,
             exclude_accounts: Vec::new(),
             replaces: None,

@@ -357,7 +357,8 @@ pub async fn snapshot(
     let existing_q = diesel::sql_query(
         "SELECT id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
                 rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
-                created_at, updated_at
+                created_at, updated_at, revoked_by, revocation_reason, revocation_requested_at,
+                revocation_request_id
            FROM assignments
           WHERE subject_id = ANY($1) AND adam_id = ANY($2)",
     )

@@ -6,6 +6,16 @@
 //! dropped. Assignments Apple holds (or is associating) become `revoking` and get a
 //! `disassociate` job; the dispatcher moves them to `revoked` when Apple confirms.
 //!
+//! Every revocation is recorded on the assignment (who, why, when, in which request:
+//! `revoked_by`, `revocation_reason`, `revocation_requested_at`, `revocation_request_id`) and in
+//! the activity log, from the [`Origin`] the caller passes.
+//!
+//! Licenses of assets Apple does not take back (`assets.revocable = false`, books: Apple answers
+//! 9706) are left alone unless the scope says otherwise: sending them to Apple only failed the
+//! assignment and counted one more license as assigned elsewhere per attempt. They are counted
+//! in [`Revoked::not_revocable`]; callers that name such a license or asset refuse the request
+//! up front ([`not_revocable`]).
+//!
 //! V4: Apple's v2 disassociate has no "notify the user" flag (v1 had one), so the account's
 //! license-removal-notification setting is recorded with each revocation (`notify_user` in the
 //! activity log) for the calling MDM to act on.
@@ -15,6 +25,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::ledger::origin::Origin;
+
 /// Which live assignments to revoke (all given filters must match).
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
@@ -23,25 +35,82 @@ pub struct Scope {
     pub adam_id: Option<String>,
     pub pricing_param: Option<String>,
     pub subject: Option<Uuid>,
+    /// Also send licenses of non-revocable assets to Apple (account deletion: the account goes
+    /// whatever Apple answers). Otherwise they are kept and counted.
+    pub include_not_revocable: bool,
 }
 
 /// What a revocation did.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema, diesel::QueryableByName,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Revoked {
     /// Pending assignments dropped before reaching Apple (now `revoked`).
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub dropped: i64,
     /// Assignments now `revoking`; Apple is asked to release them.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub revoking: i64,
+    /// Matching live assignments of non-revocable assets, left as they are.
+    pub not_revocable: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Counts {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    dropped: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    revoking: i64,
 }
 
 #[derive(diesel::QueryableByName)]
 struct Target {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    revocable: bool,
+}
+
+/// How many live assignments of `space` matching `scope` are of assets Apple does not let
+/// revoke. Callers that name one license or one asset refuse the request when this is not 0.
+pub async fn not_revocable(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    scope: &Scope,
+) -> diesel::QueryResult<i64> {
+    Ok(matching(conn, space, scope, false)
+        .await?
+        .iter()
+        .filter(|t| !t.revocable)
+        .count() as i64)
+}
+
+/// The live assignments of `space` matching `scope`, with whether their asset is revocable;
+/// with `lock`, locked in id order.
+async fn matching(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    scope: &Scope,
+    lock: bool,
+) -> diesel::QueryResult<Vec<Target>> {
+    diesel::sql_query(format!(
+        "SELECT a.id, s.revocable FROM assignments a
+           JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
+                        AND s.pricing_param = a.pricing_param
+          WHERE a.space_id = $1 AND a.state IN ('pending', 'associating', 'active')
+            AND ($2::uuid IS NULL OR a.id = $2)
+            AND ($3::uuid IS NULL OR a.account_id = $3)
+            AND ($4::text IS NULL OR a.adam_id = $4)
+            AND ($5::text IS NULL OR a.pricing_param = $5)
+            AND ($6::uuid IS NULL OR a.subject_id = $6)
+          ORDER BY a.id
+          {}",
+        if lock { "FOR UPDATE OF a" } else { "" }
+    ))
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.assignment)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.account)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.adam_id.as_deref())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.pricing_param.as_deref())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.subject)
+    .load::<Target>(conn)
+    .await
 }
 
 /// Starts revocation of every live assignment of `space` matching `scope`. Run it inside the
@@ -54,33 +123,25 @@ pub async fn revoke(
     conn: &mut AsyncPgConnection,
     space: &str,
     scope: &Scope,
-    actor: &str,
+    origin: &Origin,
     reason: &str,
 ) -> diesel::QueryResult<Revoked> {
-    let targets: Vec<Uuid> = diesel::sql_query(
-        "SELECT id FROM assignments
-          WHERE space_id = $1 AND state IN ('pending', 'associating', 'active')
-            AND ($2::uuid IS NULL OR id = $2)
-            AND ($3::uuid IS NULL OR account_id = $3)
-            AND ($4::text IS NULL OR adam_id = $4)
-            AND ($5::text IS NULL OR pricing_param = $5)
-            AND ($6::uuid IS NULL OR subject_id = $6)
-          ORDER BY id
-          FOR UPDATE",
-    )
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.assignment)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.account)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.adam_id.as_deref())
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(scope.pricing_param.as_deref())
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(scope.subject)
-    .load::<Target>(conn)
-    .await?
-    .into_iter()
-    .map(|t| t.id)
-    .collect();
+    let matched = matching(conn, space, scope, true).await?;
+    let not_revocable = if scope.include_not_revocable {
+        0
+    } else {
+        matched.iter().filter(|t| !t.revocable).count() as i64
+    };
+    let targets: Vec<Uuid> = matched
+        .into_iter()
+        .filter(|t| t.revocable || scope.include_not_revocable)
+        .map(|t| t.id)
+        .collect();
     if targets.is_empty() {
-        return Ok(Revoked::default());
+        return Ok(Revoked {
+            not_revocable,
+            ..Revoked::default()
+        });
     }
     diesel::sql_query(
         "SELECT 1 FROM assets s
@@ -92,10 +153,12 @@ pub async fn revoke(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&targets)
     .execute(conn)
     .await?;
-    diesel::sql_query(
+    let counts = diesel::sql_query(
         "WITH changed AS (
              UPDATE assignments
                 SET state = CASE WHEN state = 'pending' THEN 'revoked' ELSE 'revoking' END,
+                    revoked_by = $3, revocation_reason = $5, revocation_requested_at = now(),
+                    revocation_request_id = $4,
                     version = version + 1, updated_at = now()
               WHERE id = ANY($2) AND state IN ('pending', 'associating', 'active')
           RETURNING id, account_id, adam_id, pricing_param, license_type, state
@@ -132,11 +195,14 @@ pub async fn revoke(
     )
     .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&targets)
-    .bind::<diesel::sql_types::Text, _>(actor)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(
-        crate::http::context::request_id(),
-    )
+    .bind::<diesel::sql_types::Text, _>(&origin.actor)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(origin.request_id.as_deref())
     .bind::<diesel::sql_types::Text, _>(reason)
-    .get_result(conn)
-    .await
+    .get_result::<Counts>(conn)
+    .await?;
+    Ok(Revoked {
+        dropped: counts.dropped,
+        revoking: counts.revoking,
+        not_revocable,
+    })
 }

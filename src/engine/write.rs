@@ -19,8 +19,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::decide::Planned;
 use crate::ledger::assignments::AssignmentRow;
 
-/// Who asked, per planned license.
-pub struct Origin<'a> {
+/// Who asked, why and in which request, per planned license.
+pub struct Requested<'a> {
     pub requested_by: &'a str,
     pub reason: &'a str,
     pub request_id: Option<&'a str>,
@@ -38,7 +38,7 @@ pub enum WriteError {
 pub async fn write(
     conn: &mut AsyncPgConnection,
     space: &str,
-    planned: &[(&Planned, Origin<'_>)],
+    planned: &[(&Planned, Requested<'_>)],
 ) -> Result<Vec<AssignmentRow>, WriteError> {
     if planned.is_empty() {
         return Ok(Vec::new());
@@ -110,7 +110,8 @@ pub async fn write(
                FROM new
           RETURNING id, space_id, account_id, adam_id, pricing_param, subject_id, license_type,
                     state, rule, decision, requested_by, reason, apple_event_id, batch_id, error,
-                    version, created_at, updated_at
+                    version, created_at, updated_at, revoked_by, revocation_reason,
+                    revocation_requested_at, revocation_request_id
          ), job AS (
              INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
              SELECT 'associate', account_id, id, adam_id, pricing_param, license_type FROM new

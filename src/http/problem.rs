@@ -91,6 +91,9 @@ pub mod types {
         LOCATION_MISMATCH = ("location-mismatch", 409, "Different Apple location");
         /// The account is used by a policy or still holds licenses.
         ACCOUNT_IN_USE = ("account-in-use", 409, "Account in use");
+        /// The license's asset is not revocable (books: Apple keeps them with the user); nothing
+        /// was changed.
+        NOT_REVOCABLE = ("not-revocable", 409, "License not revocable");
         /// Apple asked to wait (429/503 with Retry-After) or did not answer.
         APPLE_UNAVAILABLE = ("apple-unavailable", 503, "Apple is unavailable");
         /// Apple answered with an error the service cannot act on.

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::origin::Origin;
 use crate::accounts::WhenUnusable;
 use crate::accounts::status::{AccountStatus, StatusState};
 use crate::crypto::Sealed;
@@ -221,7 +222,7 @@ pub async fn save_status(
     conn: &mut AsyncPgConnection,
     account: &AccountRow,
     next: &StatusState,
-    actor: &str,
+    actor: &Origin,
 ) -> QueryResult<bool> {
     let current = account.status_state();
     if current.status == next.status

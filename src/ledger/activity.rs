@@ -5,10 +5,10 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::origin::Origin;
 use crate::db::schema::activity_log;
-use crate::http::context;
 
-/// One activity row, built fluently: `Activity::new(actor, "space.created").space(id)`.
+/// One activity row, built fluently: `Activity::new(&origin, "space.created").space(id)`.
 #[derive(Debug, Default, Insertable)]
 #[diesel(table_name = activity_log)]
 pub struct Activity {
@@ -27,13 +27,12 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// `actor` is the caller's JWT `sub`, or `system` for background work. The request id is
-    /// taken from the current request, if any.
-    pub fn new(actor: &str, action: &str) -> Self {
+    /// `origin`: the caller's JWT `sub` (or `system` for background work) and the request id.
+    pub fn new(origin: &Origin, action: &str) -> Self {
         Activity {
-            actor: actor.to_owned(),
+            actor: origin.actor.clone(),
             action: action.to_owned(),
-            request_id: context::request_id(),
+            request_id: origin.request_id.clone(),
             details: serde_json::json!({}),
             ..Default::default()
         }

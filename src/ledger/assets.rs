@@ -11,6 +11,7 @@ use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::origin::Origin;
 use crate::db::schema::assets;
 
 /// One asset as Apple reported it.
@@ -123,14 +124,8 @@ pub async fn import_new(
 }
 
 const LIVE: [&str; 3] = ["pending", "associating", "active"];
-const ALL_STATES: [&str; 6] = [
-    "pending",
-    "associating",
-    "active",
-    "failed",
-    "revoking",
-    "revoked",
-];
+/// States in which an assignment holds (or is releasing) a license.
+const HOLDING: [&str; 4] = ["pending", "associating", "active", "revoking"];
 
 /// Locks an account's live assignments (by id) and then its asset rows (by key), in the
 /// ledger's lock order (see [`crate::ledger::assignments::lock_in_order`]). Waits for the
@@ -156,15 +151,54 @@ pub async fn lock_account(conn: &mut AsyncPgConnection, account: Uuid) -> QueryR
 }
 
 /// Forgets what the ledger knows of an account's Apple location, when a token of another
-/// location replaces it: its assignments, assets, queued Apple work, followed events and
-/// registered users. Returns how many assignments were forgotten.
+/// location replaces it: its assets, queued Apple work, followed events and registered users.
+/// Its assignments stay as history (H1): those still holding or releasing a license are
+/// finished as `revoked` (the license stays assigned at the old location; this ledger no
+/// longer manages it), with the revocation record (`origin`, the reason below) unless one was
+/// already asked, and an `assignment.forgotten` activity row. Returns how many were finished.
 ///
 /// Everything is locked in the ledger's lock order first: deleting the assets straight away
-/// (which cascades to the assignments) took the locks the other way round and deadlocked with
-/// a dispatch in progress.
-pub async fn forget_location(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
+/// took the locks the other way round and deadlocked with a dispatch in progress.
+pub async fn forget_location(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    origin: &Origin,
+) -> QueryResult<i64> {
     use crate::db::schema::{apple_events, apple_users, jobs};
-    let forgotten = lock_rows(conn, account, &ALL_STATES).await?;
+    lock_rows(conn, account, &HOLDING).await?;
+    #[derive(QueryableByName)]
+    struct Finished {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let finished = diesel::sql_query(
+        "WITH done AS (
+             UPDATE assignments
+                SET state = 'revoked',
+                    revoked_by = COALESCE(revoked_by, $2),
+                    revocation_reason = COALESCE(revocation_reason, $3),
+                    revocation_requested_at = COALESCE(revocation_requested_at, now()),
+                    revocation_request_id = COALESCE(revocation_request_id, $4),
+                    version = version + 1, updated_at = now()
+              WHERE account_id = $1 AND state IN ('pending', 'associating', 'active', 'revoking')
+          RETURNING id, space_id, adam_id, pricing_param, state
+         ), logged AS (
+             INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
+                                       adam_id, pricing_param, request_id, details)
+             SELECT space_id, $2, 'assignment.forgotten', $1, id, adam_id, pricing_param, $4,
+                    jsonb_build_object('reason', $3::text)
+               FROM done
+          RETURNING 1
+         )
+         SELECT count(*) AS n FROM done",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Text, _>(&origin.actor)
+    .bind::<diesel::sql_types::Text, _>(FORGOTTEN)
+    .bind::<Nullable<diesel::sql_types::Text>, _>(origin.request_id.as_deref())
+    .get_result::<Finished>(conn)
+    .await?
+    .n;
     diesel::delete(jobs::table.filter(jobs::account_id.eq(account)))
         .execute(conn)
         .await?;
@@ -177,8 +211,13 @@ pub async fn forget_location(conn: &mut AsyncPgConnection, account: Uuid) -> Que
     diesel::delete(assets::table.filter(assets::account_id.eq(account)))
         .execute(conn)
         .await?;
-    Ok(forgotten as i64)
+    Ok(finished)
 }
+
+/// The revocation reason of licenses a token replacement forgot.
+const FORGOTTEN: &str = "the account's token was replaced by one of another Apple location \
+    (clear_ledger): this ledger no longer manages the license; it stays assigned at the old \
+    location";
 
 /// Locks the account's assignments in `states` by id, then its assets by key. Returns how
 /// many assignments it locked.

@@ -29,6 +29,11 @@ pub struct AssignmentRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Who asked for the revocation (JWT subject, or `system`); `None` until one was asked.
+    pub revoked_by: Option<String>,
+    pub revocation_reason: Option<String>,
+    pub revocation_requested_at: Option<DateTime<Utc>>,
+    pub revocation_request_id: Option<String>,
 }
 
 const LIVE: [&str; 3] = ["pending", "associating", "active"];
@@ -42,6 +47,23 @@ pub async fn find(
         .filter(assignments::space_id.eq(space))
         .filter(assignments::id.eq(id))
         .select(AssignmentRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// [`find`], locking the row for the rest of the transaction (the first lock of the ledger's
+/// lock order, see [`lock_in_order`]).
+pub async fn find_locked(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    id: Uuid,
+) -> QueryResult<Option<AssignmentRow>> {
+    assignments::table
+        .filter(assignments::space_id.eq(space))
+        .filter(assignments::id.eq(id))
+        .select(AssignmentRow::as_select())
+        .for_update()
         .first(conn)
         .await
         .optional()

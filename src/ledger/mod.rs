@@ -6,6 +6,7 @@ pub mod activity;
 pub mod assets;
 pub mod assignments;
 pub mod jobs;
+pub mod origin;
 pub mod policies;
 pub mod spaces;
 pub mod subjects;

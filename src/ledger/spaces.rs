@@ -124,11 +124,15 @@ pub async fn account_count(conn: &mut AsyncPgConnection, id: &str) -> QueryResul
         .await
 }
 
-/// Removes what exists only for a space without accounts: its distribution policies, the
-/// subjects callers described, and the idempotency keys. (With no account left it has no
-/// assignments: they went with the accounts' assets.)
+/// Removes what exists only for a space without accounts: its distribution policies, its
+/// assignments (with no account left, all finished: the history of its accounts, which outlives
+/// each account but not the space an administrator deletes on purpose; the activity log keeps
+/// the record), the subjects callers described, and the idempotency keys.
 pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<()> {
-    use crate::db::schema::{distribution_policies, idempotency_keys, subjects};
+    use crate::db::schema::{assignments, distribution_policies, idempotency_keys, subjects};
+    diesel::delete(assignments::table.filter(assignments::space_id.eq(id)))
+        .execute(conn)
+        .await?;
     diesel::delete(distribution_policies::table.filter(distribution_policies::space_id.eq(id)))
         .execute(conn)
         .await?;

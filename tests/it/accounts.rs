@@ -613,8 +613,20 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
     assert_eq!(switched["location"]["uid"], U3);
     assert_eq!(switched["licenses"]["total"], 1);
     assert_eq!(switched["licenses"]["held"], 0);
+    let live = get(&app, "/v1/spaces/acme/assignments?live=true").await;
+    assert!(live["items"].as_array().unwrap().is_empty());
+    // The forgotten license stays in the ledger's history, finished, saying why (H1).
     let listed = get(&app, "/v1/spaces/acme/assignments").await;
-    assert!(listed["items"].as_array().unwrap().is_empty());
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{listed}");
+    assert_eq!(items[0]["state"], "revoked");
+    assert!(
+        items[0]["revocation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("clear_ledger"),
+        "{listed}"
+    );
     // The old location's queued Apple work went with its ledger.
     let old_assignment: uuid::Uuid = alloc_id.parse().unwrap();
     let mut conn = app.db.connect().await;

@@ -161,7 +161,7 @@ async fn a2_reserved_subjects_come_first_and_their_licenses_are_held_back() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 201);
     // VIP-B is served from its reservation's account although A comes first.
     let vip_b = allocated(&w.app, device("VIP-B")).await;
     assert_eq!(
@@ -1239,7 +1239,7 @@ async fn accounts_that_keep_new_assets_back_serve_them_once_a_policy_exists() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 201, "a new policy is created");
     let second = allocated(&w.app, device("N2")).await;
     assert_eq!(
         (second["account_id"].as_str(), second["rule"].as_str()),

@@ -37,7 +37,8 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 201, "a new policy is created");
+    assert_eq!(resp.headers()["location"].to_str().unwrap(), path);
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     let created: Value = resp.json().await.unwrap();
     assert_eq!(created["reserved"].as_array().unwrap().len(), 2);
@@ -57,7 +58,7 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 200, "an existing policy is replaced");
     let replaced: Value = resp.json().await.unwrap();
     assert!(replaced["reserved"].as_array().unwrap().is_empty());
     let stale = app

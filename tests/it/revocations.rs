@@ -1,0 +1,375 @@
+//! Revocations over real HTTP with the simulator and the dispatcher: each leaves a record (who,
+//! why, when, which request) on the assignment and in the activity log; a non-revocable asset's
+//! license is refused up front; a finished assignment is answered as it is. Also: allocations
+//! record the request id although the combiner decides them on a task of its own.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use reqwest::Method;
+use serde_json::{Value, json};
+use vpp_broker::apple::types::{AssetKey, PricingParam};
+use vpp_broker::db::schema::{activity_log, assets, jobs};
+
+use crate::support::sim::{self, app, book, location};
+use crate::support::{TestApp, expect_problem};
+
+const U1: &str = "3000000001";
+const APP: &str = "408709785";
+const BOOK: &str = "377298193";
+
+async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp, String) {
+    let sim = sim::start(vec![location(
+        U1,
+        "Library",
+        vec![app(APP, 5), book(BOOK, 5)],
+    )])
+    .await;
+    let app = TestApp::with_sim(&sim).await;
+    app.space("acme").await;
+    let account = app.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (sim, app, account)
+}
+
+/// Allocates with an `x-request-id`; returns the assignment id.
+async fn allocate(app: &TestApp, body: Value, request_id: &str) -> String {
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/assignments")
+        .header("x-request-id", request_id)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "{json}");
+    json["assignment"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn final_state(app: &TestApp, id: &str) -> Value {
+    let v = app
+        .get_json(&format!("/v1/spaces/acme/assignments/{id}?wait=20"))
+        .await;
+    assert!(
+        ["active", "failed", "revoked"].contains(&v["state"].as_str().unwrap()),
+        "not final after 20 s: {v}"
+    );
+    v
+}
+
+/// The activity rows of one assignment: (action, actor, request id, details).
+async fn activity_of(
+    app: &TestApp,
+    assignment: &str,
+) -> Vec<(String, String, Option<String>, Value)> {
+    let mut conn = app.db.connect().await;
+    let id: uuid::Uuid = assignment.parse().unwrap();
+    activity_log::table
+        .filter(activity_log::assignment_id.eq(id))
+        .order(activity_log::id)
+        .select((
+            activity_log::action,
+            activity_log::actor,
+            activity_log::request_id,
+            activity_log::details,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn device(serial: &str) -> Value {
+    json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": serial}})
+}
+
+fn user_book(user: &str) -> Value {
+    json!({"asset": {"adam_id": BOOK}, "subject": {"kind": "user", "id": user}})
+}
+
+#[tokio::test]
+async fn a_revocation_records_who_why_when_and_the_request_on_the_assignment_and_in_the_log() {
+    let (_sim, app, _account) = world().await;
+    // No Idempotency-Key: the combiner decides it, and the request id still reaches the log.
+    let id = allocate(&app, device("S1"), "req-allocate-1").await;
+    final_state(&app, &id).await;
+    let log = activity_of(&app, &id).await;
+    assert_eq!(
+        (log[0].0.as_str(), log[0].2.as_deref()),
+        ("assignment.allocated", Some("req-allocate-1")),
+        "{log:?}"
+    );
+
+    let before = chrono::Utc::now();
+    let resp = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/assignments/{id}?reason=device%20wiped"),
+        )
+        .header("x-request-id", "req-revoke-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let revoking: Value = resp.json().await.unwrap();
+    assert_eq!(revoking["state"], "revoking");
+    let record = &revoking["revocation"];
+    assert_eq!(record["by"], "test-caller", "{revoking}");
+    assert_eq!(record["reason"], "device wiped");
+    assert_eq!(record["request_id"], "req-revoke-1");
+    let at: chrono::DateTime<chrono::Utc> =
+        record["requested_at"].as_str().unwrap().parse().unwrap();
+    assert!(at >= before - chrono::Duration::seconds(5), "{record}");
+
+    // It stays on the finished assignment, and the log says the same.
+    let revoked = final_state(&app, &id).await;
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["revocation"], *record);
+    let log = activity_of(&app, &id).await;
+    let requested = log
+        .iter()
+        .find(|(action, ..)| action == "assignment.revoke_requested")
+        .expect("revocation logged");
+    assert_eq!(requested.1, "test-caller");
+    assert_eq!(requested.2.as_deref(), Some("req-revoke-1"));
+    assert_eq!(requested.3["reason"], "device wiped");
+
+    // A bulk revocation records its body's reason on each assignment.
+    let two = allocate(&app, device("S2"), "req-allocate-2").await;
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .header("x-request-id", "req-bulk-1")
+        .json(&json!({"asset": {"adam_id": APP}, "reason": "app retired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let bulk = app
+        .get_json(&format!("/v1/spaces/acme/assignments/{two}"))
+        .await;
+    assert_eq!(
+        bulk["revocation"],
+        json!({"by": "test-caller", "reason": "app retired", "request_id": "req-bulk-1",
+               "requested_at": bulk["revocation"]["requested_at"]}),
+        "{bulk}"
+    );
+
+    // A live assignment carries no revocation record.
+    let three = allocate(&app, device("S3"), "req-allocate-3").await;
+    let live = app
+        .get_json(&format!("/v1/spaces/acme/assignments/{three}"))
+        .await;
+    assert!(live.get("revocation").is_none(), "{live}");
+
+    // A reason longer than 1000 characters is refused.
+    let long = "x".repeat(1001);
+    let resp = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/assignments/{three}?reason={long}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 400, "invalid-parameter").await;
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({"asset": {"adam_id": APP}, "reason": long}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 422, "validation-failed").await;
+    let live = app
+        .get_json(&format!("/v1/spaces/acme/assignments/{three}"))
+        .await;
+    assert_ne!(live["state"], "revoking", "refused requests change nothing");
+    assert_ne!(live["state"], "revoked", "refused requests change nothing");
+}
+
+async fn ledger_of_book(app: &TestApp, account: &str) -> (i32, i32, i64) {
+    let mut conn = app.db.connect().await;
+    let id: uuid::Uuid = account.parse().unwrap();
+    let (held, foreign): (i32, i32) = assets::table
+        .filter(assets::account_id.eq(id))
+        .filter(assets::adam_id.eq(BOOK))
+        .select((assets::held, assets::foreign_assigned))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    let queued: i64 = jobs::table
+        .filter(jobs::account_id.eq(id))
+        .filter(jobs::kind.eq("disassociate"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    (held, foreign, queued)
+}
+
+#[tokio::test]
+async fn revoking_a_license_of_a_non_revocable_asset_is_refused_and_changes_nothing() {
+    let (_sim, app, account) = world().await;
+    let id = allocate(&app, user_book("reader-1"), "req-book-1").await;
+    assert_eq!(final_state(&app, &id).await["state"], "active");
+    let app_id = allocate(
+        &app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "reader-1"}}),
+        "req-app-1",
+    )
+    .await;
+    final_state(&app, &app_id).await;
+    let before = ledger_of_book(&app, &account).await;
+    assert_eq!(before, (1, 0, 0));
+
+    let resp = app
+        .req(Method::DELETE, &format!("/v1/spaces/acme/assignments/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(resp, 409, "not-revocable").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains(BOOK),
+        "{problem}"
+    );
+    // "All of the book" is refused the same way, with or without pricing.
+    for asset in [
+        json!({"adam_id": BOOK}),
+        json!({"adam_id": BOOK, "pricing_param": "STDQ"}),
+    ] {
+        let resp = app
+            .req(Method::POST, "/v1/spaces/acme/revocations")
+            .json(&json!({"asset": asset}))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(resp, 409, "not-revocable").await;
+    }
+    let after = app
+        .get_json(&format!("/v1/spaces/acme/assignments/{id}"))
+        .await;
+    assert_eq!(after["state"], "active");
+    assert!(after.get("revocation").is_none(), "{after}");
+    assert_eq!(ledger_of_book(&app, &account).await, before);
+
+    // All of the user's: the app is revoked, the book kept and counted.
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({"subject": {"kind": "user", "id": "reader-1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let r: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            r["dropped"].as_i64().unwrap() + r["revoking"].as_i64().unwrap(),
+            r["not_revocable"].as_i64()
+        ),
+        (1, Some(1)),
+        "{r}"
+    );
+    assert_eq!(final_state(&app, &app_id).await["state"], "revoked");
+    // Give the dispatcher time to do anything it would (it must not touch the book).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let book = app
+        .get_json(&format!("/v1/spaces/acme/assignments/{id}"))
+        .await;
+    assert_eq!(book["state"], "active");
+    assert_eq!(ledger_of_book(&app, &account).await, before);
+}
+
+#[tokio::test]
+async fn deleting_an_assignment_that_is_already_revoked_or_failed_answers_200_as_it_is() {
+    let (sim, app, _account) = world().await;
+    let id = allocate(&app, device("S1"), "req-1").await;
+    final_state(&app, &id).await;
+    let path = format!("/v1/spaces/acme/assignments/{id}");
+    let first = app.req(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let revoked = final_state(&app, &id).await;
+    assert_eq!(revoked["state"], "revoked");
+    let again = app
+        .req(Method::DELETE, &format!("{path}?reason=again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["state"], "revoked");
+    assert_eq!(body["version"], revoked["version"], "unchanged");
+    assert_eq!(
+        body["revocation"], revoked["revocation"],
+        "the first record stays"
+    );
+
+    // A failed assignment (Apple has no license left: 9709, no other account): as it is, too.
+    sim.set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
+        .await
+        .unwrap();
+    let failed = allocate(&app, device("S2"), "req-2").await;
+    let failed_view = final_state(&app, &failed).await;
+    assert_eq!(failed_view["state"], "failed", "{failed_view}");
+    let resp = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/assignments/{failed}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["state"], "failed");
+    assert_eq!(body["version"], failed_view["version"], "unchanged");
+    assert!(body.get("revocation").is_none(), "{body}");
+
+    let unknown = uuid::Uuid::now_v7();
+    let resp = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/assignments/{unknown}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 404, "not-found").await;
+}
+
+#[tokio::test]
+async fn activity_rows_of_handlers_carry_the_callers_request_id() {
+    let (_sim, app, _account) = world().await;
+    let resp = app
+        .req(Method::PUT, &format!("/v1/spaces/acme/policies/{APP}/STDQ"))
+        .header("x-request-id", "req-policy-1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut conn = app.db.connect().await;
+    let rows: Vec<(String, String, Option<String>)> = activity_log::table
+        .filter(activity_log::action.eq_any(["policy.created", "account.added"]))
+        .order(activity_log::id)
+        .select((
+            activity_log::action,
+            activity_log::actor,
+            activity_log::request_id,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "account.added");
+    assert!(rows[0].2.is_some(), "the attach request's id: {rows:?}");
+    assert_eq!(
+        rows[1],
+        (
+            "policy.created".to_owned(),
+            "test-caller".to_owned(),
+            Some("req-policy-1".to_owned())
+        )
+    );
+}
