@@ -397,7 +397,19 @@ async function pagingStep(wanted: string[]): Promise<void> {
     wanted.every((id) => seen.includes(id)),
     "every assignment of this run is listed",
   );
-  check(pages >= wanted.length, `${pages} pages for ${seen.length} assignments`);
+  const whole = expectData(
+    "GET assignments in one page",
+    200,
+    await client.GET("/v1/spaces/{space}/assignments", {
+      params: { path: { space: SPACE }, query: { adam_id: PAGES, limit: 200 } },
+    }),
+  );
+  check(typeof whole.next_cursor !== "string", "one page of 200 holds them all");
+  const all = whole.items.map((item) => item.id);
+  check(
+    all.length === seen.length && all.every((id, i) => id === seen[i]),
+    `${pages} pages of one = one page of ${seen.length}`,
+  );
 }
 
 async function revokeStep(deviceAssignment: Assignment, userAssignment: Assignment): Promise<void> {
@@ -420,7 +432,10 @@ async function revokeStep(deviceAssignment: Assignment, userAssignment: Assignme
       body: { asset: { adam_id: PAGES }, reason: `contract scenario ${RUN}` },
     }),
   );
-  check(revocation.revoking + revocation.dropped >= 1, `the user license is among them: ${JSON.stringify(revocation)}`);
+  check(
+    revocation.revoking === 1 && revocation.dropped === 0 && revocation.not_revocable === 0,
+    `only the user license was live, and Apple is asked to release it: ${JSON.stringify(revocation)}`,
+  );
   const user = await waitFor(userAssignment.id, ["revoked"], "GET user assignment ?wait");
   check(user.state === "revoked", "the user license is released");
   const live = expectData(
