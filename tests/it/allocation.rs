@@ -1164,6 +1164,66 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
     );
 }
 
+/// Apple lowering `maxSerialNumbers` while the service runs (1000 → 10): the batch the service
+/// sized by the old limit is refused with 9702, the service re-reads `/service/config` at once,
+/// cuts the batch to the new limit and resends; no subject fails.
+#[tokio::test]
+async fn t10_a_lowered_batch_limit_is_reread_and_the_batch_resent_in_smaller_requests() {
+    use std::collections::BTreeMap;
+    use vpp_broker::apple_sim::SettingsPatch;
+    let sim = sim::start(vec![location(U1, "Library A", vec![app(APP, 100)])]).await;
+    let app_ = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        // A long quiet window: the 25 allocations below form one batch.
+        dispatcher: Some(vpp_broker::dispatch::Settings {
+            quiet: Duration::from_millis(800),
+            max_wait: Duration::from_secs(5),
+            ..crate::support::app::fast_dispatch("")
+        }),
+        ..Default::default()
+    })
+    .await;
+    app_.space("acme").await;
+    app_.account("acme", "A", &sim::stoken(&sim, U1)).await;
+    // The service reads the config (limit 1000) while serving a first device.
+    let first = allocated(&app_, device("L0")).await;
+    assert_eq!(
+        final_state(&app_, first["assignment"]["id"].as_str().unwrap()).await["state"],
+        "active"
+    );
+    let reads_before = sim.counters().await.unwrap()["GET /service/config"];
+    sim.update_settings(&SettingsPatch {
+        limits: BTreeMap::from([("maxSerialNumbers".to_owned(), 10)]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 1..=25 {
+        ids.push(
+            allocated(&app_, device(&format!("L{i}"))).await["assignment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        let v = final_state(&app_, id).await;
+        assert_eq!(v["state"], "active", "{v}");
+    }
+    assert_eq!(sim_serials(&sim, U1).await.len(), 26);
+    let counters = sim.counters().await.unwrap();
+    assert!(
+        counters["GET /service/config"] > reads_before,
+        "the config was read again: {counters:?}"
+    );
+    // One refused request of 25, then requests of at most 10.
+    assert!(
+        counters["POST /assets/associate"] >= 1 + 1 + 3,
+        "{counters:?}"
+    );
+}
+
 /// A 9709 reported twice at once (a status poll and Apple's notification race) re-allocates
 /// the subject once and gives the failed account's license back once (rule A9): the second
 /// report finds the assignment no longer waiting for Apple.
