@@ -322,6 +322,17 @@ pub async fn submit(
             metrics::counter!("apple_batches_total", "kind" => if chunk.associate { "associate" } else { "disassociate" })
                 .increment(1);
             metrics::histogram!("apple_batch_size").record(marked.len() as f64);
+            let endpoint = if chunk.associate {
+                "POST /assets/associate"
+            } else {
+                "POST /assets/disassociate"
+            };
+            if !crate::accounts::ownership::notice(&ctx.state, account.id, &event.meta, endpoint)
+                .await?
+            {
+                // Another MDM holds the location: no further write for this account now.
+                return Ok(Sent::AccountBlocked);
+            }
             Ok(Sent::Event(event_id))
         }
         Err(err) => handle_error(ctx, account, chunk, batch, err, attempts).await,

@@ -1224,6 +1224,90 @@ async fn t10_a_lowered_batch_limit_is_reread_and_the_batch_resent_in_smaller_req
     );
 }
 
+/// Another MDM taking the location mid-run is noticed on the dispatcher's next Apple answer
+/// (no explicit test): the account becomes `not_owned`, its Apple writes stop, the activity log
+/// says when, and allocation moves to the next account; reclaiming resumes the waiting work.
+#[tokio::test]
+async fn t3_another_mdm_taking_the_location_is_noticed_on_any_apple_answer() {
+    use vpp_broker::apple::types::MdmInfo;
+    use vpp_broker::db::schema::activity_log;
+    let w = world(5, 5).await;
+    let one = allocated(&w.app, device("X1")).await;
+    final_state(&w.app, one["assignment"]["id"].as_str().unwrap()).await;
+    w.sim
+        .overwrite_mdm_info(
+            U1,
+            &MdmInfo {
+                id: "other-mdm".into(),
+                name: "Other MDM".into(),
+                metadata: "1.0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // The next association's answer names the other MDM.
+    let two = allocated(&w.app, device("X2")).await;
+    assert_eq!(two["account_id"], w.a);
+    let path = format!("/v1/spaces/acme/accounts/{}", w.a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = get(&w.app, &path).await;
+        if v["status"]["state"] == "not_owned" {
+            assert!(
+                v["status"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Other MDM"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not noticed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = w.app.db.connect().await;
+    let a: uuid::Uuid = w.a.parse().unwrap();
+    let lost: Vec<Value> = activity_log::table
+        .filter(activity_log::account_id.eq(a))
+        .filter(activity_log::action.eq("account.ownership_lost"))
+        .select(activity_log::details)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["owner"]["name"], "Other MDM");
+    assert!(lost[0]["noticed_at"].is_string());
+    // New allocations go to B; A gets no further Apple write.
+    let three = allocated(&w.app, device("X3")).await;
+    assert_eq!(three["account_id"], w.b);
+    assert_eq!(
+        final_state(&w.app, three["assignment"]["id"].as_str().unwrap()).await["state"],
+        "active"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = w.sim.counters().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        w.sim
+            .counters()
+            .await
+            .unwrap()
+            .get("POST /assets/associate"),
+        before.get("POST /assets/associate"),
+        "no writes while not owned"
+    );
+    // Reclaiming resumes the waiting work.
+    let resp = w
+        .app
+        .req(Method::POST, &format!("{path}/reclaim"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = two["assignment"]["id"].as_str().unwrap();
+    assert_eq!(final_state(&w.app, id).await["state"], "active");
+}
+
 /// A 9709 reported twice at once (a status poll and Apple's notification race) re-allocates
 /// the subject once and gives the failed account's license back once (rule A9): the second
 /// report finds the assignment no longer waiting for Apple.
