@@ -8,6 +8,13 @@
 //! the same transaction), and the account is marked for deletion; the dispatcher removes the
 //! row when Apple has released every license. An account with nothing at Apple is removed at
 //! once.
+//!
+//! A deletion can only finish while Apple accepts the account's token: releasing a license is an
+//! Apple call. While the account is expired, revoked, invalid, login-required or not owned,
+//! the releases wait (A10) and [`blocked`] says why and what to do (shown in the account's
+//! `deletion` view); once the token is replaced (or ownership reclaimed, or the content manager
+//! signed in again), the account is usable, its queued releases go out at once and the deletion
+//! completes by itself.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -15,6 +22,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::AccountError;
+use super::status::AccountStatus;
 use crate::db::schema::{accounts, policy_entries};
 use crate::ledger::accounts as store;
 use crate::ledger::activity::{self, Activity};
@@ -122,4 +130,29 @@ pub async fn delete(
         Ok(Deleted::Pending { revoking: at_apple })
     })
     .await
+}
+
+/// Why a requested deletion cannot progress while the account has `status`, and what the
+/// admin must do; `None` when it progresses (a Retry-After passes by itself).
+pub fn blocked(status: AccountStatus) -> Option<String> {
+    let waits = "so its licenses cannot be released at Apple and the deletion waits";
+    let then = "the deletion then continues by itself";
+    match status {
+        AccountStatus::Active | AccountStatus::Expiring | AccountStatus::Throttled => None,
+        AccountStatus::Expired | AccountStatus::Revoked | AccountStatus::Invalid => Some(format!(
+            "Apple no longer accepts this account's sToken ({status}), {waits}: download a new \
+             sToken of the same location in Apple Business Manager and replace it \
+             (PUT …/accounts/{{account}}/stoken); {then}"
+        )),
+        AccountStatus::LoginRequired => Some(format!(
+            "Apple requires the content manager to sign in again, {waits}: sign in to Apple \
+             Business Manager, then test the account (POST …/accounts/{{account}}/test) or \
+             replace its sToken; {then}"
+        )),
+        AccountStatus::NotOwned => Some(format!(
+            "another MDM owns this account's token and this deployment does not write to Apple \
+             for it, {waits}: reclaim ownership (POST …/accounts/{{account}}/reclaim) or replace \
+             the sToken (PUT …/accounts/{{account}}/stoken); {then}"
+        )),
+    }
 }

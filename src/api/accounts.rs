@@ -108,9 +108,29 @@ pub struct Account {
     /// Set while a delete with `revoke_all` waits for Apple to release the licenses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deletion_requested_at: Option<DateTime<Utc>>,
+    /// Progress of a requested deletion: what Apple still has to release, and what blocks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Deletion>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A deletion waiting for Apple to release the account's licenses.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Deletion {
+    pub requested_at: DateTime<Utc>,
+    /// Licenses Apple still holds (or is releasing) for this account; the account is removed
+    /// when none is left.
+    pub releasing: i64,
+    /// The account status that stops the deletion (the releases are Apple calls, which wait
+    /// while Apple refuses the token or another MDM owns it); absent while it progresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<AccountStatus>,
+    /// What to do so the deletion completes (e.g. replace the sToken); absent while it
+    /// progresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 /// The accounts of a space, in priority order (one page of them, for the list).
@@ -279,6 +299,13 @@ async fn views(
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let lists = store::distribution(conn, &ids).await?;
     let totals = assets::totals(conn, &ids).await?;
+    let mut releasing = std::collections::HashMap::new();
+    for r in rows.iter().filter(|r| r.delete_requested_at.is_some()) {
+        releasing.insert(
+            r.id,
+            crate::ledger::assignments::count_at_apple(conn, r.id).await?,
+        );
+    }
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -336,6 +363,15 @@ async fn views(
                     when_unusable: r.when_unusable,
                 },
                 distribution_list,
+                deletion: r.delete_requested_at.map(|at| {
+                    let action = removal::blocked(r.status);
+                    Deletion {
+                        requested_at: at,
+                        releasing: releasing.get(&r.id).copied().unwrap_or(0),
+                        blocked_by: action.is_some().then_some(r.status),
+                        action,
+                    }
+                }),
                 deletion_requested_at: r.delete_requested_at,
                 version: r.version,
                 created_at: r.created_at,

@@ -204,6 +204,12 @@ pub struct Allocation {
     pub license_type: LicenseType,
     pub decision: Decision,
     pub dry_run: bool,
+    /// Set when the answer waited (`?wait=`) and Apple refused the license this request first
+    /// allocated (9709: the account had fewer licenses than the ledger believed), so the service
+    /// re-allocated it from another account: the id of that failed assignment. `assignment`,
+    /// `account_id`, `rule` and `decision` then describe the live replacement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Uuid>,
 }
 
 /// One page of assignments.
@@ -562,7 +568,9 @@ fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpRespons
 /// by the dispatcher. The answer says which account served, the rule that decided (`existing`,
 /// `user_license_covers_device`, `reservation`, `priority`, `fallback`, `reallocation`) and which
 /// accounts were skipped and why. `Idempotency-Key` replays the first answer (24 h); `?wait=` holds
-/// the answer until Apple confirmed or refused the association.
+/// the answer until Apple confirmed or refused the association. When Apple refused it for want of
+/// licenses (9709) and the service re-allocated from another account, the waited answer is the
+/// live replacement, and `replaces` names the failed assignment.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "allocate_license",
@@ -658,13 +666,59 @@ pub async fn allocate_license(
             .pointer("/assignment/id")
             .and_then(|v| v.as_str())
             .and_then(|s| s.parse::<Uuid>().ok())
-        && let Some(row) = wait_final(&state, &space, id, wait).await?
+        && let Some(row) = wait_live(&state, &space, id, wait).await?
     {
         let mut conn = state.pool.get().await?;
-        json["assignment"] =
-            serde_json::to_value(one_view(&mut conn, row).await?).unwrap_or_default();
+        let replaced = row.id != id;
+        let view = one_view(&mut conn, row).await?;
+        if replaced {
+            json["account_id"] = serde_json::json!(view.account_id);
+            json["rule"] = serde_json::json!(view.rule);
+            json["license_type"] = serde_json::json!(view.license_type);
+            json["decision"] = serde_json::to_value(&view.decision).unwrap_or_default();
+            json["replaces"] = serde_json::json!(id);
+        }
+        json["assignment"] = serde_json::to_value(view).unwrap_or_default();
     }
     Ok(respond(status, &json, replayed))
+}
+
+/// Re-allocations followed at most this many times in one waited answer.
+const MAX_REPLACEMENTS: usize = 4;
+
+/// Waits (bounded by `timeout` in all) for the assignment's final state and, when Apple refused
+/// it with 9709 and the service re-allocated it, for its replacement's: the answer to a waited
+/// allocation is the license the subject holds now, not the one that failed (the failed one
+/// stays readable, and its `error.reallocated_to` names the replacement).
+async fn wait_live(
+    state: &AppState,
+    space: &str,
+    id: Uuid,
+    timeout: Duration,
+) -> Result<Option<AssignmentRow>, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let Some(mut row) = wait_final(state, space, id, timeout).await? else {
+        return Ok(None);
+    };
+    for _ in 0..MAX_REPLACEMENTS {
+        let next = (row.state == AssignmentState::Failed)
+            .then(|| {
+                row.error
+                    .as_ref()?
+                    .get("reallocated_to")?
+                    .as_str()?
+                    .parse::<Uuid>()
+                    .ok()
+            })
+            .flatten();
+        let Some(next) = next else { break };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match wait_final(state, space, next, left).await? {
+            Some(replacement) => row = replacement,
+            None => break,
+        }
+    }
+    Ok(Some(row))
 }
 
 /// The rendered answer to an allocation: status and JSON body (a problem for refusals).
@@ -683,6 +737,7 @@ fn render(
                 license_type: o.license_type,
                 decision: o.decision,
                 dry_run,
+                replaces: None,
             };
             Ok((
                 if o.created { 201 } else { 200 },

@@ -277,6 +277,8 @@ enum Traversal<T> {
 struct CachedConfig {
     fetched: Instant,
     config: Arc<ServiceConfig>,
+    /// Marked by [`AppleClient::refresh_service_config`]: fetch again at the next use.
+    stale: bool,
 }
 
 /// Per-token pacer. A request takes a slot when it starts and gives it back, stamped with the
@@ -437,6 +439,7 @@ impl AppleClient {
     pub async fn service_config(&self) -> Result<Arc<ServiceConfig>, AppleError> {
         let mut cache = self.inner.service_config.lock().await;
         if let Some(cached) = cache.as_ref()
+            && !cached.stale
             && cached.fetched.elapsed() < SERVICE_CONFIG_TTL
         {
             return Ok(cached.config.clone());
@@ -450,6 +453,7 @@ impl AppleClient {
                 *cache = Some(CachedConfig {
                     fetched: Instant::now(),
                     config: config.clone(),
+                    stale: false,
                 });
                 *self.inner.known.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
                 Ok(config)
@@ -462,6 +466,16 @@ impl AppleClient {
                 None => Err(e),
             },
         }
+    }
+
+    /// `GET /service/config` now, whatever the cache's age: Apple refused a request as too large
+    /// (9701/9702), so its limits changed since they were fetched. When Apple does not answer,
+    /// the previous copy is served (as by [`service_config`](Self::service_config)).
+    pub async fn refresh_service_config(&self) -> Result<Arc<ServiceConfig>, AppleError> {
+        if let Some(cached) = self.inner.service_config.lock().await.as_mut() {
+            cached.stale = true;
+        }
+        self.service_config().await
     }
 
     /// `GET /client/config`: the location behind the token (also the token check).

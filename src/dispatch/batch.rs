@@ -19,7 +19,8 @@ use uuid::Uuid;
 use super::{Ctx, DispatchError, retry};
 use crate::accounts::status;
 use crate::accounts::{AccountError, observe_error};
-use crate::apple::error::{AppleError, ErrorClass};
+use crate::apple::codes;
+use crate::apple::error::{AppleError, ErrorClass, ErrorOrigin};
 use crate::apple::stoken::SToken;
 use crate::apple::types::{AssetKey, ManageAssetsRequest, PricingParam};
 use crate::db::schema::apple_events;
@@ -321,6 +322,17 @@ pub async fn submit(
             metrics::counter!("apple_batches_total", "kind" => if chunk.associate { "associate" } else { "disassociate" })
                 .increment(1);
             metrics::histogram!("apple_batch_size").record(marked.len() as f64);
+            let endpoint = if chunk.associate {
+                "POST /assets/associate"
+            } else {
+                "POST /assets/disassociate"
+            };
+            if !crate::accounts::ownership::notice(&ctx.state, account.id, &event.meta, endpoint)
+                .await?
+            {
+                // Another MDM holds the location: no further write for this account now.
+                return Ok(Sent::AccountBlocked);
+            }
             Ok(Sent::Event(event_id))
         }
         Err(err) => handle_error(ctx, account, chunk, batch, err, attempts).await,
@@ -458,6 +470,13 @@ async fn handle_error(
         jobs::postpone_account(&mut conn, account.id, until).await?;
         return Ok(Sent::AccountBlocked);
     }
+    if let Some(limit) = resized_limit(ctx, chunk, &err).await {
+        // Apple lowered a batch limit since the service read it: not the subjects' fault. The
+        // chunk goes back to the queue at once and the next plan cuts it to the new limit.
+        tracing::info!(account = %account.id, size = chunk.items.len(), limit, "Apple lowered a batch limit; resending in smaller requests");
+        requeue(ctx, chunk, batch, Utc::now(), &err.to_string()).await?;
+        return Ok(Sent::Retry);
+    }
     match class {
         ErrorClass::Transient { .. } | ErrorClass::Protocol => {
             let delay = retry::backoff(attempts, ctx.settings.max_backoff);
@@ -493,6 +512,35 @@ async fn handle_error(
             Ok(Sent::Refused)
         }
     }
+}
+
+/// When `err` says the chunk has more targets than Apple accepts (9701/9702) and Apple's service
+/// config, re-read at once, confirms a limit below the chunk's size: that limit. A refusal the
+/// config does not explain (or of a single target) is Apple's verdict on the request (`None`).
+async fn resized_limit(ctx: &Ctx, chunk: &Chunk, err: &AppleError) -> Option<usize> {
+    let number = err.error_number?;
+    if number != codes::TOO_MANY_SERIAL_NUMBERS && number != codes::TOO_MANY_CLIENT_USER_IDS {
+        return None;
+    }
+    if chunk.items.len() <= 1 {
+        return None;
+    }
+    let config = if err.origin == ErrorOrigin::Local {
+        // Refused before sending: this process already knows newer limits than the plan used.
+        ctx.state.apple.known_service_config()
+    } else {
+        ctx.state
+            .apple
+            .refresh_service_config()
+            .await
+            .unwrap_or_else(|_| ctx.state.apple.known_service_config())
+    };
+    let limit = match chunk.license_type {
+        LicenseType::Device => config.max_serial_numbers(),
+        LicenseType::User => config.max_client_user_ids(),
+    }
+    .max(1);
+    (chunk.items.len() > limit).then_some(limit)
 }
 
 /// Re-reads the account after a status change elsewhere (used between chunks).

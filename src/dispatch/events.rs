@@ -572,6 +572,7 @@ async fn refresh_counts(
             },
         )
         .await?;
+    crate::accounts::ownership::notice(state, account, &listing.meta, "GET /assets").await?;
     let Some(asset) = listing
         .items
         .iter()

@@ -630,6 +630,67 @@ async fn t10_apple_running_short_9709_reallocates_from_the_next_account() {
     assert_eq!(allocated(&w.app, device("R9")).await["account_id"], w.b);
 }
 
+/// A waited allocation whose association Apple refused with 9709 answers the live replacement
+/// from the next account (and names the failed assignment in `replaces`), so a caller reading
+/// the answer learns that the device has a license.
+#[tokio::test]
+async fn t10_a_waited_allocation_refused_with_9709_answers_the_live_replacement() {
+    let w = world(10, 10).await;
+    // Apple has none of A's licenses left (a refund the ledger has not seen yet).
+    w.sim
+        .set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
+        .await
+        .unwrap();
+    let resp = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/assignments?wait=20")
+        .json(&device("W1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = resp.json().await.unwrap();
+    let live = &body["assignment"];
+    assert_eq!(live["state"], "active", "{body}");
+    assert_eq!(live["account_id"], w.b, "{body}");
+    assert_eq!(body["account_id"], w.b, "{body}");
+    assert_eq!(body["rule"], "reallocation", "{body}");
+    assert_eq!(live["subject"]["id"], "W1");
+    let failed_id = body["replaces"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no replaces: {body}"))
+        .to_owned();
+    assert_ne!(failed_id, live["id"].as_str().unwrap());
+    assert_eq!(body["decision"]["replaces"], failed_id.as_str());
+    assert_eq!(
+        location.as_deref(),
+        Some(
+            format!(
+                "/v1/spaces/acme/assignments/{}",
+                live["id"].as_str().unwrap()
+            )
+            .as_str()
+        ),
+        "Location names the live assignment"
+    );
+    // The failed one stays readable and points at its replacement.
+    let failed = get(&w.app, &format!("/v1/spaces/acme/assignments/{failed_id}")).await;
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["account_id"], w.a);
+    assert_eq!(failed["error"]["number"], 9709);
+    assert_eq!(failed["error"]["reallocated_to"], live["id"]);
+    assert_eq!(sim_serials(&w.sim, U2).await, vec!["W1".to_owned()]);
+    assert!(sim_serials(&w.sim, U1).await.is_empty());
+    // Without a wait, the answer is the allocation as decided (nothing to follow yet).
+    let plain = allocated(&w.app, device("W2")).await;
+    assert!(plain.get("replaces").is_none(), "{plain}");
+}
+
 #[tokio::test]
 async fn v1_revocations_free_licenses_at_once_and_apple_releases_them() {
     let w = world(2, 5).await;
@@ -754,6 +815,87 @@ async fn t8_deleting_with_revoke_all_waits_for_apple_then_removes_the_account() 
     );
     let order = get(&w.app, "/v1/spaces/acme/account-order").await;
     assert_eq!(order["order"], json!([w.b]), "priorities closed the gap");
+}
+
+/// A deletion whose licenses cannot be released because Apple revoked the token says so on the
+/// account (what blocks it, what to do), and completes once the token is replaced.
+#[tokio::test]
+async fn t8_a_deletion_blocked_by_a_revoked_token_says_why_and_completes_after_token_replacement() {
+    let w = world(5, 5).await;
+    let a = allocated(&w.app, device("S1")).await;
+    final_state(&w.app, a["assignment"]["id"].as_str().unwrap()).await;
+    // Apple revokes A's token (an admin downloaded a new one in Apple Business Manager).
+    w.sim
+        .set_location_token_status(U1, TokenStatus::Revoked)
+        .await
+        .unwrap();
+    let path = format!("/v1/spaces/acme/accounts/{}", w.a);
+    let resp = w
+        .app
+        .req(Method::DELETE, &format!("{path}?revoke_all=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let accepted: Value = resp.json().await.unwrap();
+    assert_eq!(accepted["deletion"]["releasing"], 1, "{accepted}");
+    // The dispatcher's release meets Apple's 9625: the account shows what blocks the deletion.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let blocked = loop {
+        let v = get(&w.app, &path).await;
+        if v["deletion"]["blocked_by"] == "revoked" {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deletion never reported as blocked: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(blocked["status"]["state"], "revoked");
+    assert_eq!(blocked["deletion"]["releasing"], 1, "{blocked}");
+    let action = blocked["deletion"]["action"].as_str().unwrap();
+    assert!(action.contains("replace"), "{action}");
+    assert!(action.contains("/stoken"), "{action}");
+    // It stays blocked (nothing is dropped, Apple still holds the license).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get(&w.app, &path).await["deletion"]["blocked_by"],
+        "revoked"
+    );
+    assert_eq!(sim_serials(&w.sim, U1).await, vec!["S1".to_owned()]);
+
+    // The admin replaces the token with a new one of the same location.
+    let renewed = w.sim.add_token(U1, None).await.unwrap();
+    let resp = w
+        .app
+        .req(Method::PUT, &format!("{path}/stoken"))
+        .json(&json!({"stoken": renewed.expose()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let replaced: Value = resp.json().await.unwrap();
+    assert!(
+        replaced["deletion"].get("blocked_by").is_none(),
+        "no longer blocked: {replaced}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = w.app.req(Method::GET, &path).send().await.unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "account not removed after the token was replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sim_serials(&w.sim, U1).await.is_empty(),
+        "Apple released the license"
+    );
 }
 
 #[tokio::test]
@@ -1020,6 +1162,150 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
         "{:?}",
         claimed.iter().map(|j| j.attempts).collect::<Vec<_>>()
     );
+}
+
+/// Apple lowering `maxSerialNumbers` while the service runs (1000 → 10): the batch the service
+/// sized by the old limit is refused with 9702, the service re-reads `/service/config` at once,
+/// cuts the batch to the new limit and resends; no subject fails.
+#[tokio::test]
+async fn t10_a_lowered_batch_limit_is_reread_and_the_batch_resent_in_smaller_requests() {
+    use std::collections::BTreeMap;
+    use vpp_broker::apple_sim::SettingsPatch;
+    let sim = sim::start(vec![location(U1, "Library A", vec![app(APP, 100)])]).await;
+    let app_ = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        // A long quiet window: the 25 allocations below form one batch.
+        dispatcher: Some(vpp_broker::dispatch::Settings {
+            quiet: Duration::from_millis(800),
+            max_wait: Duration::from_secs(5),
+            ..crate::support::app::fast_dispatch("")
+        }),
+        ..Default::default()
+    })
+    .await;
+    app_.space("acme").await;
+    app_.account("acme", "A", &sim::stoken(&sim, U1)).await;
+    // The service reads the config (limit 1000) while serving a first device.
+    let first = allocated(&app_, device("L0")).await;
+    assert_eq!(
+        final_state(&app_, first["assignment"]["id"].as_str().unwrap()).await["state"],
+        "active"
+    );
+    let reads_before = sim.counters().await.unwrap()["GET /service/config"];
+    sim.update_settings(&SettingsPatch {
+        limits: BTreeMap::from([("maxSerialNumbers".to_owned(), 10)]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 1..=25 {
+        ids.push(
+            allocated(&app_, device(&format!("L{i}"))).await["assignment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        let v = final_state(&app_, id).await;
+        assert_eq!(v["state"], "active", "{v}");
+    }
+    assert_eq!(sim_serials(&sim, U1).await.len(), 26);
+    let counters = sim.counters().await.unwrap();
+    assert!(
+        counters["GET /service/config"] > reads_before,
+        "the config was read again: {counters:?}"
+    );
+    // One refused request of 25, then requests of at most 10.
+    assert!(
+        counters["POST /assets/associate"] >= 1 + 1 + 3,
+        "{counters:?}"
+    );
+}
+
+/// Another MDM taking the location mid-run is noticed on the dispatcher's next Apple answer
+/// (no explicit test): the account becomes `not_owned`, its Apple writes stop, the activity log
+/// says when, and allocation moves to the next account; reclaiming resumes the waiting work.
+#[tokio::test]
+async fn t3_another_mdm_taking_the_location_is_noticed_on_any_apple_answer() {
+    use vpp_broker::apple::types::MdmInfo;
+    use vpp_broker::db::schema::activity_log;
+    let w = world(5, 5).await;
+    let one = allocated(&w.app, device("X1")).await;
+    final_state(&w.app, one["assignment"]["id"].as_str().unwrap()).await;
+    w.sim
+        .overwrite_mdm_info(
+            U1,
+            &MdmInfo {
+                id: "other-mdm".into(),
+                name: "Other MDM".into(),
+                metadata: "1.0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // The next association's answer names the other MDM.
+    let two = allocated(&w.app, device("X2")).await;
+    assert_eq!(two["account_id"], w.a);
+    let path = format!("/v1/spaces/acme/accounts/{}", w.a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = get(&w.app, &path).await;
+        if v["status"]["state"] == "not_owned" {
+            assert!(
+                v["status"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Other MDM"),
+                "{v}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not noticed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = w.app.db.connect().await;
+    let a: uuid::Uuid = w.a.parse().unwrap();
+    let lost: Vec<Value> = activity_log::table
+        .filter(activity_log::account_id.eq(a))
+        .filter(activity_log::action.eq("account.ownership_lost"))
+        .select(activity_log::details)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["owner"]["name"], "Other MDM");
+    assert!(lost[0]["noticed_at"].is_string());
+    // New allocations go to B; A gets no further Apple write.
+    let three = allocated(&w.app, device("X3")).await;
+    assert_eq!(three["account_id"], w.b);
+    assert_eq!(
+        final_state(&w.app, three["assignment"]["id"].as_str().unwrap()).await["state"],
+        "active"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = w.sim.counters().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        w.sim
+            .counters()
+            .await
+            .unwrap()
+            .get("POST /assets/associate"),
+        before.get("POST /assets/associate"),
+        "no writes while not owned"
+    );
+    // Reclaiming resumes the waiting work.
+    let resp = w
+        .app
+        .req(Method::POST, &format!("{path}/reclaim"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = two["assignment"]["id"].as_str().unwrap();
+    assert_eq!(final_state(&w.app, id).await["state"], "active");
 }
 
 /// A 9709 reported twice at once (a status poll and Apple's notification race) re-allocates
