@@ -183,7 +183,7 @@ impl Default for NewSettings {
     "distribution_list": [{"kind": "group", "value": "sales"}]
 }))]
 pub struct CreateAccount {
-    /// Display name, 1–200 characters.
+    /// Display name, 1–200 characters; no control characters (tab, line breaks, escapes).
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The content of the `.vpptoken` file as downloaded from Apple Business Manager.
@@ -211,7 +211,7 @@ pub struct SettingsChange {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
-    /// Display name, 1–200 characters.
+    /// Display name, 1–200 characters; no control characters (tab, line breaks, escapes).
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// Move the account to this priority (1 = first); the others shift. Existing licenses
@@ -264,12 +264,7 @@ pub struct DeleteQuery {
 const MAX_STOKEN_LEN: usize = 16 * 1024;
 
 fn check_name(errors: &mut Vec<FieldError>, name: &str) {
-    if name.trim().is_empty() || name.chars().count() > 200 {
-        errors.push(FieldError {
-            field: "name".into(),
-            message: "must be 1 to 200 characters and not blank".into(),
-        });
-    }
+    super::text::check_name(errors, "name", name);
 }
 
 fn check_stoken(errors: &mut Vec<FieldError>, stoken: &str) {
@@ -422,14 +417,19 @@ pub async fn list_accounts(
     let space = path.into_inner();
     caller.authorize(&space, Scope::LicensesRead)?;
     let limit = query.limit()?;
-    let after: Option<i32> = query.after()?;
+    let after: Option<i32> = query.after(&format!("accounts:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     let mut rows = Vec::new();
     for row in store::page(&mut conn, &space, after, limit).await? {
         rows.push(checks::refresh(&mut conn, row).await?);
     }
-    let next = next_cursor(rows.len(), limit, rows.last().map(|r| r.priority));
+    let next = next_cursor(
+        &format!("accounts:{space}"),
+        rows.len(),
+        limit,
+        rows.last().map(|r| r.priority),
+    );
     Ok(web::Json(AccountList {
         items: views(&mut conn, rows, &state).await?,
         next_cursor: next,

@@ -798,7 +798,7 @@ pub async fn list_assignments(
         cursor: q.cursor.clone(),
     };
     let limit = page.limit()?;
-    let after: Option<Uuid> = page.after()?;
+    let after: Option<Uuid> = page.after(&format!("assignments:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     let subject = match (q.subject_kind, &q.subject_id) {
@@ -835,7 +835,12 @@ pub async fn list_assignments(
         limit.min(MAX_LIMIT as i64),
     )
     .await?;
-    let next = next_cursor(rows.len(), limit, rows.last().map(|r| r.id));
+    let next = next_cursor(
+        &format!("assignments:{space}"),
+        rows.len(),
+        limit,
+        rows.last().map(|r| r.id),
+    );
     Ok(web::Json(AssignmentPage {
         items: views(&mut conn, rows).await?,
         next_cursor: next,

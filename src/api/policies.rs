@@ -278,11 +278,12 @@ pub async fn list_policies(
     let space = path.into_inner();
     caller.authorize(&space, Scope::LicensesRead)?;
     let limit = query.limit()?;
-    let after: Option<(String, String)> = query.after()?;
+    let after: Option<(String, String)> = query.after(&format!("policies:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     let rows = store::page(&mut conn, &space, after, limit).await?;
     let next = next_cursor(
+        &format!("policies:{space}"),
         rows.len(),
         limit,
         rows.last()

@@ -12,6 +12,7 @@ use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::text;
 use crate::auth::{Caller, Scope, SpaceGrant};
 use crate::http::AppState;
 use crate::http::etag::{IfMatch, etag_header};
@@ -64,10 +65,10 @@ pub struct CreateSpace {
     /// Slug: lowercase letters, digits and dashes, 1–63 characters, no leading/trailing dash.
     #[schema(example = "acme-eu")]
     pub id: String,
-    /// Display name, 1–200 characters.
+    /// Display name, 1–200 characters; no control characters (tab, line breaks, escapes).
     #[schema(example = "ACME Europe", min_length = 1, max_length = 200)]
     pub name: String,
-    /// Free text, at most 2000 characters.
+    /// Free text, at most 2000 characters; no control characters but tab (one line).
     #[serde(default)]
     #[schema(max_length = 2000)]
     pub description: String,
@@ -77,10 +78,10 @@ pub struct CreateSpace {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpace {
-    /// Display name, 1–200 characters.
+    /// Display name, 1–200 characters; no control characters (tab, line breaks, escapes).
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
-    /// Free text, at most 2000 characters.
+    /// Free text, at most 2000 characters; no control characters but tab (one line).
     #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
@@ -123,22 +124,11 @@ pub fn check_space_path(id: &str) -> Result<(), ApiError> {
 }
 
 fn check_name(errors: &mut Vec<FieldError>, name: &str) {
-    let len = name.trim().chars().count();
-    if len == 0 || name.chars().count() > 200 {
-        errors.push(FieldError {
-            field: "name".into(),
-            message: "must be 1 to 200 characters and not blank".into(),
-        });
-    }
+    text::check_name(errors, "name", name);
 }
 
 fn check_description(errors: &mut Vec<FieldError>, description: &str) {
-    if description.chars().count() > 2000 {
-        errors.push(FieldError {
-            field: "description".into(),
-            message: "must be at most 2000 characters".into(),
-        });
-    }
+    text::check_description(errors, "description", description, 2000);
 }
 
 fn with_etag(mut builder: actix_web::HttpResponseBuilder, space: Space) -> HttpResponse {
@@ -165,14 +155,19 @@ pub async fn list_spaces(
 ) -> Result<web::Json<SpacePage>, ApiError> {
     caller.require(Scope::LicensesRead)?;
     let limit = query.limit()?;
-    let after: Option<String> = query.after()?;
+    let after: Option<String> = query.after("spaces")?;
     let only: Option<Vec<String>> = match &caller.spaces {
         SpaceGrant::All => None,
         SpaceGrant::Only(set) => Some(set.iter().cloned().collect()),
     };
     let mut conn = state.pool.get().await?;
     let rows = store::list(&mut conn, only.as_deref(), after.as_deref(), limit).await?;
-    let next = next_cursor(rows.len(), limit, rows.last().map(|r| r.id.clone()));
+    let next = next_cursor(
+        "spaces",
+        rows.len(),
+        limit,
+        rows.last().map(|r| r.id.clone()),
+    );
     Ok(web::Json(SpacePage {
         items: rows.into_iter().map(Space::from).collect(),
         next_cursor: next,

@@ -78,10 +78,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    apple_notifications (notification_id) {
+    apple_notifications (account_id, notification_id) {
         notification_id -> Text,
-        account_id -> Nullable<Uuid>,
+        account_id -> Uuid,
         received_at -> Timestamptz,
+        rejection -> Nullable<Jsonb>,
     }
 }
 

@@ -10,7 +10,8 @@
 //! 4. turns any error response that is not already `application/problem+json` into one;
 //! 5. refuses a URL with a percent-encoded NUL (400 `invalid-parameter`; PostgreSQL stores no
 //!    NUL in text, so no handler has to guard against it);
-//! 6. records `http_requests_total` / `http_request_duration_seconds` by route pattern and logs
+//! 6. adds the [`security_headers`] (`nosniff`, `no-store`, the docs' CSP) to every answer;
+//! 7. records `http_requests_total` / `http_request_duration_seconds` by route pattern and logs
 //!    one access line: method, route, status, latency. Headers are never logged, so
 //!    `Authorization` never reaches the logs.
 
@@ -26,6 +27,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::problem::{self, ApiError};
+use super::security_headers;
 use crate::telemetry::metrics;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -142,6 +144,7 @@ pub async fn middleware(
             if let Some(v) = request_id_value {
                 res.headers_mut().insert(request_id_name, v);
             }
+            security_headers::apply(&path, res.headers_mut());
             let status = res.status().as_u16();
             let route = res
                 .request()
@@ -153,6 +156,7 @@ pub async fn middleware(
             if let Some(v) = request_id_value {
                 resp.headers_mut().insert(request_id_name, v);
             }
+            security_headers::apply(&path, resp.headers_mut());
             let status = resp.status().as_u16();
             let err = actix_web::error::InternalError::from_response("request failed", resp);
             (Err(Error::from(err)), status, "unmatched".to_owned())

@@ -3,6 +3,9 @@
 //! * body not JSON by content type → 415 `unsupported-media-type`
 //! * body larger than the limit → 413 `payload-too-large`
 //! * syntactically broken JSON → 400 `malformed-json`
+//! * valid JSON that is not an object at the top (`[]`, `"x"`, `1`, `null`) → 422 `invalid-body`
+//!   (every request body is an object; serde would otherwise fill a struct from an array by
+//!   position, and `deny_unknown_fields` does not stop that)
 //! * wrong types, missing or unknown fields → 422 `invalid-body` (request types use
 //!   `deny_unknown_fields`)
 //! * a path segment or query parameter of the wrong shape → 400 `invalid-parameter`
@@ -86,8 +89,10 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Parses JSON; errors say which field is wrong. A string holding a NUL character (`\u0000`)
-/// is refused: PostgreSQL cannot store it, and it is never a meaningful name or id.
+/// is refused: PostgreSQL cannot store it, and it is never a meaningful name or id. A body that
+/// is not a JSON object is refused before serde sees it (see the module documentation).
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    check_top_level_object(body)?;
     if has_nul_escape(body) {
         let message = "strings must not contain NUL characters (\\u0000)".to_owned();
         return Err(
@@ -104,6 +109,32 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|e| deserialize_error(&e, "."))?;
     Ok(value)
+}
+
+/// 422 unless the body's first value is an object. Whitespace-only or broken text falls through
+/// to the parser, which reports it as `malformed-json`.
+fn check_top_level_object(body: &[u8]) -> Result<(), ApiError> {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    match first {
+        None | Some(b'{') => Ok(()),
+        Some(_) => {
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                // Not JSON at all: a syntax error, named as such.
+                return Err(deserialize_error(&e, "."));
+            }
+            let message = "the body must be a JSON object".to_owned();
+            Err(
+                ApiError::new(&types::INVALID_BODY, message.clone()).with_errors(vec![
+                    FieldError {
+                        field: "body".into(),
+                        message,
+                    },
+                ]),
+            )
+        }
+    }
 }
 
 /// Whether the JSON text has a `\u0000` escape (a `\` that is not itself escaped, then `u0000`).
@@ -252,6 +283,31 @@ mod tests {
         );
         assert!(!has_nul_escape(br#"{"a":"\u0001 u0000"}"#));
         assert_eq!(field(r#"{"name":"a\u0000"}"#).2, "invalid-body");
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_invalid() {
+        for body in [
+            r#"[]"#,
+            r#"["a", null]"#,
+            r#" "a""#,
+            "1",
+            "null",
+            "true",
+            "\n[{\"n\":1}]",
+        ] {
+            assert_eq!(
+                field(body),
+                ("body".into(), 422, "invalid-body".into()),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            field("[1,").2,
+            "malformed-json",
+            "broken text stays malformed"
+        );
+        assert_eq!(field("  ").2, "malformed-json");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pagination;
 pub mod problem;
+pub mod security_headers;
 pub mod server;
 
 pub use crate::state::AppState;

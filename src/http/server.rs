@@ -61,7 +61,12 @@ pub fn start(
             .app_data(extract::query_config())
             .service(ops::openapi_json)
             .service(ops::docs_redirect)
-            .service(SwaggerUi::new("/docs/{_:.*}").config(Config::from("/openapi.json")))
+            .service(
+                // No validator badge: it is an image from validator.swagger.io, which the
+                // docs' Content-Security-Policy does not allow (see `security_headers`).
+                SwaggerUi::new("/docs/{_:.*}")
+                    .config(Config::from("/openapi.json").validator_url("none")),
+            )
             .default_service(web::to(fallback::not_routed))
             .wrap(from_fn(context::middleware))
     })
