@@ -33,8 +33,10 @@ pub struct TestReport {
     /// Why, and what to do.
     pub reason: String,
     /// The owner in the token's client config, if any.
+    #[schema(required = true)]
     pub owner: Option<Owner>,
     /// Apple's error, when the call failed (never contains the token).
+    #[schema(required = true)]
     pub apple_error: Option<String>,
 }
 

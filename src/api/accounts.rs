@@ -49,6 +49,7 @@ pub struct StatusView {
     pub since: DateTime<Utc>,
     /// Until when Apple asked to wait (while throttled).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub throttled_until: Option<DateTime<Utc>>,
 }
 
@@ -98,7 +99,9 @@ pub struct Account {
     pub token_expires_at: DateTime<Utc>,
     /// Whether Apple's client config names this deployment as owner.
     pub owned_by_this_deployment: bool,
+    #[schema(required = true)]
     pub last_full_sync_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub last_incremental_sync_at: Option<DateTime<Utc>>,
     pub licenses: Licenses,
     pub settings: Settings,
@@ -107,9 +110,11 @@ pub struct Account {
     pub distribution_list: Vec<ListEntry>,
     /// Set while a delete with `revoke_all` waits for Apple to release the licenses.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub deletion_requested_at: Option<DateTime<Utc>>,
     /// Progress of a requested deletion: what Apple still has to release, and what blocks it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub deletion: Option<Deletion>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -126,10 +131,12 @@ pub struct Deletion {
     /// The account status that stops the deletion (the releases are Apple calls, which wait
     /// while Apple refuses the token or another MDM owns it); absent while it progresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub blocked_by: Option<AccountStatus>,
     /// What to do so the deletion completes (e.g. replace the sToken); absent while it
     /// progresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub action: Option<String>,
 }
 
@@ -139,6 +146,7 @@ pub struct AccountList {
     pub items: Vec<Account>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next_cursor: Option<String>,
 }
 
@@ -190,7 +198,7 @@ pub struct CreateAccount {
     #[schema(min_length = 1)]
     pub stoken: String,
     /// Where to insert the account (1 = first); default: after the existing accounts.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, nullable = false)]
     pub priority: Option<i32>,
     #[serde(default)]
     pub settings: NewSettings,
@@ -202,8 +210,11 @@ pub struct CreateAccount {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsChange {
+    #[schema(nullable = false)]
     pub notify_on_removal: Option<bool>,
+    #[schema(nullable = false)]
     pub new_assets_for_everyone: Option<bool>,
+    #[schema(nullable = false)]
     pub when_unusable: Option<WhenUnusable>,
 }
 
@@ -212,14 +223,16 @@ pub struct SettingsChange {
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
     /// Display name, 1–200 characters; no control characters (tab, line breaks, escapes).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     pub name: Option<String>,
     /// Move the account to this priority (1 = first); the others shift. Existing licenses
     /// never move.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, nullable = false)]
     pub priority: Option<i32>,
+    #[schema(nullable = false)]
     pub settings: Option<SettingsChange>,
     /// Replaces the whole distribution list.
+    #[schema(nullable = false)]
     pub distribution_list: Option<Vec<ListEntry>>,
 }
 

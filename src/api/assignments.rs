@@ -60,16 +60,17 @@ pub struct SubjectRef {
     pub id: String,
     /// Devices: the client user id of the device's user (for user-based licenses and rule A7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(min_length = 1, max_length = 256, nullable = false)]
     pub user: Option<String>,
     /// Devices: a Shared iPad always gets a device-based license. Omit to keep what was stored
     /// before (a new device is not a Shared iPad).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub shared_ipad: Option<bool>,
     /// The subject's group memberships, as the MDM knows them (stored; used by policies and
     /// distribution lists). Omit to keep what was stored before. At most 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_items = 100)]
+    #[schema(max_items = 100, nullable = false)]
     pub groups: Option<Vec<String>>,
 }
 
@@ -120,11 +121,14 @@ pub struct Assignment {
     /// Who asked for this license's revocation, why, when and in which request; absent until
     /// a revocation was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub revocation: Option<RevocationRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub apple_event_id: Option<String>,
     /// Apple's error and what the service did about it (failed assignments).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub error: Option<FailureView>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -142,6 +146,7 @@ pub struct RevocationRecord {
     pub requested_at: DateTime<Utc>,
     /// The `x-request-id` of the request that asked; absent for background work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub request_id: Option<String>,
 }
 
@@ -151,25 +156,30 @@ pub struct RevocationRecord {
 pub struct FailureView {
     /// Apple's error number (e.g. 9709: not enough licenses), when Apple gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = 9709)]
+    #[schema(example = 9709, nullable = false)]
     pub number: Option<i64>,
     /// Apple's message, or the service's when Apple's answer had none.
     #[serde(default)]
     pub message: String,
     /// What the service did about it, in words (e.g. the license stays assigned at Apple).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub action: Option<String>,
     /// On 9709: the assignment that replaced this one, from the next eligible account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reallocated_to: Option<Uuid>,
     /// On 9709: the account of the replacement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reallocated_account_id: Option<Uuid>,
     /// On 9709 without a replacement: why no other account could serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reallocation: Option<String>,
     /// User registration refused by Apple: Apple's error per client user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub errors: Option<std::collections::BTreeMap<String, UserRefusal>>,
 }
 
@@ -196,6 +206,7 @@ pub struct AssignmentSubject {
 pub struct Allocation {
     /// The assignment (absent for a dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub assignment: Option<Assignment>,
     /// True when this request created the assignment; false when it existed (A6, A7).
     pub created: bool,
@@ -209,6 +220,7 @@ pub struct Allocation {
     /// re-allocated it from another account: the id of that failed assignment. `assignment`,
     /// `account_id`, `rule` and `decision` then describe the live replacement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub replaces: Option<Uuid>,
 }
 
@@ -218,6 +230,7 @@ pub struct AssignmentPage {
     pub items: Vec<Assignment>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next_cursor: Option<String>,
 }
 
@@ -261,10 +274,13 @@ pub struct ListQuery {
 #[schema(example = json!({"asset": {"adam_id": "361309726"}, "reason": "app retired from the catalog"}))]
 pub struct RevocationBody {
     /// Only this account's (all of an account's: give only this).
+    #[schema(nullable = false)]
     pub account_id: Option<Uuid>,
     /// Only this asset's (omit `pricing_param` for both pricings).
+    #[schema(nullable = false)]
     pub asset: Option<RevokeAsset>,
     /// Only this subject's.
+    #[schema(nullable = false)]
     pub subject: Option<RevokeSubject>,
     /// Why (recorded on each assignment and in the activity log), at most 1000 characters.
     #[serde(default)]
@@ -286,6 +302,7 @@ pub struct RevokeQuery {
 #[serde(deny_unknown_fields)]
 pub struct RevokeAsset {
     pub adam_id: String,
+    #[schema(nullable = false)]
     pub pricing_param: Option<String>,
 }
 

@@ -37,6 +37,7 @@ pub struct Reservation {
     pub id: String,
     /// Reserve from this account (default: the highest-priority account owning the asset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub account_id: Option<Uuid>,
 }
 
@@ -101,6 +102,7 @@ pub struct PolicyList {
     pub items: Vec<Policy>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next_cursor: Option<String>,
 }
 

@@ -55,6 +55,7 @@ pub struct SpacePage {
     pub items: Vec<Space>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next_cursor: Option<String>,
 }
 
@@ -79,10 +80,10 @@ pub struct CreateSpace {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpace {
     /// Display name, 1–200 characters; no control characters (tab, line breaks, escapes).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
     pub name: Option<String>,
     /// Free text, at most 2000 characters; no control characters but tab (one line).
-    #[schema(max_length = 2000)]
+    #[schema(max_length = 2000, nullable = false)]
     pub description: Option<String>,
 }
 

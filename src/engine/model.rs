@@ -127,8 +127,10 @@ pub struct Decision {
     pub skipped: Vec<Skip>,
     /// Set when the chosen account cannot call Apple now and the Apple call is queued (A10).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub queued_because: Option<String>,
     /// For re-allocations: the assignment this one replaces.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub replaces: Option<Uuid>,
 }

@@ -131,6 +131,47 @@ fn every_operation_follows_the_conventions() {
 /// Every string enum in the document lists exactly what the service writes and reads: the
 /// values come from serde (the wire), not from the schema generator. A schema with an `enum` that
 /// is not listed here fails the test, so a new enum cannot drift unnoticed.
+/// Whether a property schema admits `null` (`type: [.., "null"]` or a `null` member of a
+/// `oneOf`/`anyOf`).
+fn admits_null(property: &Value) -> bool {
+    let in_type = match &property["type"] {
+        Value::Array(types) => types.iter().any(|t| t == "null"),
+        t => t == "null",
+    };
+    let in_union = ["oneOf", "anyOf"].iter().any(|k| {
+        property[*k]
+            .as_array()
+            .is_some_and(|members| members.iter().any(|m| m["type"] == "null"))
+    });
+    in_type || in_union
+}
+
+/// One convention for "no value", so generated clients get one type for it: a property that may
+/// be missing is never `null` (the code skips `None` when it writes), and a property that may be
+/// `null` is always present. Before this, `next_cursor` and friends were optional *and* nullable,
+/// so a generated client had to test for both (`str | None | Unset`).
+#[test]
+fn a_property_is_either_optional_or_nullable_never_both() {
+    let doc = vpp_broker::http::openapi::document_value();
+    let mut both = Vec::new();
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for (property, definition) in schema["properties"].as_object().into_iter().flatten() {
+            if admits_null(definition) && !required.contains(&property.as_str()) {
+                both.push(format!("{name}.{property}"));
+            }
+        }
+    }
+    assert!(
+        both.is_empty(),
+        "optional and nullable (add `#[schema(nullable = false)]` with \
+         `skip_serializing_if`, or `#[schema(required = true)]`): {both:?}"
+    );
+}
+
 #[test]
 fn documented_enums_are_spelled_as_on_the_wire() {
     use vpp_broker::accounts::status::AccountStatus;
