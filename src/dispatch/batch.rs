@@ -251,7 +251,16 @@ pub async fn submit(
 
     if chunk.associate && chunk.license_type == LicenseType::User {
         match super::users::ensure_registered(&ctx.state, account.id, token, &targets).await {
-            Ok(refused) if !refused.is_empty() => {
+            Ok(super::users::Registration::NotOwned) => {
+                // Another MDM holds the location (T3): the chunk waits, like behind any
+                // account-wide refusal, until ownership is reclaimed.
+                let until = Utc::now() + chrono::Duration::minutes(5);
+                requeue(ctx, chunk, batch, until, "another MDM holds the location").await?;
+                let mut conn = ctx.state.pool.get().await?;
+                jobs::postpone_account(&mut conn, account.id, until).await?;
+                return Ok(Sent::AccountBlocked);
+            }
+            Ok(super::users::Registration::Done(refused)) if !refused.is_empty() => {
                 fail_targets(ctx, account, chunk, batch, &refused).await?;
                 targets.retain(|t| !refused.contains_key(t));
                 if targets.is_empty() {
@@ -260,7 +269,7 @@ pub async fn submit(
                     return Ok(Sent::Refused);
                 }
             }
-            Ok(_) => {}
+            Ok(super::users::Registration::Done(_)) => {}
             Err(DispatchError::Apple(err)) => {
                 return handle_error(ctx, account, chunk, batch, err, attempts).await;
             }

@@ -1,6 +1,7 @@
 //! User-based licenses need the user registered with Apple at that account (`users/create`).
 //! Registration is done on demand, just before the first association of a user, and remembered
-//! in `apple_users`.
+//! in `apple_users`. Its answers carry `mdmInfo` like every Apple answer: another MDM named
+//! there stops the registration (and the association behind it) at once (rule T3).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::DispatchError;
+use crate::accounts::ownership;
 use crate::apple::stoken::SToken;
 use crate::apple::types::RequestUser;
 use crate::db::schema::apple_users;
@@ -18,14 +20,23 @@ use crate::state::AppState;
 /// Apple's error number for "a registered user already exists with this clientUserId".
 const ALREADY_REGISTERED: i32 = 9716;
 
-/// Registers the users of `users` not yet registered at `account`. Returns the users Apple
-/// refused, with its error (number, message).
+/// What registering users came to.
+#[derive(Debug)]
+pub enum Registration {
+    /// Every user is registered but these, which Apple refused (number, message).
+    Done(HashMap<String, (i32, String)>),
+    /// An answer named another MDM as the location's owner: the account is now `not_owned`
+    /// (recorded by [`ownership::notice`]); nothing more is sent for it.
+    NotOwned,
+}
+
+/// Registers the users of `users` not yet registered at `account`.
 pub async fn ensure_registered(
     state: &AppState,
     account: Uuid,
     token: &SToken,
     users: &[String],
-) -> Result<HashMap<String, (i32, String)>, DispatchError> {
+) -> Result<Registration, DispatchError> {
     let mut refused = HashMap::new();
     let known: Vec<String> = {
         let mut conn = state.pool.get().await?;
@@ -39,13 +50,16 @@ pub async fn ensure_registered(
     };
     let missing: Vec<&String> = users.iter().filter(|u| !known.contains(u)).collect();
     if missing.is_empty() {
-        return Ok(refused);
+        return Ok(Registration::Done(refused));
     }
     let max = state.apple.service_config().await?.max_users().max(1);
     for chunk in missing.chunks(max) {
         let request: Vec<RequestUser> =
             chunk.iter().map(|u| RequestUser::new(u.as_str())).collect();
         let event = state.apple.create_users(token, &request).await?;
+        if !ownership::notice(state, account, &event.meta, "POST /users/create").await? {
+            return Ok(Registration::NotOwned);
+        }
         // User creation is quick; wait for it here rather than split the association in two.
         let mut status = state.apple.event_status(token, &event.event_id).await?;
         let mut waited = Duration::ZERO;
@@ -100,6 +114,9 @@ pub async fn ensure_registered(
                 .await?;
         }
         refused.extend(failed_here);
+        if !ownership::notice(state, account, &status.meta, "GET /status (users/create)").await? {
+            return Ok(Registration::NotOwned);
+        }
     }
-    Ok(refused)
+    Ok(Registration::Done(refused))
 }

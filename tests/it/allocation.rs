@@ -1308,6 +1308,78 @@ async fn t3_another_mdm_taking_the_location_is_noticed_on_any_apple_answer() {
     assert_eq!(final_state(&w.app, id).await["state"], "active");
 }
 
+/// The user registration that precedes a user license's association is an Apple answer too:
+/// when it names another MDM, the account becomes `not_owned` there and then (T3), the
+/// association behind it is not sent, and the activity log says which answer showed it.
+#[tokio::test]
+async fn t3_another_mdm_is_noticed_in_the_user_registration_answer() {
+    use vpp_broker::apple::types::MdmInfo;
+    use vpp_broker::db::schema::activity_log;
+    let w = world(5, 5).await;
+    let first = allocated(&w.app, device("X1")).await;
+    final_state(&w.app, first["assignment"]["id"].as_str().unwrap()).await;
+    w.sim
+        .overwrite_mdm_info(
+            U1,
+            &MdmInfo {
+                id: "other-mdm".into(),
+                name: "Other MDM".into(),
+                metadata: "1.0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let associations_before = w
+        .sim
+        .counters()
+        .await
+        .unwrap()
+        .get("POST /assets/associate")
+        .copied();
+    let user = allocated(
+        &w.app,
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "new-user"}}),
+    )
+    .await;
+    assert_eq!(user["account_id"], w.a, "{user}");
+    let path = format!("/v1/spaces/acme/accounts/{}", w.a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = get(&w.app, &path).await;
+        if v["status"]["state"] == "not_owned" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not noticed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = w.app.db.connect().await;
+    let a: uuid::Uuid = w.a.parse().unwrap();
+    let lost: Vec<Value> = activity_log::table
+        .filter(activity_log::account_id.eq(a))
+        .filter(activity_log::action.eq("account.ownership_lost"))
+        .select(activity_log::details)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["noticed_in"], "POST /users/create", "{lost:?}");
+    // The user's association waits for the location to be reclaimed: never sent meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        w.sim
+            .counters()
+            .await
+            .unwrap()
+            .get("POST /assets/associate")
+            .copied(),
+        associations_before,
+        "no association sent for a location another MDM holds"
+    );
+    let id = user["assignment"]["id"].as_str().unwrap();
+    let waiting = get(&w.app, &format!("/v1/spaces/acme/assignments/{id}")).await;
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+}
+
 /// A 9709 reported twice at once (a status poll and Apple's notification race) re-allocates
 /// the subject once and gives the failed account's license back once (rule A9): the second
 /// report finds the assignment no longer waiting for Apple.
