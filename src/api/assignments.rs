@@ -919,8 +919,8 @@ pub async fn get_assignment(
         RevokeQuery,
     ),
     responses(
-        (status = 202, description = "Revocation started (or already under way); the assignment as it is now", body = Assignment),
-        (status = 200, description = "The assignment was already finished (`failed` or `revoked`): nothing to do; the assignment as it is", body = Assignment),
+        (status = 202, description = "Revocation started (or already under way): Apple is asked to release the license; the assignment, `revoking`", body = Assignment),
+        (status = 200, description = "The assignment is finished: it was already `failed` or `revoked`, or it was still `pending` and is dropped in the ledger (`revoked`) without a call to Apple; the assignment as it is", body = Assignment),
         (status = 404, description = "No such assignment in the space"),
         (status = 409, description = "The asset is not revocable (`not-revocable`); nothing changed"),
     )
@@ -945,33 +945,34 @@ pub async fn revoke_assignment(
     let mut conn = state.pool.get().await?;
     // The row lock (first in the ledger's lock order) makes the state read here the state the
     // revocation acts on: a finished assignment answers 200, a live one is revoked.
-    let started = conn
-        .transaction(async |conn| {
-            let row = store::find_locked(conn, &space, id)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
-            if !row.state.is_live() {
-                return Ok::<_, ApiError>(false);
-            }
-            let scope = revoke::Scope {
-                assignment: Some(id),
-                ..Default::default()
-            };
-            if revoke::not_revocable(conn, &space, &scope).await? > 0 {
-                return Err(not_revocable(format!(
-                    "assignment {id} holds a license of asset {}/{}",
-                    row.adam_id, row.pricing_param
-                )));
-            }
-            revoke::revoke(conn, &space, &scope, &origin, &reason).await?;
-            Ok(true)
-        })
-        .await?;
+    conn.transaction(async |conn| {
+        let row = store::find_locked(conn, &space, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
+        if !row.state.is_live() {
+            return Ok::<_, ApiError>(());
+        }
+        let scope = revoke::Scope {
+            assignment: Some(id),
+            ..Default::default()
+        };
+        if revoke::not_revocable(conn, &space, &scope).await? > 0 {
+            return Err(not_revocable(format!(
+                "assignment {id} holds a license of asset {}/{}",
+                row.adam_id, row.pricing_param
+            )));
+        }
+        revoke::revoke(conn, &space, &scope, &origin, &reason).await?;
+        Ok(())
+    })
+    .await?;
     let row = store::find(&mut conn, &space, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
     let view = one_view(&mut conn, row).await?;
-    Ok(if started || view.state == AssignmentState::Revoking {
+    // 202 only while Apple still has to release the license; a pending one dropped in the
+    // ledger, or one already finished, is final: 200.
+    Ok(if view.state == AssignmentState::Revoking {
         HttpResponse::Accepted().json(view)
     } else {
         HttpResponse::Ok().json(view)

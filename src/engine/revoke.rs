@@ -81,8 +81,9 @@ pub async fn not_revocable(
         .count() as i64)
 }
 
-/// The live assignments of `space` matching `scope`, with whether their asset is revocable;
-/// with `lock`, locked in id order.
+/// The live assignments of `space` matching `scope`, with whether they can be revoked (their
+/// asset is revocable, or they are still `pending`: a license that never reached Apple is
+/// dropped in the ledger alone, whatever the asset); with `lock`, locked in id order.
 async fn matching(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -90,7 +91,7 @@ async fn matching(
     lock: bool,
 ) -> diesel::QueryResult<Vec<Target>> {
     diesel::sql_query(format!(
-        "SELECT a.id, s.revocable FROM assignments a
+        "SELECT a.id, (s.revocable OR a.state = 'pending') AS revocable FROM assignments a
            JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
                         AND s.pricing_param = a.pricing_param
           WHERE a.space_id = $1 AND a.state IN ('pending', 'associating', 'active')

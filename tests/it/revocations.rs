@@ -373,3 +373,55 @@ async fn activity_rows_of_handlers_carry_the_callers_request_id() {
         )
     );
 }
+
+/// A license still `pending` (in the ledger, never sent to Apple) is dropped by DELETE in the
+/// ledger alone: the answer is final (200, `revoked`), not 202, and that holds for a book too,
+/// since nothing reached Apple that it would refuse to take back.
+#[tokio::test]
+async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
+    let sim = sim::start(vec![location(
+        U1,
+        "Library",
+        vec![app(APP, 5), book(BOOK, 5)],
+    )])
+    .await;
+    // No dispatcher: every allocation stays `pending`.
+    let app = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        ..Default::default()
+    })
+    .await;
+    app.space("acme").await;
+    let account = app.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (body, request_id) in [
+        (user_book("reader-9"), "req-pending-book"),
+        (
+            json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "P1"}}),
+            "req-pending-app",
+        ),
+    ] {
+        let id = allocate(&app, body, request_id).await;
+        let before = app
+            .get_json(&format!("/v1/spaces/acme/assignments/{id}"))
+            .await;
+        assert_eq!(before["state"], "pending", "{before}");
+        let resp = app
+            .req(
+                Method::DELETE,
+                &format!("/v1/spaces/acme/assignments/{id}?reason=changed+my+mind"),
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let after: Value = resp.json().await.unwrap();
+        assert_eq!(status, 200, "{after}");
+        assert_eq!(after["state"], "revoked", "{after}");
+        assert_eq!(after["revocation"]["reason"], "changed my mind", "{after}");
+    }
+    // The book's license is free again in the ledger, and nothing waits to go to Apple.
+    assert_eq!(ledger_of_book(&app, &account).await, (0, 0, 0));
+}
