@@ -356,3 +356,11 @@ async fn process(
 fn strip_position(message: &str) -> &str {
     message.find(" at line ").map_or(message, |i| &message[..i])
 }
+
+/// Apple's notification is not one of this API's documented request bodies (its shape is
+/// Apple's, decoded leniently): only its top level is checked to be an object.
+impl crate::http::body_shape::BodyShape for NotificationEnvelope {
+    fn schema_name() -> Option<std::borrow::Cow<'static, str>> {
+        None
+    }
+}

@@ -3,9 +3,10 @@
 //! * body not JSON by content type → 415 `unsupported-media-type`
 //! * body larger than the limit → 413 `payload-too-large`
 //! * syntactically broken JSON → 400 `malformed-json`
-//! * valid JSON that is not an object at the top (`[]`, `"x"`, `1`, `null`) → 422 `invalid-body`
-//!   (every request body is an object; serde would otherwise fill a struct from an array by
-//!   position, and `deny_unknown_fields` does not stop that)
+//! * valid JSON that is not an object at the top (`[]`, `"x"`, `1`, `null`), or an array where
+//!   the body's schema expects an object at any depth → 422 `invalid-body` (serde would
+//!   otherwise fill a struct from an array by position, and `deny_unknown_fields` does not stop
+//!   that; see [`super::body_shape`])
 //! * wrong types, missing or unknown fields → 422 `invalid-body` (request types use
 //!   `deny_unknown_fields`)
 //! * a path segment or query parameter of the wrong shape → 400 `invalid-parameter`
@@ -19,6 +20,7 @@ use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
+use super::body_shape::{self, BodyShape};
 use super::problem::{ApiError, FieldError, types};
 
 /// Largest accepted body, in bytes (app data set by the server from `VPP_BODY_LIMIT_BYTES`).
@@ -30,7 +32,7 @@ pub struct BodyLimit(pub usize);
 #[derive(Debug)]
 pub struct Json<T>(pub T);
 
-impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+impl<T: DeserializeOwned + BodyShape + 'static> FromRequest for Json<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
@@ -76,7 +78,17 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                 }
                 body.extend_from_slice(&chunk);
             }
-            parse(&body).map(Json)
+            let value = parse::<T>(&body)?;
+            if let Some(schema) = T::schema_name()
+                && let Some(field) = body_shape::misplaced_array(&body, &schema)
+            {
+                let message = "must be a JSON object, not an array".to_owned();
+                return Err(
+                    ApiError::new(&types::INVALID_BODY, format!("{field}: {message}"))
+                        .with_errors(vec![FieldError { field, message }]),
+                );
+            }
+            Ok(Json(value))
         })
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP transport: server assembly, middleware, problem+json errors, extractors, pagination,
 //! ETags, the OpenAPI document and the operational routes. Resources live in [`crate::api`].
 
+pub mod body_shape;
 pub mod context;
 pub mod etag;
 pub mod extract;

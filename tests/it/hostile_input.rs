@@ -140,6 +140,77 @@ async fn bodies_that_are_not_objects_are_refused_by_every_operation_and_change_n
     assert_eq!(policy["disallowed"][0]["id"], "LOST", "{policy}");
 }
 
+/// The same trick one level down: an array where the contract says object, inside an object.
+/// `{"subject": ["device", "S9"]}` used to be read as the device S9 (and took a license);
+/// `{"disallowed": [["device", "X"]]}` as a policy entry. Each is 422 naming the field.
+#[tokio::test]
+async fn arrays_in_place_of_nested_objects_are_refused_and_change_nothing() {
+    let (_sim, app, account) = quiet_world().await;
+    let before = ledger_dump(&app).await;
+    let policy = format!("/v1/spaces/acme/policies/{APP}/STDQ");
+    let cases: Vec<(Method, String, Value, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/spaces/acme/assignments".into(),
+            json!({"asset": {"adam_id": APP}, "subject": ["device", "S9"]}),
+            "subject",
+        ),
+        (
+            Method::POST,
+            "/v1/spaces/acme/assignments".into(),
+            json!({"asset": [APP], "subject": {"kind": "device", "id": "S9"}}),
+            "asset",
+        ),
+        (
+            Method::PUT,
+            policy.clone(),
+            json!({"disallowed": [["device", "X"]]}),
+            "disallowed[0]",
+        ),
+        (
+            Method::PUT,
+            policy.clone(),
+            json!({"reserved": [{"kind": "device", "id": "R1"}, ["device", "R2"]]}),
+            "reserved[1]",
+        ),
+        (
+            Method::POST,
+            "/v1/spaces/acme/revocations".into(),
+            json!({"asset": [APP]}),
+            "asset",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/spaces/acme/accounts/{account}"),
+            json!({"distribution_list": [["group", "sales"]]}),
+            "distribution_list[0]",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let resp = app
+            .req(method.clone(), &path)
+            .header("if-match", "\"1\"")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(resp, 422, "invalid-body").await;
+        assert_eq!(
+            problem["errors"][0]["field"], field,
+            "{method} {path} with {body}: {problem}"
+        );
+    }
+    assert_eq!(before, ledger_dump(&app).await, "the ledger is unchanged");
+    // The documented shapes still pass (arrays where arrays belong).
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/assignments")
+        .json(&json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S9", "groups": ["a", "b"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+}
+
 fn b64(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
