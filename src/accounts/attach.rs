@@ -11,15 +11,17 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::identity::Identity;
-use super::status::{self, AccountStatus, Observation, StatusState};
-use super::{AccountError, ListEntry, WhenUnusable};
+use super::{AccountError, ListEntry};
 use crate::apple::client::AssetQuery;
 use crate::apple::stoken::{ParsedSToken, SToken, parse_stoken};
 use crate::apple::types::ClientConfig;
+use crate::domain::account_status::{
+    self as status, AccountStatus, Observation, StatusState, WhenUnusable,
+};
+use crate::domain::origin::Origin;
 use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry, NewAccount};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assets::{self, AppleAsset};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 use diesel_async::AsyncConnection;
 

@@ -7,11 +7,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::status::{self, AccountStatus, Observation};
 use super::{AccountError, observe_error};
+use crate::domain::account_status::{self as status, AccountStatus, Observation};
+use crate::domain::origin::Origin;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// The owner Apple reports for a location.

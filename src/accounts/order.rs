@@ -6,10 +6,10 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::AccountError;
+use crate::domain::origin::Origin;
 use crate::http::problem::FieldError;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Sets the full order: `ordered` must name every account of the space exactly once.

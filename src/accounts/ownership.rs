@@ -12,11 +12,11 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::AccountError;
-use super::status::{self, AccountStatus, Observation};
 use crate::apple::types::ResponseMeta;
+use crate::domain::account_status::{self as status, AccountStatus, Observation};
+use crate::domain::origin::Origin;
 use crate::ledger::accounts as store;
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Checks the owner an Apple answer for `account` reports. True while the owner is this

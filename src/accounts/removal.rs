@@ -22,12 +22,12 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::AccountError;
-use super::status::AccountStatus;
 use crate::db::schema::{accounts, policy_entries};
+use crate::domain::account_status::AccountStatus;
+use crate::domain::origin::Origin;
 use crate::ledger::accounts as store;
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assignments;
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Outcome of a delete request.

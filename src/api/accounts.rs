@@ -14,11 +14,12 @@ use uuid::Uuid;
 
 use crate::accounts::checks::{self, TestReport};
 use crate::accounts::removal::{self, Deleted};
-use crate::accounts::status::AccountStatus;
-use crate::accounts::{AccountError, ListEntry, ListKind, WhenUnusable, attach, check_list, order};
+use crate::accounts::{AccountError, ListEntry, ListKind, attach, check_list, order};
 use crate::api::spaces::require_space;
 use crate::auth::{Caller, Scope};
 use crate::db::Conn;
+use crate::domain::account_status::AccountStatus;
+use crate::domain::account_status::WhenUnusable;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};

@@ -29,10 +29,10 @@ use crate::apple::types::{
     NotificationEnvelope, NotificationPayload, NotificationResult, NotificationType,
 };
 use crate::dispatch::events::{self, Results};
+use crate::domain::origin::Origin;
 use crate::http::problem::{ApiError, FieldError, Problem, ProblemType, types};
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Longest notification id kept (Apple's are UUID-sized).

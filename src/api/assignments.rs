@@ -18,19 +18,20 @@ use uuid::Uuid;
 
 use crate::api::spaces::require_space;
 use crate::auth::{Caller, Scope};
-use crate::engine::allocate::{
-    self, AllocationError, AllocationRequest, AssetRef, Outcome, SubjectInput,
-};
-use crate::engine::model::{
+use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+use crate::domain::model::{
     AssignmentState, Decision, LicenseType, LicenseWish, Rule, SubjectKind,
 };
+use crate::domain::records::AssignmentRow;
+use crate::domain::records::SubjectRow;
+use crate::engine::allocate::{self, AllocationError, Outcome};
 use crate::engine::revoke::{self, Revoked};
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
 use crate::http::problem::{ApiError, FieldError, types};
-use crate::ledger::assignments::{self as store, AssignmentRow, ListFilter};
-use crate::ledger::subjects::{self, SubjectRow};
+use crate::ledger::assignments::{self as store, ListFilter};
+use crate::ledger::subjects;
 use crate::state::AppState;
 
 /// An asset: Apple product id and pricing.

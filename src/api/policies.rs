@@ -18,13 +18,14 @@ use uuid::Uuid;
 
 use crate::api::spaces::require_space;
 use crate::auth::{Caller, Scope};
-use crate::engine::model::SubjectKind;
+use crate::domain::model::SubjectKind;
+use crate::domain::records::EntryRow;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, FieldError, types};
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::policies::{self as store, EntryRow, PolicyRow};
+use crate::ledger::policies::{self as store, PolicyRow};
 use crate::state::AppState;
 
 /// A reserved subject.

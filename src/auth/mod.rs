@@ -85,8 +85,8 @@ impl Caller {
 
     /// The origin of the current request's changes: this caller and the request id (read here,
     /// in the transport, from the request's context; use cases receive it as a value).
-    pub fn origin(&self) -> crate::ledger::origin::Origin {
-        crate::ledger::origin::Origin::new(self.subject.clone(), crate::http::context::request_id())
+    pub fn origin(&self) -> crate::domain::origin::Origin {
+        crate::domain::origin::Origin::new(self.subject.clone(), crate::http::context::request_id())
     }
 
     /// 400 unless `space` (from a path) is a well-formed space id, 404 unless the caller's grant

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::accounts::{WhenUnusable, attach};
+use crate::accounts::attach;
 use crate::apple::types::ProductType;
 use crate::apple_sim::{
     SeedAsset, SeedFile, SeedLocation, SimConfig, SimHandle, SimSettings, Simulator,
@@ -32,6 +32,7 @@ use crate::auth::jwt::Authenticator;
 use crate::config::{AuthArgs, DbArgs, HttpArgs};
 use crate::crypto::TokenCipher;
 use crate::db::{self, migrate};
+use crate::domain::account_status::WhenUnusable;
 use crate::http::AppState;
 use crate::http::server::{self, Parts};
 use crate::ledger::accounts as accounts_store;
@@ -370,6 +371,6 @@ fn dev_token_key() -> Result<String, String> {
 }
 
 /// Who `dev`'s own changes are recorded as.
-fn vpp_origin() -> crate::ledger::origin::Origin {
-    crate::ledger::origin::Origin::new("vpp-broker dev", None)
+fn vpp_origin() -> crate::domain::origin::Origin {
+    crate::domain::origin::Origin::new("vpp-broker dev", None)
 }

@@ -17,14 +17,14 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{Ctx, DispatchError, retry};
-use crate::accounts::status;
 use crate::accounts::{AccountError, observe_error};
 use crate::apple::codes;
 use crate::apple::error::{AppleError, ErrorClass, ErrorOrigin};
 use crate::apple::stoken::SToken;
 use crate::apple::types::{AssetKey, ManageAssetsRequest, PricingParam};
 use crate::db::schema::apple_events;
-use crate::engine::model::LicenseType;
+use crate::domain::account_status as status;
+use crate::domain::model::LicenseType;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::assignments;
 use crate::ledger::jobs::{self, JobRow};

@@ -25,10 +25,11 @@ use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::apple::stoken::SToken;
 use crate::apple::types::{ErrorResponse, PricingParam};
 use crate::db::schema::apple_events;
-use crate::engine::allocate::{self, AllocationRequest, AssetRef, SubjectInput};
-use crate::engine::model::{LicenseType, LicenseWish, SubjectKind};
+use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+use crate::domain::model::{LicenseType, LicenseWish, SubjectKind};
+use crate::domain::origin::Origin;
+use crate::engine::allocate;
 use crate::ledger::activity::{self, Activity};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 
 /// Results of some or all targets of an event.
@@ -422,7 +423,7 @@ async fn reallocate(
         let Some(old) = crate::ledger::assignments::by_id(&mut conn, r.id).await? else {
             continue;
         };
-        if old.state != crate::engine::model::AssignmentState::Associating {
+        if old.state != crate::domain::model::AssignmentState::Associating {
             continue;
         }
         let Some(subject) = crate::ledger::subjects::by_ids(&mut conn, &[old.subject_id])

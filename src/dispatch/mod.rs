@@ -40,12 +40,12 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::accounts::status;
 use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
+use crate::domain::account_status as status;
+use crate::domain::origin::Origin;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::jobs::{self, JobRow};
-use crate::ledger::origin::Origin;
 use crate::state::AppState;
 use batch::Sent;
 

@@ -1,6 +1,6 @@
 //! Allocation (rules A1–A10): decided from the ledger, in batches, never calling Apple.
 //!
-//! A request is decided in this order (see [`super::decide`]):
+//! A request is decided in this order (see [`crate::domain::decide`]):
 //! 1. the license holder is resolved (device or user license, A7 and Shared iPads);
 //! 2. an existing live assignment of the holder is returned (A6), as is the device's user's
 //!    user-based license (A7);
@@ -15,9 +15,9 @@
 //!
 //! Concurrent requests of one process are decided together ([`super::combiner`]): one
 //! transaction loads what the batch needs in a fixed number of queries, locking the asset rows
-//! involved ([`super::load`]), decides every request in memory, and writes all new licenses,
+//! involved ([`crate::ledger::allocation_load`]), decides every request in memory, and writes all new licenses,
 //! their Apple jobs and activity rows in one statement whose pool update is guarded by
-//! `held + foreign_assigned + n <= apple_total` ([`super::write`]). Live assignments never
+//! `held + foreign_assigned + n <= apple_total` ([`crate::ledger::allocation_write`]). Live assignments never
 //! exceed what an account owns, whatever the concurrency and however many replicas share the
 //! database (A9), and a hot asset costs one commit per batch instead of one per request.
 
@@ -25,55 +25,12 @@ use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
-use super::decide::{self, Decided};
-use super::load;
-use super::model::{Decision, LicenseType, LicenseWish, Rule, Skip};
-use super::write::{self, Requested, WriteError};
-use crate::ledger::assignments::AssignmentRow;
-use crate::ledger::origin::Origin;
-use crate::ledger::subjects::SubjectRow;
-
-/// An asset: Apple product id and pricing.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct AssetRef {
-    pub adam_id: String,
-    pub pricing_param: String,
-}
-
-/// Who asks for a license.
-#[derive(Clone, Debug)]
-pub enum SubjectInput {
-    Device {
-        serial: String,
-        /// Client user id of the device's user, when known.
-        user: Option<String>,
-        /// `None`: as stored before (a new device is not a Shared iPad).
-        shared_ipad: Option<bool>,
-        groups: Option<Vec<String>>,
-    },
-    User {
-        id: String,
-        groups: Option<Vec<String>>,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct AllocationRequest {
-    pub space: String,
-    pub asset: AssetRef,
-    pub subject: SubjectInput,
-    pub wish: LicenseWish,
-    pub reason: String,
-    /// Who asks (recorded as the assignment's `requested_by`) and in which request (the
-    /// activity log's `request_id`), carried here because the combiner decides the request on
-    /// a task of its own.
-    pub origin: Origin,
-    pub dry_run: bool,
-    /// Accounts not to use (a re-allocation after Apple's 9709 excludes the account that failed).
-    pub exclude_accounts: Vec<Uuid>,
-    /// For re-allocations: the assignment being replaced (recorded in the decision).
-    pub replaces: Option<Uuid>,
-}
+use crate::domain::allocation::{AllocationRequest, Refusal};
+use crate::domain::decide::{self, Decided};
+use crate::domain::model::{Decision, LicenseType, Rule, Skip};
+use crate::domain::records::{AssignmentRow, SubjectRow};
+use crate::ledger::allocation_load as load;
+use crate::ledger::allocation_write::{self as write, Requested, WriteError};
 
 /// The answer.
 #[derive(Clone, Debug)]
@@ -90,6 +47,8 @@ pub struct Outcome {
     pub holder: SubjectRow,
 }
 
+/// Why an allocation failed: a rule refused it ([`Refusal`], one variant each so the transport
+/// maps them directly), or the ledger did.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocationError {
     #[error("space {0} not found")]
@@ -116,6 +75,26 @@ pub enum AllocationError {
     /// marked for deletion meanwhile); nothing was written. Deciding again gives the answer.
     #[error("the ledger changed while the allocation was decided")]
     Overdrawn,
+}
+
+impl From<Refusal> for AllocationError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::UnknownSpace(space) => AllocationError::UnknownSpace(space),
+            Refusal::UnknownAsset {
+                space,
+                adam_id,
+                pricing_param,
+            } => AllocationError::UnknownAsset {
+                space,
+                adam_id,
+                pricing_param,
+            },
+            Refusal::Disallowed(why) => AllocationError::Disallowed(why),
+            Refusal::Incompatible(why) => AllocationError::Incompatible(why),
+            Refusal::Exhausted { skipped } => AllocationError::Exhausted { skipped },
+        }
+    }
 }
 
 /// How often [`allocate`] decides again after [`AllocationError::Overdrawn`].
@@ -215,7 +194,7 @@ pub async fn allocate_many(
                 decision: p.decision,
                 holder: p.holder,
             }),
-            Decided::Refused(e) => Err(e),
+            Decided::Refused(e) => Err(e.into()),
         };
         outcomes.push(outcome);
     }

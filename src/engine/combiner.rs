@@ -19,8 +19,9 @@ use std::sync::Arc;
 use diesel_async::AsyncConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::allocate::{AllocationError, AllocationRequest, Outcome, allocate, allocate_many};
+use super::allocate::{AllocationError, Outcome, allocate, allocate_many};
 use crate::db::Pool;
+use crate::domain::allocation::AllocationRequest;
 
 type Reply = oneshot::Sender<Result<Outcome, AllocationError>>;
 

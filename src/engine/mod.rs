@@ -1,18 +1,13 @@
-//! The allocation engine: deciding which account serves a license (allocate), and giving
-//! licenses back (revoke). Apple is never called here: decisions come from the ledger, and the
-//! Apple work they cause is queued as jobs in the same transaction for the dispatcher
-//! ([`crate::dispatch`]).
+//! The license use cases: allocating (which account serves a license) and revoking (giving
+//! licenses back). Apple is never called here: decisions come from the ledger, and the Apple work
+//! they cause is queued as jobs in the same transaction for the dispatcher ([`crate::dispatch`]).
 //!
-//! - [`allocate`]: requests, outcomes, and the batch pipeline (load → decide → write);
+//! - [`allocate`]: the batch pipeline: the store loads ([`crate::ledger::allocation_load`]), the
+//!   domain decides ([`crate::domain::decide`]), the store writes
+//!   ([`crate::ledger::allocation_write`]), all in one transaction;
 //! - [`combiner`]: gathers a process's concurrent allocations into batches;
-//! - [`load`], [`decide`], [`write`]: the three steps; [`policy`]: reservations, groups, bans;
-//! - [`revoke`]: revocation; [`model`]: the vocabulary.
+//! - [`revoke`] gives licenses back.
 
 pub mod allocate;
 pub mod combiner;
-pub mod decide;
-pub mod load;
-pub mod model;
-pub mod policy;
 pub mod revoke;
-pub mod write;

@@ -25,7 +25,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ledger::origin::Origin;
+use crate::domain::origin::Origin;
 
 /// Which live assignments to revoke (all given filters must match).
 #[derive(Clone, Debug, Default)]

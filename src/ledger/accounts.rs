@@ -5,11 +5,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::origin::Origin;
-use crate::accounts::WhenUnusable;
-use crate::accounts::status::{AccountStatus, StatusState};
 use crate::crypto::Sealed;
 use crate::db::schema::{account_distribution_entries as dist, accounts, spaces};
+use crate::domain::account_status::WhenUnusable;
+use crate::domain::account_status::{AccountStatus, StatusState};
+use crate::domain::origin::Origin;
 use crate::ledger::activity::{self, Activity};
 
 #[derive(Clone, Debug, Queryable, Selectable)]

@@ -5,8 +5,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::origin::Origin;
 use crate::db::schema::activity_log;
+use crate::domain::origin::Origin;
 
 /// One activity row, built fluently: `Activity::new(&origin, "space.created").space(id)`.
 #[derive(Debug, Default, Insertable)]

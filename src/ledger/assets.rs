@@ -11,8 +11,8 @@ use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::origin::Origin;
 use crate::db::schema::assets;
+use crate::domain::origin::Origin;
 
 /// One asset as Apple reported it.
 #[derive(Clone, Debug)]

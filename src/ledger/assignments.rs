@@ -1,40 +1,12 @@
 //! Assignments: the ledger rows of licenses (life cycle in design §4).
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::schema::assignments;
-use crate::engine::model::{AssignmentState, LicenseType, Rule};
-
-#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
-#[diesel(table_name = assignments)]
-pub struct AssignmentRow {
-    pub id: Uuid,
-    pub space_id: String,
-    pub account_id: Uuid,
-    pub adam_id: String,
-    pub pricing_param: String,
-    pub subject_id: Uuid,
-    pub license_type: LicenseType,
-    pub state: AssignmentState,
-    pub rule: Rule,
-    pub decision: serde_json::Value,
-    pub requested_by: String,
-    pub reason: String,
-    pub apple_event_id: Option<String>,
-    pub batch_id: Option<Uuid>,
-    pub error: Option<serde_json::Value>,
-    pub version: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// Who asked for the revocation (JWT subject, or `system`); `None` until one was asked.
-    pub revoked_by: Option<String>,
-    pub revocation_reason: Option<String>,
-    pub revocation_requested_at: Option<DateTime<Utc>>,
-    pub revocation_request_id: Option<String>,
-}
+use crate::domain::model::AssignmentState;
+use crate::domain::records::AssignmentRow;
 
 const LIVE: [&str; 3] = ["pending", "associating", "active"];
 

@@ -1,12 +1,16 @@
-//! The ledger: diesel models and queries, one module per table family. Handlers and workers
-//! call these; nothing else writes SQL.
+//! The store: every SQL statement of the service, one module per table family (plus
+//! [`allocation_load`] and [`allocation_write`], the allocation batch's fixed set of statements).
+//! Use cases call these functions, inside transactions they open; nothing else writes SQL (a
+//! test, `tests/it/layering.rs`, holds that). The records the rules read are the domain's
+//! ([`crate::domain::records`]).
 
 pub mod accounts;
 pub mod activity;
+pub mod allocation_load;
+pub mod allocation_write;
 pub mod assets;
 pub mod assignments;
 pub mod jobs;
-pub mod origin;
 pub mod policies;
 pub mod spaces;
 pub mod subjects;

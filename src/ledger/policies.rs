@@ -6,6 +6,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::schema::{distribution_policies as policies, policy_entries as entries};
+use crate::domain::records::EntryRow;
 
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = policies)]
@@ -17,16 +18,6 @@ pub struct PolicyRow {
     pub version: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = entries)]
-pub struct EntryRow {
-    pub policy_id: Uuid,
-    pub target_kind: String,
-    pub target: String,
-    pub mode: String,
-    pub account_id: Option<Uuid>,
 }
 
 pub async fn find(

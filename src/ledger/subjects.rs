@@ -5,25 +5,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::schema::subjects;
-use crate::engine::model::SubjectKind;
-
-#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
-#[diesel(table_name = subjects)]
-pub struct SubjectRow {
-    pub id: Uuid,
-    pub space_id: String,
-    pub kind: SubjectKind,
-    pub external_id: String,
-    pub groups: Vec<Option<String>>,
-    pub user_external_id: Option<String>,
-    pub shared_ipad: bool,
-}
-
-impl SubjectRow {
-    pub fn group_names(&self) -> Vec<String> {
-        self.groups.iter().flatten().cloned().collect()
-    }
-}
+use crate::domain::model::SubjectKind;
+use crate::domain::records::SubjectRow;
 
 pub async fn find(
     conn: &mut AsyncPgConnection,

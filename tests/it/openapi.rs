@@ -174,10 +174,11 @@ fn a_property_is_either_optional_or_nullable_never_both() {
 
 #[test]
 fn documented_enums_are_spelled_as_on_the_wire() {
-    use vpp_broker::accounts::status::AccountStatus;
-    use vpp_broker::accounts::{ListKind, WhenUnusable};
+    use vpp_broker::accounts::ListKind;
     use vpp_broker::api::policies::TargetKind;
-    use vpp_broker::engine::model::{
+    use vpp_broker::domain::account_status::AccountStatus;
+    use vpp_broker::domain::account_status::WhenUnusable;
+    use vpp_broker::domain::model::{
         AssignmentState, LicenseType, LicenseWish, Rule, SkipReason, SubjectKind,
     };
 

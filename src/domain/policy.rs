@@ -12,7 +12,7 @@
 
 use uuid::Uuid;
 
-use crate::ledger::policies::EntryRow;
+use super::records::EntryRow;
 
 /// Who is asking, as policy matching sees it.
 #[derive(Clone, Debug, Default)]

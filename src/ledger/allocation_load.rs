@@ -11,92 +11,13 @@
 use crate::db::prepared::Prepare;
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::allocate::{AllocationRequest, AssetRef, SubjectInput};
-use super::model::SubjectKind;
-use super::policy::Policy;
-use crate::accounts::WhenUnusable;
-use crate::accounts::status::{self, AccountStatus, StatusState};
-use crate::ledger::assignments::AssignmentRow;
-use crate::ledger::policies::EntryRow;
-use crate::ledger::subjects::SubjectRow;
-
-/// One account owning one asset, with what allocation needs to know.
-#[derive(Clone, Debug, diesel::QueryableByName)]
-pub struct Candidate {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub name: String,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pub priority: i32,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub status: AccountStatus,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub status_reason: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
-    pub throttled_until: Option<DateTime<Utc>>,
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
-    pub token_expires_at: DateTime<Utc>,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub when_unusable: WhenUnusable,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    pub deleting: bool,
-    /// The account's setting: `false` serves an asset only once the space has a distribution
-    /// policy for it.
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    pub new_assets_for_everyone: bool,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub adam_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub pricing_param: String,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pub apple_total: i32,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pub foreign_assigned: i32,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pub held: i32,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    pub device_assignable: bool,
-    /// The account has a non-empty distribution list.
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    pub has_list: bool,
-}
-
-impl Candidate {
-    /// The account's status now (time-driven transitions applied).
-    pub fn effective_status(&self, now: DateTime<Utc>) -> StatusState {
-        status::next(
-            &StatusState {
-                status: self.status,
-                reason: self.status_reason.clone(),
-                throttled_until: self.throttled_until,
-            },
-            self.token_expires_at,
-            None,
-            now,
-        )
-    }
-}
-
-/// Everything the decisions of one batch read.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    pub subjects: HashMap<(SubjectKind, String), SubjectRow>,
-    /// Live assignments of the batch's subjects for the batch's assets.
-    pub existing: Vec<AssignmentRow>,
-    pub policies: HashMap<AssetRef, Policy>,
-    /// Reservations whose subject holds no license yet, per asset and account (`None`: the
-    /// reservation names no account).
-    pub outstanding: HashMap<AssetRef, HashMap<Option<Uuid>, i64>>,
-    /// Accounts owning each asset, in priority order.
-    pub candidates: HashMap<AssetRef, Vec<Candidate>>,
-    /// Distribution-list entries matching the batch's subjects: (account, kind, value).
-    pub listed: HashSet<(Uuid, String, String)>,
-}
+use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+use crate::domain::model::SubjectKind;
+use crate::domain::records::{AssignmentRow, EntryRow, SubjectRow};
+use crate::domain::snapshot::{Candidate, Snapshot};
 
 /// The subject facts a batch carries, deduplicated and sorted (the lock order).
 struct Facts {

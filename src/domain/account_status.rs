@@ -322,3 +322,29 @@ mod tests {
         assert!(AccountStatus::Expiring.allows_apple_calls());
     }
 }
+
+crate::text_enum! {
+    /// What allocation does with an account it may not call Apple for (expired, revoked, not
+    /// owned, throttled) — rule A10.
+    pub enum WhenUnusable {
+        /// The default: queue behind a Retry-After (`throttled` passes by itself), skip an
+        /// account that is unusable until someone acts (expired, revoked, invalid, login
+        /// required, not owned), so the next account serves instead of licenses waiting days.
+        QueueWhenThrottled = "queue_when_throttled",
+        /// Always allocate from the ledger; the Apple call waits until the account is usable.
+        Queue = "queue",
+        /// Always skip the account and try the next one.
+        Skip = "skip",
+    }
+}
+
+impl WhenUnusable {
+    /// Whether an account in `status` (which forbids Apple calls) still takes allocations.
+    pub fn queues(self, status: AccountStatus) -> bool {
+        match self {
+            WhenUnusable::Queue => true,
+            WhenUnusable::Skip => false,
+            WhenUnusable::QueueWhenThrottled => status == AccountStatus::Throttled,
+        }
+    }
+}

@@ -16,8 +16,8 @@
 use crate::db::prepared::Prepare;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::decide::Planned;
-use crate::ledger::assignments::AssignmentRow;
+use crate::domain::decide::Planned;
+use crate::domain::records::AssignmentRow;
 
 /// Who asked, why and in which request, per planned license.
 pub struct Requested<'a> {

@@ -11,13 +11,12 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::allocate::{AllocationError, AllocationRequest, AssetRef, SubjectInput};
-use super::load::{Candidate, Snapshot};
+use super::allocation::{AllocationRequest, AssetRef, Refusal, SubjectInput};
 use super::model::{Decision, LicenseType, LicenseWish, Rule, Skip, SkipReason, SubjectKind};
 use super::policy::{Policy, Verdict, Who};
+use super::records::{AssignmentRow, SubjectRow};
+use super::snapshot::{Candidate, Snapshot};
 use crate::apple::codes::NOT_ENOUGH_LICENSES;
-use crate::ledger::assignments::AssignmentRow;
-use crate::ledger::subjects::SubjectRow;
 
 /// A license to take.
 #[derive(Clone, Debug)]
@@ -46,7 +45,7 @@ pub enum Decided {
     New(Planned),
     /// A dry run: this is what would be taken.
     Would(Planned),
-    Refused(AllocationError),
+    Refused(Refusal),
 }
 
 /// The license holder and what matching needs to know about it.
@@ -59,7 +58,7 @@ struct Target {
     users: Vec<String>,
 }
 
-fn resolve(req: &AllocationRequest, snap: &Snapshot) -> Result<Target, AllocationError> {
+fn resolve(req: &AllocationRequest, snap: &Snapshot) -> Result<Target, Refusal> {
     let subject = |kind: SubjectKind, id: &str| -> SubjectRow {
         snap.subjects
             .get(&(kind, id.to_owned()))
@@ -77,7 +76,7 @@ fn resolve(req: &AllocationRequest, snap: &Snapshot) -> Result<Target, Allocatio
     match &req.subject {
         SubjectInput::User { id, .. } => {
             if req.wish == LicenseWish::Device {
-                return Err(AllocationError::Incompatible(
+                return Err(Refusal::Incompatible(
                     "a device license needs a device subject (kind `device` with its serial number)".into(),
                 ));
             }
@@ -133,7 +132,7 @@ fn resolve(req: &AllocationRequest, snap: &Snapshot) -> Result<Target, Allocatio
                 });
             }
             let Some(u) = user else {
-                return Err(AllocationError::Incompatible(
+                return Err(Refusal::Incompatible(
                     "this asset is not device-assignable (or a user license was asked for): \
                      give the device's user in `subject.user`"
                         .into(),
@@ -214,7 +213,7 @@ fn decide_one(
 ) -> Decided {
     let asset = &req.asset;
     let Some(all) = snap.candidates.get(asset).filter(|c| !c.is_empty()) else {
-        return Decided::Refused(AllocationError::UnknownAsset {
+        return Decided::Refused(Refusal::UnknownAsset {
             space: req.space.clone(),
             adam_id: asset.adam_id.clone(),
             pricing_param: asset.pricing_param.clone(),
@@ -259,7 +258,7 @@ fn decide_one(
         .cloned()
         .unwrap_or_else(Policy::default);
     let reserved_from = match policy.verdict(&target.who) {
-        Verdict::Disallowed(why) => return Decided::Refused(AllocationError::Disallowed(why)),
+        Verdict::Disallowed(why) => return Decided::Refused(Refusal::Disallowed(why)),
         Verdict::Allowed { reserved_from } => reserved_from,
     };
     // Accounts excluded by a re-allocation (Apple reported none left there) are skipped, but
@@ -282,7 +281,7 @@ fn decide_one(
         .filter(|c| !req.exclude_accounts.contains(&c.id))
         .collect();
     if ordered.is_empty() {
-        return Decided::Refused(AllocationError::Exhausted { skipped: excluded });
+        return Decided::Refused(Refusal::Exhausted { skipped: excluded });
     }
     // Reservations hold licenses back from everyone else; a reservation naming no account
     // holds back from the highest-priority owner.
@@ -437,7 +436,7 @@ fn decide_one(
         claimed.insert((planned.holder.id, asset.clone()), index);
         return Decided::New(planned);
     }
-    Decided::Refused(AllocationError::Exhausted {
+    Decided::Refused(Refusal::Exhausted {
         skipped: decision.skipped,
     })
 }
@@ -445,10 +444,10 @@ fn decide_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::WhenUnusable;
-    use crate::accounts::status::AccountStatus;
-    use crate::engine::model::LicenseWish;
-    use crate::ledger::policies::EntryRow;
+    use crate::domain::account_status::AccountStatus;
+    use crate::domain::account_status::WhenUnusable;
+    use crate::domain::model::LicenseWish;
+    use crate::domain::records::EntryRow;
 
     fn asset() -> AssetRef {
         AssetRef {
@@ -491,7 +490,7 @@ mod tests {
             },
             wish: LicenseWish::Auto,
             reason: String::new(),
-            origin: crate::ledger::origin::Origin::new("t", None),
+            origin: crate::domain::origin::Origin::new("t", None),
             dry_run: false,
             exclude_accounts: Vec::new(),
             replaces: None,
@@ -538,7 +537,7 @@ mod tests {
         let accounts: Vec<Option<Uuid>> = out.iter().map(account_of).collect();
         assert_eq!(accounts, [Some(ida), Some(ida), Some(idb), None]);
         match &out[3] {
-            Decided::Refused(AllocationError::Exhausted { skipped }) => {
+            Decided::Refused(Refusal::Exhausted { skipped }) => {
                 assert_eq!(skipped.len(), 2);
                 assert!(
                     skipped
@@ -651,7 +650,7 @@ mod tests {
         let out = decide_all(&refs, &snap, Utc::now(), false);
         assert!(matches!(out[0], Decided::New(_)));
         assert!(
-            matches!(out[1], Decided::Refused(AllocationError::Exhausted { .. })),
+            matches!(out[1], Decided::Refused(Refusal::Exhausted { .. })),
             "{:?}",
             out[1]
         );
@@ -677,7 +676,7 @@ mod tests {
         let refs: Vec<&AllocationRequest> = reqs.iter().collect();
         let out = decide_all(&refs, &snap, Utc::now(), false);
         match &out[0] {
-            Decided::Refused(AllocationError::Exhausted { skipped }) => {
+            Decided::Refused(Refusal::Exhausted { skipped }) => {
                 assert_eq!(skipped[1].reason, SkipReason::NotOnDistributionList)
             }
             other => panic!("{other:?}"),

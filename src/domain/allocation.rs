@@ -1,0 +1,70 @@
+//! What an allocation is asked and why it can be refused: the request the transport builds and
+//! the use case ([`crate::engine::allocate`]) decides with [`super::decide`]. Plain values: no
+//! I/O, no database types.
+
+use uuid::Uuid;
+
+use super::model::{LicenseWish, Skip};
+use super::origin::Origin;
+
+/// An asset: Apple product id and pricing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AssetRef {
+    pub adam_id: String,
+    pub pricing_param: String,
+}
+
+/// Who asks for a license.
+#[derive(Clone, Debug)]
+pub enum SubjectInput {
+    Device {
+        serial: String,
+        /// Client user id of the device's user, when known.
+        user: Option<String>,
+        /// `None`: as stored before (a new device is not a Shared iPad).
+        shared_ipad: Option<bool>,
+        groups: Option<Vec<String>>,
+    },
+    User {
+        id: String,
+        groups: Option<Vec<String>>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct AllocationRequest {
+    pub space: String,
+    pub asset: AssetRef,
+    pub subject: SubjectInput,
+    pub wish: LicenseWish,
+    pub reason: String,
+    /// Who asks (recorded as the assignment's `requested_by`) and in which request (the
+    /// activity log's `request_id`), carried here because the combiner decides the request on
+    /// a task of its own.
+    pub origin: Origin,
+    pub dry_run: bool,
+    /// Accounts not to use (a re-allocation after Apple's 9709 excludes the account that failed).
+    pub exclude_accounts: Vec<Uuid>,
+    /// For re-allocations: the assignment being replaced (recorded in the decision).
+    pub replaces: Option<Uuid>,
+}
+
+/// Why a request is refused: the answers of the rules themselves (the use case adds the
+/// ledger's failures in [`crate::engine::allocate::AllocationError`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("space {0} not found")]
+    UnknownSpace(String),
+    #[error("no account of space {space} owns asset {adam_id}/{pricing_param}")]
+    UnknownAsset {
+        space: String,
+        adam_id: String,
+        pricing_param: String,
+    },
+    #[error("{0}")]
+    Disallowed(String),
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("no license available")]
+    Exhausted { skipped: Vec<Skip> },
+}

@@ -1,0 +1,20 @@
+//! The pure domain: the vocabulary and the rules, with no I/O. Use cases
+//! ([`crate::engine`], [`crate::accounts`]) load what the rules need from the store
+//! ([`crate::ledger`]), call them, and write the outcome back; the store maps these types to
+//! its tables. Rule ids (A1–A10, T1–T10, V1–V4, N1–N4) are defined in `docs/rules.md`.
+//!
+//! - [`model`]: assignment states, license types, rules, decisions; [`records`]: the ledger's
+//!   records the rules read; [`origin`]: who caused a change;
+//! - [`allocation`]: what an allocation is asked and why it is refused; [`snapshot`]: what one
+//!   batch of allocations reads; [`decide`]: the allocation rules; [`policy`]: reservations,
+//!   groups, bans;
+//! - [`account_status`]: the account status machine.
+
+pub mod account_status;
+pub mod allocation;
+pub mod decide;
+pub mod model;
+pub mod origin;
+pub mod policy;
+pub mod records;
+pub mod snapshot;
