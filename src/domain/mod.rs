@@ -17,4 +17,5 @@ pub mod model;
 pub mod origin;
 pub mod policy;
 pub mod records;
+pub mod revocation;
 pub mod snapshot;

@@ -12,5 +12,6 @@ pub mod assets;
 pub mod assignments;
 pub mod jobs;
 pub mod policies;
+pub mod revocations;
 pub mod spaces;
 pub mod subjects;
