@@ -527,37 +527,6 @@ async fn one_view(
         .ok_or_else(|| ApiError::internal(std::io::Error::other("assignment view missing")))
 }
 
-/// Waits (bounded) until the assignment is final; returns it as it is then.
-pub async fn wait_final(
-    state: &AppState,
-    space: &str,
-    id: Uuid,
-    timeout: Duration,
-) -> Result<Option<AssignmentRow>, ApiError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let handle = state.waiters.handle(id);
-    let result = loop {
-        let notified = handle.notified();
-        let row = {
-            let mut conn = state.pool.get().await?;
-            store::find(&mut conn, space, id).await?
-        };
-        let Some(row) = row else { break None };
-        let now = tokio::time::Instant::now();
-        if row.state.is_final() || now >= deadline {
-            break Some(row);
-        }
-        let nap = (deadline - now).min(Duration::from_secs(1));
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(nap) => {}
-        }
-    };
-    drop(handle);
-    state.waiters.release(id);
-    Ok(result)
-}
-
 fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpResponse {
     let mut builder = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
     if status >= 400 {
@@ -715,7 +684,11 @@ async fn wait_live(
     timeout: Duration,
 ) -> Result<Option<AssignmentRow>, ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let Some(mut row) = wait_final(state, space, id, timeout).await? else {
+    let Some(mut row) = state
+        .waiters
+        .wait_final(&state.pool, space, id, timeout)
+        .await?
+    else {
         return Ok(None);
     };
     for _ in 0..MAX_REPLACEMENTS {
@@ -731,7 +704,11 @@ async fn wait_live(
             .flatten();
         let Some(next) = next else { break };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match wait_final(state, space, next, left).await? {
+        match state
+            .waiters
+            .wait_final(&state.pool, space, next, left)
+            .await?
+        {
             Some(replacement) => row = replacement,
             None => break,
         }
@@ -891,7 +868,12 @@ pub async fn get_assignment(
     caller.authorize(&space, Scope::LicensesRead)?;
     let wait = wait_seconds(query.wait)?;
     let row = match wait {
-        Some(wait) => wait_final(&state, &space, id, wait).await?,
+        Some(wait) => {
+            state
+                .waiters
+                .wait_final(&state.pool, &space, id, wait)
+                .await?
+        }
         None => {
             let mut conn = state.pool.get().await?;
             store::find(&mut conn, &space, id).await?

@@ -420,7 +420,7 @@ async fn fail(
         .bind::<diesel::sql_types::Jsonb, _>(error)
         .execute(conn)
         .await?;
-        crate::waiters::notify(conn, &failed).await?;
+        crate::ledger::wakeups::notify(conn, &failed).await?;
         Ok::<(), diesel::result::Error>(())
     })
     .await?;
@@ -514,7 +514,7 @@ async fn handle_error(
                 .bind::<diesel::sql_types::Jsonb, _>(&error)
                 .execute(&mut conn)
                 .await?;
-                crate::waiters::notify(&mut conn, &ids).await?;
+                crate::ledger::wakeups::notify(&mut conn, &ids).await?;
             }
             let mut conn = ctx.state.pool.get().await?;
             jobs::delete(&mut conn, &chunk.job_ids).await?;

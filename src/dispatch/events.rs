@@ -292,7 +292,7 @@ async fn transition(
         .chain(to_failed.iter().map(|(i, _)| i))
         .copied()
         .collect();
-    crate::waiters::notify(conn, &finals).await?;
+    crate::ledger::wakeups::notify(conn, &finals).await?;
 
     let remaining: i64 = diesel::sql_query(
         "SELECT count(*) AS n FROM assignments WHERE apple_event_id = $1 AND state = $2",
@@ -538,7 +538,7 @@ async fn reallocate(
                 .await?;
                 let mut woken = vec![old.id];
                 woken.extend(new_id);
-                crate::waiters::notify(conn, &woken).await?;
+                crate::ledger::wakeups::notify(conn, &woken).await?;
                 Ok(Some(new_id))
             })
             .await?;

@@ -389,6 +389,15 @@ fn conflict_aborted(err: &diesel::result::Error) -> ApiError {
     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
+impl From<crate::waiters::WaitError> for ApiError {
+    fn from(err: crate::waiters::WaitError) -> Self {
+        match err {
+            crate::waiters::WaitError::Db(e) => e.into(),
+            crate::waiters::WaitError::Pool(e) => e.into(),
+        }
+    }
+}
+
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
     fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
         tracing::warn!(error = %err, "database pool unavailable");

@@ -15,3 +15,4 @@ pub mod policies;
 pub mod revocations;
 pub mod spaces;
 pub mod subjects;
+pub mod wakeups;
