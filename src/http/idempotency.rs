@@ -8,10 +8,11 @@
 //! first to commit, then replays its answer (`Idempotent-Replayed: true`).
 
 use actix_web::HttpRequest;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use sha2::{Digest, Sha256};
 
 use super::problem::{ApiError, types};
+use crate::ledger::idempotency_keys as store;
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -57,16 +58,6 @@ pub enum Begin {
     },
 }
 
-#[derive(diesel::QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = diesel::sql_types::Bytea)]
-    request_fingerprint: Vec<u8>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
-    status_code: Option<i32>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Jsonb>)]
-    response_body: Option<serde_json::Value>,
-}
-
 /// Claims the key inside the caller's transaction.
 pub async fn begin(
     conn: &mut AsyncPgConnection,
@@ -75,28 +66,10 @@ pub async fn begin(
     key: &str,
     fingerprint: &[u8],
 ) -> Result<Begin, ApiError> {
-    let inserted = diesel::sql_query(
-        "INSERT INTO idempotency_keys (space_id, caller, key, request_fingerprint)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Text, _>(caller)
-    .bind::<diesel::sql_types::Text, _>(key)
-    .bind::<diesel::sql_types::Bytea, _>(fingerprint)
-    .execute(conn)
-    .await?;
-    if inserted == 1 {
+    if store::claim(conn, space, caller, key, fingerprint).await? {
         return Ok(Begin::Fresh);
     }
-    let stored: Stored = diesel::sql_query(
-        "SELECT request_fingerprint, status_code, response_body FROM idempotency_keys
-          WHERE space_id = $1 AND caller = $2 AND key = $3",
-    )
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Text, _>(caller)
-    .bind::<diesel::sql_types::Text, _>(key)
-    .get_result(conn)
-    .await?;
+    let stored = store::stored(conn, space, caller, key).await?;
     if stored.request_fingerprint != fingerprint {
         return Err(ApiError::new(
             &types::IDEMPOTENCY_KEY_REUSED,
@@ -124,16 +97,5 @@ pub async fn finish(
     status: u16,
     body: &serde_json::Value,
 ) -> diesel::QueryResult<()> {
-    diesel::sql_query(
-        "UPDATE idempotency_keys SET status_code = $4, response_body = $5
-          WHERE space_id = $1 AND caller = $2 AND key = $3",
-    )
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Text, _>(caller)
-    .bind::<diesel::sql_types::Text, _>(key)
-    .bind::<diesel::sql_types::Integer, _>(status as i32)
-    .bind::<diesel::sql_types::Jsonb, _>(body)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    store::keep_response(conn, space, caller, key, status, body).await
 }
