@@ -41,7 +41,7 @@ impl AppState {
                     .get()
                     .await
                     .map_err(|e| format!("cannot reach the database: {e}"))?;
-                crate::accounts::identity::stored_instance_id(&mut conn)
+                crate::ledger::deployment::instance_id(&mut conn)
                     .await
                     .map_err(|e| {
                         format!("cannot read the instance id (are migrations applied?): {e}")

@@ -11,14 +11,11 @@
 //! account, of which only the SHA-256 is stored. Without it the service relies on status
 //! polling alone.
 
-use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::apple::types::{ClientConfigRequest, MdmInfo, NotificationAuthToken, NotificationType};
-use crate::db::schema::deployment;
 
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -26,14 +23,6 @@ pub struct Identity {
     pub instance_name: String,
     /// External base URL Apple's notifications reach (no trailing slash).
     pub public_url: Option<String>,
-}
-
-/// The instance id stored at migration time.
-pub async fn stored_instance_id(conn: &mut AsyncPgConnection) -> QueryResult<Uuid> {
-    deployment::table
-        .select(deployment::instance_id)
-        .first(conn)
-        .await
 }
 
 impl Identity {

@@ -17,12 +17,10 @@
 //! completes by itself.
 
 use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::AccountError;
-use crate::db::schema::{accounts, policy_entries};
 use crate::domain::account_status::AccountStatus;
 use crate::domain::origin::Origin;
 use crate::ledger::accounts as store;
@@ -66,11 +64,7 @@ pub async fn delete(
         // them lets the count and the revocation below see their licenses, and once this
         // transaction commits the allocation guard refuses new ones (`engine::write`).
         crate::ledger::assets::lock_account(conn, id).await?;
-        let policies: i64 = policy_entries::table
-            .filter(policy_entries::account_id.eq(id))
-            .count()
-            .get_result(conn)
-            .await?;
+        let policies = crate::ledger::policies::count_account_entries(conn, id).await?;
         let live = assignments::count_live(conn, id).await?;
         if !revoke_all && (policies > 0 || live > 0) {
             return Err(AccountError::InUse(format!(
@@ -120,13 +114,7 @@ pub async fn delete(
             .await?;
             return Ok(Deleted::Now);
         }
-        diesel::update(accounts::table.filter(accounts::id.eq(id)))
-            .set((
-                accounts::delete_requested_at.eq(Some(Utc::now())),
-                accounts::version.eq(accounts::version + 1),
-            ))
-            .execute(conn)
-            .await?;
+        store::mark_deletion_requested(conn, id, Utc::now()).await?;
         Ok(Deleted::Pending { revoking: at_apple })
     })
     .await

@@ -421,6 +421,22 @@ pub async fn sealed_with_other_keys(
 
 /// Removes the account row (assets, assignments, list entries and jobs go with it) and closes
 /// the gap in its space's priorities. Call inside a transaction holding [`lock_space`].
+/// Marks the account for deletion (it goes once Apple released its licenses).
+pub async fn mark_deletion_requested(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(accounts::table.filter(accounts::id.eq(id)))
+        .set((
+            accounts::delete_requested_at.eq(Some(at)),
+            accounts::version.eq(accounts::version + 1),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 pub async fn remove(conn: &mut AsyncPgConnection, space: &str, id: Uuid) -> QueryResult<()> {
     diesel::delete(accounts::table.filter(accounts::id.eq(id)))
         .execute(conn)

@@ -10,6 +10,7 @@ pub mod allocation_load;
 pub mod allocation_write;
 pub mod assets;
 pub mod assignments;
+pub mod deployment;
 pub mod idempotency_keys;
 pub mod jobs;
 pub mod policies;

@@ -192,6 +192,18 @@ pub async fn delete(
 /// Removes the entries (reservations) naming `account` from every policy, and gives each policy
 /// it changed a new version, so an `If-Match` based on the old one fails. Returns how many
 /// entries went.
+/// How many distribution-policy entries name the account.
+pub async fn count_account_entries(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+) -> QueryResult<i64> {
+    entries::table
+        .filter(entries::account_id.eq(account))
+        .count()
+        .get_result(conn)
+        .await
+}
+
 pub async fn remove_account_entries(
     conn: &mut AsyncPgConnection,
     account: Uuid,
