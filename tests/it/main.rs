@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod history;
 mod hostile_input;
+mod layering;
 mod migrations;
 mod multiprocess;
 mod notification_input;
