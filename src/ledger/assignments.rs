@@ -1,4 +1,4 @@
-//! Assignments: the ledger rows of licenses (life cycle in design §4).
+//! Assignments: the ledger rows of licenses (life cycle in docs/rules.md).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
