@@ -1,6 +1,8 @@
 //! vpp-broker: a headless service that allocates, revokes and reconciles Apple Apps and Books
 //! (VPP) licenses across prioritized token accounts, with its ledger in PostgreSQL.
 //!
+//! Doc comments cite the product's rules by id (A1, T7, …): `docs/rules.md` defines them.
+//!
 //! Layout (see README "Architecture"):
 //! - [`cli`], [`commands`], [`config`]: the binary's subcommands and their settings;
 //! - [`http`]: transport (server, middleware, problem+json, OpenAPI, ops routes);

@@ -1,4 +1,4 @@
-//! Attaching an Apple location (rule T1) and replacing an account's sToken (rule T9).
+//! Attaching an Apple location (rule T1 in docs/rules.md) and replacing an account's sToken (T9).
 //!
 //! Attach: parse the sToken (nothing is stored for a bad file) → learn the location from Apple's
 //! client config → refuse a location attached anywhere in the deployment (409) → write our

@@ -1,5 +1,5 @@
-//! Test (rule T2), Reclaim Ownership (rule T3), and keeping stored status in step with the
-//! clock.
+//! Test (rule T2 in docs/rules.md), Reclaim Ownership (rule T3), and keeping stored status in step
+//! with the clock.
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;

@@ -1,4 +1,4 @@
-//! This deployment's identity towards Apple (rule T3).
+//! This deployment's identity towards Apple (rule T3 in docs/rules.md).
 //!
 //! On attach and on reclaim the service writes `mdmInfo { id, name, metadata }` into the
 //! token's client config: `id` is the deployment's instance id (stored in the `deployment` table

@@ -1,5 +1,6 @@
-//! Token accounts (rules T1, T2, T3, T8, T9, A5): attach an Apple location by its sToken, keep
-//! an honest status, order accounts by priority, replace tokens, reclaim ownership, delete.
+//! Token accounts (rules T1, T2, T3, T8, T9, A5 in docs/rules.md): attach an Apple location by its
+//! sToken, keep an honest status, order accounts by priority, replace tokens, reclaim ownership,
+//! delete.
 //!
 //! The HTTP layer is `api::accounts`; this module holds the decisions and the Apple calls, and
 //! the ledger module `ledger::accounts` the SQL.

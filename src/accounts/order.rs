@@ -1,6 +1,7 @@
-//! Priorities (rule A1, A5): dense (1..n) and unique per space, also under concurrent reorders,
-//! because every renumbering holds the space row's lock. Reordering never touches assignments:
-//! existing licenses stay where they are; only new allocations see the new order.
+//! Priorities (rules A1, A5 in docs/rules.md): dense (1..n) and unique per space, also under
+//! concurrent reorders, because every renumbering holds the space row's lock. Reordering never
+//! touches assignments: existing licenses stay where they are; only new allocations see the new
+//! order.
 
 use diesel_async::AsyncConnection;
 use uuid::Uuid;

@@ -1,4 +1,4 @@
-//! Noticing another MDM taking a location from any Apple answer (rule T3).
+//! Noticing another MDM taking a location from any Apple answer (rule T3 in docs/rules.md).
 //!
 //! Every Apple answer carries the location's `mdmInfo`. The dispatcher hands each answer's
 //! metadata here (associate/disassociate acceptances, event status polls, count refreshes): when

@@ -1,4 +1,4 @@
-//! Deleting an account (rule T8).
+//! Deleting an account (rule T8 in docs/rules.md).
 //!
 //! An account a distribution policy uses (a reservation names it), or that still holds
 //! licenses, is only deleted when the caller passes `revoke_all=true`: silently revoking licenses

@@ -1,4 +1,4 @@
-//! `/v1/spaces/{space}/accounts`: token accounts (rules T1–T3, T8, T9, A5).
+//! `/v1/spaces/{space}/accounts`: token accounts (rules T1–T3, T8, T9, A5 in docs/rules.md).
 //!
 //! Reading needs `licenses:read`; every change needs `accounts:manage`. Responses never carry
 //! the sToken, not even masked parts of it. Reads persist time-driven status transitions

@@ -1,4 +1,5 @@
-//! `POST /apple/notifications/{account}`: Apple's notifications for a location (rule T10).
+//! `POST /apple/notifications/{account}`: Apple's notifications for a location (rule T10 in
+//! docs/rules.md).
 //!
 //! Apple authenticates with `Authorization: Bearer <notificationAuthToken>`, the random token
 //! this service gave Apple when it wrote the client config; only its SHA-256 is stored and the

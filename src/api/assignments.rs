@@ -1,5 +1,5 @@
 //! `/v1/spaces/{space}/assignments` and `/revocations`: allocate and revoke licenses
-//! (rules A1–A10, V1).
+//! (rules A1–A10, V1 in docs/rules.md).
 //!
 //! Allocation answers from the ledger at database speed; Apple is never called on the request
 //! path. `?wait=N` (0–30 s) optionally holds the answer until Apple confirmed or refused.

@@ -1,5 +1,5 @@
-//! `/v1/spaces/{space}/policies/{adam_id}/{pricing_param}`: distribution policies per asset
-//! (rules A2, A3). Reading needs `licenses:read`; changing needs `accounts:manage`.
+//! `/v1/spaces/{space}/policies/{adam_id}/{pricing_param}`: distribution policies per asset (rules
+//! A2, A3 in docs/rules.md). Reading needs `licenses:read`; changing needs `accounts:manage`.
 //!
 //! A policy is replaced whole (`PUT`): reserved subjects (devices or users, optionally with the
 //! account to reserve from), first-come-first-served groups, disallowed subjects or groups.

@@ -2,35 +2,41 @@
 //!
 //! Decisions:
 //! - **Errors from the body first.** Every answer's body is checked for `errorNumber` /
-//!   `errorMessage` whatever the HTTP status: an invalid token answers HTTP 200 + 9622 (§8.2,
-//!   §13 #3). A non-2xx without an error body becomes an [`ErrorOrigin::HttpStatus`] error; an
-//!   undecodable 2xx body an [`ErrorOrigin::Decode`] one.
+//!   `errorMessage` whatever the HTTP status: an invalid token answers HTTP 200 + 9622
+//!   (docs/apple.md conflict #3). A non-2xx without an error body becomes an
+//!   [`ErrorOrigin::HttpStatus`] error; an undecodable 2xx body an [`ErrorOrigin::Decode`] one.
 //! - **No hidden retries.** The client never sleeps on 429 or `Retry-After`: it returns the error
-//!   with `retry_after` parsed (§13 #4: on any status) and the caller's dispatcher schedules. The one
-//!   exception: a GET whose connection could not be established is retried once after 200 ms.
+//!   with `retry_after` parsed (conflict #4: on any status) and the caller's dispatcher
+//!   schedules. The one exception: a GET whose connection could not be established is retried
+//!   once after 200 ms.
 //! - **Pacing.** Requests per sToken are paced to `maxRequestPerSecond` (default 15), in this
 //!   process: a request starts only when fewer than that many are in flight or ended within the
 //!   last second, so Apple never sees more per second whatever the latency. That is not a retry:
 //!   it keeps a single paged read of a big library (e.g. 30 pages) from tripping 9646 by itself.
 //! - **Timeouts** on every request (the whole exchange, body included).
-//! - **Paging** (§5): page 0 first, then the remaining pages up to 5 at a time, following
-//!   `nextPageIndex` until it is absent (§13 #8: never compute the end from `totalPages`, which
-//!   can change). If `versionId` differs between pages (or a page index becomes invalid, 9650) the
-//!   read restarts from page 0, at most 3 times, then fails with [`ErrorOrigin::VersionChanged`]
-//!   (class `Transient`). The listing's `version_id` is the one of page 0: use it as the next
-//!   `sinceVersionId`.
-//! - **One kind of target per request** (§13 #2): associate/disassociate/revoke with both serial
-//!   numbers and clientUserIds is refused locally; send them in separate requests.
+//! - **Paging**: page 0 first, then the remaining pages up to 5 at a time, following
+//!   `nextPageIndex` until it is absent (conflict #8: never compute the end from `totalPages`,
+//!   which can change). If `versionId` differs between pages (or a page index becomes invalid,
+//!   9650) the read restarts from page 0, at most 3 times, then fails with
+//!   [`ErrorOrigin::VersionChanged`] (class `Transient`). The listing's `version_id` is the one of
+//!   page 0: use it as the next `sinceVersionId`.
+//! - **One kind of target per request** (conflict #2): associate/disassociate/revoke with both
+//!   serial numbers and clientUserIds is refused locally; send them in separate requests.
 //! - **Pre-validation** of batch sizes, duplicates and mdmInfo against the last service config
 //!   this client fetched (or Apple's documented defaults; pre-validation never fetches it). A
 //!   refused request is an [`ErrorOrigin::Local`] error carrying the number Apple would answer.
-//! - **Service config** is fetched without a token (§13 #11), cached 5 minutes; when a refresh
+//! - **Service config** is fetched without a token (conflict #11), cached 5 minutes; when a refresh
 //!   fails the previous copy is served (with a warning) rather than failing the caller.
-//! - `tokenExpirationDate` is optional everywhere (§13 #1); `pricingParam` is always sent
-//!   (§13 #12); 9729 is "temporarily unavailable" (§13 #9); 9622 always means invalid token
-//!   (§13 #10).
+//! - `tokenExpirationDate` is optional everywhere (conflict #1); `pricingParam` is always sent
+//!   (conflict #12); 9729 is "temporarily unavailable" (conflict #9); 9622 always means invalid
+//!   token (conflict #10).
 //! - **Secrets**: the sToken goes only into a header marked sensitive. Logs (debug level: endpoint,
 //!   status, duration, class) and errors never contain it.
+//!
+//! [`ErrorOrigin::HttpStatus`]: super::ErrorOrigin::HttpStatus
+//! [`ErrorOrigin::Decode`]: super::ErrorOrigin::Decode
+//! [`ErrorOrigin::VersionChanged`]: super::ErrorOrigin::VersionChanged
+//! [`ErrorOrigin::Local`]: super::ErrorOrigin::Local
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -74,7 +80,7 @@ pub struct Listing<T> {
     pub pages: u32,
 }
 
-/// Filters of `GET /assets` (§4.4). `None` = not sent.
+/// Filters of `GET /assets`. `None` = not sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AssetQuery {
     pub adam_id: Option<String>,
@@ -91,7 +97,7 @@ pub struct AssetQuery {
     pub unlimited: Option<bool>,
 }
 
-/// Filters of `GET /assignments` (§4.5).
+/// Filters of `GET /assignments`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AssignmentQuery {
     pub adam_id: Option<String>,
@@ -104,7 +110,7 @@ pub struct AssignmentQuery {
     pub since_version_id: Option<String>,
 }
 
-/// Filters of `GET /users` (§4.10).
+/// Filters of `GET /users`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserQuery {
     pub client_user_id: Option<String>,

@@ -1,9 +1,10 @@
-//! Apple's error numbers, their documented HTTP status and message (apple-api.md §8).
+//! Apple's error numbers, their documented HTTP status and message (docs/apple.md, Error classes).
 //!
 //! One table serves both sides: the client classifies by number ([`super::error`]), the simulator
 //! answers with the same number, status and message, and lists the table in its service config.
-//! Messages are Apple's current wording (§8.3/§8.4); where sources disagree (§13 #6, 9709) the
-//! error-table wording is used. Callers must match on numbers, never on messages.
+//! Messages are Apple's current wording (its error tables); where sources disagree (docs/apple.md
+//! conflict #6, 9709) the error-table wording is used. Callers must match on numbers, never on
+//! messages.
 
 /// 9601: login required.
 pub const LOGIN_REQUIRED: i32 = 9601;

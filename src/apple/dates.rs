@@ -1,5 +1,5 @@
 //! Apple's date format: ISO-8601 with a numeric offset and no colon, e.g.
-//! `2030-11-08T22:33:22+0000` (apple-api.md §1). The server shows UTC, the legacy sToken example
+//! `2030-11-08T22:33:22+0000`. The server shows UTC, the legacy sToken example
 //! uses `-0700`.
 //!
 //! Parsing is lenient (Apple's form, the same with fractional seconds, or RFC 3339); writing

@@ -1,6 +1,6 @@
 //! The one error type of the Apple client, and its classification.
 //!
-//! Callers decide by [`ErrorClass`], never by number (apple-api.md §8, §12):
+//! Callers decide by [`ErrorClass`], never by number (docs/apple.md, Error classes):
 //!
 //! | class | numbers / statuses | what the caller does |
 //! |---|---|---|
@@ -17,10 +17,10 @@
 //! | `Gone` | 9634, 410 | the service was removed |
 //! | `Protocol` | undecodable answer, unknown number on a 2xx | alert; Apple changed something |
 //!
-//! The number wins over the HTTP status (an invalid token arrives as HTTP 200 + 9622, §8.2).
-//! `Retry-After` is parsed as seconds or an HTTP date (§13 #4: read on every answer, not only 500).
-//! No message ever contains the sToken: errors are built from the endpoint name, Apple's
-//! `errorMessage` and transport descriptions, none of which include request headers.
+//! The number wins over the HTTP status (an invalid token arrives as HTTP 200 + 9622).
+//! `Retry-After` is parsed as seconds or an HTTP date (docs/apple.md conflict #4: read on every
+//! answer, not only 500). No message ever contains the sToken: errors are built from the endpoint
+//! name, Apple's `errorMessage` and transport descriptions, none of which include request headers.
 
 use std::fmt;
 use std::time::Duration;

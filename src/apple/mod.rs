@@ -7,9 +7,9 @@
 //! - [`client`]: [`AppleClient`], paging, pacing, pre-validation;
 //! - [`dates`]: Apple's `2030-11-08T22:33:22+0000` dates.
 //!
-//! The contract is `reference/apple-api.md`; where its sources conflict (§13) the decision is
-//! written in the module that acts on it ([`client`], [`types`], [`error`]) and in `docs/apple.md`.
-//! The simulator that speaks the same API lives in [`crate::apple_sim`].
+//! The contract is Apple's documentation (`docs/apple.md` names it); where sources conflict the
+//! decision is written in the module that acts on it ([`client`], [`types`], [`error`]) and in
+//! `docs/apple.md`. The simulator that speaks the same API lives in [`crate::apple_sim`].
 
 pub mod client;
 pub mod codes;

@@ -1,8 +1,9 @@
 //! The sToken (content token, the `.vpptoken` file).
 //!
-//! Format (apple-api.md §2): standard base64 of a JSON object `{token, expDate, orgName}`; Apple's
-//! example holds pretty-printed JSON, the legacy one compact JSON with a `-0700` offset. What goes in
-//! `Authorization: Bearer …` is the **whole base64 text**, not the inner `token` field.
+//! Format (docs/apple.md, sToken parsing): standard base64 of a JSON object `{token, expDate,
+//! orgName}`; Apple's example holds pretty-printed JSON, the legacy one compact JSON with a `-0700`
+//! offset. What goes in `Authorization: Bearer …` is the **whole base64 text**, not the inner
+//! `token` field.
 //!
 //! Decisions:
 //! - [`SToken`] wraps that text. It prints as `SToken(***)` in `Debug` and `Display`, has no

@@ -1,7 +1,7 @@
-//! serde types of Apple's license API v2 (apple-api.md §3, §4, §6), shared by the client and the
-//! simulator so both speak exactly the same JSON.
+//! serde types of Apple's license API v2 (Apple's objects, named in docs/apple.md), shared by the
+//! client and the simulator so both speak exactly the same JSON.
 //!
-//! Decisions (§12):
+//! Decisions:
 //! - JSON is camelCase; Apple's odd spellings (`countryISO2ACode`, `websiteURL`) are renamed
 //!   explicitly.
 //! - Every response field is optional or defaulted and unknown fields are ignored: Apple adds fields
@@ -10,9 +10,9 @@
 //!   serializes back unchanged.
 //! - Every response carries [`ResponseMeta`] (`uId`, `tokenExpirationDate`, `mdmInfo`), flattened
 //!   into the `meta` field of each response type.
-//! - `tokenExpirationDate` is optional (§13 #1: docs say "only within 15 days", examples always
-//!   have it).
-//! - `pricingParam` defaults to `STDQ` when absent (§13 #12); the client always sends it.
+//! - `tokenExpirationDate` is optional (docs/apple.md conflict #1: docs say "only within 15 days",
+//!   examples always have it).
+//! - `pricingParam` defaults to `STDQ` when absent (conflict #12); the client always sends it.
 //! - Counts are `i64` (`totalCount` is `2147483647` for unlimited free assets).
 //! - The notification auth token is a [`NotificationAuthToken`], which never prints.
 
@@ -137,14 +137,14 @@ open_enum! {
     NotificationResult { Success = "SUCCESS", Failure = "FAILURE" }
 }
 
-/// Metadata present in (almost) every authenticated response (§1.1).
+/// Metadata present in (almost) every authenticated response.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResponseMeta {
     /// Library id; several tokens can share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub u_id: Option<String>,
-    /// Token expiry (§13 #1: optional).
+    /// Token expiry (conflict #1: optional).
     #[serde(
         default,
         with = "dates::option",
@@ -156,7 +156,7 @@ pub struct ResponseMeta {
     pub mdm_info: Option<MdmInfo>,
 }
 
-/// An MDM's identity written into the token's client config (§3.6).
+/// An MDM's identity written into the token's client config (Apple's `MdmInfo`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MdmInfo {
@@ -200,8 +200,8 @@ pub struct ErrorCode {
     pub error_message: Option<String>,
 }
 
-/// `GET /service/config` (§3.12, §4.1). Limits are an open map; the accessors fall back to the
-/// documented defaults when Apple omits a limit or sends a non-positive one.
+/// `GET /service/config` (Apple's `ServiceConfigResponse`). Limits are an open map; the accessors
+/// fall back to the documented defaults when Apple omits a limit or sends a non-positive one.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceConfig {
@@ -298,7 +298,7 @@ impl ServiceConfig {
     }
 }
 
-/// `GET`/`POST /client/config` response (§3.11).
+/// `GET`/`POST /client/config` response (Apple's `ClientConfigResponse`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientConfig {
@@ -331,8 +331,8 @@ pub struct ClientConfig {
     pub meta: ResponseMeta,
 }
 
-/// `POST /client/config` body (§3.10). Absent fields are not sent. `notification_types` is the
-/// complete set (it replaces the previous subscription).
+/// `POST /client/config` body (Apple's `ClientConfigRequest`). Absent fields are not sent.
+/// `notification_types` is the complete set (it replaces the previous subscription).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientConfigRequest {
@@ -346,7 +346,7 @@ pub struct ClientConfigRequest {
     pub notification_auth_token: Option<NotificationAuthToken>,
 }
 
-/// Request-side identity of a product: `(adamId, pricingParam)` (§3.1).
+/// Request-side identity of a product: `(adamId, pricingParam)` (Apple's `Asset`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AssetKey {
@@ -370,7 +370,7 @@ impl AssetKey {
     }
 }
 
-/// An owned asset with its counts (Apple's ResponseAsset, §3.2). Unlimited assets returned in
+/// An owned asset with its counts (Apple's `ResponseAsset`). Unlimited assets returned in
 /// `unlimitedAssets` have no counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -418,7 +418,7 @@ pub enum Target {
     ClientUserId(String),
 }
 
-/// One license held by one device or user (§3.4).
+/// One license held by one device or user (Apple's `Assignment`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
@@ -453,7 +453,7 @@ impl Assignment {
     }
 }
 
-/// A user record (Apple's ResponseUser, §3.5).
+/// A user record (Apple's `ResponseUser`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
@@ -469,7 +469,8 @@ pub struct User {
     pub status: Option<UserStatus>,
 }
 
-/// A user in create/update/retire requests (§3.5). Retire needs only `client_user_id`.
+/// A user in create/update/retire requests (Apple's `RequestUser`). Retire needs only
+/// `client_user_id`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestUser {
@@ -498,8 +499,8 @@ pub struct ManageUsersRequest {
     pub users: Vec<RequestUser>,
 }
 
-/// `POST /assets/associate` and `/assets/disassociate` body (§4.6). Every asset goes to every
-/// listed target. The client sends one kind of target per request (§13 #2).
+/// `POST /assets/associate` and `/assets/disassociate` body. Every asset goes to every
+/// listed target. The client sends one kind of target per request (conflict #2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ManageAssetsRequest {
@@ -531,7 +532,7 @@ impl ManageAssetsRequest {
     }
 }
 
-/// `POST /assets/revoke` body (§4.8): all revocable assets of the targets.
+/// `POST /assets/revoke` body: all revocable assets of the targets.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RevokeAssetsRequest {
@@ -541,7 +542,7 @@ pub struct RevokeAssetsRequest {
     pub serial_numbers: Vec<String>,
 }
 
-/// Answer of every asynchronous call (§3.8): acceptance, not success.
+/// Answer of every asynchronous call (Apple's `EventResponse`): acceptance, not success.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventResponse {
@@ -551,7 +552,7 @@ pub struct EventResponse {
     pub meta: ResponseMeta,
 }
 
-/// Entities an error applies to (§3.7).
+/// Entities an error applies to (Apple's `ResponseErrorInfo`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorInfo {
@@ -570,7 +571,7 @@ impl ErrorInfo {
 }
 
 /// Apple's error object: a synchronous error body, an entry of `failures`, or a notification's
-/// `error` (§3.7).
+/// `error` (Apple's `ErrorResponse`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorResponse {
@@ -582,7 +583,7 @@ pub struct ErrorResponse {
     pub error_info: ErrorInfo,
 }
 
-/// `GET /status` (§3.9, §4.9).
+/// `GET /status` (Apple's `StatusResponse`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusResponse {
@@ -623,7 +624,7 @@ impl StatusResponse {
     }
 }
 
-/// Paging fields of list responses (§3.13).
+/// Paging fields of list responses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PageInfo {
@@ -680,8 +681,9 @@ pub struct GetUsersResponse {
     pub meta: ResponseMeta,
 }
 
-/// A notification as Apple POSTs it (§6.2). The payload stays JSON until [`payload`](Self::payload)
-/// so that unknown types (`SUBSCRIPTION_*`, `UNLIMITED_ASSET`, future ones) never fail.
+/// A notification as Apple POSTs it (its envelope). The payload stays JSON until
+/// [`payload`](Self::payload) so that unknown types (`SUBSCRIPTION_*`, `UNLIMITED_ASSET`, future
+/// ones) never fail.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationEnvelope {

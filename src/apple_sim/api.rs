@@ -1,12 +1,13 @@
-//! Apple's endpoints under `/mdm/v2` (apple-api.md §1, §4, §11.2).
+//! Apple's endpoints under `/mdm/v2` (docs/apple.md, What it simulates).
 //!
 //! Every request: counted by `METHOD /path` and delayed by the latency fault (middleware). Then,
 //! in [`guard`]: `Authorization: Bearer <sToken>` (missing/malformed → 9722/401; unknown or
 //! invalidated → 9622 with HTTP 200 by default; expired → 9621/401; revoked → 9625/401), the
 //! per-token rate limit (`maxRequestPerSecond` → 9646/429 with `Retry-After: 1`), "fail next"
 //! rules and the random error rate (9603/500). `/service/config` needs no token (a Bearer header
-//! is accepted and ignored, §13 #11) but still sees global faults. Wrong method → 9726/405;
-//! a POST whose Content-Type is not JSON → 9727/415; a body that is not the expected JSON → 9602.
+//! is accepted and ignored, conflict #11 in docs/apple.md) but still sees global faults. Wrong
+//! method → 9726/405; a POST whose Content-Type is not JSON → 9727/415; a body that is not the
+//! expected JSON → 9602.
 
 #![allow(
     clippy::result_large_err,
@@ -327,7 +328,7 @@ async fn get_client_config(sim: web::Data<Sim>, req: HttpRequest) -> HttpRespons
     }
 }
 
-/// Checks a client-config request against Apple's rules (§4.3) before anything is stored.
+/// Checks a client-config request against Apple's rules before anything is stored.
 fn check_client_config(sim: &Sim, request: &ClientConfigRequest) -> Result<(), HttpResponse> {
     let state = sim.lock();
     let limit = |name| state.settings.limit(name);

@@ -1,6 +1,6 @@
-//! Asynchronous events (apple-api.md §9.1): the synchronous checks that turn a request into
-//! tasks (or refuse it with Apple's number), the queue, and processing in submission order with
-//! one outcome per task, the `/status` view and the notifications an event causes.
+//! Asynchronous events (docs/apple.md, What it simulates): the synchronous checks that turn a
+//! request into tasks (or refuse it with Apple's number), the queue, and processing in submission
+//! order with one outcome per task, the `/status` view and the notifications an event causes.
 //!
 //! Tasks are fixed when a request is accepted: assets × (clientUserIds, then serialNumbers) for
 //! associate/disassociate; for revoke, every revocable assignment its targets hold at that moment.
@@ -123,7 +123,9 @@ fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
 }
 
 impl State {
-    /// Synchronous checks of associate/disassociate (§11.2 rule 7), then the event's tasks.
+    /// Synchronous checks of associate/disassociate (empty lists, limits, duplicates, blank
+    /// targets, then unknown, non-device-assignable or non-revocable assets), then the event's
+    /// tasks.
     pub fn manage_assets_tasks(
         &self,
         location: &Location,

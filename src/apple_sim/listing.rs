@@ -1,5 +1,5 @@
-//! Paged reads of `/assets`, `/assignments` and `/users` with their filters (apple-api.md §4.4,
-//! §4.5, §4.10, §5).
+//! Paged reads of `/assets`, `/assignments` and `/users` with their filters (docs/apple.md, What
+//! it simulates).
 //!
 //! Pages are zero-based and hold `pageSize` records; an empty result is one empty page;
 //! `nextPageIndex` is present only when another page follows; an index past the end answers 9650.

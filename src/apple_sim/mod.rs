@@ -1,20 +1,21 @@
 //! A stateful simulator of Apple's license API v2, for tests, benchmarks and the quick start
-//! (apple-api.md §11). Subcommand: `vpp-broker apple-sim --port 9090 --seed file.json`; in-process:
-//! [`Simulator::start`].
+//! (`docs/apple.md`, The simulator). Subcommand: `vpp-broker apple-sim --port 9090 --seed
+//! file.json`; in-process: [`Simulator::start`].
 //!
 //! It serves Apple's own paths under `/mdm/v2` (switching to Apple is only the client's base URL)
 //! and an admin API under `/_sim` (see [`admin`]) for seeding, fault injection, counters and
 //! assertions. `docs/apple.md` documents both.
 //!
-//! Decisions where Apple is silent or sources conflict (each marked UNCONFIRMED in the reference):
-//! - unknown/invalidated tokens answer 9622 with HTTP 200 (§13 #3; setting `invalidTokenStatus`);
-//! - `tokenExpirationDate` in every response (§13 #1; setting `tokenExpirationDate`);
-//! - associate accepts serial numbers and clientUserIds in one request (Apple's examples, §13 #2);
-//!   tasks are assets × (users, then serials), in request order, and run in that order: licenses
-//!   running out fail the rest with 9709;
+//! Decisions where Apple is silent or sources conflict (numbered as in `docs/apple.md`):
+//! - unknown/invalidated tokens answer 9622 with HTTP 200 (conflict #3; setting
+//!   `invalidTokenStatus`);
+//! - `tokenExpirationDate` in every response (conflict #1; setting `tokenExpirationDate`);
+//! - associate accepts serial numbers and clientUserIds in one request (Apple's examples,
+//!   conflict #2); tasks are assets × (users, then serials), in request order, and run in that
+//!   order: licenses running out fail the rest with 9709;
 //! - re-associating an existing assignment succeeds without using a license; disassociating an
 //!   absent one succeeds; an unknown `adamId` is refused synchronously with 9602 and `errorInfo`;
-//! - 9609 (unknown user) is reported asynchronously, in `failures` and notifications (§13 #5);
+//! - 9609 (unknown user) is reported asynchronously, in `failures` and notifications (conflict #5);
 //! - revoke expands its targets into their revocable assignments when accepted; `numRequested` is
 //!   that number of assignments; over-limit revokes answer 9701/9702;
 //! - retiring a user releases its revocable licenses (v1 behaviour; setting
@@ -25,7 +26,7 @@
 //! - pages: zero-based, `pageSize` records (default 500), an empty result is one empty page,
 //!   `nextPageIndex` only when another page follows; `unlimitedAssets` come on page 0;
 //! - 429 carries `Retry-After: 1`;
-//! - `GET /users?activeOnly=true` excludes Retired/Deleted records (§13 #7).
+//! - `GET /users?activeOnly=true` excludes Retired/Deleted records (conflict #7).
 //!
 //! State lives behind one mutex (simple and correct; no handler awaits while holding it). Two
 //! background tasks run on the runtime that called [`Simulator::start`]: the event worker (runs

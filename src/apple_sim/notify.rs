@@ -1,4 +1,4 @@
-//! Notifications from "Apple" to the MDM (apple-api.md §6).
+//! Notifications from "Apple" to the MDM (docs/apple.md, What it simulates).
 //!
 //! Event processing and admin hooks put [`Outgoing`] notifications in an outbox; one sender task
 //! delivers them in order: `POST` JSON to the location's `notificationUrl` with

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// When `tokenExpirationDate` is put in responses (§13 #1).
+/// When `tokenExpirationDate` is put in responses (docs/apple.md conflict #1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum TokenExpirationMode {

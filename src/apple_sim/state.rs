@@ -1,4 +1,4 @@
-//! The simulator's state and every change to it (apple-api.md §11.1, §11.2).
+//! The simulator's state and every change to it (docs/apple.md, The simulator).
 //!
 //! One `State` behind one mutex: handlers lock, compute, unlock; nothing awaits while holding it.
 //! Model:
@@ -683,7 +683,7 @@ impl State {
         }
     }
 
-    /// §1.1 metadata for a response.
+    /// The metadata (`uId`, `tokenExpirationDate`, `mdmInfo`) of a response.
     pub fn meta(&self, location: &Location, exp_date: DateTime<Utc>) -> ResponseMeta {
         let show_expiry = match self.settings.token_expiration_date {
             TokenExpirationMode::Always => true,

@@ -1,4 +1,4 @@
-//! Following Apple's asynchronous events to the end (rule T10).
+//! Following Apple's asynchronous events to the end (rule T10 in docs/rules.md).
 //!
 //! Results arrive two ways: by polling `GET /status` (complete: every target not listed in
 //! `failures` succeeded) and by Apple's ASSET_MANAGEMENT notifications (partial: only the

@@ -1,5 +1,5 @@
 //! The Apple dispatcher: background workers that turn queued jobs into Apple requests and
-//! follow Apple's events to the end (rules T7, T10, A10).
+//! follow Apple's events to the end (rules T7, T10, A10 in docs/rules.md).
 //!
 //! Every `serve` process runs `VPP_WORKERS` workers. Coordination goes through PostgreSQL only:
 //! - a worker becomes the dispatcher of one account at a time through a session advisory lock

@@ -1,7 +1,7 @@
 //! User-based licenses need the user registered with Apple at that account (`users/create`).
 //! Registration is done on demand, just before the first association of a user, and remembered
 //! in `apple_users`. Its answers carry `mdmInfo` like every Apple answer: another MDM named
-//! there stops the registration (and the association behind it) at once (rule T3).
+//! there stops the registration (and the association behind it) at once (rule T3 in docs/rules.md).
 
 use std::collections::HashMap;
 use std::time::Duration;

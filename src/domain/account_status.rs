@@ -1,4 +1,4 @@
-//! The account status state machine (rule T2).
+//! The account status state machine (rule T2 in docs/rules.md).
 //!
 //! Status is computed from three things: a *base condition* learned from Apple (sticky until
 //! Apple says otherwise), the token's expiry date, and a Retry-After window. Precedence, highest

@@ -1,6 +1,6 @@
-//! The decisions of a batch, in memory, over a [`Snapshot`] (rules A1–A10). Pure: no I/O, so
-//! every rule is unit-tested here, and the database work of a batch is a fixed number of
-//! statements whatever its size.
+//! The decisions of a batch, in memory, over a [`Snapshot`] (rules A1–A10 in docs/rules.md).
+//! Pure: no I/O, so every rule is unit-tested here, and the database work of a batch is a fixed
+//! number of statements whatever its size.
 //!
 //! Requests are decided in order. Each license taken is counted against its account's asset
 //! before the next request is decided, so a batch never hands out more than the locked asset

@@ -34,7 +34,7 @@ crate::text_enum! {
 }
 
 crate::text_enum! {
-    /// Life cycle of an assignment (design §4).
+    /// Life cycle of an assignment (docs/rules.md, Assignment life cycle).
     pub enum AssignmentState {
         /// Held in the ledger; the Apple call is queued.
         Pending = "pending",

@@ -1,4 +1,4 @@
-//! Applying a distribution policy to one subject (rules A2, A3).
+//! Applying a distribution policy to one subject (rules A2, A3 in docs/rules.md).
 //!
 //! * **Disallowed** entries (a device, a user, or a group) refuse the subject outright.
 //! * **Reserved** entries name individual devices or users, optionally with the account to

@@ -1,4 +1,5 @@
-//! Allocation (rules A1–A10): decided from the ledger, in batches, never calling Apple.
+//! Allocation (rules A1–A10 in docs/rules.md): decided from the ledger, in batches, never calling
+//! Apple.
 //!
 //! A request is decided in this order (see [`crate::domain::decide`]):
 //! 1. the license holder is resolved (device or user license, A7 and Shared iPads);

@@ -1,5 +1,5 @@
-//! Revocation (rule V1): one assignment, all of an asset (in one account or all), all of a
-//! subject's, all of an account's.
+//! Revocation (rule V1 in docs/rules.md): one assignment, all of an asset (in one account or all),
+//! all of a subject's, all of an account's.
 //!
 //! A revoked license is free in the ledger at once (`held` drops in the same statement).
 //! Pending assignments never reached Apple: they become `revoked` and their queued Apple job is

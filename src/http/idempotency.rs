@@ -1,5 +1,5 @@
-//! `Idempotency-Key` (rule A6): the first response to a key is stored in the same transaction as
-//! the change it describes, and replayed for every later request with that key.
+//! `Idempotency-Key` (rule A6 in docs/rules.md): the first response to a key is stored in the same
+//! transaction as the change it describes, and replayed for every later request with that key.
 //!
 //! Keys are scoped per space and caller (`sub`), kept 24 hours, 1–255 visible ASCII characters.
 //! A second request with the same key but a different body is refused (422

@@ -1,4 +1,4 @@
-//! Assignments: the ledger rows of licenses (life cycle in design §4).
+//! Assignments: the ledger rows of licenses (life cycle in docs/rules.md).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};

@@ -355,7 +355,7 @@ async fn unknown_paths_wrong_methods_content_types_and_headers_get_apples_answer
         assert_eq!(body["errorNumber"], 9722, "{header:?}");
     }
 
-    // Service config takes no token but tolerates one (§13 #11).
+    // Service config takes no token but tolerates one (docs/apple.md conflict #11).
     let with_bearer = raw()
         .get(format!("{base}/service/config"))
         .bearer_auth(token)

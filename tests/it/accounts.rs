@@ -1,4 +1,5 @@
-//! Token accounts against the Apple simulator over real HTTP: rules T1, T2, T3, T8, T9, A5.
+//! Token accounts against the Apple simulator over real HTTP: rules T1, T2, T3, T8, T9, A5
+//! (docs/rules.md).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -1,5 +1,5 @@
 //! The allocation engine against PostgreSQL and the Apple simulator over real HTTP, with the
-//! dispatcher running: rules A1–A10, V1, T7, T10, each test named after its rule.
+//! dispatcher running: rules A1–A10, V1, T7, T10, each test named after its rule (docs/rules.md).
 
 use std::time::Duration;
 

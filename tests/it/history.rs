@@ -1,6 +1,6 @@
-//! H1: a license ledger keeps its history. Revoked and failed assignments and the activity log
-//! stay readable after their account is deleted, or after a token replacement cleared the
-//! account's ledger. Over real HTTP with the simulator and the dispatcher.
+//! H1 (docs/rules.md): a license ledger keeps its history. Revoked and failed assignments and the
+//! activity log stay readable after their account is deleted, or after a token replacement cleared
+//! the account's ledger. Over real HTTP with the simulator and the dispatcher.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Integration tests: real PostgreSQL (one database per test, cloned from a migrated template),
 //! the HTTP server on a real port, JWTs really signed and verified.
+//! A test that proves a rule of `docs/rules.md` starts with its id (`a9_…`).
 
 mod accounts;
 mod allocation;

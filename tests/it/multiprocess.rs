@@ -1,6 +1,6 @@
-//! Several `serve` processes on one database, configured like the Helm chart configures pods:
-//! no over-allocation across replicas (A9), a killed replica's work finished by the others,
-//! one migration run for replicas starting together, graceful drain on SIGTERM.
+//! Several `serve` processes on one database, configured like the Helm chart configures pods: no
+//! over-allocation across replicas (A9 in docs/rules.md), a killed replica's work finished by the
+//! others, one migration run for replicas starting together, graceful drain on SIGTERM.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
-//! Apple's notifications reach the service (rule T10): the receiver authenticates them with the
-//! per-account bearer token, ignores duplicates, and moves assignments without waiting for a
-//! status poll; ASSET_COUNT adjusts counts.
+//! Apple's notifications reach the service (rule T10 in docs/rules.md): the receiver authenticates
+//! them with the per-account bearer token, ignores duplicates, and moves assignments without
+//! waiting for a status poll; ASSET_COUNT adjusts counts.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Distribution policies as a resource: create, read, list, replace and delete, validated, with
-//! `ETag`/`If-Match` (the rules they drive, A2/A3, are tested in `allocation`).
+//! `ETag`/`If-Match` (the rules they drive, A2/A3 in docs/rules.md, are tested in `allocation`).
 
 use reqwest::Method;
 use serde_json::{Value, json};
