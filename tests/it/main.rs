@@ -6,6 +6,7 @@ mod accounts;
 mod allocation;
 mod auth;
 mod cli;
+mod docs;
 mod history;
 mod hostile_input;
 mod layering;
