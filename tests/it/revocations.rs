@@ -15,7 +15,7 @@ use vpp_broker::apple::types::{AssetKey, PricingParam};
 use vpp_broker::db::schema::{activity_log, assets, jobs};
 
 use crate::support::fixtures::{self, APP, BOOK, assignment_activity as activity_of, device};
-use crate::support::sim::{self, app, book, location};
+use crate::support::sim::{app, book, location};
 use crate::support::{Allocated, TestApp, expect_problem, read};
 
 /// A revocation record as a comparable tuple: (by, reason, requested at, request id).
@@ -357,21 +357,15 @@ async fn activity_rows_of_handlers_carry_the_callers_request_id() {
 /// since nothing reached Apple that it would refuse to take back.
 #[tokio::test]
 async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
-    let sim = sim::start(vec![location(
-        U1,
-        "Library",
-        vec![app(APP, 5), book(BOOK, 5)],
-    )])
-    .await;
     // No dispatcher: every allocation stays `pending`.
-    let app = TestApp::start_opts(crate::support::app::Options {
-        apple_base_url: sim.base_url(),
-        ..Default::default()
-    })
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5), book(BOOK, 5)])],
+        |_| crate::support::app::Options::default(),
+        &[("A", U1)],
+    )
     .await;
-    app.space("acme").await;
-    let api = app.client("acme");
-    let account = api.attach("A", &sim::stoken(&sim, U1)).await.id;
+    let (app, account) = (&w.app, w.accounts[0]);
+    let api = w.api();
     for (body, request_id) in [
         (user_book("reader-9"), "req-pending-book"),
         (
@@ -379,7 +373,7 @@ async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
             "req-pending-app",
         ),
     ] {
-        let id = allocate(&app, body, request_id).await;
+        let id = allocate(app, body, request_id).await;
         let before = api.assignment(id).await;
         assert_eq!(before.state.as_str(), "pending", "{before:?}");
         let resp = app
@@ -395,5 +389,5 @@ async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
         assert_eq!(record(&after).1, "changed my mind", "{after:?}");
     }
     // The book's license is free again in the ledger, and nothing waits to go to Apple.
-    assert_eq!(ledger_of_book(&app, account).await, (0, 0, 0));
+    assert_eq!(ledger_of_book(app, account).await, (0, 0, 0));
 }
