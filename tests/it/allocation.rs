@@ -926,16 +926,15 @@ async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_
 #[tokio::test]
 async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
     use vpp_broker::ledger::jobs::{self, Batching};
-    let sim = sim::start(vec![location(U1, "Library A", vec![app(APP, 100)])]).await;
     // No dispatcher: the test claims the queued jobs itself.
-    let app_ = TestApp::start_opts(crate::support::app::Options {
-        apple_base_url: sim.base_url(),
-        ..Default::default()
-    })
+    let w = fixtures::world_with(
+        vec![location(U1, "Library A", vec![app(APP, 100)])],
+        |_| crate::support::app::Options::default(),
+        &[("A", U1)],
+    )
     .await;
-    app_.space("acme").await;
-    let api = app_.client("acme");
-    let account = api.attach("A", &sim::stoken(&sim, U1)).await.id;
+    let (app_, account) = (&w.app, w.accounts[0]);
+    let api = w.api();
     for i in 0..6 {
         api.allocated(&device(&format!("D{i}"))).await;
         let user = api
@@ -1011,21 +1010,21 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
 async fn t10_a_lowered_batch_limit_is_reread_and_the_batch_resent_in_smaller_requests() {
     use std::collections::BTreeMap;
     use vpp_broker::apple_sim::SettingsPatch;
-    let sim = sim::start(vec![location(U1, "Library A", vec![app(APP, 100)])]).await;
-    let app_ = TestApp::start_opts(crate::support::app::Options {
-        apple_base_url: sim.base_url(),
-        // A long quiet window: the 25 allocations below form one batch.
-        dispatcher: Some(vpp_broker::dispatch::Settings {
-            quiet: Duration::from_millis(800),
-            max_wait: Duration::from_secs(5),
-            ..crate::support::app::fast_dispatch("")
-        }),
-        ..Default::default()
-    })
+    let w = fixtures::world_with(
+        vec![location(U1, "Library A", vec![app(APP, 100)])],
+        |_| crate::support::app::Options {
+            // A long quiet window: the 25 allocations below form one batch.
+            dispatcher: Some(vpp_broker::dispatch::Settings {
+                quiet: Duration::from_millis(800),
+                max_wait: Duration::from_secs(5),
+                ..crate::support::app::fast_dispatch("")
+            }),
+            ..Default::default()
+        },
+        &[("A", U1)],
+    )
     .await;
-    app_.space("acme").await;
-    let api = app_.client("acme");
-    api.attach("A", &sim::stoken(&sim, U1)).await;
+    let (sim, api) = (&w.sim, w.api());
     // The service reads the config (limit 1000) while serving a first device.
     let first = api.allocated(&device("L0")).await;
     assert_eq!(api.final_state(first.id()).await.state.as_str(), "active");
@@ -1044,7 +1043,7 @@ async fn t10_a_lowered_batch_limit_is_reread_and_the_batch_resent_in_smaller_req
         let v = api.final_state(*id).await;
         assert_eq!(v.state.as_str(), "active", "{v:?}");
     }
-    assert_eq!(sim_serials(&sim, U1).await.len(), 26);
+    assert_eq!(sim_serials(sim, U1).await.len(), 26);
     let counters = sim.counters().await.unwrap();
     assert!(
         counters["GET /service/config"] > reads_before,
