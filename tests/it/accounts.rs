@@ -189,9 +189,7 @@ async fn t3_another_mdms_token_is_stored_not_owned_and_left_alone_until_reclaime
         name: "Other MDM".into(),
         metadata: "v1".into(),
     });
-    let sim = sim::start(vec![other]).await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
+    let fixtures::World { sim, app, .. } = fixtures::world(vec![other], &[]).await;
     let account = app
         .client("acme")
         .attach("Main", &sim::stoken(&sim, U1))
@@ -339,9 +337,7 @@ async fn t2_test_reports_every_status_driven_by_apple() {
 async fn t2_expiry_moves_accounts_to_expiring_then_expired() {
     let mut soon = location(U1, "Main Library", vec![app("408709785", 10)]);
     soon.token_exp_date = Some((chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339());
-    let sim = sim::start(vec![soon]).await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
+    let fixtures::World { sim, app, .. } = fixtures::world(vec![soon], &[]).await;
     let api = app.client("acme");
     let account = api.attach("Main", &sim::stoken(&sim, U1)).await;
     assert_eq!(account.status.state.as_str(), "expiring");
