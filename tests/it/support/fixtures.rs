@@ -31,8 +31,9 @@ pub async fn world(locations: Vec<SeedLocation>, attach: &[(&str, &str)]) -> Wor
     world_with(locations, dispatching, attach).await
 }
 
-/// [`world`] with the server's options: `options` gets the simulator; its Apple base URL is
-/// set to the simulator's, and a default options' dispatcher is the fast one.
+/// [`world`] with the server's own options, built by `options` from the simulator; their Apple
+/// base URL is replaced by the simulator's. `Options::default()` runs no dispatcher (nothing
+/// moves by itself); [`dispatching`] runs the fast one.
 pub async fn world_with(
     locations: Vec<SeedLocation>,
     options: impl FnOnce(&SimHandle) -> Options,
