@@ -4,6 +4,10 @@
 //! Each test starts its own simulator on 127.0.0.1:0, so tests run in parallel.
 
 mod apple {
+    /// The `eventually` helper the integration tests use too.
+    #[path = "../it/support/eventually.rs"]
+    #[allow(dead_code)]
+    pub mod eventually;
     pub mod support;
 
     mod config;

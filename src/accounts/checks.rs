@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -15,7 +15,7 @@ use crate::ledger::activity::{self, Activity};
 use crate::state::AppState;
 
 /// The owner Apple reports for a location.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Owner {
     pub id: String,
     pub name: String,
@@ -24,7 +24,7 @@ pub struct Owner {
 }
 
 /// What a Test found.
-#[derive(Clone, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct TestReport {
     pub checked_at: DateTime<Utc>,
     /// Whether Apple answered the token at all.

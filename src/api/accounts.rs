@@ -259,7 +259,7 @@ pub struct AccountOrder {
 }
 
 /// Answer of `POST …/test`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TestResult {
     pub report: TestReport,
     pub account: Account,

@@ -224,6 +224,8 @@ async fn too_many_requests_per_second_answer_429() {
             .max_request_per_second(),
         3
     );
+    // Let the one-second window the quick requests above used up pass (a wait for time, not
+    // for background work).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..7 {
         paced.get_client_config(&env.token).await.unwrap();

@@ -80,20 +80,19 @@ async fn events_complete_on_their_own_after_the_configured_delay() {
         )
         .await
         .unwrap();
-    let mut status = None;
-    for _ in 0..100 {
-        let s = env
-            .client
-            .event_status(&env.token, &event.event_id)
-            .await
-            .unwrap();
-        if s.is_finished() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(status.expect("finished within 2 s").is_success());
+    let status = super::eventually::eventually_within(
+        std::time::Duration::from_secs(2),
+        "the event finished",
+        async || {
+            env.client
+                .event_status(&env.token, &event.event_id)
+                .await
+                .unwrap()
+        },
+        |s| s.is_finished(),
+    )
+    .await;
+    assert!(status.is_success());
 }
 
 #[tokio::test]

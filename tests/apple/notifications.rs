@@ -268,11 +268,14 @@ async fn failed_deliveries_are_retried() {
         .set_asset_total(&env.location.u_id, &AssetKey::stdq(APP), 16)
         .await
         .unwrap();
-    let gave_up = super::support::eventually(std::time::Duration::from_secs(5), || {
-        receiver.attempts() >= 7
-    })
+    super::eventually::eventually_within(
+        std::time::Duration::from_secs(5),
+        "seven attempts",
+        async || receiver.attempts(),
+        |attempts| *attempts >= 7,
+    )
     .await;
-    assert!(gave_up);
+    // A check that nothing more happens: give a fourth attempt time to come.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(receiver.attempts(), 7, "no fourth attempt");
     assert_eq!(receiver.received().len(), 2);
@@ -343,7 +346,15 @@ async fn dropped_and_duplicated_notifications() {
         NotificationPayload::AssetCount(c) => assert_eq!(c.count_delta, 1, "from 11 to 12"),
         other => panic!("unexpected {other:?}"),
     }
-    let log = env.sim.notifications().await.unwrap();
+    // The simulator logs a delivery once the receiver answered it, so the duplicate's entry
+    // may trail its arrival: wait for it.
+    let log = super::eventually::eventually_within(
+        std::time::Duration::from_secs(10),
+        "the duplicate delivery logged",
+        async || env.sim.notifications().await.unwrap(),
+        |log| log.iter().any(|r| r.duplicate),
+    )
+    .await;
     assert!(log.iter().any(|r| r.outcome == DeliveryOutcome::Dropped));
     assert!(log.iter().any(|r| r.duplicate));
     receiver.stop().await;
@@ -388,6 +399,7 @@ async fn only_subscribed_types_are_sent_and_another_mdm_takes_the_endpoint() {
         .set_asset_total(&env.location.u_id, &AssetKey::stdq(APP), 21)
         .await
         .unwrap();
+    // A check that nothing arrives: give a notification time to come.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 2, "nothing after the takeover");
     receiver.stop().await;

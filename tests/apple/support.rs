@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -108,20 +108,6 @@ impl Env {
     }
 }
 
-/// Polls `check` every 20 ms until it is true or `timeout` passes.
-pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// One notification as the receiver saw it.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -216,18 +202,13 @@ impl Receiver {
 
     /// Waits until at least `n` notifications arrived; returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let state = self.state.clone();
-        let arrived = eventually(Duration::from_secs(10), || {
-            state.received.lock().unwrap().len() >= n
-        })
-        .await;
-        let received = self.received();
-        assert!(
-            arrived,
-            "expected {n} notifications, got {}: {received:?}",
-            received.len()
-        );
-        received
+        super::eventually::eventually_within(
+            Duration::from_secs(10),
+            &format!("{n} notifications"),
+            async || self.received(),
+            |received| received.len() >= n,
+        )
+        .await
     }
 
     pub async fn stop(self) {

@@ -7,40 +7,41 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use reqwest::Method;
 use serde_json::{Value, json};
+use uuid::Uuid;
+use vpp_broker::api::accounts::Account;
+use vpp_broker::api::assignments::Allocation;
 use vpp_broker::apple::types::MdmInfo;
 use vpp_broker::apple_sim::{FailRule, FaultsPatch, TokenStatus};
 use vpp_broker::db::schema::{accounts, activity_log};
 
+use crate::support::fixtures::{self, account_activity as actions};
 use crate::support::sim::{self, app, location};
-use crate::support::{TestApp, expect_problem};
+use crate::support::{Allocated, TestApp, expect_problem, read};
 
 const U1: &str = "1000000001";
 const U2: &str = "1000000002";
 const U3: &str = "1000000003";
 
 async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp) {
-    let sim = sim::start(vec![
-        location(
-            U1,
-            "Main Library",
-            vec![app("408709785", 10), app("377298193", 5)],
-        ),
-        location(U2, "Second Library", vec![app("408709785", 3)]),
-        location(U3, "Third Library", vec![app("408709785", 1)]),
-    ])
+    let w = fixtures::world(
+        vec![
+            location(
+                U1,
+                "Main Library",
+                vec![app("408709785", 10), app("377298193", 5)],
+            ),
+            location(U2, "Second Library", vec![app("408709785", 3)]),
+            location(U3, "Third Library", vec![app("408709785", 1)]),
+        ],
+        &[],
+    )
     .await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
-    (sim, app)
+    (w.sim, w.app)
 }
 
 async fn count_accounts(app: &TestApp) -> i64 {
     let mut conn = app.db.connect().await;
     accounts::table.count().get_result(&mut conn).await.unwrap()
-}
-
-async fn get(app: &TestApp, path: &str) -> Value {
-    app.get_json(path).await
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
@@ -51,51 +52,36 @@ async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-async fn actions(app: &TestApp, account: &str) -> Vec<(String, Value)> {
-    let mut conn = app.db.connect().await;
-    let id: uuid::Uuid = account.parse().unwrap();
-    activity_log::table
-        .filter(activity_log::account_id.eq(id))
-        .order(activity_log::id)
-        .select((activity_log::action, activity_log::details))
-        .load(&mut conn)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn t1_adding_an_account_learns_the_location_claims_it_and_imports_assets() {
     let (sim, app) = world().await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    assert_eq!(account["location"]["uid"], U1);
-    assert_eq!(account["location"]["name"], "Main Library");
-    assert_eq!(account["location"]["country"], "DE");
-    assert_eq!(account["organization"], "Main Library");
-    assert_eq!(account["priority"], 1);
-    assert_eq!(account["status"]["state"], "active");
-    assert_eq!(account["owned_by_this_deployment"], true);
-    assert_eq!(account["licenses"]["assets"], 2);
-    assert_eq!(account["licenses"]["total"], 15);
-    assert_eq!(account["licenses"]["available"], 15);
-    assert!(account.get("stoken").is_none());
+    // Read raw first: the sToken must be absent on the wire.
+    let raw = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
+    assert!(raw.get("stoken").is_none());
+    let account: Account = serde_json::from_value(raw).unwrap();
+    assert_eq!(account.location.uid, U1);
+    assert_eq!(account.location.name, "Main Library");
+    assert_eq!(account.location.country, "DE");
+    assert_eq!(account.organization, "Main Library");
+    assert_eq!(account.priority, 1);
+    assert_eq!(account.status.state.as_str(), "active");
+    assert!(account.owned_by_this_deployment);
+    assert_eq!(account.licenses.assets, 2);
+    assert_eq!(account.licenses.total, 15);
+    assert_eq!(account.licenses.available, 15);
     // Our identity is now in Apple's client config.
     let snapshot = sim.location(U1).await.unwrap();
     let mdm = snapshot.mdm_info.expect("mdmInfo written");
     assert_eq!(mdm.name, "vpp-broker test");
     assert_eq!(mdm.id, app.state.identity.instance_id);
     // The next account goes after it.
-    let second = app.account("acme", "Second", &sim::stoken(&sim, U2)).await;
-    assert_eq!(second["priority"], 2);
-    let listed = get(&app, "/v1/spaces/acme/accounts").await;
-    let names: Vec<&str> = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
-        .collect();
+    let api = app.client("acme");
+    let second = api.attach("Second", &sim::stoken(&sim, U2)).await;
+    assert_eq!(second.priority, 2);
+    let listed = api.accounts().await;
+    let names: Vec<&str> = listed.items.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["Main", "Second"]);
-    let id = account["id"].as_str().unwrap();
-    assert_eq!(actions(&app, id).await[0].0, "account.added");
+    assert_eq!(actions(&app, account.id).await[0].0, "account.added");
 }
 
 #[tokio::test]
@@ -204,18 +190,14 @@ async fn t3_another_mdms_token_is_stored_not_owned_and_left_alone_until_reclaime
         name: "Other MDM".into(),
         metadata: "v1".into(),
     });
-    let sim = sim::start(vec![other]).await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    assert_eq!(account["status"]["state"], "not_owned");
-    assert!(
-        account["status"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("Other MDM")
-    );
-    assert_eq!(account["owned_by_this_deployment"], false);
+    let fixtures::World { sim, app, .. } = fixtures::world(vec![other], &[]).await;
+    let account = app
+        .client("acme")
+        .attach("Main", &sim::stoken(&sim, U1))
+        .await;
+    assert_eq!(account.status.state.as_str(), "not_owned");
+    assert!(account.status.reason.contains("Other MDM"));
+    assert!(!account.owned_by_this_deployment);
     // Nothing was overwritten at Apple.
     assert_eq!(
         sim.location(U1).await.unwrap().mdm_info.unwrap().id,
@@ -223,17 +205,16 @@ async fn t3_another_mdms_token_is_stored_not_owned_and_left_alone_until_reclaime
     );
 
     // Reclaim Ownership, on explicit request.
-    let id = account["id"].as_str().unwrap();
+    let id = account.id;
     let resp = post(
         &app,
         &format!("/v1/spaces/acme/accounts/{id}/reclaim"),
         json!({}),
     )
     .await;
-    assert_eq!(resp.status(), 200);
-    let reclaimed: Value = resp.json().await.unwrap();
-    assert_eq!(reclaimed["status"]["state"], "active");
-    assert_eq!(reclaimed["owned_by_this_deployment"], true);
+    let reclaimed: Account = read(resp, 200).await;
+    assert_eq!(reclaimed.status.state.as_str(), "active");
+    assert!(reclaimed.owned_by_this_deployment);
     assert_eq!(
         sim.location(U1).await.unwrap().mdm_info.unwrap().id,
         app.state.identity.instance_id
@@ -257,22 +238,13 @@ async fn t3_another_mdms_token_is_stored_not_owned_and_left_alone_until_reclaime
 #[tokio::test]
 async fn t2_test_reports_every_status_driven_by_apple() {
     let (sim, app) = world().await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    let id = account["id"].as_str().unwrap().to_owned();
-    let test = || async {
-        let resp = post(
-            &app,
-            &format!("/v1/spaces/acme/accounts/{id}/test"),
-            json!({}),
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-        resp.json::<Value>().await.unwrap()
-    };
-    let healthy = test().await;
-    assert_eq!(healthy["report"]["reachable"], true);
-    assert_eq!(healthy["report"]["status"], "active");
-    assert_eq!(healthy["report"]["owner"]["is_this_deployment"], true);
+    let api = app.client("acme");
+    let id = api.attach("Main", &sim::stoken(&sim, U1)).await.id;
+    let test = || api.test_account(id);
+    let healthy = test().await.report;
+    assert!(healthy.reachable);
+    assert_eq!(healthy.status.as_str(), "active");
+    assert!(healthy.owner.unwrap().is_this_deployment);
 
     // Throttled: 503 with Retry-After.
     sim.set_faults(&FaultsPatch {
@@ -290,10 +262,10 @@ async fn t2_test_reports_every_status_driven_by_apple() {
     .await
     .unwrap();
     let throttled = test().await;
-    assert_eq!(throttled["report"]["status"], "throttled");
-    assert!(throttled["account"]["status"]["throttled_until"].is_string());
+    assert_eq!(throttled.report.status.as_str(), "throttled");
+    assert!(throttled.account.status.throttled_until.is_some());
     // A healthy answer ends the throttle.
-    assert_eq!(test().await["report"]["status"], "active");
+    assert_eq!(test().await.report.status.as_str(), "active");
 
     // Login required (9601).
     sim.set_faults(&FaultsPatch {
@@ -310,8 +282,8 @@ async fn t2_test_reports_every_status_driven_by_apple() {
     })
     .await
     .unwrap();
-    assert_eq!(test().await["report"]["status"], "login_required");
-    assert_eq!(test().await["report"]["status"], "active");
+    assert_eq!(test().await.report.status.as_str(), "login_required");
+    assert_eq!(test().await.report.status.as_str(), "active");
 
     // Another MDM overwrote the client config.
     sim.overwrite_mdm_info(
@@ -324,9 +296,9 @@ async fn t2_test_reports_every_status_driven_by_apple() {
     )
     .await
     .unwrap();
-    let stolen = test().await;
-    assert_eq!(stolen["report"]["status"], "not_owned");
-    assert_eq!(stolen["report"]["owner"]["name"], "Rival MDM");
+    let stolen = test().await.report;
+    assert_eq!(stolen.status.as_str(), "not_owned");
+    assert_eq!(stolen.owner.unwrap().name, "Rival MDM");
 
     for (status, expected) in [
         (TokenStatus::Expired, "expired"),
@@ -335,19 +307,13 @@ async fn t2_test_reports_every_status_driven_by_apple() {
     ] {
         sim.set_location_token_status(U1, status).await.unwrap();
         let r = test().await;
-        assert_eq!(r["report"]["status"], expected);
-        assert_eq!(r["report"]["reachable"], false);
-        assert!(r["report"]["apple_error"].is_string());
-        assert!(
-            !r["account"]["status"]["reason"]
-                .as_str()
-                .unwrap()
-                .is_empty(),
-            "{r}"
-        );
+        assert_eq!(r.report.status.as_str(), expected);
+        assert!(!r.report.reachable);
+        assert!(r.report.apple_error.is_some());
+        assert!(!r.account.status.reason.is_empty(), "{r:?}");
     }
     // Every transition is in the activity log.
-    let transitions: Vec<String> = actions(&app, &id)
+    let transitions: Vec<String> = actions(&app, id)
         .await
         .into_iter()
         .filter(|(a, _)| a == "account.status_changed")
@@ -372,28 +338,22 @@ async fn t2_test_reports_every_status_driven_by_apple() {
 async fn t2_expiry_moves_accounts_to_expiring_then_expired() {
     let mut soon = location(U1, "Main Library", vec![app("408709785", 10)]);
     soon.token_exp_date = Some((chrono::Utc::now() + chrono::Duration::days(10)).to_rfc3339());
-    let sim = sim::start(vec![soon]).await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    assert_eq!(account["status"]["state"], "expiring");
-    assert!(
-        account["status"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("replace it")
-    );
+    let fixtures::World { sim, app, .. } = fixtures::world(vec![soon], &[]).await;
+    let api = app.client("acme");
+    let account = api.attach("Main", &sim::stoken(&sim, U1)).await;
+    assert_eq!(account.status.state.as_str(), "expiring");
+    assert!(account.status.reason.contains("replace it"));
     // Time passes (the token's date is moved into the past): the next read says expired.
-    let id: uuid::Uuid = account["id"].as_str().unwrap().parse().unwrap();
+    let id = account.id;
     let mut conn = app.db.connect().await;
     diesel::update(accounts::table.filter(accounts::id.eq(id)))
         .set(accounts::token_expires_at.eq(chrono::Utc::now() - chrono::Duration::hours(1)))
         .execute(&mut conn)
         .await
         .unwrap();
-    let now = get(&app, &format!("/v1/spaces/acme/accounts/{id}")).await;
-    assert_eq!(now["status"]["state"], "expired");
-    let log = actions(&app, &id.to_string()).await;
+    let now = api.account(id).await;
+    assert_eq!(now.status.state.as_str(), "expired");
+    let log = actions(&app, id).await;
     assert!(
         log.iter()
             .any(|(a, d)| a == "account.status_changed" && d["to"] == "expired")
@@ -403,14 +363,10 @@ async fn t2_expiry_moves_accounts_to_expiring_then_expired() {
 #[tokio::test]
 async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licenses() {
     let (sim, app) = world().await;
-    let mut ids = Vec::new();
+    let api = app.client("acme");
+    let mut ids: Vec<Uuid> = Vec::new();
     for (name, uid) in [("A", U1), ("B", U2), ("C", U3)] {
-        ids.push(
-            app.account("acme", name, &sim::stoken(&sim, uid)).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(api.attach(name, &sim::stoken(&sim, uid)).await.id);
     }
     // A license held from account A.
     let alloc = post(
@@ -419,9 +375,8 @@ async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licen
         json!({"asset": {"adam_id": "408709785"}, "subject": {"kind": "device", "id": "SERIAL-1"}}),
     )
     .await;
-    assert_eq!(alloc.status(), 201);
-    let alloc: Value = alloc.json().await.unwrap();
-    assert_eq!(alloc["account_id"], ids[0]);
+    let alloc: Allocation = read(alloc, 201).await;
+    assert_eq!(alloc.account_id, ids[0]);
 
     // 24 concurrent full reorders.
     let perms = [
@@ -434,7 +389,7 @@ async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licen
     ];
     let mut tasks = Vec::new();
     for i in 0..24 {
-        let order: Vec<&str> = perms[i % 6].iter().map(|&k| ids[k].as_str()).collect();
+        let order: Vec<Uuid> = perms[i % 6].iter().map(|&k| ids[k]).collect();
         let req = app
             .req(Method::PUT, "/v1/spaces/acme/account-order")
             .json(&json!({ "order": order }));
@@ -455,20 +410,9 @@ async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licen
     assert_eq!(priorities, [1, 2, 3], "dense and unique");
 
     // Explicit order, then a move.
-    let resp = app
-        .req(Method::PUT, "/v1/spaces/acme/account-order")
-        .json(&json!({ "order": [ids[2], ids[1], ids[0]] }))
-        .send()
-        .await
-        .unwrap();
-    let list: Value = resp.json().await.unwrap();
-    let order: Vec<&str> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(order, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
+    let list = api.reorder(&[ids[2], ids[1], ids[0]]).await;
+    let order: Vec<Uuid> = list.items.iter().map(|a| a.id).collect();
+    assert_eq!(order, [ids[2], ids[1], ids[0]]);
     let moved = app
         .req(
             Method::PATCH,
@@ -479,8 +423,8 @@ async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licen
         .await
         .unwrap();
     assert_eq!(moved.status(), 200);
-    let order: Value = get(&app, "/v1/spaces/acme/account-order").await;
-    assert_eq!(order["order"], json!([ids[0], ids[2], ids[1]]));
+    let order = api.account_order().await;
+    assert_eq!(order.order, [ids[0], ids[2], ids[1]]);
 
     // Bad orders are refused.
     for bad in [
@@ -496,29 +440,22 @@ async fn a5_priorities_stay_dense_under_concurrent_reorders_and_never_move_licen
         expect_problem(resp, 422, "validation-failed").await;
     }
     // The license never moved.
-    let assignment_id = alloc["assignment"]["id"].as_str().unwrap();
-    let now = get(
-        &app,
-        &format!("/v1/spaces/acme/assignments/{assignment_id}"),
-    )
-    .await;
+    let now = api.assignment(alloc.id()).await;
     // (Its version may have moved on meanwhile: the dispatcher takes it to Apple.)
-    assert_eq!(now["account_id"], ids[0]);
-    assert_eq!(now["rule"], alloc["assignment"]["rule"]);
+    assert_eq!(now.account_id, ids[0]);
+    assert_eq!(now.rule, alloc.assignment().rule);
     assert!(
-        ["pending", "associating", "active"].contains(&now["state"].as_str().unwrap()),
-        "{now}"
+        ["pending", "associating", "active"].contains(&now.state.as_str()),
+        "{now:?}"
     );
 }
 
 #[tokio::test]
 async fn updates_rename_change_settings_and_lists_with_if_match() {
     let (sim, app) = world().await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    let path = format!(
-        "/v1/spaces/acme/accounts/{}",
-        account["id"].as_str().unwrap()
-    );
+    let api = app.client("acme");
+    let account = api.attach("Main", &sim::stoken(&sim, U1)).await;
+    let path = format!("/v1/spaces/acme/accounts/{}", account.id);
     let resp = app
         .req(Method::PATCH, &path)
         .header("if-match", "\"1\"")
@@ -532,13 +469,12 @@ async fn updates_rename_change_settings_and_lists_with_if_match() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let updated: Value = resp.json().await.unwrap();
-    assert_eq!(updated["name"], "Renamed");
-    assert_eq!(updated["settings"]["notify_on_removal"], false);
-    assert_eq!(updated["settings"]["when_unusable"], "skip");
-    assert_eq!(updated["settings"]["new_assets_for_everyone"], true);
-    assert_eq!(updated["distribution_list"].as_array().unwrap().len(), 2);
+    let updated: Account = read(resp, 200).await;
+    assert_eq!(updated.name, "Renamed");
+    assert!(!updated.settings.notify_on_removal);
+    assert_eq!(updated.settings.when_unusable.as_str(), "skip");
+    assert!(updated.settings.new_assets_for_everyone);
+    assert_eq!(updated.distribution_list.len(), 2);
     let stale = app
         .req(Method::PATCH, &path)
         .header("if-match", "\"1\"")
@@ -554,23 +490,22 @@ async fn updates_rename_change_settings_and_lists_with_if_match() {
         .await
         .unwrap();
     expect_problem(bad, 422, "invalid-body").await;
-    assert_eq!(get(&app, &path).await["name"], "Renamed");
+    assert_eq!(api.account(account.id).await.name, "Renamed");
 }
 
 #[tokio::test]
 async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
     let (sim, app) = world().await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    let id = account["id"].as_str().unwrap().to_owned();
+    let api = app.client("acme");
+    let id = api.attach("Main", &sim::stoken(&sim, U1)).await.id;
     let alloc = post(
         &app,
         "/v1/spaces/acme/assignments",
         json!({"asset": {"adam_id": "408709785"}, "subject": {"kind": "device", "id": "SERIAL-1"}}),
     )
     .await;
-    assert_eq!(alloc.status(), 201);
-    let alloc: Value = alloc.json().await.unwrap();
-    let alloc_id = alloc["assignment"]["id"].as_str().unwrap().to_owned();
+    let alloc: Allocation = read(alloc, 201).await;
+    let alloc_id = alloc.id();
     let path = format!("/v1/spaces/acme/accounts/{id}/stoken");
 
     // A renewed token of the same location: the ledger stays.
@@ -584,11 +519,10 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let after: Value = resp.json().await.unwrap();
-    assert_eq!(after["licenses"]["held"], 1);
-    let listed = get(&app, "/v1/spaces/acme/assignments?live=true").await;
-    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let after: Account = read(resp, 200).await;
+    assert_eq!(after.licenses.held, 1);
+    let listed = api.assignments("live=true").await;
+    assert_eq!(listed.items.len(), 1);
 
     // Another location: refused with an explanation ...
     let resp = app
@@ -609,27 +543,28 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let switched: Value = resp.json().await.unwrap();
-    assert_eq!(switched["location"]["uid"], U3);
-    assert_eq!(switched["licenses"]["total"], 1);
-    assert_eq!(switched["licenses"]["held"], 0);
-    let live = get(&app, "/v1/spaces/acme/assignments?live=true").await;
-    assert!(live["items"].as_array().unwrap().is_empty());
+    let switched: Account = read(resp, 200).await;
+    assert_eq!(switched.location.uid, U3);
+    assert_eq!(switched.licenses.total, 1);
+    assert_eq!(switched.licenses.held, 0);
+    let live = api.assignments("live=true").await;
+    assert!(live.items.is_empty());
     // The forgotten license stays in the ledger's history, finished, saying why (H1).
-    let listed = get(&app, "/v1/spaces/acme/assignments").await;
-    let items = listed["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{listed}");
-    assert_eq!(items[0]["state"], "revoked");
+    let listed = api.assignments("").await;
+    let items = &listed.items;
+    assert_eq!(items.len(), 1, "{listed:?}");
+    assert_eq!(items[0].state.as_str(), "revoked");
     assert!(
-        items[0]["revocation"]["reason"]
-            .as_str()
+        items[0]
+            .revocation
+            .as_ref()
             .unwrap()
+            .reason
             .contains("clear_ledger"),
-        "{listed}"
+        "{listed:?}"
     );
     // The old location's queued Apple work went with its ledger.
-    let old_assignment: uuid::Uuid = alloc_id.parse().unwrap();
+    let old_assignment = alloc_id;
     let mut conn = app.db.connect().await;
     let left: i64 = vpp_broker::db::schema::jobs::table
         .filter(vpp_broker::db::schema::jobs::assignment_id.eq(old_assignment))
@@ -638,7 +573,7 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
         .await
         .unwrap();
     assert_eq!(left, 0);
-    let log = actions(&app, &id).await;
+    let log = actions(&app, id).await;
     let replaced: Vec<&Value> = log
         .iter()
         .filter(|(a, _)| a == "account.token_replaced")
@@ -651,8 +586,8 @@ async fn t9_replacing_the_token_keeps_the_ledger_for_the_same_location_only() {
 #[tokio::test]
 async fn t8_delete_is_refused_while_a_policy_uses_the_account_unless_revoke_all() {
     let (sim, app) = world().await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    let id = account["id"].as_str().unwrap().to_owned();
+    let api = app.client("acme");
+    let id = api.attach("Main", &sim::stoken(&sim, U1)).await.id;
     let resp = app
         .req(Method::PUT, "/v1/spaces/acme/policies/408709785/STDQ")
         .json(&json!({"reserved": [{"kind": "device", "id": "VIP", "account_id": id}]}))
@@ -660,7 +595,7 @@ async fn t8_delete_is_refused_while_a_policy_uses_the_account_unless_revoke_all(
         .await
         .unwrap();
     assert!(resp.status().is_success());
-    let before: Value = resp.json().await.unwrap();
+    let before: vpp_broker::api::policies::Policy = resp.json().await.unwrap();
     let path = format!("/v1/spaces/acme/accounts/{id}");
     let resp = app.req(Method::DELETE, &path).send().await.unwrap();
     let body = expect_problem(resp, 409, "account-in-use").await;
@@ -674,21 +609,18 @@ async fn t8_delete_is_refused_while_a_policy_uses_the_account_unless_revoke_all(
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert_eq!(count_accounts(&app).await, 0);
-    let policy = get(&app, "/v1/spaces/acme/policies/408709785/STDQ").await;
+    let policy = api.policy("408709785", "STDQ").await;
+    assert!(policy.reserved.is_empty(), "the reservation went with it");
     assert!(
-        policy["reserved"].as_array().unwrap().is_empty(),
-        "the reservation went with it"
-    );
-    assert!(
-        policy["version"].as_i64().unwrap() > before["version"].as_i64().unwrap(),
-        "the policy changed, so its version (ETag) changed: {policy}"
+        policy.version > before.version,
+        "the policy changed, so its version (ETag) changed: {policy:?}"
     );
     // An unused account is deleted at once.
-    let other = app.account("acme", "Second", &sim::stoken(&sim, U2)).await;
+    let other = api.attach("Second", &sim::stoken(&sim, U2)).await;
     let resp = app
         .req(
             Method::DELETE,
-            &format!("/v1/spaces/acme/accounts/{}", other["id"].as_str().unwrap()),
+            &format!("/v1/spaces/acme/accounts/{}", other.id),
         )
         .send()
         .await
@@ -708,9 +640,10 @@ async fn stokens_never_leave_the_service() {
         json["token"].as_str().unwrap().to_owned()
     };
     let mut seen = Vec::new();
+    // Everything is read as text here: the test looks at what goes over the wire.
     let account = app.account("acme", "Main", &token).await;
     seen.push(account.to_string());
-    let id = account["id"].as_str().unwrap().to_owned();
+    let id = serde_json::from_value::<Account>(account).unwrap().id;
     for (method, path, body) in [
         (Method::GET, format!("/v1/spaces/acme/accounts/{id}"), None),
         (Method::GET, "/v1/spaces/acme/accounts".to_owned(), None),

@@ -340,19 +340,14 @@ async fn missing_scope_is_403_and_other_spaces_are_404() {
         .unwrap();
     expect_problem(resp, 403, "forbidden").await;
     // Listing shows only granted spaces.
-    let page: serde_json::Value = app
-        .req_as(Method::GET, "/v1/spaces", &reader_alpha)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
+    let page: vpp_broker::api::spaces::SpacePage = crate::support::read(
+        app.req_as(Method::GET, "/v1/spaces", &reader_alpha)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let ids: Vec<&str> = page.items.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["alpha"]);
 }

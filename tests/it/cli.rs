@@ -2,7 +2,7 @@
 //! stop it with a clear message, SIGTERM stops it gracefully.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vpp-broker");
 
@@ -182,31 +182,29 @@ async fn serve_stops_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    crate::support::eventually(
+        "server ready (/readyz status)",
+        async || {
+            client
+                .get(&ready)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        },
+        |status| *status == Some(200),
+    )
+    .await;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = crate::support::eventually_within(
+        Duration::from_secs(15),
+        "stopped after SIGTERM",
+        async || child.try_wait().unwrap(),
+        Option::is_some,
+    )
+    .await
+    .unwrap();
     assert!(status.success(), "exit status {status:?}");
     let mut stderr = String::new();
     use std::io::Read;

@@ -8,11 +8,11 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::app::Options;
-use crate::support::sim::{self, app, location};
+use crate::support::fixtures::{self, APP};
+use crate::support::sim::{app, location};
 use crate::support::{TestApp, expect_problem};
 
 const U1: &str = "5000000001";
-const APP: &str = "408709785";
 
 #[derive(QueryableByName)]
 struct Named {
@@ -54,26 +54,26 @@ async fn ledger_dump(app: &TestApp) -> String {
 
 /// A space with an attached account and a policy; no dispatcher, so nothing moves by itself.
 async fn quiet_world() -> (vpp_broker::apple_sim::SimHandle, TestApp, String) {
-    let sim = sim::start(vec![location(U1, "Library", vec![app(APP, 10)])]).await;
-    let app = TestApp::start_opts(Options {
-        apple_base_url: sim.base_url(),
-        dispatcher: None,
-        ..Options::default()
-    })
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 10)])],
+        |_| Options {
+            dispatcher: None,
+            ..Options::default()
+        },
+        &[("Main", U1)],
+    )
     .await;
-    app.space("acme").await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let resp = app
-        .req(Method::PUT, &format!("/v1/spaces/acme/policies/{APP}/STDQ"))
-        .json(&json!({"disallowed": [{"kind": "device", "id": "LOST"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = w
+        .app
+        .client("acme")
+        .put_policy(
+            APP,
+            "STDQ",
+            &json!({"disallowed": [{"kind": "device", "id": "LOST"}]}),
+        )
+        .await;
     assert!(resp.status().is_success(), "policy stored");
-    (sim, app, account)
+    (w.sim, w.app, w.accounts[0].to_string())
 }
 
 /// Every documented operation that takes a request body, as (method, concrete path).

@@ -10,13 +10,15 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use vpp_broker::api::accounts::Account;
+use vpp_broker::api::assignments::Allocation;
 use vpp_broker::apple_sim::SimHandle;
 use vpp_broker::db::schema::{assignments, jobs, subjects};
 
 use crate::support::db::TestDb;
 use crate::support::procs::{ServeProcess, chart_env};
 use crate::support::sim::{self, app, location};
-use crate::support::{admin_token, expect_problem};
+use crate::support::{Allocated, admin_token, eventually_within, expect_problem, read};
 
 const UA: &str = "3000000001";
 const UB: &str = "3000000002";
@@ -69,13 +71,7 @@ async fn cluster(total_a: i64, total_b: i64) -> Cluster {
         )
         .await
         .unwrap();
-        assert_eq!(resp.status(), 201);
-        ids.push(
-            resp.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(read::<Account>(resp, 201).await.id.to_string());
     }
     // B serves only the `eligible` group when A runs out.
     let resp = http
@@ -157,25 +153,23 @@ async fn storm(
 
 /// Waits until no Apple work is left and returns the ledger's active (account, serial) pairs.
 async fn drained(c: &Cluster, timeout: Duration) -> BTreeSet<(String, String)> {
-    let deadline = Instant::now() + timeout;
     let mut conn = c.db.connect().await;
-    loop {
-        let queued: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
-        let moving: i64 = assignments::table
-            .filter(assignments::state.eq_any(["pending", "associating", "revoking"]))
-            .count()
-            .get_result(&mut conn)
-            .await
-            .unwrap();
-        if queued == 0 && moving == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not drained: {queued} jobs, {moving} assignments in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_within(
+        timeout,
+        "drained: (queued jobs, assignments in flight) both zero",
+        async || {
+            let queued: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
+            let moving: i64 = assignments::table
+                .filter(assignments::state.eq_any(["pending", "associating", "revoking"]))
+                .count()
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            (queued, moving)
+        },
+        |in_flight| *in_flight == (0, 0),
+    )
+    .await;
     let rows: Vec<(uuid::Uuid, String)> = assignments::table
         .inner_join(subjects::table)
         .filter(assignments::state.eq("active"))
@@ -227,14 +221,16 @@ async fn a9_three_processes_share_one_ledger_without_over_allocating() {
     for (i, status, json) in &results {
         match status {
             201 => {
+                let allocation: Allocation = serde_json::from_value(json.clone()).unwrap();
                 assert!(
-                    subjects_served.insert(json["assignment"]["subject"]["id"].to_string()),
+                    subjects_served.insert(allocation.assignment().subject.id.clone()),
                     "duplicate for {i}"
                 );
-                if json["account_id"] == c.a.as_str() {
+                let account = allocation.account_id.to_string();
+                if account == c.a {
                     from_a += 1;
                 } else {
-                    assert_eq!(json["account_id"], c.b.as_str());
+                    assert_eq!(account, c.b);
                     assert!(
                         i.is_multiple_of(3),
                         "B served a device outside its distribution list"
@@ -337,7 +333,7 @@ async fn replicas_starting_together_migrate_once_and_drain_in_flight_requests_on
     post("/v1/spaces", json!({"id": "acme", "name": "Acme"}))
         .await
         .unwrap();
-    let account: Value = post(
+    let account: Account = post(
         "/v1/spaces/acme/accounts",
         // `queue`: the allocation below stays pending at a revoked account.
         json!({"name": "A", "stoken": sim::stoken(&sim, UA), "settings": {"when_unusable": "queue"}}),
@@ -351,15 +347,12 @@ async fn replicas_starting_together_migrate_once_and_drain_in_flight_requests_on
         .await
         .unwrap();
     post(
-        &format!(
-            "/v1/spaces/acme/accounts/{}/test",
-            account["id"].as_str().unwrap()
-        ),
+        &format!("/v1/spaces/acme/accounts/{}/test", account.id),
         json!({}),
     )
     .await
     .unwrap();
-    let alloc: Value = post(
+    let alloc: Allocation = post(
         "/v1/spaces/acme/assignments",
         json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "S1"}}),
     )
@@ -368,7 +361,7 @@ async fn replicas_starting_together_migrate_once_and_drain_in_flight_requests_on
     .json()
     .await
     .unwrap();
-    let id = alloc["assignment"]["id"].as_str().unwrap().to_owned();
+    let id = alloc.id();
     let waiting = {
         let url = format!("{base}/v1/spaces/acme/assignments/{id}?wait=3");
         let http = http.clone();
@@ -383,6 +376,8 @@ async fn replicas_starting_together_migrate_once_and_drain_in_flight_requests_on
             (resp.status().as_u16(), started.elapsed())
         })
     };
+    // Let the wait get under way (the assertions below are about that request, not about
+    // anything that happens in the background).
     tokio::time::sleep(Duration::from_millis(500)).await;
     procs[0].signal(libc::SIGTERM);
     let (status, took) = waiting.await.unwrap();

@@ -41,8 +41,7 @@ async fn notified() -> Notified {
     for (space, u_id) in [("acme", U1), ("beta", U2)] {
         app.space(space).await;
         let stoken = sim::stoken(&sim, u_id);
-        let account = app.account(space, space, &stoken).await;
-        let id: Uuid = account["id"].as_str().unwrap().parse().unwrap();
+        let id = app.client(space).attach(space, &stoken).await.id;
         let config = app
             .state
             .apple

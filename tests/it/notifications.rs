@@ -7,14 +7,15 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
+use vpp_broker::api::assignments::{Allocation, Assignment};
 use vpp_broker::apple::types::{AssetKey, NotificationType, PricingParam};
 use vpp_broker::apple_sim::FaultsPatch;
 use vpp_broker::db::schema::assets;
 
 use crate::support::app::{Options, unpolled_dispatch};
 use crate::support::sim::{self, app, location};
-use crate::support::{TestApp, expect_problem};
+use crate::support::{Allocated, TestApp, eventually, eventually_within, expect_problem, read};
 
 const U1: &str = "5000000001";
 const APP: &str = "408709785";
@@ -37,16 +38,15 @@ async fn t10_notifications_complete_assignments_without_polling() {
     let app = notified_app(&sim).await;
     app.space("acme").await;
     // Attaching subscribed the location; Apple's TEST_NOTIFICATION got through.
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
+    let account = app
+        .client("acme")
+        .attach("Main", &sim::stoken(&sim, U1))
+        .await;
     let snapshot = sim.location(U1).await.unwrap();
     let url = snapshot.notification_url.expect("subscribed");
     assert_eq!(
         url,
-        format!(
-            "{}/apple/notifications/{}",
-            app.base_url,
-            account["id"].as_str().unwrap()
-        )
+        format!("{}/apple/notifications/{}", app.base_url, account.id)
     );
     assert!(
         snapshot
@@ -67,29 +67,26 @@ async fn t10_notifications_complete_assignments_without_polling() {
         .send()
         .await
         .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["assignment"]["state"], "active", "{body}");
+    let body: Allocation = resp.json().await.unwrap();
+    assert_eq!(body.assignment().state.as_str(), "active", "{body:?}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "finished by notification, not by a poll"
     );
     // Every delivery (the duplicate too, which may trail the original) was accepted.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let management = loop {
-        let deliveries = sim.notifications().await.unwrap();
-        let management: Vec<_> = deliveries
-            .into_iter()
-            .filter(|d| d.notification_type == NotificationType::AssetManagement)
-            .collect();
-        if management.iter().any(|d| d.duplicate) {
-            break management;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no duplicate was sent: {management:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let management = eventually_within(
+        Duration::from_secs(10),
+        "a duplicate sent",
+        async || {
+            let deliveries = sim.notifications().await.unwrap();
+            deliveries
+                .into_iter()
+                .filter(|d| d.notification_type == NotificationType::AssetManagement)
+                .collect::<Vec<_>>()
+        },
+        |management| management.iter().any(|d| d.duplicate),
+    )
+    .await;
     assert!(
         management.iter().all(|d| d.http_status == Some(200)),
         "{management:?}"
@@ -99,26 +96,23 @@ async fn t10_notifications_complete_assignments_without_polling() {
     sim.set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 25)
         .await
         .unwrap();
-    let id: uuid::Uuid = account["id"].as_str().unwrap().parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut conn = app.db.connect().await;
-        let total: i32 = assets::table
-            .filter(assets::account_id.eq(id))
-            .filter(assets::adam_id.eq(APP))
-            .select(assets::apple_total)
-            .first(&mut conn)
-            .await
-            .unwrap();
-        if total == 25 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ASSET_COUNT not applied (total {total})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let id = account.id;
+    eventually_within(
+        Duration::from_secs(10),
+        "ASSET_COUNT applied (the ledger's total)",
+        async || {
+            let mut conn = app.db.connect().await;
+            assets::table
+                .filter(assets::account_id.eq(id))
+                .filter(assets::adam_id.eq(APP))
+                .select(assets::apple_total)
+                .first::<i32>(&mut conn)
+                .await
+                .unwrap()
+        },
+        |total| *total == 25,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -131,8 +125,11 @@ async fn forged_notifications_are_refused() {
     })
     .await;
     app.space("acme").await;
-    let account = app.account("acme", "Main", &sim::stoken(&sim, U1)).await;
-    let path = format!("/apple/notifications/{}", account["id"].as_str().unwrap());
+    let account = app
+        .client("acme")
+        .attach("Main", &sim::stoken(&sim, U1))
+        .await;
+    let path = format!("/apple/notifications/{}", account.id);
     let envelope = json!({
         "notificationId": "n-1", "notificationType": "ASSET_COUNT", "uId": U1,
         "notification": {"adamId": APP, "pricingParam": "STDQ", "countDelta": 1000}
@@ -178,7 +175,10 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
     let app = notified_app(&sim).await;
     app.space("alpha").await;
     app.space("beta").await;
-    let a = app.account("alpha", "A", &sim::stoken(&sim, U1)).await;
+    let a = app
+        .client("alpha")
+        .attach("A", &sim::stoken(&sim, U1))
+        .await;
     app.account("beta", "B", &sim::stoken(&sim, U2)).await;
     // Apple's notifications are dropped, so B's assignment waits for its event.
     sim.set_faults(&FaultsPatch {
@@ -193,16 +193,15 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
         .send()
         .await
         .unwrap();
-    let body: Value = resp.json().await.unwrap();
-    let assignment = body["assignment"]["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/spaces/beta/assignments/{assignment}");
-    let event = loop {
-        let now = app.get_json(&path).await;
-        if let Some(e) = now["apple_event_id"].as_str() {
-            break e.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let assignment = read::<Allocation>(resp, 201).await.id();
+    let beta = app.client("beta");
+    let event = eventually(
+        "the association sent to Apple",
+        async || beta.assignment(assignment).await.apple_event_id,
+        Option::is_some,
+    )
+    .await
+    .unwrap();
 
     // A's notification token, as Apple's client config shows it to A's sToken holder.
     let config = app
@@ -214,7 +213,7 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
         .await
         .unwrap();
     let a_token = config.notification_auth_token.expect("subscribed");
-    let a_path = format!("/apple/notifications/{}", a["id"].as_str().unwrap());
+    let a_path = format!("/apple/notifications/{}", a.id);
     for (n, uid) in [("forged-1", U1), ("forged-2", U2)] {
         let forged = json!({
             "notificationId": n, "notificationType": "ASSET_MANAGEMENT", "uId": uid,
@@ -234,7 +233,7 @@ async fn a_notification_of_one_account_never_settles_another_accounts_assignment
             .unwrap();
         assert_eq!(resp.status(), 200, "acknowledged, so Apple does not retry");
     }
-    let now = app.get_json(&path).await;
-    assert_eq!(now["state"], "associating", "{now}");
-    assert!(now["error"].is_null(), "{now}");
+    let now: Assignment = beta.assignment(assignment).await;
+    assert_eq!(now.state.as_str(), "associating", "{now:?}");
+    assert!(now.error.is_none(), "{now:?}");
 }

@@ -2,24 +2,25 @@
 //! `ETag`/`If-Match` (the rules they drive, A2/A3 in docs/rules.md, are tested in `allocation`).
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::sim::{self, app, location};
-use crate::support::{TestApp, expect_problem};
+use uuid::Uuid;
+use vpp_broker::api::policies::Policy;
+
+use crate::support::fixtures::{self, APP};
+use crate::support::sim::{app, location};
+use crate::support::{TestApp, expect_problem, read};
 
 const U1: &str = "3000000001";
-const APP: &str = "408709785";
 
-async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp, String) {
-    let sim = sim::start(vec![location(U1, "Library", vec![app(APP, 10)])]).await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
-    app.space("other").await;
-    let id = app.account("acme", "Main", &sim::stoken(&sim, U1)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (sim, app, id)
+async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp, Uuid) {
+    let w = fixtures::world(
+        vec![location(U1, "Library", vec![app(APP, 10)])],
+        &[("Main", U1)],
+    )
+    .await;
+    w.app.space("other").await;
+    (w.sim, w.app, w.accounts[0])
 }
 
 #[tokio::test]
@@ -40,15 +41,15 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
     assert_eq!(resp.status(), 201, "a new policy is created");
     assert_eq!(resp.headers()["location"].to_str().unwrap(), path);
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
-    let created: Value = resp.json().await.unwrap();
-    assert_eq!(created["reserved"].as_array().unwrap().len(), 2);
-    assert_eq!(created["fcfs_groups"], json!(["staff"]));
-    assert_eq!(created["disallowed"][0]["id"], "interns");
+    let created: Policy = read(resp, 201).await;
+    assert_eq!(created.reserved.len(), 2);
+    assert_eq!(created.fcfs_groups, ["staff"]);
+    assert_eq!(created.disallowed[0].id, "interns");
 
     let resp = app.req(Method::GET, &path).send().await.unwrap();
     assert_eq!(resp.headers()["etag"].to_str().unwrap(), etag);
-    let listed: Value = app.get_json("/v1/spaces/acme/policies").await;
-    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let listed = app.client("acme").policies().await;
+    assert_eq!(listed.items.len(), 1);
 
     // Replace with the current ETag; a stale one is refused and changes nothing.
     let resp = app
@@ -59,8 +60,8 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "an existing policy is replaced");
-    let replaced: Value = resp.json().await.unwrap();
-    assert!(replaced["reserved"].as_array().unwrap().is_empty());
+    let replaced: Policy = read(resp, 200).await;
+    assert!(replaced.reserved.is_empty());
     let stale = app
         .req(Method::PUT, &path)
         .header("if-match", &etag)
@@ -76,10 +77,10 @@ async fn policies_are_created_read_replaced_and_deleted_with_if_match() {
         .await
         .unwrap();
     expect_problem(stale, 412, "precondition-failed").await;
-    let now: Value = app.get_json(&path).await;
-    assert_eq!(now["disallowed"][0]["id"], "LOST");
+    let now: Policy = app.get_as(&path).await;
+    assert_eq!(now.disallowed[0].id, "LOST");
 
-    let current = format!("\"{}\"", now["version"]);
+    let current = format!("\"{}\"", now.version);
     let resp = app
         .req(Method::DELETE, &path)
         .header("if-match", &current)
@@ -181,6 +182,6 @@ async fn bad_policies_are_refused_and_change_nothing() {
         .await
         .unwrap();
     expect_problem(resp, 422, "validation-failed").await;
-    let listed: Value = app.get_json("/v1/spaces/acme/policies").await;
-    assert!(listed["items"].as_array().unwrap().is_empty());
+    let listed = app.client("acme").policies().await;
+    assert!(listed.items.is_empty());
 }

@@ -9,81 +9,58 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use reqwest::Method;
 use serde_json::{Value, json};
+use uuid::Uuid;
+use vpp_broker::api::assignments::{Allocation, Assignment, Revocation};
 use vpp_broker::apple::types::{AssetKey, PricingParam};
 use vpp_broker::db::schema::{activity_log, assets, jobs};
 
-use crate::support::sim::{self, app, book, location};
-use crate::support::{TestApp, expect_problem};
+use crate::support::fixtures::{self, APP, BOOK, assignment_activity as activity_of, device};
+use crate::support::sim::{app, book, location};
+use crate::support::{Allocated, TestApp, expect_problem, read};
+
+/// A revocation record as a comparable tuple: (by, reason, requested at, request id).
+fn record(
+    a: &Assignment,
+) -> (
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+) {
+    let r = a
+        .revocation
+        .as_ref()
+        .unwrap_or_else(|| panic!("no revocation record: {a:?}"));
+    (
+        r.by.clone(),
+        r.reason.clone(),
+        r.requested_at,
+        r.request_id.clone(),
+    )
+}
 
 const U1: &str = "3000000001";
-const APP: &str = "408709785";
-const BOOK: &str = "377298193";
 
-async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp, String) {
-    let sim = sim::start(vec![location(
-        U1,
-        "Library",
-        vec![app(APP, 5), book(BOOK, 5)],
-    )])
+async fn world() -> (vpp_broker::apple_sim::SimHandle, TestApp, Uuid) {
+    let w = fixtures::world(
+        vec![location(U1, "Library", vec![app(APP, 5), book(BOOK, 5)])],
+        &[("A", U1)],
+    )
     .await;
-    let app = TestApp::with_sim(&sim).await;
-    app.space("acme").await;
-    let account = app.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (sim, app, account)
+    (w.sim, w.app, w.accounts[0])
 }
 
 /// Allocates with an `x-request-id`; returns the assignment id.
-async fn allocate(app: &TestApp, body: Value, request_id: &str) -> String {
+async fn allocate(app: &TestApp, body: Value, request_id: &str) -> Uuid {
     let resp = app
-        .req(Method::POST, "/v1/spaces/acme/assignments")
+        .client("acme")
+        .req(Method::POST, "/assignments")
         .header("x-request-id", request_id)
         .json(&body)
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let json: Value = resp.json().await.unwrap();
-    assert_eq!(status, 201, "{json}");
-    json["assignment"]["id"].as_str().unwrap().to_owned()
-}
-
-async fn final_state(app: &TestApp, id: &str) -> Value {
-    let v = app
-        .get_json(&format!("/v1/spaces/acme/assignments/{id}?wait=20"))
-        .await;
-    assert!(
-        ["active", "failed", "revoked"].contains(&v["state"].as_str().unwrap()),
-        "not final after 20 s: {v}"
-    );
-    v
-}
-
-/// The activity rows of one assignment: (action, actor, request id, details).
-async fn activity_of(
-    app: &TestApp,
-    assignment: &str,
-) -> Vec<(String, String, Option<String>, Value)> {
-    let mut conn = app.db.connect().await;
-    let id: uuid::Uuid = assignment.parse().unwrap();
-    activity_log::table
-        .filter(activity_log::assignment_id.eq(id))
-        .order(activity_log::id)
-        .select((
-            activity_log::action,
-            activity_log::actor,
-            activity_log::request_id,
-            activity_log::details,
-        ))
-        .load(&mut conn)
-        .await
-        .unwrap()
-}
-
-fn device(serial: &str) -> Value {
-    json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": serial}})
+    read::<Allocation>(resp, 201).await.id()
 }
 
 fn user_book(user: &str) -> Value {
@@ -95,8 +72,8 @@ async fn a_revocation_records_who_why_when_and_the_request_on_the_assignment_and
     let (_sim, app, _account) = world().await;
     // No Idempotency-Key: the combiner decides it, and the request id still reaches the log.
     let id = allocate(&app, device("S1"), "req-allocate-1").await;
-    final_state(&app, &id).await;
-    let log = activity_of(&app, &id).await;
+    app.client("acme").final_state(id).await;
+    let log = activity_of(&app, id).await;
     assert_eq!(
         (log[0].0.as_str(), log[0].2.as_deref()),
         ("assignment.allocated", Some("req-allocate-1")),
@@ -114,21 +91,20 @@ async fn a_revocation_records_who_why_when_and_the_request_on_the_assignment_and
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let revoking: Value = resp.json().await.unwrap();
-    assert_eq!(revoking["state"], "revoking");
-    let record = &revoking["revocation"];
-    assert_eq!(record["by"], "test-caller", "{revoking}");
-    assert_eq!(record["reason"], "device wiped");
-    assert_eq!(record["request_id"], "req-revoke-1");
-    let at: chrono::DateTime<chrono::Utc> =
-        record["requested_at"].as_str().unwrap().parse().unwrap();
-    assert!(at >= before - chrono::Duration::seconds(5), "{record}");
+    let revoking: Assignment = resp.json().await.unwrap();
+    assert_eq!(revoking.state.as_str(), "revoking");
+    let first = record(&revoking);
+    let (by, reason, at, request_id) = &first;
+    assert_eq!(by, "test-caller", "{revoking:?}");
+    assert_eq!(reason, "device wiped");
+    assert_eq!(request_id.as_deref(), Some("req-revoke-1"));
+    assert!(*at >= before - chrono::Duration::seconds(5), "{first:?}");
 
     // It stays on the finished assignment, and the log says the same.
-    let revoked = final_state(&app, &id).await;
-    assert_eq!(revoked["state"], "revoked");
-    assert_eq!(revoked["revocation"], *record);
-    let log = activity_of(&app, &id).await;
+    let revoked = app.client("acme").final_state(id).await;
+    assert_eq!(revoked.state.as_str(), "revoked");
+    assert_eq!(record(&revoked), first);
+    let log = activity_of(&app, id).await;
     let requested = log
         .iter()
         .find(|(action, ..)| action == "assignment.revoke_requested")
@@ -147,6 +123,7 @@ async fn a_revocation_records_who_why_when_and_the_request_on_the_assignment_and
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    // The whole record, compared on the wire: exactly these fields.
     let bulk = app
         .get_json(&format!("/v1/spaces/acme/assignments/{two}"))
         .await;
@@ -159,6 +136,7 @@ async fn a_revocation_records_who_why_when_and_the_request_on_the_assignment_and
 
     // A live assignment carries no revocation record.
     let three = allocate(&app, device("S3"), "req-allocate-3").await;
+    // Absent on the wire: read raw.
     let live = app
         .get_json(&format!("/v1/spaces/acme/assignments/{three}"))
         .await;
@@ -182,16 +160,21 @@ async fn a_revocation_records_who_why_when_and_the_request_on_the_assignment_and
         .await
         .unwrap();
     expect_problem(resp, 422, "validation-failed").await;
-    let live = app
-        .get_json(&format!("/v1/spaces/acme/assignments/{three}"))
-        .await;
-    assert_ne!(live["state"], "revoking", "refused requests change nothing");
-    assert_ne!(live["state"], "revoked", "refused requests change nothing");
+    let live = app.client("acme").assignment(three).await;
+    assert_ne!(
+        live.state.as_str(),
+        "revoking",
+        "refused requests change nothing"
+    );
+    assert_ne!(
+        live.state.as_str(),
+        "revoked",
+        "refused requests change nothing"
+    );
 }
 
-async fn ledger_of_book(app: &TestApp, account: &str) -> (i32, i32, i64) {
+async fn ledger_of_book(app: &TestApp, id: Uuid) -> (i32, i32, i64) {
     let mut conn = app.db.connect().await;
-    let id: uuid::Uuid = account.parse().unwrap();
     let (held, foreign): (i32, i32) = assets::table
         .filter(assets::account_id.eq(id))
         .filter(assets::adam_id.eq(BOOK))
@@ -213,15 +196,18 @@ async fn ledger_of_book(app: &TestApp, account: &str) -> (i32, i32, i64) {
 async fn revoking_a_license_of_a_non_revocable_asset_is_refused_and_changes_nothing() {
     let (_sim, app, account) = world().await;
     let id = allocate(&app, user_book("reader-1"), "req-book-1").await;
-    assert_eq!(final_state(&app, &id).await["state"], "active");
+    assert_eq!(
+        app.client("acme").final_state(id).await.state.as_str(),
+        "active"
+    );
     let app_id = allocate(
         &app,
         json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "reader-1"}}),
         "req-app-1",
     )
     .await;
-    final_state(&app, &app_id).await;
-    let before = ledger_of_book(&app, &account).await;
+    app.client("acme").final_state(app_id).await;
+    let before = ledger_of_book(&app, account).await;
     assert_eq!(before, (1, 0, 0));
 
     let resp = app
@@ -247,12 +233,13 @@ async fn revoking_a_license_of_a_non_revocable_asset_is_refused_and_changes_noth
             .unwrap();
         expect_problem(resp, 409, "not-revocable").await;
     }
+    // Absent on the wire: read raw.
     let after = app
         .get_json(&format!("/v1/spaces/acme/assignments/{id}"))
         .await;
     assert_eq!(after["state"], "active");
     assert!(after.get("revocation").is_none(), "{after}");
-    assert_eq!(ledger_of_book(&app, &account).await, before);
+    assert_eq!(ledger_of_book(&app, account).await, before);
 
     // All of the user's: the app is revoked, the book kept and counted.
     let resp = app
@@ -261,57 +248,47 @@ async fn revoking_a_license_of_a_non_revocable_asset_is_refused_and_changes_noth
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 202);
-    let r: Value = resp.json().await.unwrap();
+    let r: Revocation = read(resp, 202).await;
+    assert_eq!((r.dropped + r.revoking, r.not_revocable), (1, 1), "{r:?}");
     assert_eq!(
-        (
-            r["dropped"].as_i64().unwrap() + r["revoking"].as_i64().unwrap(),
-            r["not_revocable"].as_i64()
-        ),
-        (1, Some(1)),
-        "{r}"
+        app.client("acme").final_state(app_id).await.state.as_str(),
+        "revoked"
     );
-    assert_eq!(final_state(&app, &app_id).await["state"], "revoked");
-    // Give the dispatcher time to do anything it would (it must not touch the book).
+    // Give the dispatcher time to do anything it would (it must not touch the book): a check
+    // that nothing happens, so a sleep and not a poll.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let book = app
-        .get_json(&format!("/v1/spaces/acme/assignments/{id}"))
-        .await;
-    assert_eq!(book["state"], "active");
-    assert_eq!(ledger_of_book(&app, &account).await, before);
+    let book = app.client("acme").assignment(id).await;
+    assert_eq!(book.state.as_str(), "active");
+    assert_eq!(ledger_of_book(&app, account).await, before);
 }
 
 #[tokio::test]
 async fn deleting_an_assignment_that_is_already_revoked_or_failed_answers_200_as_it_is() {
     let (sim, app, _account) = world().await;
     let id = allocate(&app, device("S1"), "req-1").await;
-    final_state(&app, &id).await;
+    app.client("acme").final_state(id).await;
     let path = format!("/v1/spaces/acme/assignments/{id}");
     let first = app.req(Method::DELETE, &path).send().await.unwrap();
     assert_eq!(first.status(), 202);
-    let revoked = final_state(&app, &id).await;
-    assert_eq!(revoked["state"], "revoked");
+    let revoked = app.client("acme").final_state(id).await;
+    assert_eq!(revoked.state.as_str(), "revoked");
     let again = app
         .req(Method::DELETE, &format!("{path}?reason=again"))
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 200);
-    let body: Value = again.json().await.unwrap();
-    assert_eq!(body["state"], "revoked");
-    assert_eq!(body["version"], revoked["version"], "unchanged");
-    assert_eq!(
-        body["revocation"], revoked["revocation"],
-        "the first record stays"
-    );
+    let body: Assignment = read(again, 200).await;
+    assert_eq!(body.state.as_str(), "revoked");
+    assert_eq!(body.version, revoked.version, "unchanged");
+    assert_eq!(record(&body), record(&revoked), "the first record stays");
 
     // A failed assignment (Apple has no license left: 9709, no other account): as it is, too.
     sim.set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
         .await
         .unwrap();
     let failed = allocate(&app, device("S2"), "req-2").await;
-    let failed_view = final_state(&app, &failed).await;
-    assert_eq!(failed_view["state"], "failed", "{failed_view}");
+    let failed_view = app.client("acme").final_state(failed).await;
+    assert_eq!(failed_view.state.as_str(), "failed", "{failed_view:?}");
     let resp = app
         .req(
             Method::DELETE,
@@ -320,11 +297,12 @@ async fn deleting_an_assignment_that_is_already_revoked_or_failed_answers_200_as
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["state"], "failed");
-    assert_eq!(body["version"], failed_view["version"], "unchanged");
+    // Absent on the wire: read raw.
+    let body: Value = read(resp, 200).await;
     assert!(body.get("revocation").is_none(), "{body}");
+    let body: Assignment = serde_json::from_value(body).unwrap();
+    assert_eq!(body.state.as_str(), "failed");
+    assert_eq!(body.version, failed_view.version, "unchanged");
 
     let unknown = uuid::Uuid::now_v7();
     let resp = app
@@ -379,23 +357,15 @@ async fn activity_rows_of_handlers_carry_the_callers_request_id() {
 /// since nothing reached Apple that it would refuse to take back.
 #[tokio::test]
 async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
-    let sim = sim::start(vec![location(
-        U1,
-        "Library",
-        vec![app(APP, 5), book(BOOK, 5)],
-    )])
-    .await;
     // No dispatcher: every allocation stays `pending`.
-    let app = TestApp::start_opts(crate::support::app::Options {
-        apple_base_url: sim.base_url(),
-        ..Default::default()
-    })
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5), book(BOOK, 5)])],
+        |_| crate::support::app::Options::default(),
+        &[("A", U1)],
+    )
     .await;
-    app.space("acme").await;
-    let account = app.account("acme", "A", &sim::stoken(&sim, U1)).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (app, account) = (&w.app, w.accounts[0]);
+    let api = w.api();
     for (body, request_id) in [
         (user_book("reader-9"), "req-pending-book"),
         (
@@ -403,11 +373,9 @@ async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
             "req-pending-app",
         ),
     ] {
-        let id = allocate(&app, body, request_id).await;
-        let before = app
-            .get_json(&format!("/v1/spaces/acme/assignments/{id}"))
-            .await;
-        assert_eq!(before["state"], "pending", "{before}");
+        let id = allocate(app, body, request_id).await;
+        let before = api.assignment(id).await;
+        assert_eq!(before.state.as_str(), "pending", "{before:?}");
         let resp = app
             .req(
                 Method::DELETE,
@@ -416,12 +384,10 @@ async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
             .send()
             .await
             .unwrap();
-        let status = resp.status();
-        let after: Value = resp.json().await.unwrap();
-        assert_eq!(status, 200, "{after}");
-        assert_eq!(after["state"], "revoked", "{after}");
-        assert_eq!(after["revocation"]["reason"], "changed my mind", "{after}");
+        let after: Assignment = read(resp, 200).await;
+        assert_eq!(after.state.as_str(), "revoked", "{after:?}");
+        assert_eq!(record(&after).1, "changed my mind", "{after:?}");
     }
     // The book's license is free again in the ledger, and nothing waits to go to Apple.
-    assert_eq!(ledger_of_book(&app, &account).await, (0, 0, 0));
+    assert_eq!(ledger_of_book(app, account).await, (0, 0, 0));
 }

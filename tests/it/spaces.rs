@@ -7,6 +7,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use vpp_broker::db::schema::{activity_log, spaces};
 
+use vpp_broker::api::spaces::{Space, SpacePage};
+
 use crate::support::{TestApp, expect_problem, token};
 
 async fn create(app: &TestApp, id: &str) -> reqwest::Response {
@@ -34,9 +36,11 @@ async fn create_then_get_round_trips_with_location_and_etag() {
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["location"], "/v1/spaces/acme-eu");
     assert_eq!(resp.headers()["etag"], "\"1\"");
+    // The round trip is compared on the wire, as JSON.
     let created: Value = resp.json().await.unwrap();
-    assert_eq!(created["name"], "ACME Europe", "names are trimmed");
-    assert_eq!(created["version"], 1);
+    let typed: Space = serde_json::from_value(created.clone()).unwrap();
+    assert_eq!(typed.name, "ACME Europe", "names are trimmed");
+    assert_eq!(typed.version, 1);
 
     let resp = app
         .req(Method::GET, "/v1/spaces/acme-eu")
@@ -121,27 +125,18 @@ async fn list_pages_with_cursors() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app
-            .req(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: SpacePage = app.get_as(&path).await;
         pages += 1;
-        for item in page["items"].as_array().unwrap() {
-            seen.push(item["id"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        seen.extend(page.items.into_iter().map(|item| item.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
     assert_eq!(seen, ["a", "b", "c", "d", "e"]);
     assert_eq!(pages, 3);
 
-    // Default limit returns everything here, with no cursor.
+    // Default limit returns everything here, with no cursor (absent on the wire: read raw).
     let page: Value = app
         .req(Method::GET, "/v1/spaces")
         .send()
@@ -179,16 +174,9 @@ async fn update_honours_if_match() {
     )
     .await;
     assert!(body["detail"].as_str().unwrap().contains("\"2\""), "{body}");
-    let got: Value = app
-        .req(Method::GET, "/v1/spaces/s1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(got["name"], "first");
-    assert_eq!(got["version"], 2);
+    let got: Space = app.get_as("/v1/spaces/s1").await;
+    assert_eq!(got.name, "first");
+    assert_eq!(got.version, 2);
 
     // Weak tags never match; `*` and no header always do.
     expect_problem(
@@ -199,18 +187,8 @@ async fn update_honours_if_match() {
     .await;
     assert_eq!(patch(Some("*"), "star").await.unwrap().status(), 200);
     assert_eq!(patch(None, "blind").await.unwrap().status(), 200);
-    let got: Value = app
-        .req(Method::GET, "/v1/spaces/s1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (got["name"].as_str(), got["version"].as_i64()),
-        (Some("blind"), Some(4))
-    );
+    let got: Space = app.get_as("/v1/spaces/s1").await;
+    assert_eq!((got.name.as_str(), got.version), ("blind", 4));
 
     // Empty changes are refused; unknown spaces are 404.
     let resp = app

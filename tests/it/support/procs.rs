@@ -2,7 +2,7 @@
 //! (everything through environment variables), for multi-process and crash tests.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{app, keys};
 
@@ -68,20 +68,21 @@ impl ServeProcess {
     }
 
     pub async fn wait_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.base_url)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process on {} never became ready",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ready = format!("{}/readyz", self.base_url);
+        super::eventually_within(
+            Duration::from_secs(30),
+            &format!("process on {} ready (/readyz status)", self.port),
+            async || {
+                client
+                    .get(&ready)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .ok()
+            },
+            |status| *status == Some(200),
+        )
+        .await;
     }
 
     pub fn signal(&self, signal: i32) {
@@ -90,17 +91,14 @@ impl ServeProcess {
 
     /// Waits for the process to exit; returns its status.
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit in {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::eventually_within(
+            timeout,
+            "process exited",
+            async || self.child.try_wait().unwrap(),
+            Option::is_some,
+        )
+        .await
+        .unwrap()
     }
 }
 
