@@ -13,7 +13,7 @@ enum Layer {
     Transport,
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
-    /// `engine/`, `accounts/`, `settle/`, `waiters`: what the service does.
+    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `waiters`: what the service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
     Domain,
@@ -33,7 +33,7 @@ fn layer(rel: &str) -> Layer {
         "main" | "cli" | "commands" | "service" => Layer::Entry,
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
-        "engine" | "accounts" | "settle" | "waiters" => Layer::UseCase,
+        "engine" | "accounts" | "policies" | "spaces" | "settle" | "waiters" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,
@@ -50,12 +50,12 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
         Layer::Worker | Layer::Shared => &TRANSPORT,
         Layer::UseCase => &["http", "api", "auth", "dispatch", "commands", "service"],
         Layer::Domain => &[
-            "http", "api", "auth", "dispatch", "engine", "accounts", "settle", "waiters", "ledger",
-            "state", "config", "commands", "service", "crypto",
+            "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
+            "settle", "waiters", "ledger", "state", "config", "commands", "service", "crypto",
         ],
         Layer::Store | Layer::Apple => &[
-            "http", "api", "auth", "dispatch", "engine", "accounts", "settle", "waiters", "state",
-            "commands", "service",
+            "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
+            "settle", "waiters", "state", "commands", "service",
         ],
         Layer::Fixture => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "ledger",
