@@ -43,6 +43,7 @@ use uuid::Uuid;
 use crate::accounts::status;
 use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
+use crate::config::DispatchArgs;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::jobs::{self, JobRow};
 use crate::ledger::origin::Origin;
@@ -98,6 +99,25 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Jobs leased per iteration.
     pub max_claim: i64,
+}
+
+impl Settings {
+    /// The dispatcher's settings from its command-line / environment arguments.
+    pub fn from_args(args: &DispatchArgs, database_url: &str) -> Settings {
+        Settings {
+            database_url: database_url.to_owned(),
+            workers: args.workers as usize,
+            idle_poll: Duration::from_millis(args.idle_poll_ms),
+            lease: Duration::from_secs(args.job_lease_secs),
+            quiet: Duration::from_millis(args.batch_quiet_ms),
+            max_wait: Duration::from_millis(args.batch_max_wait_ms.max(args.batch_quiet_ms)),
+            concurrency: args.apple_concurrency as usize,
+            first_poll: Duration::from_secs(args.event_poll_secs),
+            max_poll: Duration::from_secs(args.event_poll_max_secs.max(args.event_poll_secs)),
+            max_backoff: Duration::from_secs(300),
+            max_claim: 20_000,
+        }
+    }
 }
 
 /// What every worker of a process shares.
