@@ -336,8 +336,14 @@ pub async fn submit(
             } else {
                 "POST /assets/disassociate"
             };
-            if !crate::accounts::ownership::notice(&ctx.state, account.id, &event.meta, endpoint)
-                .await?
+            if !crate::accounts::ownership::notice(
+                &ctx.state.pool,
+                &ctx.state.identity,
+                account.id,
+                &event.meta,
+                endpoint,
+            )
+            .await?
             {
                 // Another MDM holds the location: no further write for this account now.
                 return Ok(Sent::AccountBlocked);

@@ -572,7 +572,14 @@ async fn refresh_counts(
             },
         )
         .await?;
-    crate::accounts::ownership::notice(state, account, &listing.meta, "GET /assets").await?;
+    crate::accounts::ownership::notice(
+        &state.pool,
+        &state.identity,
+        account,
+        &listing.meta,
+        "GET /assets",
+    )
+    .await?;
     let Some(asset) = listing
         .items
         .iter()

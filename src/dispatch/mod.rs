@@ -409,8 +409,14 @@ async fn poll(
     };
     match ctx.state.apple.event_status(token, event_id).await {
         Ok(status) if status.is_pending() => {
-            crate::accounts::ownership::notice(&ctx.state, account.id, &status.meta, "GET /status")
-                .await?;
+            crate::accounts::ownership::notice(
+                &ctx.state.pool,
+                &ctx.state.identity,
+                account.id,
+                &status.meta,
+                "GET /status",
+            )
+            .await?;
             let mut conn = ctx.state.pool.get().await?;
             let polls: i32 = diesel::sql_query(
                 "UPDATE apple_events SET polls = polls + 1 WHERE event_id = $1 RETURNING polls AS n",
@@ -429,8 +435,14 @@ async fn poll(
             Ok(())
         }
         Ok(status) => {
-            crate::accounts::ownership::notice(&ctx.state, account.id, &status.meta, "GET /status")
-                .await?;
+            crate::accounts::ownership::notice(
+                &ctx.state.pool,
+                &ctx.state.identity,
+                account.id,
+                &status.meta,
+                "GET /status",
+            )
+            .await?;
             let failures = events::failures_by_target(&status.failures);
             let applied = events::apply(
                 &ctx.state,

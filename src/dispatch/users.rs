@@ -57,7 +57,15 @@ pub async fn ensure_registered(
         let request: Vec<RequestUser> =
             chunk.iter().map(|u| RequestUser::new(u.as_str())).collect();
         let event = state.apple.create_users(token, &request).await?;
-        if !ownership::notice(state, account, &event.meta, "POST /users/create").await? {
+        if !ownership::notice(
+            &state.pool,
+            &state.identity,
+            account,
+            &event.meta,
+            "POST /users/create",
+        )
+        .await?
+        {
             return Ok(Registration::NotOwned);
         }
         // User creation is quick; wait for it here rather than split the association in two.
@@ -114,7 +122,15 @@ pub async fn ensure_registered(
                 .await?;
         }
         refused.extend(failed_here);
-        if !ownership::notice(state, account, &status.meta, "GET /status (users/create)").await? {
+        if !ownership::notice(
+            &state.pool,
+            &state.identity,
+            account,
+            &status.meta,
+            "GET /status (users/create)",
+        )
+        .await?
+        {
             return Ok(Registration::NotOwned);
         }
     }
