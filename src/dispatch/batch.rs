@@ -27,7 +27,7 @@ use crate::db::schema::apple_events;
 use crate::engine::model::LicenseType;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::assignments;
-use crate::ledger::jobs::{self, JobRow};
+use crate::ledger::jobs::{self, ClaimedJob, Job, JobKind, PollEvent};
 
 /// One Apple request's worth of work.
 #[derive(Debug, Clone)]
@@ -66,13 +66,16 @@ struct Work {
 /// are deleted; disassociations waiting for their association's event are postponed; the
 /// partial last request of a batch that was claimed only because it filled a request waits
 /// for more work.
-pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchError> {
-    let ids: Vec<Uuid> = jobs_.iter().filter_map(|j| j.assignment_id).collect();
+pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, DispatchError> {
+    let ids: Vec<Uuid> = jobs_
+        .iter()
+        .filter_map(|j| j.job.as_ref().and_then(Job::assignment))
+        .collect();
     let mut conn = ctx.state.pool.get().await?;
     let work: Vec<Work> = diesel::sql_query(
         "SELECT a.id, a.adam_id, a.pricing_param, a.license_type, a.state, a.apple_event_id,
                 (COALESCE(e.status = 'pending', false)
-                 OR EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'associate' AND j.assignment_id = a.id
+                 OR EXISTS (SELECT 1 FROM jobs j WHERE j.kind = $2 AND j.assignment_id = a.id
                               AND j.locked_until > now())) AS event_pending,
                 s.external_id AS target
            FROM assignments a
@@ -81,6 +84,7 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
           WHERE a.id = ANY($1)",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
     .load(&mut conn)
     .await?;
     let work: HashMap<Uuid, Work> = work.into_iter().map(|w| (w.id, w)).collect();
@@ -98,14 +102,22 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
     let mut waiting = Vec::new();
     let mut later = Vec::new();
     // Oldest first, so that the jobs a full-only batch hands back are the newest.
-    let mut ordered: Vec<&JobRow> = jobs_.iter().collect();
+    let mut ordered: Vec<&ClaimedJob> = jobs_.iter().collect();
     ordered.sort_by_key(|j| j.id);
     for j in ordered {
-        let Some(w) = j.assignment_id.and_then(|a| work.get(&a)) else {
+        let (associate, assignment) = match &j.job {
+            Some(Job::Associate(w)) => (true, w.assignment_id),
+            Some(Job::Disassociate(w)) => (false, w.assignment_id),
+            // Not association work (or not a job this code knows): nothing to send.
+            Some(Job::PollEvent(_)) | None => {
+                done.push(j.id);
+                continue;
+            }
+        };
+        let Some(w) = work.get(&assignment) else {
             done.push(j.id);
             continue;
         };
-        let associate = j.kind == "associate";
         let relevant = if associate {
             w.state == "pending" || (w.state == "associating" && w.apple_event_id.is_none())
         } else {
@@ -316,7 +328,8 @@ pub async fn submit(
                     .execute(conn)
                     .await?;
                 jobs::delete(conn, &chunk.job_ids).await?;
-                jobs::enqueue_poll(conn, account.id, &event_id, retry::at(ctx.settings.first_poll)).await?;
+                let poll = Job::PollEvent(PollEvent { event_id: event_id.clone() });
+                jobs::enqueue(conn, account.id, &poll, retry::at(ctx.settings.first_poll)).await?;
                 Ok::<(), diesel::result::Error>(())
             })
             .await?;

@@ -238,12 +238,7 @@ async fn transition(
     }
     if associate && !to_revoked.is_empty() {
         // Their disassociation has nothing left to do.
-        diesel::sql_query(
-            "DELETE FROM jobs WHERE kind = 'disassociate' AND assignment_id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&to_revoked)
-        .execute(conn)
-        .await?;
+        crate::ledger::jobs::delete_releases(conn, &to_revoked).await?;
     }
     if let (Some(adam), Some(pricing)) = (&event.adam_id, &event.pricing_param) {
         // Failed associations give their license back to the pool; failed releases stay
@@ -335,9 +330,7 @@ async fn close_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResul
     .bind::<diesel::sql_types::Text, _>(event_id)
     .execute(conn)
     .await?;
-    diesel::sql_query("DELETE FROM jobs WHERE kind = 'poll_event' AND payload->>'event_id' = $1")
-        .bind::<diesel::sql_types::Text, _>(event_id)
-        .execute(conn)
+    crate::ledger::jobs::delete_polls(conn, event_id)
         .await
         .map(|_| ())
 }

@@ -45,7 +45,7 @@ use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
 use crate::config::DispatchArgs;
 use crate::ledger::accounts::{self as store, AccountRow};
-use crate::ledger::jobs::{self, JobRow};
+use crate::ledger::jobs::{self, ClaimedJob, Job, PollEvent};
 use crate::ledger::origin::Origin;
 use crate::state::AppState;
 use batch::Sent;
@@ -321,8 +321,11 @@ async fn process_account(
             return Ok(false);
         }
     };
-    let (polls, work): (Vec<JobRow>, Vec<JobRow>) =
-        claimed.into_iter().partition(|j| j.kind == "poll_event");
+    // Event polls, and association / release work (with any job that does not decode, which
+    // the plan drops).
+    let (polls, work): (Vec<ClaimedJob>, Vec<ClaimedJob>) = claimed
+        .into_iter()
+        .partition(|j| matches!(j.job, Some(Job::PollEvent(_))));
     let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
     let chunks = batch::plan(ctx, &work).await?;
     if chunks.is_empty() && polls.is_empty() {
@@ -356,7 +359,10 @@ async fn process_account(
     }
     let polling: Vec<_> = polls
         .iter()
-        .map(|job| poll(ctx, &account, &token, job))
+        .filter_map(|job| match &job.job {
+            Some(Job::PollEvent(event)) => Some(poll(ctx, &account, &token, job, event)),
+            _ => None,
+        })
         .collect();
     let polled: Vec<Result<(), DispatchError>> = futures_util::stream::iter(polling)
         .buffer_unordered(ctx.settings.concurrency.max(1))
@@ -400,13 +406,10 @@ async fn poll(
     ctx: &Ctx,
     account: &AccountRow,
     token: &SToken,
-    job: &JobRow,
+    job: &ClaimedJob,
+    event: &PollEvent,
 ) -> Result<(), DispatchError> {
-    let Some(event_id) = job.payload.get("event_id").and_then(|v| v.as_str()) else {
-        let mut conn = ctx.state.pool.get().await?;
-        jobs::delete(&mut conn, &[job.id]).await?;
-        return Ok(());
-    };
+    let event_id = event.event_id.as_str();
     match ctx.state.apple.event_status(token, event_id).await {
         Ok(status) if status.is_pending() => {
             crate::accounts::ownership::notice(
@@ -473,18 +476,7 @@ async fn poll(
             tracing::warn!(event = %event_id, "Apple does not know the event; resubmitting its work");
             let mut conn = ctx.state.pool.get().await?;
             conn.transaction(async |conn| {
-                diesel::sql_query(
-                    "WITH a AS (UPDATE assignments SET state = CASE WHEN state = 'associating' THEN 'pending' ELSE state END,
-                                       apple_event_id = NULL, batch_id = NULL, updated_at = now()
-                                 WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')
-                             RETURNING id, account_id, state, adam_id, pricing_param, license_type)
-                     INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
-                     SELECT CASE WHEN state = 'pending' THEN 'associate' ELSE 'disassociate' END,
-                            account_id, id, adam_id, pricing_param, license_type FROM a",
-                )
-                .bind::<diesel::sql_types::Text, _>(event_id)
-                .execute(conn)
-                .await?;
+                jobs::resubmit_event(conn, event_id).await?;
                 diesel::sql_query("UPDATE apple_events SET status = 'failed', finished_at = now() WHERE event_id = $1")
                     .bind::<diesel::sql_types::Text, _>(event_id)
                     .execute(conn)

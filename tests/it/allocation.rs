@@ -1127,7 +1127,11 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
         "{:?}",
         claimed.iter().map(|j| j.id).collect::<Vec<_>>()
     );
-    assert!(claimed.iter().all(|j| j.kind == "associate" && !j.closed));
+    assert!(
+        claimed
+            .iter()
+            .all(|j| j.kind() == Some(jobs::JobKind::Associate) && !j.closed)
+    );
     let device_jobs: Vec<i64> = {
         use vpp_broker::db::schema::{assignments as a, jobs as j};
         j::table
