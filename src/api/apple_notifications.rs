@@ -21,7 +21,6 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, post, web};
-use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use crate::accounts::identity::notification_token_hash;
@@ -33,6 +32,7 @@ use crate::http::problem::{ApiError, FieldError, Problem, ProblemType, types};
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::origin::Origin;
+use crate::ledger::{apple_notifications, asset_counts};
 use crate::state::AppState;
 
 /// Longest notification id kept (Apple's are UUID-sized).
@@ -144,14 +144,8 @@ pub async fn receive_apple_notification(
         )
         .to_error());
     }
-    let fresh = diesel::sql_query(
-        "INSERT INTO apple_notifications (account_id, notification_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(account_id)
-    .bind::<diesel::sql_types::Text, _>(notification_id)
-    .execute(&mut conn)
-    .await?;
-    if fresh == 0 {
+    let fresh = apple_notifications::remember(&mut conn, account_id, notification_id).await?;
+    if !fresh {
         if let Some(rejection) = earlier_rejection(&mut conn, account_id, notification_id).await? {
             tracing::debug!(notification = %notification_id, "retry of a refused Apple notification");
             return Err(rejection.to_error());
@@ -171,20 +165,8 @@ pub async fn receive_apple_notification(
     };
     // Forget the notification, so that Apple's next delivery of it is processed.
     let mut conn = state.pool.get().await?;
-    diesel::sql_query(
-        "DELETE FROM apple_notifications WHERE account_id = $1 AND notification_id = $2",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(account_id)
-    .bind::<diesel::sql_types::Text, _>(notification_id)
-    .execute(&mut conn)
-    .await?;
+    apple_notifications::forget(&mut conn, account_id, notification_id).await?;
     Err(failure)
-}
-
-#[derive(diesel::QueryableByName)]
-struct StoredRejection {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Jsonb>)]
-    rejection: Option<serde_json::Value>,
 }
 
 /// The refusal recorded for an already-received notification, if it was refused.
@@ -193,17 +175,11 @@ async fn earlier_rejection(
     account_id: Uuid,
     notification_id: &str,
 ) -> Result<Option<Rejection>, ApiError> {
-    let rows: Vec<StoredRejection> = diesel::sql_query(
-        "SELECT rejection FROM apple_notifications WHERE account_id = $1 AND notification_id = $2",
+    Ok(
+        apple_notifications::rejection(conn, account_id, notification_id)
+            .await?
+            .and_then(|v| serde_json::from_value(v).ok()),
     )
-    .bind::<diesel::sql_types::Uuid, _>(account_id)
-    .bind::<diesel::sql_types::Text, _>(notification_id)
-    .load(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .find_map(|r| r.rejection)
-        .and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// Keeps the refusal on the dedupe row and in the activity log, in one transaction.
@@ -230,23 +206,17 @@ async fn record_rejection(
     });
     let mut conn = state.pool.get().await?;
     conn.transaction(async |conn| {
-        diesel::sql_query(
-            "UPDATE apple_notifications SET rejection = $3 WHERE account_id = $1 AND notification_id = $2",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(account.id)
-        .bind::<diesel::sql_types::Text, _>(&envelope.notification_id)
-        .bind::<diesel::sql_types::Jsonb, _>(&stored)
-        .execute(conn)
-        .await?;
+        apple_notifications::set_rejection(conn, account.id, &envelope.notification_id, &stored)
+            .await?;
         activity::record(
             conn,
             Activity::new(
                 &Origin::new("apple", crate::http::context::request_id()),
                 "apple.notification_rejected",
             )
-                .space(&account.space_id)
-                .account(account.id)
-                .details(details),
+            .space(&account.space_id)
+            .account(account.id)
+            .details(details),
         )
         .await
     })
@@ -334,17 +304,13 @@ async fn process(
                 )));
             }
             let mut conn = state.pool.get().await?;
-            diesel::sql_query(
-                "UPDATE assets
-                    SET apple_total = LEAST(GREATEST(0, apple_total::bigint + $4), 2147483647)::int,
-                        updated_at = now()
-                  WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
+            asset_counts::add_to_total(
+                &mut conn,
+                account.id,
+                &n.adam_id,
+                n.pricing_param.as_str(),
+                n.count_delta,
             )
-            .bind::<diesel::sql_types::Uuid, _>(account.id)
-            .bind::<diesel::sql_types::Text, _>(&n.adam_id)
-            .bind::<diesel::sql_types::Text, _>(n.pricing_param.as_str())
-            .bind::<diesel::sql_types::BigInt, _>(n.count_delta)
-            .execute(&mut conn)
             .await?;
         }
         _ => {}

@@ -15,8 +15,8 @@
 
 use std::collections::HashMap;
 
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::QueryResult;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
 use super::DispatchError;
@@ -24,11 +24,13 @@ use crate::apple::client::AssetQuery;
 use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::apple::stoken::SToken;
 use crate::apple::types::{ErrorResponse, PricingParam};
-use crate::db::schema::apple_events;
 use crate::engine::allocate::{self, AllocationRequest, AssetRef, SubjectInput};
+use crate::engine::model::AssignmentState::{Active, Associating, Failed, Revoked, Revoking};
 use crate::engine::model::{LicenseType, LicenseWish, SubjectKind};
 use crate::ledger::activity::{self, Activity};
+use crate::ledger::apple_events::{self, EventKind, EventRow};
 use crate::ledger::origin::Origin;
+use crate::ledger::{asset_counts, jobs, settlements};
 use crate::state::AppState;
 
 /// Results of some or all targets of an event.
@@ -56,51 +58,6 @@ pub fn failures_by_target(failures: &[ErrorResponse]) -> HashMap<String, (i32, S
         }
     }
     out
-}
-
-#[derive(Clone, Debug, Queryable)]
-pub struct EventRow {
-    pub event_id: String,
-    pub account_id: Uuid,
-    pub kind: String,
-    pub adam_id: Option<String>,
-    pub pricing_param: Option<String>,
-}
-
-/// The event `event_id` of `account` (an event id another account submitted is not found: a
-/// notification authenticated for one account never settles another's assignments).
-pub async fn find_event(
-    conn: &mut AsyncPgConnection,
-    account: Uuid,
-    event_id: &str,
-) -> QueryResult<Option<EventRow>> {
-    apple_events::table
-        .filter(apple_events::event_id.eq(event_id))
-        .filter(apple_events::account_id.eq(account))
-        .select((
-            apple_events::event_id,
-            apple_events::account_id,
-            apple_events::kind,
-            apple_events::adam_id,
-            apple_events::pricing_param,
-        ))
-        .first(conn)
-        .await
-        .optional()
-}
-
-#[derive(Debug, QueryableByName)]
-struct Waiting {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    space_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    state: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    target: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    requested_by: String,
 }
 
 /// A 9709 failure to re-allocate after the transaction.
@@ -132,7 +89,7 @@ pub async fn apply(
     results: &Results,
 ) -> Result<Applied, DispatchError> {
     let mut conn = state.pool.get().await?;
-    let Some(event) = find_event(&mut conn, account, event_id).await? else {
+    let Some(event) = apple_events::find(&mut conn, account, event_id).await? else {
         // Not ours (or its account is gone): nothing to settle.
         return Ok(Applied {
             finished: true,
@@ -147,14 +104,7 @@ pub async fn apply(
         applied.failed += reallocs.len();
         reallocate(state, token, &event, reallocs).await?;
         let mut conn = state.pool.get().await?;
-        let remaining: i64 = diesel::sql_query(
-            "SELECT count(*) AS n FROM assignments
-              WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')",
-        )
-        .bind::<diesel::sql_types::Text, _>(&event.event_id)
-        .get_result::<super::Count>(&mut conn)
-        .await?
-        .n;
+        let remaining = settlements::count_waiting(&mut conn, &event.event_id).await?;
         if remaining == 0 {
             close_event(&mut conn, &event.event_id).await?;
             applied.finished = true;
@@ -171,17 +121,8 @@ async fn transition(
     event: &EventRow,
     results: &Results,
 ) -> Result<(Applied, Vec<Realloc>), DispatchError> {
-    let waiting: Vec<Waiting> = diesel::sql_query(
-        "SELECT a.id, a.space_id, a.state, s.external_id AS target, a.requested_by
-           FROM assignments a JOIN subjects s ON s.id = a.subject_id
-          WHERE a.apple_event_id = $1 AND a.state IN ('associating', 'revoking')
-          ORDER BY a.id
-          FOR UPDATE OF a",
-    )
-    .bind::<diesel::sql_types::Text, _>(&event.event_id)
-    .load(conn)
-    .await?;
-    let associate = event.kind == "associate";
+    let waiting = settlements::waiting_locked(conn, &event.event_id).await?;
+    let associate = event.kind == EventKind::Associate;
     let mut to_active = Vec::new();
     let mut to_revoked = Vec::new();
     let mut to_failed: Vec<(Uuid, serde_json::Value)> = Vec::new();
@@ -193,26 +134,26 @@ async fn transition(
             Results::Partial(listed) => listed.get(&w.target).cloned(),
         };
         let Some(outcome) = outcome else { continue };
-        match (associate, w.state.as_str(), outcome) {
-            (true, "associating", None) => to_active.push(w.id),
+        match (associate, w.state, outcome) {
+            (true, Associating, None) => to_active.push(w.id),
             // Left `associating` until re-allocated (see `reallocate`), so its final state
             // arrives complete; a crash before that repeats the re-allocation on the next poll.
-            (true, "associating", Some((NOT_ENOUGH_LICENSES, message))) => reallocs.push(Realloc {
+            (true, Associating, Some((NOT_ENOUGH_LICENSES, message))) => reallocs.push(Realloc {
                 id: w.id,
                 space: w.space_id.clone(),
                 requested_by: w.requested_by.clone(),
                 message,
             }),
-            (true, "associating", Some((number, message))) => {
+            (true, Associating, Some((number, message))) => {
                 to_failed.push((
                     w.id,
                     serde_json::json!({ "number": number, "message": message }),
                 ));
             }
             // Revoked while associating, and the association failed: Apple holds nothing.
-            (true, "revoking", Some(_)) => to_revoked.push(w.id),
-            (false, "revoking", None) => to_revoked.push(w.id),
-            (false, "revoking", Some((number, message))) => {
+            (true, Revoking, Some(_)) => to_revoked.push(w.id),
+            (false, Revoking, None) => to_revoked.push(w.id),
+            (false, Revoking, Some((number, message))) => {
                 still_at_apple += 1;
                 to_failed.push((
                     w.id,
@@ -231,10 +172,10 @@ async fn transition(
     } else {
         Vec::new()
     };
-    set_state(conn, &to_active, "active", None).await?;
-    set_state(conn, &to_revoked, "revoked", None).await?;
+    settlements::set_state(conn, &to_active, Active, None).await?;
+    settlements::set_state(conn, &to_revoked, Revoked, None).await?;
     for (id, error) in &to_failed {
-        set_state(conn, &[*id], "failed", Some(error)).await?;
+        settlements::set_state(conn, &[*id], Failed, Some(error)).await?;
     }
     if associate && !to_revoked.is_empty() {
         // Their disassociation has nothing left to do.
@@ -243,16 +184,14 @@ async fn transition(
     if let (Some(adam), Some(pricing)) = (&event.adam_id, &event.pricing_param) {
         // Failed associations give their license back to the pool; failed releases stay
         // consumed at Apple.
-        diesel::sql_query(
-            "UPDATE assets SET held = held - $4, foreign_assigned = foreign_assigned + $5, updated_at = now()
-              WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3 AND ($4 > 0 OR $5 > 0)",
+        asset_counts::settle(
+            conn,
+            event.account_id,
+            adam,
+            pricing,
+            failed_live.len() as i32,
+            still_at_apple,
         )
-        .bind::<diesel::sql_types::Uuid, _>(event.account_id)
-        .bind::<diesel::sql_types::Text, _>(adam)
-        .bind::<diesel::sql_types::Text, _>(pricing)
-        .bind::<diesel::sql_types::Integer, _>(failed_live.len() as i32)
-        .bind::<diesel::sql_types::Integer, _>(still_at_apple)
-        .execute(conn)
         .await?;
     }
     let log = |ids: Vec<Uuid>, action: &'static str| (ids, action);
@@ -267,18 +206,7 @@ async fn transition(
         if ids.is_empty() {
             continue;
         }
-        diesel::sql_query(
-            "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, adam_id,
-                                       pricing_param, apple_event_id, details)
-             SELECT a.space_id, 'system', $2, a.account_id, a.id, a.adam_id, a.pricing_param, $3,
-                    jsonb_build_object('state', a.state, 'error', a.error)
-               FROM assignments a WHERE a.id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
-        .bind::<diesel::sql_types::Text, _>(action)
-        .bind::<diesel::sql_types::Text, _>(&event.event_id)
-        .execute(conn)
-        .await?;
+        settlements::log(conn, &ids, action, &event.event_id).await?;
     }
     let finals: Vec<Uuid> = to_active
         .iter()
@@ -288,20 +216,12 @@ async fn transition(
         .collect();
     crate::waiters::notify(conn, &finals).await?;
 
-    let remaining: i64 = diesel::sql_query(
-        "SELECT count(*) AS n FROM assignments WHERE apple_event_id = $1 AND state = $2",
-    )
-    .bind::<diesel::sql_types::Text, _>(&event.event_id)
-    .bind::<diesel::sql_types::Text, _>(if associate { "associating" } else { "revoking" })
-    .get_result::<super::Count>(conn)
-    .await?
-    .n;
+    let waiting_state = if associate { Associating } else { Revoking };
+    let remaining = settlements::count_in_state(conn, &event.event_id, waiting_state).await?;
     let finished = remaining == 0;
     if let Results::Complete(f) = results {
-        diesel::update(apple_events::table.filter(apple_events::event_id.eq(&event.event_id)))
-            .set(apple_events::failures.eq(Some(serde_json::to_value(f).unwrap_or_default())))
-            .execute(conn)
-            .await?;
+        let failures = serde_json::to_value(f).unwrap_or_default();
+        apple_events::record_failures(conn, &event.event_id, &failures).await?;
     }
     if finished {
         close_event(conn, &event.event_id).await?;
@@ -320,60 +240,20 @@ async fn transition(
 /// Marks an event finished (complete, or failed when any of its assignments failed) and drops
 /// its poll job.
 async fn close_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<()> {
-    diesel::sql_query(
-        "UPDATE apple_events SET finished_at = now(),
-                status = CASE WHEN EXISTS (SELECT 1 FROM assignments
-                                            WHERE apple_event_id = $1 AND state = 'failed')
-                              THEN 'failed' ELSE 'complete' END
-          WHERE event_id = $1 AND status = 'pending'",
-    )
-    .bind::<diesel::sql_types::Text, _>(event_id)
-    .execute(conn)
-    .await?;
-    crate::ledger::jobs::delete_polls(conn, event_id)
-        .await
-        .map(|_| ())
-}
-
-async fn set_state(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-    state: &str,
-    error: Option<&serde_json::Value>,
-) -> QueryResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    diesel::sql_query(
-        "UPDATE assignments SET state = $2, error = COALESCE($3, error), version = version + 1,
-                                updated_at = now()
-          WHERE id = ANY($1)",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .bind::<diesel::sql_types::Text, _>(state)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Jsonb>, _>(error)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    apple_events::close(conn, event_id).await?;
+    jobs::delete_polls(conn, event_id).await.map(|_| ())
 }
 
 /// Removes an account whose deletion was requested once Apple holds nothing of it any more.
 pub async fn finish_account_deletion(state: &AppState, account: Uuid) -> Result<(), DispatchError> {
-    use crate::db::schema::accounts;
     let mut conn = state.pool.get().await?;
-    let Some((space, requested)): Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
-        accounts::table
-            .filter(accounts::id.eq(account))
-            .select((accounts::space_id, accounts::delete_requested_at))
-            .first(&mut conn)
-            .await
-            .optional()?
-    else {
+    let Some(row) = crate::ledger::accounts::by_id(&mut conn, account).await? else {
         return Ok(());
     };
-    if requested.is_none() {
+    if row.delete_requested_at.is_none() {
         return Ok(());
     }
+    let space = row.space_id;
     conn.transaction(async |conn| {
         if crate::ledger::accounts::lock_space(conn, &space)
             .await?
@@ -463,16 +343,7 @@ async fn reallocate(
                 // Only an assignment still waiting for this association is re-allocated, once:
                 // a poll and a notification may report the same 9709, and a revocation may
                 // have taken the assignment (and its license) meanwhile.
-                let claimed: Vec<super::IdRow> = diesel::sql_query(
-                    "UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
-                            updated_at = now()
-                      WHERE id = $1 AND state = 'associating' RETURNING id",
-                )
-                .bind::<diesel::sql_types::Uuid, _>(old.id)
-                .bind::<diesel::sql_types::Jsonb, _>(&error)
-                .load(conn)
-                .await?;
-                if claimed.is_empty() {
+                if !settlements::take_for_reallocation(conn, old.id, &error).await? {
                     return Ok::<_, DispatchError>(None);
                 }
                 let new_id = match allocate::allocate(conn, &request).await {
@@ -495,20 +366,8 @@ async fn reallocate(
                 // After the allocation, which locked the asset rows in their usual order (the
                 // failed account's row among them): taking this row first could deadlock
                 // with an allocation batch.
-                diesel::sql_query(
-                    "UPDATE assets SET held = held - 1, updated_at = now()
-                      WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
-                )
-                .bind::<diesel::sql_types::Uuid, _>(event.account_id)
-                .bind::<diesel::sql_types::Text, _>(&adam)
-                .bind::<diesel::sql_types::Text, _>(&pricing)
-                .execute(conn)
-                .await?;
-                diesel::sql_query("UPDATE assignments SET error = $2 WHERE id = $1")
-                    .bind::<diesel::sql_types::Uuid, _>(old.id)
-                    .bind::<diesel::sql_types::Jsonb, _>(&error)
-                    .execute(conn)
-                    .await?;
+                asset_counts::settle(conn, event.account_id, &adam, &pricing, 1, 0).await?;
+                settlements::set_error(conn, old.id, &error).await?;
                 let action = if new_id.is_some() {
                     "assignment.reallocated"
                 } else {
@@ -583,23 +442,15 @@ async fn refresh_counts(
     let total = asset.total_count.unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
     let assigned = asset.assigned_count.unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
     let mut conn = state.pool.get().await?;
-    diesel::sql_query(
-        "UPDATE assets s SET apple_total = $4, apple_assigned = $5,
-                foreign_assigned = GREATEST(0, $5 - (SELECT count(*) FROM assignments a
-                     WHERE a.account_id = s.account_id AND a.adam_id = s.adam_id
-                       AND a.pricing_param = s.pricing_param
-                       AND (a.state IN ('active', 'revoking')
-                            OR (a.state = 'associating' AND a.apple_event_id <> $6)))),
-                synced_at = now(), updated_at = now()
-          WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
+    asset_counts::refresh(
+        &mut conn,
+        account,
+        adam_id,
+        pricing_param,
+        total,
+        assigned,
+        &event.event_id,
     )
-    .bind::<diesel::sql_types::Uuid, _>(account)
-    .bind::<diesel::sql_types::Text, _>(adam_id)
-    .bind::<diesel::sql_types::Text, _>(pricing_param)
-    .bind::<diesel::sql_types::Integer, _>(total)
-    .bind::<diesel::sql_types::Integer, _>(assigned)
-    .bind::<diesel::sql_types::Text, _>(&event.event_id)
-    .execute(&mut conn)
     .await?;
     Ok(())
 }

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,6 +45,7 @@ use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
 use crate::config::DispatchArgs;
 use crate::ledger::accounts::{self as store, AccountRow};
+use crate::ledger::apple_events;
 use crate::ledger::jobs::{self, ClaimedJob, Job, PollEvent};
 use crate::ledger::origin::Origin;
 use crate::state::AppState;
@@ -62,18 +63,6 @@ pub enum DispatchError {
     Connect(#[from] diesel::ConnectionError),
     #[error("{0}")]
     Other(String),
-}
-
-#[derive(diesel::QueryableByName)]
-pub(crate) struct IdRow {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub id: Uuid,
-}
-
-#[derive(diesel::QueryableByName)]
-pub(crate) struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub n: i64,
 }
 
 /// Dispatcher tunables (all from the command line / environment).
@@ -421,14 +410,10 @@ async fn poll(
             )
             .await?;
             let mut conn = ctx.state.pool.get().await?;
-            let polls: i32 = diesel::sql_query(
-                "UPDATE apple_events SET polls = polls + 1 WHERE event_id = $1 RETURNING polls AS n",
-            )
-            .bind::<diesel::sql_types::Text, _>(event_id)
-            .get_result::<PollCount>(&mut conn)
-            .await
-            .map(|p| p.n)
-            .unwrap_or(1);
+            // A poll count that cannot be read counts as the first poll.
+            let polls = apple_events::count_poll(&mut conn, event_id)
+                .await
+                .unwrap_or(1);
             let delay = ctx
                 .settings
                 .first_poll
@@ -477,10 +462,7 @@ async fn poll(
             let mut conn = ctx.state.pool.get().await?;
             conn.transaction(async |conn| {
                 jobs::resubmit_event(conn, event_id).await?;
-                diesel::sql_query("UPDATE apple_events SET status = 'failed', finished_at = now() WHERE event_id = $1")
-                    .bind::<diesel::sql_types::Text, _>(event_id)
-                    .execute(conn)
-                    .await?;
+                apple_events::mark_failed(conn, event_id).await?;
                 jobs::delete(conn, &[job.id]).await?;
                 Ok::<(), diesel::result::Error>(())
             })
@@ -504,12 +486,6 @@ async fn poll(
             Ok(())
         }
     }
-}
-
-#[derive(diesel::QueryableByName)]
-struct PollCount {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    n: i32,
 }
 
 /// Runs the dispatcher until no job is left (tests and the benchmark use it to drain).
