@@ -13,7 +13,9 @@
 //!
 //! Each iteration: pick an account with due jobs → lock it → lease its due work → releases, then
 //! associations, grouped into chunks (see [`batch`]) and sent up to `concurrency` at a time (the
-//! Apple client paces them to Apple's `maxRequestPerSecond`) → event polls.
+//! Apple client paces them to Apple's `maxRequestPerSecond`) → event polls, whose results are
+//! settled by the settlement use case ([`crate::settle`], which Apple's notifications feed too).
+//! The statements are the store's (`ledger::jobs`, `ledger::submissions`, …).
 //!
 //! Batching: an account's queued work for one asset and license type is one *batch*. Batches
 //! are sent when the account's burst is over (no association joined any of its batches for
@@ -25,7 +27,6 @@
 //! most `max_wait`.
 
 pub mod batch;
-pub mod events;
 pub mod maintenance;
 pub mod retry;
 pub mod users;
@@ -48,6 +49,7 @@ use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::apple_events;
 use crate::ledger::jobs::{self, ClaimedJob, Job, PollEvent};
 use crate::ledger::origin::Origin;
+use crate::settle::{self, SettleError};
 use crate::state::AppState;
 use batch::Sent;
 
@@ -61,6 +63,8 @@ pub enum DispatchError {
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
     #[error(transparent)]
     Connect(#[from] diesel::ConnectionError),
+    #[error(transparent)]
+    Settle(#[from] SettleError),
     #[error("{0}")]
     Other(String),
 }
@@ -431,13 +435,13 @@ async fn poll(
                 "GET /status",
             )
             .await?;
-            let failures = events::failures_by_target(&status.failures);
-            let applied = events::apply(
+            let failures = settle::failures_by_target(&status.failures);
+            let applied = settle::apply(
                 &ctx.state,
                 token,
                 account.id,
                 event_id,
-                &events::Results::Complete(failures),
+                &settle::Results::Complete(failures),
             )
             .await?;
             let mut conn = ctx.state.pool.get().await?;

@@ -1390,7 +1390,7 @@ async fn t3_another_mdm_is_noticed_in_the_user_registration_answer() {
 #[tokio::test]
 async fn t10_a_9709_reported_twice_at_once_reallocates_once() {
     use std::collections::HashMap;
-    use vpp_broker::dispatch::events::{self, Results};
+    use vpp_broker::settle::{self as events, Results};
     let sim = sim::start(vec![
         location(U1, "Library A", vec![app(APP, 10)]),
         location(U2, "Library B", vec![app(APP, 10)]),

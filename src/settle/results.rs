@@ -1,4 +1,4 @@
-//! Following Apple's asynchronous events to the end (rule T10).
+//! Applying the results of an Apple event (rule T10).
 //!
 //! Results arrive two ways: by polling `GET /status` (complete: every target not listed in
 //! `failures` succeeded) and by Apple's ASSET_MANAGEMENT notifications (partial: only the
@@ -19,7 +19,8 @@ use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
-use super::DispatchError;
+use super::SettleError;
+use super::deletion::finish_account_deletion;
 use crate::apple::client::AssetQuery;
 use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::apple::stoken::SToken;
@@ -87,7 +88,7 @@ pub async fn apply(
     account: Uuid,
     event_id: &str,
     results: &Results,
-) -> Result<Applied, DispatchError> {
+) -> Result<Applied, SettleError> {
     let mut conn = state.pool.get().await?;
     let Some(event) = apple_events::find(&mut conn, account, event_id).await? else {
         // Not ours (or its account is gone): nothing to settle.
@@ -111,7 +112,7 @@ pub async fn apply(
         }
     }
     if applied.finished {
-        finish_account_deletion(state, event.account_id).await?;
+        finish_account_deletion(&state.pool, event.account_id).await?;
     }
     Ok(applied)
 }
@@ -120,7 +121,7 @@ async fn transition(
     conn: &mut AsyncPgConnection,
     event: &EventRow,
     results: &Results,
-) -> Result<(Applied, Vec<Realloc>), DispatchError> {
+) -> Result<(Applied, Vec<Realloc>), SettleError> {
     let waiting = settlements::waiting_locked(conn, &event.event_id).await?;
     let associate = event.kind == EventKind::Associate;
     let mut to_active = Vec::new();
@@ -244,40 +245,6 @@ async fn close_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResul
     jobs::delete_polls(conn, event_id).await.map(|_| ())
 }
 
-/// Removes an account whose deletion was requested once Apple holds nothing of it any more.
-pub async fn finish_account_deletion(state: &AppState, account: Uuid) -> Result<(), DispatchError> {
-    let mut conn = state.pool.get().await?;
-    let Some(row) = crate::ledger::accounts::by_id(&mut conn, account).await? else {
-        return Ok(());
-    };
-    if row.delete_requested_at.is_none() {
-        return Ok(());
-    }
-    let space = row.space_id;
-    conn.transaction(async |conn| {
-        if crate::ledger::accounts::lock_space(conn, &space)
-            .await?
-            .is_none()
-        {
-            return Ok(());
-        }
-        if crate::ledger::assignments::count_at_apple(conn, account).await? > 0 {
-            return Ok(());
-        }
-        crate::ledger::accounts::remove(conn, &space, account).await?;
-        activity::record(
-            conn,
-            Activity::new(&Origin::system(), "account.deleted")
-                .space(&space)
-                .account(account),
-        )
-        .await?;
-        tracing::info!(account = %account, "account removed after its licenses were released");
-        Ok::<(), DispatchError>(())
-    })
-    .await
-}
-
 /// Refreshes the asset's counts from Apple, then re-allocates each 9709 failure from the next
 /// eligible account (the failed account excluded), recording both steps.
 async fn reallocate(
@@ -285,7 +252,7 @@ async fn reallocate(
     token: &SToken,
     event: &EventRow,
     reallocs: Vec<Realloc>,
-) -> Result<(), DispatchError> {
+) -> Result<(), SettleError> {
     let (Some(adam), Some(pricing)) = (event.adam_id.clone(), event.pricing_param.clone()) else {
         return Ok(());
     };
@@ -344,7 +311,7 @@ async fn reallocate(
                 // a poll and a notification may report the same 9709, and a revocation may
                 // have taken the assignment (and its license) meanwhile.
                 if !settlements::take_for_reallocation(conn, old.id, &error).await? {
-                    return Ok::<_, DispatchError>(None);
+                    return Ok::<_, SettleError>(None);
                 }
                 let new_id = match allocate::allocate(conn, &request).await {
                     Ok(o) => {
@@ -353,10 +320,10 @@ async fn reallocate(
                         error["reallocated_account_id"] = serde_json::json!(o.account_id);
                         id
                     }
-                    Err(allocate::AllocationError::Db(e)) => return Err(DispatchError::Db(e)),
-                    Err(allocate::AllocationError::Pool(e)) => return Err(DispatchError::Pool(e)),
+                    Err(allocate::AllocationError::Db(e)) => return Err(SettleError::Db(e)),
+                    Err(allocate::AllocationError::Pool(e)) => return Err(SettleError::Pool(e)),
                     Err(e @ allocate::AllocationError::Overdrawn) => {
-                        return Err(DispatchError::Other(e.to_string()));
+                        return Err(SettleError::Reallocation(e));
                     }
                     Err(refusal) => {
                         error["reallocation"] = serde_json::json!(refusal.to_string());
@@ -411,7 +378,7 @@ async fn refresh_counts(
     event: &EventRow,
     adam_id: &str,
     pricing_param: &str,
-) -> Result<(), DispatchError> {
+) -> Result<(), SettleError> {
     let account = event.account_id;
     let listing = state
         .apple
