@@ -16,8 +16,8 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::{Ctx, DispatchError, retry};
+use crate::accounts::observe_error;
 use crate::accounts::status;
-use crate::accounts::{AccountError, observe_error};
 use crate::apple::codes;
 use crate::apple::error::{AppleError, ErrorClass, ErrorOrigin};
 use crate::apple::stoken::SToken;
@@ -491,10 +491,4 @@ async fn resized_limit(ctx: &Ctx, chunk: &Chunk, err: &AppleError) -> Option<usi
 pub async fn reload(ctx: &Ctx, account: &AccountRow) -> Result<Option<AccountRow>, DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
     Ok(store::find(&mut conn, &account.space_id, account.id).await?)
-}
-
-impl From<AccountError> for DispatchError {
-    fn from(e: AccountError) -> Self {
-        DispatchError::Other(e.to_string())
-    }
 }

@@ -41,7 +41,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::accounts::status;
+use crate::accounts::{AccountError, status};
 use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
 use crate::config::DispatchArgs;
@@ -65,8 +65,12 @@ pub enum DispatchError {
     Connect(#[from] diesel::ConnectionError),
     #[error(transparent)]
     Settle(#[from] SettleError),
-    #[error("{0}")]
-    Other(String),
+    /// Recording what an Apple answer says about the account (its owner) failed.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// [`drain`] gave up with work left.
+    #[error("{remaining} jobs left after {timeout:?}")]
+    Undrained { remaining: i64, timeout: Duration },
 }
 
 /// Dispatcher tunables (all from the command line / environment).
@@ -504,9 +508,7 @@ pub async fn drain(ctx: &Ctx, timeout: Duration) -> Result<(), DispatchError> {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(DispatchError::Other(format!(
-                    "{remaining} jobs left after {timeout:?}"
-                )));
+                return Err(DispatchError::Undrained { remaining, timeout });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
