@@ -30,13 +30,6 @@ struct Count {
     n: i64,
 }
 
-#[derive(QueryableByName)]
-struct IdRow {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    #[allow(dead_code)]
-    id: Uuid,
-}
-
 /// The assignments still waiting for `event_id` (associating or revoking), locked in id order.
 pub async fn waiting_locked(
     conn: &mut AsyncPgConnection,
@@ -137,16 +130,16 @@ pub async fn take_for_reallocation(
     id: Uuid,
     error: &serde_json::Value,
 ) -> diesel::QueryResult<bool> {
-    let rows: Vec<IdRow> = diesel::sql_query(
+    let taken = diesel::sql_query(
         "UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
                 updated_at = now()
-          WHERE id = $1 AND state = 'associating' RETURNING id",
+          WHERE id = $1 AND state = 'associating'",
     )
     .bind::<diesel::sql_types::Uuid, _>(id)
     .bind::<diesel::sql_types::Jsonb, _>(error)
-    .load(conn)
+    .execute(conn)
     .await?;
-    Ok(!rows.is_empty())
+    Ok(taken == 1)
 }
 
 /// Replaces the error of assignment `id` (where its re-allocation went).
