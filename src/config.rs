@@ -177,25 +177,6 @@ pub struct DispatchArgs {
     pub idle_poll_ms: u64,
 }
 
-impl DispatchArgs {
-    pub fn settings(&self, database_url: &str) -> crate::dispatch::Settings {
-        use std::time::Duration;
-        crate::dispatch::Settings {
-            database_url: database_url.to_owned(),
-            workers: self.workers as usize,
-            idle_poll: Duration::from_millis(self.idle_poll_ms),
-            lease: Duration::from_secs(self.job_lease_secs),
-            quiet: Duration::from_millis(self.batch_quiet_ms),
-            max_wait: Duration::from_millis(self.batch_max_wait_ms.max(self.batch_quiet_ms)),
-            concurrency: self.apple_concurrency as usize,
-            first_poll: Duration::from_secs(self.event_poll_secs),
-            max_poll: Duration::from_secs(self.event_poll_max_secs.max(self.event_poll_secs)),
-            max_backoff: Duration::from_secs(300),
-            max_claim: 20_000,
-        }
-    }
-}
-
 impl Default for DispatchArgs {
     fn default() -> Self {
         DispatchArgs {

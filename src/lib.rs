@@ -12,6 +12,8 @@
 //! - [`apple`]: the client of Apple's license API; [`apple_sim`]: a simulator of it;
 //! - [`engine`]: allocation and revocation decisions, answered from the ledger;
 //! - [`dispatch`]: background workers that batch Apple calls and follow Apple's events;
+//! - [`settle`]: settling Apple's results (event polls and notifications): final states,
+//!   re-allocation, finishing deletions;
 //! - [`waiters`]: bounded waits for an assignment's final state;
 //! - [`crypto`]: sTokens encrypted at rest; [`state`]: what handlers and workers share;
 //! - [`ledger`]: diesel models and queries; [`db`]: pool, migrations, schema;
@@ -33,6 +35,7 @@ pub mod engine;
 pub mod http;
 pub mod ledger;
 pub mod local_pg;
+pub mod settle;
 pub mod state;
 pub mod telemetry;
 pub mod waiters;

@@ -12,17 +12,20 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::AccountError;
+use super::identity::Identity;
 use crate::apple::types::ResponseMeta;
+use crate::db::Pool;
 use crate::domain::account_status::{self as status, AccountStatus, Observation};
 use crate::domain::origin::Origin;
 use crate::ledger::accounts as store;
 use crate::ledger::activity::{self, Activity};
-use crate::state::AppState;
 
-/// Checks the owner an Apple answer for `account` reports. True while the owner is this
+/// Checks the owner an Apple answer for `account` reports against this deployment's
+/// `identity`. True while the owner is this
 /// deployment (or none is named); false when another MDM holds the location (recorded once).
 pub async fn notice(
-    state: &AppState,
+    pool: &Pool,
+    identity: &Identity,
     account: Uuid,
     meta: &ResponseMeta,
     seen_in: &str,
@@ -30,10 +33,10 @@ pub async fn notice(
     let Some(reported) = meta.mdm_info.as_ref() else {
         return Ok(true);
     };
-    if state.identity.owns(Some(reported)) {
+    if identity.owns(Some(reported)) {
         return Ok(true);
     }
-    let mut conn = state.pool.get().await?;
+    let mut conn = pool.get().await?;
     conn.transaction(async |conn| {
         let Some(current) = store::by_id(conn, account).await? else {
             return Ok(false);

@@ -187,7 +187,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         .waiters
         .clone()
         .spawn_listener(database_url.clone(), cancel.clone());
-    let dispatch = crate::config::DispatchArgs::default().settings(&database_url);
+    let dispatch = crate::dispatch::Settings::from_args(
+        &crate::config::DispatchArgs::default(),
+        &database_url,
+    );
     crate::dispatch::spawn(
         crate::dispatch::Ctx::new(state.clone(), dispatch),
         cancel.clone(),

@@ -62,7 +62,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let listener = TcpListener::bind(args.http.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
     let state = Arc::new(AppState::build(pool, &args.apple, &args.accounts, cipher).await?);
-    let dispatch = args.dispatch.settings(&args.db.database_url);
+    let dispatch = crate::dispatch::Settings::from_args(&args.dispatch, &args.db.database_url);
     state
         .waiters
         .clone()

@@ -12,22 +12,23 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::{Ctx, DispatchError, retry};
-use crate::accounts::{AccountError, observe_error};
+use crate::accounts::observe_error;
 use crate::apple::codes;
 use crate::apple::error::{AppleError, ErrorClass, ErrorOrigin};
 use crate::apple::stoken::SToken;
 use crate::apple::types::{AssetKey, ManageAssetsRequest, PricingParam};
-use crate::db::schema::apple_events;
 use crate::domain::account_status as status;
-use crate::domain::model::LicenseType;
+use crate::domain::model::{AssignmentState, LicenseType};
 use crate::ledger::accounts::{self as store, AccountRow};
+use crate::ledger::apple_events::{self, EventKind, NewEvent};
+use crate::ledger::asset_counts;
 use crate::ledger::assignments;
-use crate::ledger::jobs::{self, JobRow};
+use crate::ledger::jobs::{self, ClaimedJob, Job, PollEvent};
+use crate::ledger::submissions;
 
 /// One Apple request's worth of work.
 #[derive(Debug, Clone)]
@@ -41,49 +42,18 @@ pub struct Chunk {
     pub job_ids: Vec<i64>,
 }
 
-#[derive(Debug, QueryableByName)]
-struct Work {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    adam_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pricing_param: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    license_type: LicenseType,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    state: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    apple_event_id: Option<String>,
-    /// Its association is still in flight (submitted, or being submitted right now).
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    event_pending: bool,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    target: String,
-}
-
 /// Splits claimed association/disassociation jobs into chunks. Jobs with nothing left to do
 /// are deleted; disassociations waiting for their association's event are postponed; the
 /// partial last request of a batch that was claimed only because it filled a request waits
 /// for more work.
-pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchError> {
-    let ids: Vec<Uuid> = jobs_.iter().filter_map(|j| j.assignment_id).collect();
+pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, DispatchError> {
+    let ids: Vec<Uuid> = jobs_
+        .iter()
+        .filter_map(|j| j.job.as_ref().and_then(Job::assignment))
+        .collect();
     let mut conn = ctx.state.pool.get().await?;
-    let work: Vec<Work> = diesel::sql_query(
-        "SELECT a.id, a.adam_id, a.pricing_param, a.license_type, a.state, a.apple_event_id,
-                (COALESCE(e.status = 'pending', false)
-                 OR EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'associate' AND j.assignment_id = a.id
-                              AND j.locked_until > now())) AS event_pending,
-                s.external_id AS target
-           FROM assignments a
-           JOIN subjects s ON s.id = a.subject_id
-           LEFT JOIN apple_events e ON e.event_id = a.apple_event_id
-          WHERE a.id = ANY($1)",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
-    .load(&mut conn)
-    .await?;
-    let work: HashMap<Uuid, Work> = work.into_iter().map(|w| (w.id, w)).collect();
+    let work = submissions::work(&mut conn, &ids).await?;
+    let work: HashMap<Uuid, submissions::Work> = work.into_iter().map(|w| (w.id, w)).collect();
     let service = ctx.state.apple.service_config().await?;
 
     /// One batch: (assignment, target, its jobs) in claim order, and whether it is complete.
@@ -98,18 +68,27 @@ pub async fn plan(ctx: &Ctx, jobs_: &[JobRow]) -> Result<Vec<Chunk>, DispatchErr
     let mut waiting = Vec::new();
     let mut later = Vec::new();
     // Oldest first, so that the jobs a full-only batch hands back are the newest.
-    let mut ordered: Vec<&JobRow> = jobs_.iter().collect();
+    let mut ordered: Vec<&ClaimedJob> = jobs_.iter().collect();
     ordered.sort_by_key(|j| j.id);
     for j in ordered {
-        let Some(w) = j.assignment_id.and_then(|a| work.get(&a)) else {
+        let (associate, assignment) = match &j.job {
+            Some(Job::Associate(w)) => (true, w.assignment_id),
+            Some(Job::Disassociate(w)) => (false, w.assignment_id),
+            // Not association work (or not a job this code knows): nothing to send.
+            Some(Job::PollEvent(_)) | None => {
+                done.push(j.id);
+                continue;
+            }
+        };
+        let Some(w) = work.get(&assignment) else {
             done.push(j.id);
             continue;
         };
-        let associate = j.kind == "associate";
         let relevant = if associate {
-            w.state == "pending" || (w.state == "associating" && w.apple_event_id.is_none())
+            w.state == AssignmentState::Pending
+                || (w.state == AssignmentState::Associating && w.apple_event_id.is_none())
         } else {
-            w.state == "revoking"
+            w.state == AssignmentState::Revoking
         };
         if !relevant {
             done.push(j.id);
@@ -213,28 +192,12 @@ pub async fn submit(
     let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
     let mut conn = ctx.state.pool.get().await?;
     // Marks the assignments this request carries (those still waiting for it).
-    let mark = if chunk.associate {
-        "UPDATE assignments SET state = 'associating', batch_id = $2, updated_at = now()
-          WHERE id = ANY($1)
-            AND (state = 'pending' OR (state = 'associating' AND apple_event_id IS NULL))
-      RETURNING id"
-    } else {
-        "UPDATE assignments SET batch_id = $2, updated_at = now()
-          WHERE id = ANY($1) AND state = 'revoking' RETURNING id"
-    };
     let marked: Vec<Uuid> = conn
         .transaction(async |conn| {
             assignments::lock_in_order(conn, &ids).await?;
-            diesel::sql_query(mark)
-                .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
-                .bind::<diesel::sql_types::Uuid, _>(batch)
-                .load::<super::IdRow>(conn)
-                .await
+            submissions::mark(conn, chunk.associate, &ids, batch).await
         })
-        .await?
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+        .await?;
     drop(conn);
     if marked.is_empty() {
         let mut conn = ctx.state.pool.get().await?;
@@ -293,51 +256,58 @@ pub async fn submit(
     match result {
         Ok(event) => {
             let event_id = event.event_id.clone();
+            let kind = if chunk.associate {
+                EventKind::Associate
+            } else {
+                EventKind::Disassociate
+            };
             let mut conn = ctx.state.pool.get().await?;
             conn.transaction(async |conn| {
                 assignments::lock_in_order(conn, &marked).await?;
-                diesel::sql_query(
-                    "UPDATE assignments SET apple_event_id = $2, updated_at = now() WHERE batch_id = $1",
+                submissions::accepted(conn, batch, &event_id).await?;
+                apple_events::record(
+                    conn,
+                    &NewEvent {
+                        event_id: &event_id,
+                        account_id: account.id,
+                        kind,
+                        adam_id: Some(&chunk.adam_id),
+                        pricing_param: Some(&chunk.pricing_param),
+                        requested: marked.len() as i32,
+                    },
                 )
-                .bind::<diesel::sql_types::Uuid, _>(batch)
-                .bind::<diesel::sql_types::Text, _>(&event_id)
-                .execute(conn)
                 .await?;
-                diesel::insert_into(apple_events::table)
-                    .values((
-                        apple_events::event_id.eq(&event_id),
-                        apple_events::account_id.eq(account.id),
-                        apple_events::kind.eq(if chunk.associate { "associate" } else { "disassociate" }),
-                        apple_events::adam_id.eq(Some(&chunk.adam_id)),
-                        apple_events::pricing_param.eq(Some(&chunk.pricing_param)),
-                        apple_events::requested.eq(marked.len() as i32),
-                    ))
-                    .on_conflict_do_nothing()
-                    .execute(conn)
-                    .await?;
                 jobs::delete(conn, &chunk.job_ids).await?;
-                jobs::enqueue_poll(conn, account.id, &event_id, retry::at(ctx.settings.first_poll)).await?;
+                let poll = Job::PollEvent(PollEvent {
+                    event_id: event_id.clone(),
+                });
+                jobs::enqueue(conn, account.id, &poll, retry::at(ctx.settings.first_poll)).await?;
                 Ok::<(), diesel::result::Error>(())
             })
             .await?;
             tracing::info!(
                 account = %account.id,
                 event = %event_id,
-                kind = if chunk.associate { "associate" } else { "disassociate" },
+                kind = kind.as_str(),
                 adam_id = %chunk.adam_id,
                 size = marked.len(),
                 "Apple accepted a batch"
             );
-            metrics::counter!("apple_batches_total", "kind" => if chunk.associate { "associate" } else { "disassociate" })
-                .increment(1);
+            metrics::counter!("apple_batches_total", "kind" => kind.as_str()).increment(1);
             metrics::histogram!("apple_batch_size").record(marked.len() as f64);
             let endpoint = if chunk.associate {
                 "POST /assets/associate"
             } else {
                 "POST /assets/disassociate"
             };
-            if !crate::accounts::ownership::notice(&ctx.state, account.id, &event.meta, endpoint)
-                .await?
+            if !crate::accounts::ownership::notice(
+                &ctx.state.pool,
+                &ctx.state.identity,
+                account.id,
+                &event.meta,
+                endpoint,
+            )
+            .await?
             {
                 // Another MDM holds the location: no further write for this account now.
                 return Ok(Sent::AccountBlocked);
@@ -390,36 +360,17 @@ async fn fail(
     let mut conn = ctx.state.pool.get().await?;
     conn.transaction(async |conn| {
         assignments::lock_in_order(conn, ids).await?;
-        let failed: Vec<super::IdRow> = diesel::sql_query(
-            "UPDATE assignments SET state = 'failed', error = $3, version = version + 1, updated_at = now()
-              WHERE id = ANY($1) AND batch_id = $2 AND state = 'associating' RETURNING id",
+        let failed = submissions::fail_associations(conn, ids, batch, error).await?;
+        asset_counts::settle(
+            conn,
+            account.id,
+            &chunk.adam_id,
+            &chunk.pricing_param,
+            failed.len() as i32,
+            0,
         )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-        .bind::<diesel::sql_types::Uuid, _>(batch)
-        .bind::<diesel::sql_types::Jsonb, _>(error)
-        .load(conn)
         .await?;
-        let failed: Vec<Uuid> = failed.into_iter().map(|r| r.id).collect();
-        diesel::sql_query(
-            "UPDATE assets SET held = held - $4, updated_at = now()
-              WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3 AND $4 > 0",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(account.id)
-        .bind::<diesel::sql_types::Text, _>(&chunk.adam_id)
-        .bind::<diesel::sql_types::Text, _>(&chunk.pricing_param)
-        .bind::<diesel::sql_types::Integer, _>(failed.len() as i32)
-        .execute(conn)
-        .await?;
-        diesel::sql_query(
-            "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, adam_id,
-                                       pricing_param, details)
-             SELECT space_id, 'system', 'assignment.failed', account_id, id, adam_id, pricing_param, $2
-               FROM assignments WHERE id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&failed)
-        .bind::<diesel::sql_types::Jsonb, _>(error)
-        .execute(conn)
-        .await?;
+        submissions::log_failed(conn, &failed, error).await?;
         crate::ledger::wakeups::notify(conn, &failed).await?;
         Ok::<(), diesel::result::Error>(())
     })
@@ -440,13 +391,7 @@ async fn requeue(
         let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
         conn.transaction(async |conn| {
             assignments::lock_in_order(conn, &ids).await?;
-            diesel::sql_query(
-                "UPDATE assignments SET state = 'pending', batch_id = NULL, updated_at = now()
-                  WHERE batch_id = $1 AND state = 'associating' AND apple_event_id IS NULL",
-            )
-            .bind::<diesel::sql_types::Uuid, _>(batch)
-            .execute(conn)
-            .await
+            submissions::requeue_associations(conn, batch).await
         })
         .await?;
     }
@@ -503,17 +448,7 @@ async fn handle_error(
             } else {
                 // A release Apple refuses outright: the license stays consumed at Apple.
                 let mut conn = ctx.state.pool.get().await?;
-                diesel::sql_query(
-                    "WITH f AS (UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
-                                       updated_at = now()
-                                 WHERE batch_id = $1 AND state = 'revoking' RETURNING account_id, adam_id, pricing_param)
-                     UPDATE assets s SET foreign_assigned = foreign_assigned + (SELECT count(*) FROM f)
-                      WHERE (s.account_id, s.adam_id, s.pricing_param) IN (SELECT account_id, adam_id, pricing_param FROM f)",
-                )
-                .bind::<diesel::sql_types::Uuid, _>(batch)
-                .bind::<diesel::sql_types::Jsonb, _>(&error)
-                .execute(&mut conn)
-                .await?;
+                submissions::fail_releases(&mut conn, batch, &error).await?;
                 crate::ledger::wakeups::notify(&mut conn, &ids).await?;
             }
             let mut conn = ctx.state.pool.get().await?;
@@ -556,10 +491,4 @@ async fn resized_limit(ctx: &Ctx, chunk: &Chunk, err: &AppleError) -> Option<usi
 pub async fn reload(ctx: &Ctx, account: &AccountRow) -> Result<Option<AccountRow>, DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
     Ok(store::find(&mut conn, &account.space_id, account.id).await?)
-}
-
-impl From<AccountError> for DispatchError {
-    fn from(e: AccountError) -> Self {
-        DispatchError::Other(e.to_string())
-    }
 }

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::RunQueryDsl;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
+use crate::ledger::{apple_notifications, retention};
 
 const EVERY: Duration = Duration::from_secs(300);
 
@@ -26,16 +26,8 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
 
 pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
-    let keys = diesel::sql_query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'",
-    )
-    .execute(&mut conn)
-    .await?;
-    let notes = diesel::sql_query(
-        "DELETE FROM apple_notifications WHERE received_at < now() - interval '1 day'",
-    )
-    .execute(&mut conn)
-    .await?;
+    let keys = retention::forget_idempotency_keys(&mut conn).await?;
+    let notes = apple_notifications::forget_older_than_a_day(&mut conn).await?;
     if keys + notes > 0 {
         tracing::info!(
             idempotency_keys = keys,

@@ -13,7 +13,9 @@
 //!
 //! Each iteration: pick an account with due jobs → lock it → lease its due work → releases, then
 //! associations, grouped into chunks (see [`batch`]) and sent up to `concurrency` at a time (the
-//! Apple client paces them to Apple's `maxRequestPerSecond`) → event polls.
+//! Apple client paces them to Apple's `maxRequestPerSecond`) → event polls, whose results are
+//! settled by the settlement use case ([`crate::settle`], which Apple's notifications feed too).
+//! The statements are the store's (`ledger::jobs`, `ledger::submissions`, …).
 //!
 //! Batching: an account's queued work for one asset and license type is one *batch*. Batches
 //! are sent when the account's burst is over (no association joined any of its batches for
@@ -25,7 +27,6 @@
 //! most `max_wait`.
 
 pub mod batch;
-pub mod events;
 pub mod maintenance;
 pub mod retry;
 pub mod users;
@@ -35,17 +36,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::accounts::AccountError;
 use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::SToken;
+use crate::config::DispatchArgs;
 use crate::domain::account_status as status;
 use crate::domain::origin::Origin;
 use crate::ledger::accounts::{self as store, AccountRow};
-use crate::ledger::jobs::{self, JobRow};
+use crate::ledger::apple_events;
+use crate::ledger::jobs::{self, ClaimedJob, Job, PollEvent};
+use crate::settle::{self, SettleError};
 use crate::state::AppState;
 use batch::Sent;
 
@@ -59,20 +64,14 @@ pub enum DispatchError {
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
     #[error(transparent)]
     Connect(#[from] diesel::ConnectionError),
-    #[error("{0}")]
-    Other(String),
-}
-
-#[derive(diesel::QueryableByName)]
-pub(crate) struct IdRow {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    pub id: Uuid,
-}
-
-#[derive(diesel::QueryableByName)]
-pub(crate) struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub n: i64,
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+    /// Recording what an Apple answer says about the account (its owner) failed.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// [`drain`] gave up with work left.
+    #[error("{remaining} jobs left after {timeout:?}")]
+    Undrained { remaining: i64, timeout: Duration },
 }
 
 /// Dispatcher tunables (all from the command line / environment).
@@ -98,6 +97,25 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Jobs leased per iteration.
     pub max_claim: i64,
+}
+
+impl Settings {
+    /// The dispatcher's settings from its command-line / environment arguments.
+    pub fn from_args(args: &DispatchArgs, database_url: &str) -> Settings {
+        Settings {
+            database_url: database_url.to_owned(),
+            workers: args.workers as usize,
+            idle_poll: Duration::from_millis(args.idle_poll_ms),
+            lease: Duration::from_secs(args.job_lease_secs),
+            quiet: Duration::from_millis(args.batch_quiet_ms),
+            max_wait: Duration::from_millis(args.batch_max_wait_ms.max(args.batch_quiet_ms)),
+            concurrency: args.apple_concurrency as usize,
+            first_poll: Duration::from_secs(args.event_poll_secs),
+            max_poll: Duration::from_secs(args.event_poll_max_secs.max(args.event_poll_secs)),
+            max_backoff: Duration::from_secs(300),
+            max_claim: 20_000,
+        }
+    }
 }
 
 /// What every worker of a process shares.
@@ -301,8 +319,11 @@ async fn process_account(
             return Ok(false);
         }
     };
-    let (polls, work): (Vec<JobRow>, Vec<JobRow>) =
-        claimed.into_iter().partition(|j| j.kind == "poll_event");
+    // Event polls, and association / release work (with any job that does not decode, which
+    // the plan drops).
+    let (polls, work): (Vec<ClaimedJob>, Vec<ClaimedJob>) = claimed
+        .into_iter()
+        .partition(|j| matches!(j.job, Some(Job::PollEvent(_))));
     let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
     let chunks = batch::plan(ctx, &work).await?;
     if chunks.is_empty() && polls.is_empty() {
@@ -336,7 +357,10 @@ async fn process_account(
     }
     let polling: Vec<_> = polls
         .iter()
-        .map(|job| poll(ctx, &account, &token, job))
+        .filter_map(|job| match &job.job {
+            Some(Job::PollEvent(event)) => Some(poll(ctx, &account, &token, job, event)),
+            _ => None,
+        })
         .collect();
     let polled: Vec<Result<(), DispatchError>> = futures_util::stream::iter(polling)
         .buffer_unordered(ctx.settings.concurrency.max(1))
@@ -380,26 +404,25 @@ async fn poll(
     ctx: &Ctx,
     account: &AccountRow,
     token: &SToken,
-    job: &JobRow,
+    job: &ClaimedJob,
+    event: &PollEvent,
 ) -> Result<(), DispatchError> {
-    let Some(event_id) = job.payload.get("event_id").and_then(|v| v.as_str()) else {
-        let mut conn = ctx.state.pool.get().await?;
-        jobs::delete(&mut conn, &[job.id]).await?;
-        return Ok(());
-    };
+    let event_id = event.event_id.as_str();
     match ctx.state.apple.event_status(token, event_id).await {
         Ok(status) if status.is_pending() => {
-            crate::accounts::ownership::notice(&ctx.state, account.id, &status.meta, "GET /status")
-                .await?;
-            let mut conn = ctx.state.pool.get().await?;
-            let polls: i32 = diesel::sql_query(
-                "UPDATE apple_events SET polls = polls + 1 WHERE event_id = $1 RETURNING polls AS n",
+            crate::accounts::ownership::notice(
+                &ctx.state.pool,
+                &ctx.state.identity,
+                account.id,
+                &status.meta,
+                "GET /status",
             )
-            .bind::<diesel::sql_types::Text, _>(event_id)
-            .get_result::<PollCount>(&mut conn)
-            .await
-            .map(|p| p.n)
-            .unwrap_or(1);
+            .await?;
+            let mut conn = ctx.state.pool.get().await?;
+            // A poll count that cannot be read counts as the first poll.
+            let polls = apple_events::count_poll(&mut conn, event_id)
+                .await
+                .unwrap_or(1);
             let delay = ctx
                 .settings
                 .first_poll
@@ -409,15 +432,21 @@ async fn poll(
             Ok(())
         }
         Ok(status) => {
-            crate::accounts::ownership::notice(&ctx.state, account.id, &status.meta, "GET /status")
-                .await?;
-            let failures = events::failures_by_target(&status.failures);
-            let applied = events::apply(
+            crate::accounts::ownership::notice(
+                &ctx.state.pool,
+                &ctx.state.identity,
+                account.id,
+                &status.meta,
+                "GET /status",
+            )
+            .await?;
+            let failures = settle::failures_by_target(&status.failures);
+            let applied = settle::apply(
                 &ctx.state,
                 token,
                 account.id,
                 event_id,
-                &events::Results::Complete(failures),
+                &settle::Results::Complete(failures),
             )
             .await?;
             let mut conn = ctx.state.pool.get().await?;
@@ -441,22 +470,8 @@ async fn poll(
             tracing::warn!(event = %event_id, "Apple does not know the event; resubmitting its work");
             let mut conn = ctx.state.pool.get().await?;
             conn.transaction(async |conn| {
-                diesel::sql_query(
-                    "WITH a AS (UPDATE assignments SET state = CASE WHEN state = 'associating' THEN 'pending' ELSE state END,
-                                       apple_event_id = NULL, batch_id = NULL, updated_at = now()
-                                 WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')
-                             RETURNING id, account_id, state, adam_id, pricing_param, license_type)
-                     INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
-                     SELECT CASE WHEN state = 'pending' THEN 'associate' ELSE 'disassociate' END,
-                            account_id, id, adam_id, pricing_param, license_type FROM a",
-                )
-                .bind::<diesel::sql_types::Text, _>(event_id)
-                .execute(conn)
-                .await?;
-                diesel::sql_query("UPDATE apple_events SET status = 'failed', finished_at = now() WHERE event_id = $1")
-                    .bind::<diesel::sql_types::Text, _>(event_id)
-                    .execute(conn)
-                    .await?;
+                jobs::resubmit_event(conn, event_id).await?;
+                apple_events::mark_failed(conn, event_id).await?;
                 jobs::delete(conn, &[job.id]).await?;
                 Ok::<(), diesel::result::Error>(())
             })
@@ -482,12 +497,6 @@ async fn poll(
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct PollCount {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    n: i32,
-}
-
 /// Runs the dispatcher until no job is left (tests and the benchmark use it to drain).
 pub async fn drain(ctx: &Ctx, timeout: Duration) -> Result<(), DispatchError> {
     let deadline = Instant::now() + timeout;
@@ -500,9 +509,7 @@ pub async fn drain(ctx: &Ctx, timeout: Duration) -> Result<(), DispatchError> {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(DispatchError::Other(format!(
-                    "{remaining} jobs left after {timeout:?}"
-                )));
+                return Err(DispatchError::Undrained { remaining, timeout });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

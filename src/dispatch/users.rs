@@ -6,15 +6,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::DispatchError;
 use crate::accounts::ownership;
 use crate::apple::stoken::SToken;
 use crate::apple::types::RequestUser;
-use crate::db::schema::apple_users;
+use crate::ledger::apple_users;
 use crate::state::AppState;
 
 /// Apple's error number for "a registered user already exists with this clientUserId".
@@ -40,13 +38,7 @@ pub async fn ensure_registered(
     let mut refused = HashMap::new();
     let known: Vec<String> = {
         let mut conn = state.pool.get().await?;
-        apple_users::table
-            .filter(apple_users::account_id.eq(account))
-            .filter(apple_users::client_user_id.eq_any(users))
-            .filter(apple_users::status.eq("registered"))
-            .select(apple_users::client_user_id)
-            .load(&mut conn)
-            .await?
+        apple_users::registered_among(&mut conn, account, users).await?
     };
     let missing: Vec<&String> = users.iter().filter(|u| !known.contains(u)).collect();
     if missing.is_empty() {
@@ -57,7 +49,15 @@ pub async fn ensure_registered(
         let request: Vec<RequestUser> =
             chunk.iter().map(|u| RequestUser::new(u.as_str())).collect();
         let event = state.apple.create_users(token, &request).await?;
-        if !ownership::notice(state, account, &event.meta, "POST /users/create").await? {
+        if !ownership::notice(
+            &state.pool,
+            &state.identity,
+            account,
+            &event.meta,
+            "POST /users/create",
+        )
+        .await?
+        {
             return Ok(Registration::NotOwned);
         }
         // User creation is quick; wait for it here rather than split the association in two.
@@ -88,33 +88,25 @@ pub async fn ensure_registered(
                 crate::apple::error::AppleError::timeout("GET /status (users/create)"),
             ));
         }
-        let registered: Vec<_> = chunk
+        let registered: Vec<&str> = chunk
             .iter()
             .filter(|u| !failed_here.contains_key(u.as_str()))
-            .map(|u| {
-                (
-                    apple_users::account_id.eq(account),
-                    apple_users::client_user_id.eq((*u).clone()),
-                    apple_users::status.eq("registered"),
-                    apple_users::event_id.eq(Some(event.event_id.clone())),
-                )
-            })
+            .map(|u| u.as_str())
             .collect();
         if !registered.is_empty() {
             let mut conn = state.pool.get().await?;
-            diesel::insert_into(apple_users::table)
-                .values(registered)
-                .on_conflict((apple_users::account_id, apple_users::client_user_id))
-                .do_update()
-                .set((
-                    apple_users::status.eq("registered"),
-                    apple_users::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(&mut conn)
-                .await?;
+            apple_users::save_registered(&mut conn, account, &registered, &event.event_id).await?;
         }
         refused.extend(failed_here);
-        if !ownership::notice(state, account, &status.meta, "GET /status (users/create)").await? {
+        if !ownership::notice(
+            &state.pool,
+            &state.identity,
+            account,
+            &status.meta,
+            "GET /status (users/create)",
+        )
+        .await?
+        {
             return Ok(Registration::NotOwned);
         }
     }

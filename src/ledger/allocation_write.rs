@@ -18,6 +18,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::decide::Planned;
 use crate::domain::records::AssignmentRow;
+use crate::ledger::jobs::JobKind;
 
 /// Who asked, why and in which request, per planned license.
 pub struct Requested<'a> {
@@ -114,7 +115,7 @@ pub async fn write(
                     revocation_requested_at, revocation_request_id
          ), job AS (
              INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
-             SELECT 'associate', account_id, id, adam_id, pricing_param, license_type FROM new
+             SELECT $4::text, account_id, id, adam_id, pricing_param, license_type FROM new
          ), act AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
                                        adam_id, pricing_param, rule, request_id, details)
@@ -127,6 +128,7 @@ pub async fn write(
     .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
     .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::BigInt, _>(groups)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
     .prepared()
     .load(conn)
     .await?;

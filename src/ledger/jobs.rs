@@ -1,53 +1,158 @@
 //! The job table: background work claimed with `FOR UPDATE SKIP LOCKED` under leases.
 
-use crate::db::prepared::Prepare;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Enqueues a job unless one with the same `dedupe_key` is already waiting. Returns whether a
-/// row was inserted. Call inside the transaction that made the work necessary.
-pub async fn enqueue(
-    conn: &mut AsyncPgConnection,
-    kind: &str,
-    account: Option<Uuid>,
-    payload: serde_json::Value,
-    dedupe_key: Option<&str>,
-) -> QueryResult<bool> {
-    let n = diesel::sql_query(
-        "INSERT INTO jobs (kind, account_id, payload, dedupe_key)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND state = 'queued' DO NOTHING",
-    )
-    .bind::<diesel::sql_types::Text, _>(kind)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(account)
-    .bind::<diesel::sql_types::Jsonb, _>(payload)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(dedupe_key)
-    .prepared()
-    .execute(conn)
-    .await?;
-    Ok(n == 1)
+use crate::db::prepared::Prepare;
+
+crate::text_enum! {
+    /// What a job does: the `kind` column. Every kind has its payload type (see [`Job`]).
+    pub enum JobKind {
+        /// Associate an assignment's license at Apple.
+        Associate = "associate",
+        /// Release an assignment's license at Apple.
+        Disassociate = "disassociate",
+        /// Poll the status of an Apple event until it finishes.
+        PollEvent = "poll_event",
+    }
 }
 
-use chrono::{DateTime, Utc};
+/// The payload of association and release jobs: one assignment. It is kept in the job row's
+/// `assignment_id` column (next to the batch key, `adam_id`, `pricing_param` and
+/// `license_type`, copied from the assignment when the job is queued), not in `payload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AssignmentWork {
+    pub assignment_id: Uuid,
+}
 
-#[derive(Clone, Debug, diesel::QueryableByName)]
-pub struct JobRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
+/// The payload of an event poll, serde-encoded into the `payload` column.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollEvent {
+    pub event_id: String,
+}
+
+/// A job: its kind and that kind's payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    Associate(AssignmentWork),
+    Disassociate(AssignmentWork),
+    PollEvent(PollEvent),
+}
+
+impl Job {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Job::Associate(_) => JobKind::Associate,
+            Job::Disassociate(_) => JobKind::Disassociate,
+            Job::PollEvent(_) => JobKind::PollEvent,
+        }
+    }
+
+    /// The assignment an association or release job is about.
+    pub fn assignment(&self) -> Option<Uuid> {
+        match self {
+            Job::Associate(w) | Job::Disassociate(w) => Some(w.assignment_id),
+            Job::PollEvent(_) => None,
+        }
+    }
+
+    /// Reads a stored job; `None` when the row is not a job of a known kind with its payload.
+    fn decode(kind: &str, assignment_id: Option<Uuid>, payload: serde_json::Value) -> Option<Job> {
+        let work = assignment_id.map(|assignment_id| AssignmentWork { assignment_id });
+        match kind.parse::<JobKind>().ok()? {
+            JobKind::Associate => work.map(Job::Associate),
+            JobKind::Disassociate => work.map(Job::Disassociate),
+            JobKind::PollEvent => serde_json::from_value(payload).ok().map(Job::PollEvent),
+        }
+    }
+
+    /// The `assignment_id` and `payload` columns of this job.
+    fn columns(&self) -> (Option<Uuid>, serde_json::Value) {
+        match self {
+            Job::Associate(w) | Job::Disassociate(w) => {
+                (Some(w.assignment_id), serde_json::json!({}))
+            }
+            Job::PollEvent(p) => (
+                None,
+                serde_json::to_value(p).unwrap_or_else(|_| serde_json::json!({})),
+            ),
+        }
+    }
+}
+
+/// Queues `job` for `account`, to run at `at`. An association or release copies its batch key
+/// from its assignment. Call inside the transaction that made the work necessary.
+pub async fn enqueue(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    job: &Job,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    let (assignment, payload) = job.columns();
+    diesel::sql_query(
+        "INSERT INTO jobs (kind, account_id, assignment_id, payload, run_at, adam_id,
+                           pricing_param, license_type)
+         SELECT $1, $2, $3, $4, $5, a.adam_id, a.pricing_param, a.license_type
+           FROM (SELECT 1) one LEFT JOIN assignments a ON a.id = $3",
+    )
+    .bind::<diesel::sql_types::Text, _>(job.kind())
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(assignment)
+    .bind::<diesel::sql_types::Jsonb, _>(payload)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .prepared()
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// A job as a worker leased it.
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
     pub id: i64,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    pub kind: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
-    pub assignment_id: Option<Uuid>,
-    #[diesel(sql_type = diesel::sql_types::Jsonb)]
-    pub payload: serde_json::Value,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
+    /// `None`: the row is not a job this code knows (nothing can be done with it).
+    pub job: Option<Job>,
     pub attempts: i32,
     /// Its batch is complete (the account is quiet, the batch waited long enough, or it is a
     /// release). A batch claimed only because it filled an Apple request is not: its last,
     /// partial request waits for more work.
-    #[diesel(sql_type = diesel::sql_types::Bool)]
     pub closed: bool,
+}
+
+impl ClaimedJob {
+    pub fn kind(&self) -> Option<JobKind> {
+        self.job.as_ref().map(Job::kind)
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct JobRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    assignment_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    payload: serde_json::Value,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    closed: bool,
+}
+
+impl From<JobRow> for ClaimedJob {
+    fn from(row: JobRow) -> Self {
+        ClaimedJob {
+            id: row.id,
+            job: Job::decode(&row.kind, row.assignment_id, row.payload),
+            attempts: row.attempts,
+            closed: row.closed,
+        }
+    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -140,10 +245,10 @@ pub async fn due_accounts(
          )
          SELECT account_id FROM batches
           GROUP BY account_id
-         HAVING bool_or(kind <> 'associate')
+         HAVING bool_or(kind <> $6)
              -- the conditions of `claim`: the burst is over, a batch waited long enough, or a
              -- batch fills an Apple request
-             OR COALESCE(max(newest) FILTER (WHERE kind = 'associate'), 'infinity')
+             OR COALESCE(max(newest) FILTER (WHERE kind = $6), 'infinity')
                   < now() - make_interval(secs => $1)
              OR min(oldest) < now() - make_interval(secs => $2)
              OR bool_or(size >= CASE WHEN license_type = 'user' THEN $4 ELSE $3 END)
@@ -155,6 +260,7 @@ pub async fn due_accounts(
     .bind::<diesel::sql_types::BigInt, _>(batching.full_devices)
     .bind::<diesel::sql_types::BigInt, _>(batching.full_users)
     .bind::<diesel::sql_types::BigInt, _>(limit)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
     .prepared()
     .load(conn)
     .await?;
@@ -170,8 +276,8 @@ pub async fn claim(
     account: Uuid,
     worker: &str,
     batching: &Batching,
-) -> QueryResult<Vec<JobRow>> {
-    diesel::sql_query(
+) -> QueryResult<Vec<ClaimedJob>> {
+    let rows: Vec<JobRow> = diesel::sql_query(
         "WITH free AS (
              SELECT j.id, j.kind, j.created_at, j.adam_id, j.pricing_param, j.license_type
                FROM jobs j
@@ -184,7 +290,7 @@ pub async fn claim(
                     count(*) OVER batch AS size,
                     row_number() OVER in_order AS rank,
                     min(created_at) OVER batch AS oldest,
-                    max(created_at) FILTER (WHERE kind = 'associate') OVER () AS newest_association
+                    max(created_at) FILTER (WHERE kind = $9) OVER () AS newest_association
                FROM free
              WINDOW batch AS (PARTITION BY kind, adam_id, pricing_param, license_type),
                     in_order AS (PARTITION BY kind, adam_id, pricing_param, license_type ORDER BY id)
@@ -192,10 +298,10 @@ pub async fn claim(
              SELECT id,
                     -- Event polls (and jobs queued before jobs carried their batch key) are
                     -- never held back.
-                    (kind NOT IN ('associate', 'disassociate') OR adam_id IS NULL
+                    (kind NOT IN ($9, $10) OR adam_id IS NULL
                      -- Releases go out at once: licenses they free may already be re-allocated,
                      -- and Apple must see the release before the association that reuses it.
-                     OR kind = 'disassociate'
+                     OR kind = $10
                      -- The account's burst is over: no association joined any batch lately ...
                      OR COALESCE(newest_association, '-infinity') < now() - make_interval(secs => $4)
                      -- ... or this batch waited long enough.
@@ -226,9 +332,12 @@ pub async fn claim(
     .bind::<diesel::sql_types::BigInt, _>(batching.full_devices)
     .bind::<diesel::sql_types::BigInt, _>(batching.max)
     .bind::<diesel::sql_types::BigInt, _>(batching.full_users)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Disassociate)
     .prepared()
     .load(conn)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(ClaimedJob::from).collect())
 }
 
 pub async fn delete(conn: &mut AsyncPgConnection, ids: &[i64]) -> QueryResult<usize> {
@@ -298,23 +407,49 @@ pub async fn postpone_account(
     .await
 }
 
-/// Queues a poll of an Apple event.
-pub async fn enqueue_poll(
+/// Drops the queued releases of `assignments` (their association failed: Apple holds nothing).
+pub async fn delete_releases(
     conn: &mut AsyncPgConnection,
-    account: Uuid,
-    event_id: &str,
-    at: DateTime<Utc>,
-) -> QueryResult<()> {
+    assignments: &[Uuid],
+) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM jobs WHERE kind = $2 AND assignment_id = ANY($1)")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(assignments)
+        .bind::<diesel::sql_types::Text, _>(JobKind::Disassociate)
+        .execute(conn)
+        .await
+}
+
+/// Drops the polls of an Apple event (it finished).
+pub async fn delete_polls(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<usize> {
+    let (_, payload) = Job::PollEvent(PollEvent {
+        event_id: event_id.to_owned(),
+    })
+    .columns();
+    diesel::sql_query("DELETE FROM jobs WHERE kind = $1 AND payload @> $2")
+        .bind::<diesel::sql_types::Text, _>(JobKind::PollEvent)
+        .bind::<diesel::sql_types::Jsonb, _>(payload)
+        .execute(conn)
+        .await
+}
+
+/// Apple no longer knows `event_id`: its assignments still waiting for it go back to be
+/// submitted again (an association to `pending`, a release stays `revoking`), each with a new
+/// association or release job. Harmless if the event's work landed at Apple.
+pub async fn resubmit_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<usize> {
     diesel::sql_query(
-        "INSERT INTO jobs (kind, account_id, payload, run_at) VALUES ('poll_event', $1, $2, $3)",
+        "WITH a AS (UPDATE assignments SET state = CASE WHEN state = 'associating' THEN 'pending' ELSE state END,
+                           apple_event_id = NULL, batch_id = NULL, updated_at = now()
+                     WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')
+                 RETURNING id, account_id, state, adam_id, pricing_param, license_type)
+         INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
+         SELECT CASE WHEN state = 'pending' THEN $2 ELSE $3 END,
+                account_id, id, adam_id, pricing_param, license_type FROM a",
     )
-    .bind::<diesel::sql_types::Uuid, _>(account)
-    .bind::<diesel::sql_types::Jsonb, _>(serde_json::json!({ "event_id": event_id }))
-    .bind::<diesel::sql_types::Timestamptz, _>(at)
-    .prepared()
+    .bind::<diesel::sql_types::Text, _>(event_id)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Disassociate)
     .execute(conn)
     .await
-    .map(|_| ())
 }
 
 /// Queued or leased jobs (for tests and the drain check).

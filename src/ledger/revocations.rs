@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::domain::origin::Origin;
 use crate::domain::revocation::Scope;
+use crate::ledger::jobs::JobKind;
 
 #[derive(diesel::QueryableByName)]
 struct Counts {
@@ -95,13 +96,13 @@ pub async fn start(
                 AND a.pricing_param = c.pricing_param
           RETURNING 1
          ), dropped_jobs AS (
-             DELETE FROM jobs WHERE kind = 'associate'
+             DELETE FROM jobs WHERE kind = $6::text
                 AND assignment_id IN (SELECT id FROM changed WHERE state = 'revoked')
           RETURNING 1
          ), new_jobs AS (
              INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param,
                                license_type)
-             SELECT 'disassociate', account_id, id, adam_id, pricing_param, license_type
+             SELECT $7::text, account_id, id, adam_id, pricing_param, license_type
                FROM changed WHERE state = 'revoking'
           RETURNING 1
          ), logged AS (
@@ -123,6 +124,8 @@ pub async fn start(
     .bind::<diesel::sql_types::Text, _>(&origin.actor)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(origin.request_id.as_deref())
     .bind::<diesel::sql_types::Text, _>(reason)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Disassociate)
     .get_result::<Counts>(conn)
     .await?;
     Ok((counts.dropped, counts.revoking))

@@ -966,7 +966,11 @@ async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
         "{:?}",
         claimed.iter().map(|j| j.id).collect::<Vec<_>>()
     );
-    assert!(claimed.iter().all(|j| j.kind == "associate" && !j.closed));
+    assert!(
+        claimed
+            .iter()
+            .all(|j| j.kind() == Some(jobs::JobKind::Associate) && !j.closed)
+    );
     let device_jobs: Vec<i64> = {
         use vpp_broker::db::schema::{assignments as a, jobs as j};
         j::table
@@ -1200,7 +1204,7 @@ async fn t3_another_mdm_is_noticed_in_the_user_registration_answer() {
 #[tokio::test]
 async fn t10_a_9709_reported_twice_at_once_reallocates_once() {
     use std::collections::HashMap;
-    use vpp_broker::dispatch::events::{self, Results};
+    use vpp_broker::settle::{self as events, Results};
     // The test reports the event's result itself.
     let fixtures::World { sim, app, accounts } = fixtures::world_with(
         vec![

@@ -22,5 +22,8 @@ fn every_test_the_rules_cite_exists() {
         }
     }
     assert!(cited > 30, "docs/rules.md cites only {cited} tests");
-    assert!(missing.is_empty(), "docs/rules.md cites tests that do not exist: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "docs/rules.md cites tests that do not exist: {missing:#?}"
+    );
 }

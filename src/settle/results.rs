@@ -1,4 +1,4 @@
-//! Following Apple's asynchronous events to the end (rule T10 in docs/rules.md).
+//! Applying the results of an Apple event (rule T10).
 //!
 //! Results arrive two ways: by polling `GET /status` (complete: every target not listed in
 //! `failures` succeeded) and by Apple's ASSET_MANAGEMENT notifications (partial: only the
@@ -15,21 +15,24 @@
 
 use std::collections::HashMap;
 
-use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::QueryResult;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
-use super::DispatchError;
+use super::SettleError;
+use super::deletion::finish_account_deletion;
 use crate::apple::client::AssetQuery;
 use crate::apple::codes::NOT_ENOUGH_LICENSES;
 use crate::apple::stoken::SToken;
 use crate::apple::types::{ErrorResponse, PricingParam};
-use crate::db::schema::apple_events;
 use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+use crate::domain::model::AssignmentState::{Active, Associating, Failed, Revoked, Revoking};
 use crate::domain::model::{LicenseType, LicenseWish, SubjectKind};
 use crate::domain::origin::Origin;
 use crate::engine::allocate;
 use crate::ledger::activity::{self, Activity};
+use crate::ledger::apple_events::{self, EventKind, EventRow};
+use crate::ledger::{asset_counts, jobs, settlements};
 use crate::state::AppState;
 
 /// Results of some or all targets of an event.
@@ -59,51 +62,6 @@ pub fn failures_by_target(failures: &[ErrorResponse]) -> HashMap<String, (i32, S
     out
 }
 
-#[derive(Clone, Debug, Queryable)]
-pub struct EventRow {
-    pub event_id: String,
-    pub account_id: Uuid,
-    pub kind: String,
-    pub adam_id: Option<String>,
-    pub pricing_param: Option<String>,
-}
-
-/// The event `event_id` of `account` (an event id another account submitted is not found: a
-/// notification authenticated for one account never settles another's assignments).
-pub async fn find_event(
-    conn: &mut AsyncPgConnection,
-    account: Uuid,
-    event_id: &str,
-) -> QueryResult<Option<EventRow>> {
-    apple_events::table
-        .filter(apple_events::event_id.eq(event_id))
-        .filter(apple_events::account_id.eq(account))
-        .select((
-            apple_events::event_id,
-            apple_events::account_id,
-            apple_events::kind,
-            apple_events::adam_id,
-            apple_events::pricing_param,
-        ))
-        .first(conn)
-        .await
-        .optional()
-}
-
-#[derive(Debug, QueryableByName)]
-struct Waiting {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    space_id: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    state: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    target: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    requested_by: String,
-}
-
 /// A 9709 failure to re-allocate after the transaction.
 #[derive(Debug)]
 struct Realloc {
@@ -131,9 +89,9 @@ pub async fn apply(
     account: Uuid,
     event_id: &str,
     results: &Results,
-) -> Result<Applied, DispatchError> {
+) -> Result<Applied, SettleError> {
     let mut conn = state.pool.get().await?;
-    let Some(event) = find_event(&mut conn, account, event_id).await? else {
+    let Some(event) = apple_events::find(&mut conn, account, event_id).await? else {
         // Not ours (or its account is gone): nothing to settle.
         return Ok(Applied {
             finished: true,
@@ -148,21 +106,14 @@ pub async fn apply(
         applied.failed += reallocs.len();
         reallocate(state, token, &event, reallocs).await?;
         let mut conn = state.pool.get().await?;
-        let remaining: i64 = diesel::sql_query(
-            "SELECT count(*) AS n FROM assignments
-              WHERE apple_event_id = $1 AND state IN ('associating', 'revoking')",
-        )
-        .bind::<diesel::sql_types::Text, _>(&event.event_id)
-        .get_result::<super::Count>(&mut conn)
-        .await?
-        .n;
+        let remaining = settlements::count_waiting(&mut conn, &event.event_id).await?;
         if remaining == 0 {
             close_event(&mut conn, &event.event_id).await?;
             applied.finished = true;
         }
     }
     if applied.finished {
-        finish_account_deletion(state, event.account_id).await?;
+        finish_account_deletion(&state.pool, event.account_id).await?;
     }
     Ok(applied)
 }
@@ -171,18 +122,9 @@ async fn transition(
     conn: &mut AsyncPgConnection,
     event: &EventRow,
     results: &Results,
-) -> Result<(Applied, Vec<Realloc>), DispatchError> {
-    let waiting: Vec<Waiting> = diesel::sql_query(
-        "SELECT a.id, a.space_id, a.state, s.external_id AS target, a.requested_by
-           FROM assignments a JOIN subjects s ON s.id = a.subject_id
-          WHERE a.apple_event_id = $1 AND a.state IN ('associating', 'revoking')
-          ORDER BY a.id
-          FOR UPDATE OF a",
-    )
-    .bind::<diesel::sql_types::Text, _>(&event.event_id)
-    .load(conn)
-    .await?;
-    let associate = event.kind == "associate";
+) -> Result<(Applied, Vec<Realloc>), SettleError> {
+    let waiting = settlements::waiting_locked(conn, &event.event_id).await?;
+    let associate = event.kind == EventKind::Associate;
     let mut to_active = Vec::new();
     let mut to_revoked = Vec::new();
     let mut to_failed: Vec<(Uuid, serde_json::Value)> = Vec::new();
@@ -194,26 +136,26 @@ async fn transition(
             Results::Partial(listed) => listed.get(&w.target).cloned(),
         };
         let Some(outcome) = outcome else { continue };
-        match (associate, w.state.as_str(), outcome) {
-            (true, "associating", None) => to_active.push(w.id),
+        match (associate, w.state, outcome) {
+            (true, Associating, None) => to_active.push(w.id),
             // Left `associating` until re-allocated (see `reallocate`), so its final state
             // arrives complete; a crash before that repeats the re-allocation on the next poll.
-            (true, "associating", Some((NOT_ENOUGH_LICENSES, message))) => reallocs.push(Realloc {
+            (true, Associating, Some((NOT_ENOUGH_LICENSES, message))) => reallocs.push(Realloc {
                 id: w.id,
                 space: w.space_id.clone(),
                 requested_by: w.requested_by.clone(),
                 message,
             }),
-            (true, "associating", Some((number, message))) => {
+            (true, Associating, Some((number, message))) => {
                 to_failed.push((
                     w.id,
                     serde_json::json!({ "number": number, "message": message }),
                 ));
             }
             // Revoked while associating, and the association failed: Apple holds nothing.
-            (true, "revoking", Some(_)) => to_revoked.push(w.id),
-            (false, "revoking", None) => to_revoked.push(w.id),
-            (false, "revoking", Some((number, message))) => {
+            (true, Revoking, Some(_)) => to_revoked.push(w.id),
+            (false, Revoking, None) => to_revoked.push(w.id),
+            (false, Revoking, Some((number, message))) => {
                 still_at_apple += 1;
                 to_failed.push((
                     w.id,
@@ -232,33 +174,26 @@ async fn transition(
     } else {
         Vec::new()
     };
-    set_state(conn, &to_active, "active", None).await?;
-    set_state(conn, &to_revoked, "revoked", None).await?;
+    settlements::set_state(conn, &to_active, Active, None).await?;
+    settlements::set_state(conn, &to_revoked, Revoked, None).await?;
     for (id, error) in &to_failed {
-        set_state(conn, &[*id], "failed", Some(error)).await?;
+        settlements::set_state(conn, &[*id], Failed, Some(error)).await?;
     }
     if associate && !to_revoked.is_empty() {
         // Their disassociation has nothing left to do.
-        diesel::sql_query(
-            "DELETE FROM jobs WHERE kind = 'disassociate' AND assignment_id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&to_revoked)
-        .execute(conn)
-        .await?;
+        crate::ledger::jobs::delete_releases(conn, &to_revoked).await?;
     }
     if let (Some(adam), Some(pricing)) = (&event.adam_id, &event.pricing_param) {
         // Failed associations give their license back to the pool; failed releases stay
         // consumed at Apple.
-        diesel::sql_query(
-            "UPDATE assets SET held = held - $4, foreign_assigned = foreign_assigned + $5, updated_at = now()
-              WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3 AND ($4 > 0 OR $5 > 0)",
+        asset_counts::settle(
+            conn,
+            event.account_id,
+            adam,
+            pricing,
+            failed_live.len() as i32,
+            still_at_apple,
         )
-        .bind::<diesel::sql_types::Uuid, _>(event.account_id)
-        .bind::<diesel::sql_types::Text, _>(adam)
-        .bind::<diesel::sql_types::Text, _>(pricing)
-        .bind::<diesel::sql_types::Integer, _>(failed_live.len() as i32)
-        .bind::<diesel::sql_types::Integer, _>(still_at_apple)
-        .execute(conn)
         .await?;
     }
     let log = |ids: Vec<Uuid>, action: &'static str| (ids, action);
@@ -273,18 +208,7 @@ async fn transition(
         if ids.is_empty() {
             continue;
         }
-        diesel::sql_query(
-            "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, adam_id,
-                                       pricing_param, apple_event_id, details)
-             SELECT a.space_id, 'system', $2, a.account_id, a.id, a.adam_id, a.pricing_param, $3,
-                    jsonb_build_object('state', a.state, 'error', a.error)
-               FROM assignments a WHERE a.id = ANY($1)",
-        )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&ids)
-        .bind::<diesel::sql_types::Text, _>(action)
-        .bind::<diesel::sql_types::Text, _>(&event.event_id)
-        .execute(conn)
-        .await?;
+        settlements::log(conn, &ids, action, &event.event_id).await?;
     }
     let finals: Vec<Uuid> = to_active
         .iter()
@@ -294,20 +218,12 @@ async fn transition(
         .collect();
     crate::ledger::wakeups::notify(conn, &finals).await?;
 
-    let remaining: i64 = diesel::sql_query(
-        "SELECT count(*) AS n FROM assignments WHERE apple_event_id = $1 AND state = $2",
-    )
-    .bind::<diesel::sql_types::Text, _>(&event.event_id)
-    .bind::<diesel::sql_types::Text, _>(if associate { "associating" } else { "revoking" })
-    .get_result::<super::Count>(conn)
-    .await?
-    .n;
+    let waiting_state = if associate { Associating } else { Revoking };
+    let remaining = settlements::count_in_state(conn, &event.event_id, waiting_state).await?;
     let finished = remaining == 0;
     if let Results::Complete(f) = results {
-        diesel::update(apple_events::table.filter(apple_events::event_id.eq(&event.event_id)))
-            .set(apple_events::failures.eq(Some(serde_json::to_value(f).unwrap_or_default())))
-            .execute(conn)
-            .await?;
+        let failures = serde_json::to_value(f).unwrap_or_default();
+        apple_events::record_failures(conn, &event.event_id, &failures).await?;
     }
     if finished {
         close_event(conn, &event.event_id).await?;
@@ -326,84 +242,8 @@ async fn transition(
 /// Marks an event finished (complete, or failed when any of its assignments failed) and drops
 /// its poll job.
 async fn close_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<()> {
-    diesel::sql_query(
-        "UPDATE apple_events SET finished_at = now(),
-                status = CASE WHEN EXISTS (SELECT 1 FROM assignments
-                                            WHERE apple_event_id = $1 AND state = 'failed')
-                              THEN 'failed' ELSE 'complete' END
-          WHERE event_id = $1 AND status = 'pending'",
-    )
-    .bind::<diesel::sql_types::Text, _>(event_id)
-    .execute(conn)
-    .await?;
-    diesel::sql_query("DELETE FROM jobs WHERE kind = 'poll_event' AND payload->>'event_id' = $1")
-        .bind::<diesel::sql_types::Text, _>(event_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
-}
-
-async fn set_state(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-    state: &str,
-    error: Option<&serde_json::Value>,
-) -> QueryResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    diesel::sql_query(
-        "UPDATE assignments SET state = $2, error = COALESCE($3, error), version = version + 1,
-                                updated_at = now()
-          WHERE id = ANY($1)",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .bind::<diesel::sql_types::Text, _>(state)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Jsonb>, _>(error)
-    .execute(conn)
-    .await
-    .map(|_| ())
-}
-
-/// Removes an account whose deletion was requested once Apple holds nothing of it any more.
-pub async fn finish_account_deletion(state: &AppState, account: Uuid) -> Result<(), DispatchError> {
-    use crate::db::schema::accounts;
-    let mut conn = state.pool.get().await?;
-    let Some((space, requested)): Option<(String, Option<chrono::DateTime<chrono::Utc>>)> =
-        accounts::table
-            .filter(accounts::id.eq(account))
-            .select((accounts::space_id, accounts::delete_requested_at))
-            .first(&mut conn)
-            .await
-            .optional()?
-    else {
-        return Ok(());
-    };
-    if requested.is_none() {
-        return Ok(());
-    }
-    conn.transaction(async |conn| {
-        if crate::ledger::accounts::lock_space(conn, &space)
-            .await?
-            .is_none()
-        {
-            return Ok(());
-        }
-        if crate::ledger::assignments::count_at_apple(conn, account).await? > 0 {
-            return Ok(());
-        }
-        crate::ledger::accounts::remove(conn, &space, account).await?;
-        activity::record(
-            conn,
-            Activity::new(&Origin::system(), "account.deleted")
-                .space(&space)
-                .account(account),
-        )
-        .await?;
-        tracing::info!(account = %account, "account removed after its licenses were released");
-        Ok::<(), DispatchError>(())
-    })
-    .await
+    apple_events::close(conn, event_id).await?;
+    jobs::delete_polls(conn, event_id).await.map(|_| ())
 }
 
 /// Refreshes the asset's counts from Apple, then re-allocates each 9709 failure from the next
@@ -413,7 +253,7 @@ async fn reallocate(
     token: &SToken,
     event: &EventRow,
     reallocs: Vec<Realloc>,
-) -> Result<(), DispatchError> {
+) -> Result<(), SettleError> {
     let (Some(adam), Some(pricing)) = (event.adam_id.clone(), event.pricing_param.clone()) else {
         return Ok(());
     };
@@ -471,17 +311,8 @@ async fn reallocate(
                 // Only an assignment still waiting for this association is re-allocated, once:
                 // a poll and a notification may report the same 9709, and a revocation may
                 // have taken the assignment (and its license) meanwhile.
-                let claimed: Vec<super::IdRow> = diesel::sql_query(
-                    "UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
-                            updated_at = now()
-                      WHERE id = $1 AND state = 'associating' RETURNING id",
-                )
-                .bind::<diesel::sql_types::Uuid, _>(old.id)
-                .bind::<diesel::sql_types::Jsonb, _>(&error)
-                .load(conn)
-                .await?;
-                if claimed.is_empty() {
-                    return Ok::<_, DispatchError>(None);
+                if !settlements::take_for_reallocation(conn, old.id, &error).await? {
+                    return Ok::<_, SettleError>(None);
                 }
                 let new_id = match allocate::allocate(conn, &request).await {
                     Ok(o) => {
@@ -490,10 +321,10 @@ async fn reallocate(
                         error["reallocated_account_id"] = serde_json::json!(o.account_id);
                         id
                     }
-                    Err(allocate::AllocationError::Db(e)) => return Err(DispatchError::Db(e)),
-                    Err(allocate::AllocationError::Pool(e)) => return Err(DispatchError::Pool(e)),
+                    Err(allocate::AllocationError::Db(e)) => return Err(SettleError::Db(e)),
+                    Err(allocate::AllocationError::Pool(e)) => return Err(SettleError::Pool(e)),
                     Err(e @ allocate::AllocationError::Overdrawn) => {
-                        return Err(DispatchError::Other(e.to_string()));
+                        return Err(SettleError::Reallocation(e));
                     }
                     Err(refusal) => {
                         error["reallocation"] = serde_json::json!(refusal.to_string());
@@ -503,20 +334,8 @@ async fn reallocate(
                 // After the allocation, which locked the asset rows in their usual order (the
                 // failed account's row among them): taking this row first could deadlock
                 // with an allocation batch.
-                diesel::sql_query(
-                    "UPDATE assets SET held = held - 1, updated_at = now()
-                      WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
-                )
-                .bind::<diesel::sql_types::Uuid, _>(event.account_id)
-                .bind::<diesel::sql_types::Text, _>(&adam)
-                .bind::<diesel::sql_types::Text, _>(&pricing)
-                .execute(conn)
-                .await?;
-                diesel::sql_query("UPDATE assignments SET error = $2 WHERE id = $1")
-                    .bind::<diesel::sql_types::Uuid, _>(old.id)
-                    .bind::<diesel::sql_types::Jsonb, _>(&error)
-                    .execute(conn)
-                    .await?;
+                asset_counts::settle(conn, event.account_id, &adam, &pricing, 1, 0).await?;
+                settlements::set_error(conn, old.id, &error).await?;
                 let action = if new_id.is_some() {
                     "assignment.reallocated"
                 } else {
@@ -560,7 +379,7 @@ async fn refresh_counts(
     event: &EventRow,
     adam_id: &str,
     pricing_param: &str,
-) -> Result<(), DispatchError> {
+) -> Result<(), SettleError> {
     let account = event.account_id;
     let listing = state
         .apple
@@ -573,7 +392,14 @@ async fn refresh_counts(
             },
         )
         .await?;
-    crate::accounts::ownership::notice(state, account, &listing.meta, "GET /assets").await?;
+    crate::accounts::ownership::notice(
+        &state.pool,
+        &state.identity,
+        account,
+        &listing.meta,
+        "GET /assets",
+    )
+    .await?;
     let Some(asset) = listing
         .items
         .iter()
@@ -584,23 +410,15 @@ async fn refresh_counts(
     let total = asset.total_count.unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
     let assigned = asset.assigned_count.unwrap_or(0).clamp(0, i32::MAX as i64) as i32;
     let mut conn = state.pool.get().await?;
-    diesel::sql_query(
-        "UPDATE assets s SET apple_total = $4, apple_assigned = $5,
-                foreign_assigned = GREATEST(0, $5 - (SELECT count(*) FROM assignments a
-                     WHERE a.account_id = s.account_id AND a.adam_id = s.adam_id
-                       AND a.pricing_param = s.pricing_param
-                       AND (a.state IN ('active', 'revoking')
-                            OR (a.state = 'associating' AND a.apple_event_id <> $6)))),
-                synced_at = now(), updated_at = now()
-          WHERE account_id = $1 AND adam_id = $2 AND pricing_param = $3",
+    asset_counts::refresh(
+        &mut conn,
+        account,
+        adam_id,
+        pricing_param,
+        total,
+        assigned,
+        &event.event_id,
     )
-    .bind::<diesel::sql_types::Uuid, _>(account)
-    .bind::<diesel::sql_types::Text, _>(adam_id)
-    .bind::<diesel::sql_types::Text, _>(pricing_param)
-    .bind::<diesel::sql_types::Integer, _>(total)
-    .bind::<diesel::sql_types::Integer, _>(assigned)
-    .bind::<diesel::sql_types::Text, _>(&event.event_id)
-    .execute(&mut conn)
     .await?;
     Ok(())
 }
