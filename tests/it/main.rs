@@ -1,6 +1,13 @@
 //! Integration tests: real PostgreSQL (one database per test, cloned from a migrated template),
 //! the HTTP server on a real port, JWTs really signed and verified.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is how a test (or its fixture) fails"
+)]
+
 mod accounts;
 mod allocation;
 mod auth;
