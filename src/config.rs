@@ -4,12 +4,15 @@
 //! Dockerfile and a developer shell all configure the service the same way. Values are parsed by
 //! clap and then checked by [`validate`](AuthArgs::validate)-style methods at start-up, so a bad
 //! setting stops the process with one clear message instead of failing on the first request.
-//! Secrets (`DATABASE_URL`, JWT secrets) have `hide_env_values` so `--help` never prints them.
+//! Secrets (`DATABASE_URL`, the HS256 secret, the sToken keys) have `hide_env_values` so `--help`
+//! never prints them, and are held as [`SecretString`]s, so `Debug` (and any log of these
+//! settings) shows `[REDACTED]` instead.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -32,11 +35,11 @@ pub struct LogArgs {
 }
 
 /// PostgreSQL connection options.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct DbArgs {
     /// PostgreSQL URL of the ledger database, e.g. postgres://user:pass@host:5432/vpp_broker.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Maximum connections this process keeps open to PostgreSQL.
     #[arg(long, env = "VPP_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
@@ -55,7 +58,7 @@ impl DbArgs {
 
     /// Rejects URLs that are not PostgreSQL URLs before anything tries to connect.
     pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.database_url)
+        let url = url::Url::parse(self.database_url.expose_secret())
             .map_err(|e| format!("DATABASE_URL is not a valid URL: {e}"))?;
         match url.scheme() {
             "postgres" | "postgresql" => Ok(()),
@@ -88,7 +91,7 @@ pub struct HttpArgs {
 /// At least one key source must be given: a shared HS256 secret (development), PEM public keys
 /// (RS256 / ES256), or a JWKS URL. Algorithms are pinned by key type; `alg: none` and any
 /// algorithm without a configured key are refused.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct AuthArgs {
     /// Required `iss` claim of caller JWTs.
     #[arg(long, env = "VPP_JWT_ISSUER")]
@@ -98,7 +101,7 @@ pub struct AuthArgs {
     pub jwt_audience: String,
     /// Shared secret for HS256 tokens (at least 32 bytes). Meant for development.
     #[arg(long, env = "VPP_JWT_HS256_SECRET", hide_env_values = true)]
-    pub jwt_hs256_secret: Option<String>,
+    pub jwt_hs256_secret: Option<SecretString>,
     /// PEM-encoded public keys (RSA for RS256, EC P-256 for ES256); several keys may be
     /// concatenated.
     #[arg(long, env = "VPP_JWT_PUBLIC_KEYS_PEM", hide_env_values = true)]
@@ -131,7 +134,7 @@ impl AuthArgs {
                 .into());
         }
         if let Some(secret) = &self.jwt_hs256_secret
-            && secret.len() < 32
+            && secret.expose_secret().len() < 32
         {
             return Err("VPP_JWT_HS256_SECRET must be at least 32 bytes long".into());
         }
@@ -238,12 +241,12 @@ impl AppleArgs {
 }
 
 /// How this deployment stores sTokens and presents itself to Apple.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct AccountArgs {
     /// AES-256 keys that encrypt sTokens at rest: `keyid:base64key[,keyid:base64key…]`, the first
     /// encrypts, all decrypt. Generate a key with `openssl rand -base64 32`. Required by `serve`.
     #[arg(long, env = "VPP_TOKEN_KEYS", hide_env_values = true)]
-    pub token_keys: Option<String>,
+    pub token_keys: Option<SecretString>,
     /// This deployment's id in Apple's mdmInfo (default: generated once, stored in the database).
     #[arg(long, env = "VPP_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -311,7 +314,7 @@ mod tests {
         let mut a = auth();
         a.jwt_hs256_secret = Some("short".into());
         assert!(a.validate().unwrap_err().contains("32 bytes"));
-        a.jwt_hs256_secret = Some("x".repeat(32));
+        a.jwt_hs256_secret = Some("x".repeat(32).into());
         assert!(a.validate().is_ok());
     }
 
@@ -328,50 +331,6 @@ mod tests {
         assert!(db.validate().unwrap_err().contains("not a valid URL"));
         db.database_url = "postgres://u@localhost/db".into();
         assert!(db.validate().is_ok());
-    }
-}
-
-/// Shown instead of a secret by the `Debug` impls below: settings that carry one (the database
-/// URL with its password, JWT keys, sToken encryption keys) never print it, whatever logs them.
-const REDACTED: &str = "***";
-
-fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
-    value.as_ref().map(|_| REDACTED)
-}
-
-impl std::fmt::Debug for DbArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbArgs")
-            .field("database_url", &REDACTED)
-            .field("db_pool_size", &self.db_pool_size)
-            .field("db_timeout_secs", &self.db_timeout_secs)
-            .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for AuthArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthArgs")
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_hs256_secret", &redacted(&self.jwt_hs256_secret))
-            .field("jwt_public_keys_pem", &self.jwt_public_keys_pem)
-            .field("jwt_jwks_url", &self.jwt_jwks_url)
-            .field("jwt_jwks_refresh_secs", &self.jwt_jwks_refresh_secs)
-            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for AccountArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountArgs")
-            .field("token_keys", &redacted(&self.token_keys))
-            .field("instance_id", &self.instance_id)
-            .field("instance_name", &self.instance_name)
-            .field("public_url", &self.public_url)
-            .finish()
     }
 }
 
@@ -408,7 +367,7 @@ mod redaction_tests {
             format!("{accounts:?}"),
         ] {
             assert!(!printed.contains("hunter2"), "{printed}");
-            assert!(printed.contains(REDACTED), "{printed}");
+            assert!(printed.contains("[REDACTED]"), "{printed}");
         }
     }
 }

@@ -6,6 +6,9 @@
 //! ciphertext copied onto another account row does not decrypt. Rotation: put the new key first,
 //! keep the old one, run `vpp-broker rotate-keys`, then drop the old key.
 //!
+//! Key material is held in [`secrecy`] wrappers while it is parsed or generated, so it is zeroed
+//! when dropped and never printed.
+//!
 //! `serve` refuses to start without keys; `dev` generates one per run and says so.
 
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox, SecretSlice, SecretString};
 
 use crate::apple::stoken::SToken;
 
@@ -89,9 +93,11 @@ impl TokenCipher {
                     i + 1
                 ));
             }
-            let bytes = STANDARD
+            let bytes: SecretSlice<u8> = STANDARD
                 .decode(material.trim())
-                .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not valid base64"))?;
+                .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not valid base64"))?
+                .into();
+            let bytes = bytes.expose_secret();
             if bytes.len() != 32 {
                 return Err(format!(
                     "VPP_TOKEN_KEYS key {id:?} must be 32 bytes (AES-256), got {}; \
@@ -99,7 +105,7 @@ impl TokenCipher {
                     bytes.len()
                 ));
             }
-            let cipher = Aes256Gcm::new_from_slice(&bytes)
+            let cipher = Aes256Gcm::new_from_slice(bytes)
                 .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not a valid AES-256 key"))?;
             if keys.insert(id.to_owned(), cipher).is_some() {
                 return Err(format!("VPP_TOKEN_KEYS names key {id:?} twice"));
@@ -111,11 +117,11 @@ impl TokenCipher {
     }
 
     /// A fresh random key (for `dev`): returns the cipher and its spec.
-    pub fn generate(key_id: &str) -> (Self, String) {
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        let spec = format!("{key_id}:{}", STANDARD.encode(key));
-        let cipher = TokenCipher::from_spec(&spec).unwrap_or_else(|e| unreachable!("{e}"));
+    pub fn generate(key_id: &str) -> (Self, SecretString) {
+        let key = SecretBox::<[u8; 32]>::init_with_mut(|key| rand::rng().fill_bytes(key));
+        let spec = SecretString::from(format!("{key_id}:{}", STANDARD.encode(key.expose_secret())));
+        let cipher =
+            TokenCipher::from_spec(spec.expose_secret()).unwrap_or_else(|e| unreachable!("{e}"));
         (cipher, spec)
     }
 
@@ -228,6 +234,7 @@ mod tests {
             assert!(!err.contains("AAAA"), "{err}");
         }
         let (c, spec) = TokenCipher::generate("dev");
+        let spec = spec.expose_secret();
         assert!(spec.starts_with("dev:"));
         assert_eq!(c.active_key_id(), "dev");
         assert!(!format!("{c:?}").contains(&spec[4..]));

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use clap::Args;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use tokio_util::sync::CancellationToken;
@@ -49,7 +50,7 @@ pub struct DevArgs {
     pub listen: SocketAddr,
     /// Use this database instead of finding or starting one.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// Database created on the found server when DATABASE_URL is not given.
     #[arg(long, env = "VPP_DEV_DATABASE", default_value = "vpp_broker_dev")]
     pub dev_database: String,
@@ -71,7 +72,7 @@ struct DevClaims<'a> {
 }
 
 /// Signs the development token.
-pub fn dev_token(secret: &str, valid_for: chrono::Duration) -> Result<String, String> {
+pub fn dev_token(secret: &SecretString, valid_for: chrono::Duration) -> Result<String, String> {
     let now = chrono::Utc::now().timestamp();
     let claims = DevClaims {
         iss: DEV_ISSUER,
@@ -86,22 +87,23 @@ pub fn dev_token(secret: &str, valid_for: chrono::Duration) -> Result<String, St
     encode(
         &Header::default(),
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
     )
     .map_err(|e| format!("cannot sign the development token: {e}"))
 }
 
 pub async fn run(args: DevArgs) -> Result<(), String> {
-    let server = local_pg::locate(args.database_url.as_deref()).await?;
-    let database_url = match &args.database_url {
+    let given = args.database_url.as_ref().map(ExposeSecret::expose_secret);
+    let server = local_pg::locate(given).await?;
+    let database_url: SecretString = match &args.database_url {
         Some(url) => url.clone(),
         None => {
             server.ensure_database(&args.dev_database).await?;
-            server.database_url(&args.dev_database)
+            server.database_url(&args.dev_database).into()
         }
     };
     tracing::info!(source = ?server.source, "PostgreSQL found");
-    migrate::run_pending(&database_url)
+    migrate::run_pending(database_url.expose_secret())
         .await
         .map_err(|e| e.to_string())?;
 
@@ -134,7 +136,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
     let mut secret_bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut secret_bytes);
-    let secret = hex::encode(secret_bytes);
+    let secret = SecretString::from(hex::encode(secret_bytes));
     let auth_args = AuthArgs {
         jwt_issuer: DEV_ISSUER.into(),
         jwt_audience: DEV_AUDIENCE.into(),
@@ -155,7 +157,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     };
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let cipher = Arc::new(TokenCipher::from_spec(&dev_token_key()?)?);
+    let cipher = Arc::new(TokenCipher::from_spec(dev_token_key()?.expose_secret())?);
     let sim = Simulator::start(SimConfig {
         bind: args.sim_listen,
         workers: 1,
@@ -185,8 +187,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     state
         .waiters
         .clone()
-        .spawn_listener(database_url.clone(), cancel.clone());
-    let dispatch = crate::config::DispatchArgs::default().settings(&database_url);
+        .spawn_listener(database_url.expose_secret().to_owned(), cancel.clone());
+    let dispatch = crate::config::DispatchArgs::default().settings(database_url.expose_secret());
     crate::dispatch::spawn(
         crate::dispatch::Ctx::new(state.clone(), dispatch),
         cancel.clone(),
@@ -352,15 +354,16 @@ async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>,
 
 /// The dev token key: generated once, kept in the temp dir so later runs can decrypt the
 /// sTokens earlier runs stored.
-fn dev_token_key() -> Result<String, String> {
+fn dev_token_key() -> Result<SecretString, String> {
     let dir = std::env::temp_dir().join("vpp-broker-dev");
     let path = dir.join("token-keys");
     if let Ok(spec) = std::fs::read_to_string(&path) {
-        return Ok(spec.trim().to_owned());
+        return Ok(spec.trim().into());
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (_, spec) = TokenCipher::generate("dev");
-    std::fs::write(&path, &spec).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&path, spec.expose_secret())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));

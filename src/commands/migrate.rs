@@ -1,6 +1,7 @@
 //! `vpp-broker migrate`: apply pending migrations under an advisory lock.
 
 use clap::Args;
+use secrecy::ExposeSecret;
 
 use crate::config::DbArgs;
 use crate::db::migrate;
@@ -13,7 +14,7 @@ pub struct MigrateArgs {
 
 pub async fn run(args: MigrateArgs) -> Result<(), String> {
     args.db.validate()?;
-    let applied = migrate::run_pending(&args.db.database_url)
+    let applied = migrate::run_pending(args.db.database_url.expose_secret())
         .await
         .map_err(|e| e.to_string())?;
     if applied.is_empty() {

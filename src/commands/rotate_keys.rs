@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use diesel_async::AsyncConnection;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::accounts::AccountError;
 use crate::config::DbArgs;
@@ -21,7 +22,7 @@ pub struct RotateKeysArgs {
     pub db: DbArgs,
     /// The keys, new active key first (same format as for `serve`).
     #[arg(long, env = "VPP_TOKEN_KEYS", hide_env_values = true)]
-    pub token_keys: String,
+    pub token_keys: SecretString,
 }
 
 /// Re-seals every token not sealed with the active key; returns how many.
@@ -58,7 +59,7 @@ pub async fn rotate(pool: &db::Pool, cipher: &TokenCipher) -> Result<usize, Stri
 
 pub async fn run(args: RotateKeysArgs) -> Result<(), String> {
     args.db.validate()?;
-    let cipher = Arc::new(TokenCipher::from_spec(&args.token_keys)?);
+    let cipher = Arc::new(TokenCipher::from_spec(args.token_keys.expose_secret())?);
     let pool = db::connect(&args.db, "vpp-broker-rotate-keys")?;
     let n = rotate(&pool, &cipher).await?;
     tracing::info!(

@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use clap::Args;
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Authenticator;
@@ -39,7 +40,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     args.apple.validate()?;
     args.accounts.validate()?;
     let cipher = match &args.accounts.token_keys {
-        Some(spec) => Arc::new(TokenCipher::from_spec(spec)?),
+        Some(spec) => Arc::new(TokenCipher::from_spec(spec.expose_secret())?),
         None => {
             return Err("VPP_TOKEN_KEYS is required: sTokens are stored encrypted and serve \
                         refuses to start without a key (generate one with `openssl rand -base64 32` \
@@ -48,7 +49,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         }
     };
     if args.auto_migrate {
-        let applied = migrate::run_pending(&args.db.database_url)
+        let applied = migrate::run_pending(args.db.database_url.expose_secret())
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(applied = applied.len(), "auto-migrate finished");
@@ -62,11 +63,11 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let listener = TcpListener::bind(args.http.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
     let state = Arc::new(AppState::build(pool, &args.apple, &args.accounts, cipher).await?);
-    let dispatch = args.dispatch.settings(&args.db.database_url);
-    state
-        .waiters
-        .clone()
-        .spawn_listener(args.db.database_url.clone(), cancel.clone());
+    let dispatch = args.dispatch.settings(args.db.database_url.expose_secret());
+    state.waiters.clone().spawn_listener(
+        args.db.database_url.expose_secret().to_owned(),
+        cancel.clone(),
+    );
     let workers = crate::dispatch::spawn(
         crate::dispatch::Ctx::new(state.clone(), dispatch),
         cancel.clone(),

@@ -16,6 +16,7 @@ use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
+use secrecy::ExposeSecret;
 
 use crate::config::DbArgs;
 
@@ -45,7 +46,7 @@ pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
         async move { open(url, &setup).await }.boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        &args.database_url,
+        args.database_url.expose_secret(),
         config,
     );
     Pool::builder(manager)

@@ -29,7 +29,7 @@ pub fn hs256_auth() -> AuthArgs {
 
 pub fn db_args(url: &str) -> DbArgs {
     DbArgs {
-        database_url: url.to_owned(),
+        database_url: url.into(),
         db_pool_size: 8,
         db_timeout_secs: 5,
         db_statement_timeout_ms: 15_000,
