@@ -9,7 +9,7 @@
 //!
 //! The contract is `reference/apple-api.md`; where its sources conflict (§13) the decision is
 //! written in the module that acts on it ([`client`], [`types`], [`error`]) and in `docs/apple.md`.
-//! The simulator that speaks the same API lives in [`crate::apple_sim`].
+//! The simulator that speaks the same API lives in `crate::apple_sim` (cargo feature `dev`).
 
 pub mod client;
 pub mod codes;
