@@ -14,6 +14,37 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
+/// A setting that cannot work, found before anything starts. Messages name the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is not a valid URL: {source}")]
+    NotAUrl {
+        var: &'static str,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("DATABASE_URL must start with postgres:// or postgresql://, not {0}://")]
+    NotPostgres(String),
+    #[error("{0} must be an http(s) URL")]
+    NotHttp(&'static str),
+    #[error("VPP_PUBLIC_URL must be an http(s) URL (Apple requires https)")]
+    PublicUrlNotHttp,
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("{0} must be 1 to 100 characters")]
+    Length(&'static str),
+    #[error(
+        "no JWT key configured: set VPP_JWT_HS256_SECRET, VPP_JWT_PUBLIC_KEYS_PEM or VPP_JWT_JWKS_URL"
+    )]
+    NoJwtKey,
+    #[error("VPP_JWT_HS256_SECRET must be at least 32 bytes long")]
+    ShortHs256Secret,
+}
+
+fn parse_url(var: &'static str, text: &str) -> Result<url::Url, ConfigError> {
+    url::Url::parse(text).map_err(|source| ConfigError::NotAUrl { var, source })
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -57,14 +88,11 @@ impl DbArgs {
     }
 
     /// Rejects URLs that are not PostgreSQL URLs before anything tries to connect.
-    pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(self.database_url.expose_secret())
-            .map_err(|e| format!("DATABASE_URL is not a valid URL: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = parse_url("DATABASE_URL", self.database_url.expose_secret())?;
         match url.scheme() {
             "postgres" | "postgresql" => Ok(()),
-            other => Err(format!(
-                "DATABASE_URL must start with postgres:// or postgresql://, not {other}://"
-            )),
+            other => Err(ConfigError::NotPostgres(other.to_owned())),
         }
     }
 }
@@ -118,31 +146,28 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_issuer.trim().is_empty() {
-            return Err("VPP_JWT_ISSUER must not be empty".into());
+            return Err(ConfigError::Empty("VPP_JWT_ISSUER"));
         }
         if self.jwt_audience.trim().is_empty() {
-            return Err("VPP_JWT_AUDIENCE must not be empty".into());
+            return Err(ConfigError::Empty("VPP_JWT_AUDIENCE"));
         }
         if self.jwt_hs256_secret.is_none()
             && self.jwt_public_keys_pem.is_none()
             && self.jwt_jwks_url.is_none()
         {
-            return Err("no JWT key configured: set VPP_JWT_HS256_SECRET, \
-                 VPP_JWT_PUBLIC_KEYS_PEM or VPP_JWT_JWKS_URL"
-                .into());
+            return Err(ConfigError::NoJwtKey);
         }
         if let Some(secret) = &self.jwt_hs256_secret
             && secret.expose_secret().len() < 32
         {
-            return Err("VPP_JWT_HS256_SECRET must be at least 32 bytes long".into());
+            return Err(ConfigError::ShortHs256Secret);
         }
         if let Some(url) = &self.jwt_jwks_url {
-            let parsed =
-                url::Url::parse(url).map_err(|e| format!("VPP_JWT_JWKS_URL is not a URL: {e}"))?;
+            let parsed = parse_url("VPP_JWT_JWKS_URL", url)?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err("VPP_JWT_JWKS_URL must be an http(s) URL".into());
+                return Err(ConfigError::NotHttp("VPP_JWT_JWKS_URL"));
             }
         }
         Ok(())
@@ -230,11 +255,10 @@ pub struct AppleArgs {
 }
 
 impl AppleArgs {
-    pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.apple_base_url)
-            .map_err(|e| format!("VPP_APPLE_BASE_URL is not a URL: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = parse_url("VPP_APPLE_BASE_URL", &self.apple_base_url)?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err("VPP_APPLE_BASE_URL must be an http(s) URL".into());
+            return Err(ConfigError::NotHttp("VPP_APPLE_BASE_URL"));
         }
         Ok(())
     }
@@ -260,20 +284,19 @@ pub struct AccountArgs {
 }
 
 impl AccountArgs {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(id) = &self.instance_id
             && (id.trim().is_empty() || id.chars().count() > 100)
         {
-            return Err("VPP_INSTANCE_ID must be 1 to 100 characters".into());
+            return Err(ConfigError::Length("VPP_INSTANCE_ID"));
         }
         if self.instance_name.trim().is_empty() || self.instance_name.chars().count() > 100 {
-            return Err("VPP_INSTANCE_NAME must be 1 to 100 characters".into());
+            return Err(ConfigError::Length("VPP_INSTANCE_NAME"));
         }
         if let Some(public) = &self.public_url {
-            let url =
-                url::Url::parse(public).map_err(|e| format!("VPP_PUBLIC_URL is not a URL: {e}"))?;
+            let url = parse_url("VPP_PUBLIC_URL", public)?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err("VPP_PUBLIC_URL must be an http(s) URL (Apple requires https)".into());
+                return Err(ConfigError::PublicUrlNotHttp);
             }
         }
         Ok(())
@@ -305,7 +328,7 @@ mod tests {
 
     #[test]
     fn auth_needs_a_key_source() {
-        let err = auth().validate().unwrap_err();
+        let err = auth().validate().unwrap_err().to_string();
         assert!(err.contains("no JWT key configured"), "{err}");
     }
 
@@ -313,7 +336,7 @@ mod tests {
     fn short_hs256_secret_is_refused() {
         let mut a = auth();
         a.jwt_hs256_secret = Some("short".into());
-        assert!(a.validate().unwrap_err().contains("32 bytes"));
+        assert!(a.validate().unwrap_err().to_string().contains("32 bytes"));
         a.jwt_hs256_secret = Some("x".repeat(32).into());
         assert!(a.validate().is_ok());
     }
@@ -326,9 +349,19 @@ mod tests {
             db_timeout_secs: 1,
             db_statement_timeout_ms: 1000,
         };
-        assert!(db.validate().unwrap_err().contains("postgres://"));
+        assert!(
+            db.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("postgres://")
+        );
         db.database_url = "not a url".into();
-        assert!(db.validate().unwrap_err().contains("not a valid URL"));
+        assert!(
+            db.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid URL")
+        );
         db.database_url = "postgres://u@localhost/db".into();
         assert!(db.validate().is_ok());
     }

@@ -12,6 +12,7 @@
 //! - [`engine`]: allocation and revocation decisions, answered from the ledger;
 //! - [`dispatch`]: background workers that batch Apple calls and follow Apple's events;
 //! - [`waiters`]: bounded waits for an assignment's final state;
+//! - [`service`]: the running service (pool, state, HTTP server, dispatcher) in one place;
 //! - [`crypto`]: sTokens encrypted at rest; [`state`]: what handlers and workers share;
 //! - [`ledger`]: diesel models and queries; [`db`]: pool, migrations, schema;
 //! - [`telemetry`]: logs and metrics; `local_pg`: finds or starts PostgreSQL for dev and tests
@@ -39,6 +40,7 @@ pub mod http;
 pub mod ledger;
 #[cfg(feature = "dev")]
 pub mod local_pg;
+pub mod service;
 pub mod state;
 pub mod telemetry;
 pub mod waiters;

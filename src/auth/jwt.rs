@@ -71,7 +71,7 @@ impl Authenticator {
     /// Builds the authenticator; fetches the JWKS once if configured (a failed first fetch is
     /// logged and retried by the refresher, tokens needing it get 503 meanwhile).
     pub async fn from_args(args: &AuthArgs) -> Result<Self, String> {
-        args.validate()?;
+        args.validate().map_err(|e| e.to_string())?;
         let hs256 = args
             .jwt_hs256_secret
             .as_ref()

@@ -33,9 +33,14 @@ pub async fn open(url: &str, extra: &str) -> Result<AsyncPgConnection, Connectio
     Ok(conn)
 }
 
+/// The pool could not be built (a setting deadpool refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the database pool: {0}")]
+pub struct PoolError(#[source] pub deadpool::managed::BuildError);
+
 /// Builds the pool. Connections are opened lazily, so this succeeds while the database is down;
 /// `/readyz` reports it.
-pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
+pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, PoolError> {
     let statement_timeout = args.db_statement_timeout_ms;
     let app_name = application_name.replace('\'', "");
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
@@ -56,5 +61,5 @@ pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
         .recycle_timeout(Some(args.timeout()))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|e| format!("cannot build the database pool: {e}"))
+        .map_err(PoolError)
 }
