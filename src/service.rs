@@ -56,8 +56,8 @@ pub enum ServiceError {
     NoTokenKeys,
     #[error(transparent)]
     TokenKeys(#[from] KeySpecError),
-    #[error("{0}")]
-    Migrate(#[source] migrate::MigrateError),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
     #[error(transparent)]
     Pool(#[from] PoolError),
     /// The authenticator's set-up (JWT keys, JWKS URL).
@@ -119,9 +119,7 @@ impl Service {
         };
         let database_url = db.database_url.expose_secret();
         if migrate {
-            let applied = migrate::run_pending(database_url)
-                .await
-                .map_err(ServiceError::Migrate)?;
+            let applied = migrate::run_pending(database_url).await?;
             tracing::info!(applied = applied.len(), "auto-migrate finished");
         }
         let pool = db::connect(&db, &application_name)?;
