@@ -35,6 +35,8 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json
 # Then the sources (src/, and migrations/ which diesel's embed_migrations! reads at compile
 # time). .dockerignore keeps target/, .git, the chart and docs out of the build context.
 COPY . .
+# No `--features dev`: the production image has no Apple simulator (with its unauthenticated
+# admin API), no local PostgreSQL finder and no `dev` / `apple-sim` subcommands.
 RUN cargo build --release --locked --bin vpp-broker
 
 # ---------------------------------------------------------------------------------------------

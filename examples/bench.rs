@@ -20,6 +20,13 @@
 //! Options: `--requests-per-client N` (default 100), `--pgbench-seconds S` (default 8),
 //! `--ledger N`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark program: any failure aborts the run with its message"
+)]
+
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -33,11 +33,25 @@ pub enum Command {
     Openapi(commands::openapi::OpenapiArgs),
     /// Start a complete local service with no set-up: PostgreSQL (found or started), migrations,
     /// a demo space and a development JWT.
+    #[cfg(feature = "dev")]
     Dev(commands::dev::DevArgs),
     /// Re-encrypt every stored sToken with the first (active) key of VPP_TOKEN_KEYS.
     RotateKeys(commands::rotate_keys::RotateKeysArgs),
     /// Run the Apple license API simulator (fake Apple for tests and the quick start).
+    #[cfg(feature = "dev")]
     AppleSim(commands::apple_sim::AppleSimArgs),
+}
+
+impl Cli {
+    /// `dev` and `apple-sim` run in a terminal: they log text lines unless `VPP_LOG_FORMAT` says
+    /// otherwise.
+    fn wants_text_logs(&self) -> bool {
+        #[cfg(feature = "dev")]
+        if matches!(self.command, Command::Dev(_) | Command::AppleSim(_)) {
+            return std::env::var_os("VPP_LOG_FORMAT").is_none();
+        }
+        false
+    }
 }
 
 /// Parses the command line, sets up logging and runs the subcommand on a tokio runtime.
@@ -53,9 +67,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    if matches!(cli.command, Command::Dev(_) | Command::AppleSim(_))
-        && std::env::var_os("VPP_LOG_FORMAT").is_none()
-    {
+    if cli.wants_text_logs() {
         cli.log.log_format = LogFormat::Text;
     }
     if let Err(e) = logging::init(&cli.log) {
@@ -77,8 +89,10 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => commands::serve::run(*args).await,
             Command::Migrate(args) => commands::migrate::run(args).await,
             Command::Openapi(args) => commands::openapi::run(args),
+            #[cfg(feature = "dev")]
             Command::Dev(args) => commands::dev::run(args).await,
             Command::RotateKeys(args) => commands::rotate_keys::run(args).await,
+            #[cfg(feature = "dev")]
             Command::AppleSim(args) => commands::apple_sim::run(args).await,
         }
     });

@@ -4,12 +4,46 @@
 //! Dockerfile and a developer shell all configure the service the same way. Values are parsed by
 //! clap and then checked by [`validate`](AuthArgs::validate)-style methods at start-up, so a bad
 //! setting stops the process with one clear message instead of failing on the first request.
-//! Secrets (`DATABASE_URL`, JWT secrets) have `hide_env_values` so `--help` never prints them.
+//! Secrets (`DATABASE_URL`, the HS256 secret, the sToken keys) have `hide_env_values` so `--help`
+//! never prints them, and are held as [`SecretString`]s, so `Debug` (and any log of these
+//! settings) shows `[REDACTED]` instead.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+
+/// A setting that cannot work, found before anything starts. Messages name the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is not a valid URL: {source}")]
+    NotAUrl {
+        var: &'static str,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("DATABASE_URL must start with postgres:// or postgresql://, not {0}://")]
+    NotPostgres(String),
+    #[error("{0} must be an http(s) URL")]
+    NotHttp(&'static str),
+    #[error("VPP_PUBLIC_URL must be an http(s) URL (Apple requires https)")]
+    PublicUrlNotHttp,
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("{0} must be 1 to 100 characters")]
+    Length(&'static str),
+    #[error(
+        "no JWT key configured: set VPP_JWT_HS256_SECRET, VPP_JWT_PUBLIC_KEYS_PEM or VPP_JWT_JWKS_URL"
+    )]
+    NoJwtKey,
+    #[error("VPP_JWT_HS256_SECRET must be at least 32 bytes long")]
+    ShortHs256Secret,
+}
+
+fn parse_url(var: &'static str, text: &str) -> Result<url::Url, ConfigError> {
+    url::Url::parse(text).map_err(|source| ConfigError::NotAUrl { var, source })
+}
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -32,11 +66,11 @@ pub struct LogArgs {
 }
 
 /// PostgreSQL connection options.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct DbArgs {
     /// PostgreSQL URL of the ledger database, e.g. postgres://user:pass@host:5432/vpp_broker.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Maximum connections this process keeps open to PostgreSQL.
     #[arg(long, env = "VPP_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
@@ -54,14 +88,11 @@ impl DbArgs {
     }
 
     /// Rejects URLs that are not PostgreSQL URLs before anything tries to connect.
-    pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.database_url)
-            .map_err(|e| format!("DATABASE_URL is not a valid URL: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = parse_url("DATABASE_URL", self.database_url.expose_secret())?;
         match url.scheme() {
             "postgres" | "postgresql" => Ok(()),
-            other => Err(format!(
-                "DATABASE_URL must start with postgres:// or postgresql://, not {other}://"
-            )),
+            other => Err(ConfigError::NotPostgres(other.to_owned())),
         }
     }
 }
@@ -88,7 +119,7 @@ pub struct HttpArgs {
 /// At least one key source must be given: a shared HS256 secret (development), PEM public keys
 /// (RS256 / ES256), or a JWKS URL. Algorithms are pinned by key type; `alg: none` and any
 /// algorithm without a configured key are refused.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct AuthArgs {
     /// Required `iss` claim of caller JWTs.
     #[arg(long, env = "VPP_JWT_ISSUER")]
@@ -98,7 +129,7 @@ pub struct AuthArgs {
     pub jwt_audience: String,
     /// Shared secret for HS256 tokens (at least 32 bytes). Meant for development.
     #[arg(long, env = "VPP_JWT_HS256_SECRET", hide_env_values = true)]
-    pub jwt_hs256_secret: Option<String>,
+    pub jwt_hs256_secret: Option<SecretString>,
     /// PEM-encoded public keys (RSA for RS256, EC P-256 for ES256); several keys may be
     /// concatenated.
     #[arg(long, env = "VPP_JWT_PUBLIC_KEYS_PEM", hide_env_values = true)]
@@ -115,31 +146,28 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_issuer.trim().is_empty() {
-            return Err("VPP_JWT_ISSUER must not be empty".into());
+            return Err(ConfigError::Empty("VPP_JWT_ISSUER"));
         }
         if self.jwt_audience.trim().is_empty() {
-            return Err("VPP_JWT_AUDIENCE must not be empty".into());
+            return Err(ConfigError::Empty("VPP_JWT_AUDIENCE"));
         }
         if self.jwt_hs256_secret.is_none()
             && self.jwt_public_keys_pem.is_none()
             && self.jwt_jwks_url.is_none()
         {
-            return Err("no JWT key configured: set VPP_JWT_HS256_SECRET, \
-                 VPP_JWT_PUBLIC_KEYS_PEM or VPP_JWT_JWKS_URL"
-                .into());
+            return Err(ConfigError::NoJwtKey);
         }
         if let Some(secret) = &self.jwt_hs256_secret
-            && secret.len() < 32
+            && secret.expose_secret().len() < 32
         {
-            return Err("VPP_JWT_HS256_SECRET must be at least 32 bytes long".into());
+            return Err(ConfigError::ShortHs256Secret);
         }
         if let Some(url) = &self.jwt_jwks_url {
-            let parsed =
-                url::Url::parse(url).map_err(|e| format!("VPP_JWT_JWKS_URL is not a URL: {e}"))?;
+            let parsed = parse_url("VPP_JWT_JWKS_URL", url)?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err("VPP_JWT_JWKS_URL must be an http(s) URL".into());
+                return Err(ConfigError::NotHttp("VPP_JWT_JWKS_URL"));
             }
         }
         Ok(())
@@ -208,23 +236,22 @@ pub struct AppleArgs {
 }
 
 impl AppleArgs {
-    pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.apple_base_url)
-            .map_err(|e| format!("VPP_APPLE_BASE_URL is not a URL: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = parse_url("VPP_APPLE_BASE_URL", &self.apple_base_url)?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err("VPP_APPLE_BASE_URL must be an http(s) URL".into());
+            return Err(ConfigError::NotHttp("VPP_APPLE_BASE_URL"));
         }
         Ok(())
     }
 }
 
 /// How this deployment stores sTokens and presents itself to Apple.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct AccountArgs {
     /// AES-256 keys that encrypt sTokens at rest: `keyid:base64key[,keyid:base64key…]`, the first
     /// encrypts, all decrypt. Generate a key with `openssl rand -base64 32`. Required by `serve`.
     #[arg(long, env = "VPP_TOKEN_KEYS", hide_env_values = true)]
-    pub token_keys: Option<String>,
+    pub token_keys: Option<SecretString>,
     /// This deployment's id in Apple's mdmInfo (default: generated once, stored in the database).
     #[arg(long, env = "VPP_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -238,20 +265,19 @@ pub struct AccountArgs {
 }
 
 impl AccountArgs {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(id) = &self.instance_id
             && (id.trim().is_empty() || id.chars().count() > 100)
         {
-            return Err("VPP_INSTANCE_ID must be 1 to 100 characters".into());
+            return Err(ConfigError::Length("VPP_INSTANCE_ID"));
         }
         if self.instance_name.trim().is_empty() || self.instance_name.chars().count() > 100 {
-            return Err("VPP_INSTANCE_NAME must be 1 to 100 characters".into());
+            return Err(ConfigError::Length("VPP_INSTANCE_NAME"));
         }
         if let Some(public) = &self.public_url {
-            let url =
-                url::Url::parse(public).map_err(|e| format!("VPP_PUBLIC_URL is not a URL: {e}"))?;
+            let url = parse_url("VPP_PUBLIC_URL", public)?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err("VPP_PUBLIC_URL must be an http(s) URL (Apple requires https)".into());
+                return Err(ConfigError::PublicUrlNotHttp);
             }
         }
         Ok(())
@@ -283,7 +309,7 @@ mod tests {
 
     #[test]
     fn auth_needs_a_key_source() {
-        let err = auth().validate().unwrap_err();
+        let err = auth().validate().unwrap_err().to_string();
         assert!(err.contains("no JWT key configured"), "{err}");
     }
 
@@ -291,8 +317,8 @@ mod tests {
     fn short_hs256_secret_is_refused() {
         let mut a = auth();
         a.jwt_hs256_secret = Some("short".into());
-        assert!(a.validate().unwrap_err().contains("32 bytes"));
-        a.jwt_hs256_secret = Some("x".repeat(32));
+        assert!(a.validate().unwrap_err().to_string().contains("32 bytes"));
+        a.jwt_hs256_secret = Some("x".repeat(32).into());
         assert!(a.validate().is_ok());
     }
 
@@ -304,55 +330,21 @@ mod tests {
             db_timeout_secs: 1,
             db_statement_timeout_ms: 1000,
         };
-        assert!(db.validate().unwrap_err().contains("postgres://"));
+        assert!(
+            db.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("postgres://")
+        );
         db.database_url = "not a url".into();
-        assert!(db.validate().unwrap_err().contains("not a valid URL"));
+        assert!(
+            db.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid URL")
+        );
         db.database_url = "postgres://u@localhost/db".into();
         assert!(db.validate().is_ok());
-    }
-}
-
-/// Shown instead of a secret by the `Debug` impls below: settings that carry one (the database
-/// URL with its password, JWT keys, sToken encryption keys) never print it, whatever logs them.
-const REDACTED: &str = "***";
-
-fn redacted<T>(value: &Option<T>) -> Option<&'static str> {
-    value.as_ref().map(|_| REDACTED)
-}
-
-impl std::fmt::Debug for DbArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbArgs")
-            .field("database_url", &REDACTED)
-            .field("db_pool_size", &self.db_pool_size)
-            .field("db_timeout_secs", &self.db_timeout_secs)
-            .field("db_statement_timeout_ms", &self.db_statement_timeout_ms)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for AuthArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthArgs")
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_hs256_secret", &redacted(&self.jwt_hs256_secret))
-            .field("jwt_public_keys_pem", &self.jwt_public_keys_pem)
-            .field("jwt_jwks_url", &self.jwt_jwks_url)
-            .field("jwt_jwks_refresh_secs", &self.jwt_jwks_refresh_secs)
-            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for AccountArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountArgs")
-            .field("token_keys", &redacted(&self.token_keys))
-            .field("instance_id", &self.instance_id)
-            .field("instance_name", &self.instance_name)
-            .field("public_url", &self.public_url)
-            .finish()
     }
 }
 
@@ -389,7 +381,7 @@ mod redaction_tests {
             format!("{accounts:?}"),
         ] {
             assert!(!printed.contains("hunter2"), "{printed}");
-            assert!(printed.contains(REDACTED), "{printed}");
+            assert!(printed.contains("[REDACTED]"), "{printed}");
         }
     }
 }

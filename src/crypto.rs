@@ -6,6 +6,9 @@
 //! ciphertext copied onto another account row does not decrypt. Rotation: put the new key first,
 //! keep the old one, run `vpp-broker rotate-keys`, then drop the old key.
 //!
+//! Key material is held in [`secrecy`] wrappers while it is parsed or generated, so it is zeroed
+//! when dropped and never printed.
+//!
 //! `serve` refuses to start without keys; `dev` generates one per run and says so.
 
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox, SecretSlice, SecretString};
 
 use crate::apple::stoken::SToken;
 
@@ -43,6 +47,32 @@ pub enum CryptoError {
     Decrypt(String),
 }
 
+/// Why `VPP_TOKEN_KEYS` (or a generated key) is unusable. Messages name the entry or the key id,
+/// never the key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeySpecError {
+    #[error("VPP_TOKEN_KEYS entry #{0} must look like keyid:base64key")]
+    Malformed(usize),
+    #[error("VPP_TOKEN_KEYS entry #{0}: key id must be 1-32 of [A-Za-z0-9._-]")]
+    BadKeyId(usize),
+    /// The source says where the base64 breaks (a position and a byte value, not the key).
+    #[error("VPP_TOKEN_KEYS key {id:?} is not valid base64")]
+    NotBase64 {
+        id: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error(
+        "VPP_TOKEN_KEYS key {id:?} must be 32 bytes (AES-256), got {len}; \
+         generate one with `openssl rand -base64 32`"
+    )]
+    WrongLength { id: String, len: usize },
+    #[error("VPP_TOKEN_KEYS names key {0:?} twice")]
+    Duplicate(String),
+    #[error("VPP_TOKEN_KEYS holds no key")]
+    NoKey,
+}
+
 pub struct TokenCipher {
     active: String,
     keys: HashMap<String, Aes256Gcm>,
@@ -59,6 +89,14 @@ impl fmt::Debug for TokenCipher {
     }
 }
 
+/// The AES-256-GCM cipher of one 32-byte key.
+fn key_cipher(id: &str, key: &[u8]) -> Result<Aes256Gcm, KeySpecError> {
+    Aes256Gcm::new_from_slice(key).map_err(|_| KeySpecError::WrongLength {
+        id: id.to_owned(),
+        len: key.len(),
+    })
+}
+
 fn valid_key_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
         && id
@@ -68,7 +106,7 @@ fn valid_key_id(id: &str) -> bool {
 
 impl TokenCipher {
     /// Parses `keyid:base64key[,…]`. Errors name the entry, never the key material.
-    pub fn from_spec(spec: &str) -> Result<Self, String> {
+    pub fn from_spec(spec: &str) -> Result<Self, KeySpecError> {
         let mut keys = HashMap::new();
         let mut active = None;
         for (i, entry) in spec
@@ -77,46 +115,41 @@ impl TokenCipher {
             .filter(|e| !e.is_empty())
             .enumerate()
         {
-            let (id, material) = entry.split_once(':').ok_or_else(|| {
-                format!(
-                    "VPP_TOKEN_KEYS entry #{} must look like keyid:base64key",
-                    i + 1
-                )
-            })?;
+            let (id, material) = entry
+                .split_once(':')
+                .ok_or(KeySpecError::Malformed(i + 1))?;
             if !valid_key_id(id) {
-                return Err(format!(
-                    "VPP_TOKEN_KEYS entry #{}: key id must be 1-32 of [A-Za-z0-9._-]",
-                    i + 1
-                ));
+                return Err(KeySpecError::BadKeyId(i + 1));
             }
-            let bytes = STANDARD
+            let bytes: SecretSlice<u8> = STANDARD
                 .decode(material.trim())
-                .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not valid base64"))?;
-            if bytes.len() != 32 {
-                return Err(format!(
-                    "VPP_TOKEN_KEYS key {id:?} must be 32 bytes (AES-256), got {}; \
-                     generate one with `openssl rand -base64 32`",
-                    bytes.len()
-                ));
-            }
-            let cipher = Aes256Gcm::new_from_slice(&bytes)
-                .map_err(|_| format!("VPP_TOKEN_KEYS key {id:?} is not a valid AES-256 key"))?;
+                .map_err(|source| KeySpecError::NotBase64 {
+                    id: id.to_owned(),
+                    source,
+                })?
+                .into();
+            let cipher = key_cipher(id, bytes.expose_secret())?;
             if keys.insert(id.to_owned(), cipher).is_some() {
-                return Err(format!("VPP_TOKEN_KEYS names key {id:?} twice"));
+                return Err(KeySpecError::Duplicate(id.to_owned()));
             }
             active.get_or_insert_with(|| id.to_owned());
         }
-        let active = active.ok_or("VPP_TOKEN_KEYS holds no key")?;
+        let active = active.ok_or(KeySpecError::NoKey)?;
         Ok(TokenCipher { active, keys })
     }
 
-    /// A fresh random key (for `dev`): returns the cipher and its spec.
-    pub fn generate(key_id: &str) -> (Self, String) {
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        let spec = format!("{key_id}:{}", STANDARD.encode(key));
-        let cipher = TokenCipher::from_spec(&spec).unwrap_or_else(|e| unreachable!("{e}"));
-        (cipher, spec)
+    /// A fresh random key (for `dev`): returns the cipher and its spec. `key_id` must be 1-32
+    /// of `[A-Za-z0-9._-]`.
+    pub fn generate(key_id: &str) -> Result<(Self, SecretString), KeySpecError> {
+        if !valid_key_id(key_id) {
+            return Err(KeySpecError::BadKeyId(1));
+        }
+        let key = SecretBox::<[u8; 32]>::init_with_mut(|key| rand::rng().fill_bytes(key));
+        let spec = SecretString::from(format!("{key_id}:{}", STANDARD.encode(key.expose_secret())));
+        let cipher = key_cipher(key_id, key.expose_secret())?;
+        let keys = HashMap::from([(key_id.to_owned(), cipher)]);
+        let active = key_id.to_owned();
+        Ok((TokenCipher { active, keys }, spec))
     }
 
     pub fn active_key_id(&self) -> &str {
@@ -128,10 +161,9 @@ impl TokenCipher {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let cipher = &self.keys[&self.active];
-        let nonce_ref = Nonce::try_from(&nonce[..]).unwrap_or_else(|_| unreachable!("12 bytes"));
         let ciphertext = cipher
             .encrypt(
-                &nonce_ref,
+                &Nonce::from(nonce),
                 Payload {
                     msg: secret.as_bytes(),
                     aad,
@@ -223,11 +255,12 @@ mod tests {
             "bad id:AAAA",
             &format!("{},{}", spec(&["a"]), spec(&["a"])),
         ] {
-            let err = TokenCipher::from_spec(bad).unwrap_err();
+            let err = TokenCipher::from_spec(bad).unwrap_err().to_string();
             assert!(err.contains("VPP_TOKEN_KEYS"), "{err}");
             assert!(!err.contains("AAAA"), "{err}");
         }
-        let (c, spec) = TokenCipher::generate("dev");
+        let (c, spec) = TokenCipher::generate("dev").unwrap();
+        let spec = spec.expose_secret();
         assert!(spec.starts_with("dev:"));
         assert_eq!(c.active_key_id(), "dev");
         assert!(!format!("{c:?}").contains(&spec[4..]));

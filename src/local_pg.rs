@@ -15,6 +15,57 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
+/// Why no PostgreSQL could be found or started. Messages say what to do; sources are kept.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    #[error("PostgreSQL at the given DATABASE_URL does not answer: {0}")]
+    GivenUnreachable(#[source] ConnectError),
+    #[error("VPP_PG_PORT must be a TCP port (1-65535), not {0:?}")]
+    BadPort(String),
+    #[error("private PostgreSQL did not accept connections: {0}")]
+    PrivateUnreachable(#[source] ConnectError),
+    #[error("starting the private PostgreSQL failed: {0}")]
+    StartTask(#[source] tokio::task::JoinError),
+    #[error("cannot create database {name}: {source}")]
+    CreateDatabase {
+        name: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+    #[error("cannot connect to create a database: {0}")]
+    AdminUnreachable(#[source] ConnectError),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("path {} is not UTF-8", .0.display())]
+    NotUtf8(PathBuf),
+    #[error("cannot run {}: {source}", program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("chown postgres {} failed (is there a `postgres` system user?): {stderr}", dir.display())]
+    Chown { dir: PathBuf, stderr: String },
+    #[error("no PostgreSQL server binaries found ({0}); install PostgreSQL or set DATABASE_URL")]
+    NoBinaries(&'static str),
+    #[error("{} failed: {output}", program.display())]
+    Failed { program: PathBuf, output: String },
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Connection(#[from] diesel::ConnectionError),
+    #[error("timed out")]
+    TimedOut,
+}
+
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const DEFAULT_PRIVATE_DIR: &str = "/tmp/vpp-broker-pg";
 const DEFAULT_PRIVATE_PORT: u16 = 54329;
@@ -45,13 +96,18 @@ impl Server {
     }
 
     /// Creates database `name` unless it exists.
-    pub async fn ensure_database(&self, name: &str) -> Result<(), String> {
-        let mut conn = connect(&self.admin_url).await?;
+    pub async fn ensure_database(&self, name: &str) -> Result<(), LocalPgError> {
+        let mut conn = connect(&self.admin_url)
+            .await
+            .map_err(LocalPgError::AdminUnreachable)?;
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
         match conn.batch_execute(&sql).await {
             Ok(()) => Ok(()),
             Err(e) if e.to_string().contains("already exists") => Ok(()),
-            Err(e) => Err(format!("cannot create database {name}: {e}")),
+            Err(source) => Err(LocalPgError::CreateDatabase {
+                name: name.to_owned(),
+                source,
+            }),
         }
     }
 }
@@ -67,22 +123,22 @@ pub fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-async fn connect(url: &str) -> Result<AsyncPgConnection, String> {
+async fn connect(url: &str) -> Result<AsyncPgConnection, ConnectError> {
     match tokio::time::timeout(Duration::from_secs(5), AsyncPgConnection::establish(url)).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ConnectError::TimedOut),
     }
 }
 
 /// Finds or starts a server. `given` is a URL that must be used if present (its database part
 /// is replaced by `postgres` for administration).
-pub async fn locate(given: Option<&str>) -> Result<Server, String> {
+pub async fn locate(given: Option<&str>) -> Result<Server, LocalPgError> {
     if let Some(url) = given {
         let admin_url = with_database(url, "postgres");
         connect(&admin_url)
             .await
-            .map_err(|e| format!("PostgreSQL at the given DATABASE_URL does not answer: {e}"))?;
+            .map_err(LocalPgError::GivenUnreachable)?;
         return Ok(Server {
             admin_url,
             source: Source::Given,
@@ -103,7 +159,7 @@ pub async fn locate(given: Option<&str>) -> Result<Server, String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("VPP_PG_PORT must be a TCP port (1-65535), not {p:?}"))?,
+            .ok_or(LocalPgError::BadPort(p))?,
         Err(_) => DEFAULT_PRIVATE_PORT,
     };
     let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
@@ -111,22 +167,20 @@ pub async fn locate(given: Option<&str>) -> Result<Server, String> {
         let dir2 = dir.clone();
         tokio::task::spawn_blocking(move || start_private(&dir2, port))
             .await
-            .map_err(|e| e.to_string())??;
-        let mut last = String::new();
+            .map_err(LocalPgError::StartTask)??;
+        let mut last = None;
         for _ in 0..50 {
             match connect(&admin_url).await {
                 Ok(_) => {
-                    last.clear();
+                    last = None;
                     break;
                 }
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if !last.is_empty() {
-            return Err(format!(
-                "private PostgreSQL did not accept connections: {last}"
-            ));
+        if let Some(last) = last {
+            return Err(LocalPgError::PrivateUnreachable(last));
         }
     }
     Ok(Server {
@@ -136,18 +190,26 @@ pub async fn locate(given: Option<&str>) -> Result<Server, String> {
 }
 
 /// Creates (first time) and starts the private cluster. Blocking.
-fn start_private(dir: &Path, port: u16) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+fn start_private(dir: &Path, port: u16) -> Result<(), LocalPgError> {
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| LocalPgError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let lock_path = dir.join("start.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        .map_err(io("open", &lock_path))?;
+    lock.lock().map_err(io("lock", &lock_path))?;
 
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
     let as_root = unsafe { libc::geteuid() } == 0;
     if as_root {
         chown_to_postgres(dir)?;
@@ -199,30 +261,32 @@ fn start_private(dir: &Path, port: u16) -> Result<(), String> {
     Ok(())
 }
 
-fn path_str(p: &Path) -> Result<&str, String> {
+fn path_str(p: &Path) -> Result<&str, LocalPgError> {
     p.to_str()
-        .ok_or_else(|| format!("path {} is not UTF-8", p.display()))
+        .ok_or_else(|| LocalPgError::NotUtf8(p.to_owned()))
 }
 
-fn chown_to_postgres(dir: &Path) -> Result<(), String> {
+fn chown_to_postgres(dir: &Path) -> Result<(), LocalPgError> {
     let out = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(dir)
         .output()
-        .map_err(|e| format!("cannot run chown: {e}"))?;
+        .map_err(|source| LocalPgError::Spawn {
+            program: "chown".into(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "chown postgres {} failed (is there a `postgres` system user?): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(LocalPgError::Chown {
+            dir: dir.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
 /// Finds a PostgreSQL server binary on PATH or in Debian's /usr/lib/postgresql/<v>/bin.
-fn find_binary(name: &str) -> Result<PathBuf, String> {
+fn find_binary(name: &'static str) -> Result<PathBuf, LocalPgError> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let candidate = dir.join(name);
@@ -241,9 +305,7 @@ fn find_binary(name: &str) -> Result<PathBuf, String> {
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "no PostgreSQL server binaries found ({name}); install PostgreSQL or set DATABASE_URL"
-    ))
+    Err(LocalPgError::NoBinaries(name))
 }
 
 fn command(as_root: bool, binary: &Path, args: &[&str]) -> Command {
@@ -258,19 +320,24 @@ fn command(as_root: bool, binary: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-fn run(as_root: bool, binary: &Path, args: &[&str]) -> Result<(), String> {
+fn run(as_root: bool, binary: &Path, args: &[&str]) -> Result<(), LocalPgError> {
     let out = command(as_root, binary, args)
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        .map_err(|source| LocalPgError::Spawn {
+            program: binary.to_owned(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{} failed: {}{}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(LocalPgError::Failed {
+            program: binary.to_owned(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
     }
 }
 

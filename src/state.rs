@@ -4,9 +4,24 @@
 use std::sync::Arc;
 
 use crate::accounts::identity::Identity;
+use crate::apple::AppleError;
 use crate::apple::client::AppleClient;
+use crate::config::ConfigError;
 use crate::crypto::TokenCipher;
 use crate::db::Pool;
+
+/// Why the shared state could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot build the Apple client: {0}")]
+    AppleClient(#[source] AppleError),
+    #[error("cannot reach the database: {0}")]
+    Database(#[source] deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>),
+    #[error("cannot read the instance id (are migrations applied?): {0}")]
+    InstanceId(#[source] diesel::result::Error),
+}
 
 pub struct AppState {
     pub pool: Pool,
@@ -26,26 +41,21 @@ impl AppState {
         apple: &crate::config::AppleArgs,
         accounts: &crate::config::AccountArgs,
         cipher: Arc<TokenCipher>,
-    ) -> Result<AppState, String> {
+    ) -> Result<AppState, StateError> {
         apple.validate()?;
         accounts.validate()?;
         let client = AppleClient::new(
             &apple.apple_base_url,
             std::time::Duration::from_secs(apple.apple_timeout_secs),
         )
-        .map_err(|e| format!("cannot build the Apple client: {e}"))?;
+        .map_err(StateError::AppleClient)?;
         let instance_id = match &accounts.instance_id {
             Some(id) => id.clone(),
             None => {
-                let mut conn = pool
-                    .get()
-                    .await
-                    .map_err(|e| format!("cannot reach the database: {e}"))?;
+                let mut conn = pool.get().await.map_err(StateError::Database)?;
                 crate::ledger::deployment::instance_id(&mut conn)
                     .await
-                    .map_err(|e| {
-                        format!("cannot read the instance id (are migrations applied?): {e}")
-                    })?
+                    .map_err(StateError::InstanceId)?
                     .to_string()
             }
         };

@@ -3,6 +3,13 @@
 //!
 //! Each test starts its own simulator on 127.0.0.1:0, so tests run in parallel.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is how a test (or its fixture) fails"
+)]
+
 mod apple {
     /// The `eventually` helper the integration tests use too.
     #[path = "../it/support/eventually.rs"]

@@ -18,7 +18,8 @@
 #   VPP_CONTRACT_TOOLS   tools cache (default /var/tmp/vpp-broker-contract-tools): venv/, node/
 #   VPP_CONTRACT_KEEP    a directory to keep the work files in (document, lint reports,
 #                        generated clients, server log); default: a temp dir deleted on exit
-#   VPP_CONTRACT_BIN     the vpp-broker binary to test (default: `cargo build --bin vpp-broker`,
+#   VPP_CONTRACT_BIN     the vpp-broker binary to test, built with `--features dev` (default:
+#                        `cargo build --features dev --bin vpp-broker`,
 #                        then ${CARGO_TARGET_DIR:-target}/debug/vpp-broker)
 #   DATABASE_URL         as for `vpp-broker dev`: the server to create the scratch database on
 #                        (default: 127.0.0.1:5432 as postgres, else dev's private cluster)
@@ -144,9 +145,10 @@ step "server"
 if [[ -n "${VPP_CONTRACT_BIN:-}" ]]; then
     BIN="$VPP_CONTRACT_BIN"
 else
-    # A no-op when the tests already built it; never a stale binary.
+    # A no-op when the tests already built it; never a stale binary. `vpp-broker dev` exists
+    # only with the `dev` cargo feature.
     BIN="${CARGO_TARGET_DIR:-target}/debug/vpp-broker"
-    cargo build --quiet --locked --bin vpp-broker
+    cargo build --quiet --locked --features dev --bin vpp-broker
 fi
 [[ -x "$BIN" ]] || die "no binary at $BIN"
 

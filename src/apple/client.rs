@@ -376,6 +376,8 @@ pub struct AppleClient {
     inner: Arc<Inner>,
 }
 
+/// The client holds no secret (sTokens come with each call, as [`SToken`]); `Debug` shows the
+/// base URL and leaves out the caches.
 impl std::fmt::Debug for AppleClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppleClient")

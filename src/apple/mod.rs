@@ -9,7 +9,8 @@
 //!
 //! The contract is Apple's documentation (`docs/apple.md` names it); where sources conflict the
 //! decision is written in the module that acts on it ([`client`], [`types`], [`error`]) and in
-//! `docs/apple.md`. The simulator that speaks the same API lives in [`crate::apple_sim`].
+//! `docs/apple.md`. The simulator that speaks the same API lives in `crate::apple_sim` (cargo
+//! feature `dev`).
 
 pub mod client;
 pub mod codes;

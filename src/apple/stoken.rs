@@ -6,7 +6,8 @@
 //! `token` field.
 //!
 //! Decisions:
-//! - [`SToken`] wraps that text. It prints as `SToken(***)` in `Debug` and `Display`, has no
+//! - [`SToken`] keeps that text in a [`secrecy::SecretString`] (zeroed when the last clone is
+//!   dropped). It prints as `SToken(***)` in `Debug` and `Display`, has no
 //!   `Serialize`, and only [`SToken::expose`] gives the text out (to build the header or to encrypt it
 //!   at rest). [`SToken::fingerprint`] is a short SHA-256 prefix that is safe to log and compare.
 //! - Parsing trims surrounding whitespace and drops whitespace inside (files wrapped at 76 columns
@@ -21,30 +22,45 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::dates;
 
 /// The sToken text (base64 of the JSON file contents). Cheap to clone; never printed.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SToken(Arc<str>);
+#[derive(Clone)]
+pub struct SToken(Arc<SecretString>);
 
 impl SToken {
     /// Wraps token text without validating it (e.g. one read back from encrypted storage).
     /// Surrounding whitespace is trimmed.
     pub fn new(text: impl AsRef<str>) -> SToken {
-        SToken(Arc::from(text.as_ref().trim()))
+        SToken(Arc::new(SecretString::from(text.as_ref().trim())))
     }
 
     /// The token text, for the `Authorization` header or encryption at rest. Never log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// First 8 bytes of SHA-256 of the token, hex: safe to log, stable across restarts.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
+        let digest = Sha256::digest(self.expose().as_bytes());
         hex::encode(&digest[..8])
+    }
+}
+
+impl PartialEq for SToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for SToken {}
+
+impl std::hash::Hash for SToken {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.expose().hash(state);
     }
 }
 

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::dates;
@@ -168,25 +169,39 @@ pub struct MdmInfo {
     pub metadata: String,
 }
 
-/// The shared secret Apple sends back in `Authorization: Bearer …` of notifications. Never
-/// printed; [`expose`](Self::expose) gives the text.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NotificationAuthToken(String);
+/// The shared secret Apple sends back in `Authorization: Bearer …` of notifications. Kept in a
+/// [`SecretString`]: never printed; [`expose`](Self::expose) gives the text.
+#[derive(Clone, Debug)]
+pub struct NotificationAuthToken(SecretString);
 
 impl NotificationAuthToken {
     pub fn new(text: impl Into<String>) -> Self {
-        NotificationAuthToken(text.into())
+        NotificationAuthToken(SecretString::from(text.into()))
     }
 
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
-impl fmt::Debug for NotificationAuthToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("NotificationAuthToken(***)")
+impl PartialEq for NotificationAuthToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for NotificationAuthToken {}
+
+/// Sent to Apple as the plain string (the client config's `notificationAuthToken`).
+impl Serialize for NotificationAuthToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.expose())
+    }
+}
+
+impl<'de> Deserialize<'de> for NotificationAuthToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(NotificationAuthToken::new)
     }
 }
 

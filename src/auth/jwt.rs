@@ -11,6 +11,7 @@ use std::sync::Arc;
 use actix_web::http::header::{self, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::jwks::JwksCache;
@@ -70,11 +71,11 @@ impl Authenticator {
     /// Builds the authenticator; fetches the JWKS once if configured (a failed first fetch is
     /// logged and retried by the refresher, tokens needing it get 503 meanwhile).
     pub async fn from_args(args: &AuthArgs) -> Result<Self, String> {
-        args.validate()?;
+        args.validate().map_err(|e| e.to_string())?;
         let hs256 = args
             .jwt_hs256_secret
             .as_ref()
-            .map(|s| DecodingKey::from_secret(s.as_bytes()));
+            .map(|s| DecodingKey::from_secret(s.expose_secret().as_bytes()));
         let pem_keys = match &args.jwt_public_keys_pem {
             Some(pem) => parse_pem_keys(pem)?,
             None => Vec::new(),

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::apple_sim::{SeedFile, SimConfig, SimSettings, Simulator};
+use super::CommandError;
+use crate::apple_sim::{SeedFile, SimConfig, SimError, SimSettings, Simulator};
 
 #[derive(Debug, Args)]
 pub struct AppleSimArgs {
@@ -34,13 +35,39 @@ pub struct AppleSimArgs {
     pub workers: u32,
 }
 
-pub async fn run(args: AppleSimArgs) -> Result<(), String> {
+/// Why the simulator process stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppleSimError {
+    #[error("cannot read the seed file {}: {source}", path.display())]
+    ReadSeed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the seed file {} is invalid: {source}", path.display())]
+    InvalidSeed {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot start the Apple simulator: {0}")]
+    Start(#[source] SimError),
+    #[error("the Apple simulator failed: {0}")]
+    Failed(#[source] std::io::Error),
+}
+
+pub async fn run(args: AppleSimArgs) -> Result<(), CommandError> {
     let seed = match &args.seed {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the seed file {}: {e}", path.display()))?;
-            let file: SeedFile = serde_json::from_str(&text)
-                .map_err(|e| format!("the seed file {} is invalid: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| AppleSimError::ReadSeed {
+                path: path.clone(),
+                source,
+            })?;
+            let file: SeedFile =
+                serde_json::from_str(&text).map_err(|source| AppleSimError::InvalidSeed {
+                    path: path.clone(),
+                    source,
+                })?;
             Some(file)
         }
         None => None,
@@ -58,7 +85,7 @@ pub async fn run(args: AppleSimArgs) -> Result<(), String> {
         handle_signals: true,
     })
     .await
-    .map_err(|e| format!("cannot start the Apple simulator: {e}"))?;
+    .map_err(AppleSimError::Start)?;
 
     println!();
     println!("Apple simulator (fake Apple license API v2), Ctrl-C stops it");
@@ -75,8 +102,6 @@ pub async fn run(args: AppleSimArgs) -> Result<(), String> {
         println!("    {}", location.s_token);
     }
     println!();
-    handle
-        .wait()
-        .await
-        .map_err(|e| format!("the Apple simulator failed: {e}"))
+    handle.wait().await.map_err(AppleSimError::Failed)?;
+    Ok(())
 }

@@ -3,41 +3,40 @@
 //! 1. PostgreSQL: `DATABASE_URL` if given, else 127.0.0.1:5432 (user `postgres`, database
 //!    `vpp_broker_dev`), else a private cluster started from this machine's server binaries
 //!    (see [`crate::local_pg`]).
-//! 2. Migrations, a demo space (`demo`).
-//! 3. The Apple simulator in-process, with two demo locations attached to the demo space as
-//!    accounts with priorities 1 and 2 (assets with counts; notifications flow back to this
-//!    server); the dispatcher runs, so allocations reach the simulator and become `active`.
+//! 2. The Apple simulator in-process, then the service itself ([`Service::start`], the same
+//!    assembly as `serve`) with migrations applied first, then a demo space (`demo`).
+//! 3. The simulator's two demo locations attached to the demo space as accounts with priorities
+//!    1 and 2 (assets with counts; notifications flow back to this server); the dispatcher runs,
+//!    so allocations reach the simulator and become `active`.
 //! 4. A random HS256 secret for this run and a development JWT (scope `admin`, every space,
 //!    valid 7 days) printed with curl lines that work. sTokens are encrypted with a dev key
 //!    generated once into `$TMPDIR/vpp-broker-dev/token-keys`.
 //!
 //! Not for production: the secret changes at every start and the token is all-powerful.
 
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::accounts::attach;
+use super::CommandError;
+use crate::accounts::{AccountError, attach};
 use crate::apple::types::ProductType;
 use crate::apple_sim::{
-    SeedAsset, SeedFile, SeedLocation, SimConfig, SimHandle, SimSettings, Simulator,
+    SeedAsset, SeedFile, SeedLocation, SimConfig, SimError, SimHandle, SimSettings, Simulator,
 };
-use crate::auth::jwt::Authenticator;
-use crate::config::{AuthArgs, DbArgs, HttpArgs};
-use crate::crypto::TokenCipher;
-use crate::db::{self, migrate};
+use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, DispatchArgs, HttpArgs};
+use crate::crypto::{KeySpecError, TokenCipher};
 use crate::domain::account_status::WhenUnusable;
-use crate::http::AppState;
-use crate::http::server::{self, Parts};
 use crate::ledger::accounts as accounts_store;
 use crate::ledger::spaces::{self, NewSpace};
-use crate::local_pg;
+use crate::local_pg::{self, LocalPgError};
+use crate::service::{Service, ServiceError, Settings};
+use crate::state::AppState;
 
 pub const DEV_ISSUER: &str = "vpp-broker-dev";
 pub const DEV_AUDIENCE: &str = "vpp-broker";
@@ -50,7 +49,7 @@ pub struct DevArgs {
     pub listen: SocketAddr,
     /// Use this database instead of finding or starting one.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// Database created on the found server when DATABASE_URL is not given.
     #[arg(long, env = "VPP_DEV_DATABASE", default_value = "vpp_broker_dev")]
     pub dev_database: String,
@@ -72,7 +71,7 @@ struct DevClaims<'a> {
 }
 
 /// Signs the development token.
-pub fn dev_token(secret: &str, valid_for: chrono::Duration) -> Result<String, String> {
+pub fn dev_token(secret: &SecretString, valid_for: chrono::Duration) -> Result<String, DevError> {
     let now = chrono::Utc::now().timestamp();
     let claims = DevClaims {
         iss: DEV_ISSUER,
@@ -87,76 +86,73 @@ pub fn dev_token(secret: &str, valid_for: chrono::Duration) -> Result<String, St
     encode(
         &Header::default(),
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
     )
-    .map_err(|e| format!("cannot sign the development token: {e}"))
+    .map_err(DevError::SignToken)
 }
 
-pub async fn run(args: DevArgs) -> Result<(), String> {
-    let server = local_pg::locate(args.database_url.as_deref()).await?;
-    let database_url = match &args.database_url {
+/// Why `dev` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    LocalPg(#[from] LocalPgError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    TokenKeys(#[from] KeySpecError),
+    #[error("cannot sign the development token: {0}")]
+    SignToken(#[source] jsonwebtoken::errors::Error),
+    #[error("cannot start the Apple simulator: {0}")]
+    StartSimulator(#[source] SimError),
+    #[error("cannot reach the database: {0}")]
+    Database(#[source] deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>),
+    #[error("cannot {what}: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: diesel::result::Error,
+    },
+    #[error("demo account vanished")]
+    DemoAccountVanished,
+    #[error("cannot attach demo account {name}: {source}")]
+    Attach {
+        name: String,
+        #[source]
+        source: AccountError,
+    },
+    #[error("cannot {action} {}: {source}", path.display())]
+    KeyFile {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn query(what: &'static str) -> impl FnOnce(diesel::result::Error) -> DevError {
+    move |source| DevError::Query { what, source }
+}
+
+pub async fn run(args: DevArgs) -> Result<(), CommandError> {
+    let given = args.database_url.as_ref().map(ExposeSecret::expose_secret);
+    let server = local_pg::locate(given).await.map_err(DevError::from)?;
+    let database_url: SecretString = match &args.database_url {
         Some(url) => url.clone(),
         None => {
-            server.ensure_database(&args.dev_database).await?;
-            server.database_url(&args.dev_database)
+            server
+                .ensure_database(&args.dev_database)
+                .await
+                .map_err(DevError::from)?;
+            server.database_url(&args.dev_database).into()
         }
     };
     tracing::info!(source = ?server.source, "PostgreSQL found");
-    migrate::run_pending(&database_url)
-        .await
-        .map_err(|e| e.to_string())?;
-
-    let db_args = DbArgs {
-        database_url: database_url.clone(),
-        db_pool_size: 8,
-        db_timeout_secs: 5,
-        db_statement_timeout_ms: 15_000,
-    };
-    let pool = db::connect(&db_args, "vpp-broker-dev")?;
-    {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-        if spaces::find(&mut conn, DEMO_SPACE)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            spaces::insert(
-                &mut conn,
-                NewSpace {
-                    id: DEMO_SPACE,
-                    name: "Demo space",
-                    description: "Created by `vpp-broker dev`",
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        }
-    }
 
     let mut secret_bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut secret_bytes);
-    let secret = hex::encode(secret_bytes);
-    let auth_args = AuthArgs {
-        jwt_issuer: DEV_ISSUER.into(),
-        jwt_audience: DEV_AUDIENCE.into(),
-        jwt_hs256_secret: Some(secret.clone()),
-        jwt_public_keys_pem: None,
-        jwt_jwks_url: None,
-        jwt_jwks_refresh_secs: 300,
-        jwt_leeway_secs: 30,
-    };
-    let authenticator = Arc::new(Authenticator::from_args(&auth_args).await?);
+    let secret = SecretString::from(hex::encode(secret_bytes));
     let token = dev_token(&secret, chrono::Duration::days(7))?;
-
-    let http_args = HttpArgs {
-        listen: args.listen,
-        http_workers: 2,
-        body_limit_bytes: 256 * 1024,
-        shutdown_timeout_secs: 5,
-    };
-    let listener = TcpListener::bind(args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let cipher = Arc::new(TokenCipher::from_spec(&dev_token_key()?)?);
+    let token_keys = dev_token_key()?;
     let sim = Simulator::start(SimConfig {
         bind: args.sim_listen,
         workers: 1,
@@ -168,47 +164,57 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         handle_signals: false,
     })
     .await
-    .map_err(|e| format!("cannot start the Apple simulator: {e}"))?;
+    .map_err(DevError::StartSimulator)?;
     let base = format!("http://{}", args.listen);
-    let apple_args = crate::config::AppleArgs {
-        apple_base_url: sim.base_url(),
-        apple_timeout_secs: 30,
-    };
-    let account_args = crate::config::AccountArgs {
-        token_keys: None,
-        instance_id: None,
-        instance_name: "vpp-broker dev".into(),
-        // The simulator delivers notifications over plain http to this server.
-        public_url: Some(base.clone()),
-    };
-    let cancel = CancellationToken::new();
-    let state = Arc::new(AppState::build(pool, &apple_args, &account_args, cipher).await?);
-    state
-        .waiters
-        .clone()
-        .spawn_listener(database_url.clone(), cancel.clone());
     let dispatch = crate::dispatch::Settings::from_args(
-        &crate::config::DispatchArgs::default(),
-        &database_url,
+        &DispatchArgs::default(),
+        database_url.expose_secret(),
     );
-    crate::dispatch::spawn(
-        crate::dispatch::Ctx::new(state.clone(), dispatch),
-        cancel.clone(),
-    );
-    let running = server::start(
-        Parts {
-            state: state.clone(),
-            authenticator,
+    let service = Service::start(Settings {
+        db: DbArgs {
+            database_url,
+            db_pool_size: 8,
+            db_timeout_secs: 5,
+            db_statement_timeout_ms: 15_000,
         },
-        &http_args,
-        listener,
-        true,
-    )
-    .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let server_task = tokio::spawn(running);
+        application_name: "vpp-broker-dev".into(),
+        http: HttpArgs {
+            listen: args.listen,
+            http_workers: 2,
+            body_limit_bytes: 256 * 1024,
+            shutdown_timeout_secs: 5,
+        },
+        listener: None,
+        auth: AuthArgs {
+            jwt_issuer: DEV_ISSUER.into(),
+            jwt_audience: DEV_AUDIENCE.into(),
+            jwt_hs256_secret: Some(secret),
+            jwt_public_keys_pem: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
+            jwt_leeway_secs: 30,
+        },
+        apple: AppleArgs {
+            apple_base_url: sim.base_url(),
+            apple_timeout_secs: 30,
+        },
+        accounts: AccountArgs {
+            token_keys: Some(token_keys),
+            instance_id: None,
+            instance_name: "vpp-broker dev".into(),
+            // The simulator delivers notifications over plain http to this server.
+            public_url: Some(base.clone()),
+        },
+        dispatch: Some(dispatch),
+        migrate: true,
+        handle_signals: true,
+    })
+    .await
+    .map_err(DevError::from)?;
+    demo_space(service.pool()).await?;
     // Accounts are attached once the server runs: Apple (the simulator) checks the
     // notification URL while the client config is written.
-    let accounts = demo_accounts(&state, &sim).await?;
+    let accounts = demo_accounts(service.state(), &sim).await?;
 
     println!();
     println!("vpp-broker dev is running at {base}   (Ctrl-C stops it)");
@@ -233,13 +239,31 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
          '{base}/v1/spaces/{DEMO_SPACE}/assignments?wait=10'"
     );
     println!();
-    let result = server_task
-        .await
-        .map_err(|e| format!("HTTP server task failed: {e}"))?
-        .map_err(|e| format!("HTTP server failed: {e}"));
-    cancel.cancel();
+    let result = service.wait().await;
     sim.stop().await;
-    result
+    Ok(result.map_err(DevError::from)?)
+}
+
+/// Creates the demo space unless an earlier run did.
+async fn demo_space(pool: &crate::db::Pool) -> Result<(), DevError> {
+    let mut conn = pool.get().await.map_err(DevError::Database)?;
+    if spaces::find(&mut conn, DEMO_SPACE)
+        .await
+        .map_err(query("look up the demo space"))?
+        .is_none()
+    {
+        spaces::insert(
+            &mut conn,
+            NewSpace {
+                id: DEMO_SPACE,
+                name: "Demo space",
+                description: "Created by `vpp-broker dev`",
+            },
+        )
+        .await
+        .map_err(query("create the demo space"))?;
+    }
+    Ok(())
 }
 
 /// Apple product ids of the demo assets (Pages, Keynote, Numbers, and a book).
@@ -297,11 +321,11 @@ fn demo_seed() -> SeedFile {
 /// Attaches the demo locations to the demo space (priorities 1 and 2) unless an earlier run
 /// did. Accounts whose sToken this run cannot decrypt (the dev key file was removed) are
 /// dropped and attached again: dev data is disposable.
-async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>, String> {
-    let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>, DevError> {
+    let mut conn = state.pool.get().await.map_err(DevError::Database)?;
     let existing = accounts_store::list(&mut conn, DEMO_SPACE)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(query("list the demo accounts"))?;
     for account in &existing {
         if state
             .cipher
@@ -311,24 +335,24 @@ async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>,
             tracing::warn!(account = %account.id, "demo account sealed with a lost dev key; attaching it again");
             accounts_store::lock_space(&mut conn, DEMO_SPACE)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(query("lock the demo space"))?;
             accounts_store::remove(&mut conn, DEMO_SPACE, account.id)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(query("remove a demo account"))?;
         }
     }
     drop(conn);
     let mut lines = Vec::new();
     for (i, seeded) in sim.seeded().iter().enumerate() {
-        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = state.pool.get().await.map_err(DevError::Database)?;
         let row = match accounts_store::by_location(&mut conn, &seeded.u_id)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(query("look up a demo account"))?
         {
             Some((id, space)) => accounts_store::find(&mut conn, &space, id)
                 .await
-                .map_err(|e| e.to_string())?
-                .ok_or("demo account vanished")?,
+                .map_err(query("read a demo account"))?
+                .ok_or(DevError::DemoAccountVanished)?,
             None => attach::add(
                 state,
                 &vpp_origin(),
@@ -344,7 +368,10 @@ async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>,
                 },
             )
             .await
-            .map_err(|e| format!("cannot attach demo account {}: {e}", seeded.name))?,
+            .map_err(|source| DevError::Attach {
+                name: seeded.name.clone(),
+                source,
+            })?,
         };
         lines.push(format!(
             "account {} (priority {}): {}  [{}]",
@@ -356,15 +383,23 @@ async fn demo_accounts(state: &AppState, sim: &SimHandle) -> Result<Vec<String>,
 
 /// The dev token key: generated once, kept in the temp dir so later runs can decrypt the
 /// sTokens earlier runs stored.
-fn dev_token_key() -> Result<String, String> {
+fn dev_token_key() -> Result<SecretString, DevError> {
     let dir = std::env::temp_dir().join("vpp-broker-dev");
     let path = dir.join("token-keys");
     if let Ok(spec) = std::fs::read_to_string(&path) {
-        return Ok(spec.trim().to_owned());
+        return Ok(spec.trim().into());
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let (_, spec) = TokenCipher::generate("dev");
-    std::fs::write(&path, &spec).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| DevError::KeyFile {
+        action: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let (_, spec) = TokenCipher::generate("dev")?;
+    std::fs::write(&path, spec.expose_secret()).map_err(|source| DevError::KeyFile {
+        action: "write",
+        path: path.clone(),
+        source,
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));

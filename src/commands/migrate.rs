@@ -1,7 +1,9 @@
 //! `vpp-broker migrate`: apply pending migrations under an advisory lock.
 
 use clap::Args;
+use secrecy::ExposeSecret;
 
+use super::CommandError;
 use crate::config::DbArgs;
 use crate::db::migrate;
 
@@ -11,11 +13,9 @@ pub struct MigrateArgs {
     pub db: DbArgs,
 }
 
-pub async fn run(args: MigrateArgs) -> Result<(), String> {
+pub async fn run(args: MigrateArgs) -> Result<(), CommandError> {
     args.db.validate()?;
-    let applied = migrate::run_pending(&args.db.database_url)
-        .await
-        .map_err(|e| e.to_string())?;
+    let applied = migrate::run_pending(args.db.database_url.expose_secret()).await?;
     if applied.is_empty() {
         tracing::info!("database schema is up to date");
     } else {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::CommandError;
 use crate::http::openapi;
 
 #[derive(Debug, Args)]
@@ -13,11 +14,11 @@ pub struct OpenapiArgs {
     pub output: Option<PathBuf>,
 }
 
-pub fn run(args: OpenapiArgs) -> Result<(), String> {
+pub fn run(args: OpenapiArgs) -> Result<(), CommandError> {
     let json = openapi::document_json();
     match args.output {
         Some(path) => {
-            std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+            std::fs::write(&path, json).map_err(|source| CommandError::Write { path, source })
         }
         None => {
             print!("{json}");

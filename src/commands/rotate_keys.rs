@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use clap::Args;
 use diesel_async::AsyncConnection;
+use secrecy::{ExposeSecret, SecretString};
 
+use super::CommandError;
 use crate::accounts::AccountError;
 use crate::config::DbArgs;
 use crate::crypto::TokenCipher;
@@ -21,17 +23,32 @@ pub struct RotateKeysArgs {
     pub db: DbArgs,
     /// The keys, new active key first (same format as for `serve`).
     #[arg(long, env = "VPP_TOKEN_KEYS", hide_env_values = true)]
-    pub token_keys: String,
+    pub token_keys: SecretString,
+}
+
+/// Why a rotation stopped (accounts re-sealed before it stay re-sealed; re-running continues).
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("cannot reach the database: {0}")]
+    Database(#[source] deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>),
+    #[error("cannot list the accounts to re-encrypt: {0}")]
+    List(#[source] diesel::result::Error),
+    #[error("account {id}: {source}")]
+    Account {
+        id: uuid::Uuid,
+        #[source]
+        source: AccountError,
+    },
 }
 
 /// Re-seals every token not sealed with the active key; returns how many.
-pub async fn rotate(pool: &db::Pool, cipher: &TokenCipher) -> Result<usize, String> {
+pub async fn rotate(pool: &db::Pool, cipher: &TokenCipher) -> Result<usize, RotateError> {
     let mut done = 0;
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(RotateError::Database)?;
     loop {
         let batch = store::sealed_with_other_keys(&mut conn, cipher.active_key_id(), 100)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RotateError::List)?;
         if batch.is_empty() {
             return Ok(done);
         }
@@ -50,15 +67,15 @@ pub async fn rotate(pool: &db::Pool, cipher: &TokenCipher) -> Result<usize, Stri
                     Ok(store::reseal(conn, id, &sealed).await?)
                 })
                 .await;
-            result.map_err(|e| format!("account {id}: {e}"))?;
+            result.map_err(|source| RotateError::Account { id, source })?;
             done += 1;
         }
     }
 }
 
-pub async fn run(args: RotateKeysArgs) -> Result<(), String> {
+pub async fn run(args: RotateKeysArgs) -> Result<(), CommandError> {
     args.db.validate()?;
-    let cipher = Arc::new(TokenCipher::from_spec(&args.token_keys)?);
+    let cipher = Arc::new(TokenCipher::from_spec(args.token_keys.expose_secret())?);
     let pool = db::connect(&args.db, "vpp-broker-rotate-keys")?;
     let n = rotate(&pool, &cipher).await?;
     tracing::info!(

@@ -1,17 +1,12 @@
-//! `vpp-broker serve`: the HTTP API (and, as later capabilities land, the background workers).
-
-use std::net::TcpListener;
-use std::sync::Arc;
+//! `vpp-broker serve`: the HTTP API and the Apple dispatcher (background workers), started by
+//! [`Service::start`] until SIGTERM / SIGINT.
 
 use clap::Args;
-use tokio_util::sync::CancellationToken;
+use secrecy::ExposeSecret;
 
-use crate::auth::jwt::Authenticator;
+use super::CommandError;
 use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, DispatchArgs, HttpArgs};
-use crate::crypto::TokenCipher;
-use crate::db::{self, migrate};
-use crate::http::AppState;
-use crate::http::server::{self, Parts};
+use crate::service::{Service, Settings};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -33,63 +28,33 @@ pub struct ServeArgs {
     pub auto_migrate: bool,
 }
 
-pub async fn run(args: ServeArgs) -> Result<(), String> {
-    args.db.validate()?;
-    args.auth.validate()?;
-    args.apple.validate()?;
-    args.accounts.validate()?;
-    let cipher = match &args.accounts.token_keys {
-        Some(spec) => Arc::new(TokenCipher::from_spec(spec)?),
-        None => {
-            return Err("VPP_TOKEN_KEYS is required: sTokens are stored encrypted and serve \
-                        refuses to start without a key (generate one with `openssl rand -base64 32` \
-                        and set VPP_TOKEN_KEYS=k1:<key>)"
-                .into());
-        }
-    };
-    if args.auto_migrate {
-        let applied = migrate::run_pending(&args.db.database_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(applied = applied.len(), "auto-migrate finished");
-    }
-    let pool = db::connect(&args.db, "vpp-broker")?;
-    let authenticator = Arc::new(Authenticator::from_args(&args.auth).await?);
-    let cancel = CancellationToken::new();
-    if let Some(jwks) = authenticator.jwks() {
-        jwks.spawn_refresher(cancel.clone());
-    }
-    let listener = TcpListener::bind(args.http.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.http.listen))?;
-    let state = Arc::new(AppState::build(pool, &args.apple, &args.accounts, cipher).await?);
-    let dispatch = crate::dispatch::Settings::from_args(&args.dispatch, &args.db.database_url);
-    state
-        .waiters
-        .clone()
-        .spawn_listener(args.db.database_url.clone(), cancel.clone());
-    let workers = crate::dispatch::spawn(
-        crate::dispatch::Ctx::new(state.clone(), dispatch),
-        cancel.clone(),
-    );
-    let server = server::start(
-        Parts {
-            state,
-            authenticator,
-        },
-        &args.http,
-        listener,
-        true,
-    )
-    .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    tracing::info!(listen = %args.http.listen, "vpp-broker serving");
-    let result = server.await.map_err(|e| format!("HTTP server failed: {e}"));
-    cancel.cancel();
-    // Let workers finish the Apple request in hand; their leases cover anything cut short.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(args.http.shutdown_timeout_secs),
-        futures_util::future::join_all(workers),
-    )
-    .await;
+pub async fn run(args: ServeArgs) -> Result<(), CommandError> {
+    let ServeArgs {
+        db,
+        http,
+        auth,
+        apple,
+        accounts,
+        dispatch,
+        auto_migrate,
+    } = args;
+    let dispatch = crate::dispatch::Settings::from_args(&dispatch, db.database_url.expose_secret());
+    let listen = http.listen;
+    let service = Service::start(Settings {
+        db,
+        application_name: "vpp-broker".into(),
+        http,
+        listener: None,
+        auth,
+        apple,
+        accounts,
+        dispatch: Some(dispatch),
+        migrate: auto_migrate,
+        handle_signals: true,
+    })
+    .await?;
+    tracing::info!(listen = %listen, "vpp-broker serving");
+    let result = service.wait().await;
     tracing::info!("vpp-broker stopped");
-    result
+    Ok(result?)
 }

@@ -16,6 +16,7 @@ use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
+use secrecy::ExposeSecret;
 
 use crate::config::DbArgs;
 
@@ -32,9 +33,14 @@ pub async fn open(url: &str, extra: &str) -> Result<AsyncPgConnection, Connectio
     Ok(conn)
 }
 
+/// The pool could not be built (a setting deadpool refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the database pool: {0}")]
+pub struct PoolError(#[source] pub deadpool::managed::BuildError);
+
 /// Builds the pool. Connections are opened lazily, so this succeeds while the database is down;
 /// `/readyz` reports it.
-pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
+pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, PoolError> {
     let statement_timeout = args.db_statement_timeout_ms;
     let app_name = application_name.replace('\'', "");
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
@@ -45,7 +51,7 @@ pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
         async move { open(url, &setup).await }.boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        &args.database_url,
+        args.database_url.expose_secret(),
         config,
     );
     Pool::builder(manager)
@@ -55,5 +61,5 @@ pub fn connect(args: &DbArgs, application_name: &str) -> Result<Pool, String> {
         .recycle_timeout(Some(args.timeout()))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|e| format!("cannot build the database pool: {e}"))
+        .map_err(PoolError)
 }

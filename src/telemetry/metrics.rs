@@ -14,6 +14,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus handle; installs the recorder on first use.
+#[expect(
+    clippy::expect_used,
+    reason = "set_buckets_for_metric fails only on an empty bucket list; LATENCY_BUCKETS is a non-empty constant"
+)]
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()

@@ -2,6 +2,13 @@
 //! the HTTP server on a real port, JWTs really signed and verified.
 //! A test that proves a rule of `docs/rules.md` starts with its id (`a9_…`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is how a test (or its fixture) fails"
+)]
+
 mod accounts;
 mod allocation;
 mod auth;

@@ -1,15 +1,14 @@
-//! The service on a real port, in this process, against a fresh test database.
+//! The service on a real port, in this process, against a fresh test database, started by
+//! `Service::start` exactly as `vpp-broker serve` starts it (signals left to the test).
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::ServerHandle;
 use reqwest::{Method, RequestBuilder};
-use vpp_broker::auth::jwt::Authenticator;
 use vpp_broker::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, HttpArgs};
 use vpp_broker::db::Pool;
 use vpp_broker::http::AppState;
-use vpp_broker::http::server::{self, Parts};
+use vpp_broker::service::{Service, Settings};
 
 use super::db::TestDb;
 use super::keys;
@@ -29,7 +28,7 @@ pub fn hs256_auth() -> AuthArgs {
 
 pub fn db_args(url: &str) -> DbArgs {
     DbArgs {
-        database_url: url.to_owned(),
+        database_url: url.into(),
         db_pool_size: 8,
         db_timeout_secs: 5,
         db_statement_timeout_ms: 15_000,
@@ -41,9 +40,8 @@ pub struct TestApp {
     pub pool: Pool,
     pub http: reqwest::Client,
     pub state: Arc<AppState>,
-    handle: ServerHandle,
-    cancel: tokio_util::sync::CancellationToken,
-    // Declared last: dropped after the server handle.
+    service: Service,
+    // Declared last: dropped after the service.
     pub db: TestDb,
 }
 
@@ -170,10 +168,6 @@ impl TestApp {
         } = opts;
         super::logs::capture();
         let db = TestDb::new().await;
-        let pool = vpp_broker::db::connect(&db_args(&db.url), "vpp-broker-test").expect("pool");
-        let authenticator = Arc::new(Authenticator::from_args(&auth).await.expect("auth"));
-        let cipher =
-            Arc::new(vpp_broker::crypto::TokenCipher::from_spec(&token_keys).expect("keys"));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let public_url = if notify_self {
@@ -181,58 +175,42 @@ impl TestApp {
         } else {
             public_url
         };
-        let http_args = HttpArgs {
-            listen: addr,
-            http_workers: 1,
-            body_limit_bytes: body_limit,
-            shutdown_timeout_secs: 1,
-        };
-        let state = AppState::build(
-            pool.clone(),
-            &AppleArgs {
+        let service = Service::start(Settings {
+            db: db_args(&db.url),
+            application_name: "vpp-broker-test".into(),
+            http: HttpArgs {
+                listen: addr,
+                http_workers: 1,
+                body_limit_bytes: body_limit,
+                shutdown_timeout_secs: 1,
+            },
+            listener: Some(listener),
+            auth,
+            apple: AppleArgs {
                 apple_base_url,
                 apple_timeout_secs: 10,
             },
-            &AccountArgs {
-                token_keys: None,
+            accounts: AccountArgs {
+                token_keys: Some(token_keys.into()),
                 instance_id: None,
                 instance_name: "vpp-broker test".into(),
                 public_url,
             },
-            cipher,
-        )
+            dispatch: dispatcher.map(|d| vpp_broker::dispatch::Settings {
+                database_url: db.url.clone(),
+                ..d
+            }),
+            migrate: false,
+            handle_signals: false,
+        })
         .await
-        .expect("state");
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let state = Arc::new(state);
-        state
-            .waiters
-            .clone()
-            .spawn_listener(db.url.clone(), cancel.clone());
-        if let Some(mut d) = dispatcher {
-            d.database_url = db.url.clone();
-            let ctx = vpp_broker::dispatch::Ctx::new(state.clone(), d);
-            vpp_broker::dispatch::spawn(ctx, cancel.clone());
-        }
-        let server = server::start(
-            Parts {
-                state: state.clone(),
-                authenticator,
-            },
-            &http_args,
-            listener,
-            false,
-        )
-        .expect("start server");
-        let handle = server.handle();
-        tokio::spawn(server);
+        .expect("start the service");
         TestApp {
             base_url: format!("http://{addr}"),
-            pool,
+            pool: service.pool().clone(),
             http: reqwest::Client::new(),
-            state,
-            handle,
-            cancel,
+            state: service.state().clone(),
+            service,
             db,
         }
     }
@@ -258,14 +236,7 @@ impl TestApp {
     }
 
     pub async fn stop(&self) {
-        self.cancel.cancel();
-        self.handle.stop(true).await;
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        self.service.stop().await;
     }
 }
 

@@ -1,5 +1,8 @@
 //! Test harness: real PostgreSQL (a database per test), the server on a real port, real JWTs.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
 
 pub mod app;
 pub mod client;
