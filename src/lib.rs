@@ -26,6 +26,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod dispatch;
+pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod ledger;

@@ -17,7 +17,7 @@ use crate::accounts::removal::{self, Deleted};
 use crate::accounts::status::AccountStatus;
 use crate::accounts::{AccountError, ListEntry, ListKind, WhenUnusable, attach, check_list, order};
 use crate::api::spaces::require_space;
-use crate::auth::{Caller, Scope};
+use crate::auth::{SpaceAccess, needs};
 use crate::db::Conn;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
@@ -422,13 +422,11 @@ fn with_etag(mut builder: actix_web::HttpResponseBuilder, account: Account) -> H
 )]
 #[get("/v1/spaces/{space}/accounts")]
 pub async fn list_accounts(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<web::Json<AccountList>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let limit = query.limit()?;
     let after: Option<i32> = query.after(&format!("accounts:{space}"))?;
     let mut conn = state.pool.get().await?;
@@ -472,13 +470,11 @@ pub async fn list_accounts(
 )]
 #[post("/v1/spaces/{space}/accounts")]
 pub async fn create_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     body: Json<CreateAccount>,
 ) -> Result<HttpResponse, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, space) = access.into_parts();
     let body = body.0;
     let mut errors = Vec::new();
     check_name(&mut errors, &body.name);
@@ -529,12 +525,10 @@ pub async fn create_account(
 )]
 #[get("/v1/spaces/{space}/accounts/{account}")]
 pub async fn get_account(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let (space, id) = access.path;
     let mut conn = state.pool.get().await?;
     let row = load(&mut conn, &space, id).await?;
     Ok(with_etag(
@@ -565,14 +559,12 @@ pub async fn get_account(
 )]
 #[patch("/v1/spaces/{space}/accounts/{account}")]
 pub async fn update_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     req: HttpRequest,
     body: Json<UpdateAccount>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
     let mut errors = Vec::new();
@@ -680,14 +672,12 @@ pub async fn update_account(
 )]
 #[delete("/v1/spaces/{space}/accounts/{account}")]
 pub async fn delete_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     query: web::Query<DeleteQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let versions = match IfMatch::from_request(&req)? {
         IfMatch::Any => None,
         IfMatch::Versions(v) => Some(v),
@@ -730,12 +720,10 @@ pub async fn delete_account(
 )]
 #[post("/v1/spaces/{space}/accounts/{account}/test")]
 pub async fn test_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
 ) -> Result<web::Json<TestResult>, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let (row, report) = checks::test(&state, &caller.origin(), &space, id).await?;
     let mut conn = state.pool.get().await?;
     Ok(web::Json(TestResult {
@@ -764,12 +752,10 @@ pub async fn test_account(
 )]
 #[post("/v1/spaces/{space}/accounts/{account}/reclaim")]
 pub async fn reclaim_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let row = checks::reclaim(&state, &caller.origin(), &space, id).await?;
     let mut conn = state.pool.get().await?;
     Ok(with_etag(
@@ -801,13 +787,11 @@ pub async fn reclaim_account(
 )]
 #[put("/v1/spaces/{space}/accounts/{account}/stoken")]
 pub async fn replace_account_token(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     body: Json<ReplaceToken>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let mut errors = Vec::new();
     check_stoken(&mut errors, &body.0.stoken);
     if !errors.is_empty() {
@@ -841,12 +825,10 @@ pub async fn replace_account_token(
 )]
 #[get("/v1/spaces/{space}/account-order")]
 pub async fn get_account_order(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<web::Json<AccountOrder>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     let order = store::list(&mut conn, &space)
@@ -871,13 +853,11 @@ pub async fn get_account_order(
 )]
 #[put("/v1/spaces/{space}/account-order")]
 pub async fn set_account_order(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     body: Json<AccountOrder>,
 ) -> Result<web::Json<AccountList>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, space) = access.into_parts();
     let rows = order::reorder(&state, &caller.origin(), &space, &body.0.order).await?;
     let mut conn = state.pool.get().await?;
     Ok(web::Json(AccountList {

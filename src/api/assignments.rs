@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::spaces::require_space;
-use crate::auth::{Caller, Scope};
+use crate::auth::{SpaceAccess, needs};
 use crate::engine::allocate::{
     self, AllocationError, AllocationRequest, AssetRef, Outcome, SubjectInput,
 };
@@ -609,15 +609,13 @@ fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpRespons
 )]
 #[post("/v1/spaces/{space}/assignments")]
 pub async fn allocate_license(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesWrite>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<WaitQuery>,
     req: HttpRequest,
     body: Json<AllocateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesWrite)?;
+    let (caller, space) = access.into_parts();
     let wait = wait_seconds(query.wait)?;
     let body = body.0;
     validate(&body)?;
@@ -802,13 +800,11 @@ fn wait_seconds(wait: Option<u64>) -> Result<Option<Duration>, ApiError> {
 )]
 #[get("/v1/spaces/{space}/assignments")]
 pub async fn list_assignments(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<AssignmentPage>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let q = query.into_inner();
     let page = crate::http::pagination::PageQuery {
         limit: q.limit,
@@ -881,13 +877,11 @@ pub async fn list_assignments(
 )]
 #[get("/v1/spaces/{space}/assignments/{assignment}")]
 pub async fn get_assignment(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     query: web::Query<WaitQuery>,
 ) -> Result<web::Json<Assignment>, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let (space, id) = access.path;
     let wait = wait_seconds(query.wait)?;
     let row = match wait {
         Some(wait) => wait_final(&state, &space, id, wait).await?,
@@ -927,13 +921,11 @@ pub async fn get_assignment(
 )]
 #[delete("/v1/spaces/{space}/assignments/{assignment}")]
 pub async fn revoke_assignment(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesWrite, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     query: web::Query<RevokeQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::LicensesWrite)?;
+    let (caller, (space, id)) = access.into_parts();
     let reason = query.into_inner().reason.unwrap_or_default();
     if reason.chars().count() > 1000 {
         return Err(ApiError::new(
@@ -1003,13 +995,11 @@ pub async fn revoke_assignment(
 )]
 #[post("/v1/spaces/{space}/revocations")]
 pub async fn create_revocation(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesWrite>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     body: Json<RevocationBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesWrite)?;
+    let (caller, space) = access.into_parts();
     let body = body.0;
     let mut errors = Vec::new();
     if body.account_id.is_none() && body.asset.is_none() && body.subject.is_none() {

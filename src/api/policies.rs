@@ -17,7 +17,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::api::spaces::require_space;
-use crate::auth::{Caller, Scope};
+use crate::auth::space::SpacePath;
+use crate::auth::{SpaceAccess, needs};
 use crate::engine::model::SubjectKind;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
@@ -143,6 +144,25 @@ fn view(p: PolicyRow, entries: &[EntryRow]) -> Policy {
         }
     }
     policy
+}
+
+/// The path of one asset's policy: `/v1/spaces/{space}/policies/{adam_id}/{pricing_param}`.
+#[derive(Debug, Deserialize)]
+pub struct PolicyPath {
+    pub space: String,
+    pub adam_id: String,
+    pub pricing_param: String,
+}
+
+/// The asset's segments are checked (400) before the space is authorised.
+impl SpacePath for PolicyPath {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn check(&self) -> Result<(), ApiError> {
+        check_path(&self.adam_id, &self.pricing_param)
+    }
 }
 
 fn check_path(adam_id: &str, pricing: &str) -> Result<(), ApiError> {
@@ -272,13 +292,11 @@ fn entries(
 )]
 #[get("/v1/spaces/{space}/policies")]
 pub async fn list_policies(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<web::Json<PolicyList>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let limit = query.limit()?;
     let after: Option<(String, String)> = query.after(&format!("policies:{space}"))?;
     let mut conn = state.pool.get().await?;
@@ -315,13 +333,14 @@ pub async fn list_policies(
 )]
 #[get("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn get_policy(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead, PolicyPath>,
     state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, adam_id, pricing) = path.into_inner();
-    check_path(&adam_id, &pricing)?;
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let PolicyPath {
+        space,
+        adam_id,
+        pricing_param: pricing,
+    } = access.path;
     let mut conn = state.pool.get().await?;
     let row = store::find(&mut conn, &space, &adam_id, &pricing)
         .await?
@@ -358,15 +377,19 @@ pub async fn get_policy(
 )]
 #[put("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn put_policy(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, PolicyPath>,
     state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
     req: HttpRequest,
     body: Json<PolicyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, adam_id, pricing) = path.into_inner();
-    check_path(&adam_id, &pricing)?;
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (
+        caller,
+        PolicyPath {
+            space,
+            adam_id,
+            pricing_param: pricing,
+        },
+    ) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
@@ -447,14 +470,18 @@ pub async fn put_policy(
 )]
 #[delete("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn delete_policy(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, PolicyPath>,
     state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, adam_id, pricing) = path.into_inner();
-    check_path(&adam_id, &pricing)?;
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (
+        caller,
+        PolicyPath {
+            space,
+            adam_id,
+            pricing_param: pricing,
+        },
+    ) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
     let actor = caller.origin();

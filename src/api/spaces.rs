@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::text;
-use crate::auth::{Caller, Scope, SpaceGrant};
+use crate::auth::{Caller, Scope, SpaceAccess, SpaceGrant, needs};
+use crate::domain::validation::valid_space_id;
 use crate::http::AppState;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
@@ -87,17 +88,6 @@ pub struct UpdateSpace {
     pub description: Option<String>,
 }
 
-/// True for a well-formed space id.
-pub fn valid_space_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
-}
-
 /// 404 unless the space exists: listings of a space that does not exist are not empty pages.
 pub async fn require_space(
     conn: &mut diesel_async::AsyncPgConnection,
@@ -106,21 +96,6 @@ pub async fn require_space(
     match store::find(conn, space).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::not_found(format!("space {space}"))),
-    }
-}
-
-/// 400 for a malformed space id in a path (checked by [`crate::auth::Caller::authorize`], which
-/// every space-scoped route calls first).
-pub fn check_space_path(id: &str) -> Result<(), ApiError> {
-    if valid_space_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            &types::INVALID_PARAMETER,
-            format!(
-                "{id:?} is not a space id (lowercase letters, digits, dashes; 1-63 characters)"
-            ),
-        ))
     }
 }
 
@@ -257,12 +232,10 @@ pub async fn create_space(
 )]
 #[get("/v1/spaces/{space}")]
 pub async fn get_space(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    caller.authorize(&id, Scope::LicensesRead)?;
+    let id = access.path;
     let mut conn = state.pool.get().await?;
     let row = store::find(&mut conn, &id)
         .await?
@@ -289,14 +262,12 @@ pub async fn get_space(
 )]
 #[patch("/v1/spaces/{space}")]
 pub async fn update_space(
-    caller: Caller,
+    access: SpaceAccess<needs::Admin>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     req: HttpRequest,
     body: Json<UpdateSpace>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    caller.authorize(&id, Scope::Admin)?;
+    let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
     let mut errors = Vec::new();
@@ -357,13 +328,11 @@ pub async fn update_space(
 )]
 #[delete("/v1/spaces/{space}")]
 pub async fn delete_space(
-    caller: Caller,
+    access: SpaceAccess<needs::Admin>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    caller.authorize(&id, Scope::Admin)?;
+    let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let versions = match &if_match {
         IfMatch::Any => None,
@@ -403,20 +372,5 @@ async fn missing_or_stale(conn: &mut crate::db::Conn, id: &str) -> ApiError {
         Ok(Some(row)) => IfMatch::failed(row.version),
         Ok(None) => ApiError::not_found(format!("space {id}")),
         Err(e) => e.into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_space_id;
-
-    #[test]
-    fn space_ids() {
-        for ok in ["a", "acme-eu", "0", "a1-b2", &"x".repeat(63)] {
-            assert!(valid_space_id(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a b", "é", &"x".repeat(64)] {
-            assert!(!valid_space_id(bad), "{bad}");
-        }
     }
 }
