@@ -7,7 +7,8 @@ use actix_web::http::header::{self, HeaderValue};
 use crate::apple::error::{AppleError, ErrorClass};
 use crate::apple::stoken::STokenError;
 use crate::crypto::CryptoError;
-use crate::http::problem::{ApiError, FieldError, types};
+use crate::domain::validation::FieldError;
+use crate::http::problem::{ApiError, types};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {

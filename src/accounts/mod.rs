@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::apple::error::{AppleError, ErrorClass};
+use crate::domain::validation::FieldError;
 use status::Observation;
 
 pub use error::AccountError;
@@ -90,10 +91,10 @@ pub fn observe_error(err: &AppleError, now: DateTime<Utc>) -> Option<Observation
 }
 
 /// Validates a distribution list (kinds are typed; values must be 1–256 characters).
-pub fn check_list(list: &[ListEntry], errors: &mut Vec<crate::http::problem::FieldError>) {
+pub fn check_list(list: &[ListEntry], errors: &mut Vec<FieldError>) {
     for (i, e) in list.iter().enumerate() {
         if e.value.trim().is_empty() || e.value.chars().count() > 256 {
-            errors.push(crate::http::problem::FieldError {
+            errors.push(FieldError {
                 field: format!("distribution_list[{i}].value"),
                 message: "must be 1 to 256 characters".into(),
             });

@@ -6,7 +6,7 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 
 use super::AccountError;
-use crate::http::problem::FieldError;
+use crate::domain::validation::FieldError;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::origin::Origin;

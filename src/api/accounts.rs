@@ -19,10 +19,11 @@ use crate::accounts::{AccountError, ListEntry, ListKind, WhenUnusable, attach, c
 use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
 use crate::db::Conn;
+use crate::domain::validation::{self, FieldError};
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
-use crate::http::problem::{ApiError, FieldError, Problem};
+use crate::http::problem::{ApiError, Problem};
 use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assets;
@@ -277,7 +278,7 @@ pub struct DeleteQuery {
 const MAX_STOKEN_LEN: usize = 16 * 1024;
 
 fn check_name(errors: &mut Vec<FieldError>, name: &str) {
-    super::text::check_name(errors, "name", name);
+    validation::check_name(errors, "name", name);
 }
 
 fn check_stoken(errors: &mut Vec<FieldError>, stoken: &str) {

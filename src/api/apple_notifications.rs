@@ -29,7 +29,8 @@ use crate::apple::types::{
     NotificationEnvelope, NotificationPayload, NotificationResult, NotificationType,
 };
 use crate::dispatch::events::{self, Results};
-use crate::http::problem::{ApiError, FieldError, Problem, ProblemType, types};
+use crate::domain::validation::FieldError;
+use crate::http::problem::{ApiError, Problem, ProblemType, types};
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::origin::Origin;

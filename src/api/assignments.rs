@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
+use crate::domain::validation::FieldError;
 use crate::engine::allocate::{
     self, AllocationError, AllocationRequest, AssetRef, Outcome, SubjectInput,
 };
@@ -28,7 +29,7 @@ use crate::engine::revoke::{self, Revoked};
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
-use crate::http::problem::{ApiError, FieldError, types};
+use crate::http::problem::{ApiError, types};
 use crate::ledger::assignments::{self as store, AssignmentRow, ListFilter};
 use crate::ledger::subjects::{self, SubjectRow};
 use crate::state::AppState;

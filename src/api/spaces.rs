@@ -12,14 +12,13 @@ use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::text;
 use crate::auth::{Caller, Scope, SpaceAccess, SpaceGrant, needs};
-use crate::domain::validation::valid_space_id;
+use crate::domain::validation::{self, FieldError, valid_space_id};
 use crate::http::AppState;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
-use crate::http::problem::{ApiError, FieldError, types};
+use crate::http::problem::{ApiError, types};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::spaces::{self as store, NewSpace, SpaceChanges, SpaceRow};
 
@@ -100,11 +99,11 @@ pub async fn require_space(
 }
 
 fn check_name(errors: &mut Vec<FieldError>, name: &str) {
-    text::check_name(errors, "name", name);
+    validation::check_name(errors, "name", name);
 }
 
 fn check_description(errors: &mut Vec<FieldError>, description: &str) {
-    text::check_description(errors, "description", description, 2000);
+    validation::check_description(errors, "description", description, 2000);
 }
 
 fn with_etag(mut builder: actix_web::HttpResponseBuilder, space: Space) -> HttpResponse {
