@@ -4,7 +4,7 @@
 //! the sToken, not even masked parts of it. Reads persist time-driven status transitions
 //! (expiring, expired, end of throttling) before answering, so the status shown is honest.
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
@@ -23,7 +23,7 @@ use crate::domain::validation::{self, FieldError};
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
-use crate::http::problem::{ApiError, Problem};
+use crate::http::problem::{ApiError, Problem, types};
 use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assets;
@@ -296,6 +296,49 @@ fn check_priority(errors: &mut Vec<FieldError>, priority: Option<i32>) {
             field: "priority".into(),
             message: "must be 1 or more".into(),
         });
+    }
+}
+
+/// The problem each account failure answers with.
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::InvalidSToken(e) => ApiError::new(
+                &types::INVALID_STOKEN,
+                format!("{e}; upload the .vpptoken file content exactly as downloaded from Apple Business Manager"),
+            )
+            .with_errors(vec![FieldError {
+                field: "stoken".into(),
+                message: e.to_string(),
+            }]),
+            AccountError::Rejected(detail) => ApiError::new(&types::STOKEN_REJECTED, detail),
+            AccountError::AppleUnavailable { detail, retry_after } => {
+                let secs = retry_after.map(|d| d.as_secs().max(1)).unwrap_or(30);
+                ApiError::new(&types::APPLE_UNAVAILABLE, detail).with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&secs.to_string()).unwrap_or(HeaderValue::from_static("30")),
+                )
+            }
+            AccountError::Apple(e) => ApiError::new(&types::APPLE_ERROR, e.to_string()),
+            AccountError::LocationTaken { here } => ApiError::new(
+                &types::LOCATION_ALREADY_ATTACHED,
+                if here {
+                    "this Apple location is already attached to an account of this space; \
+                     replace that account's sToken instead"
+                } else {
+                    "this Apple location is already attached to this deployment (in another space); \
+                     one location can be managed by one account only"
+                },
+            ),
+            AccountError::LocationMismatch(detail) => ApiError::new(&types::LOCATION_MISMATCH, detail),
+            AccountError::InUse(detail) => ApiError::new(&types::ACCOUNT_IN_USE, detail),
+            AccountError::NotFound(what) => ApiError::not_found(what),
+            AccountError::Invalid(errors) => ApiError::validation(errors),
+            AccountError::Stale { current } => IfMatch::failed(current),
+            AccountError::Crypto(e) => ApiError::internal(e),
+            AccountError::Db(e) => e.into(),
+            AccountError::Pool(e) => e.into(),
+        }
     }
 }
 
