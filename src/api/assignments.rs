@@ -29,7 +29,7 @@ use crate::engine::revoke::{self, Revoked};
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
-use crate::http::problem::{ApiError, types};
+use crate::http::problem::{ApiError, Problem, types};
 use crate::ledger::assignments::{self as store, AssignmentRow, ListFilter};
 use crate::ledger::subjects::{self, SubjectRow};
 use crate::state::AppState;
@@ -558,26 +558,79 @@ pub async fn wait_final(
     Ok(result)
 }
 
-fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpResponse {
-    let mut builder = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
-    if status >= 400 {
-        builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+/// The answer to an allocation, typed until it is written.
+enum Answer {
+    /// 201 when this request created the assignment, else 200.
+    Allocation { status: u16, body: Box<Allocation> },
+    /// A refusal, answered as a problem (4xx).
+    Refusal { status: u16, body: Problem },
+    /// A stored answer replayed for an idempotency key that is not an allocation this version
+    /// can read (a refusal, as stored).
+    Stored {
+        status: u16,
+        body: serde_json::Value,
+    },
+}
+
+impl Answer {
+    /// A stored answer: an allocation (typed again, so `?wait=` can follow it) or, for a refusal,
+    /// the stored problem.
+    fn stored(status: u16, body: serde_json::Value) -> Answer {
+        if status < 300
+            && let Ok(allocation) = serde_json::from_value::<Allocation>(body.clone())
+        {
+            return Answer::Allocation {
+                status,
+                body: Box::new(allocation),
+            };
+        }
+        Answer::Stored { status, body }
     }
-    if replayed {
-        builder.insert_header((idempotency::REPLAYED, HeaderValue::from_static("true")));
+
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Allocation { status, .. }
+            | Answer::Refusal { status, .. }
+            | Answer::Stored { status, .. } => *status,
+        }
     }
-    if status == 201
-        && let (Some(space), Some(id)) = (
-            body.pointer("/assignment/space").and_then(|v| v.as_str()),
-            body.pointer("/assignment/id").and_then(|v| v.as_str()),
-        )
-    {
-        builder.insert_header((
-            header::LOCATION,
-            format!("/v1/spaces/{space}/assignments/{id}"),
-        ));
+
+    /// The body as stored for an idempotency key.
+    fn to_value(&self) -> serde_json::Value {
+        match self {
+            Answer::Allocation { body, .. } => serde_json::to_value(body),
+            Answer::Refusal { body, .. } => serde_json::to_value(body),
+            Answer::Stored { body, .. } => Ok(body.clone()),
+        }
+        .unwrap_or_default()
     }
-    builder.json(body)
+
+    fn respond(&self, replayed: bool) -> HttpResponse {
+        let status = self.status();
+        let mut builder =
+            HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+        if status >= 400 {
+            builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        }
+        if replayed {
+            builder.insert_header((idempotency::REPLAYED, HeaderValue::from_static("true")));
+        }
+        match self {
+            Answer::Allocation { body, .. } => {
+                if status == 201
+                    && let Some(a) = &body.assignment
+                {
+                    builder.insert_header((
+                        header::LOCATION,
+                        format!("/v1/spaces/{}/assignments/{}", a.space, a.id),
+                    ));
+                }
+                builder.json(body)
+            }
+            Answer::Refusal { body, .. } => builder.json(body),
+            Answer::Stored { body, .. } => builder.json(body),
+        }
+    }
 }
 
 /// Allocate a license for a subject (or explain what would be allocated with `dry_run`).
@@ -646,16 +699,18 @@ pub async fn allocate_license(
         replaces: None,
     };
     let key = idempotency::key(&req)?;
-    let (status, mut json, replayed) = match key {
+    let (mut answer, replayed) = match key {
         // The common path: decided together with this process's concurrent allocations.
-        None if !body.dry_run => {
-            let (s, j) = render(state.combiner.allocate(request).await, false)?;
-            (s, j, false)
-        }
+        None if !body.dry_run => (
+            render(state.combiner.allocate(request).await, false)?,
+            false,
+        ),
         None => {
             let mut conn = state.pool.get().await?;
-            let (s, j) = render(allocate::allocate(&mut conn, &request).await, true)?;
-            (s, j, false)
+            (
+                render(allocate::allocate(&mut conn, &request).await, true)?,
+                false,
+            )
         }
         Some(key) => {
             let mut conn = state.pool.get().await?;
@@ -664,12 +719,16 @@ pub async fn allocate_license(
             let caller_id = caller.subject.clone();
             conn.transaction(async |conn| {
                 match idempotency::begin(conn, &space, &caller_id, &key, &fingerprint).await? {
-                    Begin::Replay { status, body } => Ok::<_, ApiError>((status, body, true)),
+                    Begin::Replay { status, body } => {
+                        Ok::<_, ApiError>((Answer::stored(status, body), true))
+                    }
                     Begin::Fresh => {
                         let result = allocate::allocate(conn, &request).await;
-                        let (s, j) = render(result, request.dry_run)?;
-                        idempotency::finish(conn, &space, &caller_id, &key, s, &j).await?;
-                        Ok((s, j, false))
+                        let answer = render(result, request.dry_run)?;
+                        let (status, stored) = (answer.status(), answer.to_value());
+                        idempotency::finish(conn, &space, &caller_id, &key, status, &stored)
+                            .await?;
+                        Ok((answer, false))
                     }
                 }
             })
@@ -677,26 +736,24 @@ pub async fn allocate_license(
         }
     };
     if let Some(wait) = wait
-        && status < 300
-        && let Some(id) = json
-            .pointer("/assignment/id")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<Uuid>().ok())
+        && let Answer::Allocation { status, body } = &mut answer
+        && *status < 300
+        && let Some(id) = body.assignment.as_ref().map(|a| a.id)
         && let Some(row) = wait_live(&state, &space, id, wait).await?
     {
         let mut conn = state.pool.get().await?;
         let replaced = row.id != id;
         let view = one_view(&mut conn, row).await?;
         if replaced {
-            json["account_id"] = serde_json::json!(view.account_id);
-            json["rule"] = serde_json::json!(view.rule);
-            json["license_type"] = serde_json::json!(view.license_type);
-            json["decision"] = serde_json::to_value(&view.decision).unwrap_or_default();
-            json["replaces"] = serde_json::json!(id);
+            body.account_id = view.account_id;
+            body.rule = view.rule;
+            body.license_type = view.license_type;
+            body.decision = view.decision.clone();
+            body.replaces = Some(id);
         }
-        json["assignment"] = serde_json::to_value(view).unwrap_or_default();
+        body.assignment = Some(view);
     }
-    Ok(respond(status, &json, replayed))
+    Ok(answer.respond(replayed))
 }
 
 /// Re-allocations followed at most this many times in one waited answer.
@@ -737,11 +794,8 @@ async fn wait_live(
     Ok(Some(row))
 }
 
-/// The rendered answer to an allocation: status and JSON body (a problem for refusals).
-fn render(
-    result: Result<Outcome, AllocationError>,
-    dry_run: bool,
-) -> Result<(u16, serde_json::Value), ApiError> {
+/// The answer to an allocation: the allocation, or a problem for refusals.
+fn render(result: Result<Outcome, AllocationError>, dry_run: bool) -> Result<Answer, ApiError> {
     match result {
         Ok(o) => {
             let holder = [o.holder.clone()];
@@ -755,10 +809,10 @@ fn render(
                 dry_run,
                 replaces: None,
             };
-            Ok((
-                if o.created { 201 } else { 200 },
-                serde_json::to_value(body).unwrap_or_default(),
-            ))
+            Ok(Answer::Allocation {
+                status: if o.created { 201 } else { 200 },
+                body: Box::new(body),
+            })
         }
         Err(
             e @ (AllocationError::Db(_)
@@ -768,11 +822,10 @@ fn render(
         ) => Err(e.into()),
         Err(refusal) => {
             let api: ApiError = refusal.into();
-            let status = api.kind().status;
-            Ok((
-                status,
-                serde_json::to_value(api.to_problem()).unwrap_or_default(),
-            ))
+            Ok(Answer::Refusal {
+                status: api.kind().status,
+                body: api.to_problem(),
+            })
         }
     }
 }
