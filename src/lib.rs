@@ -31,6 +31,8 @@ pub mod engine;
 pub mod http;
 pub mod ledger;
 pub mod local_pg;
+pub mod policies;
+pub mod spaces;
 pub mod state;
 pub mod telemetry;
 pub mod waiters;

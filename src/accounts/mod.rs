@@ -12,6 +12,7 @@ pub mod order;
 pub mod ownership;
 pub mod removal;
 pub mod status;
+pub mod update;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,6 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -15,6 +14,7 @@ use uuid::Uuid;
 use crate::accounts::checks::{self, TestReport};
 use crate::accounts::removal::{self, Deleted};
 use crate::accounts::status::AccountStatus;
+use crate::accounts::update::{self, AccountChange};
 use crate::accounts::{AccountError, ListEntry, ListKind, WhenUnusable, attach, check_list, order};
 use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
@@ -24,8 +24,7 @@ use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, Problem, types};
-use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry};
-use crate::ledger::activity::{self, Activity};
+use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::assets;
 use crate::state::AppState;
 
@@ -632,59 +631,21 @@ pub async fn update_account(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let actor = caller.origin();
+    let settings = body.settings.unwrap_or_default();
+    let change = AccountChange {
+        name: body.name,
+        notify_on_removal: settings.notify_on_removal,
+        new_assets_for_everyone: settings.new_assets_for_everyone,
+        when_unusable: settings.when_unusable,
+        distribution_list: body.distribution_list,
+        priority: body.priority,
+    };
+    let versions = match &if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    };
     let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let current = store::find_locked(conn, &space, id)
-            .await?
-            .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
-        if !if_match.matches(current.version) {
-            return Err(AccountError::Stale {
-                current: current.version,
-            });
-        }
-        let settings = body.settings.unwrap_or_default();
-        store::update_details(
-            conn,
-            id,
-            store::DetailsChange {
-                name: body.name.as_deref().map(str::trim),
-                notify_on_removal: settings.notify_on_removal,
-                new_assets_for_everyone: settings.new_assets_for_everyone,
-                when_unusable: settings.when_unusable,
-            },
-        )
-        .await?;
-        if let Some(list) = &body.distribution_list {
-            let entries: Vec<DistributionEntry> = list
-                .iter()
-                .map(|e| DistributionEntry {
-                    account_id: id,
-                    kind: e.kind.as_str().to_owned(),
-                    value: e.value.trim().to_owned(),
-                })
-                .collect();
-            store::replace_distribution(conn, id, &entries).await?;
-        }
-        if let Some(priority) = body.priority {
-            order::move_to(conn, &actor, &space, id, priority).await?;
-        }
-        activity::record(
-            conn,
-            Activity::new(&actor, "account.updated")
-                .space(&space)
-                .account(id)
-                .details(serde_json::json!({
-                    "name": body.name.is_some(),
-                    "settings": true,
-                    "distribution_list": body.distribution_list.as_ref().map(Vec::len),
-                    "priority": body.priority,
-                })),
-        )
-        .await?;
-        Ok(())
-    })
-    .await?;
+    update::update(&mut conn, &caller.origin(), &space, id, versions, &change).await?;
     let row = load(&mut conn, &space, id).await?;
     Ok(with_etag(
         HttpResponse::Ok(),

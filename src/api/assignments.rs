@@ -25,7 +25,8 @@ use crate::engine::allocate::{
 use crate::engine::model::{
     AssignmentState, Decision, LicenseType, LicenseWish, Rule, SubjectKind,
 };
-use crate::engine::revoke::{self, Revoked};
+use crate::engine::revocations::{self, Matching, RevocationError};
+use crate::engine::revoke::Revoked;
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
@@ -454,6 +455,17 @@ impl From<AllocationError> for ApiError {
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
+        }
+    }
+}
+
+/// The problem each revocation failure answers with.
+impl From<RevocationError> for ApiError {
+    fn from(err: RevocationError) -> Self {
+        match err {
+            RevocationError::NotFound(what) => ApiError::not_found(what),
+            RevocationError::NotRevocable(what) => not_revocable(what),
+            RevocationError::Db(e) => e.into(),
         }
     }
 }
@@ -987,34 +999,8 @@ pub async fn revoke_assignment(
             "reason must be at most 1000 characters",
         ));
     }
-    let origin = caller.origin();
     let mut conn = state.pool.get().await?;
-    // The row lock (first in the ledger's lock order) makes the state read here the state the
-    // revocation acts on: a finished assignment answers 200, a live one is revoked.
-    conn.transaction(async |conn| {
-        let row = store::find_locked(conn, &space, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
-        if !row.state.is_live() {
-            return Ok::<_, ApiError>(());
-        }
-        let scope = revoke::Scope {
-            assignment: Some(id),
-            ..Default::default()
-        };
-        if revoke::not_revocable(conn, &space, &scope).await? > 0 {
-            return Err(not_revocable(format!(
-                "assignment {id} holds a license of asset {}/{}",
-                row.adam_id, row.pricing_param
-            )));
-        }
-        revoke::revoke(conn, &space, &scope, &origin, &reason).await?;
-        Ok(())
-    })
-    .await?;
-    let row = store::find(&mut conn, &space, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
+    let row = revocations::revoke_one(&mut conn, &space, id, &caller.origin(), &reason).await?;
     let view = one_view(&mut conn, row).await?;
     // 202 only while Apple still has to release the license; a pending one dropped in the
     // ledger, or one already finished, is final: 200.
@@ -1072,54 +1058,17 @@ pub async fn create_revocation(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let mut conn = state.pool.get().await?;
-    require_space(&mut conn, &space).await?;
-    if let Some(account) = body.account_id
-        && crate::ledger::accounts::find(&mut conn, &space, account)
-            .await?
-            .is_none()
-    {
-        return Err(ApiError::not_found(format!("account {account}")));
-    }
-    let subject = match &body.subject {
-        Some(s) => match subjects::find(&mut conn, &space, s.kind, &s.id).await? {
-            Some(row) => Some(row.id),
-            None => {
-                return Ok(HttpResponse::Accepted().json(Revocation {
-                    dropped: 0,
-                    revoking: 0,
-                    not_revocable: 0,
-                }));
-            }
-        },
-        None => None,
-    };
-    let scope = revoke::Scope {
-        assignment: None,
+    let matching = Matching {
         account: body.account_id,
-        adam_id: body.asset.as_ref().map(|a| a.adam_id.clone()),
-        pricing_param: body.asset.as_ref().and_then(|a| a.pricing_param.clone()),
-        subject,
-        include_not_revocable: false,
+        asset: body.asset.map(|a| (a.adam_id, a.pricing_param)),
+        subject: body.subject.map(|s| (s.kind, s.id)),
     };
-    let origin = caller.origin();
+    let mut conn = state.pool.get().await?;
     let Revoked {
         dropped,
         revoking,
         not_revocable: kept,
-    } = conn
-        .transaction(async |conn| {
-            if let Some(asset) = &body.asset {
-                let n = revoke::not_revocable(conn, &space, &scope).await?;
-                if n > 0 {
-                    return Err(not_revocable(format!(
-                        "{n} of the licenses matched are of asset {}",
-                        asset.adam_id
-                    )));
-                }
-            }
-            Ok::<_, ApiError>(revoke::revoke(conn, &space, &scope, &origin, &body.reason).await?)
-        })
+    } = revocations::revoke_matching(&mut conn, &space, &matching, &caller.origin(), &body.reason)
         .await?;
     Ok(HttpResponse::Accepted().json(Revocation {
         dropped,

@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, put, web};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -25,8 +24,8 @@ use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
-use crate::ledger::activity::{self, Activity};
 use crate::ledger::policies::{self as store, EntryRow, PolicyRow};
+use crate::policies::{self, AssetKey, PolicyError};
 use crate::state::AppState;
 
 /// A reserved subject.
@@ -156,6 +155,17 @@ pub struct PolicyPath {
 }
 
 /// The asset's segments are checked (400) before the space is authorised.
+impl PolicyPath {
+    /// The asset whose policy the path names.
+    pub fn asset(&self) -> AssetKey<'_> {
+        AssetKey {
+            space: &self.space,
+            adam_id: &self.adam_id,
+            pricing_param: &self.pricing_param,
+        }
+    }
+}
+
 impl SpacePath for PolicyPath {
     fn space(&self) -> &str {
         &self.space
@@ -383,64 +393,30 @@ pub async fn put_policy(
     req: HttpRequest,
     body: Json<PolicyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (
-        caller,
-        PolicyPath {
-            space,
-            adam_id,
-            pricing_param: pricing,
-        },
-    ) = access.into_parts();
+    let (caller, path) = access.into_parts();
+    let asset = path.asset();
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    require_space(&mut conn, &space).await?;
-    let accounts: Vec<Uuid> = crate::ledger::accounts::list(&mut conn, &space)
-        .await?
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    let owners = crate::ledger::assets::owners(&mut conn, &accounts, &adam_id, &pricing).await?;
+    require_space(&mut conn, asset.space).await?;
+    let (accounts, owners) = policies::reservable_accounts(&mut conn, asset).await?;
     let new_entries = entries(&body.0, &accounts, &owners)?;
-    let actor = caller.origin();
-    let new_id = Uuid::now_v7();
-    let (policy, created) = conn
-        .transaction(async |conn| {
-            if let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await?
-                && !if_match.matches(existing.version)
-            {
-                return Err(IfMatch::failed(existing.version));
-            }
-            let row =
-                store::replace(conn, &space, &adam_id, &pricing, &new_entries, new_id).await?;
-            // The upsert keeps an existing policy's id: the new id means it was inserted.
-            let created = row.id == new_id;
-            activity::record(
-                conn,
-                Activity {
-                    adam_id: Some(adam_id.clone()),
-                    pricing_param: Some(pricing.clone()),
-                    ..Activity::new(
-                        &actor,
-                        if created {
-                            "policy.created"
-                        } else {
-                            "policy.replaced"
-                        },
-                    )
-                    .space(&space)
-                    .details(serde_json::json!({"entries": new_entries.len()}))
-                },
-            )
-            .await?;
-            let entries = store::entries_of(conn, &[row.id]).await?;
-            Ok::<_, ApiError>((view(row, &entries), created))
-        })
-        .await?;
-    let mut builder = if created {
+    let replaced = policies::replace(
+        &mut conn,
+        &caller.origin(),
+        asset,
+        versions(&if_match),
+        &new_entries,
+    )
+    .await?;
+    let policy = view(replaced.policy, &replaced.entries);
+    let mut builder = if replaced.created {
         let mut b = HttpResponse::Created();
         b.insert_header((
             header::LOCATION,
-            format!("/v1/spaces/{space}/policies/{adam_id}/{pricing}"),
+            format!(
+                "/v1/spaces/{}/policies/{}/{}",
+                path.space, path.adam_id, path.pricing_param
+            ),
         ));
         b
     } else {
@@ -475,38 +451,28 @@ pub async fn delete_policy(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (
-        caller,
-        PolicyPath {
-            space,
-            adam_id,
-            pricing_param: pricing,
-        },
-    ) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    let actor = caller.origin();
-    conn.transaction(async |conn| {
-        let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await? else {
-            return Err(ApiError::not_found(format!(
-                "policy for {adam_id}/{pricing}"
-            )));
-        };
-        if !if_match.matches(existing.version) {
-            return Err(IfMatch::failed(existing.version));
-        }
-        store::delete(conn, &space, &adam_id, &pricing).await?;
-        activity::record(
-            conn,
-            Activity {
-                adam_id: Some(adam_id.clone()),
-                pricing_param: Some(pricing.clone()),
-                ..Activity::new(&actor, "policy.deleted").space(&space)
-            },
-        )
-        .await?;
-        Ok(())
-    })
-    .await?;
+    let origin = access.caller.origin();
+    policies::delete(&mut conn, &origin, access.path.asset(), versions(&if_match)).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The versions `If-Match` accepts (`None`: any).
+fn versions(if_match: &IfMatch) -> Option<&[i64]> {
+    match if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    }
+}
+
+/// The problem each policy failure answers with.
+impl From<PolicyError> for ApiError {
+    fn from(err: PolicyError) -> Self {
+        match err {
+            PolicyError::NotFound(what) => ApiError::not_found(what),
+            PolicyError::Stale { current } => IfMatch::failed(current),
+            PolicyError::Db(e) => e.into(),
+        }
+    }
 }

@@ -8,7 +8,6 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -19,8 +18,8 @@ use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
-use crate::ledger::activity::{self, Activity};
 use crate::ledger::spaces::{self as store, NewSpace, SpaceChanges, SpaceRow};
+use crate::spaces::{self, SpaceError};
 
 /// A space.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -192,27 +191,20 @@ pub async fn create_space(
         ));
     }
     let mut conn = state.pool.get().await?;
-    let row = store::insert(
-        &mut conn,
-        NewSpace {
-            id: &body.id,
-            name: body.name.trim(),
-            description: &body.description,
-        },
-    )
-    .await
-    .map_err(|e| match ApiError::from(e) {
-        err if err.kind() == &types::ALREADY_EXISTS => ApiError::new(
-            &types::ALREADY_EXISTS,
-            format!("space {} already exists", body.id),
-        ),
-        err => err,
-    })?;
-    activity::record(
-        &mut conn,
-        Activity::new(&caller.origin(), "space.created").space(&row.id),
-    )
-    .await?;
+    let new = NewSpace {
+        id: &body.id,
+        name: body.name.trim(),
+        description: &body.description,
+    };
+    let row = spaces::create(&mut conn, &caller.origin(), new)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            err if err.kind() == &types::ALREADY_EXISTS => ApiError::new(
+                &types::ALREADY_EXISTS,
+                format!("space {} already exists", body.id),
+            ),
+            err => err,
+        })?;
     let location = format!("/v1/spaces/{}", row.id);
     let mut builder = HttpResponse::Created();
     builder.insert_header((header::LOCATION, location));
@@ -285,26 +277,20 @@ pub async fn update_space(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let versions = match &if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    };
     let mut conn = state.pool.get().await?;
     let changes = SpaceChanges {
         name: body.name.as_deref().map(str::trim),
         description: body.description.as_deref(),
     };
-    match store::update(&mut conn, &id, versions, changes).await? {
-        Some(row) => {
-            activity::record(
-                &mut conn,
-                Activity::new(&caller.origin(), "space.updated").space(&row.id),
-            )
-            .await?;
-            Ok(with_etag(HttpResponse::Ok(), row.into()))
-        }
-        None => Err(missing_or_stale(&mut conn, &id).await),
-    }
+    let row = spaces::update(
+        &mut conn,
+        &caller.origin(),
+        &id,
+        versions(&if_match),
+        changes,
+    )
+    .await?;
+    Ok(with_etag(HttpResponse::Ok(), row.into()))
 }
 
 /// Delete an empty space.
@@ -333,43 +319,33 @@ pub async fn delete_space(
 ) -> Result<HttpResponse, ApiError> {
     let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
-    let versions = match &if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    };
     let mut conn = state.pool.get().await?;
-    let actor = caller.origin();
-    conn.transaction(async |conn| {
-        let Some(version) = store::lock_for_delete(conn, &id).await? else {
-            return Err(ApiError::not_found(format!("space {id}")));
-        };
-        if versions.is_some_and(|v| !v.contains(&version)) {
-            return Err(IfMatch::failed(version));
-        }
-        let accounts = store::account_count(conn, &id).await?;
-        if accounts > 0 {
-            return Err(ApiError::new(
-                &types::IN_USE,
-                format!(
-                    "space {id} still has {accounts} token accounts; delete them first \
-                     (`?revoke_all=true` revokes their licenses)"
-                ),
-            ));
-        }
-        store::delete_contents(conn, &id).await?;
-        store::delete(conn, &id, None).await?;
-        activity::record(conn, Activity::new(&actor, "space.deleted").space(&id)).await?;
-        Ok(())
-    })
-    .await?;
+    spaces::delete(&mut conn, &caller.origin(), &id, versions(&if_match)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// After a conditional write matched nothing: 404 if the space is gone, else 412.
-async fn missing_or_stale(conn: &mut crate::db::Conn, id: &str) -> ApiError {
-    match store::find(conn, id).await {
-        Ok(Some(row)) => IfMatch::failed(row.version),
-        Ok(None) => ApiError::not_found(format!("space {id}")),
-        Err(e) => e.into(),
+/// The versions `If-Match` accepts (`None`: any).
+fn versions(if_match: &IfMatch) -> Option<&[i64]> {
+    match if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    }
+}
+
+/// The problem each space failure answers with.
+impl From<SpaceError> for ApiError {
+    fn from(err: SpaceError) -> Self {
+        match err {
+            SpaceError::NotFound(id) => ApiError::not_found(format!("space {id}")),
+            SpaceError::Stale { current } => IfMatch::failed(current),
+            SpaceError::HasAccounts { space, accounts } => ApiError::new(
+                &types::IN_USE,
+                format!(
+                    "space {space} still has {accounts} token accounts; delete them first \
+                     (`?revoke_all=true` revokes their licenses)"
+                ),
+            ),
+            SpaceError::Db(e) => e.into(),
+        }
     }
 }

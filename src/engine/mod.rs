@@ -14,5 +14,6 @@ pub mod decide;
 pub mod load;
 pub mod model;
 pub mod policy;
+pub mod revocations;
 pub mod revoke;
 pub mod write;
