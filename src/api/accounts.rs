@@ -341,6 +341,33 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// 422 unless the change names something to change and every value is acceptable.
+fn validate_update(body: &UpdateAccount) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if body.name.is_none()
+        && body.priority.is_none()
+        && body.settings.is_none()
+        && body.distribution_list.is_none()
+    {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "name, priority, settings or distribution_list is required".into(),
+        });
+    }
+    if let Some(name) = &body.name {
+        check_name(&mut errors, name);
+    }
+    check_priority(&mut errors, body.priority);
+    if let Some(list) = &body.distribution_list {
+        check_list(list, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 /// Builds the views of some accounts of one space (one query for lists, one for counts).
 async fn views(
     conn: &mut Conn,
@@ -610,27 +637,7 @@ pub async fn update_account(
     let (caller, (space, id)) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
-    let mut errors = Vec::new();
-    if body.name.is_none()
-        && body.priority.is_none()
-        && body.settings.is_none()
-        && body.distribution_list.is_none()
-    {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "name, priority, settings or distribution_list is required".into(),
-        });
-    }
-    if let Some(name) = &body.name {
-        check_name(&mut errors, name);
-    }
-    check_priority(&mut errors, body.priority);
-    if let Some(list) = &body.distribution_list {
-        check_list(list, &mut errors);
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    validate_update(&body)?;
     let settings = body.settings.unwrap_or_default();
     let change = AccountChange {
         name: body.name,

@@ -32,6 +32,7 @@ use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
 use crate::http::problem::{ApiError, Problem, types};
 use crate::ledger::assignments::{self as store, AssignmentRow, ListFilter};
+use crate::ledger::origin::Origin;
 use crate::ledger::subjects::{self, SubjectRow};
 use crate::state::AppState;
 
@@ -685,8 +686,38 @@ pub async fn allocate_license(
     let wait = wait_seconds(query.wait)?;
     let body = body.0;
     validate(&body)?;
-    let request = AllocationRequest {
-        space: space.clone(),
+    let request = allocation_request(&space, &body, caller.origin());
+    let key = idempotency::key(&req)?;
+    let (mut answer, replayed) = match key {
+        // The common path: decided together with this process's concurrent allocations.
+        None if !body.dry_run => (
+            render(state.combiner.allocate(request).await, false)?,
+            false,
+        ),
+        None => {
+            let mut conn = state.pool.get().await?;
+            (
+                render(allocate::allocate(&mut conn, &request).await, true)?,
+                false,
+            )
+        }
+        Some(key) => {
+            let fingerprint =
+                idempotency::fingerprint(&req, &serde_json::to_vec(&body).unwrap_or_default());
+            let mut conn = state.pool.get().await?;
+            once(&mut conn, &caller.subject, &key, &fingerprint, &request).await?
+        }
+    };
+    if let Some(wait) = wait {
+        follow(&state, &space, &mut answer, wait).await?;
+    }
+    Ok(answer.respond(replayed))
+}
+
+/// The engine's request for an allocation body.
+fn allocation_request(space: &str, body: &AllocateBody, origin: Origin) -> AllocationRequest {
+    AllocationRequest {
+        space: space.to_owned(),
         asset: AssetRef {
             adam_id: body.asset.adam_id.clone(),
             pricing_param: body.asset.pricing_param.clone(),
@@ -705,67 +736,69 @@ pub async fn allocate_license(
         },
         wish: body.license_type,
         reason: body.reason.clone(),
-        origin: caller.origin(),
+        origin,
         dry_run: body.dry_run,
         exclude_accounts: Vec::new(),
         replaces: None,
-    };
-    let key = idempotency::key(&req)?;
-    let (mut answer, replayed) = match key {
-        // The common path: decided together with this process's concurrent allocations.
-        None if !body.dry_run => (
-            render(state.combiner.allocate(request).await, false)?,
-            false,
-        ),
-        None => {
-            let mut conn = state.pool.get().await?;
-            (
-                render(allocate::allocate(&mut conn, &request).await, true)?,
-                false,
-            )
-        }
-        Some(key) => {
-            let mut conn = state.pool.get().await?;
-            let fingerprint =
-                idempotency::fingerprint(&req, &serde_json::to_vec(&body).unwrap_or_default());
-            let caller_id = caller.subject.clone();
-            conn.transaction(async |conn| {
-                match idempotency::begin(conn, &space, &caller_id, &key, &fingerprint).await? {
-                    Begin::Replay { status, body } => {
-                        Ok::<_, ApiError>((Answer::stored(status, body), true))
-                    }
-                    Begin::Fresh => {
-                        let result = allocate::allocate(conn, &request).await;
-                        let answer = render(result, request.dry_run)?;
-                        let (status, stored) = (answer.status(), answer.to_value());
-                        idempotency::finish(conn, &space, &caller_id, &key, status, &stored)
-                            .await?;
-                        Ok((answer, false))
-                    }
-                }
-            })
-            .await?
-        }
-    };
-    if let Some(wait) = wait
-        && let Answer::Allocation { status, body } = &mut answer
-        && *status < 300
-        && let Some(id) = body.assignment.as_ref().map(|a| a.id)
-        && let Some(row) = wait_live(&state, &space, id, wait).await?
-    {
-        let mut conn = state.pool.get().await?;
-        let replaced = row.id != id;
-        let view = one_view(&mut conn, row).await?;
-        if replaced {
-            body.account_id = view.account_id;
-            body.rule = view.rule;
-            body.license_type = view.license_type;
-            body.decision = view.decision.clone();
-            body.replaces = Some(id);
-        }
-        body.assignment = Some(view);
     }
-    Ok(answer.respond(replayed))
+}
+
+/// Allocates under an `Idempotency-Key`: the first request with the key allocates and stores its
+/// answer in the same transaction; later ones get the stored answer (`true`: replayed).
+async fn once(
+    conn: &mut crate::db::Conn,
+    caller: &str,
+    key: &str,
+    fingerprint: &[u8],
+    request: &AllocationRequest,
+) -> Result<(Answer, bool), ApiError> {
+    let space = request.space.as_str();
+    conn.transaction(async |conn| {
+        match idempotency::begin(conn, space, caller, key, fingerprint).await? {
+            Begin::Replay { status, body } => Ok((Answer::stored(status, body), true)),
+            Begin::Fresh => {
+                let answer = render(allocate::allocate(conn, request).await, request.dry_run)?;
+                let (status, stored) = (answer.status(), answer.to_value());
+                idempotency::finish(conn, space, caller, key, status, &stored).await?;
+                Ok((answer, false))
+            }
+        }
+    })
+    .await
+}
+
+/// For `?wait=`: holds a successful allocation's answer until its assignment is final, and
+/// answers with the live replacement when Apple refused it and the service re-allocated.
+async fn follow(
+    state: &AppState,
+    space: &str,
+    answer: &mut Answer,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    let Answer::Allocation { status, body } = answer else {
+        return Ok(());
+    };
+    let Some(id) = body.assignment.as_ref().map(|a| a.id) else {
+        return Ok(());
+    };
+    if *status >= 300 {
+        return Ok(());
+    }
+    let Some(row) = wait_live(state, space, id, wait).await? else {
+        return Ok(());
+    };
+    let mut conn = state.pool.get().await?;
+    let replaced = row.id != id;
+    let view = one_view(&mut conn, row).await?;
+    if replaced {
+        body.account_id = view.account_id;
+        body.rule = view.rule;
+        body.license_type = view.license_type;
+        body.decision = view.decision.clone();
+        body.replaces = Some(id);
+    }
+    body.assignment = Some(view);
+    Ok(())
 }
 
 /// Re-allocations followed at most this many times in one waited answer.
@@ -880,23 +913,13 @@ pub async fn list_assignments(
     let after: Option<Uuid> = page.after(&format!("assignments:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let subject = match (q.subject_kind, &q.subject_id) {
-        (Some(kind), Some(id)) => match subjects::find(&mut conn, &space, kind, id).await? {
-            Some(s) => Some(s.id),
-            None => {
-                return Ok(web::Json(AssignmentPage {
-                    items: Vec::new(),
-                    next_cursor: None,
-                }));
-            }
-        },
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::new(
-                &types::INVALID_PARAMETER,
-                "subject_kind and subject_id go together",
-            ));
-        }
+    let Some(subject) = subject_filter(&mut conn, &space, q.subject_kind, &q.subject_id).await?
+    else {
+        // A subject the space never saw holds nothing.
+        return Ok(web::Json(AssignmentPage {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
     };
     let filter = ListFilter {
         account: q.account_id,
@@ -924,6 +947,26 @@ pub async fn list_assignments(
         items: views(&mut conn, rows).await?,
         next_cursor: next,
     }))
+}
+
+/// The subject filter of a listing: `Some(None)` for none, `None` for a subject the space does not
+/// know (nothing to list).
+async fn subject_filter(
+    conn: &mut crate::db::Conn,
+    space: &str,
+    kind: Option<SubjectKind>,
+    id: &Option<String>,
+) -> Result<Option<Option<Uuid>>, ApiError> {
+    match (kind, id) {
+        (Some(kind), Some(id)) => Ok(subjects::find(conn, space, kind, id)
+            .await?
+            .map(|s| Some(s.id))),
+        (None, None) => Ok(Some(None)),
+        _ => Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            "subject_kind and subject_id go together",
+        )),
+    }
 }
 
 /// Get one assignment, optionally waiting (≤ 30 s) for its final state.

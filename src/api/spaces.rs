@@ -105,6 +105,48 @@ fn check_description(errors: &mut Vec<FieldError>, description: &str) {
     validation::check_description(errors, "description", description, 2000);
 }
 
+/// 422 unless every field of a new space is acceptable.
+fn validate_create(body: &CreateSpace) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if !valid_space_id(&body.id) {
+        errors.push(FieldError {
+            field: "id".into(),
+            message: "lowercase letters, digits and dashes, 1-63 characters, \
+                      no leading or trailing dash"
+                .into(),
+        });
+    }
+    check_name(&mut errors, &body.name);
+    check_description(&mut errors, &body.description);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// 422 unless the change names something to change and every value is acceptable.
+fn validate_update(body: &UpdateSpace) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if body.name.is_none() && body.description.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "name or description is required".into(),
+        });
+    }
+    if let Some(name) = &body.name {
+        check_name(&mut errors, name);
+    }
+    if let Some(description) = &body.description {
+        check_description(&mut errors, description);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 fn with_etag(mut builder: actix_web::HttpResponseBuilder, space: Space) -> HttpResponse {
     builder.insert_header(etag_header(space.version));
     builder.json(space)
@@ -170,20 +212,7 @@ pub async fn create_space(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Admin)?;
     let body = body.0;
-    let mut errors = Vec::new();
-    if !valid_space_id(&body.id) {
-        errors.push(FieldError {
-            field: "id".into(),
-            message: "lowercase letters, digits and dashes, 1-63 characters, \
-                      no leading or trailing dash"
-                .into(),
-        });
-    }
-    check_name(&mut errors, &body.name);
-    check_description(&mut errors, &body.description);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    validate_create(&body)?;
     if !caller.may_see(&body.id) {
         return Err(ApiError::new(
             &types::FORBIDDEN,
@@ -261,22 +290,7 @@ pub async fn update_space(
     let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
-    let mut errors = Vec::new();
-    if body.name.is_none() && body.description.is_none() {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "name or description is required".into(),
-        });
-    }
-    if let Some(name) = &body.name {
-        check_name(&mut errors, name);
-    }
-    if let Some(description) = &body.description {
-        check_description(&mut errors, description);
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    validate_update(&body)?;
     let mut conn = state.pool.get().await?;
     let changes = SpaceChanges {
         name: body.name.as_deref().map(str::trim),
