@@ -9,6 +9,7 @@ pub mod checks;
 pub mod error;
 pub mod identity;
 pub mod order;
+pub mod overview;
 pub mod ownership;
 pub mod removal;
 pub mod status;

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::accounts::checks::{self, TestReport};
+use crate::accounts::overview::{self, Details};
 use crate::accounts::removal::{self, Deleted};
 use crate::accounts::status::AccountStatus;
 use crate::accounts::update::{self, AccountChange};
@@ -25,7 +26,6 @@ use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, Problem, types};
 use crate::ledger::accounts::{self as store, AccountRow};
-use crate::ledger::assets;
 use crate::state::AppState;
 
 /// The Apple location an account manages.
@@ -374,16 +374,11 @@ async fn views(
     rows: Vec<AccountRow>,
     state: &AppState,
 ) -> Result<Vec<Account>, ApiError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let lists = store::distribution(conn, &ids).await?;
-    let totals = assets::totals(conn, &ids).await?;
-    let mut releasing = std::collections::HashMap::new();
-    for r in rows.iter().filter(|r| r.delete_requested_at.is_some()) {
-        releasing.insert(
-            r.id,
-            crate::ledger::assignments::count_at_apple(conn, r.id).await?,
-        );
-    }
+    let Details {
+        lists,
+        totals,
+        releasing,
+    } = overview::details(conn, &rows).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -501,10 +496,8 @@ pub async fn list_accounts(
     let after: Option<i32> = query.after(&format!("accounts:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let mut rows = Vec::new();
-    for row in store::page(&mut conn, &space, after, limit).await? {
-        rows.push(checks::refresh(&mut conn, row).await?);
-    }
+    let page = store::page(&mut conn, &space, after, limit).await?;
+    let rows = overview::refreshed(&mut conn, page).await?;
     let next = next_cursor(
         &format!("accounts:{space}"),
         rows.len(),
