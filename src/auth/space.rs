@@ -115,3 +115,77 @@ impl<N: Need + 'static, P: SpacePath + 'static> FromRequest for SpaceAccess<N, P
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpResponse, test, web};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    use super::*;
+    use crate::auth::jwt::Authenticator;
+    use crate::config::AuthArgs;
+
+    const SECRET: &str = "a-unit-test-secret-that-is-long-enough-0123456789";
+
+    fn token(scope: &str, spaces: &[&str]) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": "iss", "aud": "aud", "sub": "t", "scope": scope, "spaces": spaces,
+            "nbf": now - 5, "exp": now + 600,
+        });
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    async fn manage(access: SpaceAccess<needs::AccountsManage, (String, Uuid)>) -> HttpResponse {
+        HttpResponse::Ok().body(format!("{} {}", access.space(), access.path.1))
+    }
+
+    #[actix_web::test]
+    async fn checks_token_path_space_grant_then_scope() {
+        let auth = Authenticator::from_args(&AuthArgs {
+            jwt_issuer: "iss".into(),
+            jwt_audience: "aud".into(),
+            jwt_hs256_secret: Some(SECRET.into()),
+            jwt_public_keys_pem: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
+            jwt_leeway_secs: 5,
+        })
+        .await
+        .unwrap();
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(auth))
+                .app_data(crate::http::extract::path_config())
+                .route("/s/{space}/a/{id}", web::get().to(manage)),
+        )
+        .await;
+        let id = Uuid::nil();
+        let manager = token("accounts:manage", &["a"]);
+        let reader = token("licenses:read", &["a"]);
+        for (path, token, status) in [
+            (format!("/s/a/a/{id}"), None, 401),
+            ("/s/BAD/a/not-a-uuid".to_owned(), Some(&manager), 400),
+            (format!("/s/BAD/a/{id}"), Some(&manager), 400),
+            (format!("/s/b/a/{id}"), Some(&reader), 404),
+            (format!("/s/a/a/{id}"), Some(&reader), 403),
+            (format!("/s/a/a/{id}"), Some(&manager), 200),
+        ] {
+            let mut req = test::TestRequest::get().uri(&path);
+            if let Some(token) = token {
+                req = req.insert_header(("authorization", format!("Bearer {token}")));
+            }
+            let resp = test::call_service(&app, req.to_request()).await;
+            assert_eq!(resp.status().as_u16(), status, "{path}");
+            if status == 200 {
+                let body = test::read_body(resp).await;
+                assert_eq!(body, format!("a {id}").as_bytes());
+            }
+        }
+    }
+}
