@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
-use crate::domain::validation::FieldError;
+use crate::domain::validation::{FieldError, check_asset, check_id, check_reason};
 use crate::engine::allocate::{
     self, AllocationError, AllocationRequest, AssetRef, Outcome, SubjectInput,
 };
@@ -328,15 +328,6 @@ pub struct Revocation {
     pub not_revocable: i64,
 }
 
-fn check_reason(errors: &mut Vec<FieldError>, field: &str, reason: &str) {
-    if reason.chars().count() > 1000 {
-        errors.push(FieldError {
-            field: field.into(),
-            message: "at most 1000 characters".into(),
-        });
-    }
-}
-
 fn not_revocable(what: String) -> ApiError {
     ApiError::new(
         &types::NOT_REVOCABLE,
@@ -345,33 +336,6 @@ fn not_revocable(what: String) -> ApiError {
              with the user). Nothing was changed"
         ),
     )
-}
-
-fn check_asset(errors: &mut Vec<FieldError>, field: &str, adam_id: &str, pricing: Option<&str>) {
-    if adam_id.is_empty() || adam_id.len() > 20 || !adam_id.bytes().all(|b| b.is_ascii_digit()) {
-        errors.push(FieldError {
-            field: format!("{field}.adam_id"),
-            message: "must be Apple's numeric product id (1-20 digits)".into(),
-        });
-    }
-    if let Some(p) = pricing
-        && p != "STDQ"
-        && p != "PLUS"
-    {
-        errors.push(FieldError {
-            field: format!("{field}.pricing_param"),
-            message: "must be STDQ or PLUS".into(),
-        });
-    }
-}
-
-fn check_id(errors: &mut Vec<FieldError>, field: &str, id: &str) {
-    if id.trim().is_empty() || id.chars().count() > 256 {
-        errors.push(FieldError {
-            field: field.into(),
-            message: "must be 1 to 256 characters".into(),
-        });
-    }
 }
 
 fn validate(body: &AllocateBody) -> Result<(), ApiError> {

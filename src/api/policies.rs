@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::api::spaces::require_space;
 use crate::auth::space::SpacePath;
 use crate::auth::{SpaceAccess, needs};
-use crate::domain::validation::FieldError;
+use crate::domain::validation::{FieldError, valid_adam_id, valid_pricing};
 use crate::engine::model::SubjectKind;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
@@ -177,13 +177,13 @@ impl SpacePath for PolicyPath {
 }
 
 fn check_path(adam_id: &str, pricing: &str) -> Result<(), ApiError> {
-    if adam_id.is_empty() || adam_id.len() > 20 || !adam_id.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_adam_id(adam_id) {
         return Err(ApiError::new(
             &types::INVALID_PARAMETER,
             "adam_id must be Apple's numeric product id",
         ));
     }
-    if pricing != "STDQ" && pricing != "PLUS" {
+    if !valid_pricing(pricing) {
         return Err(ApiError::new(
             &types::INVALID_PARAMETER,
             "pricing_param must be STDQ or PLUS",

@@ -33,6 +33,59 @@ pub fn valid_space_id(id: &str) -> bool {
         && bytes.last() != Some(&b'-')
 }
 
+/// True for Apple's product id (`adamId`): 1 to 20 digits.
+pub fn valid_adam_id(adam_id: &str) -> bool {
+    !adam_id.is_empty() && adam_id.len() <= 20 && adam_id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// True for a pricing Apple sells: `STDQ` (standard) or `PLUS` (high quality).
+pub fn valid_pricing(pricing: &str) -> bool {
+    pricing == "STDQ" || pricing == "PLUS"
+}
+
+/// Checks an asset given as `{field}.adam_id` and, when given, `{field}.pricing_param`.
+pub fn check_asset(
+    errors: &mut Vec<FieldError>,
+    field: &str,
+    adam_id: &str,
+    pricing: Option<&str>,
+) {
+    if !valid_adam_id(adam_id) {
+        errors.push(FieldError {
+            field: format!("{field}.adam_id"),
+            message: "must be Apple's numeric product id (1-20 digits)".into(),
+        });
+    }
+    if let Some(p) = pricing
+        && !valid_pricing(p)
+    {
+        errors.push(FieldError {
+            field: format!("{field}.pricing_param"),
+            message: "must be STDQ or PLUS".into(),
+        });
+    }
+}
+
+/// Checks a subject id, user id or group name: 1 to 256 characters, not blank.
+pub fn check_id(errors: &mut Vec<FieldError>, field: &str, id: &str) {
+    if id.trim().is_empty() || id.chars().count() > 256 {
+        errors.push(FieldError {
+            field: field.into(),
+            message: "must be 1 to 256 characters".into(),
+        });
+    }
+}
+
+/// Checks a free-text reason: at most 1000 characters.
+pub fn check_reason(errors: &mut Vec<FieldError>, field: &str, reason: &str) {
+    if reason.chars().count() > 1000 {
+        errors.push(FieldError {
+            field: field.into(),
+            message: "at most 1000 characters".into(),
+        });
+    }
+}
+
 /// Longest name, in characters.
 pub const NAME_MAX: usize = 200;
 
@@ -125,6 +178,18 @@ mod tests {
             assert!(!description_ok(bad), "{bad:?}");
         }
         assert!(!description_ok(&"x".repeat(21)));
+    }
+
+    #[test]
+    fn adam_ids_and_pricings() {
+        for ok in ["1", "408709785", &"9".repeat(20)] {
+            assert!(valid_adam_id(ok), "{ok}");
+        }
+        for bad in ["", "12a", "-1", " 1", &"9".repeat(21)] {
+            assert!(!valid_adam_id(bad), "{bad:?}");
+        }
+        assert!(valid_pricing("STDQ") && valid_pricing("PLUS"));
+        assert!(!valid_pricing("stdq") && !valid_pricing(""));
     }
 
     #[test]
