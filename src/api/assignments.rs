@@ -386,6 +386,29 @@ fn validate(body: &AllocateBody) -> Result<(), ApiError> {
     }
 }
 
+/// 422 unless the revocation names at least one filter and every value is acceptable.
+fn validate_revocation(body: &RevocationBody) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if body.account_id.is_none() && body.asset.is_none() && body.subject.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "give at least one of account_id, asset, subject".into(),
+        });
+    }
+    if let Some(a) = &body.asset {
+        check_asset(&mut errors, "asset", &a.adam_id, a.pricing_param.as_deref());
+    }
+    if let Some(s) = &body.subject {
+        check_id(&mut errors, "subject.id", &s.id);
+    }
+    check_reason(&mut errors, "reason", &body.reason);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 impl From<AllocationError> for ApiError {
     fn from(err: AllocationError) -> Self {
         match err {
@@ -1048,23 +1071,7 @@ pub async fn create_revocation(
 ) -> Result<HttpResponse, ApiError> {
     let (caller, space) = access.into_parts();
     let body = body.0;
-    let mut errors = Vec::new();
-    if body.account_id.is_none() && body.asset.is_none() && body.subject.is_none() {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "give at least one of account_id, asset, subject".into(),
-        });
-    }
-    if let Some(a) = &body.asset {
-        check_asset(&mut errors, "asset", &a.adam_id, a.pricing_param.as_deref());
-    }
-    if let Some(s) = &body.subject {
-        check_id(&mut errors, "subject.id", &s.id);
-    }
-    check_reason(&mut errors, "reason", &body.reason);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    validate_revocation(&body)?;
     let matching = Matching {
         account: body.account_id,
         asset: body.asset.map(|a| (a.adam_id, a.pricing_param)),
