@@ -45,8 +45,10 @@ pub mod http;
 pub mod ledger;
 #[cfg(feature = "dev")]
 pub mod local_pg;
+pub mod policies;
 pub mod service;
 pub mod settle;
+pub mod spaces;
 pub mod state;
 pub mod telemetry;
 pub mod waiters;

@@ -10,8 +10,10 @@ pub mod checks;
 pub mod error;
 pub mod identity;
 pub mod order;
+pub mod overview;
 pub mod ownership;
 pub mod removal;
+pub mod update;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use utoipa::ToSchema;
 
 use crate::apple::error::{AppleError, ErrorClass};
 use crate::domain::account_status::Observation;
+use crate::domain::validation::FieldError;
 
 pub use error::AccountError;
 
@@ -64,10 +67,10 @@ pub fn observe_error(err: &AppleError, now: DateTime<Utc>) -> Option<Observation
 }
 
 /// Validates a distribution list (kinds are typed; values must be 1–256 characters).
-pub fn check_list(list: &[ListEntry], errors: &mut Vec<crate::http::problem::FieldError>) {
+pub fn check_list(list: &[ListEntry], errors: &mut Vec<FieldError>) {
     for (i, e) in list.iter().enumerate() {
         if e.value.trim().is_empty() || e.value.chars().count() > 256 {
-            errors.push(crate::http::problem::FieldError {
+            errors.push(FieldError {
                 field: format!("distribution_list[{i}].value"),
                 message: "must be 1 to 256 characters".into(),
             });

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::AccountError;
 use crate::domain::origin::Origin;
-use crate::http::problem::FieldError;
+use crate::domain::validation::FieldError;
 use crate::ledger::accounts::{self as store, AccountRow};
 use crate::ledger::activity::{self, Activity};
 use crate::state::AppState;

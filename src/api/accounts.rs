@@ -4,29 +4,29 @@
 //! the sToken, not even masked parts of it. Reads persist time-driven status transitions
 //! (expiring, expired, end of throttling) before answering, so the status shown is honest.
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::accounts::checks::{self, TestReport};
+use crate::accounts::overview::{self, Details};
 use crate::accounts::removal::{self, Deleted};
+use crate::accounts::update::{self, AccountChange};
 use crate::accounts::{AccountError, ListEntry, ListKind, attach, check_list, order};
 use crate::api::spaces::require_space;
-use crate::auth::{Caller, Scope};
+use crate::auth::{SpaceAccess, needs};
 use crate::db::Conn;
 use crate::domain::account_status::AccountStatus;
 use crate::domain::account_status::WhenUnusable;
+use crate::domain::validation::{self, FieldError};
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
-use crate::http::problem::{ApiError, FieldError, Problem};
-use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry};
-use crate::ledger::activity::{self, Activity};
-use crate::ledger::assets;
+use crate::http::problem::{ApiError, Problem, types};
+use crate::ledger::accounts::{self as store, AccountRow};
 use crate::state::AppState;
 
 /// The Apple location an account manages.
@@ -278,7 +278,7 @@ pub struct DeleteQuery {
 const MAX_STOKEN_LEN: usize = 16 * 1024;
 
 fn check_name(errors: &mut Vec<FieldError>, name: &str) {
-    super::text::check_name(errors, "name", name);
+    validation::check_name(errors, "name", name);
 }
 
 fn check_stoken(errors: &mut Vec<FieldError>, stoken: &str) {
@@ -299,22 +299,87 @@ fn check_priority(errors: &mut Vec<FieldError>, priority: Option<i32>) {
     }
 }
 
+/// The problem each account failure answers with.
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::InvalidSToken(e) => ApiError::new(
+                &types::INVALID_STOKEN,
+                format!("{e}; upload the .vpptoken file content exactly as downloaded from Apple Business Manager"),
+            )
+            .with_errors(vec![FieldError {
+                field: "stoken".into(),
+                message: e.to_string(),
+            }]),
+            AccountError::Rejected(detail) => ApiError::new(&types::STOKEN_REJECTED, detail),
+            AccountError::AppleUnavailable { detail, retry_after } => {
+                let secs = retry_after.map(|d| d.as_secs().max(1)).unwrap_or(30);
+                ApiError::new(&types::APPLE_UNAVAILABLE, detail).with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&secs.to_string()).unwrap_or(HeaderValue::from_static("30")),
+                )
+            }
+            AccountError::Apple(e) => ApiError::new(&types::APPLE_ERROR, e.to_string()),
+            AccountError::LocationTaken { here } => ApiError::new(
+                &types::LOCATION_ALREADY_ATTACHED,
+                if here {
+                    "this Apple location is already attached to an account of this space; \
+                     replace that account's sToken instead"
+                } else {
+                    "this Apple location is already attached to this deployment (in another space); \
+                     one location can be managed by one account only"
+                },
+            ),
+            AccountError::LocationMismatch(detail) => ApiError::new(&types::LOCATION_MISMATCH, detail),
+            AccountError::InUse(detail) => ApiError::new(&types::ACCOUNT_IN_USE, detail),
+            AccountError::NotFound(what) => ApiError::not_found(what),
+            AccountError::Invalid(errors) => ApiError::validation(errors),
+            AccountError::Stale { current } => IfMatch::failed(current),
+            AccountError::Crypto(e) => ApiError::internal(e),
+            AccountError::Db(e) => e.into(),
+            AccountError::Pool(e) => e.into(),
+        }
+    }
+}
+
+/// 422 unless the change names something to change and every value is acceptable.
+fn validate_update(body: &UpdateAccount) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if body.name.is_none()
+        && body.priority.is_none()
+        && body.settings.is_none()
+        && body.distribution_list.is_none()
+    {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "name, priority, settings or distribution_list is required".into(),
+        });
+    }
+    if let Some(name) = &body.name {
+        check_name(&mut errors, name);
+    }
+    check_priority(&mut errors, body.priority);
+    if let Some(list) = &body.distribution_list {
+        check_list(list, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 /// Builds the views of some accounts of one space (one query for lists, one for counts).
 async fn views(
     conn: &mut Conn,
     rows: Vec<AccountRow>,
     state: &AppState,
 ) -> Result<Vec<Account>, ApiError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let lists = store::distribution(conn, &ids).await?;
-    let totals = assets::totals(conn, &ids).await?;
-    let mut releasing = std::collections::HashMap::new();
-    for r in rows.iter().filter(|r| r.delete_requested_at.is_some()) {
-        releasing.insert(
-            r.id,
-            crate::ledger::assignments::count_at_apple(conn, r.id).await?,
-        );
-    }
+    let Details {
+        lists,
+        totals,
+        releasing,
+    } = overview::details(conn, &rows).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -423,21 +488,17 @@ fn with_etag(mut builder: actix_web::HttpResponseBuilder, account: Account) -> H
 )]
 #[get("/v1/spaces/{space}/accounts")]
 pub async fn list_accounts(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<web::Json<AccountList>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let limit = query.limit()?;
     let after: Option<i32> = query.after(&format!("accounts:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let mut rows = Vec::new();
-    for row in store::page(&mut conn, &space, after, limit).await? {
-        rows.push(checks::refresh(&mut conn, row).await?);
-    }
+    let page = store::page(&mut conn, &space, after, limit).await?;
+    let rows = overview::refreshed(&mut conn, page).await?;
     let next = next_cursor(
         &format!("accounts:{space}"),
         rows.len(),
@@ -473,13 +534,11 @@ pub async fn list_accounts(
 )]
 #[post("/v1/spaces/{space}/accounts")]
 pub async fn create_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     body: Json<CreateAccount>,
 ) -> Result<HttpResponse, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, space) = access.into_parts();
     let body = body.0;
     let mut errors = Vec::new();
     check_name(&mut errors, &body.name);
@@ -530,12 +589,10 @@ pub async fn create_account(
 )]
 #[get("/v1/spaces/{space}/accounts/{account}")]
 pub async fn get_account(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let (space, id) = access.path;
     let mut conn = state.pool.get().await?;
     let row = load(&mut conn, &space, id).await?;
     Ok(with_etag(
@@ -566,90 +623,30 @@ pub async fn get_account(
 )]
 #[patch("/v1/spaces/{space}/accounts/{account}")]
 pub async fn update_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     req: HttpRequest,
     body: Json<UpdateAccount>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
-    let mut errors = Vec::new();
-    if body.name.is_none()
-        && body.priority.is_none()
-        && body.settings.is_none()
-        && body.distribution_list.is_none()
-    {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "name, priority, settings or distribution_list is required".into(),
-        });
-    }
-    if let Some(name) = &body.name {
-        check_name(&mut errors, name);
-    }
-    check_priority(&mut errors, body.priority);
-    if let Some(list) = &body.distribution_list {
-        check_list(list, &mut errors);
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let actor = caller.origin();
+    validate_update(&body)?;
+    let settings = body.settings.unwrap_or_default();
+    let change = AccountChange {
+        name: body.name,
+        notify_on_removal: settings.notify_on_removal,
+        new_assets_for_everyone: settings.new_assets_for_everyone,
+        when_unusable: settings.when_unusable,
+        distribution_list: body.distribution_list,
+        priority: body.priority,
+    };
+    let versions = match &if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    };
     let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let current = store::find_locked(conn, &space, id)
-            .await?
-            .ok_or_else(|| AccountError::NotFound(format!("account {id}")))?;
-        if !if_match.matches(current.version) {
-            return Err(AccountError::Stale {
-                current: current.version,
-            });
-        }
-        let settings = body.settings.unwrap_or_default();
-        store::update_details(
-            conn,
-            id,
-            store::DetailsChange {
-                name: body.name.as_deref().map(str::trim),
-                notify_on_removal: settings.notify_on_removal,
-                new_assets_for_everyone: settings.new_assets_for_everyone,
-                when_unusable: settings.when_unusable,
-            },
-        )
-        .await?;
-        if let Some(list) = &body.distribution_list {
-            let entries: Vec<DistributionEntry> = list
-                .iter()
-                .map(|e| DistributionEntry {
-                    account_id: id,
-                    kind: e.kind.as_str().to_owned(),
-                    value: e.value.trim().to_owned(),
-                })
-                .collect();
-            store::replace_distribution(conn, id, &entries).await?;
-        }
-        if let Some(priority) = body.priority {
-            order::move_to(conn, &actor, &space, id, priority).await?;
-        }
-        activity::record(
-            conn,
-            Activity::new(&actor, "account.updated")
-                .space(&space)
-                .account(id)
-                .details(serde_json::json!({
-                    "name": body.name.is_some(),
-                    "settings": true,
-                    "distribution_list": body.distribution_list.as_ref().map(Vec::len),
-                    "priority": body.priority,
-                })),
-        )
-        .await?;
-        Ok(())
-    })
-    .await?;
+    update::update(&mut conn, &caller.origin(), &space, id, versions, &change).await?;
     let row = load(&mut conn, &space, id).await?;
     Ok(with_etag(
         HttpResponse::Ok(),
@@ -681,14 +678,12 @@ pub async fn update_account(
 )]
 #[delete("/v1/spaces/{space}/accounts/{account}")]
 pub async fn delete_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     query: web::Query<DeleteQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let versions = match IfMatch::from_request(&req)? {
         IfMatch::Any => None,
         IfMatch::Versions(v) => Some(v),
@@ -731,12 +726,10 @@ pub async fn delete_account(
 )]
 #[post("/v1/spaces/{space}/accounts/{account}/test")]
 pub async fn test_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
 ) -> Result<web::Json<TestResult>, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let (row, report) = checks::test(&state, &caller.origin(), &space, id).await?;
     let mut conn = state.pool.get().await?;
     Ok(web::Json(TestResult {
@@ -765,12 +758,10 @@ pub async fn test_account(
 )]
 #[post("/v1/spaces/{space}/accounts/{account}/reclaim")]
 pub async fn reclaim_account(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let row = checks::reclaim(&state, &caller.origin(), &space, id).await?;
     let mut conn = state.pool.get().await?;
     Ok(with_etag(
@@ -802,13 +793,11 @@ pub async fn reclaim_account(
 )]
 #[put("/v1/spaces/{space}/accounts/{account}/stoken")]
 pub async fn replace_account_token(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     body: Json<ReplaceToken>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, (space, id)) = access.into_parts();
     let mut errors = Vec::new();
     check_stoken(&mut errors, &body.0.stoken);
     if !errors.is_empty() {
@@ -842,12 +831,10 @@ pub async fn replace_account_token(
 )]
 #[get("/v1/spaces/{space}/account-order")]
 pub async fn get_account_order(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<web::Json<AccountOrder>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     let order = store::list(&mut conn, &space)
@@ -872,13 +859,11 @@ pub async fn get_account_order(
 )]
 #[put("/v1/spaces/{space}/account-order")]
 pub async fn set_account_order(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     body: Json<AccountOrder>,
 ) -> Result<web::Json<AccountList>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, space) = access.into_parts();
     let rows = order::reorder(&state, &caller.origin(), &space, &body.0.order).await?;
     let mut conn = state.pool.get().await?;
     Ok(web::Json(AccountList {

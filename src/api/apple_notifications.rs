@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::apple::types::NotificationEnvelope;
 use crate::domain::origin::Origin;
-use crate::http::problem::{ApiError, FieldError, Problem, types};
+use crate::domain::validation::FieldError;
+use crate::http::problem::{ApiError, Problem, types};
 use crate::settle::notifications::{self, NotificationError, Rejection, RejectionKind};
 use crate::state::AppState;
 

@@ -17,19 +17,21 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::spaces::require_space;
-use crate::auth::{Caller, Scope};
+use crate::auth::{SpaceAccess, needs};
 use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
 use crate::domain::model::{
     AssignmentState, Decision, LicenseType, LicenseWish, Rule, SubjectKind,
 };
-use crate::domain::records::AssignmentRow;
-use crate::domain::records::SubjectRow;
+use crate::domain::origin::Origin;
+use crate::domain::records::{AssignmentRow, SubjectRow};
+use crate::domain::validation::{FieldError, check_asset, check_id, check_reason};
 use crate::engine::allocate::{self, AllocationError, Outcome};
-use crate::engine::revoke::{self, Revoked};
+use crate::engine::revocations::{self, Matching, RevocationError};
+use crate::engine::revoke::Revoked;
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
-use crate::http::problem::{ApiError, FieldError, types};
+use crate::http::problem::{ApiError, Problem, types};
 use crate::ledger::assignments::{self as store, ListFilter};
 use crate::ledger::subjects;
 use crate::state::AppState;
@@ -326,15 +328,6 @@ pub struct Revocation {
     pub not_revocable: i64,
 }
 
-fn check_reason(errors: &mut Vec<FieldError>, field: &str, reason: &str) {
-    if reason.chars().count() > 1000 {
-        errors.push(FieldError {
-            field: field.into(),
-            message: "at most 1000 characters".into(),
-        });
-    }
-}
-
 fn not_revocable(what: String) -> ApiError {
     ApiError::new(
         &types::NOT_REVOCABLE,
@@ -343,33 +336,6 @@ fn not_revocable(what: String) -> ApiError {
              with the user). Nothing was changed"
         ),
     )
-}
-
-fn check_asset(errors: &mut Vec<FieldError>, field: &str, adam_id: &str, pricing: Option<&str>) {
-    if adam_id.is_empty() || adam_id.len() > 20 || !adam_id.bytes().all(|b| b.is_ascii_digit()) {
-        errors.push(FieldError {
-            field: format!("{field}.adam_id"),
-            message: "must be Apple's numeric product id (1-20 digits)".into(),
-        });
-    }
-    if let Some(p) = pricing
-        && p != "STDQ"
-        && p != "PLUS"
-    {
-        errors.push(FieldError {
-            field: format!("{field}.pricing_param"),
-            message: "must be STDQ or PLUS".into(),
-        });
-    }
-}
-
-fn check_id(errors: &mut Vec<FieldError>, field: &str, id: &str) {
-    if id.trim().is_empty() || id.chars().count() > 256 {
-        errors.push(FieldError {
-            field: field.into(),
-            message: "must be 1 to 256 characters".into(),
-        });
-    }
 }
 
 fn validate(body: &AllocateBody) -> Result<(), ApiError> {
@@ -420,6 +386,29 @@ fn validate(body: &AllocateBody) -> Result<(), ApiError> {
     }
 }
 
+/// 422 unless the revocation names at least one filter and every value is acceptable.
+fn validate_revocation(body: &RevocationBody) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if body.account_id.is_none() && body.asset.is_none() && body.subject.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "give at least one of account_id, asset, subject".into(),
+        });
+    }
+    if let Some(a) = &body.asset {
+        check_asset(&mut errors, "asset", &a.adam_id, a.pricing_param.as_deref());
+    }
+    if let Some(s) = &body.subject {
+        check_id(&mut errors, "subject.id", &s.id);
+    }
+    check_reason(&mut errors, "reason", &body.reason);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 impl From<AllocationError> for ApiError {
     fn from(err: AllocationError) -> Self {
         match err {
@@ -454,6 +443,17 @@ impl From<AllocationError> for ApiError {
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
+        }
+    }
+}
+
+/// The problem each revocation failure answers with.
+impl From<RevocationError> for ApiError {
+    fn from(err: RevocationError) -> Self {
+        match err {
+            RevocationError::NotFound(what) => ApiError::not_found(what),
+            RevocationError::NotRevocable(what) => not_revocable(what),
+            RevocationError::Db(e) => e.into(),
         }
     }
 }
@@ -527,26 +527,79 @@ async fn one_view(
         .ok_or_else(|| ApiError::internal(std::io::Error::other("assignment view missing")))
 }
 
-fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpResponse {
-    let mut builder = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
-    if status >= 400 {
-        builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+/// The answer to an allocation, typed until it is written.
+enum Answer {
+    /// 201 when this request created the assignment, else 200.
+    Allocation { status: u16, body: Box<Allocation> },
+    /// A refusal, answered as a problem (4xx).
+    Refusal { status: u16, body: Problem },
+    /// A stored answer replayed for an idempotency key that is not an allocation this version
+    /// can read (a refusal, as stored).
+    Stored {
+        status: u16,
+        body: serde_json::Value,
+    },
+}
+
+impl Answer {
+    /// A stored answer: an allocation (typed again, so `?wait=` can follow it) or, for a refusal,
+    /// the stored problem.
+    fn stored(status: u16, body: serde_json::Value) -> Answer {
+        if status < 300
+            && let Ok(allocation) = serde_json::from_value::<Allocation>(body.clone())
+        {
+            return Answer::Allocation {
+                status,
+                body: Box::new(allocation),
+            };
+        }
+        Answer::Stored { status, body }
     }
-    if replayed {
-        builder.insert_header((idempotency::REPLAYED, HeaderValue::from_static("true")));
+
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Allocation { status, .. }
+            | Answer::Refusal { status, .. }
+            | Answer::Stored { status, .. } => *status,
+        }
     }
-    if status == 201
-        && let (Some(space), Some(id)) = (
-            body.pointer("/assignment/space").and_then(|v| v.as_str()),
-            body.pointer("/assignment/id").and_then(|v| v.as_str()),
-        )
-    {
-        builder.insert_header((
-            header::LOCATION,
-            format!("/v1/spaces/{space}/assignments/{id}"),
-        ));
+
+    /// The body as stored for an idempotency key.
+    fn to_value(&self) -> serde_json::Value {
+        match self {
+            Answer::Allocation { body, .. } => serde_json::to_value(body),
+            Answer::Refusal { body, .. } => serde_json::to_value(body),
+            Answer::Stored { body, .. } => Ok(body.clone()),
+        }
+        .unwrap_or_default()
     }
-    builder.json(body)
+
+    fn respond(&self, replayed: bool) -> HttpResponse {
+        let status = self.status();
+        let mut builder =
+            HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+        if status >= 400 {
+            builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        }
+        if replayed {
+            builder.insert_header((idempotency::REPLAYED, HeaderValue::from_static("true")));
+        }
+        match self {
+            Answer::Allocation { body, .. } => {
+                if status == 201
+                    && let Some(a) = &body.assignment
+                {
+                    builder.insert_header((
+                        header::LOCATION,
+                        format!("/v1/spaces/{}/assignments/{}", a.space, a.id),
+                    ));
+                }
+                builder.json(body)
+            }
+            Answer::Refusal { body, .. } => builder.json(body),
+            Answer::Stored { body, .. } => builder.json(body),
+        }
+    }
 }
 
 /// Allocate a license for a subject (or explain what would be allocated with `dry_run`).
@@ -579,20 +632,48 @@ fn respond(status: u16, body: &serde_json::Value, replayed: bool) -> HttpRespons
 )]
 #[post("/v1/spaces/{space}/assignments")]
 pub async fn allocate_license(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesWrite>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<WaitQuery>,
     req: HttpRequest,
     body: Json<AllocateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesWrite)?;
+    let (caller, space) = access.into_parts();
     let wait = wait_seconds(query.wait)?;
     let body = body.0;
     validate(&body)?;
-    let request = AllocationRequest {
-        space: space.clone(),
+    let request = allocation_request(&space, &body, caller.origin());
+    let key = idempotency::key(&req)?;
+    let (mut answer, replayed) = match key {
+        // The common path: decided together with this process's concurrent allocations.
+        None if !body.dry_run => (
+            render(state.combiner.allocate(request).await, false)?,
+            false,
+        ),
+        None => {
+            let mut conn = state.pool.get().await?;
+            (
+                render(allocate::allocate(&mut conn, &request).await, true)?,
+                false,
+            )
+        }
+        Some(key) => {
+            let fingerprint =
+                idempotency::fingerprint(&req, &serde_json::to_vec(&body).unwrap_or_default());
+            let mut conn = state.pool.get().await?;
+            once(&mut conn, &caller.subject, &key, &fingerprint, &request).await?
+        }
+    };
+    if let Some(wait) = wait {
+        follow(&state, &space, &mut answer, wait).await?;
+    }
+    Ok(answer.respond(replayed))
+}
+
+/// The engine's request for an allocation body.
+fn allocation_request(space: &str, body: &AllocateBody, origin: Origin) -> AllocationRequest {
+    AllocationRequest {
+        space: space.to_owned(),
         asset: AssetRef {
             adam_id: body.asset.adam_id.clone(),
             pricing_param: body.asset.pricing_param.clone(),
@@ -611,63 +692,69 @@ pub async fn allocate_license(
         },
         wish: body.license_type,
         reason: body.reason.clone(),
-        origin: caller.origin(),
+        origin,
         dry_run: body.dry_run,
         exclude_accounts: Vec::new(),
         replaces: None,
-    };
-    let key = idempotency::key(&req)?;
-    let (status, mut json, replayed) = match key {
-        // The common path: decided together with this process's concurrent allocations.
-        None if !body.dry_run => {
-            let (s, j) = render(state.combiner.allocate(request).await, false)?;
-            (s, j, false)
-        }
-        None => {
-            let mut conn = state.pool.get().await?;
-            let (s, j) = render(allocate::allocate(&mut conn, &request).await, true)?;
-            (s, j, false)
-        }
-        Some(key) => {
-            let mut conn = state.pool.get().await?;
-            let fingerprint =
-                idempotency::fingerprint(&req, &serde_json::to_vec(&body).unwrap_or_default());
-            let caller_id = caller.subject.clone();
-            conn.transaction(async |conn| {
-                match idempotency::begin(conn, &space, &caller_id, &key, &fingerprint).await? {
-                    Begin::Replay { status, body } => Ok::<_, ApiError>((status, body, true)),
-                    Begin::Fresh => {
-                        let result = allocate::allocate(conn, &request).await;
-                        let (s, j) = render(result, request.dry_run)?;
-                        idempotency::finish(conn, &space, &caller_id, &key, s, &j).await?;
-                        Ok((s, j, false))
-                    }
-                }
-            })
-            .await?
-        }
-    };
-    if let Some(wait) = wait
-        && status < 300
-        && let Some(id) = json
-            .pointer("/assignment/id")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<Uuid>().ok())
-        && let Some(row) = wait_live(&state, &space, id, wait).await?
-    {
-        let mut conn = state.pool.get().await?;
-        let replaced = row.id != id;
-        let view = one_view(&mut conn, row).await?;
-        if replaced {
-            json["account_id"] = serde_json::json!(view.account_id);
-            json["rule"] = serde_json::json!(view.rule);
-            json["license_type"] = serde_json::json!(view.license_type);
-            json["decision"] = serde_json::to_value(&view.decision).unwrap_or_default();
-            json["replaces"] = serde_json::json!(id);
-        }
-        json["assignment"] = serde_json::to_value(view).unwrap_or_default();
     }
-    Ok(respond(status, &json, replayed))
+}
+
+/// Allocates under an `Idempotency-Key`: the first request with the key allocates and stores its
+/// answer in the same transaction; later ones get the stored answer (`true`: replayed).
+async fn once(
+    conn: &mut crate::db::Conn,
+    caller: &str,
+    key: &str,
+    fingerprint: &[u8],
+    request: &AllocationRequest,
+) -> Result<(Answer, bool), ApiError> {
+    let space = request.space.as_str();
+    conn.transaction(async |conn| {
+        match idempotency::begin(conn, space, caller, key, fingerprint).await? {
+            Begin::Replay { status, body } => Ok((Answer::stored(status, body), true)),
+            Begin::Fresh => {
+                let answer = render(allocate::allocate(conn, request).await, request.dry_run)?;
+                let (status, stored) = (answer.status(), answer.to_value());
+                idempotency::finish(conn, space, caller, key, status, &stored).await?;
+                Ok((answer, false))
+            }
+        }
+    })
+    .await
+}
+
+/// For `?wait=`: holds a successful allocation's answer until its assignment is final, and
+/// answers with the live replacement when Apple refused it and the service re-allocated.
+async fn follow(
+    state: &AppState,
+    space: &str,
+    answer: &mut Answer,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    let Answer::Allocation { status, body } = answer else {
+        return Ok(());
+    };
+    let Some(id) = body.assignment.as_ref().map(|a| a.id) else {
+        return Ok(());
+    };
+    if *status >= 300 {
+        return Ok(());
+    }
+    let Some(row) = wait_live(state, space, id, wait).await? else {
+        return Ok(());
+    };
+    let mut conn = state.pool.get().await?;
+    let replaced = row.id != id;
+    let view = one_view(&mut conn, row).await?;
+    if replaced {
+        body.account_id = view.account_id;
+        body.rule = view.rule;
+        body.license_type = view.license_type;
+        body.decision = view.decision.clone();
+        body.replaces = Some(id);
+    }
+    body.assignment = Some(view);
+    Ok(())
 }
 
 /// Re-allocations followed at most this many times in one waited answer.
@@ -716,11 +803,8 @@ async fn wait_live(
     Ok(Some(row))
 }
 
-/// The rendered answer to an allocation: status and JSON body (a problem for refusals).
-fn render(
-    result: Result<Outcome, AllocationError>,
-    dry_run: bool,
-) -> Result<(u16, serde_json::Value), ApiError> {
+/// The answer to an allocation: the allocation, or a problem for refusals.
+fn render(result: Result<Outcome, AllocationError>, dry_run: bool) -> Result<Answer, ApiError> {
     match result {
         Ok(o) => {
             let holder = [o.holder.clone()];
@@ -734,10 +818,10 @@ fn render(
                 dry_run,
                 replaces: None,
             };
-            Ok((
-                if o.created { 201 } else { 200 },
-                serde_json::to_value(body).unwrap_or_default(),
-            ))
+            Ok(Answer::Allocation {
+                status: if o.created { 201 } else { 200 },
+                body: Box::new(body),
+            })
         }
         Err(
             e @ (AllocationError::Db(_)
@@ -747,11 +831,10 @@ fn render(
         ) => Err(e.into()),
         Err(refusal) => {
             let api: ApiError = refusal.into();
-            let status = api.kind().status;
-            Ok((
-                status,
-                serde_json::to_value(api.to_problem()).unwrap_or_default(),
-            ))
+            Ok(Answer::Refusal {
+                status: api.kind().status,
+                body: api.to_problem(),
+            })
         }
     }
 }
@@ -780,13 +863,11 @@ fn wait_seconds(wait: Option<u64>) -> Result<Option<Duration>, ApiError> {
 )]
 #[get("/v1/spaces/{space}/assignments")]
 pub async fn list_assignments(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<AssignmentPage>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let q = query.into_inner();
     let page = crate::http::pagination::PageQuery {
         limit: q.limit,
@@ -796,23 +877,13 @@ pub async fn list_assignments(
     let after: Option<Uuid> = page.after(&format!("assignments:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let subject = match (q.subject_kind, &q.subject_id) {
-        (Some(kind), Some(id)) => match subjects::find(&mut conn, &space, kind, id).await? {
-            Some(s) => Some(s.id),
-            None => {
-                return Ok(web::Json(AssignmentPage {
-                    items: Vec::new(),
-                    next_cursor: None,
-                }));
-            }
-        },
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::new(
-                &types::INVALID_PARAMETER,
-                "subject_kind and subject_id go together",
-            ));
-        }
+    let Some(subject) = subject_filter(&mut conn, &space, q.subject_kind, &q.subject_id).await?
+    else {
+        // A subject the space never saw holds nothing.
+        return Ok(web::Json(AssignmentPage {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
     };
     let filter = ListFilter {
         account: q.account_id,
@@ -842,6 +913,26 @@ pub async fn list_assignments(
     }))
 }
 
+/// The subject filter of a listing: `Some(None)` for none, `None` for a subject the space does not
+/// know (nothing to list).
+async fn subject_filter(
+    conn: &mut crate::db::Conn,
+    space: &str,
+    kind: Option<SubjectKind>,
+    id: &Option<String>,
+) -> Result<Option<Option<Uuid>>, ApiError> {
+    match (kind, id) {
+        (Some(kind), Some(id)) => Ok(subjects::find(conn, space, kind, id)
+            .await?
+            .map(|s| Some(s.id))),
+        (None, None) => Ok(Some(None)),
+        _ => Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            "subject_kind and subject_id go together",
+        )),
+    }
+}
+
 /// Get one assignment, optionally waiting (≤ 30 s) for its final state.
 ///
 /// With `?wait=N` the answer waits (up to N seconds) until the assignment reaches a final state
@@ -859,13 +950,11 @@ pub async fn list_assignments(
 )]
 #[get("/v1/spaces/{space}/assignments/{assignment}")]
 pub async fn get_assignment(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     query: web::Query<WaitQuery>,
 ) -> Result<web::Json<Assignment>, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let (space, id) = access.path;
     let wait = wait_seconds(query.wait)?;
     let row = match wait {
         Some(wait) => {
@@ -910,13 +999,11 @@ pub async fn get_assignment(
 )]
 #[delete("/v1/spaces/{space}/assignments/{assignment}")]
 pub async fn revoke_assignment(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesWrite, (String, Uuid)>,
     state: web::Data<AppState>,
-    path: web::Path<(String, Uuid)>,
     query: web::Query<RevokeQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, id) = path.into_inner();
-    caller.authorize(&space, Scope::LicensesWrite)?;
+    let (caller, (space, id)) = access.into_parts();
     let reason = query.into_inner().reason.unwrap_or_default();
     if reason.chars().count() > 1000 {
         return Err(ApiError::new(
@@ -924,34 +1011,8 @@ pub async fn revoke_assignment(
             "reason must be at most 1000 characters",
         ));
     }
-    let origin = caller.origin();
     let mut conn = state.pool.get().await?;
-    // The row lock (first in the ledger's lock order) makes the state read here the state the
-    // revocation acts on: a finished assignment answers 200, a live one is revoked.
-    conn.transaction(async |conn| {
-        let row = store::find_locked(conn, &space, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
-        if !row.state.is_live() {
-            return Ok::<_, ApiError>(());
-        }
-        let scope = revoke::Scope {
-            assignment: Some(id),
-            ..Default::default()
-        };
-        if revoke::not_revocable(conn, &space, &scope).await? > 0 {
-            return Err(not_revocable(format!(
-                "assignment {id} holds a license of asset {}/{}",
-                row.adam_id, row.pricing_param
-            )));
-        }
-        revoke::revoke(conn, &space, &scope, &origin, &reason).await?;
-        Ok(())
-    })
-    .await?;
-    let row = store::find(&mut conn, &space, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("assignment {id}")))?;
+    let row = revocations::revoke_one(&mut conn, &space, id, &caller.origin(), &reason).await?;
     let view = one_view(&mut conn, row).await?;
     // 202 only while Apple still has to release the license; a pending one dropped in the
     // ledger, or one already finished, is final: 200.
@@ -986,79 +1047,24 @@ pub async fn revoke_assignment(
 )]
 #[post("/v1/spaces/{space}/revocations")]
 pub async fn create_revocation(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesWrite>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     body: Json<RevocationBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesWrite)?;
+    let (caller, space) = access.into_parts();
     let body = body.0;
-    let mut errors = Vec::new();
-    if body.account_id.is_none() && body.asset.is_none() && body.subject.is_none() {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "give at least one of account_id, asset, subject".into(),
-        });
-    }
-    if let Some(a) = &body.asset {
-        check_asset(&mut errors, "asset", &a.adam_id, a.pricing_param.as_deref());
-    }
-    if let Some(s) = &body.subject {
-        check_id(&mut errors, "subject.id", &s.id);
-    }
-    check_reason(&mut errors, "reason", &body.reason);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let mut conn = state.pool.get().await?;
-    require_space(&mut conn, &space).await?;
-    if let Some(account) = body.account_id
-        && crate::ledger::accounts::find(&mut conn, &space, account)
-            .await?
-            .is_none()
-    {
-        return Err(ApiError::not_found(format!("account {account}")));
-    }
-    let subject = match &body.subject {
-        Some(s) => match subjects::find(&mut conn, &space, s.kind, &s.id).await? {
-            Some(row) => Some(row.id),
-            None => {
-                return Ok(HttpResponse::Accepted().json(Revocation {
-                    dropped: 0,
-                    revoking: 0,
-                    not_revocable: 0,
-                }));
-            }
-        },
-        None => None,
-    };
-    let scope = revoke::Scope {
-        assignment: None,
+    validate_revocation(&body)?;
+    let matching = Matching {
         account: body.account_id,
-        adam_id: body.asset.as_ref().map(|a| a.adam_id.clone()),
-        pricing_param: body.asset.as_ref().and_then(|a| a.pricing_param.clone()),
-        subject,
-        include_not_revocable: false,
+        asset: body.asset.map(|a| (a.adam_id, a.pricing_param)),
+        subject: body.subject.map(|s| (s.kind, s.id)),
     };
-    let origin = caller.origin();
+    let mut conn = state.pool.get().await?;
     let Revoked {
         dropped,
         revoking,
         not_revocable: kept,
-    } = conn
-        .transaction(async |conn| {
-            if let Some(asset) = &body.asset {
-                let n = revoke::not_revocable(conn, &space, &scope).await?;
-                if n > 0 {
-                    return Err(not_revocable(format!(
-                        "{n} of the licenses matched are of asset {}",
-                        asset.adam_id
-                    )));
-                }
-            }
-            Ok::<_, ApiError>(revoke::revoke(conn, &space, &scope, &origin, &body.reason).await?)
-        })
+    } = revocations::revoke_matching(&mut conn, &space, &matching, &caller.origin(), &body.reason)
         .await?;
     Ok(HttpResponse::Accepted().json(Revocation {
         dropped,

@@ -6,7 +6,6 @@ pub mod apple_notifications;
 pub mod assignments;
 pub mod policies;
 pub mod spaces;
-pub mod text;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 

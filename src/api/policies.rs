@@ -11,21 +11,22 @@ use std::collections::HashSet;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, put, web};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::api::spaces::require_space;
-use crate::auth::{Caller, Scope};
+use crate::auth::space::SpacePath;
+use crate::auth::{SpaceAccess, needs};
 use crate::domain::model::SubjectKind;
 use crate::domain::records::EntryRow;
+use crate::domain::validation::{FieldError, valid_adam_id, valid_pricing};
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
-use crate::http::problem::{ApiError, FieldError, types};
-use crate::ledger::activity::{self, Activity};
+use crate::http::problem::{ApiError, types};
 use crate::ledger::policies::{self as store, PolicyRow};
+use crate::policies::{self, AssetKey, PolicyError};
 use crate::state::AppState;
 
 /// A reserved subject.
@@ -146,14 +147,44 @@ fn view(p: PolicyRow, entries: &[EntryRow]) -> Policy {
     policy
 }
 
+/// The path of one asset's policy: `/v1/spaces/{space}/policies/{adam_id}/{pricing_param}`.
+#[derive(Debug, Deserialize)]
+pub struct PolicyPath {
+    pub space: String,
+    pub adam_id: String,
+    pub pricing_param: String,
+}
+
+/// The asset's segments are checked (400) before the space is authorised.
+impl PolicyPath {
+    /// The asset whose policy the path names.
+    pub fn asset(&self) -> AssetKey<'_> {
+        AssetKey {
+            space: &self.space,
+            adam_id: &self.adam_id,
+            pricing_param: &self.pricing_param,
+        }
+    }
+}
+
+impl SpacePath for PolicyPath {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn check(&self) -> Result<(), ApiError> {
+        check_path(&self.adam_id, &self.pricing_param)
+    }
+}
+
 fn check_path(adam_id: &str, pricing: &str) -> Result<(), ApiError> {
-    if adam_id.is_empty() || adam_id.len() > 20 || !adam_id.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_adam_id(adam_id) {
         return Err(ApiError::new(
             &types::INVALID_PARAMETER,
             "adam_id must be Apple's numeric product id",
         ));
     }
-    if pricing != "STDQ" && pricing != "PLUS" {
+    if !valid_pricing(pricing) {
         return Err(ApiError::new(
             &types::INVALID_PARAMETER,
             "pricing_param must be STDQ or PLUS",
@@ -273,13 +304,11 @@ fn entries(
 )]
 #[get("/v1/spaces/{space}/policies")]
 pub async fn list_policies(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<web::Json<PolicyList>, ApiError> {
-    let space = path.into_inner();
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let space = access.path;
     let limit = query.limit()?;
     let after: Option<(String, String)> = query.after(&format!("policies:{space}"))?;
     let mut conn = state.pool.get().await?;
@@ -316,13 +345,14 @@ pub async fn list_policies(
 )]
 #[get("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn get_policy(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead, PolicyPath>,
     state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, adam_id, pricing) = path.into_inner();
-    check_path(&adam_id, &pricing)?;
-    caller.authorize(&space, Scope::LicensesRead)?;
+    let PolicyPath {
+        space,
+        adam_id,
+        pricing_param: pricing,
+    } = access.path;
     let mut conn = state.pool.get().await?;
     let row = store::find(&mut conn, &space, &adam_id, &pricing)
         .await?
@@ -359,65 +389,35 @@ pub async fn get_policy(
 )]
 #[put("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn put_policy(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, PolicyPath>,
     state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
     req: HttpRequest,
     body: Json<PolicyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, adam_id, pricing) = path.into_inner();
-    check_path(&adam_id, &pricing)?;
-    caller.authorize(&space, Scope::AccountsManage)?;
+    let (caller, path) = access.into_parts();
+    let asset = path.asset();
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    require_space(&mut conn, &space).await?;
-    let accounts: Vec<Uuid> = crate::ledger::accounts::list(&mut conn, &space)
-        .await?
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    let owners = crate::ledger::assets::owners(&mut conn, &accounts, &adam_id, &pricing).await?;
+    require_space(&mut conn, asset.space).await?;
+    let (accounts, owners) = policies::reservable_accounts(&mut conn, asset).await?;
     let new_entries = entries(&body.0, &accounts, &owners)?;
-    let actor = caller.origin();
-    let new_id = Uuid::now_v7();
-    let (policy, created) = conn
-        .transaction(async |conn| {
-            if let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await?
-                && !if_match.matches(existing.version)
-            {
-                return Err(IfMatch::failed(existing.version));
-            }
-            let row =
-                store::replace(conn, &space, &adam_id, &pricing, &new_entries, new_id).await?;
-            // The upsert keeps an existing policy's id: the new id means it was inserted.
-            let created = row.id == new_id;
-            activity::record(
-                conn,
-                Activity {
-                    adam_id: Some(adam_id.clone()),
-                    pricing_param: Some(pricing.clone()),
-                    ..Activity::new(
-                        &actor,
-                        if created {
-                            "policy.created"
-                        } else {
-                            "policy.replaced"
-                        },
-                    )
-                    .space(&space)
-                    .details(serde_json::json!({"entries": new_entries.len()}))
-                },
-            )
-            .await?;
-            let entries = store::entries_of(conn, &[row.id]).await?;
-            Ok::<_, ApiError>((view(row, &entries), created))
-        })
-        .await?;
-    let mut builder = if created {
+    let replaced = policies::replace(
+        &mut conn,
+        &caller.origin(),
+        asset,
+        versions(&if_match),
+        &new_entries,
+    )
+    .await?;
+    let policy = view(replaced.policy, &replaced.entries);
+    let mut builder = if replaced.created {
         let mut b = HttpResponse::Created();
         b.insert_header((
             header::LOCATION,
-            format!("/v1/spaces/{space}/policies/{adam_id}/{pricing}"),
+            format!(
+                "/v1/spaces/{}/policies/{}/{}",
+                path.space, path.adam_id, path.pricing_param
+            ),
         ));
         b
     } else {
@@ -448,38 +448,32 @@ pub async fn put_policy(
 )]
 #[delete("/v1/spaces/{space}/policies/{adam_id}/{pricing_param}")]
 pub async fn delete_policy(
-    caller: Caller,
+    access: SpaceAccess<needs::AccountsManage, PolicyPath>,
     state: web::Data<AppState>,
-    path: web::Path<(String, String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let (space, adam_id, pricing) = path.into_inner();
-    check_path(&adam_id, &pricing)?;
-    caller.authorize(&space, Scope::AccountsManage)?;
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    let actor = caller.origin();
-    conn.transaction(async |conn| {
-        let Some(existing) = store::find_locked(conn, &space, &adam_id, &pricing).await? else {
-            return Err(ApiError::not_found(format!(
-                "policy for {adam_id}/{pricing}"
-            )));
-        };
-        if !if_match.matches(existing.version) {
-            return Err(IfMatch::failed(existing.version));
-        }
-        store::delete(conn, &space, &adam_id, &pricing).await?;
-        activity::record(
-            conn,
-            Activity {
-                adam_id: Some(adam_id.clone()),
-                pricing_param: Some(pricing.clone()),
-                ..Activity::new(&actor, "policy.deleted").space(&space)
-            },
-        )
-        .await?;
-        Ok(())
-    })
-    .await?;
+    let origin = access.caller.origin();
+    policies::delete(&mut conn, &origin, access.path.asset(), versions(&if_match)).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The versions `If-Match` accepts (`None`: any).
+fn versions(if_match: &IfMatch) -> Option<&[i64]> {
+    match if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
+    }
+}
+
+/// The problem each policy failure answers with.
+impl From<PolicyError> for ApiError {
+    fn from(err: PolicyError) -> Self {
+        match err {
+            PolicyError::NotFound(what) => ApiError::not_found(what),
+            PolicyError::Stale { current } => IfMatch::failed(current),
+            PolicyError::Db(e) => e.into(),
+        }
+    }
 }

@@ -8,19 +8,18 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::text;
-use crate::auth::{Caller, Scope, SpaceGrant};
+use crate::auth::{Caller, Scope, SpaceAccess, SpaceGrant, needs};
+use crate::domain::validation::{self, FieldError, valid_space_id};
 use crate::http::AppState;
 use crate::http::etag::{IfMatch, etag_header};
 use crate::http::extract::Json;
 use crate::http::pagination::{PageQuery, next_cursor};
-use crate::http::problem::{ApiError, FieldError, types};
-use crate::ledger::activity::{self, Activity};
+use crate::http::problem::{ApiError, types};
 use crate::ledger::spaces::{self as store, NewSpace, SpaceChanges, SpaceRow};
+use crate::spaces::{self, SpaceError};
 
 /// A space.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -87,17 +86,6 @@ pub struct UpdateSpace {
     pub description: Option<String>,
 }
 
-/// True for a well-formed space id.
-pub fn valid_space_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
-}
-
 /// 404 unless the space exists: listings of a space that does not exist are not empty pages.
 pub async fn require_space(
     conn: &mut diesel_async::AsyncPgConnection,
@@ -109,27 +97,54 @@ pub async fn require_space(
     }
 }
 
-/// 400 for a malformed space id in a path (checked by [`crate::auth::Caller::authorize`], which
-/// every space-scoped route calls first).
-pub fn check_space_path(id: &str) -> Result<(), ApiError> {
-    if valid_space_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            &types::INVALID_PARAMETER,
-            format!(
-                "{id:?} is not a space id (lowercase letters, digits, dashes; 1-63 characters)"
-            ),
-        ))
-    }
-}
-
 fn check_name(errors: &mut Vec<FieldError>, name: &str) {
-    text::check_name(errors, "name", name);
+    validation::check_name(errors, "name", name);
 }
 
 fn check_description(errors: &mut Vec<FieldError>, description: &str) {
-    text::check_description(errors, "description", description, 2000);
+    validation::check_description(errors, "description", description, 2000);
+}
+
+/// 422 unless every field of a new space is acceptable.
+fn validate_create(body: &CreateSpace) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if !valid_space_id(&body.id) {
+        errors.push(FieldError {
+            field: "id".into(),
+            message: "lowercase letters, digits and dashes, 1-63 characters, \
+                      no leading or trailing dash"
+                .into(),
+        });
+    }
+    check_name(&mut errors, &body.name);
+    check_description(&mut errors, &body.description);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// 422 unless the change names something to change and every value is acceptable.
+fn validate_update(body: &UpdateSpace) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if body.name.is_none() && body.description.is_none() {
+        errors.push(FieldError {
+            field: "body".into(),
+            message: "name or description is required".into(),
+        });
+    }
+    if let Some(name) = &body.name {
+        check_name(&mut errors, name);
+    }
+    if let Some(description) = &body.description {
+        check_description(&mut errors, description);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
 }
 
 fn with_etag(mut builder: actix_web::HttpResponseBuilder, space: Space) -> HttpResponse {
@@ -197,20 +212,7 @@ pub async fn create_space(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Admin)?;
     let body = body.0;
-    let mut errors = Vec::new();
-    if !valid_space_id(&body.id) {
-        errors.push(FieldError {
-            field: "id".into(),
-            message: "lowercase letters, digits and dashes, 1-63 characters, \
-                      no leading or trailing dash"
-                .into(),
-        });
-    }
-    check_name(&mut errors, &body.name);
-    check_description(&mut errors, &body.description);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    validate_create(&body)?;
     if !caller.may_see(&body.id) {
         return Err(ApiError::new(
             &types::FORBIDDEN,
@@ -218,27 +220,20 @@ pub async fn create_space(
         ));
     }
     let mut conn = state.pool.get().await?;
-    let row = store::insert(
-        &mut conn,
-        NewSpace {
-            id: &body.id,
-            name: body.name.trim(),
-            description: &body.description,
-        },
-    )
-    .await
-    .map_err(|e| match ApiError::from(e) {
-        err if err.kind() == &types::ALREADY_EXISTS => ApiError::new(
-            &types::ALREADY_EXISTS,
-            format!("space {} already exists", body.id),
-        ),
-        err => err,
-    })?;
-    activity::record(
-        &mut conn,
-        Activity::new(&caller.origin(), "space.created").space(&row.id),
-    )
-    .await?;
+    let new = NewSpace {
+        id: &body.id,
+        name: body.name.trim(),
+        description: &body.description,
+    };
+    let row = spaces::create(&mut conn, &caller.origin(), new)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            err if err.kind() == &types::ALREADY_EXISTS => ApiError::new(
+                &types::ALREADY_EXISTS,
+                format!("space {} already exists", body.id),
+            ),
+            err => err,
+        })?;
     let location = format!("/v1/spaces/{}", row.id);
     let mut builder = HttpResponse::Created();
     builder.insert_header((header::LOCATION, location));
@@ -257,12 +252,10 @@ pub async fn create_space(
 )]
 #[get("/v1/spaces/{space}")]
 pub async fn get_space(
-    caller: Caller,
+    access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    caller.authorize(&id, Scope::LicensesRead)?;
+    let id = access.path;
     let mut conn = state.pool.get().await?;
     let row = store::find(&mut conn, &id)
         .await?
@@ -289,52 +282,29 @@ pub async fn get_space(
 )]
 #[patch("/v1/spaces/{space}")]
 pub async fn update_space(
-    caller: Caller,
+    access: SpaceAccess<needs::Admin>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     req: HttpRequest,
     body: Json<UpdateSpace>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    caller.authorize(&id, Scope::Admin)?;
+    let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let body = body.0;
-    let mut errors = Vec::new();
-    if body.name.is_none() && body.description.is_none() {
-        errors.push(FieldError {
-            field: "body".into(),
-            message: "name or description is required".into(),
-        });
-    }
-    if let Some(name) = &body.name {
-        check_name(&mut errors, name);
-    }
-    if let Some(description) = &body.description {
-        check_description(&mut errors, description);
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let versions = match &if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    };
+    validate_update(&body)?;
     let mut conn = state.pool.get().await?;
     let changes = SpaceChanges {
         name: body.name.as_deref().map(str::trim),
         description: body.description.as_deref(),
     };
-    match store::update(&mut conn, &id, versions, changes).await? {
-        Some(row) => {
-            activity::record(
-                &mut conn,
-                Activity::new(&caller.origin(), "space.updated").space(&row.id),
-            )
-            .await?;
-            Ok(with_etag(HttpResponse::Ok(), row.into()))
-        }
-        None => Err(missing_or_stale(&mut conn, &id).await),
-    }
+    let row = spaces::update(
+        &mut conn,
+        &caller.origin(),
+        &id,
+        versions(&if_match),
+        changes,
+    )
+    .await?;
+    Ok(with_etag(HttpResponse::Ok(), row.into()))
 }
 
 /// Delete an empty space.
@@ -357,66 +327,39 @@ pub async fn update_space(
 )]
 #[delete("/v1/spaces/{space}")]
 pub async fn delete_space(
-    caller: Caller,
+    access: SpaceAccess<needs::Admin>,
     state: web::Data<AppState>,
-    path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    caller.authorize(&id, Scope::Admin)?;
+    let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
-    let versions = match &if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    };
     let mut conn = state.pool.get().await?;
-    let actor = caller.origin();
-    conn.transaction(async |conn| {
-        let Some(version) = store::lock_for_delete(conn, &id).await? else {
-            return Err(ApiError::not_found(format!("space {id}")));
-        };
-        if versions.is_some_and(|v| !v.contains(&version)) {
-            return Err(IfMatch::failed(version));
-        }
-        let accounts = store::account_count(conn, &id).await?;
-        if accounts > 0 {
-            return Err(ApiError::new(
-                &types::IN_USE,
-                format!(
-                    "space {id} still has {accounts} token accounts; delete them first \
-                     (`?revoke_all=true` revokes their licenses)"
-                ),
-            ));
-        }
-        store::delete_contents(conn, &id).await?;
-        store::delete(conn, &id, None).await?;
-        activity::record(conn, Activity::new(&actor, "space.deleted").space(&id)).await?;
-        Ok(())
-    })
-    .await?;
+    spaces::delete(&mut conn, &caller.origin(), &id, versions(&if_match)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// After a conditional write matched nothing: 404 if the space is gone, else 412.
-async fn missing_or_stale(conn: &mut crate::db::Conn, id: &str) -> ApiError {
-    match store::find(conn, id).await {
-        Ok(Some(row)) => IfMatch::failed(row.version),
-        Ok(None) => ApiError::not_found(format!("space {id}")),
-        Err(e) => e.into(),
+/// The versions `If-Match` accepts (`None`: any).
+fn versions(if_match: &IfMatch) -> Option<&[i64]> {
+    match if_match {
+        IfMatch::Any => None,
+        IfMatch::Versions(v) => Some(v.as_slice()),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::valid_space_id;
-
-    #[test]
-    fn space_ids() {
-        for ok in ["a", "acme-eu", "0", "a1-b2", &"x".repeat(63)] {
-            assert!(valid_space_id(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "A", "a_b", "a b", "é", &"x".repeat(64)] {
-            assert!(!valid_space_id(bad), "{bad}");
+/// The problem each space failure answers with.
+impl From<SpaceError> for ApiError {
+    fn from(err: SpaceError) -> Self {
+        match err {
+            SpaceError::NotFound(id) => ApiError::not_found(format!("space {id}")),
+            SpaceError::Stale { current } => IfMatch::failed(current),
+            SpaceError::HasAccounts { space, accounts } => ApiError::new(
+                &types::IN_USE,
+                format!(
+                    "space {space} still has {accounts} token accounts; delete them first \
+                     (`?revoke_all=true` revokes their licenses)"
+                ),
+            ),
+            SpaceError::Db(e) => e.into(),
         }
     }
 }

@@ -11,10 +11,14 @@
 //! | `spaces` | array of space ids the caller may touch; `"*"` grants every space |
 //!
 //! Failure answers: 401 for a bad or missing token, 404 for a space outside the grant (so a
-//! caller cannot learn which spaces exist), 403 for a missing scope.
+//! caller cannot learn which spaces exist), 403 for a missing scope. Space-scoped routes take a
+//! [`SpaceAccess`], which makes these checks for the space their path names.
 
 pub mod jwks;
 pub mod jwt;
+pub mod space;
+
+pub use space::{SpaceAccess, needs};
 
 use std::collections::BTreeSet;
 
@@ -23,6 +27,7 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 
+use crate::domain::validation::valid_space_id;
 use crate::http::problem::{ApiError, types};
 
 crate::text_enum! {
@@ -93,11 +98,25 @@ impl Caller {
     /// includes it (whether or not it exists), then 403 unless it has `scope`. The order hides
     /// other spaces' existence.
     pub fn authorize(&self, space: &str, scope: Scope) -> Result<(), ApiError> {
-        crate::api::spaces::check_space_path(space)?;
+        check_space_path(space)?;
         if !self.may_see(space) {
             return Err(ApiError::not_found(format!("space {space}")));
         }
         self.require(scope)
+    }
+}
+
+/// 400 for a malformed space id in a path.
+pub fn check_space_path(id: &str) -> Result<(), ApiError> {
+    if valid_space_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            &types::INVALID_PARAMETER,
+            format!(
+                "{id:?} is not a space id (lowercase letters, digits, dashes; 1-63 characters)"
+            ),
+        ))
     }
 }
 

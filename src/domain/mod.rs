@@ -8,7 +8,8 @@
 //! - [`allocation`]: what an allocation is asked and why it is refused; [`snapshot`]: what one
 //!   batch of allocations reads; [`decide`]: the allocation rules; [`policy`]: reservations,
 //!   groups, bans;
-//! - [`account_status`]: the account status machine.
+//! - [`account_status`]: the account status machine; [`validation`]: field checks and the
+//!   422 problem's field errors.
 
 pub mod account_status;
 pub mod allocation;
@@ -19,3 +20,4 @@ pub mod policy;
 pub mod records;
 pub mod revocation;
 pub mod snapshot;
+pub mod validation;

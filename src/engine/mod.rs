@@ -10,4 +10,5 @@
 
 pub mod allocate;
 pub mod combiner;
+pub mod revocations;
 pub mod revoke;

@@ -21,7 +21,8 @@ use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
 use super::body_shape::{self, BodyShape};
-use super::problem::{ApiError, FieldError, types};
+use super::problem::{ApiError, types};
+use crate::domain::validation::FieldError;
 
 /// Largest accepted body, in bytes (app data set by the server from `VPP_BODY_LIMIT_BYTES`).
 #[derive(Clone, Copy, Debug)]

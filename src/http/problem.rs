@@ -15,6 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::context;
+use crate::domain::validation::FieldError;
 
 /// Prefix of every problem `type`.
 pub const TYPE_PREFIX: &str = "urn:vpp-broker:problem:";
@@ -113,15 +114,6 @@ pub mod types {
         /// A dependency (the database, the key set) is unavailable; retry later.
         UNAVAILABLE = ("unavailable", 503, "Service unavailable");
     }
-}
-
-/// One invalid field of a request.
-#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON pointer-like path of the field, e.g. `name`.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
 }
 
 /// An RFC 9457 problem document.

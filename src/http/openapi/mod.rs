@@ -27,7 +27,7 @@ use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_actix_web::AppExt;
 
-use super::problem::FieldError;
+use crate::domain::validation::FieldError;
 
 /// Name of the callers' security scheme.
 pub const CALLERS: &str = "oauth2";
