@@ -3,24 +3,19 @@
 //!
 //! Doc comments cite the product's rules by id (A1, T7, …): `docs/rules.md` defines them.
 //!
-//! Layout (see README "Architecture"):
-//! - [`cli`], [`commands`], [`config`]: the binary's subcommands and their settings;
-//! - [`http`]: transport (server, middleware, problem+json, OpenAPI, ops routes);
-//! - [`auth`]: JWT caller authentication, scopes and space grants;
-//! - [`api`]: the `/v1` resources;
-//! - [`accounts`]: token accounts (attach, status machine, ownership, priorities, deletion);
-//! - [`apple`]: the client of Apple's license API; `apple_sim`: a simulator of it (feature
-//!   `dev`);
-//! - [`engine`]: allocation and revocation decisions, answered from the ledger;
-//! - [`dispatch`]: background workers that batch Apple calls and follow Apple's events;
-//! - [`settle`]: settling Apple's results (event polls and notifications): final states,
-//!   re-allocation, finishing deletions;
-//! - [`waiters`]: bounded waits for an assignment's final state;
-//! - [`service`]: the running service (pool, state, HTTP server, dispatcher) in one place;
-//! - [`crypto`]: sTokens encrypted at rest; [`state`]: what handlers and workers share;
-//! - [`ledger`]: diesel models and queries; [`db`]: pool, migrations, schema;
-//! - [`telemetry`]: logs and metrics; `local_pg`: finds or starts PostgreSQL for dev and tests
-//!   (feature `dev`).
+//! Layout (README "Architecture"); imports run one way, top to bottom, and
+//! `tests/it/layering.rs` checks it:
+//! - entry: [`cli`], [`commands`], [`service`] (the running service assembled once);
+//! - transport: [`http`] (server, middleware, problem+json, OpenAPI, ops routes), [`auth`]
+//!   (JWT callers, scopes, the space extractor), [`api`] (the `/v1` resources); and the worker
+//!   loop [`dispatch`], which calls use cases as a handler does;
+//! - use cases: [`engine`] (allocate, revoke), [`accounts`], [`policies`], [`spaces`],
+//!   [`settle`] (Apple's results), [`waiters`];
+//! - below them: [`domain`] (vocabulary and rules, no I/O), the store [`ledger`] (every SQL
+//!   statement) with [`db`] (pool, migrations, schema), and [`apple`] (Apple's API client);
+//! - shared leaves: [`config`], [`crypto`] (sTokens at rest), [`state`], [`telemetry`];
+//! - fixtures (feature `dev`): `apple_sim`, a simulator of Apple's API, and `local_pg`, which
+//!   finds or starts PostgreSQL for `dev` and the tests.
 //!
 //! The `dev` cargo feature (off by default, on in tests, examples and benchmarks) adds the
 //! development fixtures: the Apple simulator, the local PostgreSQL finder and the `dev` and

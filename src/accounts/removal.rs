@@ -62,7 +62,7 @@ pub async fn delete(
         }
         // Allocations in flight hold the account's asset rows until they commit: waiting for
         // them lets the count and the revocation below see their licenses, and once this
-        // transaction commits the allocation guard refuses new ones (`engine::write`).
+        // transaction commits the allocation guard refuses new ones (`ledger::allocation_write`).
         crate::ledger::assets::lock_account(conn, id).await?;
         let policies = crate::ledger::policies::count_account_entries(conn, id).await?;
         let live = assignments::count_live(conn, id).await?;
