@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
-use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+use crate::domain::allocation::{AllocationRequest, AssetRef, Refusal, SubjectInput};
 use crate::domain::model::{
     AssignmentState, Decision, LicenseType, LicenseWish, Rule, SubjectKind,
 };
@@ -412,14 +412,16 @@ fn validate_revocation(body: &RevocationBody) -> Result<(), ApiError> {
 impl From<AllocationError> for ApiError {
     fn from(err: AllocationError) -> Self {
         match err {
-            AllocationError::UnknownAsset { .. } => {
-                ApiError::new(&types::ASSET_NOT_FOUND, err.to_string())
+            AllocationError::Refused(refusal @ Refusal::UnknownAsset { .. }) => {
+                ApiError::new(&types::ASSET_NOT_FOUND, refusal.to_string())
             }
-            AllocationError::Disallowed(why) => ApiError::new(&types::SUBJECT_DISALLOWED, why),
-            AllocationError::Incompatible(why) => {
+            AllocationError::Refused(Refusal::Disallowed(why)) => {
+                ApiError::new(&types::SUBJECT_DISALLOWED, why)
+            }
+            AllocationError::Refused(Refusal::Incompatible(why)) => {
                 ApiError::new(&types::LICENSE_TYPE_UNAVAILABLE, why)
             }
-            AllocationError::Exhausted { skipped } => ApiError::new(
+            AllocationError::Refused(Refusal::Exhausted { skipped }) => ApiError::new(
                 &types::NO_LICENSE_AVAILABLE,
                 format!(
                     "no account of this space can serve this subject; see `accounts` ({} tried)",
@@ -427,7 +429,9 @@ impl From<AllocationError> for ApiError {
                 ),
             )
             .with_extensions(serde_json::json!({ "accounts": skipped })),
-            AllocationError::UnknownSpace(space) => ApiError::not_found(format!("space {space}")),
+            AllocationError::Refused(Refusal::UnknownSpace(space)) => {
+                ApiError::not_found(format!("space {space}"))
+            }
             AllocationError::Db(e) => e.into(),
             AllocationError::Pool(e) => e.into(),
             AllocationError::Overdrawn => ApiError::new(

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::domain::allocation::{AllocationRequest, Refusal};
 use crate::domain::decide::{self, Decided};
-use crate::domain::model::{Decision, LicenseType, Rule, Skip};
+use crate::domain::model::{Decision, LicenseType, Rule};
 use crate::domain::records::{AssignmentRow, SubjectRow};
 use crate::ledger::allocation_load as load;
 use crate::ledger::allocation_write::{self as write, Requested, WriteError};
@@ -48,24 +48,11 @@ pub struct Outcome {
     pub holder: SubjectRow,
 }
 
-/// Why an allocation failed: a rule refused it ([`Refusal`], one variant each so the transport
-/// maps them directly), or the ledger did.
+/// Why an allocation failed: a rule refused it ([`Refusal`]), or the ledger did.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocationError {
-    #[error("space {0} not found")]
-    UnknownSpace(String),
-    #[error("no account of space {space} owns asset {adam_id}/{pricing_param}")]
-    UnknownAsset {
-        space: String,
-        adam_id: String,
-        pricing_param: String,
-    },
-    #[error("{0}")]
-    Disallowed(String),
-    #[error("{0}")]
-    Incompatible(String),
-    #[error("no license available")]
-    Exhausted { skipped: Vec<Skip> },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
     #[error(transparent)]
@@ -76,26 +63,6 @@ pub enum AllocationError {
     /// marked for deletion meanwhile); nothing was written. Deciding again gives the answer.
     #[error("the ledger changed while the allocation was decided")]
     Overdrawn,
-}
-
-impl From<Refusal> for AllocationError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::UnknownSpace(space) => AllocationError::UnknownSpace(space),
-            Refusal::UnknownAsset {
-                space,
-                adam_id,
-                pricing_param,
-            } => AllocationError::UnknownAsset {
-                space,
-                adam_id,
-                pricing_param,
-            },
-            Refusal::Disallowed(why) => AllocationError::Disallowed(why),
-            Refusal::Incompatible(why) => AllocationError::Incompatible(why),
-            Refusal::Exhausted { skipped } => AllocationError::Exhausted { skipped },
-        }
-    }
 }
 
 /// How often [`allocate`] decides again after [`AllocationError::Overdrawn`].
@@ -137,7 +104,7 @@ pub async fn allocate_many(
     if !load::space_exists(conn, space).await? {
         return Ok(reqs
             .iter()
-            .map(|_| Err(AllocationError::UnknownSpace(space.to_owned())))
+            .map(|_| Err(Refusal::UnknownSpace(space.to_owned()).into()))
             .collect());
     }
     let snap = load::snapshot(conn, space, reqs, dry_run).await?;
