@@ -13,7 +13,9 @@
 //!   [`settle`] (Apple's results), [`waiters`];
 //! - below them: [`domain`] (vocabulary and rules, no I/O), the store [`ledger`] (every SQL
 //!   statement) with [`db`] (pool, migrations, schema), and [`apple`] (Apple's API client);
-//! - shared leaves: [`config`], [`crypto`] (sTokens at rest), [`state`], [`telemetry`];
+//! - shared: the leaves [`config`], [`crypto`] (sTokens at rest) and [`telemetry`], and
+//!   [`state`], the handles (pool, Apple client, cipher, identity, waiters, combiner) that
+//!   handlers, workers and use cases receive;
 //! - fixtures (feature `dev`): `apple_sim`, a simulator of Apple's API, and `local_pg`, which
 //!   finds or starts PostgreSQL for `dev` and the tests.
 //!

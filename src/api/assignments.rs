@@ -439,8 +439,8 @@ impl From<AllocationError> for ApiError {
                 "the ledger kept changing while the allocation was decided; retry",
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
-            AllocationError::Unavailable(why) => {
-                tracing::warn!(error = %why, "allocation unavailable");
+            e @ AllocationError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "allocation unavailable");
                 ApiError::new(
                     &types::UNAVAILABLE,
                     "the ledger database is unavailable; retry later",
@@ -533,8 +533,13 @@ async fn one_view(
 
 /// The answer to an allocation, typed until it is written.
 enum Answer {
-    /// 201 when this request created the assignment, else 200.
-    Allocation { status: u16, body: Box<Allocation> },
+    /// 201 when this request created the assignment, else 200. `replay`: the stored answer of
+    /// an idempotency key, written back as it was stored unless `?wait=` changed the answer.
+    Allocation {
+        status: u16,
+        body: Box<Allocation>,
+        replay: Option<serde_json::Value>,
+    },
     /// A refusal, answered as a problem (4xx).
     Refusal { status: u16, body: Problem },
     /// A stored answer replayed for an idempotency key that is not an allocation this version
@@ -555,6 +560,7 @@ impl Answer {
             return Answer::Allocation {
                 status,
                 body: Box::new(allocation),
+                replay: Some(body),
             };
         }
         Answer::Stored { status, body }
@@ -589,7 +595,7 @@ impl Answer {
             builder.insert_header((idempotency::REPLAYED, HeaderValue::from_static("true")));
         }
         match self {
-            Answer::Allocation { body, .. } => {
+            Answer::Allocation { body, replay, .. } => {
                 if status == 201
                     && let Some(a) = &body.assignment
                 {
@@ -598,7 +604,10 @@ impl Answer {
                         format!("/v1/spaces/{}/assignments/{}", a.space, a.id),
                     ));
                 }
-                builder.json(body)
+                match replay {
+                    Some(stored) => builder.json(stored),
+                    None => builder.json(body),
+                }
             }
             Answer::Refusal { body, .. } => builder.json(body),
             Answer::Stored { body, .. } => builder.json(body),
@@ -735,7 +744,12 @@ async fn follow(
     answer: &mut Answer,
     wait: Duration,
 ) -> Result<(), ApiError> {
-    let Answer::Allocation { status, body } = answer else {
+    let Answer::Allocation {
+        status,
+        body,
+        replay,
+    } = answer
+    else {
         return Ok(());
     };
     let Some(id) = body.assignment.as_ref().map(|a| a.id) else {
@@ -750,6 +764,7 @@ async fn follow(
     let mut conn = state.pool.get().await?;
     let replaced = row.id != id;
     let view = one_view(&mut conn, row).await?;
+    *replay = None;
     if replaced {
         body.account_id = view.account_id;
         body.rule = view.rule;
@@ -825,12 +840,13 @@ fn render(result: Result<Outcome, AllocationError>, dry_run: bool) -> Result<Ans
             Ok(Answer::Allocation {
                 status: if o.created { 201 } else { 200 },
                 body: Box::new(body),
+                replay: None,
             })
         }
         Err(
             e @ (AllocationError::Db(_)
             | AllocationError::Pool(_)
-            | AllocationError::Unavailable(_)
+            | AllocationError::Unavailable { .. }
             | AllocationError::Overdrawn),
         ) => Err(e.into()),
         Err(refusal) => {

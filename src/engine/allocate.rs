@@ -57,8 +57,14 @@ pub enum AllocationError {
     Db(#[from] diesel::result::Error),
     #[error(transparent)]
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
-    #[error("the ledger database is unavailable: {0}")]
-    Unavailable(String),
+    /// No connection for the batch (shared by every request of it, hence the `Arc`), or the
+    /// executors stopped (no source).
+    #[error("the ledger database is unavailable: {why}")]
+    Unavailable {
+        why: &'static str,
+        #[source]
+        source: Option<std::sync::Arc<diesel_async::pooled_connection::deadpool::PoolError>>,
+    },
     /// The guarded write found the ledger changed since the batch was decided (an account
     /// marked for deletion meanwhile); nothing was written. Deciding again gives the answer.
     #[error("the ledger changed while the allocation was decided")]

@@ -50,10 +50,14 @@ impl Combiner {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending { req, reply })
-            .map_err(|_| AllocationError::Unavailable("the allocation executors stopped".into()))?;
-        answer.await.unwrap_or(Err(AllocationError::Unavailable(
-            "the allocation executor stopped".into(),
-        )))
+            .map_err(|_| AllocationError::Unavailable {
+                why: "the allocation executors stopped",
+                source: None,
+            })?;
+        answer.await.unwrap_or(Err(AllocationError::Unavailable {
+            why: "the allocation executor stopped",
+            source: None,
+        }))
     }
 }
 
@@ -87,10 +91,12 @@ async fn run(pool: &Pool, space: &str, group: Vec<Pending>) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "database pool unavailable for an allocation batch");
+            let e = std::sync::Arc::new(e);
             for p in group {
-                let _ = p
-                    .reply
-                    .send(Err(AllocationError::Unavailable(e.to_string())));
+                let _ = p.reply.send(Err(AllocationError::Unavailable {
+                    why: "no pooled connection",
+                    source: Some(e.clone()),
+                }));
             }
             return;
         }

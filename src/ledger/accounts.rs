@@ -419,8 +419,6 @@ pub async fn sealed_with_other_keys(
         .await
 }
 
-/// Removes the account row (assets, assignments, list entries and jobs go with it) and closes
-/// the gap in its space's priorities. Call inside a transaction holding [`lock_space`].
 /// Marks the account for deletion (it goes once Apple released its licenses).
 pub async fn mark_deletion_requested(
     conn: &mut AsyncPgConnection,
@@ -437,6 +435,8 @@ pub async fn mark_deletion_requested(
         .map(|_| ())
 }
 
+/// Removes the account row (assets, assignments, list entries and jobs go with it) and closes
+/// the gap in its space's priorities. Call inside a transaction holding [`lock_space`].
 pub async fn remove(conn: &mut AsyncPgConnection, space: &str, id: Uuid) -> QueryResult<()> {
     diesel::delete(accounts::table.filter(accounts::id.eq(id)))
         .execute(conn)

@@ -1,4 +1,5 @@
-//! Spaces: create, change and delete them, each with its activity row. The statements are
+//! Spaces: create, change and delete them, each change with its activity row in one
+//! transaction. The statements are
 //! `ledger::spaces`'; the HTTP layer is `api::spaces`.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -27,9 +28,12 @@ pub async fn create(
     origin: &Origin,
     new: NewSpace<'_>,
 ) -> Result<SpaceRow, diesel::result::Error> {
-    let row = store::insert(conn, new).await?;
-    activity::record(conn, Activity::new(origin, "space.created").space(&row.id)).await?;
-    Ok(row)
+    conn.transaction(async |conn| {
+        let row = store::insert(conn, new).await?;
+        activity::record(conn, Activity::new(origin, "space.created").space(&row.id)).await?;
+        Ok(row)
+    })
+    .await
 }
 
 /// Changes a space if its version is one of `versions` (any when `None`).
@@ -40,13 +44,17 @@ pub async fn update(
     versions: Option<&[i64]>,
     changes: SpaceChanges<'_>,
 ) -> Result<SpaceRow, SpaceError> {
-    match store::update(conn, id, versions, changes).await? {
-        Some(row) => {
-            activity::record(conn, Activity::new(origin, "space.updated").space(&row.id)).await?;
-            Ok(row)
-        }
-        None => Err(missing_or_stale(conn, id).await),
-    }
+    conn.transaction(
+        async |conn| match store::update(conn, id, versions, changes).await? {
+            Some(row) => {
+                activity::record(conn, Activity::new(origin, "space.updated").space(&row.id))
+                    .await?;
+                Ok(row)
+            }
+            None => Err(missing_or_stale(conn, id).await),
+        },
+    )
+    .await
 }
 
 /// Deletes a space without token accounts, with its policies, subjects, finished assignments and

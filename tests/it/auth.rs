@@ -351,3 +351,58 @@ async fn missing_scope_is_403_and_other_spaces_are_404() {
     let ids: Vec<&str> = page.items.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["alpha"]);
 }
+
+/// The space is authorised before the request's body and query are read: a caller outside the
+/// space learns nothing of the operation's schema (404 whatever it sends), and a caller without
+/// the scope gets 403 before any 422.
+#[tokio::test]
+async fn the_space_is_authorised_before_the_body_and_query_are_read() {
+    let app = TestApp::start().await;
+    let resp = app
+        .req(Method::POST, "/v1/spaces")
+        .json(&json!({"id": "alpha", "name": "alpha"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let writer_beta = crate::support::token("licenses:write", &["beta"]);
+    let reader_alpha = crate::support::token("licenses:read", &["alpha"]);
+    let bad_body = json!({"asset": 7, "subject": []});
+    for (token, status, kind) in [
+        (&writer_beta, 404, "not-found"),
+        (&reader_alpha, 403, "forbidden"),
+    ] {
+        let resp = app
+            .req_as(Method::POST, "/v1/spaces/alpha/assignments", token)
+            .json(&bad_body)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(resp, status, kind).await;
+        let resp = app
+            .req_as(
+                Method::POST,
+                "/v1/spaces/alpha/assignments?wait=banana",
+                token,
+            )
+            .json(&bad_body)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(resp, status, kind).await;
+    }
+    // With the grant and the scope, the same body is what is refused.
+    let writer_alpha = crate::support::token("licenses:write", &["alpha"]);
+    let resp = app
+        .req_as(Method::POST, "/v1/spaces/alpha/assignments", &writer_alpha)
+        .json(&bad_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        422,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
