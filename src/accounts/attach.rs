@@ -66,9 +66,7 @@ async fn learn(state: &AppState, text: &str) -> Result<Learned, AccountError> {
         .u_id
         .clone()
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| {
-            AccountError::Rejected("Apple's client config names no location (uId)".into())
-        })?;
+        .ok_or(AccountError::NoLocation)?;
     let owned = state.identity.owns(config.meta.mdm_info.as_ref());
     Ok(Learned {
         parsed,

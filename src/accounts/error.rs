@@ -13,10 +13,14 @@ pub enum AccountError {
     #[error("the sToken is not valid: {0}")]
     InvalidSToken(#[from] STokenError),
     #[error("Apple rejected the sToken: {0}")]
-    Rejected(String),
-    #[error("Apple is unavailable: {detail}")]
+    Rejected(#[source] AppleError),
+    /// Apple accepted the sToken but its client config names no location to attach.
+    #[error("Apple's client config names no location (uId)")]
+    NoLocation,
+    #[error("Apple is unavailable: {source}")]
     AppleUnavailable {
-        detail: String,
+        #[source]
+        source: AppleError,
         retry_after: Option<Duration>,
     },
     #[error("Apple answered unexpectedly: {0}")]
@@ -45,10 +49,10 @@ impl AccountError {
     /// Classifies an Apple failure met while managing an account.
     pub fn from_apple(err: AppleError) -> Self {
         match err.class() {
-            ErrorClass::Auth(_) => AccountError::Rejected(err.to_string()),
+            ErrorClass::Auth(_) => AccountError::Rejected(err),
             ErrorClass::RateLimited { retry_after } | ErrorClass::Transient { retry_after } => {
                 AccountError::AppleUnavailable {
-                    detail: err.to_string(),
+                    source: err,
                     retry_after,
                 }
             }

@@ -311,10 +311,14 @@ impl From<AccountError> for ApiError {
                 field: "stoken".into(),
                 message: e.to_string(),
             }]),
-            AccountError::Rejected(detail) => ApiError::new(&types::STOKEN_REJECTED, detail),
-            AccountError::AppleUnavailable { detail, retry_after } => {
+            AccountError::Rejected(e) => ApiError::new(&types::STOKEN_REJECTED, e.to_string()),
+            e @ AccountError::NoLocation => ApiError::new(&types::STOKEN_REJECTED, e.to_string()),
+            AccountError::AppleUnavailable {
+                source,
+                retry_after,
+            } => {
                 let secs = retry_after.map(|d| d.as_secs().max(1)).unwrap_or(30);
-                ApiError::new(&types::APPLE_UNAVAILABLE, detail).with_header(
+                ApiError::new(&types::APPLE_UNAVAILABLE, source.to_string()).with_header(
                     header::RETRY_AFTER,
                     HeaderValue::from_str(&secs.to_string()).unwrap_or(HeaderValue::from_static("30")),
                 )
@@ -641,12 +645,16 @@ pub async fn update_account(
         distribution_list: body.distribution_list,
         priority: body.priority,
     };
-    let versions = match &if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    };
     let mut conn = state.pool.get().await?;
-    update::update(&mut conn, &caller.origin(), &space, id, versions, &change).await?;
+    update::update(
+        &mut conn,
+        &caller.origin(),
+        &space,
+        id,
+        if_match.versions(),
+        &change,
+    )
+    .await?;
     let row = load(&mut conn, &space, id).await?;
     Ok(with_etag(
         HttpResponse::Ok(),
@@ -684,17 +692,14 @@ pub async fn delete_account(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (caller, (space, id)) = access.into_parts();
-    let versions = match IfMatch::from_request(&req)? {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v),
-    };
+    let if_match = IfMatch::from_request(&req)?;
     match removal::delete(
         &state,
         &caller.origin(),
         &space,
         id,
         query.revoke_all,
-        versions.as_deref(),
+        if_match.versions(),
     )
     .await?
     {

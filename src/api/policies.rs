@@ -405,7 +405,7 @@ pub async fn put_policy(
         &mut conn,
         &caller.origin(),
         asset,
-        versions(&if_match),
+        if_match.versions(),
         &new_entries,
     )
     .await?;
@@ -455,18 +455,11 @@ pub async fn delete_policy(
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
     let origin = access.caller.origin();
-    policies::delete(&mut conn, &origin, access.path.asset(), versions(&if_match)).await?;
+    policies::delete(&mut conn, &origin, access.path.asset(), if_match.versions()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// The versions `If-Match` accepts (`None`: any).
-fn versions(if_match: &IfMatch) -> Option<&[i64]> {
-    match if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    }
-}
-
 /// The problem each policy failure answers with.
 impl From<PolicyError> for ApiError {
     fn from(err: PolicyError) -> Self {

@@ -300,7 +300,7 @@ pub async fn update_space(
         &mut conn,
         &caller.origin(),
         &id,
-        versions(&if_match),
+        if_match.versions(),
         changes,
     )
     .await?;
@@ -334,18 +334,11 @@ pub async fn delete_space(
     let (caller, id) = access.into_parts();
     let if_match = IfMatch::from_request(&req)?;
     let mut conn = state.pool.get().await?;
-    spaces::delete(&mut conn, &caller.origin(), &id, versions(&if_match)).await?;
+    spaces::delete(&mut conn, &caller.origin(), &id, if_match.versions()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// The versions `If-Match` accepts (`None`: any).
-fn versions(if_match: &IfMatch) -> Option<&[i64]> {
-    match if_match {
-        IfMatch::Any => None,
-        IfMatch::Versions(v) => Some(v.as_slice()),
-    }
-}
-
 /// The problem each space failure answers with.
 impl From<SpaceError> for ApiError {
     fn from(err: SpaceError) -> Self {

@@ -21,7 +21,7 @@ pub enum MigrateError {
     #[error("cannot connect to the database: {0}")]
     Connect(#[from] diesel::ConnectionError),
     #[error("migration failed: {0}")]
-    Migration(String),
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("migration task failed: {0}")]
@@ -38,7 +38,7 @@ pub async fn run_pending(database_url: &str) -> Result<Vec<String>, MigrateError
         let result = conn
             .run_pending_migrations(MIGRATIONS)
             .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
-            .map_err(|e| MigrateError::Migration(e.to_string()));
+            .map_err(MigrateError::Migration);
         lock(&mut conn, false)?;
         result
     })
@@ -58,7 +58,7 @@ pub async fn revert(database_url: &str, count: usize) -> Result<Vec<String>, Mig
             match conn.revert_last_migration(MIGRATIONS) {
                 Ok(version) => reverted.push(version.to_string()),
                 Err(e) => {
-                    result = Err(MigrateError::Migration(e.to_string()));
+                    result = Err(MigrateError::Migration(e));
                     break;
                 }
             }

@@ -10,5 +10,4 @@
 
 pub mod allocate;
 pub mod combiner;
-pub mod revocations;
 pub mod revoke;

@@ -29,6 +29,14 @@ pub enum IfMatch {
 }
 
 impl IfMatch {
+    /// The versions a conditional write may apply to (`None`: any), as use cases take them.
+    pub fn versions(&self) -> Option<&[i64]> {
+        match self {
+            IfMatch::Any => None,
+            IfMatch::Versions(v) => Some(v.as_slice()),
+        }
+    }
+
     pub fn from_request(req: &HttpRequest) -> Result<Self, ApiError> {
         let mut versions = Vec::new();
         let mut any_header = false;
