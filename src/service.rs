@@ -61,8 +61,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Pool(#[from] PoolError),
     /// The authenticator's set-up (JWT keys, JWKS URL).
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::jwt::AuthSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

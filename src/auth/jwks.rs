@@ -25,13 +25,24 @@ pub struct JwksCache {
     last_attempt: Mutex<Option<Instant>>,
 }
 
+/// Why the key set cannot be fetched (or its client built).
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot build the JWKS HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot fetch JWKS: {0}")]
+    Fetch(#[source] reqwest::Error),
+    #[error("JWKS is not a valid key set: {0}")]
+    NotAKeySet(#[source] reqwest::Error),
+}
+
 impl JwksCache {
-    pub fn new(url: String, refresh_secs: u64) -> Result<Self, String> {
+    pub fn new(url: String, refresh_secs: u64) -> Result<Self, JwksError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("vpp-broker/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
+            .map_err(JwksError::Client)?;
         Ok(JwksCache {
             url,
             client,
@@ -62,7 +73,7 @@ impl JwksCache {
     }
 
     /// Fetches the key set now. Returns how many usable keys it holds.
-    pub async fn refresh(&self) -> Result<usize, String> {
+    pub async fn refresh(&self) -> Result<usize, JwksError> {
         if let Ok(mut last) = self.last_attempt.lock() {
             *last = Some(Instant::now());
         }
@@ -72,10 +83,10 @@ impl JwksCache {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("cannot fetch JWKS: {e}"))?
+            .map_err(JwksError::Fetch)?
             .json()
             .await
-            .map_err(|e| format!("JWKS is not a valid key set: {e}"))?;
+            .map_err(JwksError::NotAKeySet)?;
         let keys: Vec<Key> = set
             .keys
             .iter()

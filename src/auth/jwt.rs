@@ -70,8 +70,8 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the authenticator; fetches the JWKS once if configured (a failed first fetch is
     /// logged and retried by the refresher, tokens needing it get 503 meanwhile).
-    pub async fn from_args(args: &AuthArgs) -> Result<Self, String> {
-        args.validate().map_err(|e| e.to_string())?;
+    pub async fn from_args(args: &AuthArgs) -> Result<Self, AuthSetupError> {
+        args.validate()?;
         let hs256 = args
             .jwt_hs256_secret
             .as_ref()
@@ -245,8 +245,21 @@ fn describe(kind: &ErrorKind) -> String {
     }
 }
 
+/// Why the authenticator cannot be set up from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("VPP_JWT_PUBLIC_KEYS_PEM key #{0} is neither an RSA nor an EC public key")]
+    NotAPublicKey(usize),
+    #[error("VPP_JWT_PUBLIC_KEYS_PEM holds no PEM block")]
+    NoPemBlock,
+    #[error(transparent)]
+    Jwks(#[from] super::jwks::JwksError),
+}
+
 /// Parses one or more concatenated PEM public keys; RSA keys serve RS256, EC keys ES256.
-pub fn parse_pem_keys(text: &str) -> Result<Vec<(Algorithm, DecodingKey)>, String> {
+pub fn parse_pem_keys(text: &str) -> Result<Vec<(Algorithm, DecodingKey)>, AuthSetupError> {
     let mut keys = Vec::new();
     let mut current = String::new();
     for line in text.lines() {
@@ -263,15 +276,12 @@ pub fn parse_pem_keys(text: &str) -> Result<Vec<(Algorithm, DecodingKey)>, Strin
             } else if let Ok(key) = DecodingKey::from_ec_pem(block.as_bytes()) {
                 keys.push((Algorithm::ES256, key));
             } else {
-                return Err(format!(
-                    "VPP_JWT_PUBLIC_KEYS_PEM key #{} is neither an RSA nor an EC public key",
-                    keys.len() + 1
-                ));
+                return Err(AuthSetupError::NotAPublicKey(keys.len() + 1));
             }
         }
     }
     if keys.is_empty() {
-        return Err("VPP_JWT_PUBLIC_KEYS_PEM holds no PEM block".into());
+        return Err(AuthSetupError::NoPemBlock);
     }
     Ok(keys)
 }
