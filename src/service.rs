@@ -161,6 +161,7 @@ impl Service {
                 state: state.clone(),
                 authenticator,
             },
+            crate::api::configure,
             &http,
             listener,
             handle_signals,

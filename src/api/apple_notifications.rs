@@ -50,7 +50,7 @@ pub async fn receive_apple_notification(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let origin = Origin::new("apple", crate::http::context::request_id());
+    let origin = Origin::new("apple", crate::http::request::request_id());
     notifications::receive(&state, path.into_inner(), bearer, &body.0, &origin)
         .await
         .map_err(problem)?;

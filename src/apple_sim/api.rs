@@ -29,10 +29,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Sim;
-use super::events::Task;
 use super::listing::{AssetFilter, AssignmentFilter, UserFilter};
 use super::notify::{DeliveryOutcome, DeliveryRecord, Outgoing, deliver_once};
 use super::settings::{Dataset, FailRule};
+use super::state::Task;
 use super::state::{AuthOutcome, Location, Refusal, State};
 use crate::apple::codes;
 use crate::apple::types::*;

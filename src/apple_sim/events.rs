@@ -16,32 +16,12 @@ use chrono::{DateTime, Utc};
 
 use super::notify::Outgoing;
 use super::settings::Dataset;
-use super::state::{Location, Refusal, State, asset_id, assignment_view, id_hash};
+use super::state::{Event, Location, Refusal, State, Task, asset_id, assignment_view, id_hash};
 use crate::apple::codes;
 use crate::apple::types::*;
 
 /// Elements per notification (Apple: 100).
 const NOTIFICATION_CHUNK: usize = 100;
-
-/// A task of an asynchronous event, fixed at acceptance.
-pub(crate) enum Task {
-    Associate(AssetKey, Target),
-    Disassociate(AssetKey, Target),
-    Create(RequestUser),
-    Update(RequestUser),
-    Retire(String),
-}
-
-pub(crate) struct Event {
-    pub location: String,
-    pub kind: EventType,
-    pub tasks: Vec<Task>,
-    pub due: Instant,
-    pub done: bool,
-    pub num_requested: i64,
-    pub num_completed: i64,
-    pub failures: Vec<ErrorResponse>,
-}
 
 /// Successes and failures (by error number) of one event.
 struct Outcome<T> {

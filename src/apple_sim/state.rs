@@ -21,7 +21,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::events::Event;
 use super::notify::{DeliveryRecord, Outgoing};
 use super::seed::{SeedAsset, SeedLocation, SeededLocation, TokenStatus};
 use super::settings::{Dataset, FailRule, Faults, SimSettings, TokenExpirationMode};
@@ -29,6 +28,26 @@ use crate::apple::codes;
 use crate::apple::dates;
 use crate::apple::stoken::{SToken, build_stoken};
 use crate::apple::types::*;
+
+/// A task of an asynchronous event, fixed at acceptance.
+pub(crate) enum Task {
+    Associate(AssetKey, Target),
+    Disassociate(AssetKey, Target),
+    Create(RequestUser),
+    Update(RequestUser),
+    Retire(String),
+}
+
+pub(crate) struct Event {
+    pub location: String,
+    pub kind: EventType,
+    pub tasks: Vec<Task>,
+    pub due: Instant,
+    pub done: bool,
+    pub num_requested: i64,
+    pub num_completed: i64,
+    pub failures: Vec<ErrorResponse>,
+}
 
 /// Largest number of delivery records kept for `/_sim/notifications`.
 const MAX_DELIVERY_RECORDS: usize = 10_000;

@@ -91,7 +91,7 @@ impl Caller {
     /// The origin of the current request's changes: this caller and the request id (read here,
     /// in the transport, from the request's context; use cases receive it as a value).
     pub fn origin(&self) -> crate::domain::origin::Origin {
-        crate::domain::origin::Origin::new(self.subject.clone(), crate::http::context::request_id())
+        crate::domain::origin::Origin::new(self.subject.clone(), crate::http::request::request_id())
     }
 
     /// 400 unless `space` (from a path) is a well-formed space id, 404 unless the caller's grant

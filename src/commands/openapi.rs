@@ -15,7 +15,7 @@ pub struct OpenapiArgs {
 }
 
 pub fn run(args: OpenapiArgs) -> Result<(), CommandError> {
-    let json = openapi::document_json();
+    let json = openapi::document_json(crate::api::configure);
     match args.output {
         Some(path) => {
             std::fs::write(&path, json).map_err(|source| CommandError::Write { path, source })

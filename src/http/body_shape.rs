@@ -8,7 +8,6 @@
 //! common case: a `[` byte is looked for first) cost nothing.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -23,19 +22,17 @@ impl<T: utoipa::ToSchema> BodyShape for T {
     }
 }
 
-fn document() -> &'static Value {
-    static DOCUMENT: OnceLock<Value> = OnceLock::new();
-    DOCUMENT.get_or_init(super::openapi::document_value)
-}
+/// The OpenAPI document the server was started with, whose request schemas bodies are walked
+/// against (registered as app data by [`super::server::start`]).
+pub struct RequestSchemas(pub Value);
 
 /// The path of the first array given where `schema` expects an object (`subject`,
 /// `disallowed[0]`), or `None` when the body has the documented shape.
-pub fn misplaced_array(body: &[u8], schema: &str) -> Option<String> {
+pub fn misplaced_array(doc: &Value, body: &[u8], schema: &str) -> Option<String> {
     if !body.contains(&b'[') {
         return None;
     }
     let value: Value = serde_json::from_slice(body).ok()?;
-    let doc = document();
     let root = doc.pointer(&format!("/components/schemas/{schema}"))?;
     walk(doc, &value, root, String::new(), 0)
 }

@@ -4,7 +4,7 @@
 //! For each request it
 //! 1. takes a sane incoming `x-request-id` or makes one (UUIDv7), echoes it in the response;
 //! 2. runs the rest of the stack inside a `request` span (so every log line has the id) and a
-//!    task-local [`RequestInfo`] (so problem bodies carry it);
+//!    task-local [`RequestInfo`](super::request::RequestInfo) (so problem bodies carry it);
 //! 3. turns a panic into a generic 500 problem (the panic is logged once, the client never sees
 //!    a dropped connection);
 //! 4. turns any error response that is not already `application/problem+json` into one;
@@ -27,31 +27,9 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use super::problem::{self, ApiError};
+use super::request::{REQUEST, REQUEST_ID_HEADER, RequestInfo};
 use super::security_headers;
 use crate::telemetry::metrics;
-
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// What handlers and error rendering may know about the current request.
-#[derive(Clone, Debug)]
-pub struct RequestInfo {
-    pub request_id: String,
-    pub path: String,
-}
-
-tokio::task_local! {
-    static REQUEST: RequestInfo;
-}
-
-/// The current request, when called inside a request.
-pub fn current() -> Option<RequestInfo> {
-    REQUEST.try_with(Clone::clone).ok()
-}
-
-/// The current request id, when called inside a request.
-pub fn request_id() -> Option<String> {
-    REQUEST.try_with(|r| r.request_id.clone()).ok()
-}
 
 fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
     let value = req.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;

@@ -14,7 +14,7 @@
 use actix_web::dev::Payload;
 use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::header;
-use actix_web::web::{BytesMut, PathConfig, QueryConfig};
+use actix_web::web::{self, BytesMut, PathConfig, QueryConfig};
 use actix_web::{FromRequest, HttpRequest, error};
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
@@ -56,6 +56,9 @@ impl<T: DeserializeOwned + BodyShape + 'static> FromRequest for Json<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let schemas = req
+            .app_data::<web::Data<body_shape::RequestSchemas>>()
+            .cloned();
         let mut payload = payload.take();
         Box::pin(async move {
             if !content_type_ok {
@@ -81,7 +84,8 @@ impl<T: DeserializeOwned + BodyShape + 'static> FromRequest for Json<T> {
             }
             let value = parse::<T>(&body)?;
             if let Some(schema) = T::schema_name()
-                && let Some(field) = body_shape::misplaced_array(&body, &schema)
+                && let Some(schemas) = &schemas
+                && let Some(field) = body_shape::misplaced_array(&schemas.0, &body, &schema)
             {
                 let message = "must be a JSON object, not an array".to_owned();
                 return Err(

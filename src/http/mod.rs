@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pagination;
 pub mod problem;
+pub mod request;
 pub mod security_headers;
 pub mod server;
 

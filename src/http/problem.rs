@@ -14,7 +14,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::context;
+use super::request;
 use crate::domain::validation::FieldError;
 
 /// Prefix of every problem `type`.
@@ -239,7 +239,7 @@ impl ApiError {
 
     /// The problem document this error renders to.
     pub fn to_problem(&self) -> Problem {
-        let info = context::current();
+        let info = request::current();
         let this = &self.0;
         Problem {
             type_: this.kind.type_uri(),

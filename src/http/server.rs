@@ -15,6 +15,7 @@ use utoipa::OpenApi as _;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use super::body_shape::RequestSchemas;
 use super::extract::{self, BodyLimit};
 use super::fallback::{self, RouteTable};
 use super::openapi::{self, BaseDoc};
@@ -33,15 +34,17 @@ pub struct Parts {
 /// (in-flight requests get `shutdown_timeout_secs`); tests pass `false` and stop it themselves.
 pub fn start(
     parts: Parts,
+    routes: openapi::Routes,
     http: &HttpArgs,
     listener: TcpListener,
     handle_signals: bool,
 ) -> std::io::Result<Server> {
     // Install the metrics recorder before the first request is recorded.
     crate::telemetry::metrics::handle();
-    let doc = openapi::document();
+    let doc = openapi::document(routes);
     let table = web::Data::new(RouteTable::new(&doc, ops::UNDOCUMENTED));
-    let doc_json = web::Data::new(OpenApiJson(openapi::document_json()));
+    let doc_json = web::Data::new(OpenApiJson(openapi::document_json(routes)));
+    let schemas = web::Data::new(RequestSchemas(openapi::document_value(routes)));
     let state = web::Data::from(parts.state);
     let authenticator = web::Data::from(parts.authenticator);
     let body_limit = BodyLimit(http.body_limit_bytes as usize);
@@ -50,9 +53,10 @@ pub fn start(
         let (app, _) = App::new()
             .into_utoipa_app()
             .openapi(BaseDoc::openapi())
-            .configure(crate::api::configure)
+            .configure(routes)
             .split_for_parts();
         app.app_data(state.clone())
+            .app_data(schemas.clone())
             .app_data(authenticator.clone())
             .app_data(table.clone())
             .app_data(doc_json.clone())

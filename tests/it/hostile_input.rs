@@ -78,7 +78,7 @@ async fn quiet_world() -> (vpp_broker::apple_sim::SimHandle, TestApp, String) {
 
 /// Every documented operation that takes a request body, as (method, concrete path).
 fn operations_with_bodies(account: &str) -> Vec<(Method, String)> {
-    let doc = vpp_broker::http::openapi::document_value();
+    let doc = vpp_broker::http::openapi::document_value(vpp_broker::api::configure);
     let mut ops = Vec::new();
     for (template, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {

@@ -39,7 +39,7 @@ async fn served_document_matches_the_committed_file() {
 
 #[test]
 fn every_operation_follows_the_conventions() {
-    let doc = vpp_broker::http::openapi::document_value();
+    let doc = vpp_broker::http::openapi::document_value(vpp_broker::api::configure);
     let mut operation_ids = std::collections::HashSet::new();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/spaces"));
@@ -152,7 +152,7 @@ fn admits_null(property: &Value) -> bool {
 /// so a generated client had to test for both (`str | None | Unset`).
 #[test]
 fn a_property_is_either_optional_or_nullable_never_both() {
-    let doc = vpp_broker::http::openapi::document_value();
+    let doc = vpp_broker::http::openapi::document_value(vpp_broker::api::configure);
     let mut both = Vec::new();
     for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
         let required: Vec<&str> = schema["required"]
@@ -210,7 +210,7 @@ fn documented_enums_are_spelled_as_on_the_wire() {
         .filter(|t| !own.iter().any(|(_, kinds)| kinds.contains(t)))
         .map(|t| t.type_uri())
         .collect();
-    let doc = vpp_broker::http::openapi::document_value();
+    let doc = vpp_broker::http::openapi::document_value(vpp_broker::api::configure);
     for (schema, kinds) in &own {
         let uris: Vec<String> = kinds.iter().map(|t| t.type_uri()).collect();
         assert_eq!(
@@ -233,7 +233,7 @@ fn documented_enums_are_spelled_as_on_the_wire() {
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];
-    let doc = vpp_broker::http::openapi::document_value();
+    let doc = vpp_broker::http::openapi::document_value(vpp_broker::api::configure);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for (name, values) in &known {
         let documented: Vec<String> = schemas[*name]["enum"]
@@ -267,7 +267,7 @@ struct Contract {
 impl Contract {
     fn new() -> Self {
         Contract {
-            doc: vpp_broker::http::openapi::document_value(),
+            doc: vpp_broker::http::openapi::document_value(vpp_broker::api::configure),
         }
     }
 

@@ -58,28 +58,32 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
 )]
 pub struct BaseDoc;
 
+/// The route registration a document is generated from (`api::configure`): the transport's
+/// machinery takes it as a value, so it never names the resources.
+pub type Routes = fn(&mut utoipa_actix_web::service_config::ServiceConfig);
+
 /// The operations as utoipa collects them (used for the route table of metrics labels).
-pub fn document() -> OpenApi {
+pub fn document(routes: Routes) -> OpenApi {
     let (_, api) = App::new()
         .into_utoipa_app()
         .openapi(BaseDoc::openapi())
-        .configure(crate::api::configure)
+        .configure(routes)
         .split_for_parts();
     api
 }
 
 /// The complete document (see the module doc), as a JSON value.
-pub fn document_value() -> Value {
-    let mut doc = serde_json::to_value(document()).unwrap_or_default();
+pub fn document_value(routes: Routes) -> Value {
+    let mut doc = serde_json::to_value(document(routes)).unwrap_or_default();
     complete(&mut doc);
     doc
 }
 
 /// The document as sorted, pretty JSON with a trailing newline: what `/openapi.json` serves and
 /// `openapi/openapi.json` commits.
-pub fn document_json() -> String {
+pub fn document_json(routes: Routes) -> String {
     // serde_json's default map is a BTreeMap, so every object comes out sorted.
-    let mut text = serde_json::to_string_pretty(&document_value()).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&document_value(routes)).unwrap_or_default();
     text.push('\n');
     text
 }
