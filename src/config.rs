@@ -259,7 +259,7 @@ pub struct AccountArgs {
     #[arg(long, env = "VPP_INSTANCE_NAME", default_value = "vpp-broker")]
     pub instance_name: String,
     /// External base URL (https) where Apple's notifications reach this service, e.g.
-    /// https://vpp-broker.example.com. Without it the service relies on status polling.
+    /// <https://vpp-broker.example.com>. Without it the service relies on status polling.
     #[arg(long, env = "VPP_PUBLIC_URL")]
     pub public_url: Option<String>,
 }

@@ -1,6 +1,6 @@
 //! Notifications from "Apple" to the MDM (docs/apple.md, What it simulates).
 //!
-//! Event processing and admin hooks put [`Outgoing`] notifications in an outbox; one sender task
+//! Event processing and admin hooks put `Outgoing` notifications in an outbox; one sender task
 //! delivers them in order: `POST` JSON to the location's `notificationUrl` with
 //! `Authorization: Bearer <notificationAuthToken>`. Any 2xx is delivered; otherwise it is retried
 //! (`notificationAttempts`, default 3, `notificationRetryDelayMs` apart). The drop/duplicate

@@ -1,7 +1,7 @@
 //! Enums stored as `text` columns guarded by CHECK constraints.
 //!
 //! Text (rather than PostgreSQL enum types) keeps migrations simple (adding a value is a CHECK
-//! change, not an `ALTER TYPE`), and the [`text_enum!`] macro gives each enum one spelling shared
+//! change, not an `ALTER TYPE`), and the [`text_enum!`](crate::text_enum) macro gives each enum one spelling shared
 //! by the database, the JSON API and the OpenAPI document.
 
 /// Declares an enum stored as text: diesel `ToSql`/`FromSql`, serde and utoipa in one spelling.

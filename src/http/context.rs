@@ -4,7 +4,7 @@
 //! For each request it
 //! 1. takes a sane incoming `x-request-id` or makes one (UUIDv7), echoes it in the response;
 //! 2. runs the rest of the stack inside a `request` span (so every log line has the id) and a
-//!    task-local [`RequestInfo`](super::request::RequestInfo) (so problem bodies carry it);
+//!    task-local [`super::request::RequestInfo`] (so problem bodies carry it);
 //! 3. turns a panic into a generic 500 problem (the panic is logged once, the client never sees
 //!    a dropped connection);
 //! 4. turns any error response that is not already `application/problem+json` into one;

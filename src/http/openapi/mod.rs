@@ -2,14 +2,14 @@
 //! the server uses ([`crate::api::configure`]); [`document_json`] then completes it with what
 //! every operation shares, in one place instead of 28 annotations:
 //!
-//! - [`security`]: an OAuth 2.0 client-credentials scheme declaring the four scopes (what the
+//! - `security`: an OAuth 2.0 client-credentials scheme declaring the four scopes (what the
 //!   JWT's `scope` claim must hold), so every operation's requirement is checkable by tools;
-//! - [`problems`]: typed RFC 9457 problems (`ProblemType` enum of every `type` URI, and their own
+//! - `problems`: typed RFC 9457 problems (`ProblemType` enum of every `type` URI, and their own
 //!   schemas for the problems that carry members) on every error response, keeping each
 //!   operation's own description of its errors;
-//! - [`headers`]: the headers the server really sends (`x-request-id`, `ETag`, `Location`,
+//! - `headers`: the headers the server really sends (`x-request-id`, `ETag`, `Location`,
 //!   `Idempotent-Replayed`, `Retry-After`, `WWW-Authenticate`) and the request headers it reads;
-//! - [`parameters`]: the path parameters' formats (space slug, UUIDs, adam id, pricing).
+//! - `parameters`: the path parameters' formats (space slug, UUIDs, adam id, pricing).
 //!
 //! Conventions: operation id = handler name (`verb_resource`), one tag per resource, explicit
 //! `security` on every operation (scopes listed; none for the anonymous operational routes).
