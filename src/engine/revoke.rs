@@ -61,6 +61,37 @@ pub async fn revoke(
     reason: &str,
 ) -> diesel::QueryResult<Revoked> {
     let matched = store::matching(conn, space, scope, true).await?;
+    start(conn, space, scope, matched, origin, reason).await
+}
+
+/// [`revoke`], unless a license it matched is of an asset Apple does not take back: then
+/// nothing changes and the answer is how many such licenses matched. The check reads the rows
+/// it would revoke, locked: a license that leaves `pending` (Apple now has it) while the
+/// revocation waits for its row is seen as it is then.
+async fn revoke_all_or_none(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    scope: &Scope,
+    origin: &Origin,
+    reason: &str,
+) -> diesel::QueryResult<Result<Revoked, i64>> {
+    let matched = store::matching(conn, space, scope, true).await?;
+    let refused = matched.iter().filter(|t| !t.revocable).count() as i64;
+    if refused > 0 && !scope.include_not_revocable {
+        return Ok(Err(refused));
+    }
+    Ok(Ok(start(conn, space, scope, matched, origin, reason).await?))
+}
+
+/// Starts releasing the `matched` assignments (locked) that `scope` lets revoke.
+async fn start(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    scope: &Scope,
+    matched: Vec<store::Target>,
+    origin: &Origin,
+    reason: &str,
+) -> diesel::QueryResult<Revoked> {
     let not_revocable = if scope.include_not_revocable {
         0
     } else {
@@ -187,16 +218,17 @@ pub async fn revoke_matching(
         subject,
         include_not_revocable: false,
     };
-    conn.transaction(async |conn| {
-        if let Some((adam_id, _)) = &matching.asset {
-            let n = not_revocable(conn, space, &scope).await?;
-            if n > 0 {
-                return Err(RevocationError::NotRevocable(format!(
+    conn.transaction(async |conn| match &matching.asset {
+        // Naming the asset asks for all of it: refused whole when Apple keeps some of it.
+        Some((adam_id, _)) => {
+            match revoke_all_or_none(conn, space, &scope, origin, reason).await? {
+                Ok(revoked) => Ok(revoked),
+                Err(n) => Err(RevocationError::NotRevocable(format!(
                     "{n} of the licenses matched are of asset {adam_id}"
-                )));
+                ))),
             }
         }
-        Ok(revoke(conn, space, &scope, origin, reason).await?)
+        None => Ok(revoke(conn, space, &scope, origin, reason).await?),
     })
     .await
 }

@@ -391,3 +391,71 @@ async fn deleting_a_pending_license_drops_it_at_once_with_200_books_included() {
     // The book's license is free again in the ledger, and nothing waits to go to Apple.
     assert_eq!(ledger_of_book(app, account).await, (0, 0, 0));
 }
+
+/// Rule V1 under concurrency: "all of an asset" is refused whole when Apple keeps some of it,
+/// judged on the rows the revocation locks. A book license that leaves `pending` (Apple now has
+/// it) while the revocation waits for its row makes the request 409, and the other license of
+/// the book is left as it was (it was revoked, and the first one counted, when the check read
+/// the rows before locking them).
+#[tokio::test]
+async fn v1_an_asset_revocation_judges_the_rows_it_locks() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    // No dispatcher: allocations stay `pending` until the test moves them.
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5), book(BOOK, 5)])],
+        |_| crate::support::app::Options::default(),
+        &[("A", U1)],
+    )
+    .await;
+    let first = allocate(&w.app, user_book("reader-1"), "req-race-1").await;
+    let second = allocate(&w.app, user_book("reader-2"), "req-race-2").await;
+    let mut holder = AsyncPgConnection::establish(&w.app.db.url).await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    diesel::sql_query("SELECT 1 FROM assignments WHERE id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Uuid, _>(first)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let request = w
+        .app
+        .req(Method::POST, "/v1/spaces/acme/revocations")
+        .json(&json!({"asset": {"adam_id": BOOK}, "reason": "race"}));
+    let answer = tokio::spawn(async move { request.send().await });
+    let mut watcher = AsyncPgConnection::establish(&w.app.db.url).await.unwrap();
+    crate::support::eventually(
+        "the revocation waiting for the held row",
+        async || {
+            #[derive(diesel::QueryableByName, Debug)]
+            struct Waiting {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                n: i64,
+            }
+            diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .get_result::<Waiting>(&mut watcher)
+            .await
+            .map(|w| w.n)
+            .unwrap_or(0)
+        },
+        |n| *n > 0,
+    )
+    .await;
+    // Apple takes the first license meanwhile (as the dispatcher records it).
+    diesel::sql_query("UPDATE assignments SET state = 'associating' WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(first)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let resp = answer.await.unwrap().unwrap();
+    let problem = expect_problem(resp, 409, "not-revocable").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains(BOOK),
+        "{problem}"
+    );
+    let api = w.app.client("acme");
+    assert_eq!(api.assignment(second).await.state.as_str(), "pending");
+    assert_eq!(api.assignment(first).await.state.as_str(), "associating");
+}
