@@ -998,8 +998,9 @@ pub async fn get_assignment(
 /// `revoking` until Apple released the license (202). An assignment that is already `failed` or
 /// `revoked` is answered as it is (200), as is one already `revoking` (202). `?reason=` is
 /// recorded with who asked, when and the request id (`revocation` on the assignment, and the
-/// activity log). A license of an asset Apple does not let revoke (books) is refused with 409
-/// `not-revocable` and nothing changes.
+/// activity log). A license Apple holds of an asset it does not let revoke (books) is refused
+/// with 409 `not-revocable` and nothing changes; a pending one never reached Apple and is
+/// dropped like any other.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "revoke_assignment",
@@ -1047,10 +1048,12 @@ pub async fn revoke_assignment(
 ///
 /// Give at least one filter: an account, an asset (with or without pricing) or a subject. Answers
 /// how many assignments were dropped before reaching Apple and how many are now being released.
-/// `reason` is recorded on each assignment with who asked, when and the request id. Licenses of
-/// assets Apple does not let revoke (books) are never sent to Apple: naming such an asset is
-/// refused (409 `not-revocable`, nothing changed); without an asset filter (all of a subject's
-/// or an account's) they are left as they are and counted in `not_revocable`.
+/// `reason` is recorded on each assignment with who asked, when and the request id. Licenses
+/// Apple holds of assets it does not let revoke (books) are never sent to Apple: naming such an
+/// asset while Apple holds any of its matched licenses is refused whole (409 `not-revocable`,
+/// nothing changed, pending ones included); without an asset filter (all of a subject's or an
+/// account's) they are left as they are and counted in `not_revocable`. Pending licenses never
+/// reached Apple and are dropped whatever the asset.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "create_revocation",
