@@ -408,93 +408,93 @@ async fn poll(
     event: &PollEvent,
 ) -> Result<(), DispatchError> {
     let event_id = event.event_id.as_str();
-    match ctx.state.apple.event_status(token, event_id).await {
-        Ok(status) if status.is_pending() => {
-            crate::accounts::ownership::notice(
-                &ctx.state.pool,
-                &ctx.state.identity,
-                account.id,
-                &status.meta,
-                "GET /status",
-            )
-            .await?;
-            let mut conn = ctx.state.pool.get().await?;
-            // A poll count that cannot be read counts as the first poll.
-            let polls = apple_events::count_poll(&mut conn, event_id)
-                .await
-                .unwrap_or(1);
-            let delay = ctx
-                .settings
-                .first_poll
-                .saturating_mul(1u32 << polls.clamp(0, 10))
-                .min(ctx.settings.max_poll);
-            jobs::postpone(&mut conn, &[job.id], retry::at(delay), None).await?;
-            Ok(())
-        }
-        Ok(status) => {
-            crate::accounts::ownership::notice(
-                &ctx.state.pool,
-                &ctx.state.identity,
-                account.id,
-                &status.meta,
-                "GET /status",
-            )
-            .await?;
-            let failures = settle::failures_by_target(&status.failures);
-            let applied = settle::apply(
-                &ctx.state,
-                token,
-                account.id,
-                event_id,
-                &settle::Results::Complete(failures),
-            )
-            .await?;
-            let mut conn = ctx.state.pool.get().await?;
-            if applied.finished {
-                jobs::delete(&mut conn, &[job.id]).await?;
-            } else {
-                // Something of the event is still being settled (a re-allocation cut short):
-                // look again soon; applying results again is harmless.
-                jobs::postpone(
-                    &mut conn,
-                    &[job.id],
-                    retry::at(ctx.settings.first_poll),
-                    None,
-                )
-                .await?;
-            }
-            Ok(())
-        }
-        Err(err) if matches!(err.class(), ErrorClass::NotFound) => {
-            // Apple no longer knows the event: submit its work again (harmless if it landed).
-            tracing::warn!(event = %event_id, "Apple does not know the event; resubmitting its work");
-            let mut conn = ctx.state.pool.get().await?;
-            conn.transaction(async |conn| {
-                jobs::resubmit_event(conn, event_id).await?;
-                apple_events::mark_failed(conn, event_id).await?;
-                jobs::delete(conn, &[job.id]).await?;
-                Ok::<(), diesel::result::Error>(())
-            })
-            .await?;
-            Ok(())
-        }
-        Err(err) => {
-            let now = Utc::now();
-            let mut conn = ctx.state.pool.get().await?;
-            if let Some(observation) = crate::accounts::observe_error(&err, now) {
-                record_observation(&mut conn, account, &observation, now).await?;
-            }
-            let delay = retry::backoff(job.attempts, ctx.settings.max_backoff);
-            jobs::postpone(
-                &mut conn,
-                &[job.id],
-                retry::at(delay),
-                Some(&err.to_string()),
-            )
-            .await?;
-            Ok(())
-        }
+    let status = match ctx.state.apple.event_status(token, event_id).await {
+        Ok(status) => status,
+        Err(err) => return poll_failed(ctx, account, job, event_id, err).await,
+    };
+    crate::accounts::ownership::notice(
+        &ctx.state.pool,
+        &ctx.state.identity,
+        account.id,
+        &status.meta,
+        "GET /status",
+    )
+    .await?;
+    if status.is_pending() {
+        let mut conn = ctx.state.pool.get().await?;
+        // A poll count that cannot be read counts as the first poll.
+        let polls = apple_events::count_poll(&mut conn, event_id)
+            .await
+            .unwrap_or(1);
+        let delay = ctx
+            .settings
+            .first_poll
+            .saturating_mul(1u32 << polls.clamp(0, 10))
+            .min(ctx.settings.max_poll);
+        jobs::postpone(&mut conn, &[job.id], retry::at(delay), None).await?;
+        return Ok(());
     }
+    let failures = settle::failures_by_target(&status.failures);
+    let applied = settle::apply(
+        &ctx.state,
+        token,
+        account.id,
+        event_id,
+        &settle::Results::Complete(failures),
+    )
+    .await?;
+    let mut conn = ctx.state.pool.get().await?;
+    if applied.finished {
+        jobs::delete(&mut conn, &[job.id]).await?;
+    } else {
+        // Something of the event is still being settled (a re-allocation cut short): look
+        // again soon; applying results again is harmless.
+        jobs::postpone(
+            &mut conn,
+            &[job.id],
+            retry::at(ctx.settings.first_poll),
+            None,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A status poll Apple did not answer: an event it no longer knows has its work submitted
+/// again; any other failure is recorded on the account (throttling, token) and retried later.
+async fn poll_failed(
+    ctx: &Ctx,
+    account: &AccountRow,
+    job: &ClaimedJob,
+    event_id: &str,
+    err: AppleError,
+) -> Result<(), DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    if matches!(err.class(), ErrorClass::NotFound) {
+        // Apple no longer knows the event: submit its work again (harmless if it landed).
+        tracing::warn!(event = %event_id, "Apple does not know the event; resubmitting its work");
+        conn.transaction(async |conn| {
+            jobs::resubmit_event(conn, event_id).await?;
+            apple_events::mark_failed(conn, event_id).await?;
+            jobs::delete(conn, &[job.id]).await?;
+            Ok::<(), diesel::result::Error>(())
+        })
+        .await?;
+        return Ok(());
+    }
+    let now = Utc::now();
+    if let Some(observation) = crate::accounts::observe_error(&err, now) {
+        record_observation(&mut conn, account, &observation, now).await?;
+    }
+    let delay = retry::backoff(job.attempts, ctx.settings.max_backoff);
+    jobs::postpone(
+        &mut conn,
+        &[job.id],
+        retry::at(delay),
+        Some(&err.to_string()),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs the dispatcher until no job is left (tests and the benchmark use it to drain).

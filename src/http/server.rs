@@ -43,8 +43,9 @@ pub fn start(
     crate::telemetry::metrics::handle();
     let doc = openapi::document(routes);
     let table = web::Data::new(RouteTable::new(&doc, ops::UNDOCUMENTED));
-    let doc_json = web::Data::new(OpenApiJson(openapi::document_json(routes)));
-    let schemas = web::Data::new(RequestSchemas(openapi::document_value(routes)));
+    let complete = openapi::document_value(routes);
+    let doc_json = web::Data::new(OpenApiJson(openapi::json_text(&complete)));
+    let schemas = web::Data::new(RequestSchemas(complete));
     let state = web::Data::from(parts.state);
     let authenticator = web::Data::from(parts.authenticator);
     let body_limit = BodyLimit(http.body_limit_bytes as usize);

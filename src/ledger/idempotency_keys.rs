@@ -1,5 +1,5 @@
-//! Idempotency keys ([`crate::http::idempotency`]): a key is claimed inside the transaction of
-//! the change it guards, and the response is stored in the same transaction.
+//! Idempotency keys (the transport's `Idempotency-Key` header, rule A6): a key is claimed inside
+//! the transaction of the change it guards, and the response is stored in the same transaction.
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 

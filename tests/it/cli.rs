@@ -182,18 +182,10 @@ async fn serve_stops_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    crate::support::eventually(
-        "server ready (/readyz status)",
-        async || {
-            client
-                .get(&ready)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .ok()
-        },
-        |status| *status == Some(200),
+    crate::support::procs::wait_ready(
+        &client,
+        &format!("http://127.0.0.1:{port}"),
+        crate::support::eventually::TIMEOUT,
     )
     .await;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

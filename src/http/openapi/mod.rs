@@ -82,8 +82,13 @@ pub fn document_value(routes: Routes) -> Value {
 /// The document as sorted, pretty JSON with a trailing newline: what `/openapi.json` serves and
 /// `openapi/openapi.json` commits.
 pub fn document_json(routes: Routes) -> String {
+    json_text(&document_value(routes))
+}
+
+/// A complete document ([`document_value`]) as sorted, pretty JSON with a trailing newline.
+pub fn json_text(doc: &Value) -> String {
     // serde_json's default map is a BTreeMap, so every object comes out sorted.
-    let mut text = serde_json::to_string_pretty(&document_value(routes)).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(doc).unwrap_or_default();
     text.push('\n');
     text
 }

@@ -68,21 +68,7 @@ impl ServeProcess {
     }
 
     pub async fn wait_ready(&self, client: &reqwest::Client) {
-        let ready = format!("{}/readyz", self.base_url);
-        super::eventually_within(
-            Duration::from_secs(30),
-            &format!("process on {} ready (/readyz status)", self.port),
-            async || {
-                client
-                    .get(&ready)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .ok()
-            },
-            |status| *status == Some(200),
-        )
-        .await;
+        wait_ready(client, &self.base_url, Duration::from_secs(30)).await;
     }
 
     pub fn signal(&self, signal: i32) {
@@ -107,4 +93,23 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the server at `base_url` answers `/readyz` with 200.
+pub async fn wait_ready(client: &reqwest::Client, base_url: &str, timeout: Duration) {
+    let ready = format!("{base_url}/readyz");
+    super::eventually_within(
+        timeout,
+        &format!("{base_url} ready (/readyz status)"),
+        async || {
+            client
+                .get(&ready)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        },
+        |status| *status == Some(200),
+    )
+    .await;
 }
