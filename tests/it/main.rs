@@ -14,6 +14,7 @@ mod allocation;
 mod auth;
 mod cli;
 mod docs;
+mod exports;
 mod history;
 mod hostile_input;
 mod layering;
