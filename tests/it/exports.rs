@@ -386,3 +386,34 @@ async fn a_client_that_leaves_mid_export_frees_its_connection() {
     let page: AssignmentPage = api.get("/assignments?limit=5").await;
     assert_eq!(page.items.len(), 5);
 }
+
+#[test]
+fn every_field_of_an_assignment_has_a_csv_column() {
+    // Every optional member present: a field added to `Assignment` without a column fails here.
+    let full = json!({
+        "id": Uuid::nil(), "space": "acme", "account_id": Uuid::nil(),
+        "asset": {"adam_id": APP, "pricing_param": "STDQ"},
+        "subject": {"kind": "device", "id": "S"},
+        "license_type": "device", "state": "failed", "rule": "priority",
+        "decision": {"skipped": [], "queued_because": "q", "replaces": Uuid::nil()},
+        "requested_by": "me", "reason": "r",
+        "revocation": {"by": "me", "reason": "r", "requested_at": "2026-12-06T00:00:00Z",
+                       "request_id": "x"},
+        "apple_event_id": "e",
+        "error": {"number": 9709, "message": "m", "action": "a", "reallocated_to": Uuid::nil(),
+                  "reallocated_account_id": Uuid::nil(), "reallocation": "none",
+                  "errors": {"u-1": {"number": 1, "message": "m"}}},
+        "version": 2, "created_at": "2026-12-06T00:00:00Z", "updated_at": "2026-12-06T00:00:00Z"
+    });
+    let assignment: Assignment = serde_json::from_value(full).unwrap();
+    let item = serde_json::to_value(&assignment).unwrap();
+    assert_eq!(
+        vpp_broker::http::export::uncovered_paths(&item, Assignment::COLUMNS),
+        Vec::<String>::new()
+    );
+    let columns: Vec<&str> = Assignment::COLUMNS.to_vec();
+    let mut unique = columns.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), columns.len(), "column names are unique");
+}
