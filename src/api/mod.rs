@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod apple_notifications;
+pub mod assets;
 pub mod assignments;
 pub mod policies;
 pub mod spaces;
@@ -35,6 +36,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assignments::get_assignment)
         .service(assignments::revoke_assignment)
         .service(assignments::create_revocation)
+        .service(assets::list_assets)
+        .service(assets::get_asset)
+        .service(assets::list_account_assets)
         .service(policies::list_policies)
         .service(policies::get_policy)
         .service(policies::put_policy)

@@ -16,6 +16,7 @@ pub mod assets;
 pub mod assignments;
 pub mod deployment;
 pub mod idempotency_keys;
+pub mod inventory;
 pub mod jobs;
 pub mod policies;
 pub mod retention;

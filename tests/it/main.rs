@@ -11,6 +11,7 @@
 
 mod accounts;
 mod allocation;
+mod assets;
 mod auth;
 mod cli;
 mod docs;

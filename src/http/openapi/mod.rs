@@ -51,6 +51,7 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
         (name = "spaces", description = "Isolated partitions of a deployment (tenants, sites, teams)"),
         (name = "accounts", description = "Token accounts: one Apple location (sToken) each, ordered by priority"),
         (name = "assignments", description = "Allocate and revoke licenses; the ledger of who holds what"),
+        (name = "assets", description = "The license inventory: Apple's counts and the ledger's per asset and account, usage, exhaustion forecast"),
         (name = "policies", description = "Distribution policies per asset: reserved, first-come-first-served, disallowed"),
         (name = "apple", description = "Endpoints Apple calls (notifications); not for MDM callers"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)"),
