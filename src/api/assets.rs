@@ -96,6 +96,7 @@ pub struct AppleCounts {
     pub retired: i64,
     /// When Apple's counts were last read (for a sum: the oldest of the accounts'); absent
     /// before the first sync.
+    #[schema(required = true)]
     pub synced_at: Option<DateTime<Utc>>,
 }
 
@@ -125,6 +126,7 @@ pub struct LedgerCounts {
     /// least 0; 0 for an account allocation skips (`allocatable` false).
     pub available_now: i64,
     /// `(held + assigned_elsewhere) / total` in percent; null when nothing is owned.
+    #[schema(required = true)]
     pub usage_percent: Option<f64>,
 }
 
@@ -243,15 +245,19 @@ pub struct DayMovement {
 pub struct ExhaustionForecast {
     /// Days until nothing is available, at the weighted net rate; null with `reason` when
     /// there is no forecast.
+    #[schema(required = true)]
     pub days_until_exhausted: Option<f64>,
     /// The UTC day that falls on.
+    #[schema(required = true)]
     pub exhausted_on: Option<NaiveDate>,
     /// Net allocations per day, exponentially weighted (half-life `half_life_days`).
+    #[schema(required = true)]
     pub net_rate_per_day: Option<f64>,
     /// Days since the first allocation of the asset in the space (at most 30); 7 are needed.
     pub history_days: i64,
     pub half_life_days: f64,
     /// Why there is no forecast.
+    #[schema(required = true)]
     pub reason: Option<String>,
 }
 

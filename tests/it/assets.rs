@@ -23,10 +23,7 @@ const U1: &str = "3100000001";
 const U2: &str = "3100000002";
 const U3: &str = "3100000003";
 
-fn figures<'a>(
-    item: &'a AssetInventory,
-    account: Uuid,
-) -> &'a vpp_broker::api::assets::AccountFigures {
+fn figures(item: &AssetInventory, account: Uuid) -> &vpp_broker::api::assets::AccountFigures {
     item.accounts
         .iter()
         .find(|a| a.account_id == account)

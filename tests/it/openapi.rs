@@ -178,6 +178,7 @@ fn documented_enums_are_spelled_as_on_the_wire() {
     use vpp_broker::api::policies::TargetKind;
     use vpp_broker::domain::account_status::AccountStatus;
     use vpp_broker::domain::account_status::WhenUnusable;
+    use vpp_broker::domain::inventory::AssetProductType;
     use vpp_broker::domain::model::{
         AssignmentState, LicenseType, LicenseWish, Rule, SkipReason, SubjectKind,
     };
@@ -221,6 +222,7 @@ fn documented_enums_are_spelled_as_on_the_wire() {
     }
     let known: Vec<(&str, Vec<String>)> = vec![
         ("AccountStatus", wire(AccountStatus::ALL)),
+        ("AssetProductType", wire(AssetProductType::ALL)),
         ("AssignmentState", wire(AssignmentState::ALL)),
         ("LicenseType", wire(LicenseType::ALL)),
         ("LicenseWish", wire(LicenseWish::ALL)),
