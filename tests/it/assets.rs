@@ -568,3 +568,95 @@ async fn asset_detail_forecasts_exhaustion_from_the_daily_history() {
     let revoked: i64 = d.daily.iter().map(|x| x.revocations).sum();
     assert_eq!(revoked, 8);
 }
+
+#[tokio::test]
+async fn assets_counts_match_the_simulator_after_a_storm_of_allocations_and_revocations() {
+    let w = fixtures::world(
+        vec![
+            location(U1, "Main", vec![app(APP, 12)]),
+            location(U2, "Spare", vec![app(APP, 10)]),
+        ],
+        &[("Main", U1), ("Spare", U2)],
+    )
+    .await;
+    let api = w.api();
+    // 18 allocations at once, then 7 revocations at once.
+    let mut tasks = Vec::new();
+    for i in 0..18 {
+        let (url, token) = (
+            w.app.url("/v1/spaces/acme/assignments"),
+            crate::support::app::admin_token(),
+        );
+        let http = w.app.http.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&device(&format!("STORM-{i:02}")))
+                .send()
+                .await
+                .unwrap();
+            crate::support::read::<vpp_broker::api::assignments::Allocation>(resp, 201).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().assignment().id);
+    }
+    for id in &ids {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "active");
+    }
+    let mut revocations = Vec::new();
+    for id in ids.iter().take(7) {
+        let (url, token) = (
+            w.app.url(&format!("/v1/spaces/acme/assignments/{id}")),
+            crate::support::app::admin_token(),
+        );
+        let http = w.app.http.clone();
+        revocations.push(tokio::spawn(async move {
+            http.delete(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for r in revocations {
+        assert_eq!(r.await.unwrap(), 202);
+    }
+    for id in ids.iter().take(7) {
+        eventually(
+            "the revocation finished",
+            async || api.assignment(*id).await.state,
+            |s| s.as_str() == "revoked",
+        )
+        .await;
+    }
+    let seen = asset(&w.app, APP).await;
+    assert_eq!(seen.asset.totals.ledger.held, 11);
+    assert_eq!(seen.asset.totals.ledger.held_by_state.active, 11);
+    assert_eq!(seen.asset.totals.ledger.held_by_state.revoking, 0);
+    assert_eq!(seen.asset.totals.ledger.available_now, 22 - 11);
+    for (account, u_id) in w.accounts.iter().zip([U1, U2]) {
+        let mine = figures(&seen.asset, *account);
+        let at_apple = w.sim.location(u_id).await.unwrap();
+        let held_there = at_apple
+            .assignments
+            .iter()
+            .filter(|a| a.adam_id == APP)
+            .count() as i64;
+        assert_eq!(mine.ledger.held_by_state.active, held_there, "{u_id}");
+        assert_eq!(mine.ledger.held, held_there, "{u_id}");
+        let asset_there = at_apple.assets.iter().find(|a| a.adam_id == APP).unwrap();
+        assert_eq!(Some(mine.apple.total), asset_there.total_count, "{u_id}");
+        assert_eq!(
+            mine.ledger.available_now,
+            asset_there.total_count.unwrap() - held_there,
+            "{u_id}"
+        );
+    }
+    let today = seen.daily.last().unwrap();
+    assert_eq!((today.allocations, today.revocations), (18, 7));
+}
