@@ -660,3 +660,96 @@ async fn assets_counts_match_the_simulator_after_a_storm_of_allocations_and_revo
     let today = seen.daily.last().unwrap();
     assert_eq!((today.allocations, today.revocations), (18, 7));
 }
+
+#[tokio::test]
+async fn accounts_allocation_skips_have_nothing_available_now() {
+    const OWNED: &str = "7000000001";
+    let w = fixtures::world_with(
+        vec![
+            location(U1, "Main", vec![app(OWNED, 5)]),
+            location(U2, "Spare", vec![app(OWNED, 4)]),
+            location(U3, "Third", vec![app(OWNED, 3)]),
+        ],
+        |_| Options::default(),
+        &[("Main", U1), ("Spare", U2), ("Third", U3)],
+    )
+    .await;
+    let (main, spare, third) = (w.accounts[0], w.accounts[1], w.accounts[2]);
+    let mut conn = w.app.db.connect().await;
+    // Spare's token expired and it skips when unusable; Third serves only assets with a policy.
+    diesel::sql_query(
+        "UPDATE accounts SET token_expires_at = now() - interval '1 day', when_unusable = 'skip'
+          WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(spare)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query("UPDATE accounts SET new_assets_for_everyone = false WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(third)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let d = asset(&w.app, OWNED).await;
+    let s = figures(&d.asset, spare);
+    assert_eq!(s.account_status.as_str(), "expired");
+    assert!(!s.allocatable);
+    assert!(
+        s.not_allocatable_reason
+            .as_deref()
+            .unwrap()
+            .contains("expired")
+    );
+    assert_eq!((s.apple.total, s.ledger.available_now), (4, 0));
+    let t = figures(&d.asset, third);
+    assert!(!t.allocatable);
+    assert!(
+        t.not_allocatable_reason
+            .as_deref()
+            .unwrap()
+            .contains("policy")
+    );
+    assert_eq!(t.ledger.available_now, 0);
+    assert_eq!(figures(&d.asset, main).ledger.available_now, 5);
+    assert_eq!(d.asset.totals.ledger.available_now, 5);
+    // The store's filter agrees with the figures shown.
+    let open: AssetInventoryPage = w
+        .app
+        .get_as(&format!(
+            "/v1/spaces/acme/assets?exhausted=false&account_id={main}"
+        ))
+        .await;
+    assert_eq!(open.items.len(), 1);
+    let none: AssetInventoryPage = w
+        .app
+        .get_as(&format!(
+            "/v1/spaces/acme/assets?exhausted=true&account_id={spare}"
+        ))
+        .await;
+    assert_eq!(keys(&none.items), [(OWNED.to_owned(), "STDQ".to_owned())]);
+    let none: AssetInventoryPage = w
+        .app
+        .get_as(&format!(
+            "/v1/spaces/acme/assets?exhausted=true&account_id={third}"
+        ))
+        .await;
+    assert_eq!(none.items.len(), 1, "no policy: Third serves nothing");
+    // With a policy, Third serves the asset.
+    let resp = w
+        .api()
+        .put_policy(OWNED, "STDQ", &json!({"fcfs_groups": ["staff"]}))
+        .await;
+    assert_eq!(resp.status(), 201);
+    let d = asset(&w.app, OWNED).await;
+    let t = figures(&d.asset, third);
+    assert!(t.allocatable);
+    assert_eq!(t.ledger.available_now, 3);
+    assert_eq!(d.asset.totals.ledger.available_now, 8);
+    let open: AssetInventoryPage = w
+        .app
+        .get_as(&format!(
+            "/v1/spaces/acme/assets?exhausted=false&account_id={third}"
+        ))
+        .await;
+    assert_eq!(open.items.len(), 1);
+}
