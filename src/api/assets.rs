@@ -616,10 +616,25 @@ fn assemble(
             .or_default()
             .push(p);
     }
-    let shown: HashMap<Uuid, &AccountRow> = accounts
+    let first_owners: HashMap<Key, Uuid> = figures
+        .first_owners
+        .into_iter()
+        .map(|(adam, pricing, account)| ((adam, pricing), account))
+        .collect();
+    // Per account once: what it shows and whether allocation skips it.
+    let shown: HashMap<Uuid, Shown> = accounts
         .iter()
         .filter(|a| scope.accounts.contains(&a.id))
-        .map(|a| (a.id, a))
+        .map(|a| {
+            let g = gate(a);
+            let shown = Shown {
+                row: a,
+                status: inv::shown_status(&g, now),
+                blocked: g.blocked(now),
+                without_policy: g.blocked_for(false, now),
+            };
+            (a.id, shown)
+        })
         .collect();
     let mut out = Vec::new();
     for key in keys {
@@ -638,7 +653,10 @@ fn assemble(
                 served: e.served,
             })
             .collect();
-        let owners: Vec<Uuid> = asset_rows.iter().map(|r| r.account_id).collect();
+        let owners: Vec<Uuid> = match first_owners.get(key) {
+            Some(first) => vec![*first],
+            None => asset_rows.iter().map(|r| r.account_id).collect(),
+        };
         let held_back = inv::held_back(&owners, &reservations);
         let policy = entries.first().map(|first| {
             let count = |mode: &str| {
@@ -665,8 +683,11 @@ fn assemble(
             let Some(account) = shown.get(&r.account_id) else {
                 continue;
             };
-            let g = gate(account);
-            let blocked = g.blocked_for(has_policy, now);
+            let blocked = if has_policy {
+                account.blocked.clone()
+            } else {
+                account.without_policy.clone()
+            };
             let mut by_state = states
                 .get(&(key.clone(), r.account_id))
                 .copied()
@@ -705,9 +726,9 @@ fn assemble(
             });
             per_account.push(AccountFigures {
                 account_id: r.account_id,
-                account_name: account.name.clone(),
-                priority: account.priority,
-                account_status: inv::shown_status(&g, now),
+                account_name: account.row.name.clone(),
+                priority: account.row.priority,
+                account_status: account.status,
                 allocatable: blocked.is_none(),
                 not_allocatable_reason: blocked,
                 apple,
@@ -746,6 +767,14 @@ fn assemble(
         ));
     }
     out
+}
+
+/// An account shown, with what allocation makes of it now.
+struct Shown<'a> {
+    row: &'a AccountRow,
+    status: AccountStatus,
+    blocked: Option<String>,
+    without_policy: Option<String>,
 }
 
 fn held_view(s: &ByState) -> HeldByState {

@@ -351,12 +351,15 @@ pub struct Figures {
     pub rows: Vec<AccountAsset>,
     pub states: Vec<StateCount>,
     pub policies: Vec<PolicyEntry>,
+    /// When the scope is not the whole space: the space's highest-priority owner of each asset
+    /// (adam id, pricing, account).
+    pub first_owners: Vec<(String, String, Uuid)>,
 }
 
-/// Reads the rows (of every account of the space: the first owner decides where a
-/// reservation naming no account holds back), the transient-state counts (of the scope's
-/// accounts) and the policies of `keys` (adam id, pricing); the three statements go out
-/// together, pipelined on the connection. Selected by `adam_id = ANY` and `pricing_param = ANY`
+/// Reads the rows and transient-state counts (of the scope's accounts) and the policies of
+/// `keys` (adam id, pricing); the three statements go out together, pipelined on the
+/// connection. When the scope is one account, also the space's first owner of each asset (a
+/// reservation naming no account holds back from it). Selected by `adam_id = ANY` and `pricing_param = ANY`
 /// (an index probe per adam id; a join on the pairs made the planner scan every asset row), so
 /// rows of pairs not asked for may come too: callers look the asked pairs up.
 pub async fn figures(
@@ -373,7 +376,7 @@ pub async fn figures(
            FROM assets s
           WHERE s.adam_id = ANY($2) AND s.pricing_param = ANY($3) AND s.account_id = ANY($1)",
     )
-    .bind::<Array<diesel::sql_types::Uuid>, _>(&scope.all_accounts)
+    .bind::<Array<diesel::sql_types::Uuid>, _>(&scope.accounts)
     .bind::<Array<Text>, _>(&adams)
     .bind::<Array<Text>, _>(&pricings);
     let states_q = diesel::sql_query(
@@ -407,11 +410,51 @@ pub async fn figures(
         states_q.load::<StateCount>(&mut &*shared),
         policies_q.load::<PolicyEntry>(&mut &*shared),
     )?;
+    let first_owners = if scope.accounts.len() < scope.all_accounts.len() {
+        first_owners(conn, &scope.all_accounts, &adams, &pricings).await?
+    } else {
+        Vec::new()
+    };
     Ok(Figures {
         rows,
         states,
         policies,
+        first_owners,
     })
+}
+
+/// The first of `accounts` (in their order) owning each asset.
+async fn first_owners(
+    conn: &mut AsyncPgConnection,
+    accounts: &[Uuid],
+    adams: &[&str],
+    pricings: &[&str],
+) -> diesel::QueryResult<Vec<(String, String, Uuid)>> {
+    #[derive(diesel::QueryableByName)]
+    struct Owner {
+        #[diesel(sql_type = Text)]
+        adam_id: String,
+        #[diesel(sql_type = Text)]
+        pricing_param: String,
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        account_id: Uuid,
+    }
+    let found: Vec<Owner> = diesel::sql_query(
+        "SELECT DISTINCT ON (s.adam_id, s.pricing_param) s.adam_id, s.pricing_param, s.account_id
+           FROM assets s
+           JOIN unnest($1::uuid[]) WITH ORDINALITY AS r(id, rank) ON r.id = s.account_id
+          WHERE s.adam_id = ANY($2) AND s.pricing_param = ANY($3)
+          ORDER BY s.adam_id, s.pricing_param, r.rank",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(accounts)
+    .bind::<Array<Text>, _>(adams)
+    .bind::<Array<Text>, _>(pricings)
+    .load(conn)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|o| (o.adam_id, o.pricing_param, o.account_id))
+        .collect())
 }
 
 /// One asset's movement in the space per day since `since` (UTC days), and the day of its

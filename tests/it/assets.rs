@@ -131,6 +131,19 @@ async fn assets_show_held_by_state_reservations_and_what_the_simulator_holds() {
     let spare = figures(&seen.asset, b);
     assert_eq!((spare.ledger.held_back, spare.ledger.available_now), (1, 3));
     assert_eq!(seen.asset.totals.ledger.held_back, 2);
+    // Seen from one account, a reservation naming none still holds back from the first owner.
+    for (account, held_back) in [(a, 1), (b, 1)] {
+        let page: AssetInventoryPage = w
+            .app
+            .get_as(&format!(
+                "/v1/spaces/acme/assets?account_id={account}&product_type=App"
+            ))
+            .await;
+        assert_eq!(
+            page.items[0].totals.ledger.held_back, held_back,
+            "{account}"
+        );
+    }
     // Once VIP-A holds its license, nothing is held back for it.
     let vip = api.allocated(&device("VIP-A")).await;
     assert_eq!(vip.account_id, a);
