@@ -351,8 +351,8 @@ pub struct Figures {
     pub rows: Vec<AccountAsset>,
     pub states: Vec<StateCount>,
     pub policies: Vec<PolicyEntry>,
-    /// When the scope is not the whole space: the space's highest-priority owner of each asset
-    /// (adam id, pricing, account).
+    /// When the scope is not the whole space: the space's highest-priority owner (adam id,
+    /// pricing, account) of each asset with an outstanding reservation naming no account.
     pub first_owners: Vec<(String, String, Uuid)>,
 }
 
@@ -410,8 +410,16 @@ pub async fn figures(
         states_q.load::<StateCount>(&mut &*shared),
         policies_q.load::<PolicyEntry>(&mut &*shared),
     )?;
-    let first_owners = if scope.accounts.len() < scope.all_accounts.len() {
-        first_owners(conn, &scope.all_accounts, &adams, &pricings).await?
+    // Only assets with an outstanding reservation naming no account need their first owner
+    // (a sort of every owner's row by text took 20 ms for 200 assets).
+    let (need_adams, need_pricings): (Vec<&str>, Vec<&str>) = policies
+        .iter()
+        .filter(|e| e.mode.as_deref() == Some("reserved") && e.account_id.is_none() && !e.served)
+        .map(|e| (e.adam_id.as_str(), e.pricing_param.as_str()))
+        .unzip();
+    let first_owners = if scope.accounts.len() < scope.all_accounts.len() && !need_adams.is_empty()
+    {
+        first_owners(conn, &scope.all_accounts, &need_adams, &need_pricings).await?
     } else {
         Vec::new()
     };
