@@ -116,7 +116,7 @@ pub struct LedgerCounts {
     /// Licenses this service holds: pending, associating and active assignments (what
     /// allocation counts).
     pub held: i64,
-    /// Assignments by state, `revoking` included.
+    /// Assignments by state, `revoking` included (`active` = `held` - pending - associating).
     pub held_by_state: HeldByState,
     /// Licenses assigned at Apple that this service did not assign.
     pub assigned_elsewhere: i64,

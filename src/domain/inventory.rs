@@ -6,7 +6,10 @@
 //! allocation would find):
 //! * `held` (what allocation counts) is the asset row's live count: pending, associating and
 //!   active assignments. A `revoking` license was given back to the pool when its revocation
-//!   was asked, so it is shown by state but not counted as held.
+//!   was asked, so it is shown by state but not counted as held. By state, pending,
+//!   associating and revoking are counted from the assignments; active is `held` less pending
+//!   and associating (the ledger keeps `held` equal to the live assignments), so reading a page
+//!   never counts the settled licenses one by one.
 //! * `held_back`: reservations whose subject holds no license of the asset yet, on the account
 //!   they name, or (naming none) on the highest-priority account of the space owning the asset.
 //! * `available_now = max(0, total - held - assigned_elsewhere - held_back)`, and 0 when
