@@ -364,6 +364,61 @@ async fn activity_rejects_bad_input_and_hides_other_spaces() {
     assert_eq!(page.items[0].action, "space.created");
 }
 
+/// Rows written before every writer named the subject get it from their assignment when the
+/// migration runs (its `up.sql` is idempotent, so running it again here replays the backfill).
+#[tokio::test]
+async fn activity_migration_backfills_the_subject_of_older_license_rows() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::start().await;
+    app.space("acme").await;
+    let mut conn = app.db.connect().await;
+    conn.batch_execute(
+        "INSERT INTO subjects (id, space_id, kind, external_id)
+         VALUES ('00000000-0000-0000-0000-0000000000a1', 'acme', 'device', 'OLD-1');
+         INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subject_id,
+                                  license_type, rule, requested_by)
+         VALUES ('00000000-0000-0000-0000-0000000000b1', 'acme',
+                 '00000000-0000-0000-0000-000000000001', '408709785', 'STDQ',
+                 '00000000-0000-0000-0000-0000000000a1', 'device', 'priority', 'mdm');
+         INSERT INTO activity_log (space_id, actor, action, assignment_id, subject, adam_id,
+                                   pricing_param)
+         VALUES ('acme', 'mdm', 'assignment.allocated', '00000000-0000-0000-0000-0000000000b1',
+                 'device:OLD-1', '408709785', 'STDQ'),
+                ('acme', 'system', 'assignment.activated',
+                 '00000000-0000-0000-0000-0000000000b1', NULL, '408709785', 'STDQ'),
+                ('acme', 'mdm', 'assignment.revoke_requested',
+                 '00000000-0000-0000-0000-0000000000b1', NULL, '408709785', 'STDQ');",
+    )
+    .await
+    .unwrap();
+    let api = app.client("acme");
+    let query = "subject_kind=device&subject_id=OLD-1";
+    assert_eq!(
+        walk(api, query, 50).await.len(),
+        1,
+        "before: only the allocation"
+    );
+    conn.batch_execute(include_str!(
+        "../../migrations/2026-12-06-000402_activity_filters/up.sql"
+    ))
+    .await
+    .unwrap();
+    let story = walk(api, query, 50).await;
+    let actions: Vec<&str> = story.iter().map(|i| i.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "assignment.revoke_requested",
+            "assignment.activated",
+            "assignment.allocated"
+        ]
+    );
+    // A row about no assignment keeps no subject.
+    let created = walk(api, "action=space.created", 50).await;
+    assert_eq!(created.len(), 1);
+    assert!(created[0].subject.is_none());
+}
+
 /// The action vocabulary is the closed list of what the code writes: every action literal in
 /// `Activity::new(…)` calls, in `INSERT INTO activity_log` statements and in the settlement
 /// log calls is an [`ActivityAction`], and every [`ActivityAction`] is written somewhere.
