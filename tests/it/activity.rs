@@ -461,7 +461,7 @@ fn activity_actions_cover_every_writer() {
                     .find(|c: char| !(c.is_ascii_lowercase() || c == '.' || c == '_'))
                     .unwrap_or(rest.len());
                 let literal = &rest[..len];
-                if rest[len..].as_bytes().first() == Some(&open)
+                if rest.as_bytes().get(len) == Some(&open)
                     && prefixes.iter().any(|p| literal.starts_with(p))
                 {
                     written.insert(literal.to_owned());
