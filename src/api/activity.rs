@@ -40,18 +40,25 @@ pub struct ActivityItem {
     pub actor: String,
     #[schema(value_type = ActivityAction)]
     pub action: String,
+    #[schema(required = true)]
     pub account_id: Option<Uuid>,
+    #[schema(required = true)]
     pub assignment_id: Option<Uuid>,
     /// The license holder the row is about (rows about an assignment).
+    #[schema(required = true)]
     pub subject: Option<AssignmentSubject>,
+    #[schema(required = true)]
     pub adam_id: Option<String>,
+    #[schema(required = true)]
     pub pricing_param: Option<String>,
     /// The allocation rule that decided (`assignment.allocated`).
-    #[schema(value_type = Option<crate::domain::model::Rule>)]
+    #[schema(value_type = Option<crate::domain::model::Rule>, required = true)]
     pub rule: Option<String>,
     /// Apple's event whose result the row records.
+    #[schema(required = true)]
     pub apple_event_id: Option<String>,
     /// The `x-request-id` of the request that caused it; null for background work.
+    #[schema(required = true)]
     pub request_id: Option<String>,
     /// What else the action recorded (e.g. `skipped` for allocations, `reason` for
     /// revocations, `from`/`to` for status changes, Apple's `error`).
@@ -81,10 +88,8 @@ pub struct ActivityQuery {
     /// Only rows about this account.
     pub account_id: Option<Uuid>,
     /// Only rows about this asset (Apple product id, digits).
-    #[param(pattern = "^[0-9]{1,20}$")]
     pub adam_id: Option<String>,
     /// Only rows about this pricing: `STDQ` or `PLUS`.
-    #[param(pattern = "^(STDQ|PLUS)$")]
     pub pricing_param: Option<String>,
     /// With `subject_id`: `device` or `user`.
     pub subject_kind: Option<SubjectKind>,
