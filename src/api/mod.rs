@@ -2,6 +2,7 @@
 //! and the OpenAPI document is generated from it.
 
 pub mod accounts;
+pub mod activity;
 pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
@@ -43,5 +44,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(policies::get_policy)
         .service(policies::put_policy)
         .service(policies::delete_policy)
+        .service(activity::list_activity)
         .service(apple_notifications::receive_apple_notification);
 }

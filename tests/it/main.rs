@@ -10,6 +10,7 @@
 )]
 
 mod accounts;
+mod activity;
 mod allocation;
 mod assets;
 mod auth;

@@ -222,6 +222,10 @@ fn documented_enums_are_spelled_as_on_the_wire() {
     }
     let known: Vec<(&str, Vec<String>)> = vec![
         ("AccountStatus", wire(AccountStatus::ALL)),
+        (
+            "ActivityAction",
+            wire(vpp_broker::ledger::activity::ActivityAction::ALL),
+        ),
         ("AssetProductType", wire(AssetProductType::ALL)),
         ("AssignmentState", wire(AssignmentState::ALL)),
         ("LicenseType", wire(LicenseType::ALL)),
