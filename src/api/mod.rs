@@ -6,6 +6,7 @@ pub mod apple_notifications;
 pub mod assignments;
 pub mod policies;
 pub mod spaces;
+pub mod subjects;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -35,6 +36,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assignments::get_assignment)
         .service(assignments::revoke_assignment)
         .service(assignments::create_revocation)
+        .service(subjects::get_device)
+        .service(subjects::get_user)
         .service(policies::list_policies)
         .service(policies::get_policy)
         .service(policies::put_policy)

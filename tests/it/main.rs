@@ -28,4 +28,5 @@ mod problems;
 mod revocations;
 mod security_headers;
 mod spaces;
+mod subjects;
 mod support;
