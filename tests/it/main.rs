@@ -30,3 +30,4 @@ mod security_headers;
 mod spaces;
 mod subjects;
 mod support;
+mod usage_gauges;
