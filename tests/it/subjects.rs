@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use vpp_broker::api::assignments::Allocation;
 use vpp_broker::api::subjects::{Device, HeldLicense, User};
+use vpp_broker::apple::types::{AssetKey, PricingParam};
 
 use crate::support::app::Options;
 use crate::support::fixtures::{self, APP, BOOK, World};
@@ -369,4 +370,57 @@ async fn reading_a_device_or_user_needs_the_licenses_read_scope() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+}
+
+/// H1: a device's history outlives its account; the view then names the account by id only.
+#[tokio::test]
+async fn failed_licenses_show_apples_error_and_history_outlives_a_deleted_account() {
+    let w = world().await;
+    let api = w.api();
+    let revoked = api.allocated(&fixtures::device("S1")).await.id();
+    api.final_state(revoked).await;
+    assert_eq!(api.revoke(revoked, "?reason=lost").await.status(), 202);
+    assert_eq!(api.final_state(revoked).await.state.as_str(), "revoked");
+    // Apple has no license left (9709) and no other account can serve: the next one fails.
+    w.sim
+        .set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
+        .await
+        .unwrap();
+    let failed = api.allocated(&fixtures::device("S1")).await.id();
+    assert_eq!(api.final_state(failed).await.state.as_str(), "failed");
+
+    let d = device_view(&w, "S1", "").await;
+    assert!(d.licenses.live.is_empty(), "{d:?}");
+    let past: Vec<Uuid> = d.licenses.past.iter().map(|l| l.assignment_id).collect();
+    assert_eq!(past, [failed, revoked], "newest first");
+    assert_eq!(d.licenses.past_total, 2);
+    let error = d.licenses.past[0].error.as_ref().expect("Apple's error");
+    assert_eq!(error.number, Some(9709), "{error:?}");
+    assert!(d.licenses.past[1].error.is_none());
+
+    let resp = w
+        .app
+        .req(
+            Method::DELETE,
+            &format!("/v1/spaces/acme/accounts/{}", w.accounts[0]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let after = device_view(&w, "S1", "").await;
+    assert_eq!(after.licenses.past_total, 2);
+    for (before, after) in d.licenses.past.iter().zip(&after.licenses.past) {
+        assert_eq!(after.assignment_id, before.assignment_id);
+        assert_eq!(after.account.id, w.accounts[0]);
+        assert_eq!(after.account.name, None, "the account is gone: {after:?}");
+        assert_eq!(
+            after.asset.product_type, None,
+            "its asset rows too: {after:?}"
+        );
+        assert_eq!(
+            (after.state, &after.revocation.as_ref().map(|r| &r.reason)),
+            (before.state, &before.revocation.as_ref().map(|r| &r.reason))
+        );
+    }
 }
