@@ -8,6 +8,7 @@ pub mod assets;
 pub mod assignments;
 pub mod policies;
 pub mod spaces;
+pub mod subjects;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -40,6 +41,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_assets)
         .service(assets::get_asset)
         .service(assets::list_account_assets)
+        .service(subjects::get_device)
+        .service(subjects::get_user)
         .service(policies::list_policies)
         .service(policies::get_policy)
         .service(policies::put_policy)

@@ -25,4 +25,5 @@ pub mod settlements;
 pub mod spaces;
 pub mod subjects;
 pub mod submissions;
+pub mod usage_gauges;
 pub mod wakeups;

@@ -30,4 +30,6 @@ mod problems;
 mod revocations;
 mod security_headers;
 mod spaces;
+mod subjects;
 mod support;
+mod usage_gauges;

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS subjects_by_user;

@@ -1,0 +1,6 @@
+-- The user view (`GET …/users/{id}`) lists the devices whose user the client user id is: an
+-- index on the device's user, so the lookup reads that user's devices only, not every device of
+-- the space. Devices without a user (most, and every user row) are left out of it.
+CREATE INDEX IF NOT EXISTS subjects_by_user
+    ON subjects (space_id, user_external_id)
+    WHERE user_external_id IS NOT NULL;
