@@ -38,8 +38,13 @@
 //! a cached statement's generic plan would not use it).
 //!
 //! Measured (EXPLAIN ANALYZE, 2,000,000 rows in one space, warm cache): any page, unfiltered
-//! or filtered by subject, asset, request, account, a caller or a rare action, under 1 ms; a page of a
-//! time range whose `until` lies a million rows deep: 0.1 ms with the id bounds, 460 ms without.
+//! or filtered by subject, asset, request, account, a caller or a rare action, under 1 ms (cold
+//! cache: up to 30 ms, the heap reads of 50 scattered rows); a page of a time range whose `until`
+//! lies a million rows deep: 0.1 ms with the id bounds, 460 ms without; a caller matching one
+//! row in 500 walked over the space index instead of `activity_by_actor`: 20-30 ms. The price:
+//! bulk-inserting activity rows took about twice as long with the five new indexes as without
+//! (a busy 2-core machine, so rough), `activity_by_subject` and `activity_by_asset` (rows land
+//! all over those trees) most of it, the two partial ones little.
 //!
 //! # Time range without an index on time
 //! `since`/`until` are turned into bounds on `id` ([`time_bound`]): a binary search over the
