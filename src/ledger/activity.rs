@@ -47,7 +47,7 @@
 //! all over those trees) most of it, the two partial ones little.
 //!
 //! # Time range without an index on time
-//! `since`/`until` are turned into bounds on `id` ([`time_bound`]): a binary search over the
+//! `since`/`until` are turned into bounds on `id` (`time_bound`): a binary search over the
 //! primary key (a few dozen probes in one statement) finds a row stamped at least
 //! [`CLOCK_SLACK`] after `until` — every row stamped before `until` has a smaller id — and a row
 //! stamped at least [`CLOCK_SLACK`] before `since` — every row stamped at or after `since` has a
