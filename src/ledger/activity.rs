@@ -56,7 +56,8 @@
 //! `occurred_at` is the writing transaction's start (`now()`), the id is drawn later in that
 //! transaction, and ids are drawn in order; so ids and stamps disagree by at most a transaction's
 //! length, which [`CLOCK_SLACK`] exceeds by far. A wall clock stepped back by more than that could
-//! misplace rows at a range's edge.
+//! misplace rows at a range's edge, and so would rows loaded by hand (a benchmark's generator)
+//! unless their stamps grow with their ids.
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
