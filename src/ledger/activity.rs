@@ -38,11 +38,16 @@
 //! a cached statement's generic plan would not use it).
 //!
 //! Measured (EXPLAIN ANALYZE, 2,000,000 rows in one space, warm cache): any page, unfiltered
-//! or filtered by subject, asset, request, account, a caller or a rare action, under 1 ms; a page of a
-//! time range whose `until` lies a million rows deep: 0.1 ms with the id bounds, 460 ms without.
+//! or filtered by subject, asset, request, account, a caller or a rare action, under 1 ms (cold
+//! cache: up to 30 ms, the heap reads of 50 scattered rows); a page of a time range whose `until`
+//! lies a million rows deep: 0.1 ms with the id bounds, 460 ms without; a caller matching one
+//! row in 500 walked over the space index instead of `activity_by_actor`: 20-30 ms. The price:
+//! bulk-inserting activity rows took about twice as long with the five new indexes as without
+//! (a busy 2-core machine, so rough), `activity_by_subject` and `activity_by_asset` (rows land
+//! all over those trees) most of it, the two partial ones little.
 //!
 //! # Time range without an index on time
-//! `since`/`until` are turned into bounds on `id` ([`time_bound`]): a binary search over the
+//! `since`/`until` are turned into bounds on `id` (`time_bound`): a binary search over the
 //! primary key (a few dozen probes in one statement) finds a row stamped at least
 //! [`CLOCK_SLACK`] after `until` — every row stamped before `until` has a smaller id — and a row
 //! stamped at least [`CLOCK_SLACK`] before `since` — every row stamped at or after `since` has a
@@ -51,7 +56,8 @@
 //! `occurred_at` is the writing transaction's start (`now()`), the id is drawn later in that
 //! transaction, and ids are drawn in order; so ids and stamps disagree by at most a transaction's
 //! length, which [`CLOCK_SLACK`] exceeds by far. A wall clock stepped back by more than that could
-//! misplace rows at a range's edge.
+//! misplace rows at a range's edge, and so would rows loaded by hand (a benchmark's generator)
+//! unless their stamps grow with their ids.
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;

@@ -204,6 +204,71 @@ async fn activity_filters_return_exactly_the_matching_rows_and_a_subject_its_who
     assert_eq!(walk(api, "action=assignment.allocated", 50).await.len(), 2);
 }
 
+/// Apple's 9709 on an association: the failure, the re-allocation from the next account and
+/// the replacement's activation are all found by the device's subject.
+#[tokio::test]
+async fn activity_of_a_reallocated_license_is_found_by_its_subject() {
+    use vpp_broker::apple::types::{AssetKey, PricingParam};
+    const U2: &str = "3000000042";
+    let w = fixtures::world(
+        vec![
+            location(U1, "Library A", vec![app(APP, 10)]),
+            location(U2, "Library B", vec![app(APP, 10)]),
+        ],
+        &[("A", U1), ("B", U2)],
+    )
+    .await;
+    let api = w.api();
+    // Apple has none of A's licenses left (a refund the ledger has not seen yet).
+    w.sim
+        .set_asset_total(U1, &AssetKey::new(APP, PricingParam::Stdq), 0)
+        .await
+        .unwrap();
+    let resp = api
+        .req(Method::POST, "/assignments?wait=20")
+        .json(&device("W1"))
+        .send()
+        .await
+        .unwrap();
+    let body: Allocation = read(resp, 201).await;
+    let live = body.id();
+    let failed = body.replaces.expect("re-allocated after 9709");
+    let story = walk(api, "subject_kind=device&subject_id=W1", 50).await;
+    let of = |id: Uuid| -> Vec<&str> {
+        story
+            .iter()
+            .filter(|i| i.assignment_id == Some(id))
+            .map(|i| i.action.as_str())
+            .collect()
+    };
+    assert!(of(failed).contains(&"assignment.allocated"), "{story:?}");
+    assert!(of(failed).contains(&"assignment.reallocated"), "{story:?}");
+    assert_eq!(
+        of(live),
+        ["assignment.activated", "assignment.allocated"],
+        "{story:?}"
+    );
+    assert!(
+        story
+            .iter()
+            .all(|i| i.subject.as_ref().is_some_and(|s| s.id == "W1"))
+    );
+    let reallocated = story
+        .iter()
+        .find(|i| i.action == "assignment.reallocated")
+        .unwrap();
+    assert_eq!(reallocated.account_id, Some(w.accounts[0]));
+    assert!(reallocated.apple_event_id.is_some(), "{reallocated:?}");
+    // Every row about either assignment is in the story.
+    let all = walk(api, "", 200).await;
+    let about: Vec<i64> = all
+        .iter()
+        .filter(|i| i.assignment_id == Some(failed) || i.assignment_id == Some(live))
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids(&story), about);
+}
+
 /// Inserts `n` rows into space `space`'s log, one a minute from now on, each but every seventh
 /// stamped up to 100 s off its place: ids and stamps disagree a little, as when transactions
 /// overlap (by less than `CLOCK_SLACK`, which the time range relies on).
