@@ -187,9 +187,13 @@ impl SubjectQuery {
 }
 
 /// `/v1/spaces/{space}/devices/{serial}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct DevicePath {
+    /// Space id
     pub space: String,
+    /// Serial number (1-256 characters).
+    #[param(min_length = 1, max_length = 256)]
     pub serial: String,
 }
 
@@ -204,9 +208,13 @@ impl SpacePath for DevicePath {
 }
 
 /// `/v1/spaces/{space}/users/{client_user_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct UserPath {
+    /// Space id
     pub space: String,
+    /// Client user id (1-256 characters).
+    #[param(min_length = 1, max_length = 256)]
     pub client_user_id: String,
 }
 
@@ -244,11 +252,7 @@ fn check_path_id(field: &str, id: &str) -> Result<(), ApiError> {
     tag = "subjects",
     operation_id = "get_device",
     security(("bearer" = ["licenses:read"])),
-    params(
-        ("space" = String, Path, description = "Space id"),
-        ("serial" = String, Path, description = "Serial number (1-256 characters)"),
-        SubjectQuery,
-    ),
+    params(DevicePath, SubjectQuery),
     responses(
         (status = 200, description = "The device and its licenses", body = Device),
         (status = 400, description = "Malformed serial number or `past_limit`"),
@@ -288,11 +292,7 @@ pub async fn get_device(
     tag = "subjects",
     operation_id = "get_user",
     security(("bearer" = ["licenses:read"])),
-    params(
-        ("space" = String, Path, description = "Space id"),
-        ("client_user_id" = String, Path, description = "Client user id (1-256 characters)"),
-        SubjectQuery,
-    ),
+    params(UserPath, SubjectQuery),
     responses(
         (status = 200, description = "The user and its licenses", body = User),
         (status = 400, description = "Malformed client user id or `past_limit`"),

@@ -35,7 +35,8 @@ pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<V
 }
 
 /// A subject as stored, with when the space first saw it (`created_at`) and when an allocation
-/// last changed its stored facts (`updated_at`).
+/// last changed its stored facts (`updated_at`, moved by the trigger `subjects_touch_updated_at`
+/// only when groups, user or Shared iPad change).
 #[derive(Clone, Debug)]
 pub struct StoredSubject {
     pub row: SubjectRow,

@@ -92,9 +92,10 @@ async fn a_device_shows_its_facts_its_live_and_revoked_licenses_and_who_revoked_
     assert_eq!(d.groups, ["sales"]);
     assert!(!d.shared_ipad);
     assert!(d.first_seen <= first.assignment().created_at, "{d:?}");
-    // `updated_at` is the row's: the allocation's upsert of subjects does not bump it yet (the
-    // report to the lead proposes the fix), so only its order is checked.
-    assert!(d.updated_at >= d.first_seen, "{d:?}");
+    // `updated_at` moved when the second request changed the groups, and stayed when the third
+    // repeated the facts (it named no user or groups: the stored ones are kept).
+    assert!(d.updated_at > first.assignment().created_at, "{d:?}");
+    assert!(d.updated_at < other.assignment().created_at, "{d:?}");
     assert!(
         d.user_licenses.is_empty(),
         "u1 holds no user license: {d:?}"
