@@ -351,6 +351,11 @@ pub async fn list_account_assets(
 }
 
 /// One asset: figures, policy summary, 30 days of movement, exhaustion forecast.
+///
+/// The asset's figures as in the list (per account and summed over the space), its
+/// distribution policy in summary, allocations and revocations per day over the last 30 days,
+/// and the days until nothing is left at the current net rate (`null` with the reason when
+/// there are fewer than 7 days of history or the rate is not positive).
 #[utoipa::path(
     tag = "assets",
     operation_id = "get_asset",

@@ -66,7 +66,7 @@ pub struct Device {
     /// When an allocation request last changed the facts above.
     pub updated_at: DateTime<Utc>,
     /// The device's own licenses.
-    pub licenses: Licenses,
+    pub licenses: SubjectLicenses,
     /// Live user-based licenses of the device's user, which cover the device (A7); empty for a
     /// Shared iPad or a device without a user.
     pub user_licenses: Vec<HeldLicense>,
@@ -89,12 +89,12 @@ pub struct User {
     /// When an allocation request last changed the facts above.
     pub updated_at: DateTime<Utc>,
     /// The user's licenses.
-    pub licenses: Licenses,
+    pub licenses: SubjectLicenses,
 }
 
 /// A subject's licenses: all live ones and the newest past ones.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct Licenses {
+pub struct SubjectLicenses {
     /// Every license held (`pending`, `associating`, `active`), oldest first.
     pub live: Vec<HeldLicense>,
     /// Licenses no longer held (`revoking`, `revoked`, `failed`), newest first, at most
@@ -338,8 +338,8 @@ async fn read(
         .ok_or_else(|| ApiError::not_found(format!("{kind} {id:?}")))
 }
 
-fn licenses(report: &SubjectReport) -> Licenses {
-    Licenses {
+fn licenses(report: &SubjectReport) -> SubjectLicenses {
+    SubjectLicenses {
         live: report.live.iter().map(held).collect(),
         past: report.past.iter().map(held).collect(),
         past_total: report.past_total,
