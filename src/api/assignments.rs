@@ -939,7 +939,7 @@ pub async fn list_assignments(
         return export::respond(format, conn, source, "assignments").await;
     }
     let Some(filter) = filter else {
-        return Ok(json_page(AssignmentPage {
+        return Ok(export::json_page(AssignmentPage {
             items: Vec::new(),
             next_cursor: None,
         }));
@@ -958,17 +958,10 @@ pub async fn list_assignments(
         limit,
         rows.last().map(|r| r.id),
     );
-    Ok(json_page(AssignmentPage {
+    Ok(export::json_page(AssignmentPage {
         items: views(&mut conn, rows).await?,
         next_cursor: next,
     }))
-}
-
-/// A JSON list page; the list also answers CSV and NDJSON, so caches keep them apart.
-fn json_page(page: impl Serialize) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::VARY, "Accept"))
-        .json(page)
 }
 
 /// The assignments list as an export: the list's query, chunk by chunk, after the last id.
@@ -984,7 +977,7 @@ impl export::Source for AssignmentExport {
 
     async fn chunk(
         &self,
-        conn: &mut diesel_async::AsyncPgConnection,
+        conn: &mut crate::db::Conn,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Chunk<Assignment, Uuid>, ApiError> {

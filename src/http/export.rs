@@ -58,7 +58,6 @@ use std::future::Future;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
-use diesel_async::AsyncPgConnection;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -235,6 +234,14 @@ pub fn refuse_paging(
     ))
 }
 
+/// A JSON list page (`Format::Json`), with `Vary: Accept`: the list also answers CSV and NDJSON,
+/// so caches keep them apart.
+pub fn json_page(page: impl Serialize) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::VARY, "Accept"))
+        .json(page)
+}
+
 /// An item of an exported list: the JSON list's item, and its CSV columns.
 pub trait ExportRow: Serialize {
     /// The CSV columns, each the dotted path of a leaf of the JSON item (see the module doc). A
@@ -273,7 +280,7 @@ pub trait Source: Send + Sync + 'static {
     /// At most `limit` rows after `after` (`None`: from the start), in the list's order.
     fn chunk(
         &self,
-        conn: &mut AsyncPgConnection,
+        conn: &mut Conn,
         after: Option<Self::Key>,
         limit: i64,
     ) -> impl Future<Output = Result<Chunk<Self::Row, Self::Key>, ApiError>> + Send;
@@ -351,7 +358,7 @@ enum Failure {
 
 async fn run<S: Source>(
     format: Format,
-    conn: &mut AsyncPgConnection,
+    conn: &mut Conn,
     source: &S,
     first: Chunk<S::Row, S::Key>,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,

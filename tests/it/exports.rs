@@ -9,8 +9,10 @@ use reqwest::Method;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, VARY};
 use serde_json::{Value, json};
 use uuid::Uuid;
+use vpp_broker::api::activity::ActivityItem;
+use vpp_broker::api::assets::{AccountAsset, AssetInventory};
 use vpp_broker::api::assignments::{Assignment, AssignmentPage};
-use vpp_broker::http::export::{CHUNK_ROWS, ExportRow};
+use vpp_broker::http::export::{CHUNK_ROWS, ExportRow, uncovered_paths};
 
 use crate::support::fixtures::{self, APP, World, device};
 use crate::support::sim::{app, location};
@@ -80,6 +82,11 @@ async fn seeded() -> World {
 
 /// The JSON list under `query`, walked page by page.
 async fn walk(api: &Client<'_>, query: &str) -> Vec<Value> {
+    walk_list(api, "/assignments", query).await
+}
+
+/// The JSON list at `path` (under the space) under `query`, walked page by page.
+async fn walk_list(api: &Client<'_>, path: &str, query: &str) -> Vec<Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -87,7 +94,7 @@ async fn walk(api: &Client<'_>, query: &str) -> Vec<Value> {
         if let Some(c) = &cursor {
             q.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = api.get(&format!("/assignments?{q}")).await;
+        let page: Value = api.get(&format!("{path}?{q}")).await;
         items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -98,8 +105,20 @@ async fn walk(api: &Client<'_>, query: &str) -> Vec<Value> {
 
 /// `GET …/assignments?{query}` with `Accept: {accept}`: asserts 200 and the content type.
 async fn export(api: &Client<'_>, query: &str, accept: &str, content_type: &str) -> String {
+    export_list(api, "/assignments", query, accept, content_type).await
+}
+
+/// `GET {path}?{query}` (under the space) with `Accept: {accept}`: asserts 200 and the content
+/// type.
+async fn export_list(
+    api: &Client<'_>,
+    path: &str,
+    query: &str,
+    accept: &str,
+    content_type: &str,
+) -> String {
     let resp = api
-        .req(Method::GET, &format!("/assignments?{query}"))
+        .req(Method::GET, &format!("{path}?{query}"))
         .header(ACCEPT, accept)
         .send()
         .await
@@ -129,8 +148,13 @@ fn unguard(cell: &str) -> &str {
 
 /// Asserts that the CSV `text` holds exactly `items`, in order, in the documented shape.
 fn assert_csv(text: &str, items: &[Value]) {
+    assert_csv_records(text, Assignment::COLUMNS, items)
+}
+
+/// Asserts that the CSV `text` has the header `columns` and holds exactly `records`, in order.
+fn assert_csv_records(text: &str, columns: &[&str], items: &[Value]) {
     assert!(
-        text.starts_with(&format!("{}\r\n", Assignment::COLUMNS.join(","))),
+        text.starts_with(&format!("{}\r\n", columns.join(","))),
         "header row with CRLF: {:?}",
         &text[..text.len().min(200)]
     );
@@ -142,11 +166,11 @@ fn assert_csv(text: &str, items: &[Value]) {
         .iter()
         .map(str::to_owned)
         .collect();
-    assert_eq!(header, Assignment::COLUMNS);
+    assert_eq!(header, columns);
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len(), items.len(), "one record per item");
     for (record, item) in records.iter().zip(items) {
-        for (cell, column) in record.iter().zip(Assignment::COLUMNS) {
+        for (cell, column) in record.iter().zip(columns) {
             assert_eq!(
                 unguard(cell),
                 expected_cell(item, column),
@@ -408,7 +432,7 @@ fn every_field_of_an_assignment_has_a_csv_column() {
     let assignment: Assignment = serde_json::from_value(full).unwrap();
     let item = serde_json::to_value(&assignment).unwrap();
     assert_eq!(
-        vpp_broker::http::export::uncovered_paths(&item, Assignment::COLUMNS),
+        uncovered_paths(&item, Assignment::COLUMNS),
         Vec::<String>::new()
     );
     let columns: Vec<&str> = Assignment::COLUMNS.to_vec();
@@ -416,4 +440,160 @@ fn every_field_of_an_assignment_has_a_csv_column() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), columns.len(), "column names are unique");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_exports_equal_the_json_log_under_filters() {
+    let w = seeded().await;
+    let api = w.api();
+    let filters = [
+        "",
+        "actor=system",
+        "action=assignment.allocated",
+        "subject_kind=device&subject_id=TRICKY-1",
+        "subject_kind=device&subject_id=NEVER-SEEN",
+    ];
+    let mut sizes = Vec::new();
+    for query in filters {
+        let items = walk_list(&api, "/activity", query).await;
+        let csv = export_list(&api, "/activity", query, "text/csv", "text/csv").await;
+        assert_csv_records(&csv, ActivityItem::COLUMNS, &items);
+        let ndjson = export_list(
+            &api,
+            "/activity",
+            query,
+            "application/x-ndjson",
+            "application/x-ndjson",
+        )
+        .await;
+        assert_ndjson(&ndjson, &items);
+        sizes.push(items.len());
+    }
+    assert!(sizes[0] > sizes[1] && sizes[1] > 0, "{sizes:?}");
+    assert_eq!(sizes[2], 3, "three allocations through the API");
+    assert!(sizes[3] >= 3 && sizes[4] == 0, "{sizes:?}");
+    // Newest first, as the JSON log.
+    let ndjson = export_list(
+        &api,
+        "/activity",
+        "",
+        "application/x-ndjson",
+        "application/x",
+    )
+    .await;
+    let ids: Vec<i64> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str::<ActivityItem>(l).unwrap().id)
+        .collect();
+    assert!(ids.windows(2).all(|p| p[0] > p[1]), "descending ids");
+    expect_problem(
+        api.req(Method::GET, "/activity?limit=5")
+            .header(ACCEPT, "application/x-ndjson")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid-parameter",
+    )
+    .await;
+    let full = json!({"id": 1, "occurred_at": "2026-12-06T00:00:00Z", "actor": "a",
+        "action": "assignment.allocated", "account_id": Uuid::nil(), "assignment_id": Uuid::nil(),
+        "subject": {"kind": "device", "id": "S"}, "adam_id": APP, "pricing_param": "STDQ",
+        "rule": "priority", "apple_event_id": "e", "request_id": "r", "details": {"x": [1]}});
+    let item: ActivityItem = serde_json::from_value(full).unwrap();
+    let item = serde_json::to_value(&item).unwrap();
+    assert!(uncovered_paths(&item, ActivityItem::COLUMNS).is_empty());
+}
+
+/// The CSV records of an asset: one per account, the asset's fields beside the account's.
+fn asset_records(item: &Value) -> Vec<Value> {
+    let mut asset = item.as_object().unwrap().clone();
+    asset.remove("totals");
+    let accounts = asset.remove("accounts").unwrap();
+    accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|account| {
+            let mut record = asset.clone();
+            record.extend(account.as_object().unwrap().clone());
+            Value::Object(record)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_exports_equal_the_json_inventory_under_sorts_and_filters() {
+    let (w, _) = crate::assets::catalog().await;
+    let api = w.api();
+    let spare = w.accounts[1];
+    let filters = [
+        String::new(),
+        "sort=usage".to_owned(),
+        "sort=available&product_type=App".to_owned(),
+        format!("account_id={spare}&sort=usage"),
+        "exhausted=true".to_owned(),
+    ];
+    for query in &filters {
+        let items = walk_list(&api, "/assets", query).await;
+        assert!(!items.is_empty(), "{query}");
+        let records: Vec<Value> = items.iter().flat_map(asset_records).collect();
+        assert!(records.len() >= items.len());
+        let csv = export_list(&api, "/assets", query, "text/csv", "text/csv").await;
+        assert_csv_records(&csv, AssetInventory::COLUMNS, &records);
+        let ndjson = export_list(
+            &api,
+            "/assets",
+            query,
+            "application/x-ndjson",
+            "application/x-ndjson",
+        )
+        .await;
+        assert_ndjson(&ndjson, &items);
+    }
+    // One account's assets: one record per asset.
+    let path = format!("/accounts/{spare}/assets");
+    let items = walk_list(&api, &path, "sort=available").await;
+    assert!(!items.is_empty());
+    let csv = export_list(&api, &path, "sort=available", "text/csv", "text/csv").await;
+    assert_csv_records(&csv, AccountAsset::COLUMNS, &items);
+    let ndjson = export_list(
+        &api,
+        &path,
+        "sort=available",
+        "application/x-ndjson",
+        "application/x-ndjson",
+    )
+    .await;
+    assert_ndjson(&ndjson, &items);
+    // Every field has a column.
+    let item = &walk_list(&api, "/assets", "").await[0];
+    for record in asset_records(item) {
+        assert_eq!(
+            uncovered_paths(&record, AssetInventory::COLUMNS),
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(
+        uncovered_paths(&items[0], AccountAsset::COLUMNS),
+        Vec::<String>::new()
+    );
+    // An unknown account is still a 404 problem, not a broken stream.
+    let missing = api
+        .req(Method::GET, &format!("/assets?account_id={}", Uuid::nil()))
+        .header(ACCEPT, "text/csv")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(missing, 404, "not-found").await;
+    expect_problem(
+        api.req(Method::GET, "/assets")
+            .header(ACCEPT, "application/xml")
+            .send()
+            .await
+            .unwrap(),
+        406,
+        "not-acceptable",
+    )
+    .await;
 }
