@@ -36,7 +36,9 @@ function env(name: string): string {
   return value;
 }
 
-const client = createClient<paths>({
+// JSON answers only: the lists also answer `text/csv` and `application/x-ndjson` (exports, by
+// `Accept`), and openapi-fetch types `data` as the union of every media type unless told which.
+const client = createClient<paths, "application/json" | "application/problem+json">({
   baseUrl: env("VPP_BASE_URL"),
   headers: { Authorization: `Bearer ${env("VPP_TOKEN")}` },
 });

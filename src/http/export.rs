@@ -35,9 +35,10 @@
 //!
 //! **CSV** (RFC 4180): UTF-8, a header row, CRLF line ends, fields quoted only when they hold a
 //! comma, quote, CR or LF (quotes doubled); written here (`push_field`, a dozen lines) rather
-//! than with the `csv` crate, whose writer owns its buffer (the tests read exports back with it). One column per leaf of the JSON item, named by its
-//! dotted path (`asset.adam_id`, `revocation.by`), listed by the row type
-//! ([`ExportRow::COLUMNS`]) so the header is the same whatever the data; an absent or null value
+//! than with the `csv` crate, whose writer owns its buffer (the tests read exports back with
+//! it). One column per leaf of the JSON item, named by its dotted path (`asset.adam_id`,
+//! `revocation.by`), listed by the row type ([`ExportRow::COLUMNS`], a test per list checks
+//! that every field has one) so the header is the same whatever the data; an absent or null value
 //! is an empty cell, numbers and booleans are written as JSON writes them, and arrays (and
 //! objects with free-form keys) are one cell of compact JSON, unambiguous whatever the strings
 //! hold. Spreadsheet formula injection: a text cell that starts with `=`, `+`, `-`, `@`, tab or CR
