@@ -20,8 +20,9 @@
 //! status and headers go out and a task owning the connection pages through the list by keyset
 //! ([`Source::chunk`], the JSON list's own query with its `after` key), encodes each row and sends
 //! the bytes, in pieces of about [`PIECE_BYTES`], through a channel of [`PIECES_IN_FLIGHT`]
-//! pieces to the streaming body: a slow client slows the task down instead of filling memory, so
-//! the service holds one chunk and a few pieces per export whatever the list's size. The snapshot
+//! pieces to the streaming body, reading the next chunk while it encodes the current one: a slow
+//! client slows the task down instead of filling memory, so the service holds two chunks and a
+//! few pieces per export whatever the list's size. The snapshot
 //! makes the export one consistent picture (no row skipped or repeated when rows change during a
 //! long export); its price is that PostgreSQL keeps the row versions it may read, holding back
 //! vacuum, for as long as the export runs, which a slow reader stretches (a million rows take
@@ -368,30 +369,49 @@ async fn run<S: Source>(
     let mut chunk = first;
     let mut rows = 0u64;
     loop {
-        for row in &chunk.rows {
-            encoder.row(row)?;
-            rows += 1;
-            if encoder.len() >= PIECE_BYTES {
-                if tx.send(Ok(encoder.take())).await.is_err() {
-                    return Ok(Sent::Gone(rows));
-                }
-                // Encoding is CPU work on the server's worker thread: let other requests in.
-                tokio::task::yield_now().await;
-            }
-        }
+        let encode = send_rows(&mut encoder, &chunk.rows, tx, &mut rows);
         let Some(after) = chunk.next.take() else {
+            if !encode.await? {
+                return Ok(Sent::Gone(rows));
+            }
             break;
         };
-        chunk = source
-            .chunk(conn, Some(after), CHUNK_ROWS)
-            .await
-            .map_err(|e| Failure::Read(e.to_string()))?;
+        // The next chunk is read while this one is encoded and sent: PostgreSQL works on the
+        // query while the encoder waits for the client or yields.
+        let fetch = source.chunk(conn, Some(after), CHUNK_ROWS);
+        let (fetched, present) = tokio::join!(fetch, encode);
+        if !present? {
+            return Ok(Sent::Gone(rows));
+        }
+        chunk = fetched.map_err(|e| Failure::Read(e.to_string()))?;
     }
     let rest = encoder.take();
     if !rest.is_empty() && tx.send(Ok(rest)).await.is_err() {
         return Ok(Sent::Gone(rows));
     }
     Ok(Sent::All(rows))
+}
+
+/// Encodes `chunk` and sends it in pieces; `false` when the client went away.
+async fn send_rows<R: ExportRow>(
+    encoder: &mut Encoder,
+    chunk: &[R],
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rows: &mut u64,
+) -> Result<bool, Failure> {
+    for row in chunk {
+        encoder.row(row)?;
+        *rows += 1;
+        if encoder.len() >= PIECE_BYTES {
+            if tx.send(Ok(encoder.take())).await.is_err() {
+                return Ok(false);
+            }
+            // Encoding is CPU work on the server's worker thread: let other requests (and the
+            // read of the next chunk) in.
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(true)
 }
 
 /// Rows to bytes, in one format.
