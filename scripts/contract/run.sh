@@ -177,6 +177,10 @@ else
     DB_ADMIN_URL="postgres://postgres@127.0.0.1:${VPP_PG_PORT:-54329}/postgres"
 fi
 
+# The files exist before the readiness loop reads them (the background job's redirections may
+# not have run yet when the loop starts).
+: >"$WORK/server.out"
+: >"$WORK/server.log"
 env "${DEV_ENV[@]}" "$BIN" dev >"$WORK/server.out" 2>"$WORK/server.log" &
 SERVER_PID=$!
 TOKEN=""
