@@ -31,6 +31,10 @@ pub struct AppState {
     pub waiters: Arc<crate::waiters::Waiters>,
     /// Batches this process's concurrent allocations.
     pub combiner: Arc<crate::engine::combiner::Combiner>,
+    /// Exports running at once in this process: each holds a pool connection (and a snapshot)
+    /// for as long as it streams, so at most a quarter of the pool (at least one) goes to
+    /// them and allocations keep the rest.
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -60,6 +64,7 @@ impl AppState {
             }
         };
         let pool_for_combiner = pool.clone();
+        let exports = (pool.status().max_size / 4).max(1);
         Ok(AppState {
             pool,
             apple: client,
@@ -71,6 +76,7 @@ impl AppState {
             },
             waiters: Arc::new(crate::waiters::Waiters::default()),
             combiner: crate::engine::combiner::Combiner::start(pool_for_combiner, 2, 128),
+            exports: Arc::new(tokio::sync::Semaphore::new(exports)),
         })
     }
 }

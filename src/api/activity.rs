@@ -155,7 +155,8 @@ pub async fn list_activity(
     require_space(&mut conn, &space).await?;
     if format != Format::Json {
         let source = ActivityExport { space, filter };
-        return export::respond(format, conn, source, "activity").await;
+        let admission = export::admit(&state.exports)?;
+        return export::respond(format, admission, conn, source, "activity").await;
     }
     let rows = store::list(&mut conn, &space, &filter, before, limit).await?;
     let next = next_cursor(&list, rows.len(), limit, rows.last().map(|r| r.id));

@@ -320,7 +320,8 @@ pub async fn list_assets(
     let mut conn = state.pool.get().await?;
     if format != Format::Json {
         let source = AssetExport::new(&ask, space, q.account_id);
-        return export::respond(format, conn, source, "assets").await;
+        let admission = export::admit(&state.exports)?;
+        return export::respond(format, admission, conn, source, "assets").await;
     }
     let (items, next) = ask.run(&mut conn, &space, q.account_id).await?;
     Ok(export::json_page(AssetInventoryPage {
@@ -372,7 +373,8 @@ pub async fn list_account_assets(
     let mut conn = state.pool.get().await?;
     if format != Format::Json {
         let source = AccountAssetExport(AssetExport::new(&ask, space, Some(account)));
-        return export::respond(format, conn, source, "account-assets").await;
+        let admission = export::admit(&state.exports)?;
+        return export::respond(format, admission, conn, source, "account-assets").await;
     }
     let (items, next) = ask.run(&mut conn, &space, Some(account)).await?;
     Ok(export::json_page(AccountAssetPage {

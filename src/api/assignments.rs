@@ -936,7 +936,8 @@ pub async fn list_assignments(
     });
     if format != Format::Json {
         let source = AssignmentExport { space, filter };
-        return export::respond(format, conn, source, "assignments").await;
+        let admission = export::admit(&state.exports)?;
+        return export::respond(format, admission, conn, source, "assignments").await;
     }
     let Some(filter) = filter else {
         return Ok(export::json_page(AssignmentPage {

@@ -26,7 +26,12 @@
 //! makes the export one consistent picture (no row skipped or repeated when rows change during a
 //! long export); its price is that PostgreSQL keeps the row versions it may read, holding back
 //! vacuum, for as long as the export runs, which a slow reader stretches (a million rows take
-//! about ten seconds at full speed). Each export holds a pool connection until it ends.
+//! about ten seconds at full speed). Each export holds a pool connection until it ends, so
+//! a process runs at most a quarter of its pool's connections as exports at once
+//! ([`admit`]; `AppState::exports`): one more is a 503 `unavailable` with `Retry-After`, and
+//! allocations keep the rest of the pool. A client that stops reading without disconnecting
+//! would hold its connection and snapshot for ever: a piece the body has not taken within
+//! [`STALL`] ends the export like a disconnection.
 //!
 //! **Ends.** A client that disconnects drops the body, the task's next send fails, and the task
 //! rolls the snapshot back and returns the connection. An error after the first chunk cannot
@@ -75,6 +80,29 @@ pub const CHUNK_ROWS: i64 = 2_000;
 pub const PIECE_BYTES: usize = 64 * 1024;
 /// Pieces between the task and the body.
 pub const PIECES_IN_FLIGHT: usize = 8;
+
+/// How long a piece may wait for the client to take it before the export gives up.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A running export's place among the process's exports ([`admit`]), held until it ends.
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A place for one more export, or 503 when the process runs as many as it allows.
+pub fn admit(exports: &std::sync::Arc<tokio::sync::Semaphore>) -> Result<Admission, ApiError> {
+    exports
+        .clone()
+        .try_acquire_owned()
+        .map(|permit| Admission { _permit: permit })
+        .map_err(|_| {
+            ApiError::new(
+                &types::UNAVAILABLE,
+                "this server is running as many exports as it allows; retry later",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+        })
+}
 
 /// The representations a list offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +320,7 @@ pub trait Source: Send + Sync + 'static {
 /// names the download (`assignments` → `assignments.csv`).
 pub async fn respond<S: Source>(
     format: Format,
+    admission: Admission,
     mut conn: Conn,
     source: S,
     name: &str,
@@ -307,6 +336,7 @@ pub async fn respond<S: Source>(
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(PIECES_IN_FLIGHT);
     let task = async move {
+        let _admission = admission;
         let outcome = run(format, &mut conn, &source, first, &tx).await;
         if snapshot::end(&mut conn).await.is_err() {
             tracing::warn!("export: closing the snapshot failed; the connection is discarded");
@@ -316,14 +346,15 @@ pub async fn respond<S: Source>(
             Ok(Sent::Gone(rows)) => tracing::info!(
                 rows,
                 format = format.media_type(),
-                "export: the client went away"
+                "export: the client went away or stopped reading"
             ),
             Err(e) => {
                 tracing::error!(error = %e, "export failed after its first rows; the body is cut short");
                 let _ = tx
-                    .send(Err(std::io::Error::other(
-                        "export failed; see the server log",
-                    )))
+                    .send_timeout(
+                        Err(std::io::Error::other("export failed; see the server log")),
+                        STALL,
+                    )
                     .await;
             }
         }
@@ -386,7 +417,7 @@ async fn run<S: Source>(
         chunk = fetched.map_err(|e| Failure::Read(e.to_string()))?;
     }
     let rest = encoder.take();
-    if !rest.is_empty() && tx.send(Ok(rest)).await.is_err() {
+    if !rest.is_empty() && tx.send_timeout(Ok(rest), STALL).await.is_err() {
         return Ok(Sent::Gone(rows));
     }
     Ok(Sent::All(rows))
@@ -403,7 +434,7 @@ async fn send_rows<R: ExportRow>(
         encoder.row(row)?;
         *rows += 1;
         if encoder.len() >= PIECE_BYTES {
-            if tx.send(Ok(encoder.take())).await.is_err() {
+            if tx.send_timeout(Ok(encoder.take()), STALL).await.is_err() {
                 return Ok(false);
             }
             // Encoding is CPU work on the server's worker thread: let other requests (and the

@@ -394,14 +394,22 @@ async fn a_client_that_leaves_mid_export_frees_its_connection() {
     let w = seeded().await;
     let api = w.api();
     // More abandoned exports than the pool has connections (8 in tests): each must give its
-    // connection back when the client goes away.
+    // connection (and its place among the two exports a pool of 8 allows) back when the client
+    // goes away. The server notices a departure at its next send, so the next export may find
+    // both places taken for a moment (503): it is asked again until admitted.
     for _ in 0..12 {
-        let mut resp = api
-            .req(Method::GET, "/assignments")
-            .header(ACCEPT, "application/x-ndjson")
-            .send()
-            .await
-            .unwrap();
+        let mut resp = crate::support::eventually::eventually(
+            "an abandoned export gives its place back",
+            async || {
+                api.req(Method::GET, "/assignments")
+                    .header(ACCEPT, "application/x-ndjson")
+                    .send()
+                    .await
+                    .unwrap()
+            },
+            |resp| resp.status() != 503,
+        )
+        .await;
         assert_eq!(resp.status(), 200);
         let first = resp.chunk().await.unwrap().unwrap();
         assert!(!first.is_empty());
@@ -596,4 +604,67 @@ async fn asset_exports_equal_the_json_inventory_under_sorts_and_filters() {
         "not-acceptable",
     )
     .await;
+}
+
+/// A process runs at most a quarter of its pool as exports (2 of the tests' 8 connections): a
+/// third while two stream is a 503 with `Retry-After`, and JSON pages still answer; when one
+/// ends, the next export is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_beyond_a_quarter_of_the_pool_answer_503_until_one_ends() {
+    let w = seeded().await;
+    let api = w.api();
+    let mut conn = w.app.db.connect().await;
+    // Enough rows (tens of MB of NDJSON) that an unread export stays blocked on its client.
+    conn.batch_execute(
+        "INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subject_id,
+                                  license_type, state, rule, decision, requested_by, reason)
+           SELECT gen_random_uuid(), 'acme', a.account_id, a.adam_id, a.pricing_param,
+                  a.subject_id, 'device', 'revoked', 'priority', a.decision, 'seeder',
+                  repeat('x', 400) || i
+             FROM generate_series(1, 40000) AS i,
+                  (SELECT * FROM assignments WHERE space_id = 'acme' LIMIT 1) AS a;
+         ANALYZE assignments;",
+    )
+    .await
+    .unwrap();
+    let open = async || {
+        api.req(Method::GET, "/assignments")
+            .header(ACCEPT, "application/x-ndjson")
+            .send()
+            .await
+            .unwrap()
+    };
+    let mut first = open().await;
+    assert_eq!(first.status(), 200);
+    assert!(!first.chunk().await.unwrap().unwrap().is_empty());
+    let mut second = open().await;
+    assert_eq!(second.status(), 200);
+    assert!(!second.chunk().await.unwrap().unwrap().is_empty());
+
+    let refused = open().await;
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+    let problem = expect_problem(refused, 503, "unavailable").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("exports"),
+        "{problem}"
+    );
+    let page: AssignmentPage = api.get("/assignments?limit=5").await;
+    assert_eq!(page.items.len(), 5, "JSON pages keep answering");
+
+    drop(first);
+    let mut third =
+        crate::support::eventually::eventually("an ended export frees its place", open, |resp| {
+            resp.status() != 503
+        })
+        .await;
+    assert_eq!(third.status(), 200);
+    assert!(!third.chunk().await.unwrap().unwrap().is_empty());
+    drop(second);
+    drop(third);
 }
