@@ -397,7 +397,10 @@ async fn last_page_cursor(
     token: &str,
     path: &str,
 ) -> Option<(String, usize)> {
+    // A full last page still carries a `next_cursor`, to an empty page: the last page with
+    // items is then the one before.
     let mut cursor: Option<String> = None;
+    let mut previous: Option<String> = None;
     let mut pages = 0;
     loop {
         let url = match &cursor {
@@ -410,8 +413,14 @@ async fn last_page_cursor(
         }
         pages += 1;
         let page: Value = serde_json::from_slice(&body).ok()?;
+        let empty = page["items"]
+            .as_array()
+            .is_none_or(|items| items.is_empty());
         match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
+            Some(next) => previous = cursor.replace(next.to_owned()),
+            None if empty && pages > 1 => {
+                return Some((previous.unwrap_or_default(), pages - 1));
+            }
             None => return Some((cursor.unwrap_or_default(), pages)),
         }
     }
@@ -804,7 +813,7 @@ async fn main() {
     let reads_per_second = 20;
     // Alternating, so a neighbour's load on the shared machine falls on both modes alike.
     let mut rates = [Vec::new(), Vec::new()];
-    for with_reads in (0..args.rounds.max(1)).flat_map(|_| [false, true]) {
+    for (round, with_reads) in (0..args.rounds.max(1)).flat_map(|r| [(r, false), (r, true)]) {
         let stop = Arc::new(AtomicBool::new(false));
         let background = with_reads.then(|| {
             tokio::spawn(reader(
@@ -816,7 +825,9 @@ async fn main() {
                 stop.clone(),
             ))
         });
-        let tag = if with_reads { "with-reads" } else { "alone" };
+        // Every run allocates to new devices.
+        let mode = if with_reads { "with-reads" } else { "alone" };
+        let tag = format!("{mode}-{round}");
         let (mut latencies, elapsed, _) = storm(
             &http,
             &base,
@@ -824,7 +835,7 @@ async fn main() {
             SPACE,
             args.clients,
             args.per_client,
-            tag,
+            &tag,
             storm_pick,
         )
         .await;
@@ -837,7 +848,7 @@ async fn main() {
         latencies.sort();
         let rate = latencies.len() as f64 / elapsed.as_secs_f64();
         println!(
-            "allocation {tag:>10}: {} allocations by {} clients in {:.1} s = {rate:.0} alloc/s, \
+            "allocation {tag:>12}: {} allocations by {} clients in {:.1} s = {rate:.0} alloc/s, \
              p50 {:.1} ms, p99 {:.1} ms{}",
             latencies.len(),
             args.clients,
