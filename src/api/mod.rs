@@ -2,10 +2,13 @@
 //! and the OpenAPI document is generated from it.
 
 pub mod accounts;
+pub mod activity;
 pub mod apple_notifications;
+pub mod assets;
 pub mod assignments;
 pub mod policies;
 pub mod spaces;
+pub mod subjects;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -35,9 +38,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assignments::get_assignment)
         .service(assignments::revoke_assignment)
         .service(assignments::create_revocation)
+        .service(assets::list_assets)
+        .service(assets::get_asset)
+        .service(assets::list_account_assets)
+        .service(subjects::get_device)
+        .service(subjects::get_user)
         .service(policies::list_policies)
         .service(policies::get_policy)
         .service(policies::put_policy)
         .service(policies::delete_policy)
+        .service(activity::list_activity)
         .service(apple_notifications::receive_apple_notification);
 }

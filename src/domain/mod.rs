@@ -14,6 +14,8 @@
 pub mod account_status;
 pub mod allocation;
 pub mod decide;
+pub mod forecast;
+pub mod inventory;
 pub mod model;
 pub mod origin;
 pub mod policy;

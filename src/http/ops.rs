@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::problem::{ApiError, Problem, types};
 use crate::db::migrate;
+use crate::ledger::usage_gauges::{self, SpaceUsage};
 use crate::telemetry::metrics;
 
 /// Liveness/readiness answer.
@@ -91,8 +92,9 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<web::Json<Health>, Api
 
 /// Prometheus metrics in the text exposition format.
 ///
-/// HTTP requests by route and status, database pool, Apple batches. No authentication: expose it
-/// only inside the cluster.
+/// HTTP requests by route and status, database pool, Apple batches, and license usage per space
+/// (`licenses_owned`, `licenses_held`, `licenses_assigned_elsewhere`, `licenses_available`,
+/// label `space`). No authentication: expose it only inside the cluster.
 #[utoipa::path(
     tag = "operations",
     operation_id = "get_metrics",
@@ -104,9 +106,77 @@ pub async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
     metrics::record_pool(state.pool.status());
     let handle = metrics::handle();
     handle.run_upkeep();
+    let mut body = handle.render();
+    body.push_str(&license_usage(&state).await);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(handle.render())
+        .body(body)
+}
+
+/// The license usage gauges, read from the ledger at scrape time (one aggregate query over the
+/// `assets` rows, bounded by [`USAGE_READ_TIMEOUT`]).
+///
+/// Decisions:
+/// - Label `space` only, so the series number 4 × spaces. A per-asset (or per-account) label
+///   would multiply that by every asset of every account: at 50 accounts × 1,000 assets per space
+///   that is 50,000 series per gauge per space, more than a Prometheus server should take from
+///   one target, and each scrape would have to ship them all. Per-asset figures are read from the
+///   assets list instead (`GET /v1/spaces/{space}/assets`).
+/// - Computed when scraped, not on a timer: no background task, the figures are as fresh as
+///   the scrape, and a deleted space's series vanish at the next scrape (the recorder would keep
+///   them). Each replica reports the same figures (they are the ledger's, not the replica's):
+///   aggregate with `max by (space)`, not `sum`.
+/// - When the ledger does not answer in time the gauges are left out of that scrape (the other
+///   metrics still render) and `license_usage_read_failures_total` counts it.
+async fn license_usage(state: &AppState) -> String {
+    let read = async {
+        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        usage_gauges::per_space(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let rows = match tokio::time::timeout(USAGE_READ_TIMEOUT, read).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => return usage_unavailable(&e),
+        Err(_) => return usage_unavailable("timed out"),
+    };
+    let family = |pick: fn(&SpaceUsage) -> i64| -> Vec<(&str, i64)> {
+        rows.iter().map(|r| (r.space.as_str(), pick(r))).collect()
+    };
+    [
+        (
+            "licenses_owned",
+            "Licenses the space's accounts own at Apple (Apple's total as last synced).",
+            family(|r| r.owned),
+        ),
+        (
+            "licenses_held",
+            "Licenses this service's ledger holds (pending, associating, active assignments).",
+            family(|r| r.held),
+        ),
+        (
+            "licenses_assigned_elsewhere",
+            "Licenses assigned at Apple that this service did not assign.",
+            family(|r| r.assigned_elsewhere),
+        ),
+        (
+            "licenses_available",
+            "Licenses free to allocate now (owned - assigned elsewhere - held, per asset).",
+            family(|r| r.available),
+        ),
+    ]
+    .iter()
+    .map(|(name, help, samples)| metrics::render_gauge(name, help, "space", samples))
+    .collect()
+}
+
+/// How long a scrape waits for the license usage figures.
+pub const USAGE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn usage_unavailable(why: &str) -> String {
+    tracing::warn!(error = %why, "license usage gauges not read");
+    metrics::record_usage_read_failure();
+    String::new()
 }
 
 /// `/docs` without the slash: the UI's relative asset paths need `/docs/`.

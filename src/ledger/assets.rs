@@ -184,10 +184,12 @@ pub async fn forget_location(
           RETURNING id, space_id, adam_id, pricing_param, state
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
-                                       adam_id, pricing_param, request_id, details)
-             SELECT space_id, $2, 'assignment.forgotten', $1, id, adam_id, pricing_param, $4,
+                                       subject, adam_id, pricing_param, request_id, details)
+             SELECT d.space_id, $2, 'assignment.forgotten', $1, d.id,
+                    s.kind || ':' || s.external_id, d.adam_id, d.pricing_param, $4,
                     jsonb_build_object('reason', $3::text)
-               FROM done
+               FROM done d JOIN assignments x ON x.id = d.id
+               LEFT JOIN subjects s ON s.id = x.subject_id
           RETURNING 1
          )
          SELECT count(*) AS n FROM done",

@@ -107,12 +107,14 @@ pub async fn start(
           RETURNING 1
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
-                                       adam_id, pricing_param, request_id, details)
-             SELECT $1, $3, 'assignment.revoke_requested', c.account_id, c.id, c.adam_id,
-                    c.pricing_param, $4,
+                                       subject, adam_id, pricing_param, request_id, details)
+             SELECT $1, $3, 'assignment.revoke_requested', c.account_id, c.id,
+                    s.kind || ':' || s.external_id, c.adam_id, c.pricing_param, $4,
                     jsonb_build_object('reason', $5::text, 'state', c.state,
                                        'notify_user', a.notify_on_removal)
                FROM changed c JOIN accounts a ON a.id = c.account_id
+               JOIN assignments x ON x.id = c.id
+               LEFT JOIN subjects s ON s.id = x.subject_id
           RETURNING 1
          )
          SELECT count(*) FILTER (WHERE state = 'revoked') AS dropped,

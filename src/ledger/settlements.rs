@@ -109,11 +109,13 @@ pub async fn log(
     event_id: &str,
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
-        "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, adam_id,
-                                   pricing_param, apple_event_id, details)
-         SELECT a.space_id, 'system', $2, a.account_id, a.id, a.adam_id, a.pricing_param, $3,
+        "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
+                                   adam_id, pricing_param, apple_event_id, details)
+         SELECT a.space_id, 'system', $2, a.account_id, a.id, s.kind || ':' || s.external_id,
+                a.adam_id, a.pricing_param, $3,
                 jsonb_build_object('state', a.state, 'error', a.error)
-           FROM assignments a WHERE a.id = ANY($1)",
+           FROM assignments a LEFT JOIN subjects s ON s.id = a.subject_id
+          WHERE a.id = ANY($1)",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Text, _>(action)

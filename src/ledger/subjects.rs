@@ -1,12 +1,14 @@
-//! Subjects: devices and users, with the group memberships the calling MDM reported.
+//! Subjects: devices and users, with the group memberships the calling MDM reported; and the
+//! reads of the device and user views (a subject's stored facts, its devices, its licenses).
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::schema::subjects;
-use crate::domain::model::SubjectKind;
-use crate::domain::records::SubjectRow;
+use crate::db::schema::{accounts, assets, assignments, subjects};
+use crate::domain::model::{LicenseType, SubjectKind};
+use crate::domain::records::{AssignmentRow, SubjectRow};
 
 pub async fn find(
     conn: &mut AsyncPgConnection,
@@ -29,5 +31,237 @@ pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<V
         .filter(subjects::id.eq_any(ids))
         .select(SubjectRow::as_select())
         .load(conn)
+        .await
+}
+
+/// A subject as stored, with when the space first saw it (`created_at`) and when an allocation
+/// last changed its stored facts (`updated_at`, moved by the trigger `subjects_touch_updated_at`
+/// only when groups, user or Shared iPad change).
+#[derive(Clone, Debug)]
+pub struct StoredSubject {
+    pub row: SubjectRow,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// [`find`] with the row's timestamps (the device and user views).
+pub async fn find_stored(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    kind: SubjectKind,
+    external_id: &str,
+) -> QueryResult<Option<StoredSubject>> {
+    subjects::table
+        .filter(subjects::space_id.eq(space))
+        .filter(subjects::kind.eq(kind))
+        .filter(subjects::external_id.eq(external_id))
+        .select((
+            SubjectRow::as_select(),
+            subjects::created_at,
+            subjects::updated_at,
+        ))
+        .first(conn)
+        .await
+        .optional()
+        .map(|found| {
+            found.map(|(row, created_at, updated_at)| StoredSubject {
+                row,
+                created_at,
+                updated_at,
+            })
+        })
+}
+
+/// The serial numbers of the space's devices whose user is `user` (at most `limit`, in serial
+/// order), and how many there are in all. Reads the partial index `subjects_by_user`.
+pub async fn devices_of_user(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    user: &str,
+    limit: i64,
+) -> QueryResult<(Vec<String>, i64)> {
+    let of_user = || {
+        subjects::table
+            .filter(subjects::space_id.eq(space))
+            .filter(subjects::user_external_id.eq(user))
+            .filter(subjects::kind.eq(SubjectKind::Device))
+    };
+    let serials = of_user()
+        .select(subjects::external_id)
+        .order(subjects::external_id.asc())
+        .limit(limit)
+        .load(conn)
+        .await?;
+    let total = if (serials.len() as i64) < limit {
+        serials.len() as i64
+    } else {
+        of_user().count().get_result(conn).await?
+    };
+    Ok((serials, total))
+}
+
+/// One license a subject holds or held: the assignment, with its asset's product type and its
+/// account's name joined when those rows still exist (history outlives accounts, rule H1).
+#[derive(Clone, Debug)]
+pub struct SubjectLicense {
+    pub assignment: AssignmentRow,
+    /// `App`, `Book` or `Other`; `None` once the asset row is gone.
+    pub product_type: Option<String>,
+    /// `None` once the account is gone.
+    pub account_name: Option<String>,
+}
+
+/// Which of a subject's licenses to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// License-holding (`pending`, `associating`, `active`), oldest first, all of them.
+    Live,
+    /// The others (`revoking`, `revoked`, `failed`), newest first (UUIDv7 ids: creation order).
+    Past,
+}
+
+const LIVE: [&str; 3] = ["pending", "associating", "active"];
+
+/// The subject's licenses of one kind ([`Held`]), at most `limit`, with asset and account facts
+/// (two left joins by primary key). Reads the index `assignments_by_subject`.
+pub async fn licenses(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    subject: Uuid,
+    held: Held,
+    limit: i64,
+) -> QueryResult<Vec<SubjectLicense>> {
+    let q = assignments::table
+        .left_join(
+            assets::table.on(assets::account_id
+                .eq(assignments::account_id)
+                .and(assets::adam_id.eq(assignments::adam_id))
+                .and(assets::pricing_param.eq(assignments::pricing_param))),
+        )
+        .left_join(accounts::table.on(accounts::id.eq(assignments::account_id)))
+        .filter(assignments::space_id.eq(space))
+        .filter(assignments::subject_id.eq(subject))
+        .select((
+            AssignmentRow::as_select(),
+            assets::product_type.nullable(),
+            accounts::name.nullable(),
+        ))
+        .limit(limit)
+        .into_boxed();
+    let q = match held {
+        Held::Live => q
+            .filter(assignments::state.eq_any(LIVE))
+            .order(assignments::id.asc()),
+        Held::Past => q
+            .filter(assignments::state.ne_all(LIVE))
+            .order(assignments::id.desc()),
+    };
+    let rows: Vec<(AssignmentRow, Option<String>, Option<String>)> = q.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(assignment, product_type, account_name)| SubjectLicense {
+            assignment,
+            product_type,
+            account_name,
+        })
+        .collect())
+}
+
+/// How many past (not license-holding) assignments the subject has.
+pub async fn count_past(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    subject: Uuid,
+) -> QueryResult<i64> {
+    assignments::table
+        .filter(assignments::space_id.eq(space))
+        .filter(assignments::subject_id.eq(subject))
+        .filter(assignments::state.ne_all(LIVE))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Everything the device and user views show, read in one snapshot.
+#[derive(Clone, Debug)]
+pub struct SubjectReport {
+    pub subject: StoredSubject,
+    /// Every license-holding assignment, oldest first.
+    pub live: Vec<SubjectLicense>,
+    /// The newest `past_limit` other assignments, newest first.
+    pub past: Vec<SubjectLicense>,
+    /// How many other assignments there are in all.
+    pub past_total: i64,
+    /// Users: serial numbers of the devices whose user this is (at most `devices_limit`), and
+    /// their number. Devices: empty and 0.
+    pub devices: Vec<String>,
+    pub devices_total: i64,
+    /// Devices with a user, not Shared iPads: that user's live user-based licenses, which cover
+    /// the device (rule A7). Otherwise empty.
+    pub user_licenses: Vec<SubjectLicense>,
+}
+
+/// Limits of a [`report`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReportLimits {
+    pub past: i64,
+    pub devices: i64,
+}
+
+/// The subject's [`SubjectReport`], `None` when the space never saw it. One read-only
+/// `REPEATABLE READ` transaction, so a license changing state meanwhile is counted once.
+pub async fn report(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    kind: SubjectKind,
+    external_id: &str,
+    limits: ReportLimits,
+) -> QueryResult<Option<SubjectReport>> {
+    conn.build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run(async |conn| {
+            let Some(subject) = find_stored(conn, space, kind, external_id).await? else {
+                return Ok(None);
+            };
+            let id = subject.row.id;
+            let live = licenses(conn, space, id, Held::Live, i64::MAX).await?;
+            let past = if limits.past > 0 {
+                licenses(conn, space, id, Held::Past, limits.past).await?
+            } else {
+                Vec::new()
+            };
+            let past_total = if (past.len() as i64) < limits.past {
+                past.len() as i64
+            } else {
+                count_past(conn, space, id).await?
+            };
+            let (devices, devices_total) = match kind {
+                SubjectKind::User => {
+                    devices_of_user(conn, space, external_id, limits.devices).await?
+                }
+                SubjectKind::Device => (Vec::new(), 0),
+            };
+            let user_licenses = match (&subject.row.user_external_id, subject.row.shared_ipad) {
+                (Some(user), false) => match find(conn, space, SubjectKind::User, user).await? {
+                    Some(user) => licenses(conn, space, user.id, Held::Live, i64::MAX)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.assignment.license_type == LicenseType::User)
+                        .collect(),
+                    None => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            Ok(Some(SubjectReport {
+                subject,
+                live,
+                past,
+                past_total,
+                devices,
+                devices_total,
+                user_licenses,
+            }))
+        })
         .await
 }

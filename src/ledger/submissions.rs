@@ -124,10 +124,12 @@ pub async fn log_failed(
     error: &serde_json::Value,
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
-        "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, adam_id,
-                                   pricing_param, details)
-         SELECT space_id, 'system', 'assignment.failed', account_id, id, adam_id, pricing_param, $2
-           FROM assignments WHERE id = ANY($1)",
+        "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
+                                   adam_id, pricing_param, details)
+         SELECT a.space_id, 'system', 'assignment.failed', a.account_id, a.id,
+                s.kind || ':' || s.external_id, a.adam_id, a.pricing_param, $2
+           FROM assignments a LEFT JOIN subjects s ON s.id = a.subject_id
+          WHERE a.id = ANY($1)",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Jsonb, _>(error)

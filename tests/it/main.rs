@@ -10,7 +10,9 @@
 )]
 
 mod accounts;
+mod activity;
 mod allocation;
+mod assets;
 mod auth;
 mod cli;
 mod docs;
@@ -28,4 +30,6 @@ mod problems;
 mod revocations;
 mod security_headers;
 mod spaces;
+mod subjects;
 mod support;
+mod usage_gauges;

@@ -178,6 +178,7 @@ fn documented_enums_are_spelled_as_on_the_wire() {
     use vpp_broker::api::policies::TargetKind;
     use vpp_broker::domain::account_status::AccountStatus;
     use vpp_broker::domain::account_status::WhenUnusable;
+    use vpp_broker::domain::inventory::AssetProductType;
     use vpp_broker::domain::model::{
         AssignmentState, LicenseType, LicenseWish, Rule, SkipReason, SubjectKind,
     };
@@ -221,6 +222,15 @@ fn documented_enums_are_spelled_as_on_the_wire() {
     }
     let known: Vec<(&str, Vec<String>)> = vec![
         ("AccountStatus", wire(AccountStatus::ALL)),
+        (
+            "ActivityAction",
+            wire(vpp_broker::ledger::activity::ActivityAction::ALL),
+        ),
+        ("AssetProductType", wire(AssetProductType::ALL)),
+        (
+            "AssetSort",
+            wire(vpp_broker::domain::inventory::AssetSort::ALL),
+        ),
         ("AssignmentState", wire(AssignmentState::ALL)),
         ("LicenseType", wire(LicenseType::ALL)),
         ("LicenseWish", wire(LicenseWish::ALL)),
@@ -489,4 +499,46 @@ async fn answers_keep_the_documents_promises_on_status_content_and_headers() {
             .unwrap(),
     )
     .await;
+}
+
+/// utoipa names a schema after its Rust type and keeps only one of two types with the same
+/// name: the other's references then silently point at the wrong schema (two `Licenses` did
+/// that once, and only the generated clients noticed). Every `ToSchema` type's schema name
+/// (its `#[schema(as = …)]` if it has one) must be unique across `src/`.
+#[test]
+fn schema_names_are_unique() {
+    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let mut count = 0;
+    for (rel, text) in crate::layering::src_files() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !(line.trim_start().starts_with("#[derive(") && line.contains("ToSchema")) {
+                continue;
+            }
+            let mut renamed = None;
+            let declared = lines[i + 1..].iter().find_map(|l| {
+                let l = l.trim_start();
+                if let Some(rest) = l.strip_prefix("#[schema(as = ") {
+                    renamed = rest.split(')').next().map(str::to_owned);
+                }
+                let rest = l.strip_prefix("pub ").unwrap_or(l);
+                let rest = rest
+                    .strip_prefix("struct ")
+                    .or_else(|| rest.strip_prefix("enum "))?;
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                Some(name)
+            });
+            let Some(name) = renamed.or(declared).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            count += 1;
+            if let Some(other) = seen.insert(name.clone(), rel.clone()) {
+                panic!("two schemas are named {name}: in {other} and in {rel}");
+            }
+        }
+    }
+    assert!(count > 40, "found only {count} ToSchema types");
 }

@@ -27,6 +27,7 @@ use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_actix_web::AppExt;
 
+use crate::domain::inventory::AssetSort;
 use crate::domain::validation::FieldError;
 
 /// Name of the callers' security scheme.
@@ -46,11 +47,14 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
         contact(name = "vpp-broker maintainers")
     ),
     servers((url = "/", description = "This server")),
-    components(schemas(FieldError)),
+    components(schemas(FieldError, AssetSort)),
     tags(
         (name = "spaces", description = "Isolated partitions of a deployment (tenants, sites, teams)"),
         (name = "accounts", description = "Token accounts: one Apple location (sToken) each, ordered by priority"),
         (name = "assignments", description = "Allocate and revoke licenses; the ledger of who holds what"),
+        (name = "assets", description = "The license inventory: Apple's counts and the ledger's per asset and account, usage, exhaustion forecast"),
+        (name = "subjects", description = "Devices and users: the facts the space holds and the licenses each holds and held"),
+        (name = "activity", description = "The activity log: every decision and state change, newest first"),
         (name = "policies", description = "Distribution policies per asset: reserved, first-come-first-served, disallowed"),
         (name = "apple", description = "Endpoints Apple calls (notifications); not for MDM callers"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)"),
