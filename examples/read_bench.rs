@@ -346,6 +346,8 @@ enum Outcome {
         p50: Duration,
         p99: Duration,
         max: Duration,
+        /// What the answer holds: `items` of a page, or the bytes of one resource.
+        holds: String,
     },
     NotAvailable(u16),
 }
@@ -368,10 +370,17 @@ async fn measure(
     read: &Read,
     n: usize,
 ) -> Outcome {
-    let (status, _) = get(http, base, token, &read.path).await;
+    let (status, body) = get(http, base, token, &read.path).await;
     if status != 200 {
         return Outcome::NotAvailable(status);
     }
+    let holds = match serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["items"].as_array().map(Vec::len))
+    {
+        Some(items) => format!("{items} items"),
+        None => format!("{} bytes", body.len()),
+    };
     for _ in 0..5 {
         get(http, base, token, &read.path).await;
     }
@@ -387,6 +396,7 @@ async fn measure(
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         max: *latencies.last().unwrap(),
+        holds,
     }
 }
 
@@ -711,8 +721,8 @@ async fn main() {
         args.assignments
     );
     println!();
-    println!("| read | p50 ms | p99 ms | max ms | target p99 | |");
-    println!("|---|---|---|---|---|---|");
+    println!("| read | answer | p50 ms | p99 ms | max ms | target p99 | |");
+    println!("|---|---|---|---|---|---|---|");
     let mut available = Vec::new();
     let mut summary: Vec<(String, String, String, &'static str)> = Vec::new();
     for read in &reads {
@@ -722,7 +732,12 @@ async fn main() {
             .map(|t| format!("≤ {t:.0} ms"))
             .unwrap_or_else(|| "—".into());
         match outcome {
-            Outcome::Measured { p50, p99, max } => {
+            Outcome::Measured {
+                p50,
+                p99,
+                max,
+                holds,
+            } => {
                 let ok = read.target_ms.is_none_or(|t| ms(p99) <= t);
                 let mark = if read.target_ms.is_some() {
                     verdict(ok)
@@ -730,7 +745,7 @@ async fn main() {
                     ""
                 };
                 println!(
-                    "| {} | {:.1} | {:.1} | {:.1} | {target} | {mark} |",
+                    "| {} | {holds} | {:.1} | {:.1} | {:.1} | {target} | {mark} |",
                     read.name,
                     ms(p50),
                     ms(p99),
@@ -745,7 +760,7 @@ async fn main() {
                 available.push(read.clone());
             }
             Outcome::NotAvailable(status) => {
-                println!("| {} | n/a ({status}) | | | {target} | |", read.name);
+                println!("| {} | | n/a ({status}) | | | {target} | |", read.name);
                 summary.push((
                     format!("{} p99", read.name),
                     format!("n/a ({status})"),
