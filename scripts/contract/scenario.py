@@ -11,6 +11,7 @@ Environment: VPP_BASE_URL (the server), VPP_TOKEN (the development JWT).
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 import uuid
@@ -19,6 +20,8 @@ from typing import TypeVar
 from httpx import Timeout
 from vpp_broker_client import AuthenticatedClient
 from vpp_broker_client.api.accounts import list_accounts
+from vpp_broker_client.api.activity import list_activity
+from vpp_broker_client.api.assets import get_asset, list_account_assets, list_assets
 from vpp_broker_client.api.assignments import (
     allocate_license,
     create_revocation,
@@ -28,28 +31,45 @@ from vpp_broker_client.api.assignments import (
 )
 from vpp_broker_client.api.policies import get_policy, put_policy
 from vpp_broker_client.api.spaces import list_spaces
+from vpp_broker_client.api.subjects import get_device, get_user
 from vpp_broker_client.models import (
     Account,
+    AccountAssetPage,
+    AccountFigures,
     AccountList,
     AccountStatus,
+    ActivityAction,
+    ActivityItem,
+    ActivityPage,
     AllocateBody,
     Allocation,
+    AppleCounts,
     Asset,
+    AssetDetail,
+    AssetInventory,
+    AssetInventoryPage,
+    AssetProductType,
+    AssetSort,
     Assignment,
     AssignmentPage,
     AssignmentState,
+    Device,
     Disallowed,
+    HeldLicense,
+    LedgerCounts,
     LicenseType,
     LicenseWish,
     NoLicenseAvailableProblem,
     Policy,
     PolicyBody,
+    PolicySummary,
     PricingParam,
     Problem,
     ProblemType,
     Reservation,
     Revocation,
     RevocationBody,
+    RevocationRecord,
     RevokeAsset,
     Rule,
     SkipReason,
@@ -57,6 +77,7 @@ from vpp_broker_client.models import (
     SubjectKind,
     SubjectRef,
     TargetKind,
+    User,
 )
 from vpp_broker_client.types import UNSET, Response, Unset
 
@@ -71,6 +92,11 @@ LIVE = {AssignmentState.PENDING, AssignmentState.ASSOCIATING, AssignmentState.AC
 
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+def rid(step: str) -> str:
+    """The `x-request-id` this run sends with a request whose rows the activity log must show."""
+    return f"contract-{RUN}-{step}"
 
 
 def check(ok: bool, what: str) -> None:
@@ -234,8 +260,11 @@ def device_license_step(client: AuthenticatedClient, hq: Account) -> Assignment:
     serial = f"CONTRACT-{RUN}"
     key = str(uuid.uuid4())
     body = allocation_body(PAGES, device(serial))
-    first = allocate_license.sync_detailed(SPACE, client=client, body=body, idempotency_key=key)
+    first = allocate_license.sync_detailed(
+        SPACE, client=client, body=body, idempotency_key=key, x_request_id=rid("allocate-device")
+    )
     allocation = expect(first, 201, Allocation, "allocate Pages to a device (Idempotency-Key)")
+    check(first.headers.get("x-request-id") == rid("allocate-device"), "the x-request-id is echoed")
     check(allocation.created, "the first answer created the assignment")
     check(allocation.rule == Rule.PRIORITY, f"rule priority: {allocation.rule}")
     check(allocation.account_id == hq.id, "served by Demo HQ (priority 1)")
@@ -343,7 +372,13 @@ def paging_step(client: AuthenticatedClient, wanted: list[uuid.UUID]) -> None:
 
 def revoke_step(client: AuthenticatedClient, device_assignment: Assignment, user_assignment: Assignment) -> None:
     revoked = expect(
-        revoke_assignment.sync_detailed(SPACE, device_assignment.id, client=client),
+        revoke_assignment.sync_detailed(
+            SPACE,
+            device_assignment.id,
+            client=client,
+            reason=f"contract scenario {RUN}: device retired",
+            x_request_id=rid("revoke-device"),
+        ),
         202,
         Assignment,
         "DELETE the device assignment",
@@ -360,6 +395,7 @@ def revoke_step(client: AuthenticatedClient, device_assignment: Assignment, user
             SPACE,
             client=client,
             body=RevocationBody(asset=RevokeAsset(adam_id=PAGES), reason=f"contract scenario {RUN}"),
+            x_request_id=rid("revoke-pages"),
         ),
         202,
         Revocation,
@@ -378,6 +414,405 @@ def revoke_step(client: AuthenticatedClient, device_assignment: Assignment, user
         "GET live Pages assignments",
     )
     check(live.items == [], f"no live Pages assignment left: {len(live.items)}")
+
+
+def figures_ok(apple: AppleCounts, ledger: LedgerCounts, allocatable: bool, what: str) -> None:
+    """The arithmetic every row of the inventory keeps."""
+    by = ledger.held_by_state
+    check(by.pending + by.associating + by.active == ledger.held, f"{what}: held = pending + associating + active")
+    check(apple.available == apple.total - apple.assigned, f"{what}: Apple's available = total - assigned")
+    free = apple.total - ledger.held - ledger.assigned_elsewhere
+    check(
+        0 <= ledger.available_now <= max(free, 0),
+        f"{what}: 0 <= available now {ledger.available_now} <= total - held - assigned elsewhere {free}",
+    )
+    wanted = max(free - ledger.held_back, 0) if allocatable else 0
+    check(ledger.available_now == wanted, f"{what}: available now {ledger.available_now}, expected {wanted}")
+    if apple.total > 0:
+        usage = (ledger.held + ledger.assigned_elsewhere) * 100 / apple.total
+        check(
+            isinstance(ledger.usage_percent, float) and abs(ledger.usage_percent - usage) < 0.01,
+            f"{what}: usage {ledger.usage_percent} = {usage:.2f} %",
+        )
+    else:
+        check(ledger.usage_percent is None, f"{what}: no usage without licenses")
+
+
+def inventory_ok(asset: AssetInventory | AssetDetail) -> None:
+    """Each account's figures, and the space's = the sum of the accounts'."""
+    what = f"{asset.adam_id}/{asset.pricing_param}"
+    check(len(asset.accounts) > 0, f"{what}: at least one account owns it")
+    priorities = [a.priority for a in asset.accounts]
+    check(priorities == sorted(priorities), f"{what}: accounts by priority: {priorities}")
+    for a in asset.accounts:
+        figures_ok(a.apple, a.ledger, a.allocatable, f"{what} at {a.account_name}")
+        check(a.allocatable or isinstance(a.not_allocatable_reason, str), f"{what} at {a.account_name}: why not")
+    t = asset.totals
+    sums: list[tuple[str, int, int]] = [
+        ("apple.total", t.apple.total, sum(a.apple.total for a in asset.accounts)),
+        ("apple.assigned", t.apple.assigned, sum(a.apple.assigned for a in asset.accounts)),
+        ("apple.available", t.apple.available, sum(a.apple.available for a in asset.accounts)),
+        ("apple.retired", t.apple.retired, sum(a.apple.retired for a in asset.accounts)),
+        ("held", t.ledger.held, sum(a.ledger.held for a in asset.accounts)),
+        ("pending", t.ledger.held_by_state.pending, sum(a.ledger.held_by_state.pending for a in asset.accounts)),
+        (
+            "associating",
+            t.ledger.held_by_state.associating,
+            sum(a.ledger.held_by_state.associating for a in asset.accounts),
+        ),
+        ("active", t.ledger.held_by_state.active, sum(a.ledger.held_by_state.active for a in asset.accounts)),
+        ("revoking", t.ledger.held_by_state.revoking, sum(a.ledger.held_by_state.revoking for a in asset.accounts)),
+        (
+            "assigned_elsewhere",
+            t.ledger.assigned_elsewhere,
+            sum(a.ledger.assigned_elsewhere for a in asset.accounts),
+        ),
+        ("held_back", t.ledger.held_back, sum(a.ledger.held_back for a in asset.accounts)),
+        ("available_now", t.ledger.available_now, sum(a.ledger.available_now for a in asset.accounts)),
+    ]
+    for name, shown, summed in sums:
+        check(shown == summed, f"{what}: the space's {name} {shown} = the accounts' sum {summed}")
+    if t.apple.total > 0:
+        usage = (t.ledger.held + t.ledger.assigned_elsewhere) * 100 / t.apple.total
+        check(
+            isinstance(t.ledger.usage_percent, float) and abs(t.ledger.usage_percent - usage) < 0.01,
+            f"{what}: the space's usage {t.ledger.usage_percent} = {usage:.2f} %",
+        )
+    synced = [a.apple.synced_at for a in asset.accounts]
+    oldest = None if any(s is None for s in synced) else min(s for s in synced if s is not None)
+    check(t.apple.synced_at == oldest, f"{what}: synced_at is the oldest of the accounts' ({t.apple.synced_at})")
+
+
+def asset_pages(client: AuthenticatedClient, sort: AssetSort) -> list[AssetInventory]:
+    """The whole inventory, one asset per page."""
+    seen: list[AssetInventory] = []
+    cursor: str | Unset = UNSET
+    while True:
+        page = expect(
+            list_assets.sync_detailed(SPACE, client=client, limit=1, cursor=cursor, sort=sort),
+            200,
+            AssetInventoryPage,
+            f"GET assets sort={sort.value} page {len(seen) + 1}",
+        )
+        check(len(page.items) <= 1, "limit=1 is honoured")
+        seen.extend(page.items)
+        if not isinstance(page.next_cursor, str):
+            return seen
+        check(len(seen) < 100, "paging ends")
+        cursor = page.next_cursor
+
+
+def account_figures(asset: AssetInventory, account: Account) -> AccountFigures:
+    for figures in asset.accounts:
+        if figures.account_id == account.id:
+            return figures
+    raise AssertionError(f"{asset.adam_id}: no figures of {account.name}")
+
+
+def assets_step(client: AuthenticatedClient, hq: Account, branch: Account, keynote_etag: str) -> None:
+    """The inventory after the revocations: Pages at both accounts, nothing held, the sums add up."""
+    whole = expect(
+        list_assets.sync_detailed(SPACE, client=client, limit=200), 200, AssetInventoryPage, "GET assets"
+    )
+    check(not isinstance(whole.next_cursor, str), "one page of 200 holds every asset")
+    keys = [(a.adam_id, a.pricing_param.value) for a in whole.items]
+    check(len(keys) == len(set(keys)) and len(keys) == 4, f"the four demo assets, once each: {keys}")
+    for asset in whole.items:
+        inventory_ok(asset)
+    pages = [a for a in whole.items if (a.adam_id, a.pricing_param) == (PAGES, PricingParam.STDQ)]
+    check(len(pages) == 1, "Pages is listed")
+    page_row = pages[0]
+    check(
+        [a.account_id for a in page_row.accounts] == [hq.id, branch.id],
+        f"Pages at Demo HQ then Demo Branch: {[a.account_name for a in page_row.accounts]}",
+    )
+    check(page_row.product_type == AssetProductType.APP and page_row.revocable, "Pages is a revocable app")
+    check(not page_row.has_policy, "Pages has no policy")
+    for account, owned in ((hq, 50), (branch, 20)):
+        figures = account_figures(page_row, account)
+        check(figures.account_name == account.name, f"the account's name: {figures.account_name}")
+        check(figures.apple.total == owned, f"{account.name} owns {owned} Pages: {figures.apple.total}")
+        check(figures.ledger.held == 0, f"{account.name} holds no Pages license after the revocations")
+        check(figures.allocatable, f"{account.name} allocates Pages: {figures.not_allocatable_reason}")
+        print(
+            f"      Pages at {account.name}: {figures.apple.total} owned, {figures.ledger.held} held, "
+            f"{figures.ledger.available_now} available now"
+        )
+    keynote = [a for a in whole.items if a.adam_id == KEYNOTE]
+    check(len(keynote) == 1 and keynote[0].has_policy, "Keynote has its policy")
+
+    for sort in (AssetSort.ASSET, AssetSort.USAGE, AssetSort.AVAILABLE):
+        paged = asset_pages(client, sort)
+        paged_keys = [(a.adam_id, a.pricing_param.value) for a in paged]
+        check(len(paged_keys) == len(set(paged_keys)), f"sort={sort.value}: no asset twice")
+        check(sorted(paged_keys) == sorted(keys), f"sort={sort.value}: every asset once: {paged_keys}")
+        if sort == AssetSort.ASSET:
+            check(paged_keys == keys, "pages of one = the one page, in the same order")
+        if sort == AssetSort.AVAILABLE:
+            available = [a.totals.ledger.available_now for a in paged]
+            check(available == sorted(available), f"sort=available: fewest first: {available}")
+
+    books = expect(
+        list_assets.sync_detailed(SPACE, client=client, product_type=AssetProductType.BOOK),
+        200,
+        AssetInventoryPage,
+        "GET assets ?product_type=Book",
+    )
+    check([a.adam_id for a in books.items] == [BOOK], f"only the book: {[a.adam_id for a in books.items]}")
+    check([a.account_id for a in books.items[0].accounts] == [hq.id], "the book is Demo HQ's alone")
+
+    at_branch = expect(
+        list_assets.sync_detailed(SPACE, client=client, account_id=branch.id),
+        200,
+        AssetInventoryPage,
+        "GET assets ?account_id=Demo Branch",
+    )
+    check(
+        sorted(a.adam_id for a in at_branch.items) == sorted([PAGES, NUMBERS]),
+        f"Demo Branch owns Pages and Numbers: {[a.adam_id for a in at_branch.items]}",
+    )
+    for asset in at_branch.items:
+        inventory_ok(asset)
+        check([a.account_id for a in asset.accounts] == [branch.id], f"{asset.adam_id}: Demo Branch's figures alone")
+
+    own = expect(
+        list_account_assets.sync_detailed(SPACE, hq.id, client=client),
+        200,
+        AccountAssetPage,
+        "GET Demo HQ's assets",
+    )
+    check(len(own.items) == 4, f"Demo HQ owns four assets: {len(own.items)}")
+    for row in own.items:
+        figures_ok(row.apple, row.ledger, row.allocatable, f"Demo HQ's {row.adam_id}")
+        listed = [a for a in whole.items if (a.adam_id, a.pricing_param) == (row.adam_id, row.pricing_param)]
+        check(len(listed) == 1, f"Demo HQ's {row.adam_id} is in the space's list")
+        theirs = account_figures(listed[0], hq)
+        check(
+            row.ledger == theirs.ledger and row.apple.total == theirs.apple.total,
+            f"Demo HQ's {row.adam_id}: the space's list has the same figures",
+        )
+        check(row.has_policy == listed[0].has_policy, f"Demo HQ's {row.adam_id}: has_policy")
+
+    detail = expect(
+        get_asset.sync_detailed(SPACE, PAGES, PricingParam.STDQ, client=client),
+        200,
+        AssetDetail,
+        "GET Pages",
+    )
+    inventory_ok(detail)
+    check([a.account_id for a in detail.accounts] == [hq.id, branch.id], "the detail shows both accounts")
+    check(detail.totals.ledger == page_row.totals.ledger, "the detail's figures are the list's")
+    check(not isinstance(detail.policy, PolicySummary), "no policy summary without a policy")
+    check(len(detail.daily) == 30, f"30 days of movement: {len(detail.daily)}")
+    days = [d.day for d in detail.daily]
+    check(
+        all(b - a == datetime.timedelta(days=1) for a, b in zip(days, days[1:])),
+        "consecutive days, oldest first",
+    )
+    today = datetime.datetime.now(datetime.UTC).date()
+    check(abs((today - days[-1]).days) <= 1, f"the last day is today: {days[-1]}")
+    allocated = sum(d.allocations for d in detail.daily)
+    revoked = sum(d.revocations for d in detail.daily)
+    check(allocated >= 2 and revoked >= 2, f"this run's two allocations and revocations: {allocated}, {revoked}")
+    forecast = detail.forecast
+    check(
+        forecast.days_until_exhausted is None and forecast.exhausted_on is None,
+        f"no forecast in a fresh database: {forecast.days_until_exhausted}",
+    )
+    check(isinstance(forecast.reason, str) and forecast.reason != "", "the forecast says why not")
+    check(0 <= forecast.history_days < 7, f"too little history: {forecast.history_days} days")
+    check(forecast.half_life_days == 14, f"half-life 14 days: {forecast.half_life_days}")
+    print(f"      Pages: {allocated} allocated, {revoked} revoked in 30 days; no forecast: {forecast.reason}")
+
+    keynote_detail = expect(
+        get_asset.sync_detailed(SPACE, KEYNOTE, PricingParam.STDQ, client=client),
+        200,
+        AssetDetail,
+        "GET Keynote",
+    )
+    summary = keynote_detail.policy
+    check(isinstance(summary, PolicySummary), "Keynote's detail sums up its policy")
+    if isinstance(summary, PolicySummary):
+        check(f'"{summary.version}"' == keynote_etag, f"the policy's version is its ETag: {summary.version}")
+        check((summary.disallowed, summary.reserved) == (2, 0), f"two bans, no reservation: {summary}")
+
+    missing = expect(
+        get_asset.sync_detailed(SPACE, "999999999", PricingParam.STDQ, client=client),
+        404,
+        Problem,
+        "GET an asset no account owns",
+    )
+    check(missing.type_ == ProblemType.URNVPP_BROKERPROBLEMNOT_FOUND, f"404 type: {missing.type_}")
+
+
+def revoked_license(held: list[HeldLicense], assignment: Assignment, what: str) -> RevocationRecord:
+    found = [h for h in held if h.assignment_id == assignment.id]
+    check(len(found) == 1, f"{what}: the license is listed once among the past ones")
+    license = found[0]
+    check(license.state == AssignmentState.REVOKED, f"{what}: revoked: {license.state}")
+    check(license.license_type == assignment.license_type, f"{what}: {license.license_type}")
+    check(
+        (license.asset.adam_id, license.asset.pricing_param) == (PAGES, PricingParam.STDQ),
+        f"{what}: Pages: {license.asset.adam_id}",
+    )
+    check(license.account.id == assignment.account_id, f"{what}: its account")
+    check(license.rule == assignment.rule and license.reason == assignment.reason, f"{what}: rule and reason")
+    revocation = license.revocation
+    if not isinstance(revocation, RevocationRecord):
+        raise AssertionError(f"{what}: no revocation record")
+    check(revocation.by == license.requested_by, f"{what}: revoked by the caller: {revocation.by}")
+    return revocation
+
+
+def subjects_step(client: AuthenticatedClient, hq: Account, device_assignment: Assignment, user_assignment: Assignment) -> None:
+    serial = f"CONTRACT-{RUN}"
+    found = expect(get_device.sync_detailed(SPACE, serial, client=client), 200, Device, "GET the device")
+    check((found.serial, found.space) == (serial, SPACE), f"the device: {found.serial} in {found.space}")
+    check(found.licenses.live == [], f"no live license: {len(found.licenses.live)}")
+    check(found.licenses.past_total == 1, f"one past license: {found.licenses.past_total}")
+    check(found.user_licenses == [], "no user, no user licenses")
+    check(found.first_seen <= found.updated_at, "first seen, then updated")
+    revocation = revoked_license(found.licenses.past, device_assignment, "the device's Pages")
+    check(
+        revocation.reason == f"contract scenario {RUN}: device retired",
+        f"the DELETE's reason: {revocation.reason!r}",
+    )
+    check(revocation.request_id == rid("revoke-device"), f"the DELETE's request id: {revocation.request_id}")
+    check(found.licenses.past[0].account.name == hq.name, f"from Demo HQ: {found.licenses.past[0].account.name}")
+
+    user_id = f"contract-user-{RUN.lower()}"
+    user = expect(get_user.sync_detailed(SPACE, user_id, client=client), 200, User, "GET the user")
+    check(user.id == user_id and user.licenses.live == [], f"the user holds nothing now: {len(user.licenses.live)}")
+    check(user.devices == [] and user.devices_total == 0, f"no device names the user: {user.devices}")
+    revocation = revoked_license(user.licenses.past, user_assignment, "the user's Pages")
+    check(revocation.reason == f"contract scenario {RUN}", f"the revocation's reason: {revocation.reason!r}")
+    check(revocation.request_id == rid("revoke-pages"), f"the revocation's request id: {revocation.request_id}")
+
+    unknown = expect(
+        get_device.sync_detailed(SPACE, f"CONTRACT-NEVER-{RUN}", client=client),
+        404,
+        Problem,
+        "GET a device the space never saw",
+    )
+    check(unknown.type_ == ProblemType.URNVPP_BROKERPROBLEMNOT_FOUND, f"404 type: {unknown.type_}")
+
+
+def activity_step(client: AuthenticatedClient, hq: Account, device_assignment: Assignment) -> None:
+    serial = f"CONTRACT-{RUN}"
+    log = expect(
+        list_activity.sync_detailed(
+            SPACE, client=client, subject_kind=SubjectKind.DEVICE, subject_id=serial, limit=200
+        ),
+        200,
+        ActivityPage,
+        "GET activity of the device",
+    )
+    rows = log.items
+    check(not isinstance(log.next_cursor, str), "one page holds the device's rows")
+    ids = [row.id for row in rows]
+    check(ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids), f"newest first: {ids}")
+    check(
+        all(a.occurred_at >= b.occurred_at for a, b in zip(rows, rows[1:])),
+        "occurred_at never increases down the page",
+    )
+    actions = [row.action for row in reversed(rows)]
+    print(f"      {serial}: {' -> '.join(a.value for a in actions)}")
+    check(
+        actions
+        == [
+            ActivityAction.ASSIGNMENT_ALLOCATED,
+            ActivityAction.ASSIGNMENT_ACTIVATED,
+            ActivityAction.ASSIGNMENT_REVOKE_REQUESTED,
+            ActivityAction.ASSIGNMENT_REVOKED,
+        ],
+        "allocated -> activated -> revoke requested -> revoked",
+    )
+    for row in rows:
+        check(row.assignment_id == device_assignment.id, f"{row.action.value}: the device's assignment")
+        check(
+            row.subject is not None and (row.subject.kind, row.subject.id) == (SubjectKind.DEVICE, serial),
+            f"{row.action.value}: the device",
+        )
+        check(
+            (row.adam_id, row.pricing_param, row.account_id) == (PAGES, PricingParam.STDQ, hq.id),
+            f"{row.action.value}: Pages at Demo HQ",
+        )
+    by_action: dict[ActivityAction, ActivityItem] = {row.action: row for row in rows}
+    allocated = by_action[ActivityAction.ASSIGNMENT_ALLOCATED]
+    check(allocated.request_id == rid("allocate-device"), f"the allocation's request id: {allocated.request_id}")
+    check(allocated.rule == Rule.PRIORITY, f"allocated by priority: {allocated.rule}")
+    check(allocated.actor == device_assignment.requested_by, f"allocated by the caller: {allocated.actor}")
+    asked = by_action[ActivityAction.ASSIGNMENT_REVOKE_REQUESTED]
+    check(asked.request_id == rid("revoke-device"), f"the DELETE's request id: {asked.request_id}")
+    check(asked.actor == device_assignment.requested_by, f"revocation asked by the caller: {asked.actor}")
+    for action in (ActivityAction.ASSIGNMENT_ACTIVATED, ActivityAction.ASSIGNMENT_REVOKED):
+        row = by_action[action]
+        check(row.actor == "system" and row.request_id is None, f"{action.value}: background work: {row.actor}")
+        check(isinstance(row.apple_event_id, str), f"{action.value}: Apple's event")
+
+    paged: list[int] = []
+    cursor: str | Unset = UNSET
+    other_list_cursor = ""
+    while True:
+        page = expect(
+            list_activity.sync_detailed(
+                SPACE, client=client, subject_kind=SubjectKind.DEVICE, subject_id=serial, limit=1, cursor=cursor
+            ),
+            200,
+            ActivityPage,
+            f"GET activity of the device page {len(paged) + 1}",
+        )
+        paged.extend(row.id for row in page.items)
+        if not isinstance(page.next_cursor, str):
+            break
+        check(len(paged) < 100, "paging ends")
+        cursor = other_list_cursor = page.next_cursor
+    check(paged == ids, f"pages of one = the one page: {paged}")
+    check(other_list_cursor != "", "the activity's pages had a cursor")
+
+    same_request = expect(
+        list_activity.sync_detailed(SPACE, client=client, request_id=rid("allocate-device")),
+        200,
+        ActivityPage,
+        "GET activity ?request_id=the allocation's",
+    )
+    check(allocated.id in [row.id for row in same_request.items], "the allocation's row is found by request id")
+    check(all(row.request_id == rid("allocate-device") for row in same_request.items), "that request's rows only")
+    revoked = expect(
+        list_activity.sync_detailed(
+            SPACE,
+            client=client,
+            action=ActivityAction.ASSIGNMENT_REVOKED,
+            adam_id=PAGES,
+            since=allocated.occurred_at,
+        ),
+        200,
+        ActivityPage,
+        "GET activity ?action=assignment.revoked&adam_id=Pages&since=",
+    )
+    check(
+        by_action[ActivityAction.ASSIGNMENT_REVOKED].id in [row.id for row in revoked.items]
+        and all(row.action == ActivityAction.ASSIGNMENT_REVOKED for row in revoked.items),
+        "the device's release is among Pages' releases",
+    )
+
+    # Bad input: a cursor that is none, and one of another list (the generated clients type
+    # `sort` as the AssetSort enum, so an unknown sort cannot be sent without a cast).
+    for cursor_value, what in (("not-a-cursor", "an unknown cursor"), (other_list_cursor, "the activity's cursor")):
+        problem = expect(
+            list_assets.sync_detailed(SPACE, client=client, cursor=cursor_value),
+            400,
+            Problem,
+            f"GET assets with {what}",
+        )
+        check(problem.type_ == ProblemType.URNVPP_BROKERPROBLEMINVALID_PARAMETER, f"400 type: {problem.type_}")
+    problem = expect(
+        list_assets.sync_detailed(SPACE, client=client, min_usage=101),
+        400,
+        Problem,
+        "GET assets ?min_usage=101",
+    )
+    check(problem.type_ == ProblemType.URNVPP_BROKERPROBLEMINVALID_PARAMETER, f"400 type: {problem.type_}")
 
 
 def cleanup_step(client: AuthenticatedClient, keynote_etag: str) -> None:
@@ -412,6 +847,9 @@ def main() -> None:
         no_license_step(client, hq, branch)
         paging_step(client, [device_assignment.id, user_assignment.id])
         revoke_step(client, device_assignment, user_assignment)
+        assets_step(client, hq, branch, keynote_etag)
+        subjects_step(client, hq, device_assignment, user_assignment)
+        activity_step(client, hq, device_assignment)
         cleanup_step(client, keynote_etag)
     print(f"python scenario passed in {time.monotonic() - started:.1f} s")
 

@@ -19,11 +19,13 @@ type AssignmentState = Schemas["AssignmentState"];
 type SubjectRef = Schemas["SubjectRef"];
 type LicenseWish = Schemas["LicenseWish"];
 type Reservation = Schemas["Reservation"];
+type AssetInventory = Schemas["AssetInventory"];
 
 const SPACE = "demo";
 const PAGES = "361309726";
 const KEYNOTE = "361285480";
 const NUMBERS = "361304891";
+const BOOK = "1436133720";
 
 const RUN = randomUUID().replaceAll("-", "").slice(0, 12).toUpperCase();
 const LIVE: readonly AssignmentState[] = ["pending", "associating", "active"];
@@ -36,10 +38,17 @@ function env(name: string): string {
   return value;
 }
 
-const client = createClient<paths>({
+// JSON answers only: the lists also answer `text/csv` and `application/x-ndjson` (exports, by
+// `Accept`), and openapi-fetch types `data` as the union of every media type unless told which.
+const client = createClient<paths, "application/json" | "application/problem+json">({
   baseUrl: env("VPP_BASE_URL"),
   headers: { Authorization: `Bearer ${env("VPP_TOKEN")}` },
 });
+
+/** The `x-request-id` this run sends with a request whose rows the activity log must show. */
+function rid(step: string): string {
+  return `contract-${RUN}-${step}`;
+}
 
 function check(ok: boolean, what: string): asserts ok {
   if (!ok) {
@@ -279,7 +288,7 @@ async function deviceLicenseStep(hq: Account): Promise<Assignment> {
   const serial = `CONTRACT-${RUN}`;
   const key = randomUUID();
   const request = {
-    params: { path: { space: SPACE }, header: { "Idempotency-Key": key } },
+    params: { path: { space: SPACE }, header: { "Idempotency-Key": key, "x-request-id": rid("allocate-device") } },
     body: allocation(PAGES, device(serial)),
   };
   const first = await client.POST("/v1/spaces/{space}/assignments", request);
@@ -289,6 +298,7 @@ async function deviceLicenseStep(hq: Account): Promise<Assignment> {
   check(answer.account_id === hq.id, "served by Demo HQ (priority 1)");
   check(answer.license_type === "device", `device-based: ${answer.license_type}`);
   check(first.response.headers.get("Idempotent-Replayed") === null, "the first answer is no replay");
+  check(first.response.headers.get("x-request-id") === rid("allocate-device"), "the x-request-id is echoed");
   const assignment = assignmentOf(answer, "allocate Pages");
   check(LIVE.includes(assignment.state), `a live assignment: ${assignment.state}`);
   const location = first.response.headers.get("Location");
@@ -417,7 +427,11 @@ async function revokeStep(deviceAssignment: Assignment, userAssignment: Assignme
     "DELETE the device assignment",
     202,
     await client.DELETE("/v1/spaces/{space}/assignments/{assignment}", {
-      params: { path: { space: SPACE, assignment: deviceAssignment.id } },
+      params: {
+        path: { space: SPACE, assignment: deviceAssignment.id },
+        query: { reason: `contract scenario ${RUN}: device retired` },
+        header: { "x-request-id": rid("revoke-device") },
+      },
     }),
   );
   check(revoked.state === "revoking" || revoked.state === "revoked", `revoking or revoked: ${revoked.state}`);
@@ -428,7 +442,7 @@ async function revokeStep(deviceAssignment: Assignment, userAssignment: Assignme
     "POST revocations: all of Pages",
     202,
     await client.POST("/v1/spaces/{space}/revocations", {
-      params: { path: { space: SPACE } },
+      params: { path: { space: SPACE }, header: { "x-request-id": rid("revoke-pages") } },
       body: { asset: { adam_id: PAGES }, reason: `contract scenario ${RUN}` },
     }),
   );
@@ -446,6 +460,480 @@ async function revokeStep(deviceAssignment: Assignment, userAssignment: Assignme
     }),
   );
   check(live.items.length === 0, `no live Pages assignment left: ${live.items.length}`);
+}
+
+/** The arithmetic every row of the inventory keeps. */
+function figuresOk(apple: Schemas["AppleCounts"], ledger: Schemas["LedgerCounts"], allocatable: boolean, what: string): void {
+  const by = ledger.held_by_state;
+  check(by.pending + by.associating + by.active === ledger.held, `${what}: held = pending + associating + active`);
+  check(apple.available === apple.total - apple.assigned, `${what}: Apple's available = total - assigned`);
+  const free = apple.total - ledger.held - ledger.assigned_elsewhere;
+  check(
+    ledger.available_now >= 0 && ledger.available_now <= Math.max(free, 0),
+    `${what}: 0 <= available now ${ledger.available_now} <= total - held - assigned elsewhere ${free}`,
+  );
+  const wanted = allocatable ? Math.max(free - ledger.held_back, 0) : 0;
+  check(ledger.available_now === wanted, `${what}: available now ${ledger.available_now}, expected ${wanted}`);
+  if (apple.total > 0) {
+    const usage = ((ledger.held + ledger.assigned_elsewhere) * 100) / apple.total;
+    check(
+      typeof ledger.usage_percent === "number" && Math.abs(ledger.usage_percent - usage) < 0.01,
+      `${what}: usage ${ledger.usage_percent} = ${usage.toFixed(2)} %`,
+    );
+  } else {
+    check(ledger.usage_percent === null, `${what}: no usage without licenses`);
+  }
+}
+
+/** Each account's figures, and the space's = the sum of the accounts'. */
+function inventoryOk(asset: AssetInventory): void {
+  const what = `${asset.adam_id}/${asset.pricing_param}`;
+  check(asset.accounts.length > 0, `${what}: at least one account owns it`);
+  const priorities = asset.accounts.map((a) => a.priority);
+  check(
+    priorities.every((p, i) => i === 0 || (priorities[i - 1] ?? p) <= p),
+    `${what}: accounts by priority: ${priorities.join(", ")}`,
+  );
+  for (const a of asset.accounts) {
+    figuresOk(a.apple, a.ledger, a.allocatable, `${what} at ${a.account_name}`);
+    check(a.allocatable || typeof a.not_allocatable_reason === "string", `${what} at ${a.account_name}: why not`);
+  }
+  const t = asset.totals;
+  const sum = (pick: (f: Schemas["AccountFigures"]) => number): number =>
+    asset.accounts.reduce((n, f) => n + pick(f), 0);
+  const sums: [string, number, number][] = [
+    ["apple.total", t.apple.total, sum((f) => f.apple.total)],
+    ["apple.assigned", t.apple.assigned, sum((f) => f.apple.assigned)],
+    ["apple.available", t.apple.available, sum((f) => f.apple.available)],
+    ["apple.retired", t.apple.retired, sum((f) => f.apple.retired)],
+    ["held", t.ledger.held, sum((f) => f.ledger.held)],
+    ["pending", t.ledger.held_by_state.pending, sum((f) => f.ledger.held_by_state.pending)],
+    ["associating", t.ledger.held_by_state.associating, sum((f) => f.ledger.held_by_state.associating)],
+    ["active", t.ledger.held_by_state.active, sum((f) => f.ledger.held_by_state.active)],
+    ["revoking", t.ledger.held_by_state.revoking, sum((f) => f.ledger.held_by_state.revoking)],
+    ["assigned_elsewhere", t.ledger.assigned_elsewhere, sum((f) => f.ledger.assigned_elsewhere)],
+    ["held_back", t.ledger.held_back, sum((f) => f.ledger.held_back)],
+    ["available_now", t.ledger.available_now, sum((f) => f.ledger.available_now)],
+  ];
+  for (const [name, shown, summed] of sums) {
+    check(shown === summed, `${what}: the space's ${name} ${shown} = the accounts' sum ${summed}`);
+  }
+  if (t.apple.total > 0) {
+    const usage = ((t.ledger.held + t.ledger.assigned_elsewhere) * 100) / t.apple.total;
+    check(
+      typeof t.ledger.usage_percent === "number" && Math.abs(t.ledger.usage_percent - usage) < 0.01,
+      `${what}: the space's usage ${t.ledger.usage_percent} = ${usage.toFixed(2)} %`,
+    );
+  }
+  const synced = asset.accounts.map((a) => a.apple.synced_at);
+  let oldest: string | null = null;
+  for (const s of synced) {
+    if (s === null) {
+      oldest = null;
+      break;
+    }
+    oldest = oldest === null || Date.parse(s) < Date.parse(oldest) ? s : oldest;
+  }
+  const shownSync = t.apple.synced_at;
+  check(
+    oldest === null ? shownSync === null : shownSync !== null && Date.parse(shownSync) === Date.parse(oldest),
+    `${what}: synced_at is the oldest of the accounts' (${shownSync})`,
+  );
+}
+
+/** The whole inventory, one asset per page. */
+async function assetPages(sort: Schemas["AssetSort"]): Promise<AssetInventory[]> {
+  const seen: AssetInventory[] = [];
+  let cursor: string | undefined;
+  for (;;) {
+    const query = { limit: 1, sort };
+    const page = expectData(
+      `GET assets sort=${sort} page ${seen.length + 1}`,
+      200,
+      await client.GET("/v1/spaces/{space}/assets", {
+        params: { path: { space: SPACE }, query: cursor === undefined ? query : { ...query, cursor } },
+      }),
+    );
+    check(page.items.length <= 1, "limit=1 is honoured");
+    seen.push(...page.items);
+    if (typeof page.next_cursor !== "string") {
+      return seen;
+    }
+    check(seen.length < 100, "paging ends");
+    cursor = page.next_cursor;
+  }
+}
+
+function accountFigures(asset: AssetInventory, account: Account): Schemas["AccountFigures"] {
+  const figures = asset.accounts.find((f) => f.account_id === account.id);
+  check(figures !== undefined, `${asset.adam_id}: no figures of ${account.name}`);
+  return figures;
+}
+
+const keyOf = (a: { adam_id: string; pricing_param: string }): string => `${a.adam_id}/${a.pricing_param}`;
+
+/** The inventory after the revocations: Pages at both accounts, nothing held, the sums add up. */
+async function assetsStep(hq: Account, branch: Account, keynoteEtag: string): Promise<void> {
+  const whole = expectData(
+    "GET assets",
+    200,
+    await client.GET("/v1/spaces/{space}/assets", { params: { path: { space: SPACE }, query: { limit: 200 } } }),
+  );
+  check(typeof whole.next_cursor !== "string", "one page of 200 holds every asset");
+  const keys = whole.items.map(keyOf);
+  check(new Set(keys).size === keys.length && keys.length === 4, `the four demo assets, once each: ${keys.join(", ")}`);
+  whole.items.forEach(inventoryOk);
+  const pages = whole.items.find((a) => a.adam_id === PAGES && a.pricing_param === "STDQ");
+  check(pages !== undefined, "Pages is listed");
+  const owners = pages.accounts.map((a) => a.account_id);
+  check(
+    owners.length === 2 && owners[0] === hq.id && owners[1] === branch.id,
+    `Pages at Demo HQ then Demo Branch: ${pages.accounts.map((a) => a.account_name).join(", ")}`,
+  );
+  check(pages.product_type === "App" && pages.revocable, "Pages is a revocable app");
+  check(!pages.has_policy, "Pages has no policy");
+  const owned: [Account, number][] = [
+    [hq, 50],
+    [branch, 20],
+  ];
+  for (const [account, total] of owned) {
+    const figures = accountFigures(pages, account);
+    check(figures.account_name === account.name, `the account's name: ${figures.account_name}`);
+    check(figures.apple.total === total, `${account.name} owns ${total} Pages: ${figures.apple.total}`);
+    check(figures.ledger.held === 0, `${account.name} holds no Pages license after the revocations`);
+    check(figures.allocatable, `${account.name} allocates Pages: ${figures.not_allocatable_reason}`);
+    console.log(
+      `      Pages at ${account.name}: ${figures.apple.total} owned, ${figures.ledger.held} held, ` +
+        `${figures.ledger.available_now} available now`,
+    );
+  }
+  const keynote = whole.items.find((a) => a.adam_id === KEYNOTE);
+  check(keynote !== undefined && keynote.has_policy, "Keynote has its policy");
+
+  const sorts: Schemas["AssetSort"][] = ["asset", "usage", "available"];
+  for (const sort of sorts) {
+    const paged = await assetPages(sort);
+    const pagedKeys = paged.map(keyOf);
+    check(new Set(pagedKeys).size === pagedKeys.length, `sort=${sort}: no asset twice`);
+    check(
+      pagedKeys.length === keys.length && keys.every((k) => pagedKeys.includes(k)),
+      `sort=${sort}: every asset once: ${pagedKeys.join(", ")}`,
+    );
+    if (sort === "asset") {
+      check(pagedKeys.every((k, i) => k === keys[i]), "pages of one = the one page, in the same order");
+    }
+    if (sort === "available") {
+      const available = paged.map((a) => a.totals.ledger.available_now);
+      check(
+        available.every((n, i) => i === 0 || (available[i - 1] ?? n) <= n),
+        `sort=available: fewest first: ${available.join(", ")}`,
+      );
+    }
+  }
+
+  const books = expectData(
+    "GET assets ?product_type=Book",
+    200,
+    await client.GET("/v1/spaces/{space}/assets", {
+      params: { path: { space: SPACE }, query: { product_type: "Book" } },
+    }),
+  );
+  const [book, ...otherBooks] = books.items;
+  check(book !== undefined && book.adam_id === BOOK && otherBooks.length === 0, "only the book");
+  check(book.accounts.length === 1 && book.accounts[0]?.account_id === hq.id, "the book is Demo HQ's alone");
+
+  const atBranch = expectData(
+    "GET assets ?account_id=Demo Branch",
+    200,
+    await client.GET("/v1/spaces/{space}/assets", {
+      params: { path: { space: SPACE }, query: { account_id: branch.id } },
+    }),
+  );
+  const branchIds = atBranch.items.map((a) => a.adam_id).sort();
+  check(
+    branchIds.length === 2 && branchIds.includes(PAGES) && branchIds.includes(NUMBERS),
+    `Demo Branch owns Pages and Numbers: ${branchIds.join(", ")}`,
+  );
+  for (const asset of atBranch.items) {
+    inventoryOk(asset);
+    check(
+      asset.accounts.length === 1 && asset.accounts[0]?.account_id === branch.id,
+      `${asset.adam_id}: Demo Branch's figures alone`,
+    );
+  }
+
+  const own = expectData(
+    "GET Demo HQ's assets",
+    200,
+    await client.GET("/v1/spaces/{space}/accounts/{account}/assets", {
+      params: { path: { space: SPACE, account: hq.id } },
+    }),
+  );
+  check(own.items.length === 4, `Demo HQ owns four assets: ${own.items.length}`);
+  for (const row of own.items) {
+    figuresOk(row.apple, row.ledger, row.allocatable, `Demo HQ's ${row.adam_id}`);
+    const listed = whole.items.find((a) => keyOf(a) === keyOf(row));
+    check(listed !== undefined, `Demo HQ's ${row.adam_id} is in the space's list`);
+    const theirs = accountFigures(listed, hq);
+    check(
+      JSON.stringify(row.ledger) === JSON.stringify(theirs.ledger) && row.apple.total === theirs.apple.total,
+      `Demo HQ's ${row.adam_id}: the space's list has the same figures`,
+    );
+    check(row.has_policy === listed.has_policy, `Demo HQ's ${row.adam_id}: has_policy`);
+  }
+
+  const detail = expectData(
+    "GET Pages",
+    200,
+    await client.GET("/v1/spaces/{space}/assets/{adam_id}/{pricing_param}", {
+      params: { path: { space: SPACE, adam_id: PAGES, pricing_param: "STDQ" } },
+    }),
+  );
+  inventoryOk(detail);
+  check(
+    detail.accounts.map((a) => a.account_id).join() === [hq.id, branch.id].join(),
+    "the detail shows both accounts",
+  );
+  check(
+    JSON.stringify(detail.totals.ledger) === JSON.stringify(pages.totals.ledger),
+    "the detail's figures are the list's",
+  );
+  check(detail.policy === undefined || detail.policy === null, "no policy summary without a policy");
+  check(detail.daily.length === 30, `30 days of movement: ${detail.daily.length}`);
+  const days = detail.daily.map((d) => Date.parse(`${d.day}T00:00:00Z`));
+  const DAY = 86_400_000;
+  check(
+    days.every((d, i) => i === 0 || d - (days[i - 1] ?? d) === DAY),
+    "consecutive days, oldest first",
+  );
+  const last = days[days.length - 1];
+  const today = Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`);
+  check(last !== undefined && Math.abs(today - last) <= DAY, `the last day is today: ${detail.daily.at(-1)?.day}`);
+  const allocated = detail.daily.reduce((n, d) => n + d.allocations, 0);
+  const revoked = detail.daily.reduce((n, d) => n + d.revocations, 0);
+  check(allocated >= 2 && revoked >= 2, `this run's two allocations and revocations: ${allocated}, ${revoked}`);
+  const forecast = detail.forecast;
+  check(
+    forecast.days_until_exhausted === null && forecast.exhausted_on === null,
+    `no forecast in a fresh database: ${forecast.days_until_exhausted}`,
+  );
+  check(typeof forecast.reason === "string" && forecast.reason !== "", "the forecast says why not");
+  check(forecast.history_days >= 0 && forecast.history_days < 7, `too little history: ${forecast.history_days} days`);
+  check(forecast.half_life_days === 14, `half-life 14 days: ${forecast.half_life_days}`);
+  console.log(`      Pages: ${allocated} allocated, ${revoked} revoked in 30 days; no forecast: ${forecast.reason}`);
+
+  const keynoteDetail = expectData(
+    "GET Keynote",
+    200,
+    await client.GET("/v1/spaces/{space}/assets/{adam_id}/{pricing_param}", {
+      params: { path: { space: SPACE, adam_id: KEYNOTE, pricing_param: "STDQ" } },
+    }),
+  );
+  const summary = keynoteDetail.policy;
+  check(summary !== undefined && summary !== null, "Keynote's detail sums up its policy");
+  check(`"${summary.version}"` === keynoteEtag, `the policy's version is its ETag: ${summary.version}`);
+  check(summary.disallowed === 2 && summary.reserved === 0, `two bans, no reservation: ${JSON.stringify(summary)}`);
+
+  const missing = expectError(
+    "GET an asset no account owns",
+    404,
+    await client.GET("/v1/spaces/{space}/assets/{adam_id}/{pricing_param}", {
+      params: { path: { space: SPACE, adam_id: "999999999", pricing_param: "STDQ" } },
+    }),
+  );
+  check(missing.type === "urn:vpp-broker:problem:not-found", `404 type: ${missing.type}`);
+}
+
+function revokedLicense(held: Schemas["HeldLicense"][], assignment: Assignment, what: string): Schemas["RevocationRecord"] {
+  const found = held.filter((h) => h.assignment_id === assignment.id);
+  const [license, ...more] = found;
+  check(license !== undefined && more.length === 0, `${what}: the license is listed once among the past ones`);
+  check(license.state === "revoked", `${what}: revoked: ${license.state}`);
+  check(license.license_type === assignment.license_type, `${what}: ${license.license_type}`);
+  check(
+    license.asset.adam_id === PAGES && license.asset.pricing_param === "STDQ",
+    `${what}: Pages: ${license.asset.adam_id}`,
+  );
+  check(license.account.id === assignment.account_id, `${what}: its account`);
+  check(license.rule === assignment.rule && license.reason === assignment.reason, `${what}: rule and reason`);
+  const revocation = license.revocation;
+  check(revocation !== undefined, `${what}: no revocation record`);
+  check(revocation.by === license.requested_by, `${what}: revoked by the caller: ${revocation.by}`);
+  return revocation;
+}
+
+async function subjectsStep(hq: Account, deviceAssignment: Assignment, userAssignment: Assignment): Promise<void> {
+  const serial = `CONTRACT-${RUN}`;
+  const found = expectData(
+    "GET the device",
+    200,
+    await client.GET("/v1/spaces/{space}/devices/{serial}", { params: { path: { space: SPACE, serial } } }),
+  );
+  check(found.serial === serial && found.space === SPACE, `the device: ${found.serial} in ${found.space}`);
+  check(found.licenses.live.length === 0, `no live license: ${found.licenses.live.length}`);
+  check(found.licenses.past_total === 1, `one past license: ${found.licenses.past_total}`);
+  check(found.user_licenses.length === 0, "no user, no user licenses");
+  check(Date.parse(found.first_seen) <= Date.parse(found.updated_at), "first seen, then updated");
+  let revocation = revokedLicense(found.licenses.past, deviceAssignment, "the device's Pages");
+  check(revocation.reason === `contract scenario ${RUN}: device retired`, `the DELETE's reason: ${revocation.reason}`);
+  check(revocation.request_id === rid("revoke-device"), `the DELETE's request id: ${revocation.request_id}`);
+  check(found.licenses.past[0]?.account.name === hq.name, `from Demo HQ: ${found.licenses.past[0]?.account.name}`);
+
+  const userId = `contract-user-${RUN.toLowerCase()}`;
+  const user = expectData(
+    "GET the user",
+    200,
+    await client.GET("/v1/spaces/{space}/users/{client_user_id}", {
+      params: { path: { space: SPACE, client_user_id: userId } },
+    }),
+  );
+  check(user.id === userId && user.licenses.live.length === 0, `the user holds nothing now: ${user.licenses.live.length}`);
+  check(user.devices.length === 0 && user.devices_total === 0, `no device names the user: ${user.devices.join()}`);
+  revocation = revokedLicense(user.licenses.past, userAssignment, "the user's Pages");
+  check(revocation.reason === `contract scenario ${RUN}`, `the revocation's reason: ${revocation.reason}`);
+  check(revocation.request_id === rid("revoke-pages"), `the revocation's request id: ${revocation.request_id}`);
+
+  const unknown = expectError(
+    "GET a device the space never saw",
+    404,
+    await client.GET("/v1/spaces/{space}/devices/{serial}", {
+      params: { path: { space: SPACE, serial: `CONTRACT-NEVER-${RUN}` } },
+    }),
+  );
+  check(unknown.type === "urn:vpp-broker:problem:not-found", `404 type: ${unknown.type}`);
+}
+
+async function activityStep(hq: Account, deviceAssignment: Assignment): Promise<void> {
+  const serial = `CONTRACT-${RUN}`;
+  const subject = { subject_kind: "device", subject_id: serial } satisfies {
+    subject_kind: Schemas["SubjectKind"];
+    subject_id: string;
+  };
+  const log = expectData(
+    "GET activity of the device",
+    200,
+    await client.GET("/v1/spaces/{space}/activity", {
+      params: { path: { space: SPACE }, query: { ...subject, limit: 200 } },
+    }),
+  );
+  const rows = log.items;
+  check(typeof log.next_cursor !== "string", "one page holds the device's rows");
+  const ids = rows.map((row) => row.id);
+  check(
+    ids.every((id, i) => i === 0 || (ids[i - 1] ?? id) > id),
+    `newest first: ${ids.join(", ")}`,
+  );
+  check(
+    rows.every((row, i) => i === 0 || Date.parse(rows[i - 1]?.occurred_at ?? row.occurred_at) >= Date.parse(row.occurred_at)),
+    "occurred_at never increases down the page",
+  );
+  const actions = rows.map((row) => row.action).reverse();
+  console.log(`      ${serial}: ${actions.join(" -> ")}`);
+  const expected: Schemas["ActivityAction"][] = [
+    "assignment.allocated",
+    "assignment.activated",
+    "assignment.revoke_requested",
+    "assignment.revoked",
+  ];
+  check(
+    actions.length === expected.length && actions.every((a, i) => a === expected[i]),
+    "allocated -> activated -> revoke requested -> revoked",
+  );
+  for (const row of rows) {
+    check(row.assignment_id === deviceAssignment.id, `${row.action}: the device's assignment`);
+    check(row.subject?.kind === "device" && row.subject.id === serial, `${row.action}: the device`);
+    check(
+      row.adam_id === PAGES && row.pricing_param === "STDQ" && row.account_id === hq.id,
+      `${row.action}: Pages at Demo HQ`,
+    );
+  }
+  const byAction = (action: Schemas["ActivityAction"]): Schemas["ActivityItem"] => {
+    const row = rows.find((r) => r.action === action);
+    check(row !== undefined, `a row ${action}`);
+    return row;
+  };
+  const allocated = byAction("assignment.allocated");
+  check(allocated.request_id === rid("allocate-device"), `the allocation's request id: ${allocated.request_id}`);
+  check(allocated.rule === "priority", `allocated by priority: ${allocated.rule}`);
+  check(allocated.actor === deviceAssignment.requested_by, `allocated by the caller: ${allocated.actor}`);
+  const asked = byAction("assignment.revoke_requested");
+  check(asked.request_id === rid("revoke-device"), `the DELETE's request id: ${asked.request_id}`);
+  check(asked.actor === deviceAssignment.requested_by, `revocation asked by the caller: ${asked.actor}`);
+  const background: Schemas["ActivityAction"][] = ["assignment.activated", "assignment.revoked"];
+  for (const action of background) {
+    const row = byAction(action);
+    check(row.actor === "system" && row.request_id === null, `${action}: background work: ${row.actor}`);
+    check(typeof row.apple_event_id === "string", `${action}: Apple's event`);
+  }
+
+  const paged: number[] = [];
+  let cursor: string | undefined;
+  let otherListCursor = "";
+  for (;;) {
+    const query = { ...subject, limit: 1 };
+    const page = expectData(
+      `GET activity of the device page ${paged.length + 1}`,
+      200,
+      await client.GET("/v1/spaces/{space}/activity", {
+        params: { path: { space: SPACE }, query: cursor === undefined ? query : { ...query, cursor } },
+      }),
+    );
+    paged.push(...page.items.map((row) => row.id));
+    if (typeof page.next_cursor !== "string") {
+      break;
+    }
+    check(paged.length < 100, "paging ends");
+    cursor = otherListCursor = page.next_cursor;
+  }
+  check(paged.length === ids.length && paged.every((id, i) => id === ids[i]), `pages of one = the one page: ${paged.join()}`);
+  check(otherListCursor !== "", "the activity's pages had a cursor");
+
+  const sameRequest = expectData(
+    "GET activity ?request_id=the allocation's",
+    200,
+    await client.GET("/v1/spaces/{space}/activity", {
+      params: { path: { space: SPACE }, query: { request_id: rid("allocate-device") } },
+    }),
+  );
+  check(sameRequest.items.some((row) => row.id === allocated.id), "the allocation's row is found by request id");
+  check(sameRequest.items.every((row) => row.request_id === rid("allocate-device")), "that request's rows only");
+  const revokedRow = byAction("assignment.revoked");
+  const revoked = expectData(
+    "GET activity ?action=assignment.revoked&adam_id=Pages&since=",
+    200,
+    await client.GET("/v1/spaces/{space}/activity", {
+      params: {
+        path: { space: SPACE },
+        query: { action: "assignment.revoked", adam_id: PAGES, since: allocated.occurred_at },
+      },
+    }),
+  );
+  check(
+    revoked.items.some((row) => row.id === revokedRow.id) &&
+      revoked.items.every((row) => row.action === "assignment.revoked"),
+    "the device's release is among Pages' releases",
+  );
+
+  // Bad input: a cursor that is none, and one of another list (the generated types make `sort`
+  // the AssetSort union, so an unknown sort cannot be sent without an assertion).
+  const badCursors: [string, string][] = [
+    ["not-a-cursor", "an unknown cursor"],
+    [otherListCursor, "the activity's cursor"],
+  ];
+  for (const [value, what] of badCursors) {
+    const problem = expectError(
+      `GET assets with ${what}`,
+      400,
+      await client.GET("/v1/spaces/{space}/assets", { params: { path: { space: SPACE }, query: { cursor: value } } }),
+    );
+    check(problem.type === "urn:vpp-broker:problem:invalid-parameter", `400 type: ${problem.type}`);
+  }
+  const problem = expectError(
+    "GET assets ?min_usage=101",
+    400,
+    await client.GET("/v1/spaces/{space}/assets", { params: { path: { space: SPACE }, query: { min_usage: 101 } } }),
+  );
+  check(problem.type === "urn:vpp-broker:problem:invalid-parameter", `400 type: ${problem.type}`);
 }
 
 /** Deletes Keynote's policy, so that the next scenario creates it again. */
@@ -478,6 +966,9 @@ async function main(): Promise<void> {
   await noLicenseStep(hq, branch);
   await pagingStep([deviceAssignment.id, userAssignment.id]);
   await revokeStep(deviceAssignment, userAssignment);
+  await assetsStep(hq, branch, keynoteEtag);
+  await subjectsStep(hq, deviceAssignment, userAssignment);
+  await activityStep(hq, deviceAssignment);
   await cleanupStep(keynoteEtag);
   console.log(`typescript scenario passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }

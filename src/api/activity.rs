@@ -10,11 +10,13 @@
 //! - Keyset pagination on the row id (cursor list `activity:{space}`, key the last id): a
 //!   page deep in the log costs what the first does. Which filters have an index, and the
 //!   trade-off for the others, is in `ledger::activity`.
+//! - Exports (`Accept: text/csv` or `application/x-ndjson`, [`crate::http::export`]): the whole
+//!   filtered log, newest first, streamed; CSV columns are the item's fields, `details` as JSON.
 //! - A subject is found by its stored label, so a subject the space never saw lists nothing
 //!   (no 404, as in the assignments list); a license's rows (allocation, revocation, Apple's
 //!   answers) all carry its subject.
 
-use actix_web::{get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -25,6 +27,7 @@ use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
 use crate::domain::model::SubjectKind;
 use crate::domain::validation::{valid_adam_id, valid_pricing};
+use crate::http::export::{self, Chunk, ExportRow, Format};
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
 use crate::ledger::activity::{self as store, ActivityAction, ActivityRow, ListFilter};
@@ -107,26 +110,39 @@ pub struct ActivityQuery {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// List the activity log, newest first.
+/// List the activity log, newest first, or export it all (CSV, NDJSON).
 ///
 /// Every decision and state change: allocations (with the rule and the accounts skipped),
 /// revocations (with the reason), Apple's results, account status changes, policy and account
-/// edits. Filters combine; `since` is inclusive, `until` exclusive.
+/// edits. Filters combine; `since` is inclusive, `until` exclusive. With `Accept: text/csv` or
+/// `Accept: application/x-ndjson` the answer is the whole filtered log, newest first, streamed
+/// (CSV: a header row, columns named by the JSON fields' dotted paths, `details` as JSON; NDJSON:
+/// one item per line); `limit` and `cursor` are then refused. Another `Accept` is answered 406.
 #[utoipa::path(
     tag = "activity",
     operation_id = "list_activity",
     security(("bearer" = ["licenses:read"])),
     params(("space" = String, Path, description = "Space id"), ActivityQuery),
-    responses((status = 200, description = "A page of the activity log, newest first", body = ActivityPage))
+    responses(
+        (status = 200, description = "A page of the activity log, newest first (JSON); or every matching entry, newest first, as CSV (RFC 4180, header row, CRLF) or NDJSON (one entry per line)", content(
+            (ActivityPage = "application/json"),
+            (String = "text/csv"),
+            (ActivityItem = "application/x-ndjson"),
+        )),
+        (status = 406, description = "The `Accept` header takes none of `application/json`, `text/csv`, `application/x-ndjson` (`not-acceptable`)"),
+    )
 )]
 #[get("/v1/spaces/{space}/activity")]
 pub async fn list_activity(
     access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
     query: web::Query<ActivityQuery>,
-) -> Result<web::Json<ActivityPage>, ApiError> {
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let space = access.path;
+    let format = export::negotiate(&req)?;
     let q = query.into_inner();
+    export::refuse_paging(format, q.limit, q.cursor.as_deref())?;
     let list = format!("activity:{space}");
     let page = PageQuery {
         limit: q.limit,
@@ -137,12 +153,62 @@ pub async fn list_activity(
     let filter = filter(q)?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
+    if format != Format::Json {
+        let source = ActivityExport { space, filter };
+        return export::respond(format, conn, source, "activity").await;
+    }
     let rows = store::list(&mut conn, &space, &filter, before, limit).await?;
     let next = next_cursor(&list, rows.len(), limit, rows.last().map(|r| r.id));
-    Ok(web::Json(ActivityPage {
+    Ok(export::json_page(ActivityPage {
         items: rows.into_iter().map(item).collect(),
         next_cursor: next,
     }))
+}
+
+/// The activity log as an export: the list's query, chunk by chunk, before the last id.
+struct ActivityExport {
+    space: String,
+    filter: ListFilter,
+}
+
+impl export::Source for ActivityExport {
+    type Row = ActivityItem;
+    type Key = i64;
+
+    async fn chunk(
+        &self,
+        conn: &mut crate::db::Conn,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Chunk<ActivityItem, i64>, ApiError> {
+        let rows = store::list(conn, &self.space, &self.filter, before, limit).await?;
+        let (raw, last) = (rows.len(), rows.last().map(|r| r.id));
+        Ok(Chunk::new(
+            rows.into_iter().map(item).collect(),
+            raw,
+            limit,
+            last,
+        ))
+    }
+}
+
+impl ExportRow for ActivityItem {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "occurred_at",
+        "actor",
+        "action",
+        "account_id",
+        "assignment_id",
+        "subject.kind",
+        "subject.id",
+        "adam_id",
+        "pricing_param",
+        "rule",
+        "apple_event_id",
+        "request_id",
+        "details",
+    ];
 }
 
 /// The store's filter for a query; 400 for a malformed asset, a subject half given or a range

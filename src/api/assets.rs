@@ -14,10 +14,16 @@
 //! is bound to its list and its sort (`assets:{space}:{sort}`, or
 //! `assets:{space}:account:{id}:{sort}`); filters are not part of it. With `account_id`, a row's
 //! figures (and the `exhausted` and `min_usage` filters) are that account's alone.
+//!
+//! Exports (`Accept: text/csv` or `application/x-ndjson`, [`crate::http::export`]) of both lists:
+//! every matching asset in the sort's order, read page by page with the list's own keys. NDJSON
+//! is the JSON item; CSV has one record per asset and account (the asset's fields beside the
+//! account's figures, no `totals`: they are the sums of an asset's records), the shape a
+//! spreadsheet reconciles with Apple Business Manager's per-location exports.
 
 use std::collections::HashMap;
 
-use actix_web::{get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -32,6 +38,7 @@ use crate::domain::inventory::{
     self as inv, AccountGate, AssetProductType, AssetSort, ByState, Reservation,
 };
 use crate::domain::validation::{valid_adam_id, valid_pricing};
+use crate::http::export::{self, Chunk, ExportRow, Format};
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
 use crate::ledger::accounts::{self as accounts_store, AccountRow};
@@ -283,8 +290,13 @@ pub struct AssetDetail {
     security(("bearer" = ["licenses:read"])),
     params(("space" = String, Path, description = "Space id"), AssetListQuery),
     responses(
-        (status = 200, description = "A page of assets", body = AssetInventoryPage),
+        (status = 200, description = "A page of assets (JSON); or every matching asset in the sort's order, as CSV (RFC 4180, header row, CRLF; one record per asset and account) or NDJSON (one asset per line)", content(
+            (AssetInventoryPage = "application/json"),
+            (String = "text/csv"),
+            (AssetInventory = "application/x-ndjson"),
+        )),
         (status = 404, description = "No such space, or `account_id` is not an account of it"),
+        (status = 406, description = "The `Accept` header takes none of `application/json`, `text/csv`, `application/x-ndjson` (`not-acceptable`)"),
     )
 )]
 #[get("/v1/spaces/{space}/assets")]
@@ -292,9 +304,12 @@ pub async fn list_assets(
     access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
     query: web::Query<AssetListQuery>,
-) -> Result<web::Json<AssetInventoryPage>, ApiError> {
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let space = access.path;
+    let format = export::negotiate(&req)?;
     let q = query.into_inner();
+    export::refuse_paging(format, q.limit, q.cursor.as_deref())?;
     let sort = q.sort.unwrap_or(AssetSort::Asset);
     let page = PageQuery {
         limit: q.limit,
@@ -303,8 +318,12 @@ pub async fn list_assets(
     let list = format!("assets:{space}:{sort}");
     let ask = Ask::new(&page, &list, sort, q.product_type, q.exhausted, q.min_usage)?;
     let mut conn = state.pool.get().await?;
+    if format != Format::Json {
+        let source = AssetExport::new(&ask, space, q.account_id);
+        return export::respond(format, conn, source, "assets").await;
+    }
     let (items, next) = ask.run(&mut conn, &space, q.account_id).await?;
-    Ok(web::Json(AssetInventoryPage {
+    Ok(export::json_page(AssetInventoryPage {
         items,
         next_cursor: next,
     }))
@@ -323,8 +342,13 @@ pub async fn list_assets(
         AccountAssetListQuery,
     ),
     responses(
-        (status = 200, description = "A page of the account's assets", body = AccountAssetPage),
+        (status = 200, description = "A page of the account's assets (JSON); or all of them in the sort's order, as CSV (RFC 4180, header row, CRLF) or NDJSON (one asset per line)", content(
+            (AccountAssetPage = "application/json"),
+            (String = "text/csv"),
+            (AccountAsset = "application/x-ndjson"),
+        )),
         (status = 404, description = "No such account in the space"),
+        (status = 406, description = "The `Accept` header takes none of `application/json`, `text/csv`, `application/x-ndjson` (`not-acceptable`)"),
     )
 )]
 #[get("/v1/spaces/{space}/accounts/{account}/assets")]
@@ -332,9 +356,12 @@ pub async fn list_account_assets(
     access: SpaceAccess<needs::LicensesRead, (String, Uuid)>,
     state: web::Data<AppState>,
     query: web::Query<AccountAssetListQuery>,
-) -> Result<web::Json<AccountAssetPage>, ApiError> {
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let (space, account) = access.path;
+    let format = export::negotiate(&req)?;
     let q = query.into_inner();
+    export::refuse_paging(format, q.limit, q.cursor.as_deref())?;
     let sort = q.sort.unwrap_or(AssetSort::Asset);
     let page = PageQuery {
         limit: q.limit,
@@ -343,8 +370,12 @@ pub async fn list_account_assets(
     let list = format!("assets:{space}:account:{account}:{sort}");
     let ask = Ask::new(&page, &list, sort, q.product_type, q.exhausted, q.min_usage)?;
     let mut conn = state.pool.get().await?;
+    if format != Format::Json {
+        let source = AccountAssetExport(AssetExport::new(&ask, space, Some(account)));
+        return export::respond(format, conn, source, "account-assets").await;
+    }
     let (items, next) = ask.run(&mut conn, &space, Some(account)).await?;
-    Ok(web::Json(AccountAssetPage {
+    Ok(export::json_page(AccountAssetPage {
         items: items.into_iter().filter_map(flat).collect(),
         next_cursor: next,
     }))
@@ -512,6 +543,23 @@ impl<'a> Ask<'a> {
         space: &str,
         account: Option<Uuid>,
     ) -> Result<(Vec<AssetInventory>, Option<String>), ApiError> {
+        let (items, raw, last) = self.read(conn, space, account).await?;
+        let next = next_cursor(
+            self.list,
+            raw,
+            self.limit,
+            last.map(|k| cursor_key(self.sort, &k)),
+        );
+        Ok((items, next))
+    }
+
+    /// One page's assets, how many keys the page read and the last of them.
+    async fn read(
+        &self,
+        conn: &mut crate::db::Conn,
+        space: &str,
+        account: Option<Uuid>,
+    ) -> Result<(Vec<AssetInventory>, usize, Option<PageKey>), ApiError> {
         let accounts = space_accounts(conn, space).await?;
         if let Some(id) = account
             && !accounts.iter().any(|a| a.id == id)
@@ -529,12 +577,6 @@ impl<'a> Ask<'a> {
             self.limit,
         )
         .await?;
-        let next = next_cursor(
-            self.list,
-            keys.len(),
-            self.limit,
-            keys.last().map(|k| cursor_key(self.sort, k)),
-        );
         let pairs: Vec<(String, String)> = keys
             .iter()
             .map(|k| (k.adam_id.clone(), k.pricing_param.clone()))
@@ -544,8 +586,184 @@ impl<'a> Ask<'a> {
             .into_iter()
             .map(|(asset, _)| asset)
             .collect();
-        Ok((items, next))
+        Ok((items, keys.len(), keys.last().cloned()))
     }
+}
+
+/// Where the next page starts after an asset, in the sort's terms (the cursor's key, typed).
+fn after_of(sort: AssetSort, k: &PageKey) -> After {
+    let (adam_id, pricing_param) = (k.adam_id.clone(), k.pricing_param.clone());
+    match sort {
+        AssetSort::Asset => After::Asset {
+            adam_id,
+            pricing_param,
+        },
+        AssetSort::Usage => After::Usage {
+            usage_key: k.usage_key.clone(),
+            adam_id,
+            pricing_param,
+        },
+        AssetSort::Available => After::Available {
+            available: k.available.unwrap_or(0),
+            adam_id,
+            pricing_param,
+        },
+    }
+}
+
+/// The inventory as an export: the list's pages, in its sort, chunk by chunk.
+struct AssetExport {
+    list: String,
+    sort: AssetSort,
+    filter: Filter,
+    space: String,
+    account: Option<Uuid>,
+}
+
+impl AssetExport {
+    fn new(ask: &Ask<'_>, space: String, account: Option<Uuid>) -> Self {
+        AssetExport {
+            list: ask.list.to_owned(),
+            sort: ask.sort,
+            filter: ask.filter.clone(),
+            space,
+            account,
+        }
+    }
+
+    async fn read(
+        &self,
+        conn: &mut crate::db::Conn,
+        after: Option<After>,
+        limit: i64,
+    ) -> Result<Chunk<AssetInventory, After>, ApiError> {
+        let ask = Ask {
+            list: &self.list,
+            limit,
+            sort: self.sort,
+            after,
+            filter: self.filter.clone(),
+        };
+        let (items, raw, last) = ask.read(conn, &self.space, self.account).await?;
+        let next = last.map(|k| after_of(self.sort, &k));
+        Ok(Chunk::new(items, raw, limit, next))
+    }
+}
+
+impl export::Source for AssetExport {
+    type Row = AssetInventory;
+    type Key = After;
+
+    async fn chunk(
+        &self,
+        conn: &mut crate::db::Conn,
+        after: Option<After>,
+        limit: i64,
+    ) -> Result<Chunk<AssetInventory, After>, ApiError> {
+        self.read(conn, after, limit).await
+    }
+}
+
+/// One account's assets as an export (the flat rows).
+struct AccountAssetExport(AssetExport);
+
+impl export::Source for AccountAssetExport {
+    type Row = AccountAsset;
+    type Key = After;
+
+    async fn chunk(
+        &self,
+        conn: &mut crate::db::Conn,
+        after: Option<After>,
+        limit: i64,
+    ) -> Result<Chunk<AccountAsset, After>, ApiError> {
+        let chunk = self.0.read(conn, after, limit).await?;
+        Ok(Chunk {
+            rows: chunk.rows.into_iter().filter_map(flat).collect(),
+            next: chunk.next,
+        })
+    }
+}
+
+/// CSV: one record per asset and account (the space's sums are the sums of those records), the
+/// asset's fields and the account's side by side; NDJSON: the JSON item.
+impl ExportRow for AssetInventory {
+    const COLUMNS: &'static [&'static str] = &[
+        "adam_id",
+        "pricing_param",
+        "product_type",
+        "device_assignable",
+        "revocable",
+        "supported_platforms",
+        "has_policy",
+        "account_id",
+        "account_name",
+        "priority",
+        "account_status",
+        "allocatable",
+        "not_allocatable_reason",
+        "apple.total",
+        "apple.assigned",
+        "apple.available",
+        "apple.retired",
+        "apple.synced_at",
+        "ledger.held",
+        "ledger.held_by_state.pending",
+        "ledger.held_by_state.associating",
+        "ledger.held_by_state.active",
+        "ledger.held_by_state.revoking",
+        "ledger.assigned_elsewhere",
+        "ledger.held_back",
+        "ledger.available_now",
+        "ledger.usage_percent",
+    ];
+
+    fn csv_records(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        let serde_json::Value::Object(mut asset) = serde_json::to_value(self)? else {
+            return Ok(Vec::new());
+        };
+        asset.remove("totals");
+        asset.remove("accounts");
+        self.accounts
+            .iter()
+            .map(|account| {
+                let mut record = asset.clone();
+                if let serde_json::Value::Object(figures) = serde_json::to_value(account)? {
+                    record.extend(figures);
+                }
+                Ok(serde_json::Value::Object(record))
+            })
+            .collect()
+    }
+}
+
+impl ExportRow for AccountAsset {
+    const COLUMNS: &'static [&'static str] = &[
+        "adam_id",
+        "pricing_param",
+        "product_type",
+        "device_assignable",
+        "revocable",
+        "supported_platforms",
+        "has_policy",
+        "account_status",
+        "allocatable",
+        "not_allocatable_reason",
+        "apple.total",
+        "apple.assigned",
+        "apple.available",
+        "apple.retired",
+        "apple.synced_at",
+        "ledger.held",
+        "ledger.held_by_state.pending",
+        "ledger.held_by_state.associating",
+        "ledger.held_by_state.active",
+        "ledger.held_by_state.revoking",
+        "ledger.assigned_elsewhere",
+        "ledger.held_back",
+        "ledger.available_now",
+        "ledger.usage_percent",
+    ];
 }
 
 /// The cursor key of a page's last asset, in the sort's terms.

@@ -5,6 +5,7 @@
 //! path. `?wait=N` (0–30 s) optionally holds the answer until Apple confirmed or refused.
 //! Allocating and revoking need `licenses:write`; reading needs `licenses:read`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -27,6 +28,7 @@ use crate::domain::records::{AssignmentRow, SubjectRow};
 use crate::domain::validation::{FieldError, check_asset, check_id, check_reason};
 use crate::engine::allocate::{self, AllocationError, Outcome};
 use crate::engine::revoke::{self as revocations, Matching, RevocationError, Revoked};
+use crate::http::export::{self, Chunk, ExportRow, Format};
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
@@ -466,15 +468,25 @@ pub async fn views(
     conn: &mut diesel_async::AsyncPgConnection,
     rows: Vec<AssignmentRow>,
 ) -> Result<Vec<Assignment>, ApiError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.subject_id).collect();
-    let subjects: Vec<SubjectRow> = subjects::by_ids(conn, &ids).await?;
-    Ok(rows.into_iter().map(|r| view(r, &subjects)).collect())
+    let mut ids: Vec<Uuid> = rows.iter().map(|r| r.subject_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let subjects: HashMap<Uuid, SubjectRow> = subjects::by_ids(conn, &ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let subject = subjects.get(&r.subject_id);
+            view(r, subject)
+        })
+        .collect())
 }
 
-fn view(r: AssignmentRow, subjects: &[SubjectRow]) -> Assignment {
-    let subject = subjects
-        .iter()
-        .find(|s| s.id == r.subject_id)
+fn view(r: AssignmentRow, subject: Option<&SubjectRow>) -> Assignment {
+    let subject = subject
         .map(|s| AssignmentSubject {
             kind: s.kind,
             id: s.external_id.clone(),
@@ -825,9 +837,11 @@ async fn wait_live(
 fn render(result: Result<Outcome, AllocationError>, dry_run: bool) -> Result<Answer, ApiError> {
     match result {
         Ok(o) => {
-            let holder = [o.holder.clone()];
             let body = Allocation {
-                assignment: o.assignment.map(|row| view(row, &holder)),
+                assignment: o.assignment.map(|row| {
+                    let holder = (o.holder.id == row.subject_id).then_some(&o.holder);
+                    view(row, holder)
+                }),
                 created: o.created,
                 rule: o.rule,
                 account_id: o.account_id,
@@ -869,25 +883,39 @@ fn wait_seconds(wait: Option<u64>) -> Result<Option<Duration>, ApiError> {
     }
 }
 
-/// List a space's assignments.
+/// List a space's assignments, or export them all (CSV, NDJSON).
 ///
-/// Newest first, filtered by account, asset, subject and state. Paged like every list (`limit`,
-/// `cursor`, `next_cursor`).
+/// Oldest first (by id), filtered by account, asset, subject and state. Paged like every list
+/// (`limit`, `cursor`, `next_cursor`). With `Accept: text/csv` or `Accept: application/x-ndjson`
+/// the answer is instead the whole filtered list, streamed: CSV with a header row (columns named
+/// by the JSON fields' dotted paths, arrays as JSON, text cells that would start a spreadsheet
+/// formula prefixed with `'`), or one JSON assignment per line; `limit` and `cursor` are then
+/// refused. An `Accept` that takes none of the three media types is answered 406.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "list_assignments",
     security(("bearer" = ["licenses:read"])),
     params(("space" = String, Path, description = "Space id"), ListQuery),
-    responses((status = 200, description = "A page of assignments, oldest first", body = AssignmentPage))
+    responses(
+        (status = 200, description = "A page of assignments, oldest first (JSON); or every matching assignment, oldest first, as CSV (RFC 4180, header row, CRLF) or NDJSON (one assignment per line)", content(
+            (AssignmentPage = "application/json"),
+            (String = "text/csv"),
+            (Assignment = "application/x-ndjson"),
+        )),
+        (status = 406, description = "The `Accept` header takes none of `application/json`, `text/csv`, `application/x-ndjson` (`not-acceptable`)"),
+    )
 )]
 #[get("/v1/spaces/{space}/assignments")]
 pub async fn list_assignments(
     access: SpaceAccess<needs::LicensesRead>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
-) -> Result<web::Json<AssignmentPage>, ApiError> {
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let space = access.path;
+    let format = export::negotiate(&req)?;
     let q = query.into_inner();
+    export::refuse_paging(format, q.limit, q.cursor.as_deref())?;
     let page = crate::http::pagination::PageQuery {
         limit: q.limit,
         cursor: q.cursor.clone(),
@@ -896,21 +924,25 @@ pub async fn list_assignments(
     let after: Option<Uuid> = page.after(&format!("assignments:{space}"))?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let Some(subject) = subject_filter(&mut conn, &space, q.subject_kind, &q.subject_id).await?
-    else {
-        // A subject the space never saw holds nothing.
-        return Ok(web::Json(AssignmentPage {
-            items: Vec::new(),
-            next_cursor: None,
-        }));
-    };
-    let filter = ListFilter {
+    // A subject the space never saw holds nothing.
+    let subject = subject_filter(&mut conn, &space, q.subject_kind, &q.subject_id).await?;
+    let filter = subject.map(|subject| ListFilter {
         account: q.account_id,
         adam_id: q.adam_id,
         pricing_param: q.pricing_param,
         subject,
         state: q.state,
         live_only: q.live.unwrap_or(false),
+    });
+    if format != Format::Json {
+        let source = AssignmentExport { space, filter };
+        return export::respond(format, conn, source, "assignments").await;
+    }
+    let Some(filter) = filter else {
+        return Ok(export::json_page(AssignmentPage {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
     };
     let rows = store::list(
         &mut conn,
@@ -926,10 +958,71 @@ pub async fn list_assignments(
         limit,
         rows.last().map(|r| r.id),
     );
-    Ok(web::Json(AssignmentPage {
+    Ok(export::json_page(AssignmentPage {
         items: views(&mut conn, rows).await?,
         next_cursor: next,
     }))
+}
+
+/// The assignments list as an export: the list's query, chunk by chunk, after the last id.
+struct AssignmentExport {
+    space: String,
+    /// `None`: a subject the space never saw (nothing to export).
+    filter: Option<ListFilter>,
+}
+
+impl export::Source for AssignmentExport {
+    type Row = Assignment;
+    type Key = Uuid;
+
+    async fn chunk(
+        &self,
+        conn: &mut crate::db::Conn,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Chunk<Assignment, Uuid>, ApiError> {
+        let Some(filter) = &self.filter else {
+            return Ok(Chunk::new(Vec::new(), 0, limit, None));
+        };
+        let rows = store::list(conn, &self.space, filter, after, limit).await?;
+        let (raw, last) = (rows.len(), rows.last().map(|r| r.id));
+        Ok(Chunk::new(views(conn, rows).await?, raw, limit, last))
+    }
+}
+
+impl ExportRow for Assignment {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "space",
+        "account_id",
+        "asset.adam_id",
+        "asset.pricing_param",
+        "subject.kind",
+        "subject.id",
+        "license_type",
+        "state",
+        "rule",
+        "decision.skipped",
+        "decision.queued_because",
+        "decision.replaces",
+        "requested_by",
+        "reason",
+        "revocation.by",
+        "revocation.reason",
+        "revocation.requested_at",
+        "revocation.request_id",
+        "apple_event_id",
+        "error.number",
+        "error.message",
+        "error.action",
+        "error.reallocated_to",
+        "error.reallocated_account_id",
+        "error.reallocation",
+        "error.errors",
+        "version",
+        "created_at",
+        "updated_at",
+    ];
 }
 
 /// The subject filter of a listing: `Some(None)` for none, `None` for a subject the space does not

@@ -4,6 +4,7 @@
 pub mod body_shape;
 pub mod context;
 pub mod etag;
+pub mod export;
 pub mod extract;
 pub mod fallback;
 pub mod idempotency;

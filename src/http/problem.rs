@@ -65,6 +65,9 @@ pub mod types {
         NOT_FOUND = ("not-found", 404, "Not found");
         /// The route exists but not for this HTTP method.
         METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed");
+        /// The `Accept` header takes none of the media types the operation answers with (the
+        /// detail lists them; see `crate::http::export`).
+        NOT_ACCEPTABLE = ("not-acceptable", 406, "Not acceptable");
         /// A resource with the same identity already exists.
         ALREADY_EXISTS = ("already-exists", 409, "Already exists");
         /// The resource is still referenced and cannot be deleted.
@@ -409,6 +412,7 @@ pub fn for_status(status: StatusCode) -> &'static ProblemType {
         403 => &types::FORBIDDEN,
         404 => &types::NOT_FOUND,
         405 => &types::METHOD_NOT_ALLOWED,
+        406 => &types::NOT_ACCEPTABLE,
         409 => &types::CONFLICT,
         412 => &types::PRECONDITION_FAILED,
         413 => &types::PAYLOAD_TOO_LARGE,

@@ -22,6 +22,7 @@ pub mod policies;
 pub mod retention;
 pub mod revocations;
 pub mod settlements;
+pub mod snapshot;
 pub mod spaces;
 pub mod subjects;
 pub mod submissions;

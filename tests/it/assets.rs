@@ -181,7 +181,7 @@ async fn assets_show_held_by_state_reservations_and_what_the_simulator_holds() {
 
 /// A ledger of 14 assets across two accounts with different usage, no dispatcher (allocations
 /// stay pending).
-async fn catalog() -> (fixtures::World, Vec<String>) {
+pub(crate) async fn catalog() -> (fixtures::World, Vec<String>) {
     let adams: Vec<String> = (1..=12).map(|i| format!("5000000{i:03}")).collect();
     let mut main: Vec<_> = adams
         .iter()

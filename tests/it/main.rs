@@ -16,6 +16,7 @@ mod assets;
 mod auth;
 mod cli;
 mod docs;
+mod exports;
 mod history;
 mod hostile_input;
 mod layering;

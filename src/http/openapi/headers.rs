@@ -6,6 +6,8 @@
 //! - 2xx answers that carry a space, an account or a policy: `ETag` (its `version`, strong);
 //! - 201: `Location` of the created resource;
 //! - the allocation's answers: `Idempotent-Replayed: true` when an `Idempotency-Key` replayed it;
+//! - lists that also answer CSV and NDJSON (`crate::http::export`): `Vary: Accept`, and on an
+//!   export `Content-Disposition` (the download's file name);
 //! - every operation reads an optional `x-request-id`.
 
 use serde_json::{Map, Value, json};
@@ -95,6 +97,28 @@ pub(super) fn complete(op: &Operation, map: &mut Map<String, Value>) {
                     "`true` when this answer replays the first answer to the same \
                      `Idempotency-Key`; absent otherwise.",
                     json!({"type": "string", "enum": ["true"]}),
+                    false,
+                ),
+            );
+        }
+        let exports = response
+            .get("content")
+            .and_then(|c| c.get("text/csv"))
+            .is_some();
+        if success && exports {
+            headers.insert(
+                "Vary".into(),
+                header(
+                    "`Accept`: the answer's media type depends on it (JSON page or export).",
+                    json!({"type": "string"}),
+                    true,
+                ),
+            );
+            headers.insert(
+                "Content-Disposition".into(),
+                header(
+                    "On an export: `attachment` with the file name (`assignments.csv`).",
+                    json!({"type": "string"}),
                     false,
                 ),
             );

@@ -29,6 +29,11 @@ const SHARED: &[(&str, &str)] = &[
         "404",
         "No such resource in a space the caller may see (`not-found`)",
     ),
+    (
+        "406",
+        "The `Accept` header takes none of the operation's media types (`not-acceptable`; the \
+         detail lists them)",
+    ),
     ("409", "The request conflicts with the current state"),
     (
         "412",
@@ -237,7 +242,7 @@ fn shared_applies(op: &Operation, status: &str) -> bool {
         "400" | "500" => true,
         "401" | "403" | "404" | "503" => op.authenticated,
         "413" | "415" | "422" => op.has_body,
-        // 409 and 412 only where the operation declares them.
+        // 406, 409 and 412 only where the operation declares them.
         _ => false,
     }
 }

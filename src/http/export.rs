@@ -1,0 +1,674 @@
+//! Exports: a list's whole filtered content as CSV or NDJSON, streamed from the database.
+//!
+//! **Content negotiation** ([`negotiate`]). A list operation answers `application/json` (its
+//! page, as always), `text/csv` or `application/x-ndjson`, chosen by `Accept` with its q-values
+//! (RFC 9110 §12.5.1): each offered type takes the q of the most specific range that matches it
+//! (`text/csv` over `text/*` over `*/*`; media type parameters other than `q` are ignored), the
+//! highest q above 0 wins and ties go to JSON, then CSV. No `Accept` (or an empty one), `*/*` and
+//! `application/*` answer JSON, so every existing client is unaffected. An `Accept` that takes
+//! none of the three (`application/xml`, `text/csv;q=0`) is refused with 406
+//! `not-acceptable`, the detail listing the offered types; a range that does not parse is
+//! ignored. Answers of these lists carry `Vary: Accept`.
+//!
+//! **The whole list.** An export is every item the filters select, in the JSON list's order:
+//! `limit` and `cursor` belong to JSON pages and are refused with an export (400
+//! `invalid-parameter`), so nobody mistakes a page for the whole.
+//!
+//! **Streaming.** The handler validates the query, takes one pooled connection, opens a
+//! `REPEATABLE READ READ ONLY` snapshot ([`crate::ledger::snapshot`]) and reads the first chunk
+//! of [`CHUNK_ROWS`] rows; a failure up to there is an ordinary problem answer. Then the answer's
+//! status and headers go out and a task owning the connection pages through the list by keyset
+//! ([`Source::chunk`], the JSON list's own query with its `after` key), encodes each row and sends
+//! the bytes, in pieces of about [`PIECE_BYTES`], through a channel of [`PIECES_IN_FLIGHT`]
+//! pieces to the streaming body, reading the next chunk while it encodes the current one: a slow
+//! client slows the task down instead of filling memory, so the service holds two chunks and a
+//! few pieces per export whatever the list's size. The snapshot
+//! makes the export one consistent picture (no row skipped or repeated when rows change during a
+//! long export); its price is that PostgreSQL keeps the row versions it may read, holding back
+//! vacuum, for as long as the export runs, which a slow reader stretches (a million rows take
+//! about ten seconds at full speed). Each export holds a pool connection until it ends.
+//!
+//! **Ends.** A client that disconnects drops the body, the task's next send fails, and the task
+//! rolls the snapshot back and returns the connection. An error after the first chunk cannot
+//! change the status any more: the task logs it (with the request id) and ends the body with an
+//! error, so the client sees a truncated transfer (chunked encoding without its last chunk), never
+//! a complete-looking file.
+//!
+//! **CSV** (RFC 4180): UTF-8, a header row, CRLF line ends, fields quoted only when they hold a
+//! comma, quote, CR or LF (quotes doubled); written here (`push_field`, a dozen lines) rather
+//! than with the `csv` crate, whose writer owns its buffer (the tests read exports back with
+//! it). One column per leaf of the JSON item, named by its dotted path (`asset.adam_id`,
+//! `revocation.by`), listed by the row type ([`ExportRow::COLUMNS`], a test per list checks
+//! that every field has one) so the header is the same whatever the data; an absent or null value
+//! is an empty cell, numbers and booleans are written as JSON writes them, and arrays (and
+//! objects with free-form keys) are one cell of compact JSON, unambiguous whatever the strings
+//! hold. Spreadsheet formula injection: a text cell that starts with `=`, `+`, `-`, `@`, tab or CR
+//! would run as a formula when the file is opened in a spreadsheet, and several text fields come
+//! from callers (reasons, subject ids); such a cell is written with a leading `'` (OWASP's
+//! advice), as is a text cell that already starts with `'`, so the rule is reversible: a
+//! reader strips one leading `'` from a text cell to get the value back. Numbers are never
+//! touched. NDJSON is exact.
+//!
+//! **NDJSON**: one JSON object per line (LF), exactly the JSON list's item.
+//!
+//! Wiring a list: implement [`ExportRow`] for its item (the columns), a [`Source`] that reads one
+//! chunk after a key with the list's own store query, and in the handler call [`negotiate`],
+//! [`refuse_paging`] and, for CSV and NDJSON, [`respond`].
+
+use std::future::Future;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::problem::{ApiError, types};
+use crate::db::Conn;
+use crate::ledger::snapshot;
+
+/// Rows read per statement of an export.
+pub const CHUNK_ROWS: i64 = 2_000;
+/// Bytes sent to the body at once (about).
+pub const PIECE_BYTES: usize = 64 * 1024;
+/// Pieces between the task and the body.
+pub const PIECES_IN_FLIGHT: usize = 8;
+
+/// The representations a list offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    Ndjson,
+}
+
+impl Format {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv",
+            Format::Ndjson => "application/x-ndjson",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8; header=present",
+            Format::Ndjson => "application/x-ndjson",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// In the order ties are broken.
+const OFFERED: [Format; 3] = [Format::Json, Format::Csv, Format::Ndjson];
+
+/// The representation `Accept` asks for (see the module doc); 406 when it takes none.
+pub fn negotiate(req: &HttpRequest) -> Result<Format, ApiError> {
+    let mut ranges = Vec::new();
+    let mut any_header = false;
+    for value in req.headers().get_all(header::ACCEPT) {
+        let text = value.to_str().map_err(|_| {
+            ApiError::new(
+                &types::BAD_REQUEST,
+                "the Accept header is not visible ASCII",
+            )
+        })?;
+        if !text.trim().is_empty() {
+            any_header = true;
+        }
+        ranges.extend(text.split(',').filter_map(MediaRange::parse));
+    }
+    if !any_header {
+        return Ok(Format::Json);
+    }
+    choose(&ranges).ok_or_else(|| {
+        let offered = OFFERED.map(Format::media_type).join(", ");
+        ApiError::new(
+            &types::NOT_ACCEPTABLE,
+            format!("this list is available as {offered}; the Accept header takes none of them"),
+        )
+    })
+}
+
+/// The offered format with the highest q (ties: [`OFFERED`] order), if any has q > 0.
+fn choose(ranges: &[MediaRange]) -> Option<Format> {
+    let mut best: Option<(Format, u16)> = None;
+    for format in OFFERED {
+        let (kind, sub) = format
+            .media_type()
+            .split_once('/')
+            .unwrap_or((format.media_type(), ""));
+        let q = ranges
+            .iter()
+            .filter_map(|r| r.specificity(kind, sub).map(|s| (s, r.q)))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, q)| q)
+            .unwrap_or(0);
+        if q > 0 && best.is_none_or(|(_, b)| q > b) {
+            best = Some((format, q));
+        }
+    }
+    best.map(|(f, _)| f)
+}
+
+/// One media range of `Accept`, q in thousandths.
+#[derive(Debug)]
+struct MediaRange {
+    kind: String,
+    sub: String,
+    q: u16,
+}
+
+impl MediaRange {
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(';');
+        let (kind, sub) = parts.next()?.trim().split_once('/')?;
+        let (kind, sub) = (kind.trim(), sub.trim());
+        if kind.is_empty() || sub.is_empty() || (kind == "*" && sub != "*") {
+            return None;
+        }
+        let mut q = 1000;
+        for param in parts {
+            if let Some((name, value)) = param.split_once('=')
+                && name.trim().eq_ignore_ascii_case("q")
+            {
+                q = parse_q(value.trim())?;
+            }
+        }
+        Some(MediaRange {
+            kind: kind.to_ascii_lowercase(),
+            sub: sub.to_ascii_lowercase(),
+            q,
+        })
+    }
+
+    /// How specifically this range matches `kind/sub` (2 exact, 1 `kind/*`, 0 `*/*`).
+    fn specificity(&self, kind: &str, sub: &str) -> Option<u8> {
+        match (self.kind.as_str(), self.sub.as_str()) {
+            ("*", "*") => Some(0),
+            (k, "*") if k == kind => Some(1),
+            (k, s) if k == kind && s == sub => Some(2),
+            _ => None,
+        }
+    }
+}
+
+/// A qvalue (`0`, `0.5`, `1.000`) in thousandths.
+fn parse_q(text: &str) -> Option<u16> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_value = format!("{frac:0<3}").parse::<u16>().ok()?;
+    match int {
+        "0" => Some(frac_value),
+        "1" if frac_value == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// 400 when an export is asked with `limit` or `cursor` (an export is the whole list).
+pub fn refuse_paging(
+    format: Format,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<(), ApiError> {
+    if format == Format::Json || (limit.is_none() && cursor.is_none()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        &types::INVALID_PARAMETER,
+        format!(
+            "an export ({}) is the whole filtered list: limit and cursor are for JSON pages",
+            format.media_type()
+        ),
+    ))
+}
+
+/// A JSON list page (`Format::Json`), with `Vary: Accept`: the list also answers CSV and NDJSON,
+/// so caches keep them apart.
+pub fn json_page(page: impl Serialize) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::VARY, "Accept"))
+        .json(page)
+}
+
+/// An item of an exported list: the JSON list's item, and its CSV columns.
+pub trait ExportRow: Serialize {
+    /// The CSV columns, each the dotted path of a leaf of the JSON item (see the module doc). A
+    /// path may name an array or a free-form object: the cell is then its compact JSON.
+    const COLUMNS: &'static [&'static str];
+
+    /// The JSON objects this item is written as in CSV, one record each: by default the item
+    /// itself. A list may write an item as several records (an asset per account).
+    fn csv_records(&self) -> Result<Vec<Value>, serde_json::Error> {
+        Ok(vec![serde_json::to_value(self)?])
+    }
+}
+
+/// One chunk of a list: its rows, and the key to read the next chunk after (`None`: the last).
+pub struct Chunk<R, K> {
+    pub rows: Vec<R>,
+    pub next: Option<K>,
+}
+
+impl<R, K> Chunk<R, K> {
+    /// A chunk read with `limit` from `raw` rows whose last key is `last`: there may be more
+    /// only when it came back full.
+    pub fn new(rows: Vec<R>, raw: usize, limit: i64, last: Option<K>) -> Self {
+        Chunk {
+            rows,
+            next: if (raw as i64) < limit { None } else { last },
+        }
+    }
+}
+
+/// Where an export reads its rows: the list's filters and store query.
+pub trait Source: Send + Sync + 'static {
+    type Row: ExportRow + Send + Sync + 'static;
+    type Key: Send + 'static;
+
+    /// At most `limit` rows after `after` (`None`: from the start), in the list's order.
+    fn chunk(
+        &self,
+        conn: &mut Conn,
+        after: Option<Self::Key>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Chunk<Self::Row, Self::Key>, ApiError>> + Send;
+}
+
+/// The streamed answer (CSV or NDJSON) of `source`, read on `conn` (see the module doc); `name`
+/// names the download (`assignments` → `assignments.csv`).
+pub async fn respond<S: Source>(
+    format: Format,
+    mut conn: Conn,
+    source: S,
+    name: &str,
+) -> Result<HttpResponse, ApiError> {
+    snapshot::begin(&mut conn).await?;
+    let first = match source.chunk(&mut conn, None, CHUNK_ROWS).await {
+        Ok(chunk) => chunk,
+        Err(e) => {
+            // Best effort: a connection left in the transaction is discarded by the pool.
+            let _ = snapshot::end(&mut conn).await;
+            return Err(e);
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(PIECES_IN_FLIGHT);
+    let task = async move {
+        let outcome = run(format, &mut conn, &source, first, &tx).await;
+        if snapshot::end(&mut conn).await.is_err() {
+            tracing::warn!("export: closing the snapshot failed; the connection is discarded");
+        }
+        match outcome {
+            Ok(Sent::All(rows)) => tracing::info!(rows, format = format.media_type(), "export"),
+            Ok(Sent::Gone(rows)) => tracing::info!(
+                rows,
+                format = format.media_type(),
+                "export: the client went away"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "export failed after its first rows; the body is cut short");
+                let _ = tx
+                    .send(Err(std::io::Error::other(
+                        "export failed; see the server log",
+                    )))
+                    .await;
+            }
+        }
+    };
+    tokio::spawn(task.instrument(tracing::Span::current()));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    let disposition = format!("attachment; filename=\"{name}.{}\"", format.extension());
+    let mut answer = HttpResponse::Ok();
+    answer
+        .insert_header((header::CONTENT_TYPE, format.content_type()))
+        .insert_header((header::VARY, "Accept"));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        answer.insert_header((header::CONTENT_DISPOSITION, value));
+    }
+    Ok(answer.streaming(body))
+}
+
+/// How an export ended, with the rows sent.
+enum Sent {
+    All(u64),
+    Gone(u64),
+}
+
+/// Why an export stopped early.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("reading the list: {0}")]
+    Read(String),
+    #[error("encoding a row: {0}")]
+    Encode(String),
+}
+
+async fn run<S: Source>(
+    format: Format,
+    conn: &mut Conn,
+    source: &S,
+    first: Chunk<S::Row, S::Key>,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<Sent, Failure> {
+    let mut encoder = Encoder::new(format, S::Row::COLUMNS);
+    let mut chunk = first;
+    let mut rows = 0u64;
+    loop {
+        let encode = send_rows(&mut encoder, &chunk.rows, tx, &mut rows);
+        let Some(after) = chunk.next.take() else {
+            if !encode.await? {
+                return Ok(Sent::Gone(rows));
+            }
+            break;
+        };
+        // The next chunk is read while this one is encoded and sent: PostgreSQL works on the
+        // query while the encoder waits for the client or yields.
+        let fetch = source.chunk(conn, Some(after), CHUNK_ROWS);
+        let (fetched, present) = tokio::join!(fetch, encode);
+        if !present? {
+            return Ok(Sent::Gone(rows));
+        }
+        chunk = fetched.map_err(|e| Failure::Read(e.to_string()))?;
+    }
+    let rest = encoder.take();
+    if !rest.is_empty() && tx.send(Ok(rest)).await.is_err() {
+        return Ok(Sent::Gone(rows));
+    }
+    Ok(Sent::All(rows))
+}
+
+/// Encodes `chunk` and sends it in pieces; `false` when the client went away.
+async fn send_rows<R: ExportRow>(
+    encoder: &mut Encoder,
+    chunk: &[R],
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rows: &mut u64,
+) -> Result<bool, Failure> {
+    for row in chunk {
+        encoder.row(row)?;
+        *rows += 1;
+        if encoder.len() >= PIECE_BYTES {
+            if tx.send(Ok(encoder.take())).await.is_err() {
+                return Ok(false);
+            }
+            // Encoding is CPU work on the server's worker thread: let other requests (and the
+            // read of the next chunk) in.
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(true)
+}
+
+/// Rows to bytes, in one format.
+enum Encoder {
+    Csv {
+        buf: Vec<u8>,
+        columns: Vec<Vec<&'static str>>,
+        cell: String,
+    },
+    Ndjson(Vec<u8>),
+}
+
+impl Encoder {
+    fn new(format: Format, columns: &'static [&'static str]) -> Self {
+        let mut buf = Vec::with_capacity(PIECE_BYTES * 2);
+        match format {
+            Format::Csv => {
+                for (i, column) in columns.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    push_field(&mut buf, column);
+                }
+                buf.extend_from_slice(b"\r\n");
+                Encoder::Csv {
+                    buf,
+                    columns: columns.iter().map(|c| c.split('.').collect()).collect(),
+                    cell: String::new(),
+                }
+            }
+            Format::Ndjson | Format::Json => Encoder::Ndjson(buf),
+        }
+    }
+
+    fn row<R: ExportRow>(&mut self, row: &R) -> Result<(), Failure> {
+        match self {
+            Encoder::Ndjson(buf) => {
+                serde_json::to_writer(&mut *buf, row)
+                    .map_err(|e| Failure::Encode(e.to_string()))?;
+                buf.push(b'\n');
+            }
+            Encoder::Csv { buf, columns, cell } => {
+                let records = row
+                    .csv_records()
+                    .map_err(|e| Failure::Encode(e.to_string()))?;
+                for record in &records {
+                    for (i, path) in columns.iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b',');
+                        }
+                        cell.clear();
+                        write_cell(cell, lookup(record, path));
+                        push_field(buf, cell);
+                    }
+                    buf.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Encoder::Csv { buf, .. } | Encoder::Ndjson(buf) => buf.len(),
+        }
+    }
+
+    /// The bytes encoded so far.
+    fn take(&mut self) -> Bytes {
+        match self {
+            Encoder::Csv { buf, .. } | Encoder::Ndjson(buf) => {
+                Bytes::from(std::mem::replace(buf, Vec::with_capacity(PIECE_BYTES * 2)))
+            }
+        }
+    }
+}
+
+/// One RFC 4180 field: quoted (inner quotes doubled) when it holds a comma, quote, CR or LF.
+fn push_field(buf: &mut Vec<u8>, field: &str) {
+    if !field
+        .bytes()
+        .any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+    {
+        buf.extend_from_slice(field.as_bytes());
+        return;
+    }
+    buf.push(b'"');
+    for part in field.split_inclusive('"') {
+        buf.extend_from_slice(part.as_bytes());
+        if part.ends_with('"') {
+            buf.push(b'"');
+        }
+    }
+    buf.push(b'"');
+}
+
+/// The value at a dotted path of a JSON item (`None`: absent).
+fn lookup<'v>(value: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |v, key| v.get(*key))
+}
+
+/// A CSV cell for a JSON value (see the module doc: empty for absent and null, JSON for numbers,
+/// booleans, arrays and objects, text with formula neutralisation).
+fn write_cell(cell: &mut String, value: Option<&Value>) {
+    match value {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            if needs_guard(s) {
+                cell.push('\'');
+            }
+            cell.push_str(s);
+        }
+        Some(Value::Bool(b)) => cell.push_str(if *b { "true" } else { "false" }),
+        Some(Value::Number(n)) => cell.push_str(&n.to_string()),
+        Some(other) => cell.push_str(&other.to_string()),
+    }
+}
+
+/// Whether a text cell gets a leading `'`: it would start a formula, or it starts with `'`.
+pub fn needs_guard(text: &str) -> bool {
+    matches!(
+        text.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r' | b'\'')
+    )
+}
+
+/// The leaf paths of a JSON item that no column covers (a column covers its path and everything
+/// under it). For tests: a fully populated item must leave none, or a field would be missing
+/// from the CSV.
+pub fn uncovered_paths(item: &Value, columns: &[&str]) -> Vec<String> {
+    fn walk(value: &Value, path: &str, columns: &[&str], out: &mut Vec<String>) {
+        let covered = columns
+            .iter()
+            .any(|c| *c == path || path.starts_with(&format!("{c}.")));
+        if covered {
+            return;
+        }
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, v) in map {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(v, &child, columns, out);
+                }
+            }
+            _ => out.push(path.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(item, "", columns, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pick(accept: &str) -> Option<Format> {
+        let ranges: Vec<MediaRange> = accept.split(',').filter_map(MediaRange::parse).collect();
+        choose(&ranges)
+    }
+
+    #[test]
+    fn negotiation_honours_q_values_and_specificity() {
+        assert_eq!(pick("*/*"), Some(Format::Json));
+        assert_eq!(pick("application/*"), Some(Format::Json));
+        assert_eq!(pick("text/*"), Some(Format::Csv));
+        assert_eq!(pick("text/csv"), Some(Format::Csv));
+        assert_eq!(pick("Text/CSV; charset=utf-8"), Some(Format::Csv));
+        assert_eq!(pick("application/x-ndjson"), Some(Format::Ndjson));
+        assert_eq!(pick("application/json;q=0.5, text/csv"), Some(Format::Csv));
+        assert_eq!(
+            pick("text/csv, application/json"),
+            Some(Format::Json),
+            "tie: JSON"
+        );
+        assert_eq!(
+            pick("application/x-ndjson;q=0.9, text/csv;q=0.8, */*;q=0.1"),
+            Some(Format::Ndjson)
+        );
+        assert_eq!(pick("*/*, application/json;q=0"), Some(Format::Csv));
+        assert_eq!(pick("application/xml"), None);
+        assert_eq!(pick("text/csv;q=0"), None);
+        assert_eq!(
+            pick("text/csv;q=2, application/xml"),
+            None,
+            "bad q: ignored"
+        );
+        assert_eq!(pick("garbage, */json"), None);
+        assert_eq!(parse_q("0.125"), Some(125));
+        assert_eq!(parse_q("1.000"), Some(1000));
+        assert_eq!(parse_q("1.5"), None);
+        assert_eq!(parse_q("0.1234"), None);
+    }
+
+    #[test]
+    fn cells_flatten_quote_and_guard() {
+        let item = serde_json::json!({
+            "a": {"b": "x,\"y\"\nz", "n": null},
+            "list": [1, "two"],
+            "num": -3,
+            "formula": "=HYPERLINK(\"x\")",
+            "quote": "'kept",
+            "t": true
+        });
+        let columns = [
+            "a.b",
+            "a.n",
+            "a.missing",
+            "list",
+            "num",
+            "formula",
+            "quote",
+            "t",
+        ];
+        let paths: Vec<Vec<&str>> = columns.iter().map(|c| c.split('.').collect()).collect();
+        let cells: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                let mut cell = String::new();
+                write_cell(&mut cell, lookup(&item, p));
+                cell
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "x,\"y\"\nz",
+                "",
+                "",
+                "[1,\"two\"]",
+                "-3",
+                "'=HYPERLINK(\"x\")",
+                "''kept",
+                "true"
+            ]
+        );
+        assert!(uncovered_paths(&item, &columns).is_empty());
+        assert_eq!(
+            uncovered_paths(&item, &["a", "list"]),
+            ["formula", "num", "quote", "t"]
+        );
+    }
+
+    #[test]
+    fn fields_are_quoted_as_rfc_4180_says() {
+        let mut buf = Vec::new();
+        for field in ["plain", "a,b", "say \"hi\"", "two\r\nlines", "", "\""] {
+            push_field(&mut buf, field);
+            buf.push(b'|');
+        }
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"two\r\nlines\"||\"\"\"\"|"
+        );
+    }
+}
