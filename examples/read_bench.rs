@@ -139,7 +139,7 @@ impl Shape {
     fn new(a: &Args) -> Shape {
         let owners = (1..=OWNERS.min(a.accounts))
             .rev()
-            .find(|o| a.assets % o == 0)
+            .find(|o| a.assets.is_multiple_of(*o))
             .unwrap_or(1);
         let step = a.assets / owners;
         let catalogue = a.accounts * step;
