@@ -28,19 +28,20 @@
 )]
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use vpp_broker::apple::types::ProductType;
-use vpp_broker::apple_sim::{
-    FaultsPatch, SeedAsset, SeedFile, SeedLocation, SimConfig, SimSettings, Simulator,
+use vpp_broker::apple_sim::{SeedAsset, SeedFile, SeedLocation, SimConfig, SimSettings, Simulator};
+
+mod common;
+use common::{
+    Service, apple_latency, create_space, drop_databases, fresh_database, http_client, memory,
+    percentile, rand_index, storm, token,
 };
 
-const SECRET: &str = "bench-secret-bench-secret-bench-secret-42";
-const KEYS: &str = "b1:MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
 const HOT: u64 = 499_999_999;
 const SPREAD_BASE: u64 = 500_000_000;
 const SPREAD_ASSETS: u64 = 100;
@@ -67,38 +68,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn token() -> String {
-    let now = chrono::Utc::now().timestamp();
-    jsonwebtoken::encode(
-        &Header::default(),
-        &json!({"iss": "bench", "aud": "vpp-broker", "sub": "bench", "scope": "admin",
-                "spaces": ["*"], "nbf": now - 10, "exp": now + 7200}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-/// `(VmHWM, VmRSS)` of a process, in KiB.
-fn memory(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// (sum, count) of the service's `allocation_batch_size` metric.
@@ -171,73 +140,6 @@ struct Run {
     batch: f64,
 }
 
-async fn storm(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    scenario: &'static str,
-    clients: usize,
-    per_client: usize,
-    tag: &str,
-) -> (Vec<Duration>, Duration, BTreeMap<u64, u64>) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let http = http.clone();
-        let url = format!("{base}/v1/spaces/bench/assignments");
-        let auth = format!("Bearer {token}");
-        let tag = tag.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(per_client);
-            let mut assets: BTreeMap<u64, u64> = BTreeMap::new();
-            for n in 0..per_client {
-                let adam = if scenario == "hot" {
-                    HOT
-                } else {
-                    SPREAD_BASE + (rand_index(c, n) % SPREAD_ASSETS)
-                };
-                let body = json!({
-                    "asset": {"adam_id": adam.to_string()},
-                    "subject": {"kind": "device", "id": format!("{tag}-{c}-{n}")},
-                });
-                let t = Instant::now();
-                let resp = http
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request");
-                let status = resp.status();
-                let _ = resp.bytes().await;
-                latencies.push(t.elapsed());
-                assert_eq!(status, 201, "allocation refused");
-                *assets.entry(adam).or_default() += 1;
-            }
-            (latencies, assets)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut per_asset: BTreeMap<u64, u64> = BTreeMap::new();
-    for t in tasks {
-        let (l, a) = t.await.expect("client");
-        all.extend(l);
-        for (k, v) in a {
-            *per_asset.entry(k).or_default() += v;
-        }
-    }
-    (all, started.elapsed(), per_asset)
-}
-
-/// A cheap, reproducible spread of assets per (client, request).
-fn rand_index(c: usize, n: usize) -> u64 {
-    let mut x = (c as u64) * 1_000_003 + n as u64 + 0x9E37_79B9;
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x
-}
-
 async fn drained(db_url: &str, timeout: Duration) {
     let mut conn = AsyncPgConnection::establish(db_url).await.expect("db");
     #[derive(diesel::QueryableByName)]
@@ -264,6 +166,16 @@ async fn drained(db_url: &str, timeout: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Each allocation of the `spread` scenario: one of 100 assets at random.
+fn spread(c: usize, n: usize) -> u64 {
+    SPREAD_BASE + (rand_index(c, n) % SPREAD_ASSETS)
+}
+
+/// Each allocation of the `hot` scenario: the same asset.
+fn hot(_: usize, _: usize) -> u64 {
+    HOT
 }
 
 fn associates(counters: &BTreeMap<String, u64>) -> (u64, u64) {
@@ -340,15 +252,7 @@ SELECT count(*) FROM ins;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = args();
-    let server = vpp_broker::local_pg::locate(std::env::var("DATABASE_URL").ok().as_deref())
-        .await
-        .expect("PostgreSQL");
-    let db_name = format!("vpp_bench_{}", std::process::id());
-    server.ensure_database(&db_name).await.expect("create db");
-    let db_url = server.database_url(&db_name);
-    vpp_broker::db::migrate::run_pending(&db_url)
-        .await
-        .expect("migrate");
+    let (server, db_name, db_url) = fresh_database("vpp_bench").await;
 
     // Apple: one location owning 101 apps with plenty of licenses, 500 ms per call.
     let mut assets: Vec<SeedAsset> = (0..SPREAD_ASSETS)
@@ -381,64 +285,12 @@ async fn main() {
     })
     .await
     .expect("simulator");
-    sim.set_faults(&FaultsPatch {
-        latency_ms: Some(500),
-        ..Default::default()
-    })
-    .await
-    .expect("latency");
+    apple_latency(&sim, 500).await;
 
     // The service, as its own process (so its memory is its own).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("vpp-broker");
-    let mut child = Command::new(&bin)
-        .arg("serve")
-        .env("DATABASE_URL", &db_url)
-        .env("VPP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("VPP_JWT_ISSUER", "bench")
-        .env("VPP_JWT_AUDIENCE", "vpp-broker")
-        .env("VPP_JWT_HS256_SECRET", SECRET)
-        .env("VPP_TOKEN_KEYS", KEYS)
-        .env("VPP_APPLE_BASE_URL", sim.base_url())
-        .env("VPP_PUBLIC_URL", &base)
-        .env("VPP_LOG", "warn")
-        .env("VPP_HTTP_WORKERS", "2")
-        .env("VPP_DB_POOL_SIZE", "24")
-        .env("VPP_EVENT_POLL_SECS", "30")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {}: {e} (build it with --release first)",
-                bin.display()
-            )
-        });
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "service not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let http = http_client();
+    let service = Service::start(&http, &db_url, &sim.base_url()).await;
+    let base = service.base.clone();
     let token = token();
     let post = |path: &str, body: Value| {
         http.post(format!("{base}{path}"))
@@ -446,13 +298,7 @@ async fn main() {
             .json(&body)
             .send()
     };
-    assert_eq!(
-        post("/v1/spaces", json!({"id": "bench", "name": "Bench"}))
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    create_space(&http, &base, &token, "bench").await;
     let account: Value = post(
         "/v1/spaces/bench/accounts",
         json!({"name": "Bench", "stoken": sim.seeded()[0].s_token}),
@@ -472,10 +318,11 @@ async fn main() {
         &http,
         &base,
         &token,
-        "spread",
+        "bench",
         64,
         args.ledger.div_ceil(64),
         "ledger",
+        spread,
     )
     .await;
     drained(&db_url, Duration::from_secs(300)).await;
@@ -493,22 +340,24 @@ async fn main() {
             let tag = format!("{scenario}{clients}");
             let batches_before = batch_sizes(&http, &base).await;
             let cpu_before = (
-                cpu_seconds(child.id()),
+                cpu_seconds(service.pid()),
                 postgres_cpu_seconds(),
                 cpu_seconds(std::process::id()),
             );
+            let pick = if scenario == "hot" { hot } else { spread };
             let (mut latencies, elapsed, per_asset) = storm(
                 &http,
                 &base,
                 &token,
-                scenario,
+                "bench",
                 clients,
                 args.per_client,
                 &tag,
+                pick,
             )
             .await;
             let cpu_after = (
-                cpu_seconds(child.id()),
+                cpu_seconds(service.pid()),
                 postgres_cpu_seconds(),
                 cpu_seconds(std::process::id()),
             );
@@ -545,9 +394,8 @@ async fn main() {
             );
         }
     }
-    let (peak_kib, rss_kib) = memory(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
+    let (peak_kib, rss_kib) = memory(service.pid());
+    service.stop();
 
     // The PostgreSQL ceiling: the same four writes as one statement, from pgbench.
     let pg_name = format!("vpp_pgbench_{}", std::process::id());
@@ -632,13 +480,5 @@ async fn main() {
     );
 
     sim.stop().await;
-    let mut admin = AsyncPgConnection::establish(&server.admin_url)
-        .await
-        .expect("admin");
-    for db in [&db_name, &pg_name] {
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await;
-    }
-    let _ = diesel::sql_query("SELECT 1").execute(&mut admin).await;
+    drop_databases(&server, &[&db_name, &pg_name]).await;
 }
