@@ -27,7 +27,7 @@ use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
 use crate::domain::model::SubjectKind;
 use crate::domain::validation::{valid_adam_id, valid_pricing};
-use crate::http::export::{self, Chunk, ExportRow, Format};
+use crate::http::export::{self, Chunk, ExportRow};
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
 use crate::ledger::activity::{self as store, ActivityAction, ActivityRow, ListFilter};
@@ -151,11 +151,11 @@ pub async fn list_activity(
     let limit = page.limit()?;
     let before: Option<i64> = page.after(&list)?;
     let filter = filter(q)?;
+    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    if format != Format::Json {
+    if let Some(admission) = admission {
         let source = ActivityExport { space, filter };
-        let admission = export::admit(&state.exports)?;
         return export::respond(format, admission, conn, source, "activity").await;
     }
     let rows = store::list(&mut conn, &space, &filter, before, limit).await?;

@@ -5,7 +5,7 @@
 //! ([`crate::domain::forecast`]). `GET …/accounts/{account}/assets` lists one account's rows.
 //!
 //! The figures' arithmetic and its decisions are in [`crate::domain::inventory`] (available
-//! now is what the next allocation would find: 0 for an account allocation skips, with the
+//! now is the most the next allocation would find: 0 for an account allocation skips, with the
 //! account's status and the reason beside it). The queries and their indexes are described in
 //! [`crate::ledger::inventory`].
 //!
@@ -38,7 +38,7 @@ use crate::domain::inventory::{
     self as inv, AccountGate, AssetProductType, AssetSort, ByState, Reservation,
 };
 use crate::domain::validation::{valid_adam_id, valid_pricing};
-use crate::http::export::{self, Chunk, ExportRow, Format};
+use crate::http::export::{self, Chunk, ExportRow};
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
 use crate::ledger::accounts::{self as accounts_store, AccountRow};
@@ -317,10 +317,10 @@ pub async fn list_assets(
     };
     let list = format!("assets:{space}:{sort}");
     let ask = Ask::new(&page, &list, sort, q.product_type, q.exhausted, q.min_usage)?;
+    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
-    if format != Format::Json {
+    if let Some(admission) = admission {
         let source = AssetExport::new(&ask, space, q.account_id);
-        let admission = export::admit(&state.exports)?;
         return export::respond(format, admission, conn, source, "assets").await;
     }
     let (items, next) = ask.run(&mut conn, &space, q.account_id).await?;
@@ -370,10 +370,10 @@ pub async fn list_account_assets(
     };
     let list = format!("assets:{space}:account:{account}:{sort}");
     let ask = Ask::new(&page, &list, sort, q.product_type, q.exhausted, q.min_usage)?;
+    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
-    if format != Format::Json {
+    if let Some(admission) = admission {
         let source = AccountAssetExport(AssetExport::new(&ask, space, Some(account)));
-        let admission = export::admit(&state.exports)?;
         return export::respond(format, admission, conn, source, "account-assets").await;
     }
     let (items, next) = ask.run(&mut conn, &space, Some(account)).await?;

@@ -28,7 +28,7 @@ use crate::domain::records::{AssignmentRow, SubjectRow};
 use crate::domain::validation::{FieldError, check_asset, check_id, check_reason};
 use crate::engine::allocate::{self, AllocationError, Outcome};
 use crate::engine::revoke::{self as revocations, Matching, RevocationError, Revoked};
-use crate::http::export::{self, Chunk, ExportRow, Format};
+use crate::http::export::{self, Chunk, ExportRow};
 use crate::http::extract::Json;
 use crate::http::idempotency::{self, Begin};
 use crate::http::pagination::{MAX_LIMIT, next_cursor};
@@ -922,6 +922,7 @@ pub async fn list_assignments(
     };
     let limit = page.limit()?;
     let after: Option<Uuid> = page.after(&format!("assignments:{space}"))?;
+    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     // A subject the space never saw holds nothing.
@@ -934,9 +935,8 @@ pub async fn list_assignments(
         state: q.state,
         live_only: q.live.unwrap_or(false),
     });
-    if format != Format::Json {
+    if let Some(admission) = admission {
         let source = AssignmentExport { space, filter };
-        let admission = export::admit(&state.exports)?;
         return export::respond(format, admission, conn, source, "assignments").await;
     }
     let Some(filter) = filter else {

@@ -108,15 +108,35 @@ pub fn count() -> usize {
         .unwrap_or(0)
 }
 
+/// Takes (`acquire`) or gives back the migration lock, a session-level advisory lock.
+///
+/// A waiting run polls `pg_try_advisory_lock` instead of blocking in `pg_advisory_lock`: a
+/// `CREATE INDEX CONCURRENTLY` of the run holding the lock waits for every transaction open in
+/// the database to end, and a statement blocked on the lock would be one of them, waiting for
+/// the index in turn (PostgreSQL reports the cycle as a deadlock). A poll is a short statement
+/// that ends at once.
 fn lock(conn: &mut Wrapper, acquire: bool) -> Result<(), diesel::result::Error> {
     use diesel::RunQueryDsl;
-    let sql = if acquire {
-        "SELECT pg_advisory_lock($1)"
-    } else {
-        "SELECT pg_advisory_unlock($1)"
-    };
-    diesel::sql_query(sql)
-        .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
-        .execute(conn)
-        .map(|_| ())
+    if !acquire {
+        return diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+            .execute(conn)
+            .map(|_| ());
+    }
+    loop {
+        let taken = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS ok")
+            .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK)
+            .get_result::<Taken>(conn)?
+            .ok;
+        if taken {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    ok: bool,
 }

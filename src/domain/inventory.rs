@@ -2,8 +2,11 @@
 //! reservations hold back, usage. The store's sort and filter expressions
 //! ([`crate::ledger::inventory`]) compute the same figures in SQL; these are the ones shown.
 //!
-//! Decisions (they mirror allocation, [`super::decide`], so "available now" is what the next
-//! allocation would find):
+//! Decisions (they mirror allocation, [`super::decide`], so "available now" is the most the
+//! next allocation of an arbitrary subject would find: allocation also skips, per subject, an
+//! account that does not assign the asset to devices (for a device license) and a fallback
+//! account whose distribution list does not name the subject, and a reserved subject may take
+//! the license its reservation holds back):
 //! * `held` (what allocation counts) is the asset row's live count: pending, associating and
 //!   active assignments. A `revoking` license was given back to the pool when its revocation
 //!   was asked, so it is shown by state but not counted as held. By state, pending,

@@ -104,6 +104,18 @@ pub fn admit(exports: &std::sync::Arc<tokio::sync::Semaphore>) -> Result<Admissi
         })
 }
 
+/// A place for an export when `format` is one ([`admit`]); `None` for a JSON page. Taken
+/// before the handler asks the pool for a connection, so a refused export never waits for one.
+pub fn admission(
+    format: Format,
+    exports: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<Option<Admission>, ApiError> {
+    match format {
+        Format::Json => Ok(None),
+        Format::Csv | Format::Ndjson => admit(exports).map(Some),
+    }
+}
+
 /// The representations a list offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

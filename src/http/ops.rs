@@ -161,7 +161,7 @@ async fn license_usage(state: &AppState) -> String {
         ),
         (
             "licenses_available",
-            "Licenses free to allocate now (owned - assigned elsewhere - held, per asset).",
+            "Licenses neither held nor assigned elsewhere (owned - assigned elsewhere - held, per asset; reservations and accounts allocation skips are not subtracted: GET /assets has available_now).",
             family(|r| r.available),
         ),
     ]

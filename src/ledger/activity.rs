@@ -12,9 +12,10 @@
 //!
 //! # Reading: keyset walks, and which filters have an index
 //! Newest first (`id` descending), keyset-paginated on `id`, so any page costs what the first
-//! does when the walk finds its rows quickly. Indexes (kept few: each one slows every
-//! allocation's activity insert, so two of the new ones are partial and skip rows every
-//! allocation writes):
+//! does when the walk finds its rows quickly. Indexes (kept few: each one slows the activity
+//! insert of every allocation, which enters `activity_by_subject`, `activity_by_asset`,
+//! `activity_by_request` and `activity_by_actor`; only `activity_rare_actions` skips it;
+//! migrations 000404–000408 build them concurrently):
 //! - `activity_by_space (space_id, id)`: no filter, and the filters that match often
 //!   (`pricing_param` alone, `actor=system`, the [`ActivityAction::FREQUENT`] actions) — a walk
 //!   that filters rows as it goes;
@@ -22,7 +23,8 @@
 //!   `activity_by_asset (space_id, adam_id, id)` (the pricing filtered among the asset's rows),
 //!   `activity_by_request (request_id, id)`: the selective filters;
 //! - `activity_by_actor (space_id, actor, id) WHERE actor <> 'system'`: callers (an admin's
-//!   handful of edits among millions of rows); Apple's results, written by `system`, skip it;
+//!   handful of edits among millions of rows); Apple's results, written by `system`, skip it,
+//!   allocations (written by their caller) do not;
 //! - `activity_rare_actions (space_id, action, id)`, partial: every action except the two that
 //!   every allocation writes ([`ActivityAction::FREQUENT`]), so policy edits, status changes,
 //!   revocations and failures are an index walk, and allocations do not pay for it.

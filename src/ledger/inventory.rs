@@ -513,7 +513,7 @@ pub async fn daily(
     let first_q = diesel::sql_query(
         "SELECT (min(created_at) AT TIME ZONE 'UTC')::date AS first
            FROM assignments
-          WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3",
+          WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3 AND state <> 'failed'",
     )
     .bind::<Text, _>(space)
     .bind::<Text, _>(adam_id)

@@ -464,7 +464,7 @@ async fn activity_migration_backfills_the_subject_of_older_license_rows() {
         "before: only the allocation"
     );
     conn.batch_execute(include_str!(
-        "../../migrations/2026-12-06-000402_activity_filters/up.sql"
+        "../../migrations/2026-12-06-000403_activity_subjects/up.sql"
     ))
     .await
     .unwrap();

@@ -1,15 +1,9 @@
--- The user view (`GET …/users/{id}`) lists the devices whose user the client user id is: an
--- index on the device's user, so the lookup reads that user's devices only, not every device of
--- the space. Devices without a user (most, and every user row) are left out of it.
-CREATE INDEX IF NOT EXISTS subjects_by_user
-    ON subjects (space_id, user_external_id)
-    WHERE user_external_id IS NOT NULL;
-
 -- The device and user views show `updated_at` as "when an allocation request last changed the
 -- stored facts". Allocation upserts the subject row on every request (ON CONFLICT DO UPDATE)
 -- and never set `updated_at`, so it stayed the creation time. This trigger moves it when the
 -- facts (groups, the device's user, Shared iPad) change, and keeps it when a request repeats
 -- them: the upsert's statement stays as it is, and so does every other writer of the table.
+-- (Creating a trigger takes a short SHARE ROW EXCLUSIVE lock on `subjects`: no rows are read.)
 CREATE OR REPLACE FUNCTION subjects_touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

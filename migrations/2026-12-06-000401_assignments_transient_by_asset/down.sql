@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS assignments_transient_by_asset;

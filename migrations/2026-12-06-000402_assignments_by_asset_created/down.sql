@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS assignments_by_asset_created;

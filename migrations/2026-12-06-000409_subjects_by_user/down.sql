@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS subjects_by_user;
