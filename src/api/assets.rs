@@ -652,6 +652,11 @@ impl AssetExport {
     }
 }
 
+/// Assets per chunk of the space's inventory export: each carries a row per owning account
+/// (up to every account of the space), so a chunk of [`export::CHUNK_ROWS`] assets could hold
+/// a hundred thousand account rows; a hundred keeps the export's memory flat.
+const ASSETS_PER_CHUNK: i64 = 100;
+
 impl export::Source for AssetExport {
     type Row = AssetInventory;
     type Key = After;
@@ -662,7 +667,7 @@ impl export::Source for AssetExport {
         after: Option<After>,
         limit: i64,
     ) -> Result<Chunk<AssetInventory, After>, ApiError> {
-        self.read(conn, after, limit).await
+        self.read(conn, after, limit.min(ASSETS_PER_CHUNK)).await
     }
 }
 

@@ -31,7 +31,10 @@
 //! ([`admit`]; `AppState::exports`): one more is a 503 `unavailable` with `Retry-After`, and
 //! allocations keep the rest of the pool. A client that stops reading without disconnecting
 //! would hold its connection and snapshot for ever: a piece the body has not taken within
-//! [`STALL`] ends the export like a disconnection.
+//! [`STALL`] ends the export like a disconnection, and an export still running after
+//! [`DEADLINE`] ends like a failed one (the body cut short). The snapshot's transaction sets
+//! `idle_in_transaction_session_timeout` above [`STALL`] for itself, so a server-wide lower
+//! setting does not cut an export whose client pauses.
 //!
 //! **Ends.** A client that disconnects drops the body, the task's next send fails, and the task
 //! rolls the snapshot back and returns the connection. An error after the first chunk cannot
@@ -80,6 +83,11 @@ pub const CHUNK_ROWS: i64 = 2_000;
 pub const PIECE_BYTES: usize = 64 * 1024;
 /// Pieces between the task and the body.
 pub const PIECES_IN_FLIGHT: usize = 8;
+
+/// The longest an export may run: a client that takes one piece just before every [`STALL`]
+/// would otherwise hold its connection and snapshot (and vacuum) for hours. A million
+/// assignments take about fifteen seconds at full speed.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// How long a piece may wait for the client to take it before the export gives up.
 pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -397,6 +405,8 @@ enum Sent {
 enum Failure {
     #[error("reading the list: {0}")]
     Read(String),
+    #[error("the export ran longer than {} minutes", DEADLINE.as_secs() / 60)]
+    Deadline,
     #[error("encoding a row: {0}")]
     Encode(String),
 }
@@ -411,7 +421,11 @@ async fn run<S: Source>(
     let mut encoder = Encoder::new(format, S::Row::COLUMNS);
     let mut chunk = first;
     let mut rows = 0u64;
+    let started = std::time::Instant::now();
     loop {
+        if started.elapsed() > DEADLINE {
+            return Err(Failure::Deadline);
+        }
         let encode = send_rows(&mut encoder, &chunk.rows, tx, &mut rows);
         let Some(after) = chunk.next.take() else {
             if !encode.await? {

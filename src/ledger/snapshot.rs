@@ -13,13 +13,20 @@
 use diesel::QueryResult;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
-/// Opens the snapshot (see the module doc).
+/// Opens the snapshot (see the module doc). Its transaction may sit idle between statements
+/// for up to two minutes (a reader that pauses) whatever the server's
+/// `idle_in_transaction_session_timeout`.
 pub async fn begin(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    use diesel_async::RunQueryDsl;
     AnsiTransactionManager::begin_transaction_sql(
         conn,
         "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
     )
-    .await
+    .await?;
+    diesel::sql_query("SET LOCAL idle_in_transaction_session_timeout = '120s'")
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Closes the snapshot (it changed nothing: a rollback).

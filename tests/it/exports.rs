@@ -668,3 +668,39 @@ async fn exports_beyond_a_quarter_of_the_pool_answer_503_until_one_ends() {
     drop(second);
     drop(third);
 }
+
+/// The space's inventory is exported a hundred assets per chunk (each carries a row per
+/// account): 250 assets cross two chunk boundaries under every sort, and the export still
+/// equals the JSON pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_exports_span_several_chunks() {
+    let (w, _) = crate::assets::catalog().await;
+    let api = w.api();
+    let account = w.accounts[0];
+    let mut conn = w.app.db.connect().await;
+    conn.batch_execute(&format!(
+        "INSERT INTO assets (account_id, adam_id, pricing_param, product_type, device_assignable,
+                             revocable, supported_platforms, apple_total, apple_assigned, held)
+           SELECT '{account}', (900000000 + i)::text, 'STDQ', 'App', true, true, '{{iOS}}',
+                  10 + i % 7, i % 5, i % 5
+             FROM generate_series(1, 250) AS i;"
+    ))
+    .await
+    .unwrap();
+    for query in ["", "sort=usage", "sort=available"] {
+        let items = walk_list(&api, "/assets", query).await;
+        assert!(items.len() > 250, "{query}: {}", items.len());
+        let ndjson = export_list(
+            &api,
+            "/assets",
+            query,
+            "application/x-ndjson",
+            "application/x-ndjson",
+        )
+        .await;
+        assert_ndjson(&ndjson, &items);
+        let records: Vec<Value> = items.iter().flat_map(asset_records).collect();
+        let csv = export_list(&api, "/assets", query, "text/csv", "text/csv").await;
+        assert_csv_records(&csv, AssetInventory::COLUMNS, &records);
+    }
+}
