@@ -973,8 +973,7 @@ pub async fn list_assignments(
     }))
 }
 
-/// The assignments list as an export: the list's query joined with the subjects, chunk by
-/// chunk, after the last id.
+/// The assignments list as an export: the list's query, chunk by chunk, after the last id.
 struct AssignmentExport {
     space: String,
     /// `None`: a subject the space never saw (nothing to export).
@@ -994,16 +993,9 @@ impl export::Source for AssignmentExport {
         let Some(filter) = &self.filter else {
             return Ok(Chunk::new(Vec::new(), 0, limit, None));
         };
-        let rows = store::list_with_subjects(conn, &self.space, filter, after, limit).await?;
-        let (raw, last) = (rows.len(), rows.last().map(|(r, _)| r.id));
-        let views = rows
-            .into_iter()
-            .map(|(r, subject)| {
-                let subject = subject.map(|(kind, id)| AssignmentSubject { kind, id });
-                view_with(r, subject)
-            })
-            .collect();
-        Ok(Chunk::new(views, raw, limit, last))
+        let rows = store::list(conn, &self.space, filter, after, limit).await?;
+        let (raw, last) = (rows.len(), rows.last().map(|r| r.id));
+        Ok(Chunk::new(views(conn, rows).await?, raw, limit, last))
     }
 }
 

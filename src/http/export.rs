@@ -44,7 +44,10 @@
 //! than with the `csv` crate, whose writer owns its buffer (the tests read exports back with
 //! it). One column per leaf of the JSON item, named by its dotted path (`asset.adam_id`,
 //! `revocation.by`), listed by the row type ([`ExportRow::COLUMNS`], a test per list checks
-//! that every field has one) so the header is the same whatever the data; an absent or null value
+//! that every field has one) so the header is the same whatever the data. The cells are written
+//! straight from the item's serialisation (`cells::Cells`, a serde `Serializer` following the
+//! column paths), with no `serde_json::Value` per row unless the list writes an item as several
+//! records ([`ExportRow::csv_records`]); an absent or null value
 //! is an empty cell, numbers and booleans are written as JSON writes them, and arrays (and
 //! objects with free-form keys) are one cell of compact JSON, unambiguous whatever the strings
 //! hold. Spreadsheet formula injection: a text cell that starts with `=`, `+`, `-`, `@`, tab or CR

@@ -4,8 +4,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::schema::{assignments, subjects};
-use crate::domain::model::{AssignmentState, SubjectKind};
+use crate::db::schema::assignments;
+use crate::domain::model::AssignmentState;
 use crate::domain::records::AssignmentRow;
 
 const LIVE: [&str; 3] = ["pending", "associating", "active"];
@@ -81,35 +81,6 @@ pub struct ListFilter {
     pub live_only: bool,
 }
 
-/// A boxed assignments query narrowed by a [`ListFilter`] and a keyset position.
-macro_rules! filtered {
-    ($q:expr, $filter:expr, $after:expr) => {{
-        let (mut q, filter, after) = ($q, $filter, $after);
-        if let Some(a) = filter.account {
-            q = q.filter(assignments::account_id.eq(a));
-        }
-        if let Some(a) = &filter.adam_id {
-            q = q.filter(assignments::adam_id.eq(a.clone()));
-        }
-        if let Some(p) = &filter.pricing_param {
-            q = q.filter(assignments::pricing_param.eq(p.clone()));
-        }
-        if let Some(s) = filter.subject {
-            q = q.filter(assignments::subject_id.eq(s));
-        }
-        if let Some(s) = filter.state {
-            q = q.filter(assignments::state.eq(s));
-        }
-        if filter.live_only {
-            q = q.filter(assignments::state.eq_any(LIVE));
-        }
-        if let Some(after) = after {
-            q = q.filter(assignments::id.gt(after));
-        }
-        q
-    }};
-}
-
 /// A page of a space's assignments ordered by id (UUIDv7: creation order).
 pub async fn list(
     conn: &mut AsyncPgConnection,
@@ -118,35 +89,34 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Vec<AssignmentRow>> {
-    let q = assignments::table
+    let mut q = assignments::table
         .filter(assignments::space_id.eq(space))
         .select(AssignmentRow::as_select())
         .order(assignments::id.asc())
         .limit(limit)
         .into_boxed();
-    filtered!(q, filter, after).load(conn).await
-}
-
-/// [`list`], each row with its subject's kind and external id (`None`: no such subject), in
-/// one statement (the exports: no second query for the subjects of a chunk).
-pub async fn list_with_subjects(
-    conn: &mut AsyncPgConnection,
-    space: &str,
-    filter: &ListFilter,
-    after: Option<Uuid>,
-    limit: i64,
-) -> QueryResult<Vec<(AssignmentRow, Option<(SubjectKind, String)>)>> {
-    let q = assignments::table
-        .left_join(subjects::table)
-        .filter(assignments::space_id.eq(space))
-        .select((
-            AssignmentRow::as_select(),
-            (subjects::kind, subjects::external_id).nullable(),
-        ))
-        .order(assignments::id.asc())
-        .limit(limit)
-        .into_boxed();
-    filtered!(q, filter, after).load(conn).await
+    if let Some(a) = filter.account {
+        q = q.filter(assignments::account_id.eq(a));
+    }
+    if let Some(a) = &filter.adam_id {
+        q = q.filter(assignments::adam_id.eq(a.clone()));
+    }
+    if let Some(p) = &filter.pricing_param {
+        q = q.filter(assignments::pricing_param.eq(p.clone()));
+    }
+    if let Some(s) = filter.subject {
+        q = q.filter(assignments::subject_id.eq(s));
+    }
+    if let Some(s) = filter.state {
+        q = q.filter(assignments::state.eq(s));
+    }
+    if filter.live_only {
+        q = q.filter(assignments::state.eq_any(LIVE));
+    }
+    if let Some(after) = after {
+        q = q.filter(assignments::id.gt(after));
+    }
+    q.load(conn).await
 }
 
 /// Live (license-holding) assignments of an account.
