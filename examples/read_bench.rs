@@ -39,8 +39,11 @@
 //!
 //! Options: `--accounts N --assets N --assignments N --activity N` (ledger size),
 //! `--requests N` (per read endpoint), `--clients N --requests-per-client N --rounds N`
-//! (allocation storm: 64 clients, 300 each, 2 rounds of alone then with reads), `--keep` (keep the database and print its URL). A quick run:
-//! `cargo run --release --example read_bench -- --assignments 50000 --activity 100000`.
+//! (allocation storm: 64 clients, 300 each, 2 rounds of alone then with reads), `--keep` (keep the database and print its URL),
+//! `--only exports` (seed, then only the exports: no reads, no storm), `--export-runs N` (download
+//! each export N times, 1). A quick run:
+//! `cargo run --release --example read_bench -- --assignments 50000 --activity 100000`; the
+//! exports alone: `-- --only exports --activity 1000 --export-runs 2`.
 
 #![allow(
     clippy::unwrap_used,
@@ -86,6 +89,10 @@ struct Args {
     per_client: usize,
     rounds: usize,
     keep: bool,
+    /// `--only exports`: seed, then only the exports (no reads, no allocation storm).
+    exports_only: bool,
+    /// Times each export is downloaded (`--export-runs`, 1).
+    export_runs: usize,
 }
 
 fn args() -> Args {
@@ -99,6 +106,8 @@ fn args() -> Args {
         per_client: 300,
         rounds: 2,
         keep: false,
+        exports_only: false,
+        export_runs: 1,
     };
     let argv: Vec<String> = std::env::args().collect();
     for (i, w) in argv.iter().enumerate() {
@@ -117,6 +126,11 @@ fn args() -> Args {
             "--requests-per-client" => a.per_client = next() as usize,
             "--rounds" => a.rounds = next() as usize,
             "--keep" => a.keep = true,
+            "--export-runs" => a.export_runs = (next() as usize).max(1),
+            "--only" => match argv.get(i + 1).map(String::as_str) {
+                Some("exports") => a.exports_only = true,
+                other => panic!("--only takes `exports`, not {other:?}"),
+            },
             _ => {}
         }
     }
@@ -645,7 +659,11 @@ async fn main() {
     let reader_token = token_for("bench-reader", "licenses:read", &[SPACE]);
     let sp = format!("/v1/spaces/{SPACE}");
     let assets_path = format!("{sp}/assets");
-    let last = last_page_cursor(&http, &base, &reader_token, &assets_path).await;
+    let last = if args.exports_only {
+        None
+    } else {
+        last_page_cursor(&http, &base, &reader_token, &assets_path).await
+    };
     let detail_adam = ADAM_BASE + 150 % shape.catalogue;
     let serial = format!("BENCH{:08}", 42 % shape.devices);
     let mut reads = vec![Read {
@@ -725,7 +743,7 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut available = Vec::new();
     let mut summary: Vec<(String, String, String, &'static str)> = Vec::new();
-    for read in &reads {
+    for read in reads.iter().filter(|_| !args.exports_only) {
         let outcome = measure(&http, &base, &reader_token, read, args.requests).await;
         let target = read
             .target_ms
@@ -773,7 +791,10 @@ async fn main() {
 
     // Exports.
     println!();
-    for (accept, header_rows) in [("text/csv", 1), ("application/x-ndjson", 0)] {
+    let exports = (0..args.export_runs)
+        .flat_map(|_| [("text/csv", 1), ("application/x-ndjson", 0)])
+        .collect::<Vec<_>>();
+    for (accept, header_rows) in exports {
         match export(
             &http,
             &base,
@@ -822,13 +843,18 @@ async fn main() {
         }
     }
 
-    // Allocation throughput alone and with 20 reads/s.
+    // Allocation throughput alone and with 20 reads/s (not with `--only exports`).
+    let rounds = if args.exports_only {
+        0
+    } else {
+        args.rounds.max(1)
+    };
     apple_latency(&sim, 500).await;
     println!();
     let reads_per_second = 20;
     // Alternating, so a neighbour's load on the shared machine falls on both modes alike.
     let mut rates = [Vec::new(), Vec::new()];
-    for (round, with_reads) in (0..args.rounds.max(1)).flat_map(|r| [(r, false), (r, true)]) {
+    for (round, with_reads) in (0..rounds).flat_map(|r| [(r, false), (r, true)]) {
         let stop = Arc::new(AtomicBool::new(false));
         let background = with_reads.then(|| {
             tokio::spawn(reader(
@@ -882,15 +908,17 @@ async fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (alone, with_reads) = (mean(&rates[0]), mean(&rates[1]));
     let ratio = 100.0 * with_reads / alone;
-    summary.push((
-        format!("allocation throughput with {reads_per_second} reads/s vs alone"),
-        format!(
-            "{ratio:.0} % ({with_reads:.0} / {alone:.0} alloc/s, mean of {} runs each)",
-            rates[0].len()
-        ),
-        "≥ 90 %".into(),
-        verdict(ratio >= 90.0),
-    ));
+    if rounds > 0 {
+        summary.push((
+            format!("allocation throughput with {reads_per_second} reads/s vs alone"),
+            format!(
+                "{ratio:.0} % ({with_reads:.0} / {alone:.0} alloc/s, mean of {} runs each)",
+                rates[0].len()
+            ),
+            "≥ 90 %".into(),
+            verdict(ratio >= 90.0),
+        ));
+    }
 
     println!();
     println!("| measure | figure | target | |");

@@ -725,9 +725,9 @@ impl ExportRow for AssetInventory {
         "ledger.usage_percent",
     ];
 
-    fn csv_records(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+    fn csv_records(&self) -> Result<Option<Vec<serde_json::Value>>, serde_json::Error> {
         let serde_json::Value::Object(mut asset) = serde_json::to_value(self)? else {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         };
         asset.remove("totals");
         asset.remove("accounts");
@@ -740,7 +740,8 @@ impl ExportRow for AssetInventory {
                 }
                 Ok(serde_json::Value::Object(record))
             })
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 }
 

@@ -463,7 +463,7 @@ impl From<RevocationError> for ApiError {
     }
 }
 
-/// Builds the views of assignments (one query for their subjects).
+/// Builds the views of assignments (one query for their subjects' kinds and ids).
 pub async fn views(
     conn: &mut diesel_async::AsyncPgConnection,
     rows: Vec<AssignmentRow>,
@@ -471,33 +471,41 @@ pub async fn views(
     let mut ids: Vec<Uuid> = rows.iter().map(|r| r.subject_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let subjects: HashMap<Uuid, SubjectRow> = subjects::by_ids(conn, &ids)
+    let subjects: HashMap<Uuid, (SubjectKind, String)> = subjects::names_by_ids(conn, &ids)
         .await?
         .into_iter()
-        .map(|s| (s.id, s))
+        .map(|(id, kind, external_id)| (id, (kind, external_id)))
         .collect();
     Ok(rows
         .into_iter()
         .map(|r| {
-            let subject = subjects.get(&r.subject_id);
-            view(r, subject)
+            let subject = subjects
+                .get(&r.subject_id)
+                .map(|(kind, id)| AssignmentSubject {
+                    kind: *kind,
+                    id: id.clone(),
+                });
+            view_with(r, subject)
         })
         .collect())
 }
 
 fn view(r: AssignmentRow, subject: Option<&SubjectRow>) -> Assignment {
-    let subject = subject
-        .map(|s| AssignmentSubject {
-            kind: s.kind,
-            id: s.external_id.clone(),
-        })
-        .unwrap_or(AssignmentSubject {
-            kind: match r.license_type {
-                LicenseType::Device => SubjectKind::Device,
-                LicenseType::User => SubjectKind::User,
-            },
-            id: String::new(),
-        });
+    let subject = subject.map(|s| AssignmentSubject {
+        kind: s.kind,
+        id: s.external_id.clone(),
+    });
+    view_with(r, subject)
+}
+
+fn view_with(r: AssignmentRow, subject: Option<AssignmentSubject>) -> Assignment {
+    let subject = subject.unwrap_or(AssignmentSubject {
+        kind: match r.license_type {
+            LicenseType::Device => SubjectKind::Device,
+            LicenseType::User => SubjectKind::User,
+        },
+        id: String::new(),
+    });
     Assignment {
         id: r.id,
         space: r.space_id,

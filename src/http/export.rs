@@ -47,7 +47,10 @@
 //! than with the `csv` crate, whose writer owns its buffer (the tests read exports back with
 //! it). One column per leaf of the JSON item, named by its dotted path (`asset.adam_id`,
 //! `revocation.by`), listed by the row type ([`ExportRow::COLUMNS`], a test per list checks
-//! that every field has one) so the header is the same whatever the data; an absent or null value
+//! that every field has one) so the header is the same whatever the data. The cells are written
+//! straight from the item's serialisation (`cells::Cells`, a serde `Serializer` following the
+//! column paths), with no `serde_json::Value` per row unless the list writes an item as several
+//! records ([`ExportRow::csv_records`]); an absent or null value
 //! is an empty cell, numbers and booleans are written as JSON writes them, and arrays (and
 //! objects with free-form keys) are one cell of compact JSON, unambiguous whatever the strings
 //! hold. Spreadsheet formula injection: a text cell that starts with `=`, `+`, `-`, `@`, tab or CR
@@ -77,8 +80,10 @@ use super::problem::{ApiError, types};
 use crate::db::Conn;
 use crate::ledger::snapshot;
 
+mod cells;
+
 /// Rows read per statement of an export.
-pub const CHUNK_ROWS: i64 = 2_000;
+pub const CHUNK_ROWS: i64 = 5_000;
 /// Bytes sent to the body at once (about).
 pub const PIECE_BYTES: usize = 64 * 1024;
 /// Pieces between the task and the body.
@@ -298,10 +303,12 @@ pub trait ExportRow: Serialize {
     /// path may name an array or a free-form object: the cell is then its compact JSON.
     const COLUMNS: &'static [&'static str];
 
-    /// The JSON objects this item is written as in CSV, one record each: by default the item
-    /// itself. A list may write an item as several records (an asset per account).
-    fn csv_records(&self) -> Result<Vec<Value>, serde_json::Error> {
-        Ok(vec![serde_json::to_value(self)?])
+    /// The JSON objects this item is written as in CSV, one record each, or `None` (the
+    /// default) for the item itself as its one record, whose cells are then written straight
+    /// from its serialisation (`cells::Cells`) without building a [`Value`]. A list may write
+    /// an item as several records (an asset per account).
+    fn csv_records(&self) -> Result<Option<Vec<Value>>, serde_json::Error> {
+        Ok(None)
     }
 }
 
@@ -475,8 +482,7 @@ async fn send_rows<R: ExportRow>(
 enum Encoder {
     Csv {
         buf: Vec<u8>,
-        columns: Vec<Vec<&'static str>>,
-        cell: String,
+        cells: Box<cells::Cells>,
     },
     Ndjson(Vec<u8>),
 }
@@ -495,8 +501,7 @@ impl Encoder {
                 buf.extend_from_slice(b"\r\n");
                 Encoder::Csv {
                     buf,
-                    columns: columns.iter().map(|c| c.split('.').collect()).collect(),
-                    cell: String::new(),
+                    cells: Box::new(cells::Cells::new(columns)),
                 }
             }
             Format::Ndjson | Format::Json => Encoder::Ndjson(buf),
@@ -510,20 +515,25 @@ impl Encoder {
                     .map_err(|e| Failure::Encode(e.to_string()))?;
                 buf.push(b'\n');
             }
-            Encoder::Csv { buf, columns, cell } => {
-                let records = row
-                    .csv_records()
-                    .map_err(|e| Failure::Encode(e.to_string()))?;
-                for record in &records {
-                    for (i, path) in columns.iter().enumerate() {
-                        if i > 0 {
-                            buf.push(b',');
-                        }
-                        cell.clear();
-                        write_cell(cell, lookup(record, path));
-                        push_field(buf, cell);
+            Encoder::Csv { buf, cells } => {
+                let encode = |e: serde_json::Error| Failure::Encode(e.to_string());
+                match row.csv_records().map_err(encode)? {
+                    None => {
+                        cells.clear();
+                        row.serialize(&mut **cells).map_err(encode)?;
+                        push_record(buf, cells.cells());
                     }
-                    buf.extend_from_slice(b"\r\n");
+                    Some(records) => {
+                        for record in &records {
+                            for i in 0..cells.columns().len() {
+                                let cell = lookup(record, &cells.columns()[i]);
+                                let out = cells.cell_mut(i);
+                                out.clear();
+                                write_cell(out, cell);
+                            }
+                            push_record(buf, cells.cells());
+                        }
+                    }
                 }
             }
         }
@@ -544,6 +554,17 @@ impl Encoder {
             }
         }
     }
+}
+
+/// One CSV record: its fields, comma-separated, and CRLF.
+fn push_record(buf: &mut Vec<u8>, fields: &[String]) {
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        push_field(buf, field);
+    }
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// One RFC 4180 field: quoted (inner quotes doubled) when it holds a comma, quote, CR or LF.
@@ -714,6 +735,94 @@ mod tests {
             uncovered_paths(&item, &["a", "list"]),
             ["formula", "num", "quote", "t"]
         );
+    }
+
+    #[test]
+    fn cells_from_the_serialisation_equal_cells_from_the_value() {
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            Unit,
+            Wrapped(u8),
+            Shaped { x: i32 },
+        }
+        #[derive(Serialize)]
+        struct Inner {
+            text: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            gone: Option<u8>,
+            none: Option<bool>,
+            list: Vec<Kind>,
+        }
+        #[derive(Serialize)]
+        struct Item {
+            n: i64,
+            f: f64,
+            b: bool,
+            kind: Kind,
+            data: Kind,
+            shape: Kind,
+            inner: Inner,
+            whole: Inner,
+            map: std::collections::HashMap<String, u32>,
+            absent: Option<Inner>,
+        }
+        let item = Item {
+            n: -7,
+            f: 1.5,
+            b: true,
+            kind: Kind::Unit,
+            data: Kind::Wrapped(3),
+            shape: Kind::Shaped { x: 2 },
+            inner: Inner {
+                text: "=1+1, \"q\"".into(),
+                gone: None,
+                none: None,
+                list: vec![Kind::Unit, Kind::Wrapped(1)],
+            },
+            whole: Inner {
+                text: "w".into(),
+                gone: Some(1),
+                none: Some(false),
+                list: Vec::new(),
+            },
+            map: [("b".to_owned(), 2), ("a".to_owned(), 1)].into(),
+            absent: None,
+        };
+        let columns: &[&str] = &[
+            "n",
+            "f",
+            "b",
+            "kind",
+            "data",
+            "data.wrapped",
+            "shape.shaped.x",
+            "inner.text",
+            "inner.gone",
+            "inner.none",
+            "inner.list",
+            "whole",
+            "map",
+            "map.a",
+            "absent.text",
+            "missing",
+        ];
+        let value = serde_json::to_value(&item).unwrap();
+        let mut cells = cells::Cells::new(columns);
+        item.serialize(&mut cells).unwrap();
+        let expected: Vec<String> = cells
+            .columns()
+            .iter()
+            .map(|p| {
+                let mut cell = String::new();
+                write_cell(&mut cell, lookup(&value, p));
+                cell
+            })
+            .collect();
+        assert_eq!(cells.cells(), expected);
+        assert_eq!(expected[3], "unit");
+        assert_eq!(expected[5], "3");
+        assert_eq!(expected[7], "'=1+1, \"q\"");
     }
 
     #[test]

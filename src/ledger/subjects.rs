@@ -34,6 +34,19 @@ pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<V
         .await
 }
 
+/// The kind and external id of each of `ids` that exists (the assignment views' subjects:
+/// nothing else of the row is read).
+pub async fn names_by_ids(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<(Uuid, SubjectKind, String)>> {
+    subjects::table
+        .filter(subjects::id.eq_any(ids))
+        .select((subjects::id, subjects::kind, subjects::external_id))
+        .load(conn)
+        .await
+}
+
 /// A subject as stored, with when the space first saw it (`created_at`) and when an allocation
 /// last changed its stored facts (`updated_at`, moved by the trigger `subjects_touch_updated_at`
 /// only when groups, user or Shared iPad change).
