@@ -187,6 +187,10 @@ CREATE TEMP TABLE bench_accounts AS
     SELECT (location_uid::bigint - {uid_base})::int AS k, id FROM accounts WHERE space_id = '{space}';
 CREATE FUNCTION pg_temp.h(x bigint) RETURNS bigint LANGUAGE sql IMMUTABLE
     AS 'SELECT hashint8(x)::bigint + 2147483648';
+-- Assignment ids grow with their insertion, as the service's UUIDv7 ids do (a time prefix), so
+-- the id-ordered reads of the lists and exports meet the heap in the order production does.
+CREATE FUNCTION pg_temp.aid(x bigint) RETURNS uuid LANGUAGE sql IMMUTABLE
+    AS 'SELECT (lpad(to_hex(x), 12, ''0'') || ''7'' || substr(md5(''bench-assignment-'' || x), 1, 19))::uuid';
 CREATE TEMP TABLE bench_ids AS SELECT array_agg(id ORDER BY k) AS ids FROM bench_accounts;
 
 -- Devices: BENCH00000000 … with groups; a third of them with a user.
@@ -203,7 +207,7 @@ INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subje
                          license_type, state, rule, decision, requested_by, reason, apple_event_id,
                          error, created_at, updated_at, revoked_by, revocation_reason,
                          revocation_requested_at, revocation_request_id)
-SELECT md5('bench-assignment-' || i)::uuid, '{space}', ids[(k + 1)::int], ({adam_base} + d)::text, 'STDQ',
+SELECT pg_temp.aid(i), '{space}', ids[(k + 1)::int], ({adam_base} + d)::text, 'STDQ',
        md5('bench-subject-' || s)::uuid, 'device', st,
        CASE WHEN h % 10 = 0 THEN 'reservation' ELSE 'priority' END,
        jsonb_build_object('skipped', '[]'::jsonb), 'mdm-sync', '',
@@ -265,7 +269,7 @@ SELECT occurred, '{space}',
                             'account.status_changed') THEN 'system'
             WHEN action LIKE 'assignment.%' THEN 'mdm-sync' ELSE 'admin@example.com' END,
        action, ids[(k + 1)::int],
-       CASE WHEN action LIKE 'assignment.%' THEN md5('bench-assignment-' || i)::uuid END,
+       CASE WHEN action LIKE 'assignment.%' THEN pg_temp.aid(i) END,
        CASE WHEN action LIKE 'assignment.%' THEN 'device:BENCH' || lpad(s::text, 8, '0') END,
        CASE WHEN action <> 'account.status_changed' THEN ({adam_base} + d)::text END,
        CASE WHEN action <> 'account.status_changed' THEN 'STDQ' END,
