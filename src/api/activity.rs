@@ -151,10 +151,11 @@ pub async fn list_activity(
     let limit = page.limit()?;
     let before: Option<i64> = page.after(&list)?;
     let filter = filter(q)?;
-    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    if let Some(admission) = admission {
+    // Admitted once the query, the space and the filters' ids are known good: a refusal (503)
+    // never hides a 400 or a 404.
+    if let Some(admission) = export::admission(format, &state.exports)? {
         let source = ActivityExport { space, filter };
         return export::respond(format, admission, conn, source, "activity").await;
     }

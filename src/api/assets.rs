@@ -317,9 +317,10 @@ pub async fn list_assets(
     };
     let list = format!("assets:{space}:{sort}");
     let ask = Ask::new(&page, &list, sort, q.product_type, q.exhausted, q.min_usage)?;
-    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
-    if let Some(admission) = admission {
+    // Admitted once the query, the space and the filters' ids are known good: a refusal (503)
+    // never hides a 400 or a 404.
+    if let Some(admission) = export::admission(format, &state.exports)? {
         let source = AssetExport::new(&ask, space, q.account_id);
         return export::respond(format, admission, conn, source, "assets").await;
     }
@@ -370,9 +371,10 @@ pub async fn list_account_assets(
     };
     let list = format!("assets:{space}:account:{account}:{sort}");
     let ask = Ask::new(&page, &list, sort, q.product_type, q.exhausted, q.min_usage)?;
-    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
-    if let Some(admission) = admission {
+    // Admitted once the query, the space and the filters' ids are known good: a refusal (503)
+    // never hides a 400 or a 404.
+    if let Some(admission) = export::admission(format, &state.exports)? {
         let source = AccountAssetExport(AssetExport::new(&ask, space, Some(account)));
         return export::respond(format, admission, conn, source, "account-assets").await;
     }

@@ -930,7 +930,6 @@ pub async fn list_assignments(
     };
     let limit = page.limit()?;
     let after: Option<Uuid> = page.after(&format!("assignments:{space}"))?;
-    let admission = export::admission(format, &state.exports)?;
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
     // A subject the space never saw holds nothing.
@@ -943,7 +942,9 @@ pub async fn list_assignments(
         state: q.state,
         live_only: q.live.unwrap_or(false),
     });
-    if let Some(admission) = admission {
+    // Admitted once the query, the space and the filters' ids are known good: a refusal (503)
+    // never hides a 400 or a 404.
+    if let Some(admission) = export::admission(format, &state.exports)? {
         let source = AssignmentExport { space, filter };
         return export::respond(format, admission, conn, source, "assignments").await;
     }

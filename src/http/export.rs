@@ -117,8 +117,8 @@ pub fn admit(exports: &std::sync::Arc<tokio::sync::Semaphore>) -> Result<Admissi
         })
 }
 
-/// A place for an export when `format` is one ([`admit`]); `None` for a JSON page. Taken
-/// before the handler asks the pool for a connection, so a refused export never waits for one.
+/// A place for an export when `format` is one ([`admit`]); `None` for a JSON page. Taken once
+/// the handler has checked the query and the space, so a refusal never hides a 400 or a 404.
 pub fn admission(
     format: Format,
     exports: &std::sync::Arc<tokio::sync::Semaphore>,
