@@ -203,6 +203,19 @@ pub struct DispatchArgs {
     /// Milliseconds an idle worker sleeps between looks for work.
     #[arg(long, env = "VPP_IDLE_POLL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub idle_poll_ms: u64,
+    /// Sync workers in this process (0: this process runs no sync; another replica's do).
+    /// Across all replicas one sync of an account runs at a time.
+    #[arg(long, env = "VPP_SYNC_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=16))]
+    pub sync_workers: u64,
+    /// Minutes between incremental syncs of an account (assignments since the last versionId).
+    #[arg(long, env = "VPP_SYNC_INCREMENTAL_MINUTES", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    pub sync_incremental_minutes: u64,
+    /// Hours between full syncs of an account (jittered per account by up to a tenth).
+    #[arg(long, env = "VPP_SYNC_FULL_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub sync_full_hours: u64,
+    /// Seconds between two looks of the sync scheduler for accounts due.
+    #[arg(long, env = "VPP_SYNC_SCHEDULE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sync_schedule_secs: u64,
 }
 
 impl Default for DispatchArgs {
@@ -216,6 +229,46 @@ impl Default for DispatchArgs {
             event_poll_max_secs: 30,
             job_lease_secs: 60,
             idle_poll_ms: 200,
+            sync_workers: 1,
+            sync_incremental_minutes: 15,
+            sync_full_hours: 24,
+            sync_schedule_secs: 30,
+        }
+    }
+}
+
+/// Drift, plans and Reconcile (issue 13; docs/sync.md): what the API and the workers share.
+#[derive(Args, Clone, Debug)]
+pub struct ReconcileArgs {
+    /// An assignment pending, associating or revoking for longer than this many minutes is
+    /// reported `stuck` by the drift report.
+    #[arg(long, env = "VPP_DRIFT_STUCK_MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    pub stuck_minutes: u64,
+    /// A plan changes at most this percentage of the account's assignments (at Apple or in
+    /// the ledger, whichever is more; at least one) ...
+    #[arg(long, env = "VPP_PLAN_CAP_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub plan_cap_percent: u64,
+    /// ... and never more than this many.
+    #[arg(long, env = "VPP_PLAN_CAP_MAX", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub plan_cap_max: u64,
+    /// Run Reconcile by itself once a day for every account (plan, then apply; capped like a
+    /// manual run). Off by default.
+    #[arg(long, env = "VPP_RECONCILE_DAILY", default_value_t = false)]
+    pub reconcile_daily: bool,
+    /// Reconcile revokes the licenses of subjects the MDM has not seen for this many days
+    /// (their `last_seen`); unset: never (subjects whose last sighting is unknown never are).
+    #[arg(long, env = "VPP_RECONCILE_UNSEEN_DAYS", value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub reconcile_unseen_days: Option<u64>,
+}
+
+impl Default for ReconcileArgs {
+    fn default() -> Self {
+        ReconcileArgs {
+            stuck_minutes: 60,
+            plan_cap_percent: 10,
+            plan_cap_max: 5000,
+            reconcile_daily: false,
+            reconcile_unseen_days: None,
         }
     }
 }

@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Authenticator;
-use crate::config::{AccountArgs, AppleArgs, AuthArgs, ConfigError, DbArgs, HttpArgs};
+use crate::config::{
+    AccountArgs, AppleArgs, AuthArgs, ConfigError, DbArgs, HttpArgs, ReconcileArgs,
+};
 use crate::crypto::{KeySpecError, TokenCipher};
 use crate::db::pool::PoolError;
 use crate::db::{self, Pool, migrate};
@@ -38,6 +40,8 @@ pub struct Settings {
     pub accounts: AccountArgs,
     /// The Apple dispatcher of this process; `None` runs none (its work waits for another one).
     pub dispatch: Option<dispatch::Settings>,
+    /// Drift, plans and Reconcile (shared by the API and the workers).
+    pub reconcile: ReconcileArgs,
     /// Apply pending migrations first, under the migration lock (`VPP_AUTO_MIGRATE`, `dev`).
     pub migrate: bool,
     /// SIGTERM / SIGINT stop the server gracefully (`serve`, `dev`); tests stop it themselves.
@@ -106,6 +110,7 @@ impl Service {
             apple,
             accounts,
             dispatch,
+            reconcile,
             migrate,
             handle_signals,
         } = settings;
@@ -145,7 +150,7 @@ impl Service {
                 addr: http.listen,
                 source,
             })?;
-        let state = Arc::new(AppState::build(pool, &apple, &accounts, cipher).await?);
+        let state = Arc::new(AppState::build(pool, &apple, &accounts, cipher, reconcile).await?);
         state
             .waiters
             .clone()

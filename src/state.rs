@@ -35,6 +35,8 @@ pub struct AppState {
     /// for as long as it streams, so at most a quarter of the pool (at least one) goes to
     /// them and allocations keep the rest.
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Drift, plans and Reconcile settings.
+    pub reconciliation: crate::config::ReconcileArgs,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
         apple: &crate::config::AppleArgs,
         accounts: &crate::config::AccountArgs,
         cipher: Arc<TokenCipher>,
+        reconciliation: crate::config::ReconcileArgs,
     ) -> Result<AppState, StateError> {
         apple.validate()?;
         accounts.validate()?;
@@ -77,6 +80,7 @@ impl AppState {
             waiters: Arc::new(crate::waiters::Waiters::default()),
             combiner: crate::engine::combiner::Combiner::start(pool_for_combiner, 2, 128),
             exports: Arc::new(tokio::sync::Semaphore::new(exports)),
+            reconciliation,
         })
     }
 }

@@ -206,6 +206,7 @@ pub async fn run(args: DevArgs) -> Result<(), CommandError> {
             public_url: Some(base.clone()),
         },
         dispatch: Some(dispatch),
+        reconcile: crate::config::ReconcileArgs::default(),
         migrate: true,
         handle_signals: true,
     })

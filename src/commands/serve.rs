@@ -5,7 +5,9 @@ use clap::Args;
 use secrecy::ExposeSecret;
 
 use super::CommandError;
-use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, DispatchArgs, HttpArgs};
+use crate::config::{
+    AccountArgs, AppleArgs, AuthArgs, DbArgs, DispatchArgs, HttpArgs, ReconcileArgs,
+};
 use crate::service::{Service, Settings};
 
 #[derive(Debug, Args)]
@@ -22,6 +24,8 @@ pub struct ServeArgs {
     pub accounts: AccountArgs,
     #[command(flatten)]
     pub dispatch: DispatchArgs,
+    #[command(flatten)]
+    pub reconcile: ReconcileArgs,
     /// Apply pending migrations before serving (under the same advisory lock as `migrate`).
     /// The Helm chart runs `migrate` as a hook instead.
     #[arg(long, env = "VPP_AUTO_MIGRATE", default_value_t = false)]
@@ -36,6 +40,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CommandError> {
         apple,
         accounts,
         dispatch,
+        reconcile,
         auto_migrate,
     } = args;
     let dispatch = crate::dispatch::Settings::from_args(&dispatch, db.database_url.expose_secret());
@@ -49,6 +54,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CommandError> {
         apple,
         accounts,
         dispatch: Some(dispatch),
+        reconcile,
         migrate: auto_migrate,
         handle_signals: true,
     })

@@ -39,6 +39,9 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        assets_version_id -> Nullable<Text>,
+        users_version_id -> Nullable<Text>,
+        last_sync_attempt_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -58,6 +61,19 @@ diesel::table! {
         apple_event_id -> Nullable<Text>,
         request_id -> Nullable<Text>,
         details -> Jsonb,
+    }
+}
+
+diesel::table! {
+    apple_assignments (account_id, adam_id, pricing_param, license_type, target) {
+        account_id -> Uuid,
+        adam_id -> Text,
+        pricing_param -> Text,
+        license_type -> Text,
+        target -> Text,
+        first_seen_at -> Timestamptz,
+        seen_at -> Timestamptz,
+        seen_by_run -> Uuid,
     }
 }
 
@@ -113,6 +129,7 @@ diesel::table! {
         synced_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        vanished_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -164,6 +181,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    drift_items (id) {
+        id -> Int8,
+        account_id -> Uuid,
+        space_id -> Text,
+        class -> Text,
+        adam_id -> Text,
+        pricing_param -> Text,
+        license_type -> Nullable<Text>,
+        target -> Nullable<Text>,
+        assignment_id -> Nullable<Uuid>,
+        since -> Timestamptz,
+        found_by_run -> Uuid,
+        details -> Jsonb,
+    }
+}
+
+diesel::table! {
     idempotency_keys (space_id, caller, key) {
         space_id -> Text,
         caller -> Text,
@@ -197,6 +231,43 @@ diesel::table! {
 }
 
 diesel::table! {
+    plan_items (plan_id, seq) {
+        plan_id -> Uuid,
+        seq -> Int4,
+        account_id -> Uuid,
+        change -> Text,
+        adam_id -> Text,
+        pricing_param -> Text,
+        license_type -> Text,
+        target -> Text,
+        assignment_id -> Nullable<Uuid>,
+        reason -> Text,
+        outcome -> Nullable<Text>,
+        outcome_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    plans (id) {
+        id -> Uuid,
+        space_id -> Text,
+        account_id -> Nullable<Uuid>,
+        action -> Text,
+        options -> Jsonb,
+        state -> Text,
+        created_by -> Text,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        cap -> Int4,
+        candidates -> Int4,
+        applied_at -> Nullable<Timestamptz>,
+        applied_by -> Nullable<Text>,
+        outcome -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
     policy_entries (policy_id, target_kind, target) {
         policy_id -> Uuid,
         target_kind -> Text,
@@ -218,6 +289,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    sync_runs (id) {
+        id -> Uuid,
+        space_id -> Text,
+        account_id -> Uuid,
+        kind -> Text,
+        trigger -> Text,
+        requested_by -> Text,
+        request_id -> Nullable<Text>,
+        state -> Text,
+        attempts -> Int4,
+        requested_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        requests -> Int4,
+        pages_read -> Int4,
+        stats -> Jsonb,
+        drift -> Jsonb,
+        error -> Nullable<Jsonb>,
+        version_before -> Nullable<Text>,
+        version_after -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     subjects (id) {
         id -> Uuid,
         space_id -> Text,
@@ -228,10 +323,14 @@ diesel::table! {
         shared_ipad -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        last_seen_at -> Nullable<Timestamptz>,
     }
 }
 
 diesel::joinable!(account_distribution_entries -> accounts (account_id));
+diesel::joinable!(apple_assignments -> accounts (account_id));
+diesel::joinable!(drift_items -> accounts (account_id));
+diesel::joinable!(plan_items -> plans (plan_id));
 diesel::joinable!(accounts -> spaces (space_id));
 diesel::joinable!(apple_events -> accounts (account_id));
 diesel::joinable!(apple_users -> accounts (account_id));
@@ -248,6 +347,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     account_distribution_entries,
     accounts,
     activity_log,
+    apple_assignments,
     apple_events,
     apple_notifications,
     apple_users,
@@ -255,9 +355,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     assignments,
     deployment,
     distribution_policies,
+    drift_items,
     idempotency_keys,
     jobs,
+    plan_items,
+    plans,
     policy_entries,
     spaces,
     subjects,
+    sync_runs,
 );

@@ -97,6 +97,14 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Jobs leased per iteration.
     pub max_claim: i64,
+    /// Sync workers of this process (0: none).
+    pub sync_workers: usize,
+    /// Time between incremental syncs of an account.
+    pub sync_incremental: Duration,
+    /// Time between full syncs of an account (jittered per account).
+    pub sync_full: Duration,
+    /// Time between two looks of the sync scheduler.
+    pub sync_schedule: Duration,
 }
 
 impl Settings {
@@ -114,6 +122,10 @@ impl Settings {
             max_poll: Duration::from_secs(args.event_poll_max_secs.max(args.event_poll_secs)),
             max_backoff: Duration::from_secs(300),
             max_claim: 20_000,
+            sync_workers: args.sync_workers as usize,
+            sync_incremental: Duration::from_secs(args.sync_incremental_minutes * 60),
+            sync_full: Duration::from_secs(args.sync_full_hours * 3600),
+            sync_schedule: Duration::from_secs(args.sync_schedule_secs),
         }
     }
 }

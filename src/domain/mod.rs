@@ -8,6 +8,8 @@
 //! - [`allocation`]: what an allocation is asked and why it is refused; [`snapshot`]: what one
 //!   batch of allocations reads; [`decide`]: the allocation rules; [`policy`]: reservations,
 //!   groups, bans;
+//! - [`reconciliation`]: sync kinds, drift classes and plan actions (keeping the ledger true
+//!   to Apple);
 //! - [`account_status`]: the account status machine; [`validation`]: field checks and the
 //!   422 problem's field errors.
 
@@ -19,6 +21,7 @@ pub mod inventory;
 pub mod model;
 pub mod origin;
 pub mod policy;
+pub mod reconciliation;
 pub mod records;
 pub mod revocation;
 pub mod snapshot;

@@ -85,6 +85,10 @@ crate::text_enum! {
         Fallback = "fallback",
         /// 9709 from Apple: re-allocated from the next eligible account.
         Reallocation = "reallocation",
+        /// T12: assigned at Apple before this deployment managed it (another MDM, a previous
+        /// owner) and adopted into the ledger by an Adopt plan (or recorded by Clean Up to be
+        /// revoked).
+        Adopted = "adopted",
     }
 }
 

@@ -128,6 +128,32 @@ crate::text_enum! {
         /// A token of another Apple location replaced the account's: the ledger stopped
         /// managing the license (`details`: reason).
         AssignmentForgotten = "assignment.forgotten",
+        /// A sync of an account was asked (`details`: kind, trigger, run).
+        SyncRequested = "sync.requested",
+        /// A sync of an account finished (`details`: run, kind, state, drift per class, stats).
+        SyncFinished = "sync.finished",
+        /// A sync found an asset the account did not have (a purchase).
+        AssetAppeared = "asset.appeared",
+        /// A sync no longer found an asset at Apple (its counts are now zero).
+        AssetVanished = "asset.vanished",
+        /// Apple's total of an asset dropped below what the ledger holds (`details`: counts).
+        AssetOvercommitted = "asset.overcommitted",
+        /// A plan was made (`details`: plan, action, items, cap).
+        PlanCreated = "plan.created",
+        /// A plan was applied (`details`: plan, action, applied, skipped).
+        PlanApplied = "plan.applied",
+        /// An Apple license was adopted as this deployment's assignment (rule `adopted`).
+        AssignmentAdopted = "assignment.adopted",
+        /// Clean Up: an Apple license this deployment did not assign is being revoked.
+        AssignmentCleanedUp = "assignment.cleaned_up",
+        /// Repair: the association of a license missing at Apple (or stuck) was queued again.
+        AssignmentReassociated = "assignment.reassociated",
+        /// Repair: a license missing at Apple was freed in the ledger.
+        AssignmentMarkedLost = "assignment.marked_lost",
+        /// Repair: a stuck assignment's Apple event is followed again or its release resent.
+        AssignmentResubmitted = "assignment.resubmitted",
+        /// Reconcile: a license no longer used is being revoked (`details`: the criterion).
+        AssignmentReconciled = "assignment.reconciled",
     }
 }
 

@@ -17,6 +17,10 @@ crate::text_enum! {
         Disassociate = "disassociate",
         /// Poll the status of an Apple event until it finishes.
         PollEvent = "poll_event",
+        /// Sync an account with Apple (payload `{"run_id": …}`): run by the sync workers
+        /// (`ledger::sync_runs`), never claimed by the dispatcher, one per account at a time
+        /// (unique index `jobs_one_sync_per_account`).
+        Sync = "sync",
     }
 }
 
@@ -66,6 +70,7 @@ impl Job {
             JobKind::Associate => work.map(Job::Associate),
             JobKind::Disassociate => work.map(Job::Disassociate),
             JobKind::PollEvent => serde_json::from_value(payload).ok().map(Job::PollEvent),
+            JobKind::Sync => None,
         }
     }
 
@@ -215,7 +220,8 @@ struct Any {
 /// Whether any queued job's time has come (an index probe).
 pub async fn any_ready(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
     let row: Any = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND run_at <= now()) AS any",
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND run_at <= now()
+                                          AND kind <> 'sync') AS any",
     )
     .prepared()
     .get_result(conn)
@@ -240,7 +246,7 @@ pub async fn due_accounts(
                     min(created_at) AS oldest, max(created_at) AS newest
                FROM jobs
               WHERE state = 'queued' AND account_id IS NOT NULL AND run_at <= now()
-                AND (locked_until IS NULL OR locked_until < now())
+                AND (locked_until IS NULL OR locked_until < now()) AND kind <> 'sync'
               GROUP BY account_id, kind, adam_id, pricing_param, license_type
          )
          SELECT account_id FROM batches
@@ -282,7 +288,7 @@ pub async fn claim(
              SELECT j.id, j.kind, j.created_at, j.adam_id, j.pricing_param, j.license_type
                FROM jobs j
               WHERE j.account_id = $1 AND j.state = 'queued' AND j.run_at <= now()
-                AND (j.locked_until IS NULL OR j.locked_until < now())
+                AND (j.locked_until IS NULL OR j.locked_until < now()) AND j.kind <> 'sync'
          ), batched AS (
              -- One pass over the account's due jobs (window functions, no self-join: a claim
              -- stays linear in the queue's length). A batch: kind, asset, pricing, license type.
@@ -452,11 +458,12 @@ pub async fn resubmit_event(conn: &mut AsyncPgConnection, event_id: &str) -> Que
     .await
 }
 
-/// Queued or leased jobs (for tests and the drain check).
+/// Queued or leased dispatcher jobs (for tests and the drain check; syncs are not counted).
 pub async fn count(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
     use crate::db::schema::jobs;
     jobs::table
         .filter(jobs::state.eq("queued"))
+        .filter(jobs::kind.ne(JobKind::Sync))
         .count()
         .get_result(conn)
         .await

@@ -61,6 +61,8 @@ pub struct Options {
     pub token_keys: String,
     /// Run the Apple dispatcher in this process (fast test timings).
     pub dispatcher: Option<vpp_broker::dispatch::Settings>,
+    /// Drift, plans and Reconcile settings.
+    pub reconcile: vpp_broker::config::ReconcileArgs,
 }
 
 /// Dispatcher timings for tests: tiny batching windows and polls, so events finish in well
@@ -79,6 +81,12 @@ pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
         max_poll: Duration::from_millis(400),
         max_backoff: Duration::from_secs(2),
         max_claim: 5000,
+        // Tests that sync ask for a worker (`sync_workers: 1`); the others see no sync run
+        // behind their back (a sync reads Apple and would change the requests they count).
+        sync_workers: 0,
+        sync_incremental: Duration::from_secs(900),
+        sync_full: Duration::from_secs(86_400),
+        sync_schedule: Duration::from_secs(1),
     }
 }
 
@@ -103,6 +111,7 @@ impl Default for Options {
             notify_self: false,
             token_keys: TOKEN_KEYS.into(),
             dispatcher: None,
+            reconcile: vpp_broker::config::ReconcileArgs::default(),
         }
     }
 }
@@ -165,6 +174,7 @@ impl TestApp {
             notify_self,
             token_keys,
             dispatcher,
+            reconcile,
         } = opts;
         super::logs::capture();
         let db = TestDb::new().await;
@@ -200,6 +210,7 @@ impl TestApp {
                 database_url: db.url.clone(),
                 ..d
             }),
+            reconcile,
             migrate: false,
             handle_signals: false,
         })
