@@ -500,6 +500,9 @@ fn activity_actions_cover_every_writer() {
         "policy.",
         "apple.",
         "assignment.",
+        "sync.",
+        "asset.",
+        "plan.",
     ];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
