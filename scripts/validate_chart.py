@@ -48,6 +48,10 @@ KNOWN_ENV = {
     # The Apple dispatcher (background workers of `serve`).
     "VPP_WORKERS", "VPP_BATCH_QUIET_MS", "VPP_BATCH_MAX_WAIT_MS", "VPP_APPLE_CONCURRENCY",
     "VPP_EVENT_POLL_SECS", "VPP_EVENT_POLL_MAX_SECS", "VPP_JOB_LEASE_SECS", "VPP_IDLE_POLL_MS",
+    # Sync with Apple, drift, plans and Reconcile.
+    "VPP_SYNC_WORKERS", "VPP_SYNC_INCREMENTAL_MINUTES", "VPP_SYNC_FULL_HOURS",
+    "VPP_SYNC_SCHEDULE_SECS", "VPP_DRIFT_STUCK_MINUTES", "VPP_PLAN_CAP_PERCENT", "VPP_PLAN_CAP_MAX",
+    "VPP_RECONCILE_DAILY", "VPP_RECONCILE_UNSEEN_DAYS",
 }
 SECRET_ENV = {"DATABASE_URL", "VPP_TOKEN_KEYS", "VPP_JWT_HS256_SECRET", "VPP_JWT_PUBLIC_KEYS_PEM"}
 # Settings the ConfigMap always carries: values path under `config` -> env var. The rendered
@@ -75,6 +79,13 @@ CONFIG_ENV: dict[str, str] = {
     "dispatch.eventPollMaxSeconds": "VPP_EVENT_POLL_MAX_SECS",
     "dispatch.jobLeaseSeconds": "VPP_JOB_LEASE_SECS",
     "dispatch.idlePollMs": "VPP_IDLE_POLL_MS",
+    "sync.workers": "VPP_SYNC_WORKERS",
+    "sync.incrementalMinutes": "VPP_SYNC_INCREMENTAL_MINUTES",
+    "sync.fullHours": "VPP_SYNC_FULL_HOURS",
+    "sync.scheduleSeconds": "VPP_SYNC_SCHEDULE_SECS",
+    "reconcile.stuckMinutes": "VPP_DRIFT_STUCK_MINUTES",
+    "reconcile.planCapPercent": "VPP_PLAN_CAP_PERCENT",
+    "reconcile.planCapMax": "VPP_PLAN_CAP_MAX",
 }
 # Kinds kubernetes-validate has no schema for (CRDs); checked structurally below instead.
 CRD_KINDS = {"ServiceMonitor"}
@@ -86,6 +97,9 @@ DEV_VALUES: dict[str, Any] = {
         # Non-default dispatcher settings, including zeros, so their rendering is exercised.
         "apple": {"timeoutSeconds": 10},
         "dispatch": {"workers": 1, "batchQuietMs": 0, "batchMaxWaitMs": 0, "idlePollMs": 50},
+        # Zero sync workers and a set unseen-days, so the optional variable renders.
+        "sync": {"workers": 0},
+        "reconcile": {"daily": True, "unseenDays": 30},
     },
     "secrets": {
         "create": True,

@@ -27,7 +27,8 @@ use super::CommandError;
 use crate::accounts::{AccountError, attach};
 use crate::apple::types::ProductType;
 use crate::apple_sim::{
-    SeedAsset, SeedFile, SeedLocation, SimConfig, SimError, SimHandle, SimSettings, Simulator,
+    SeedAsset, SeedAssignment, SeedFile, SeedLocation, SimConfig, SimError, SimHandle, SimSettings,
+    Simulator,
 };
 use crate::config::{AccountArgs, AppleArgs, AuthArgs, DbArgs, DispatchArgs, HttpArgs};
 use crate::crypto::{KeySpecError, TokenCipher};
@@ -292,23 +293,35 @@ fn demo_seed() -> SeedFile {
         assets,
         ..Default::default()
     };
+    // Demo HQ's Pages licenses of the MDM it is taken over from: the first sync reports them
+    // `apple_only`, ready to adopt (docs/sync.md).
+    let previous_mdm = (1..=3)
+        .map(|i| SeedAssignment {
+            adam_id: PAGES.into(),
+            serial_number: Some(format!("PREVIOUS-MDM-{i}")),
+            ..Default::default()
+        })
+        .collect();
     SeedFile {
         settings: None,
         locations: vec![
-            location(
-                "9000000001",
-                "Demo HQ",
-                "demo-hq-token",
-                vec![
-                    app(PAGES, 50),
-                    app(KEYNOTE, 50),
-                    app(NUMBERS, 10),
-                    SeedAsset {
-                        product_type: Some(ProductType::Book),
-                        ..app(BOOK, 20)
-                    },
-                ],
-            ),
+            SeedLocation {
+                assignments: previous_mdm,
+                ..location(
+                    "9000000001",
+                    "Demo HQ",
+                    "demo-hq-token",
+                    vec![
+                        app(PAGES, 50),
+                        app(KEYNOTE, 50),
+                        app(NUMBERS, 10),
+                        SeedAsset {
+                            product_type: Some(ProductType::Book),
+                            ..app(BOOK, 20)
+                        },
+                    ],
+                )
+            },
             location(
                 "9000000002",
                 "Demo Branch",
