@@ -13,7 +13,8 @@ enum Layer {
     Transport,
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
-    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `waiters`: what the service does.
+    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `plans/`, `waiters`: what the
+    /// service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
     Domain,
@@ -35,7 +36,9 @@ fn layer(rel: &str) -> Option<Layer> {
         "main" | "cli" | "commands" | "service" => Layer::Entry,
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
-        "engine" | "accounts" | "policies" | "spaces" | "settle" | "waiters" => Layer::UseCase,
+        "engine" | "accounts" | "policies" | "spaces" | "settle" | "waiters" | "plans" => {
+            Layer::UseCase
+        }
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,
@@ -54,20 +57,22 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
         Layer::UseCase => &["http", "api", "auth", "dispatch", "commands", "service"],
         Layer::Domain => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "ledger", "state", "config", "commands", "service", "crypto",
+            "settle", "waiters", "plans", "ledger", "state", "config", "commands", "service",
+            "crypto",
         ],
         Layer::Store => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "state", "commands", "service",
+            "settle", "waiters", "plans", "state", "commands", "service",
         ],
         // The Apple client names nothing of the service: the domain may read its vocabulary
         // (error numbers, kinds of authentication failure) without a cycle.
         Layer::Apple => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "state", "commands", "service", "domain", "ledger", "db",
+            "settle", "waiters", "plans", "state", "commands", "service", "domain", "ledger",
+            "db",
         ],
         Layer::Fixture => &[
-            "http", "api", "auth", "dispatch", "engine", "accounts", "ledger",
+            "http", "api", "auth", "dispatch", "engine", "accounts", "ledger", "plans",
         ],
     }
 }
