@@ -93,7 +93,9 @@ pub async fn adopt(
     .get_result(conn)
     .await?;
     if !facts.asset {
-        return Ok(Adoption::Skipped("the asset is no longer in the ledger".into()));
+        return Ok(Adoption::Skipped(
+            "the asset is no longer in the ledger".into(),
+        ));
     }
     if !facts.listed {
         return Ok(Adoption::Skipped(

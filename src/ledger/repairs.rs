@@ -59,7 +59,10 @@ pub async fn job_queued(
 }
 
 /// Whether a poll of Apple event `event_id` is queued (or running).
-pub async fn poll_queued(conn: &mut AsyncPgConnection, event_id: &str) -> diesel::QueryResult<bool> {
+pub async fn poll_queued(
+    conn: &mut AsyncPgConnection,
+    event_id: &str,
+) -> diesel::QueryResult<bool> {
     let row: Yes = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = $1
                           AND payload @> jsonb_build_object('event_id', $2::text)) AS yes",

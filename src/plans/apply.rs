@@ -168,11 +168,12 @@ async fn apply_item(
                     if !expected {
                         return skipped(format!("the assignment is now {}", row.state));
                     }
-                    if row.state == AssignmentState::Active && listed(conn, &row, &item.target).await? {
+                    if row.state == AssignmentState::Active
+                        && listed(conn, &row, &item.target).await?
+                    {
                         return skipped("Apple lists the license again (last sync)");
                     }
-                    if row.state == AssignmentState::Associating && row.apple_event_id.is_some()
-                    {
+                    if row.state == AssignmentState::Associating && row.apple_event_id.is_some() {
                         return skipped("Apple is now working on its association");
                     }
                     if row.state != AssignmentState::Pending {

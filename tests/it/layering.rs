@@ -68,8 +68,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
         // (error numbers, kinds of authentication failure) without a cycle.
         Layer::Apple => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "plans", "state", "commands", "service", "domain", "ledger",
-            "db",
+            "settle", "waiters", "plans", "state", "commands", "service", "domain", "ledger", "db",
         ],
         Layer::Fixture => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "ledger", "plans",

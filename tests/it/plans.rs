@@ -14,18 +14,37 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use vpp_broker::api::plans::PlanView;
 use vpp_broker::apple_sim::{NewAssignments, SeedAssignment, SimHandle};
+use vpp_broker::config::ReconcileArgs;
 use vpp_broker::domain::reconciliation::{ItemOutcome, PlanChange, PlanState};
 
 use crate::support::app::{Options, unpolled_dispatch};
 use crate::support::fixtures::{self, APP, BOOK, World, device, sim_serials};
 use crate::support::sim::{app, book, location, stoken};
-use crate::support::{TestApp, eventually, expect_problem, read};
+use crate::support::{Allocated, TestApp, eventually, expect_problem, read};
 
 const U1: &str = "3000000001";
 
+/// A simulator with location `U1` ([`APP`] with `total` licenses, 5 of [`BOOK`]), the server
+/// with the fast dispatcher and account `A` attached; plans capped at the default 10 %.
 async fn world(total: i64) -> World {
-    fixtures::world(
-        vec![location(U1, "Library", vec![app(APP, total), book(BOOK, 5)])],
+    world_capped(total, 10).await
+}
+
+/// [`world`] with plans capped at `percent` of an account's assignments.
+async fn world_capped(total: i64, percent: u64) -> World {
+    fixtures::world_with(
+        vec![location(
+            U1,
+            "Library",
+            vec![app(APP, total), book(BOOK, 5)],
+        )],
+        |sim| Options {
+            reconcile: ReconcileArgs {
+                plan_cap_percent: percent,
+                ..ReconcileArgs::default()
+            },
+            ..fixtures::dispatching(sim)
+        },
         &[("A", U1)],
     )
     .await
@@ -202,7 +221,7 @@ async fn actions(app: &TestApp, action: &str) -> i64 {
 
 #[tokio::test]
 async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
-    let w = world(10).await;
+    let w = world_capped(10, 100).await;
     let account = w.accounts[0];
     apple_only(&w, APP, "device", "S-ADOPT-1", 5, true).await;
     apple_only(&w, BOOK, "user", "u-adopt-1", 5, false).await;
@@ -212,7 +231,7 @@ async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
     let planned = plan(&w, json!({"action": "adopt", "account_id": account})).await;
     assert_eq!(planned.state, PlanState::Planned);
     assert_eq!((planned.candidates, planned.capped), (2, false));
-    assert_eq!(planned.created_by, "admin");
+    assert_eq!(planned.created_by, "test-caller");
     assert!(planned.expires_at > planned.created_at + chrono::Duration::minutes(59));
     let subjects: Vec<(&str, PlanChange)> = planned
         .items
@@ -228,11 +247,14 @@ async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
     );
     // The plan is the dry run: nothing changed yet.
     assert_eq!(counts(&w.app, account, APP).await, (0, 1));
-    assert_eq!(count(&w.app, "SELECT count(*) AS n FROM assignments").await, 0);
+    assert_eq!(
+        count(&w.app, "SELECT count(*) AS n FROM assignments").await,
+        0
+    );
 
     let applied: PlanView = read(apply(&w, planned.id).await, 200).await;
     assert_eq!(applied.state, PlanState::Applied);
-    assert_eq!(applied.applied_by.as_deref(), Some("admin"));
+    assert_eq!(applied.applied_by.as_deref(), Some("test-caller"));
     let outcome = applied.outcome.unwrap();
     assert_eq!((outcome.applied, outcome.skipped), (2, 0));
     assert!(
@@ -245,7 +267,10 @@ async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
     // The ledger holds them, counted once: moved from assigned elsewhere to held.
     assert_eq!(counts(&w.app, account, APP).await, (1, 0));
     assert_eq!(counts(&w.app, account, BOOK).await, (1, 0));
-    let device_license = w.api().assignment(applied.items[0].assignment_id.unwrap()).await;
+    let device_license = w
+        .api()
+        .assignment(applied.items[0].assignment_id.unwrap())
+        .await;
     assert_eq!(
         (device_license.state.as_str(), device_license.rule.as_str()),
         ("active", "adopted")
@@ -267,9 +292,15 @@ async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
     let again: PlanView = read(apply(&w, planned.id).await, 200).await;
     assert_eq!(again.applied_at, applied.applied_at);
     assert_eq!(counts(&w.app, account, APP).await, (1, 0));
-    assert_eq!(count(&w.app, "SELECT count(*) AS n FROM assignments").await, 2);
+    assert_eq!(
+        count(&w.app, "SELECT count(*) AS n FROM assignments").await,
+        2
+    );
     assert_eq!(actions(&w.app, "plan.applied").await, 1);
-    let read_back: PlanView = w.app.get_as(&format!("/v1/spaces/acme/plans/{}", planned.id)).await;
+    let read_back: PlanView = w
+        .app
+        .get_as(&format!("/v1/spaces/acme/plans/{}", planned.id))
+        .await;
     assert_eq!(read_back.state, PlanState::Applied);
     // A new plan finds nothing left to adopt.
     let empty = plan(&w, json!({"action": "adopt"})).await;
@@ -284,7 +315,11 @@ async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
     );
     assert_eq!(apple_calls(&w.sim, "users").await, 0, "{calls:?}");
     assert_eq!(
-        count(&w.app, "SELECT count(*) AS n FROM jobs WHERE kind <> 'sync'").await,
+        count(
+            &w.app,
+            "SELECT count(*) AS n FROM jobs WHERE kind <> 'sync'"
+        )
+        .await,
         0
     );
 }
@@ -299,7 +334,12 @@ async fn a_plan_is_capped_per_account_and_limit_asks_for_fewer() {
     // 10 % of the account's 25 assignments at Apple (the ledger has none).
     let capped = plan(&w, json!({"action": "adopt", "account_id": account})).await;
     assert_eq!(
-        (capped.cap, capped.candidates, capped.capped, capped.items.len()),
+        (
+            capped.cap,
+            capped.candidates,
+            capped.capped,
+            capped.items.len()
+        ),
         (2, 25, true, 2)
     );
     let fewer = plan(&w, json!({"action": "adopt", "limit": 1})).await;
@@ -308,7 +348,11 @@ async fn a_plan_is_capped_per_account_and_limit_asks_for_fewer() {
         (1, 25, true, 1)
     );
     // An asset filter that matches nothing: no candidates.
-    let none = plan(&w, json!({"action": "adopt", "adam_id": "1", "pricing_param": "PLUS"})).await;
+    let none = plan(
+        &w,
+        json!({"action": "adopt", "adam_id": "1", "pricing_param": "PLUS"}),
+    )
+    .await;
     assert_eq!((none.candidates, none.capped), (0, false));
 
     let applied: PlanView = read(apply(&w, capped.id).await, 200).await;
@@ -343,10 +387,26 @@ async fn bad_requests_expired_and_unknown_plans_are_problems_and_change_nothing(
     for (body, status, slug) in [
         (r#"[{"action": "adopt"}]"#, 422, "invalid-body"),
         (r#"{"action": "take_all"}"#, 422, "invalid-body"),
-        (r#"{"action": "adopt", "limit": 0}"#, 422, "validation-failed"),
-        (r#"{"action": "adopt", "limit": 5001}"#, 422, "validation-failed"),
-        (r#"{"action": "adopt", "repair": "mark_lost"}"#, 422, "validation-failed"),
-        (r#"{"action": "adopt", "adam_id": "x1"}"#, 422, "validation-failed"),
+        (
+            r#"{"action": "adopt", "limit": 0}"#,
+            422,
+            "validation-failed",
+        ),
+        (
+            r#"{"action": "adopt", "limit": 5001}"#,
+            422,
+            "validation-failed",
+        ),
+        (
+            r#"{"action": "adopt", "repair": "mark_lost"}"#,
+            422,
+            "validation-failed",
+        ),
+        (
+            r#"{"action": "adopt", "adam_id": "x1"}"#,
+            422,
+            "validation-failed",
+        ),
         (r#"{"action": "adopt", "surprise": 1}"#, 422, "invalid-body"),
         (r#"{"action": "reconcile"}"#, 422, "validation-failed"),
         (r#"{"action": "adopt""#, 400, "malformed-json"),
@@ -370,9 +430,15 @@ async fn bad_requests_expired_and_unknown_plans_are_problems_and_change_nothing(
     )
     .await;
     let problem = expect_problem(apply(&w, planned.id).await, 410, "plan-expired").await;
-    assert!(problem["detail"].as_str().unwrap().contains("expired"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("expired"),
+        "{problem}"
+    );
     assert_eq!(counts(&w.app, account, APP).await, (0, 1));
-    let still: PlanView = w.app.get_as(&format!("/v1/spaces/acme/plans/{}", planned.id)).await;
+    let still: PlanView = w
+        .app
+        .get_as(&format!("/v1/spaces/acme/plans/{}", planned.id))
+        .await;
     assert_eq!(still.state, PlanState::Planned);
 
     expect_problem(apply(&w, Uuid::now_v7()).await, 404, "not-found").await;
@@ -394,7 +460,10 @@ async fn bad_requests_expired_and_unknown_plans_are_problems_and_change_nothing(
         .await
         .unwrap();
     expect_problem(resp, 404, "not-found").await;
-    assert_eq!(count(&w.app, "SELECT count(*) AS n FROM assignments").await, 0);
+    assert_eq!(
+        count(&w.app, "SELECT count(*) AS n FROM assignments").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -402,6 +471,12 @@ async fn clean_up_is_refused_unless_the_account_is_owned_and_synced_within_the_h
     let w = world(10).await;
     let account = w.accounts[0];
     apple_only(&w, APP, "device", "S-OWN-1", 120, false).await;
+    // Attaching read Apple's counts; no sync has read the assignments yet.
+    exec(
+        &w.app,
+        "UPDATE accounts SET last_full_sync_at = NULL, last_incremental_sync_at = NULL",
+    )
+    .await;
     let post = || {
         w.api()
             .req(Method::POST, "/plans")
@@ -409,15 +484,28 @@ async fn clean_up_is_refused_unless_the_account_is_owned_and_synced_within_the_h
             .send()
     };
     let problem = expect_problem(post().await.unwrap(), 409, "clean-up-refused").await;
-    assert!(problem["detail"].as_str().unwrap().contains("never synced"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("never synced"),
+        "{problem}"
+    );
     exec(
         &w.app,
         "UPDATE accounts SET last_full_sync_at = now() - interval '2 hours'",
     )
     .await;
     let problem = expect_problem(post().await.unwrap(), 409, "clean-up-refused").await;
-    assert!(problem["detail"].as_str().unwrap().contains("more than an hour"), "{problem}");
-    exec(&w.app, "UPDATE accounts SET last_incremental_sync_at = now()").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than an hour"),
+        "{problem}"
+    );
+    exec(
+        &w.app,
+        "UPDATE accounts SET last_incremental_sync_at = now()",
+    )
+    .await;
     let planned = plan(&w, json!({"action": "clean_up", "account_id": account})).await;
     assert_eq!(planned.items.len(), 1);
     assert_eq!(planned.items[0].change, PlanChange::RevokeAtApple);
@@ -425,10 +513,19 @@ async fn clean_up_is_refused_unless_the_account_is_owned_and_synced_within_the_h
     // Another MDM took the location over between plan and apply: refused, nothing changed.
     exec(&w.app, "UPDATE accounts SET status = 'not_owned'").await;
     let problem = expect_problem(apply(&w, planned.id).await, 409, "clean-up-refused").await;
-    assert!(problem["detail"].as_str().unwrap().contains("not_owned"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("not_owned"),
+        "{problem}"
+    );
     expect_problem(post().await.unwrap(), 409, "clean-up-refused").await;
-    assert_eq!(count(&w.app, "SELECT count(*) AS n FROM assignments").await, 0);
-    let still: PlanView = w.app.get_as(&format!("/v1/spaces/acme/plans/{}", planned.id)).await;
+    assert_eq!(
+        count(&w.app, "SELECT count(*) AS n FROM assignments").await,
+        0
+    );
+    let still: PlanView = w
+        .app
+        .get_as(&format!("/v1/spaces/acme/plans/{}", planned.id))
+        .await;
     assert_eq!(still.state, PlanState::Planned);
 }
 
@@ -463,7 +560,10 @@ async fn clean_up_skips_books_and_recent_rows_and_releases_the_rest_at_apple() {
     )
     .await;
     let row = w.api().final_state(id).await;
-    assert_eq!((row.state.as_str(), row.rule.as_str()), ("revoked", "adopted"));
+    assert_eq!(
+        (row.state.as_str(), row.rule.as_str()),
+        ("revoked", "adopted")
+    );
     assert_eq!(counts(&w.app, account, APP).await, (0, 1));
     let log: Vec<String> = fixtures::assignment_activity(&w.app, id)
         .await
@@ -561,7 +661,10 @@ async fn repair_reassociates_a_license_apple_lost_or_marks_it_lost() {
     let row = api.assignment(gone).await;
     assert_eq!(row.state.as_str(), "revoked");
     let record = row.revocation.unwrap();
-    assert_eq!((record.by.as_str(), record.reason.as_str()), ("admin", "lost at Apple"));
+    assert_eq!(
+        (record.by.as_str(), record.reason.as_str()),
+        ("test-caller", "lost at Apple")
+    );
     assert_eq!(counts(&w.app, account, APP).await.0, 1);
     assert_eq!(actions(&w.app, "assignment.marked_lost").await, 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
