@@ -711,3 +711,87 @@ async fn repair_follows_the_apple_event_of_a_stuck_association_again() {
         .unwrap();
     assert_eq!(resubmitted.3["apple_event_id"], json!(event));
 }
+
+#[tokio::test]
+async fn repair_queues_a_lost_association_or_release_again_once() {
+    // No dispatcher: the queued work stays where the test can see it.
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 10)])],
+        |_| Options::default(),
+        &[("A", U1)],
+    )
+    .await;
+    let account = w.accounts[0];
+    let pending = w.api().allocated(&device("S-PEND-1")).await.id();
+    let releasing = w.api().allocated(&device("S-REL-1")).await.id();
+    // The association of one and the release of the other were lost (what a stuck report
+    // finds after an hour): no job would ever move them.
+    exec(
+        &w.app,
+        &format!(
+            "UPDATE assignments SET state = 'revoking', revoked_by = 'test-caller',
+                    revocation_requested_at = now() WHERE id = '{releasing}'"
+        ),
+    )
+    .await;
+    exec(
+        &w.app,
+        &format!("UPDATE assets SET held = held - 1 WHERE account_id = '{account}'"),
+    )
+    .await;
+    exec(&w.app, "DELETE FROM jobs").await;
+    ledger_drift(&w, "stuck", pending, 90).await;
+    ledger_drift(&w, "stuck", releasing, 80).await;
+    let body = json!({"action": "repair", "account_id": account, "limit": 2});
+    // The cap is 1 (10 % of the account's assignments, at least 1): one item per plan.
+    let first = plan(&w, body.clone()).await;
+    assert_eq!(
+        (first.items[0].change, first.items[0].assignment_id),
+        (PlanChange::Reassociate, Some(pending))
+    );
+    let applied: PlanView = read(apply(&w, first.id).await, 200).await;
+    assert_eq!(applied.outcome.unwrap().applied, 1);
+    assert_eq!(
+        count(
+            &w.app,
+            &format!("SELECT count(*) AS n FROM jobs WHERE kind = 'associate' AND assignment_id = '{pending}'")
+        )
+        .await,
+        1
+    );
+    // The report still lists it until the next sync: planning again finds it, and applying
+    // skips it (its association is queued), with the reason.
+    let again = plan(&w, body.clone()).await;
+    let skipped: PlanView = read(apply(&w, again.id).await, 200).await;
+    assert_eq!(skipped.items[0].outcome, Some(ItemOutcome::Skipped));
+    assert!(
+        skipped.items[0]
+            .outcome_reason
+            .as_deref()
+            .unwrap()
+            .contains("already queued"),
+        "{skipped:?}"
+    );
+    // Once the association is handled, the release is next.
+    exec(
+        &w.app,
+        "DELETE FROM drift_items WHERE class = 'stuck' AND since < now() - interval '85 minutes'",
+    )
+    .await;
+    let release = plan(&w, body).await;
+    assert_eq!(
+        (release.items[0].change, release.items[0].assignment_id),
+        (PlanChange::ResubmitRelease, Some(releasing))
+    );
+    read::<PlanView>(apply(&w, release.id).await, 200).await;
+    assert_eq!(
+        count(
+            &w.app,
+            &format!("SELECT count(*) AS n FROM jobs WHERE kind = 'disassociate' AND assignment_id = '{releasing}'")
+        )
+        .await,
+        1
+    );
+    assert_eq!(actions(&w.app, "assignment.resubmitted").await, 2);
+    assert_eq!(actions(&w.app, "plan.applied").await, 3);
+}
