@@ -42,6 +42,7 @@ pub mod http;
 pub mod ledger;
 #[cfg(feature = "dev")]
 pub mod local_pg;
+pub mod plans;
 pub mod policies;
 pub mod service;
 pub mod settle;

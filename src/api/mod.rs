@@ -6,6 +6,7 @@ pub mod activity;
 pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
+pub mod plans;
 pub mod policies;
 pub mod spaces;
 pub mod subjects;
@@ -52,5 +53,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(policies::put_policy)
         .service(policies::delete_policy)
         .service(activity::list_activity)
+        .service(plans::create_plan)
+        .service(plans::get_plan)
+        .service(plans::apply_plan)
         .service(apple_notifications::receive_apple_notification);
 }

@@ -98,6 +98,11 @@ pub mod types {
         /// The license's asset is not revocable (books: Apple keeps them with the user); nothing
         /// was changed.
         NOT_REVOCABLE = ("not-revocable", 409, "License not revocable");
+        /// Clean Up needs the account owned by this deployment and synced within the hour;
+        /// the detail says which account and what to do. Nothing was changed.
+        CLEAN_UP_REFUSED = ("clean-up-refused", 409, "Clean Up refused");
+        /// The plan's hour passed before it was applied; nothing was changed (plan again).
+        PLAN_EXPIRED = ("plan-expired", 410, "Plan expired");
         /// Apple asked to wait (429/503 with Retry-After) or did not answer.
         APPLE_UNAVAILABLE = ("apple-unavailable", 503, "Apple is unavailable");
         /// Apple answered with an error the service cannot act on.

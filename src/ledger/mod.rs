@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod activity;
+pub mod adoption;
 pub mod allocation_load;
 pub mod allocation_write;
 pub mod apple_events;
@@ -19,7 +20,9 @@ pub mod deployment;
 pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;
+pub mod plans;
 pub mod policies;
+pub mod repairs;
 pub mod retention;
 pub mod revocations;
 pub mod settlements;

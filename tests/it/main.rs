@@ -26,6 +26,7 @@ mod notification_input;
 mod notifications;
 mod openapi;
 mod ops;
+mod plans;
 mod policies;
 mod problems;
 mod revocations;

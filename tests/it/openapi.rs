@@ -252,6 +252,23 @@ fn documented_enums_are_spelled_as_on_the_wire() {
         ),
         ("TargetKind", wire(TargetKind::ALL)),
         ("WhenUnusable", wire(WhenUnusable::ALL)),
+        (
+            "PlanAction",
+            wire(vpp_broker::domain::reconciliation::PlanAction::ALL),
+        ),
+        (
+            "PlanChange",
+            wire(vpp_broker::domain::reconciliation::PlanChange::ALL),
+        ),
+        (
+            "PlanState",
+            wire(vpp_broker::domain::reconciliation::PlanState::ALL),
+        ),
+        (
+            "ItemOutcome",
+            wire(vpp_broker::domain::reconciliation::ItemOutcome::ALL),
+        ),
+        ("RepairChoice", wire(vpp_broker::plans::RepairChoice::ALL)),
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];
