@@ -43,6 +43,7 @@ pub mod ledger;
 #[cfg(feature = "dev")]
 pub mod local_pg;
 pub mod policies;
+pub mod reconcile;
 pub mod service;
 pub mod settle;
 pub mod spaces;

@@ -19,6 +19,7 @@ pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;
 pub mod policies;
+pub mod reconcile;
 pub mod retention;
 pub mod revocations;
 pub mod settlements;

@@ -13,7 +13,8 @@ enum Layer {
     Transport,
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
-    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `waiters`: what the service does.
+    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `waiters`, `reconcile/`: what
+    /// the service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
     Domain,
@@ -36,6 +37,7 @@ fn layer(rel: &str) -> Option<Layer> {
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "waiters" => Layer::UseCase,
+        "reconcile" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,

@@ -28,6 +28,7 @@ mod openapi;
 mod ops;
 mod policies;
 mod problems;
+mod reconcile;
 mod revocations;
 mod security_headers;
 mod spaces;
