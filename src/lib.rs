@@ -44,6 +44,7 @@ pub mod ledger;
 pub mod local_pg;
 pub mod plans;
 pub mod policies;
+pub mod reconcile;
 pub mod service;
 pub mod settle;
 pub mod spaces;

@@ -5,6 +5,11 @@
 //! Requests are decided in order. Each license taken is counted against its account's asset
 //! before the next request is decided, so a batch never hands out more than the locked asset
 //! rows allow (A9), and two requests of a batch for the same holder and asset get one license.
+//!
+//! A holder Apple already lists for the asset on an account the rules allow (the sync's mirror,
+//! issue 13's double count) is served from that account without a free license: its license
+//! moves from `foreign_assigned` to `held` (at most `foreign_assigned` such moves per account
+//! and asset in a batch, as the write's guard requires).
 
 use std::collections::HashMap;
 
@@ -28,6 +33,9 @@ pub struct Planned {
     pub license_type: LicenseType,
     pub rule: Rule,
     pub decision: Decision,
+    /// Apple already lists the holder for the asset on this account (the double count): the
+    /// license is moved from `foreign_assigned` to `held`, no free license is used.
+    pub at_apple: bool,
 }
 
 /// What was decided for one request.
@@ -172,6 +180,7 @@ pub fn decide_all(
     let mut taken: HashMap<(Uuid, AssetRef), i64> = HashMap::new();
     let mut claimed: HashMap<(Uuid, AssetRef), usize> = HashMap::new();
     let mut reservations_used: HashMap<(AssetRef, Option<Uuid>), i64> = HashMap::new();
+    let mut moved: HashMap<(Uuid, AssetRef), i64> = HashMap::new();
     let mut out = Vec::with_capacity(reqs.len());
     for (i, req) in reqs.iter().enumerate() {
         let decided = decide_one(
@@ -182,6 +191,7 @@ pub fn decide_all(
             &mut taken,
             &mut claimed,
             &mut reservations_used,
+            &mut moved,
             i,
         );
         out.push(decided);
@@ -209,6 +219,7 @@ fn decide_one(
     taken: &mut HashMap<(Uuid, AssetRef), i64>,
     claimed: &mut HashMap<(Uuid, AssetRef), usize>,
     reservations_used: &mut HashMap<(AssetRef, Option<Uuid>), i64>,
+    moved: &mut HashMap<(Uuid, AssetRef), i64>,
     index: usize,
 ) -> Decided {
     let asset = &req.asset;
@@ -329,116 +340,159 @@ fn decide_one(
         skipped: excluded,
         ..Decision::default()
     };
-    for c in ordered {
+    // Why the rules do not let `c` serve this request (A4, A10, …), whatever its free count.
+    let rules_refuse = |c: &Candidate| -> Option<(SkipReason, String)> {
         let is_reserved_here = reserved_account == Some(c.id);
         let is_first_owner = c.id == first_owner;
-        let skip = |reason: SkipReason, detail: String| Skip {
-            account_id: c.id,
-            account_name: c.name.clone(),
-            priority: c.priority,
-            reason,
-            detail,
-        };
         if c.deleting {
-            decision.skipped.push(skip(
-                SkipReason::Deleting,
-                "the account is being deleted".into(),
-            ));
-            continue;
+            return Some((SkipReason::Deleting, "the account is being deleted".into()));
         }
         if !c.new_assets_for_everyone && !has_policy {
-            decision.skipped.push(skip(
+            return Some((
                 SkipReason::NoPolicy,
                 "this account serves an asset once it has a distribution policy \
                  (setting new_assets_for_everyone is off)"
                     .into(),
             ));
-            continue;
         }
         let status = c.effective_status(now);
-        let usable = status.status.allows_apple_calls();
-        if !usable && !c.when_unusable.queues(status.status) {
-            decision.skipped.push(skip(
+        if !status.status.allows_apple_calls() && !c.when_unusable.queues(status.status) {
+            return Some((
                 SkipReason::Unusable,
                 format!("status {}: {}", status.status, status.reason),
             ));
-            continue;
         }
         if target.license_type == LicenseType::Device && !c.device_assignable {
-            decision.skipped.push(skip(
+            return Some((
                 SkipReason::NotDeviceAssignable,
                 "the asset is not device-assignable in this account".into(),
             ));
-            continue;
         }
         if !is_first_owner && !is_reserved_here && c.has_list && !listed(c) {
-            decision.skipped.push(skip(
+            return Some((
                 SkipReason::NotOnDistributionList,
                 "fallback to this account needs the subject on its distribution list".into(),
             ));
-            continue;
         }
-        let hold = holdback.get(&c.id).copied().unwrap_or(0);
-        let already = taken.get(&(c.id, asset.clone())).copied().unwrap_or(0);
-        let free =
-            c.apple_total as i64 - c.foreign_assigned as i64 - c.held as i64 - already - hold;
-        if free <= 0 {
-            let reason = if free + hold > 0 {
-                SkipReason::HeldForReservations
-            } else {
-                SkipReason::NoFreeLicense
-            };
-            decision.skipped.push(skip(
-                reason,
-                format!(
-                    "owns {}, held here {}, assigned elsewhere {}, held back for reservations {}",
-                    c.apple_total,
-                    c.held as i64 + already,
-                    c.foreign_assigned,
-                    hold
-                ),
-            ));
-            continue;
-        }
-        let rule = if req.replaces.is_some() {
-            Rule::Reallocation
-        } else if is_reserved_here {
-            Rule::Reservation
-        } else if is_first_owner {
-            Rule::Priority
-        } else {
-            Rule::Fallback
-        };
-        if !usable {
-            decision.queued_because = Some(format!(
-                "account status {} ({}); the Apple call waits until it is usable",
-                status.status, status.reason
-            ));
-        }
-        let planned = Planned {
-            id: Uuid::now_v7(),
-            account_id: c.id,
-            asset: asset.clone(),
-            holder: target.holder,
-            license_type: target.license_type,
-            rule,
-            decision,
-        };
-        if dry_run {
-            return Decided::Would(planned);
-        }
-        *taken.entry((c.id, asset.clone())).or_default() += 1;
-        if reserved_from.is_some() {
-            *reservations_used
-                .entry((asset.clone(), reserved_from.flatten()))
-                .or_default() += 1;
-        }
-        claimed.insert((planned.holder.id, asset.clone()), index);
-        return Decided::New(planned);
+        None
+    };
+    // The double count (issue 13): Apple may already list this holder for the asset on an
+    // account (assigned by another MDM, an admin, a previous owner). That license is counted
+    // in the account's `foreign_assigned`; taking it over uses no new license. Among the
+    // accounts the rules allow, the first (in the order above: reservation, then priority)
+    // that lists the holder is chosen without needing a free license, and the write moves
+    // the license from `foreign_assigned` to `held`. Preferring it over a higher-priority
+    // account keeps a free license free and avoids a second license for the same holder.
+    let at_apple_key = |c: &Candidate| {
+        (
+            c.id,
+            asset.clone(),
+            target.license_type,
+            target.holder.external_id.clone(),
+        )
+    };
+    let movable = |c: &Candidate| {
+        c.foreign_assigned as i64 - moved.get(&(c.id, asset.clone())).copied().unwrap_or(0) > 0
+    };
+    let chosen = ordered
+        .iter()
+        .copied()
+        .find(|c| {
+            snap.at_apple.contains(&at_apple_key(c)) && movable(c) && rules_refuse(c).is_none()
+        })
+        .map(|c| (c, true))
+        .or_else(|| {
+            for c in &ordered {
+                let c = *c;
+                let skip = |reason: SkipReason, detail: String| Skip {
+                    account_id: c.id,
+                    account_name: c.name.clone(),
+                    priority: c.priority,
+                    reason,
+                    detail,
+                };
+                if let Some((reason, detail)) = rules_refuse(c) {
+                    decision.skipped.push(skip(reason, detail));
+                    continue;
+                }
+                let hold = holdback.get(&c.id).copied().unwrap_or(0);
+                let already = taken.get(&(c.id, asset.clone())).copied().unwrap_or(0);
+                let free = c.apple_total as i64
+                    - c.foreign_assigned as i64
+                    - c.held as i64
+                    - already
+                    - hold;
+                if free <= 0 {
+                    let reason = if free + hold > 0 {
+                        SkipReason::HeldForReservations
+                    } else {
+                        SkipReason::NoFreeLicense
+                    };
+                    decision.skipped.push(skip(
+                        reason,
+                        format!(
+                            "owns {}, held here {}, assigned elsewhere {}, held back for \
+                             reservations {}",
+                            c.apple_total,
+                            c.held as i64 + already,
+                            c.foreign_assigned,
+                            hold
+                        ),
+                    ));
+                    continue;
+                }
+                return Some((c, false));
+            }
+            None
+        });
+    let Some((c, at_apple)) = chosen else {
+        return Decided::Refused(Refusal::Exhausted {
+            skipped: decision.skipped,
+        });
+    };
+    let is_reserved_here = reserved_account == Some(c.id);
+    let is_first_owner = c.id == first_owner;
+    let rule = if req.replaces.is_some() {
+        Rule::Reallocation
+    } else if is_reserved_here {
+        Rule::Reservation
+    } else if is_first_owner {
+        Rule::Priority
+    } else {
+        Rule::Fallback
+    };
+    let status = c.effective_status(now);
+    if !status.status.allows_apple_calls() {
+        decision.queued_because = Some(format!(
+            "account status {} ({}); the Apple call waits until it is usable",
+            status.status, status.reason
+        ));
     }
-    Decided::Refused(Refusal::Exhausted {
-        skipped: decision.skipped,
-    })
+    let planned = Planned {
+        id: Uuid::now_v7(),
+        account_id: c.id,
+        asset: asset.clone(),
+        holder: target.holder,
+        license_type: target.license_type,
+        rule,
+        decision,
+        at_apple,
+    };
+    if dry_run {
+        return Decided::Would(planned);
+    }
+    if at_apple {
+        *moved.entry((c.id, asset.clone())).or_default() += 1;
+    } else {
+        *taken.entry((c.id, asset.clone())).or_default() += 1;
+    }
+    if reserved_from.is_some() {
+        *reservations_used
+            .entry((asset.clone(), reserved_from.flatten()))
+            .or_default() += 1;
+    }
+    claimed.insert((planned.holder.id, asset.clone()), index);
+    Decided::New(planned)
 }
 
 #[cfg(test)]
@@ -476,6 +530,11 @@ mod tests {
             device_assignable: true,
             has_list: false,
         }
+    }
+
+    fn at_apple(snap: &mut Snapshot, account: Uuid, serial: &str) {
+        snap.at_apple
+            .insert((account, asset(), LicenseType::Device, serial.to_string()));
     }
 
     fn device_req(serial: &str) -> AllocationRequest {
@@ -685,5 +744,85 @@ mod tests {
             Decided::New(p) => assert_eq!((p.account_id, p.rule), (idb, Rule::Fallback)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_holder_apple_already_lists_is_counted_once() {
+        // Two licenses, one of them X's at Apple (foreign_assigned 1), one free.
+        let mut a = account("A", 1, 2);
+        a.foreign_assigned = 1;
+        let ida = a.id;
+        let mut snap = snapshot(vec![a], &["X", "S1", "S2"]);
+        at_apple(&mut snap, ida, "X");
+        let reqs = [device_req("X"), device_req("S1"), device_req("S2")];
+        let refs: Vec<&AllocationRequest> = reqs.iter().collect();
+        let out = decide_all(&refs, &snap, Utc::now(), false);
+        match &out[0] {
+            Decided::New(p) => assert!(p.at_apple && p.account_id == ida, "{p:?}"),
+            other => panic!("{other:?}"),
+        }
+        match &out[1] {
+            Decided::New(p) => assert!(!p.at_apple, "{p:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            out[2],
+            Decided::Refused(Refusal::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn the_account_apple_lists_the_holder_on_is_preferred_when_the_rules_allow_it() {
+        let a = account("A", 1, 5);
+        let mut b = account("B", 2, 1);
+        b.foreign_assigned = 1;
+        b.has_list = true;
+        let (ida, idb) = (a.id, b.id);
+        let mut snap = snapshot(vec![a, b], &["X", "Y"]);
+        at_apple(&mut snap, idb, "X");
+        at_apple(&mut snap, idb, "Y");
+        // X is on B's list: B serves it with no new license, though A has free ones.
+        snap.listed.insert((idb, "device".into(), "X".into()));
+        let reqs = [device_req("X"), device_req("Y")];
+        let refs: Vec<&AllocationRequest> = reqs.iter().collect();
+        let out = decide_all(&refs, &snap, Utc::now(), false);
+        match &out[0] {
+            Decided::New(p) => {
+                assert_eq!(
+                    (p.account_id, p.rule, p.at_apple),
+                    (idb, Rule::Fallback, true)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Y is not on B's list (A4): A serves it with a new license.
+        match &out[1] {
+            Decided::New(p) => assert_eq!((p.account_id, p.at_apple), (ida, false)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_moves_no_more_than_apple_lists_elsewhere() {
+        // The mirror lists X and Y, but foreign_assigned says only one license is Apple's
+        // elsewhere (a notification lowered it since the sync): the second needs a free one.
+        let mut a = account("A", 1, 1);
+        a.foreign_assigned = 1;
+        let ida = a.id;
+        let mut snap = snapshot(vec![a], &["X", "Y"]);
+        at_apple(&mut snap, ida, "X");
+        at_apple(&mut snap, ida, "Y");
+        let reqs = [device_req("X"), device_req("Y")];
+        let refs: Vec<&AllocationRequest> = reqs.iter().collect();
+        let out = decide_all(&refs, &snap, Utc::now(), false);
+        assert!(matches!(&out[0], Decided::New(p) if p.at_apple));
+        assert!(matches!(
+            out[1],
+            Decided::Refused(Refusal::Exhausted { .. })
+        ));
+        // A dry run says the same without counting.
+        let r = device_req("X");
+        let dry = decide_all(&[&r], &snap, Utc::now(), true);
+        assert!(matches!(&dry[0], Decided::Would(p) if p.at_apple));
     }
 }

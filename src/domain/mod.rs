@@ -9,7 +9,7 @@
 //!   batch of allocations reads; [`decide`]: the allocation rules; [`policy`]: reservations,
 //!   groups, bans;
 //! - [`reconciliation`]: sync kinds, drift classes and plan actions (keeping the ledger true
-//!   to Apple);
+//!   to Apple); [`reconcile`]: whether a license this deployment assigned is still used (T6);
 //! - [`account_status`]: the account status machine; [`validation`]: field checks and the
 //!   422 problem's field errors.
 
@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod model;
 pub mod origin;
 pub mod policy;
+pub mod reconcile;
 pub mod reconciliation;
 pub mod records;
 pub mod revocation;

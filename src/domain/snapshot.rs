@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::account_status::{self as status, AccountStatus, StatusState, WhenUnusable};
 use super::allocation::AssetRef;
-use super::model::SubjectKind;
+use super::model::{LicenseType, SubjectKind};
 use super::policy::Policy;
 use super::records::{AssignmentRow, SubjectRow};
 
@@ -84,4 +84,12 @@ pub struct Snapshot {
     pub candidates: HashMap<AssetRef, Vec<Candidate>>,
     /// Distribution-list entries matching the batch's subjects: (account, kind, value).
     pub listed: HashSet<(Uuid, String, String)>,
+    /// Licenses Apple already lists (the sync's mirror, `apple_assignments`) for the batch's
+    /// subjects and assets: (account, asset, license type, serial / client user id). Such a
+    /// license is counted in the account's `foreign_assigned`; allocating it to the same
+    /// subject moves it to `held` instead of taking a free one (the double count, issue 13).
+    pub at_apple: HashSet<AtApple>,
 }
+
+/// One license Apple lists: (account, asset, license type, serial / client user id).
+pub type AtApple = (Uuid, AssetRef, LicenseType, String);

@@ -18,7 +18,9 @@
 //! transaction loads what the batch needs in a fixed number of queries, locking the asset rows
 //! involved ([`crate::ledger::allocation_load`]), decides every request in memory, and writes all new licenses,
 //! their Apple jobs and activity rows in one statement whose pool update is guarded by
-//! `held + foreign_assigned + n <= apple_total` ([`crate::ledger::allocation_write`]). Live assignments never
+//! `held + foreign_assigned + n <= apple_total` ([`crate::ledger::allocation_write`]). A
+//! subject Apple already lists for the asset (the sync's mirror) is served from that account
+//! with no new license: its license moves from `foreign_assigned` to `held` (issue 13). Live assignments never
 //! exceed what an account owns, whatever the concurrency and however many replicas share the
 //! database (A9), and a hot asset costs one commit per batch instead of one per request.
 

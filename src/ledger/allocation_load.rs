@@ -1,8 +1,9 @@
 //! Reading what a batch of allocations needs, in a fixed number of queries whatever the batch
 //! size: the subjects (created or updated as the caller describes them), their live
 //! assignments, the assets' policies and outstanding reservations, the accounts that own the
-//! assets (with their asset rows **locked**), and which distribution-list entries match the
-//! subjects.
+//! assets (with their asset rows **locked**), which distribution-list entries match the
+//! subjects, and which of the subjects Apple already lists for the assets (the sync's mirror:
+//! the double count of issue 13).
 //!
 //! Lock order, which keeps concurrent batches (in any replica) free of deadlocks: subject rows
 //! first (upserted in sorted order), then asset rows (locked in `(account, adam_id, pricing)`
@@ -15,7 +16,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
-use crate::domain::model::SubjectKind;
+use crate::domain::model::{LicenseType, SubjectKind};
 use crate::domain::records::{AssignmentRow, EntryRow, SubjectRow};
 use crate::domain::snapshot::{Candidate, Snapshot};
 
@@ -188,6 +189,21 @@ struct PolicyEntry {
     served: bool,
 }
 
+/// A license Apple lists (the sync's mirror) for one of the batch's subjects and assets.
+#[derive(diesel::QueryableByName)]
+struct Mirrored {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    account_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    adam_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pricing_param: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    license_type: LicenseType,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    target: String,
+}
+
 #[derive(diesel::QueryableByName)]
 struct Listed {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -268,8 +284,8 @@ pub async fn snapshot(
         .into_iter()
         .collect();
 
-    // The four reads are independent: they go out together, pipelined on the connection
-    // (PostgreSQL runs them one after the other; the batch waits one round trip, not four).
+    // The five reads are independent: they go out together, pipelined on the connection
+    // (PostgreSQL runs them one after the other; the batch waits one round trip, not five).
     let shared: &AsyncPgConnection = conn;
     // Subjects belong to one space, so their ids alone select the space's assignments. The
     // live-state filter is applied below, not in SQL: with it, a planner working from stale
@@ -339,12 +355,51 @@ pub async fn snapshot(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&serials)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&users)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&groups);
-    let (existing, entries, candidates, listed) = futures_util::try_join!(
+    // The double count (issue 13): which of the batch's subjects Apple already lists for the
+    // batch's assets, per account of the space: one probe of `apple_assignments_by_target`
+    // (account, license type, target) per account and subject; empty until a sync ran. (A
+    // filter `(type = 'device' AND target = ANY(…)) OR (type = 'user' AND …)` instead defeats
+    // the index: PostgreSQL scanned the whole table, 690 ms at 1.8 M rows.)
+    let (probe_types, probe_targets): (Vec<&str>, Vec<&str>) = serials
+        .iter()
+        .map(|s| ("device", *s))
+        .chain(users.iter().map(|u| ("user", *u)))
+        .unzip();
+    let mirrored_q = diesel::sql_query(
+        "SELECT m.account_id, m.adam_id, m.pricing_param, m.license_type, m.target
+           FROM accounts a
+          CROSS JOIN unnest($4::text[], $5::text[]) AS t(license_type, target)
+           JOIN apple_assignments m ON m.account_id = a.id AND m.license_type = t.license_type
+                                   AND m.target = t.target
+          WHERE a.space_id = $1
+            AND (m.adam_id, m.pricing_param) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&probe_types)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&probe_targets);
+    let (existing, entries, candidates, listed, mirrored) = futures_util::try_join!(
         existing_q.prepared().load::<AssignmentRow>(&mut &*shared),
         policies_q.prepared().load::<PolicyEntry>(&mut &*shared),
         candidates_q.prepared().load::<Candidate>(&mut &*shared),
         listed_q.prepared().load::<Listed>(&mut &*shared),
+        mirrored_q.prepared().load::<Mirrored>(&mut &*shared),
     )?;
+    snap.at_apple = mirrored
+        .into_iter()
+        .map(|m| {
+            (
+                m.account_id,
+                AssetRef {
+                    adam_id: m.adam_id,
+                    pricing_param: m.pricing_param,
+                },
+                m.license_type,
+                m.target,
+            )
+        })
+        .collect();
 
     snap.existing = existing
         .into_iter()

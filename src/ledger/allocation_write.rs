@@ -1,8 +1,8 @@
 //! Writing a batch's new licenses in one statement: the pool update (`held`), the assignments,
 //! their Apple jobs and the activity rows.
 //!
-//! The pool update carries its own guard (`held + foreign_assigned + n <= apple_total`, and the
-//! account not marked for deletion): should the in-memory decision ever disagree with the
+//! The pool update carries its own guard (`held + foreign_assigned <= apple_total` after the
+//! update, and the account not marked for deletion): should the in-memory decision ever disagree with the
 //! ledger, the statement reports fewer accounts updated than planned and the caller rolls the
 //! batch back and decides again. Over-allocation is refused by the database, not only by the
 //! decision.
@@ -59,9 +59,11 @@ pub async fn write(
                 "requested_by": o.requested_by,
                 "reason": o.reason,
                 "request_id": o.request_id,
+                "at_apple": p.at_apple,
                 "subject_label": format!("{}:{}", p.holder.kind, p.holder.external_id),
                 "details": {
                     "license_type": p.license_type,
+                    "already_at_apple": p.at_apple,
                     "skipped": p.decision.skipped.len(),
                     "queued_because": p.decision.queued_because,
                 },
@@ -90,16 +92,21 @@ pub async fn write(
              SELECT * FROM jsonb_to_recordset($1) AS t(
                  id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
                  license_type text, rule text, decision jsonb, requested_by text, reason text,
-                 request_id text, subject_label text, details jsonb)
+                 request_id text, at_apple bool, subject_label text, details jsonb)
          ), counts AS (
-             SELECT account_id, adam_id, pricing_param, count(*) AS n FROM new
+             SELECT account_id, adam_id, pricing_param, count(*) AS n,
+                    count(*) FILTER (WHERE at_apple) AS moved
+               FROM new
               GROUP BY account_id, adam_id, pricing_param
          ), bump AS (
-             UPDATE assets s SET held = s.held + c.n, updated_at = now()
+             UPDATE assets s SET held = s.held + c.n,
+                                 foreign_assigned = s.foreign_assigned - c.moved,
+                                 updated_at = now()
                FROM counts c
               WHERE s.account_id = c.account_id AND s.adam_id = c.adam_id
                 AND s.pricing_param = c.pricing_param
-                AND s.held + s.foreign_assigned + c.n <= s.apple_total
+                AND s.foreign_assigned >= c.moved
+                AND s.held + s.foreign_assigned + c.n - c.moved <= s.apple_total
                 AND NOT EXISTS (SELECT 1 FROM accounts a
                                  WHERE a.id = s.account_id AND a.delete_requested_at IS NOT NULL)
           RETURNING 1

@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod plans;
 pub mod policies;
+pub mod reconcile;
 pub mod repairs;
 pub mod retention;
 pub mod revocations;

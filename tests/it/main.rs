@@ -29,6 +29,7 @@ mod ops;
 mod plans;
 mod policies;
 mod problems;
+mod reconcile;
 mod revocations;
 mod security_headers;
 mod spaces;
