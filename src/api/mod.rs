@@ -6,6 +6,7 @@ pub mod activity;
 pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
+pub mod drift;
 pub mod policies;
 pub mod spaces;
 pub mod subjects;
@@ -48,5 +49,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(policies::put_policy)
         .service(policies::delete_policy)
         .service(activity::list_activity)
+        .service(drift::get_account_drift)
+        .service(drift::get_space_drift)
         .service(apple_notifications::receive_apple_notification);
 }
