@@ -254,6 +254,10 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             "SyncState",
             wire(vpp_broker::domain::reconciliation::SyncState::ALL),
         ),
+        (
+            "SyncTrigger",
+            wire(vpp_broker::domain::reconciliation::SyncTrigger::ALL),
+        ),
         ("TargetKind", wire(TargetKind::ALL)),
         ("WhenUnusable", wire(WhenUnusable::ALL)),
         ("ProblemType", problem_types),
