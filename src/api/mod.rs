@@ -6,6 +6,7 @@ pub mod activity;
 pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
+pub mod drift;
 pub mod plans;
 pub mod policies;
 pub mod spaces;
@@ -53,6 +54,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(policies::put_policy)
         .service(policies::delete_policy)
         .service(activity::list_activity)
+        .service(drift::get_account_drift)
+        .service(drift::get_space_drift)
         .service(plans::create_plan)
         .service(plans::get_plan)
         .service(plans::apply_plan)

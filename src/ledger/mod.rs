@@ -17,6 +17,7 @@ pub mod asset_counts;
 pub mod assets;
 pub mod assignments;
 pub mod deployment;
+pub mod drift;
 pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;

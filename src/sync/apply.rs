@@ -19,25 +19,10 @@ use serde_json::json;
 use super::read::Read;
 use super::{Settings, SyncError};
 use crate::domain::origin::Origin;
-use crate::domain::reconciliation::{DriftCounts, SyncState};
+use crate::domain::reconciliation::SyncState;
 use crate::ledger::activity::{self, Activity, ActivityAction};
 use crate::ledger::apple_mirror::{self as mirror, Synced};
 use crate::ledger::sync_runs::{self, Claimed, Finish, Progress, SyncRunRow};
-
-/// Recomputes the account's drift report at the end of the apply.
-/// Replaced at merge by `ledger::drift::recompute` (helper B1's): until then no report is
-/// written and every class counts zero.
-async fn recompute_drift(
-    _conn: &mut AsyncPgConnection,
-    _account: uuid::Uuid,
-    _run: uuid::Uuid,
-    _read_started_at: chrono::DateTime<chrono::Utc>,
-    _stuck_after: std::time::Duration,
-    _full_and_stable: bool,
-) -> diesel::QueryResult<DriftCounts> {
-    // replaced at merge by ledger::drift::recompute
-    Ok(DriftCounts::default())
-}
 
 /// Applies `read` for the claimed run; `None` when this worker no longer holds the job.
 pub async fn apply(
@@ -138,7 +123,7 @@ pub async fn apply(
                 },
             )
             .await?;
-            let drift = recompute_drift(
+            let drift = crate::ledger::drift::recompute(
                 conn,
                 account,
                 run.id,

@@ -16,6 +16,7 @@ mod assets;
 mod auth;
 mod cli;
 mod docs;
+mod drift;
 mod exports;
 mod history;
 mod hostile_input;

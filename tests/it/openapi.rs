@@ -232,12 +232,20 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             wire(vpp_broker::domain::inventory::AssetSort::ALL),
         ),
         ("AssignmentState", wire(AssignmentState::ALL)),
+        (
+            "DriftClass",
+            wire(vpp_broker::domain::reconciliation::DriftClass::ALL),
+        ),
         ("LicenseType", wire(LicenseType::ALL)),
         ("LicenseWish", wire(LicenseWish::ALL)),
         ("ListKind", wire(ListKind::ALL)),
         ("Rule", wire(Rule::ALL)),
         ("SkipReason", wire(SkipReason::ALL)),
         ("SubjectKind", wire(SubjectKind::ALL)),
+        (
+            "SuggestedAction",
+            wire(vpp_broker::domain::reconciliation::SuggestedAction::ALL),
+        ),
         (
             "SyncKind",
             wire(vpp_broker::domain::reconciliation::SyncKind::ALL),
