@@ -27,7 +27,7 @@
 //!
 //! Options: `--assignments N` (100000), `--assets N` (1000), `--latency-ms N` (200),
 //! `--page-size N` (500), `--alloc-rate N` per second (20), `--alloc-seconds N` (30),
-//! `--idle-accounts N` (3000), `--scheduler-cycles N` (20).
+//! `--idle-accounts N` (3000), `--scheduler-cycles N` (50).
 
 #![allow(
     clippy::unwrap_used,
@@ -48,6 +48,7 @@ use vpp_broker::apple_sim::{
     GeneratedAssignments, NewAssignments, SeedAsset, SeedAssignment, SeedFile, SeedLocation,
     SimConfig, SimHandle, SimSettings, Simulator,
 };
+use vpp_broker::ledger::sync_runs::{self, Schedule};
 
 mod common;
 use common::{
@@ -81,7 +82,7 @@ fn args() -> Args {
         alloc_rate: 20,
         alloc_seconds: 30,
         idle_accounts: 3_000,
-        scheduler_cycles: 20,
+        scheduler_cycles: 50,
     };
     let argv: Vec<String> = std::env::args().collect();
     for w in argv.windows(2) {
@@ -450,7 +451,7 @@ async fn insert_idle_accounts(conn: &mut AsyncPgConnection, n: usize) {
                                token_nonce, token_key_id, token_expires_at, last_full_sync_at,
                                last_incremental_sync_at, last_sync_attempt_at,
                                assignments_version_id, assets_version_id)
-         SELECT gen_random_uuid(), 'idle', 'Idle ' || i, 1, (5000000000 + i)::text, 'x',
+         SELECT gen_random_uuid(), 'idle', 'Idle ' || i, i, (5000000000 + i)::text, 'x',
                 '123456789012', 'k', now() + interval '1 year', now() - interval '1 minute',
                 now() - interval '1 minute', now() - interval '1 minute', 'v', 'v'
            FROM generate_series(1, {n}) AS i;
@@ -698,31 +699,27 @@ async fn main() {
 
     // 5. The scheduler with idle accounts (the service stopped: nothing else runs).
     insert_idle_accounts(&mut conn, args.idle_accounts).await;
-    let scheduler = scheduler_cost(&mut conn, &db_url, args.scheduler_cycles).await;
+    let (sched_wall, sched_cpu, sched_queued) =
+        scheduler_cost(&db_url, args.scheduler_cycles).await;
     let accounts = count(&mut conn, "SELECT count(*) AS n FROM accounts").await;
-    let queued = count(
-        &mut conn,
-        "SELECT count(*) AS n FROM sync_runs WHERE state = 'queued'",
-    )
-    .await;
-    if let Some((wall, cpu)) = scheduler {
-        println!(
-            "scheduler, {accounts} accounts ({} idle): {:.2} ms per cycle, PostgreSQL CPU {:.3} ms \
-             per cycle = {:.4} ms per account (target <= 1); runs queued {queued}",
-            args.idle_accounts,
-            ms(wall),
-            cpu * 1000.0,
-            cpu * 1000.0 / accounts as f64
-        );
-    }
+    println!(
+        "scheduler, {accounts} accounts ({} idle), {} cycles: {:.2} ms per cycle, PostgreSQL CPU \
+         {:.3} ms per cycle = {:.5} ms per account (target <= 1); runs queued {sched_queued}",
+        args.idle_accounts,
+        args.scheduler_cycles,
+        ms(sched_wall),
+        sched_cpu * 1000.0,
+        sched_cpu * 1000.0 / accounts as f64
+    );
 
     println!();
     println!("| measure | figure | target |");
     println!("|---|---|---|");
     println!("| full sync: Apple requests | {full_requests} | the minimum, {minimum} |");
     println!(
-        "| full sync: wall time | {:.2} s | <= 1.1 x {:.2} s = {:.2} s |",
+        "| full sync: wall time (POST to seen succeeded; the run's own start to end) | {:.2} s ({:.2} s) | <= 1.1 x {:.2} s = {:.2} s |",
         full_wall.as_secs_f64(),
+        run_ms(&full) as f64 / 1000.0,
         bound.as_secs_f64(),
         1.1 * bound.as_secs_f64()
     );
@@ -730,7 +727,7 @@ async fn main() {
     println!("| full sync: PostgreSQL CPU | {full_pg:.2} s | <= 3 s |");
     println!("| full sync: serve peak RSS | {full_peak:.1} MiB | <= 96 MiB |");
     println!(
-        "| first full sync (attach, 100,000 rows inserted): wall / serve CPU / PostgreSQL CPU / peak RSS | {:.2} s / {first_serve:.2} s / {first_pg:.2} s / {first_peak:.1} MiB | |",
+        "| first full sync (attach, {mirror} mirror rows inserted): wall / serve CPU / PostgreSQL CPU / peak RSS | {:.2} s / {first_serve:.2} s / {first_pg:.2} s / {first_peak:.1} MiB | |",
         first_wall.as_secs_f64()
     );
     println!("| incremental sync, nothing changed: Apple requests | {quiet_requests} | <= 3 |");
@@ -743,46 +740,46 @@ async fn main() {
         ms(busy_p99),
         ms(busy_p99) / ms(quiet_p99)
     );
-    if let Some((_, cpu)) = scheduler {
-        println!(
-            "| scheduler: PostgreSQL CPU per account per cycle ({accounts} accounts) | {:.4} ms | <= 1 ms |",
-            cpu * 1000.0 / accounts as f64
-        );
-    }
+    println!(
+        "| scheduler: PostgreSQL CPU per account per cycle ({accounts} accounts; {:.2} ms wall per cycle) | {:.5} ms | <= 1 ms |",
+        ms(sched_wall),
+        sched_cpu * 1000.0 / accounts as f64
+    );
 
     sim.stop().await;
     drop(conn);
     drop_databases(&server, &[&db_name]).await;
 }
 
-/// The sync scheduler's statement `cycles` times on a connection of its own: (wall time per
-/// cycle, PostgreSQL CPU seconds per cycle from that backend's `/proc` ticks).
-async fn scheduler_cost(
-    conn: &mut AsyncPgConnection,
-    db_url: &str,
-    cycles: usize,
-) -> Option<(Duration, f64)> {
-    let _ = conn;
+/// The sync scheduler (`ledger::sync_runs::schedule` with serve's default intervals, 15 min
+/// and 24 h) `cycles` times on a connection of its own: (wall time per cycle, PostgreSQL CPU
+/// seconds per cycle from that backend's `/proc` ticks, runs it queued).
+async fn scheduler_cost(db_url: &str, cycles: usize) -> (Duration, f64, usize) {
     let mut own = AsyncPgConnection::establish(db_url).await.expect("db");
     let backend: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
         .get_result(&mut own)
         .await
         .expect("backend pid");
     let pid = backend.pid as u32;
+    let timing = Schedule {
+        incremental: Duration::from_secs(15 * 60),
+        full: Duration::from_secs(24 * 3600),
+    };
     // Warm the backend's caches and plans once.
-    schedule_once(&mut own).await?;
+    let mut queued = sync_runs::schedule(&mut own, timing)
+        .await
+        .expect("schedule")
+        .expect("the advisory lock is free");
+    let cycles = cycles.max(1);
     let ticks_before = cpu_ticks(pid);
     let started = Instant::now();
     for _ in 0..cycles {
-        schedule_once(&mut own).await?;
+        queued += sync_runs::schedule(&mut own, timing)
+            .await
+            .expect("schedule")
+            .expect("the advisory lock is free");
     }
-    let wall = started.elapsed() / cycles.max(1) as u32;
-    let cpu = seconds(cpu_ticks(pid) - ticks_before) / cycles.max(1) as f64;
-    Some((wall, cpu))
-}
-
-/// One cycle of the sync scheduler: `None` when this build has no scheduler to call.
-async fn schedule_once(conn: &mut AsyncPgConnection) -> Option<()> {
-    let _ = conn;
-    None
+    let wall = started.elapsed() / cycles as u32;
+    let cpu = seconds(cpu_ticks(pid) - ticks_before) / cycles as f64;
+    (wall, cpu, queued)
 }
