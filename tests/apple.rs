@@ -18,6 +18,7 @@ mod apple {
     pub mod support;
 
     mod config;
+    mod drift;
     mod errors;
     mod events;
     mod notifications;

@@ -1,4 +1,4 @@
-//! What the benchmark examples share (`bench`, `read_bench`): a fresh database, signed JWTs,
+//! What the benchmark examples share (`bench`, `read_bench`, `sync_bench`): a fresh database, signed JWTs,
 //! percentiles, the service's memory, the `vpp-broker serve` child process on a given database and
 //! Apple base URL, and the closed-loop allocation storm. Each example compiles this module on its own, so a
 //! helper one of them does not use is not dead code for the other.
@@ -69,6 +69,16 @@ impl Service {
     /// Starts `vpp-broker serve` (the binary next to this example) on `db_url`, calling Apple at
     /// `apple_base_url`, and waits until `/readyz` answers 200.
     pub async fn start(http: &reqwest::Client, db_url: &str, apple_base_url: &str) -> Service {
+        Self::start_with_env(http, db_url, apple_base_url, &[]).await
+    }
+
+    /// [`Service::start`] with more environment variables (e.g. `VPP_SYNC_WORKERS`).
+    pub async fn start_with_env(
+        http: &reqwest::Client,
+        db_url: &str,
+        apple_base_url: &str,
+        env: &[(&str, &str)],
+    ) -> Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -95,6 +105,7 @@ impl Service {
             .env("VPP_HTTP_WORKERS", "2")
             .env("VPP_DB_POOL_SIZE", "24")
             .env("VPP_EVENT_POLL_SECS", "30")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

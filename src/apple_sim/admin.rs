@@ -9,9 +9,10 @@
 //! | GET | `/_sim/locations/{uId}` | → [`LocationSnapshot`] |
 //! | POST | `/_sim/locations/{uId}/tokens` | `{tokenExpDate?, token?, status?}` → `{sToken}` |
 //! | POST | `/_sim/tokens/status` | `{sToken? \| location?, status}` → `{updated}` |
-//! | POST | `/_sim/locations/{uId}/assets` | `[SeedAsset]` → 204 |
+//! | POST | `/_sim/locations/{uId}/assets` | `[SeedAsset]` → 204 (+ ASSET_COUNT each) |
 //! | PUT | `/_sim/locations/{uId}/assets/{adamId}/{pricingParam}/total` | `{totalCount}` → `{countDelta}` (+ ASSET_COUNT) |
 //! | POST | `/_sim/locations/{uId}/assignments` | `{assignments?, generatedAssignments?}` → 204 |
+//! | POST | `/_sim/locations/{uId}/assignments/remove` | same body → `{removed}` (never in deltas) |
 //! | PUT | `/_sim/locations/{uId}/mdm-info` | [`MdmInfo`] → 204 (another MDM took the token) |
 //! | POST | `/_sim/locations/{uId}/users/{clientUserId}/accept` | → 204 (+ USER_ASSOCIATED) |
 //! | GET, PUT | `/_sim/settings` | [`SettingsPatch`] → [`SimSettings`] |
@@ -69,6 +70,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/locations/{u_id}/assignments",
                 web::post().to(add_assignments),
+            )
+            .route(
+                "/locations/{u_id}/assignments/remove",
+                web::post().to(remove_assignments),
             )
             .route(
                 "/locations/{u_id}/mdm-info",
@@ -257,8 +262,13 @@ async fn add_assets(sim: web::Data<Sim>, path: web::Path<String>, bytes: Bytes) 
     if !state.locations.contains_key(path.as_str()) {
         return not_found("location");
     }
-    match state.add_assets(&path, &assets) {
-        Ok(()) => HttpResponse::NoContent().finish(),
+    let result = state.add_assets(&path, &assets);
+    drop(state);
+    match result {
+        Ok(outgoing) => {
+            sim.send(outgoing);
+            HttpResponse::NoContent().finish()
+        }
         Err(e) => bad_request(e),
     }
 }
@@ -299,39 +309,73 @@ pub struct NewAssignments {
     pub generated_assignments: Vec<GeneratedAssignments>,
 }
 
+impl NewAssignments {
+    /// The (asset, target) pairs the body names, listed ones first, then the generated ones.
+    fn wanted(&self) -> Result<Vec<(AssetKey, Target)>, String> {
+        let generated: usize = self.generated_assignments.iter().map(|g| g.count).sum();
+        let mut wanted = Vec::with_capacity(self.assignments.len() + generated);
+        for a in &self.assignments {
+            let target = match (&a.serial_number, &a.client_user_id) {
+                (Some(s), None) => Target::SerialNumber(s.clone()),
+                (None, Some(u)) => Target::ClientUserId(u.clone()),
+                _ => {
+                    return Err(
+                        "each assignment needs exactly one of serialNumber and clientUserId".into(),
+                    );
+                }
+            };
+            wanted.push((
+                AssetKey::new(a.adam_id.clone(), a.pricing_param.clone()),
+                target,
+            ));
+        }
+        for g in &self.generated_assignments {
+            let key = AssetKey::new(g.adam_id.clone(), g.pricing_param.clone());
+            for i in 0..g.count {
+                wanted.push((
+                    key.clone(),
+                    Target::SerialNumber(format!("{}{i:06}", g.serial_prefix)),
+                ));
+            }
+        }
+        Ok(wanted)
+    }
+}
+
 async fn add_assignments(
     sim: web::Data<Sim>,
     path: web::Path<String>,
     bytes: Bytes,
 ) -> HttpResponse {
     let request: NewAssignments = body!(&bytes);
-    let mut wanted = Vec::new();
-    for a in &request.assignments {
-        let target = match (&a.serial_number, &a.client_user_id) {
-            (Some(s), None) => Target::SerialNumber(s.clone()),
-            (None, Some(u)) => Target::ClientUserId(u.clone()),
-            _ => {
-                return bad_request(
-                    "each assignment needs exactly one of serialNumber and clientUserId",
-                );
-            }
-        };
-        wanted.push((
-            AssetKey::new(a.adam_id.clone(), a.pricing_param.clone()),
-            target,
-        ));
-    }
-    for g in &request.generated_assignments {
-        for i in 0..g.count {
-            wanted.push((
-                AssetKey::new(g.adam_id.clone(), g.pricing_param.clone()),
-                Target::SerialNumber(format!("{}{i:06}", g.serial_prefix)),
-            ));
-        }
-    }
+    let wanted = match request.wanted() {
+        Ok(w) => w,
+        Err(e) => return bad_request(e),
+    };
     let mut state = sim.lock();
     match state.add_assignments(&path, &wanted) {
         Ok(()) => HttpResponse::NoContent().finish(),
+        Err(e) if e == "unknown location" => not_found("location"),
+        Err(e) => bad_request(e),
+    }
+}
+
+/// Another MDM or an admin revoked these behind the service's back: `{removed}` counts the ones
+/// that were there. Apple does not document how a delta reports removals; here they never
+/// appear in one (UNCONFIRMED at Apple), a full read shows them gone.
+async fn remove_assignments(
+    sim: web::Data<Sim>,
+    path: web::Path<String>,
+    bytes: Bytes,
+) -> HttpResponse {
+    let request: NewAssignments = body!(&bytes);
+    let wanted = match request.wanted() {
+        Ok(w) => w,
+        Err(e) => return bad_request(e),
+    };
+    let mut state = sim.lock();
+    match state.remove_assignments(&path, &wanted) {
+        Ok(removed) => HttpResponse::Ok().json(serde_json::json!({ "removed": removed })),
         Err(e) if e == "unknown location" => not_found("location"),
         Err(e) => bad_request(e),
     }

@@ -371,6 +371,7 @@ impl SimHandle {
         Ok(())
     }
 
+    /// Adds assets (a purchase of content the location did not have; ASSET_COUNT for each).
     pub async fn add_assets(&self, u_id: &str, assets: &[SeedAsset]) -> Result<(), SimError> {
         self.call(
             reqwest::Method::POST,
@@ -413,6 +414,27 @@ impl SimHandle {
             Some(body),
         )
         .await
+    }
+
+    /// Removes assignments directly (another MDM or an admin revoked them behind the service's
+    /// back); returns how many were there. They never appear in a delta.
+    pub async fn remove_assignments(
+        &self,
+        u_id: &str,
+        body: &NewAssignments,
+    ) -> Result<usize, SimError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            removed: usize,
+        }
+        let answer: Answer = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/locations/{u_id}/assignments/remove"),
+                Some(body),
+            )
+            .await?;
+        Ok(answer.removed)
     }
 
     /// Another MDM writes its mdmInfo into the token (and replaces the notification endpoint).

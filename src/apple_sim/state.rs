@@ -345,17 +345,19 @@ impl Location {
         Ok(())
     }
 
-    /// Removes an assignment if present (success either way).
-    pub fn unassign(&mut self, key: &AssetKey, target: &Target) {
+    /// Removes an assignment if present (success either way); `true` when it was there.
+    pub fn unassign(&mut self, key: &AssetKey, target: &Target) -> bool {
         let id = asset_id(key);
         let akey = (id.0.clone(), id.1.clone(), target.clone());
-        if self.assignments.remove(&akey).is_some() {
-            if let Some(asset) = self.assets.get_mut(&id) {
-                asset.assigned = (asset.assigned - 1).max(0);
-            }
-            self.bump(Dataset::Assignments);
-            self.bump(Dataset::Assets);
+        if self.assignments.remove(&akey).is_none() {
+            return false;
         }
+        if let Some(asset) = self.assets.get_mut(&id) {
+            asset.assigned = (asset.assigned - 1).max(0);
+        }
+        self.bump(Dataset::Assignments);
+        self.bump(Dataset::Assets);
+        true
     }
 
     /// Adds assignments (seeding, admin), stopping at the first that cannot be held.
@@ -743,6 +745,28 @@ impl State {
         location.assign_all(wanted)
     }
 
+    /// Admin: removes assignments behind the service's back (another MDM or an admin revoking
+    /// in Apple Business Manager); returns how many were there. Every asset must exist (a typo
+    /// in a test shows); absent assignments are skipped. Each removal bumps the assignments'
+    /// and the assets' versionIds; removed assignments never appear in a delta.
+    pub fn remove_assignments(
+        &mut self,
+        u_id: &str,
+        wanted: &[(AssetKey, Target)],
+    ) -> Result<usize, String> {
+        let location = self.locations.get_mut(u_id).ok_or("unknown location")?;
+        if let Some((key, _)) = wanted.iter().find(|(key, _)| location.asset(key).is_none()) {
+            return Err(format!(
+                "removal of an assignment of unknown asset {}",
+                key.adam_id
+            ));
+        }
+        Ok(wanted
+            .iter()
+            .filter(|(key, target)| location.unassign(key, target))
+            .count())
+    }
+
     /// Admin: set an asset's total (purchase/refund); returns the delta and the ASSET_COUNT
     /// notification when it changed.
     pub fn set_asset_total(
@@ -777,13 +801,50 @@ impl State {
         ))
     }
 
-    /// Admin: adds assets to a location.
-    pub fn add_assets(&mut self, u_id: &str, assets: &[SeedAsset]) -> Result<(), String> {
+    /// Admin: adds assets to a location (a purchase of content it did not have), with an
+    /// ASSET_COUNT notification (`countDelta` = the licenses bought) for each asset with a
+    /// limited, non-zero total. Apple documents ASSET_COUNT for "the count of assets changes";
+    /// that a first purchase sends one is inferred. All or nothing: a bad asset adds none.
+    pub fn add_assets(
+        &mut self,
+        u_id: &str,
+        assets: &[SeedAsset],
+    ) -> Result<Vec<Outgoing>, String> {
         let location = self.locations.get_mut(u_id).ok_or("unknown location")?;
+        let mut seen = std::collections::BTreeSet::new();
+        for asset in assets {
+            if asset.adam_id.trim().is_empty() || asset.total_count < 0 || asset.retired_count < 0 {
+                return Err(format!(
+                    "asset {:?} needs an adamId and counts that are not negative",
+                    asset.adam_id
+                ));
+            }
+            let id = (
+                asset.adam_id.clone(),
+                asset.pricing_param.as_str().to_owned(),
+            );
+            if location.assets.contains_key(&id) || !seen.insert(id) {
+                return Err(format!(
+                    "asset {}/{} exists already or is listed twice",
+                    asset.adam_id, asset.pricing_param
+                ));
+            }
+        }
+        let mut outgoing = Vec::new();
         for asset in assets {
             location.add_asset(asset)?;
+            if asset.unlimited || asset.total_count == 0 {
+                continue;
+            }
+            let payload = serde_json::to_value(AssetCountNotification {
+                adam_id: asset.adam_id.clone(),
+                pricing_param: asset.pricing_param.clone(),
+                count_delta: asset.total_count,
+            })
+            .unwrap_or_default();
+            outgoing.extend(location.notification(NotificationType::AssetCount, payload));
         }
-        Ok(())
+        Ok(outgoing)
     }
 
     /// Admin: the user accepts the invitation; USER_ASSOCIATED.
