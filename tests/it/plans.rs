@@ -127,7 +127,19 @@ async fn apple_only(
             .await
             .unwrap();
     }
-    let mut conn = w.app.db.connect().await;
+    mirror_and_drift(&w.app, account, adam_id, license_type, target, age_minutes).await;
+}
+
+/// The rows a sync writes for an `apple_only` license of `account` (see [`apple_only`]).
+async fn mirror_and_drift(
+    app: &TestApp,
+    account: Uuid,
+    adam_id: &str,
+    license_type: &str,
+    target: &str,
+    age_minutes: i64,
+) {
+    let mut conn = app.db.connect().await;
     diesel::sql_query(
         "WITH m AS (
              INSERT INTO apple_assignments (account_id, adam_id, pricing_param, license_type,
@@ -794,4 +806,37 @@ async fn repair_queues_a_lost_association_or_release_again_once() {
     );
     assert_eq!(actions(&w.app, "assignment.resubmitted").await, 2);
     assert_eq!(actions(&w.app, "plan.applied").await, 3);
+}
+
+#[tokio::test]
+async fn a_space_wide_plan_caps_each_account_on_its_own() {
+    const U2: &str = "3000000002";
+    let w = fixtures::world(
+        vec![
+            location(U1, "Library", vec![app(APP, 40)]),
+            location(U2, "Lab", vec![app(APP, 40)]),
+        ],
+        &[("A", U1), ("B", U2)],
+    )
+    .await;
+    let (a, b) = (w.accounts[0], w.accounts[1]);
+    for i in 0..25 {
+        mirror_and_drift(&w.app, a, APP, "device", &format!("S-A-{i:02}"), 5).await;
+    }
+    for i in 0..5 {
+        mirror_and_drift(&w.app, b, APP, "device", &format!("S-B-{i:02}"), 5).await;
+    }
+    // A: 10 % of 25 = 2; B: 10 % of 5, at least 1.
+    let planned = plan(&w, json!({"action": "adopt"})).await;
+    assert_eq!(planned.account_id, None);
+    assert_eq!(
+        (planned.cap, planned.candidates, planned.capped),
+        (3, 30, true)
+    );
+    let per_account: Vec<Uuid> = planned.items.iter().map(|i| i.account_id).collect();
+    assert_eq!(per_account, [a, a, b]);
+    let applied: PlanView = read(apply(&w, planned.id).await, 200).await;
+    assert_eq!(applied.outcome.unwrap().applied, 3);
+    assert_eq!(counts(&w.app, a, APP).await, (2, 23));
+    assert_eq!(counts(&w.app, b, APP).await, (1, 4));
 }
