@@ -238,6 +238,18 @@ fn documented_enums_are_spelled_as_on_the_wire() {
         ("Rule", wire(Rule::ALL)),
         ("SkipReason", wire(SkipReason::ALL)),
         ("SubjectKind", wire(SubjectKind::ALL)),
+        (
+            "SyncKind",
+            wire(vpp_broker::domain::reconciliation::SyncKind::ALL),
+        ),
+        (
+            "SyncState",
+            wire(vpp_broker::domain::reconciliation::SyncState::ALL),
+        ),
+        (
+            "SyncTrigger",
+            wire(vpp_broker::domain::reconciliation::SyncTrigger::ALL),
+        ),
         ("TargetKind", wire(TargetKind::ALL)),
         ("WhenUnusable", wire(WhenUnusable::ALL)),
         (
