@@ -93,7 +93,7 @@ pub struct AppleOnly {
 /// (a device by serial for device licenses; a user, or a device's user, for user licenses). A
 /// `revoking` one counts: the ledger is releasing that license, so it is neither adopted nor
 /// cleaned up again while Apple still lists it.
-pub(crate) const HELD_BY_LEDGER: &str = "EXISTS (
+pub const HELD_BY_LEDGER: &str = "EXISTS (
         SELECT 1 FROM assignments x JOIN subjects s ON s.id = x.subject_id
          WHERE x.space_id = (SELECT space_id FROM accounts WHERE id = m.account_id)
            AND x.adam_id = m.adam_id AND x.pricing_param = m.pricing_param

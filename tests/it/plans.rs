@@ -127,7 +127,19 @@ async fn apple_only(
             .await
             .unwrap();
     }
-    let mut conn = w.app.db.connect().await;
+    mirror_and_drift(&w.app, account, adam_id, license_type, target, age_minutes).await;
+}
+
+/// The rows a sync writes for an `apple_only` license of `account` (see [`apple_only`]).
+async fn mirror_and_drift(
+    app: &TestApp,
+    account: Uuid,
+    adam_id: &str,
+    license_type: &str,
+    target: &str,
+    age_minutes: i64,
+) {
+    let mut conn = app.db.connect().await;
     diesel::sql_query(
         "WITH m AS (
              INSERT INTO apple_assignments (account_id, adam_id, pricing_param, license_type,
@@ -167,6 +179,49 @@ async fn ledger_drift(w: &World, class: &str, assignment: Uuid, minutes_ago: i64
     .bind::<Text, _>(class)
     .bind::<BigInt, _>(minutes_ago)
     .bind::<SqlUuid, _>(Uuid::now_v7())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// Runs a real full sync of account `A` (asked like a caller, run to its end by a sync worker
+/// in the test's task), then writes the `apple_only` drift items the drift report would find:
+/// the mirror rows no live (or releasing) assignment holds. The drift recompute is another
+/// helper's (issue 13, drift); until it is merged the items are derived here with SQL.
+async fn sync_and_report(w: &World) {
+    let account = w.accounts[0];
+    let resp = w
+        .app
+        .req(
+            Method::POST,
+            &format!("/v1/spaces/acme/accounts/{account}/sync"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
+    let ctx = vpp_broker::dispatch::Ctx::new(
+        w.app.state.clone(),
+        vpp_broker::dispatch::Settings {
+            database_url: w.app.db.url.clone(),
+            ..crate::support::app::fast_dispatch("")
+        },
+    );
+    vpp_broker::dispatch::sync::drain_syncs(&ctx, Duration::from_secs(60))
+        .await
+        .expect("the sync runs");
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query(format!(
+        "INSERT INTO drift_items (account_id, space_id, class, adam_id, pricing_param,
+                                  license_type, target, since, found_by_run)
+         SELECT m.account_id, 'acme', 'apple_only', m.adam_id, m.pricing_param,
+                m.license_type, m.target, m.first_seen_at, m.seen_by_run
+           FROM apple_assignments m
+          WHERE m.account_id = $1 AND NOT {}
+         ON CONFLICT DO NOTHING",
+        vpp_broker::ledger::plans::HELD_BY_LEDGER
+    ))
+    .bind::<SqlUuid, _>(account)
     .execute(&mut conn)
     .await
     .unwrap();
@@ -223,7 +278,23 @@ async fn actions(app: &TestApp, action: &str) -> i64 {
 async fn adopt_takes_apple_only_licenses_over_once_without_calling_apple() {
     let w = world_capped(10, 100).await;
     let account = w.accounts[0];
-    apple_only(&w, APP, "device", "S-ADOPT-1", 5, true).await;
+    // Another MDM assigned a device license at the location; a real sync finds it.
+    w.sim
+        .add_assignments(
+            U1,
+            &NewAssignments {
+                assignments: vec![SeedAssignment {
+                    adam_id: APP.into(),
+                    serial_number: Some("S-ADOPT-1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    sync_and_report(&w).await;
+    // A user license (the simulator's users are another helper's): what the sync would write.
     apple_only(&w, BOOK, "user", "u-adopt-1", 5, false).await;
     assert_eq!(counts(&w.app, account, APP).await, (0, 1));
     w.sim.reset_counters().await.unwrap();
@@ -533,10 +604,31 @@ async fn clean_up_is_refused_unless_the_account_is_owned_and_synced_within_the_h
 async fn clean_up_skips_books_and_recent_rows_and_releases_the_rest_at_apple() {
     let w = world(10).await;
     let account = w.accounts[0];
-    apple_only(&w, APP, "device", "S-CLEAN-1", 120, true).await;
-    apple_only(&w, APP, "device", "S-CLEAN-NEW", 5, true).await;
+    let seed = |serial: &str| SeedAssignment {
+        adam_id: APP.into(),
+        serial_number: Some(serial.into()),
+        ..Default::default()
+    };
+    w.sim
+        .add_assignments(
+            U1,
+            &NewAssignments {
+                assignments: vec![seed("S-CLEAN-1"), seed("S-CLEAN-NEW")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    sync_and_report(&w).await;
+    // The sync first saw S-CLEAN-1 two hours ago (an earlier sync, say).
+    exec(
+        &w.app,
+        "UPDATE apple_assignments SET first_seen_at = now() - interval '2 hours'
+          WHERE target = 'S-CLEAN-1'",
+    )
+    .await;
+    assert_eq!(counts(&w.app, account, APP).await, (0, 2));
     apple_only(&w, BOOK, "user", "u-clean-book", 120, false).await;
-    exec(&w.app, "UPDATE accounts SET last_full_sync_at = now()").await;
     assert_eq!(
         sim_serials(&w.sim, U1).await,
         ["S-CLEAN-1".to_owned(), "S-CLEAN-NEW".to_owned()]
@@ -794,4 +886,37 @@ async fn repair_queues_a_lost_association_or_release_again_once() {
     );
     assert_eq!(actions(&w.app, "assignment.resubmitted").await, 2);
     assert_eq!(actions(&w.app, "plan.applied").await, 3);
+}
+
+#[tokio::test]
+async fn a_space_wide_plan_caps_each_account_on_its_own() {
+    const U2: &str = "3000000002";
+    let w = fixtures::world(
+        vec![
+            location(U1, "Library", vec![app(APP, 40)]),
+            location(U2, "Lab", vec![app(APP, 40)]),
+        ],
+        &[("A", U1), ("B", U2)],
+    )
+    .await;
+    let (a, b) = (w.accounts[0], w.accounts[1]);
+    for i in 0..25 {
+        mirror_and_drift(&w.app, a, APP, "device", &format!("S-A-{i:02}"), 5).await;
+    }
+    for i in 0..5 {
+        mirror_and_drift(&w.app, b, APP, "device", &format!("S-B-{i:02}"), 5).await;
+    }
+    // A: 10 % of 25 = 2; B: 10 % of 5, at least 1.
+    let planned = plan(&w, json!({"action": "adopt"})).await;
+    assert_eq!(planned.account_id, None);
+    assert_eq!(
+        (planned.cap, planned.candidates, planned.capped),
+        (3, 30, true)
+    );
+    let per_account: Vec<Uuid> = planned.items.iter().map(|i| i.account_id).collect();
+    assert_eq!(per_account, [a, a, b]);
+    let applied: PlanView = read(apply(&w, planned.id).await, 200).await;
+    assert_eq!(applied.outcome.unwrap().applied, 3);
+    assert_eq!(counts(&w.app, a, APP).await, (2, 23));
+    assert_eq!(counts(&w.app, b, APP).await, (1, 4));
 }
