@@ -48,5 +48,6 @@ pub mod service;
 pub mod settle;
 pub mod spaces;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
 pub mod waiters;

@@ -5,7 +5,8 @@
 //! `mdmInfo` unless another MDM's is present (then the account is stored `not_owned` and
 //! nothing is overwritten) → import the location's assets with counts → store the account with
 //! the sToken encrypted. Apple is called before the ledger transaction; the unique constraint
-//! on the location settles races between concurrent attaches.
+//! on the location settles races between concurrent attaches. A usable account gets a full sync
+//! queued in the same transaction (T5), as does a token replacement.
 
 use chrono::Utc;
 use uuid::Uuid;
@@ -19,9 +20,11 @@ use crate::domain::account_status::{
     self as status, AccountStatus, Observation, StatusState, WhenUnusable,
 };
 use crate::domain::origin::Origin;
+use crate::domain::reconciliation::{SyncKind, SyncTrigger};
 use crate::ledger::accounts::{self as store, AccountRow, DistributionEntry, NewAccount};
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::assets::{self, AppleAsset};
+use crate::ledger::sync_runs;
 use crate::state::AppState;
 use diesel_async::AsyncConnection;
 
@@ -219,6 +222,11 @@ pub async fn add(
             }
             store::replace_distribution(conn, id, &entries(id, &input.distribution_list)).await?;
             let imported = assets::import_new(conn, id, &list, now).await?;
+            // T5: a full sync right after attach (Apple's assignments, the double count).
+            if status.status.allows_apple_calls() {
+                sync_runs::request(conn, space, id, SyncKind::Full, SyncTrigger::Attach, actor)
+                    .await?;
+            }
             activity::record(
                 conn,
                 Activity::new(actor, "account.added")
@@ -344,6 +352,18 @@ pub async fn replace_token(
             now,
         );
         store::save_status(conn, &refreshed, &next, actor).await?;
+        // T5: a full sync after a token replacement (a queued incremental one becomes full).
+        if next.status.allows_apple_calls() {
+            sync_runs::request(
+                conn,
+                space,
+                id,
+                SyncKind::Full,
+                SyncTrigger::TokenReplaced,
+                actor,
+            )
+            .await?;
+        }
         activity::record(
             conn,
             Activity::new(actor, "account.token_replaced")

@@ -9,6 +9,7 @@ pub mod assignments;
 pub mod policies;
 pub mod spaces;
 pub mod subjects;
+pub mod sync;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -33,6 +34,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(accounts::replace_account_token)
         .service(accounts::get_account_order)
         .service(accounts::set_account_order)
+        .service(sync::sync_account)
+        .service(sync::list_sync_runs)
+        .service(sync::get_sync_run)
         .service(assignments::allocate_license)
         .service(assignments::list_assignments)
         .service(assignments::get_assignment)

@@ -13,13 +13,20 @@
 //!   process: a request starts only when fewer than that many are in flight or ended within the
 //!   last second, so Apple never sees more per second whatever the latency. That is not a retry:
 //!   it keeps a single paged read of a big library (e.g. 30 pages) from tripping 9646 by itself.
+//! - **Priority**: a client made by [`AppleClient::background`] (the sync's reads) waits for its
+//!   slot while any request of an ordinary (urgent) client — the dispatcher's associations,
+//!   releases, status polls, users writes — waits for the same token's slot: allocations' Apple
+//!   work goes first; background reads use what is left of the 15 requests/s.
 //! - **Timeouts** on every request (the whole exchange, body included).
 //! - **Paging**: page 0 first, then the remaining pages up to 5 at a time, following
 //!   `nextPageIndex` until it is absent (conflict #8: never compute the end from `totalPages`,
 //!   which can change). If `versionId` differs between pages (or a page index becomes invalid,
 //!   9650) the read restarts from page 0, at most 3 times, then fails with
 //!   [`ErrorOrigin::VersionChanged`] (class `Transient`). The listing's `version_id` is the one of
-//!   page 0: use it as the next `sinceVersionId`.
+//!   page 0: use it as the next `sinceVersionId`. The sync's reads (`read_*`) are *tolerant*:
+//!   they restart once, then accept a traversal whose `versionId` moved (or whose next page
+//!   vanished, 9650) and say so (`Listing::version_moved`) instead of failing; `read_assets`
+//!   can stop after page 0 when its `versionId` is the one the caller knows.
 //! - **One kind of target per request** (conflict #2): associate/disassociate/revoke with both
 //!   serial numbers and clientUserIds is refused locally; send them in separate requests.
 //! - **Pre-validation** of batch sizes, duplicates and mdmInfo against the last service config
@@ -78,6 +85,15 @@ pub struct Listing<T> {
     pub meta: ResponseMeta,
     /// Pages read in the successful traversal.
     pub pages: u32,
+    /// Requests made for the listing, over every traversal (the sync's counter).
+    pub requests: u32,
+    /// A tolerant read ([`AppleClient::read_assets`] and friends) whose `versionId` moved
+    /// between pages: the items are what the pages said when read; records Apple moved
+    /// between pages may be missing or listed twice.
+    pub version_moved: bool,
+    /// Only page 0 was read: its `versionId` was the one the caller already knew
+    /// ([`AppleClient::read_assets`] with `unless_version`), so nothing changed.
+    pub unchanged: bool,
 }
 
 /// Filters of `GET /assets`. `None` = not sent.
@@ -277,7 +293,26 @@ impl Paged for GetUsersResponse {
 
 enum Traversal<T> {
     Done(Listing<T>),
-    Changed,
+    /// The `versionId` moved (after this many requests).
+    Changed(u32),
+}
+
+/// How a listing is read.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadMode<'a> {
+    /// Accept the last traversal even when its `versionId` moved.
+    tolerant: bool,
+    /// Stop after page 0 when its `versionId` is this one.
+    unless_version: Option<&'a str>,
+}
+
+/// Whose request waits for a pacer slot: background requests (the sync's reads) let every
+/// waiting urgent request of the same token go first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Priority {
+    #[default]
+    Urgent,
+    Background,
 }
 
 struct CachedConfig {
@@ -301,6 +336,23 @@ struct Pacer {
 struct Window {
     in_flight: usize,
     ended: VecDeque<Instant>,
+    /// Urgent requests waiting for a slot: background requests wait while there is any.
+    urgent_waiting: usize,
+}
+
+/// Counts an urgent request as waiting until it has its slot (or is dropped while waiting).
+struct Waiting<'a> {
+    pacer: &'a Pacer,
+    key: [u8; 32],
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut windows = self.pacer.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get_mut(&self.key) {
+            window.urgent_waiting = window.urgent_waiting.saturating_sub(1);
+        }
+    }
 }
 
 /// A request's slot; dropping it records when the request ended.
@@ -320,15 +372,22 @@ impl Drop for Permit<'_> {
 }
 
 impl Pacer {
-    async fn acquire(&self, token: &SToken, per_window: usize) -> Permit<'_> {
+    async fn acquire(&self, token: &SToken, per_window: usize, priority: Priority) -> Permit<'_> {
         let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        let _waiting = (priority == Priority::Urgent).then(|| {
+            let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+            windows.entry(key).or_default().urgent_waiting += 1;
+            Waiting { pacer: self, key }
+        });
         loop {
             let wait = {
                 let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
                 if windows.len() > 1024 {
                     windows.retain(|_, w| {
-                        w.in_flight > 0 || w.ended.back().is_some_and(|t| now - *t < PACING_WINDOW)
+                        w.in_flight > 0
+                            || w.urgent_waiting > 0
+                            || w.ended.back().is_some_and(|t| now - *t < PACING_WINDOW)
                     });
                 }
                 let window = windows.entry(key).or_default();
@@ -339,9 +398,14 @@ impl Pacer {
                 {
                     window.ended.pop_front();
                 }
-                if window.in_flight + window.ended.len() < per_window.max(1) {
+                // An urgent request counts itself among the waiting: it goes when a slot is
+                // free; a background one only when no urgent request waits.
+                let yields = priority == Priority::Background && window.urgent_waiting > 0;
+                if !yields && window.in_flight + window.ended.len() < per_window.max(1) {
                     window.in_flight += 1;
                     None
+                } else if yields {
+                    Some(Duration::from_millis(10))
                 } else {
                     // Wait for the oldest ended request to leave the window, or poll while
                     // every slot is still in flight.
@@ -374,6 +438,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct AppleClient {
     inner: Arc<Inner>,
+    priority: Priority,
 }
 
 /// The client holds no secret (sTokens come with each call, as [`SToken`]); `Debug` shows the
@@ -425,7 +490,17 @@ impl AppleClient {
                 known: Mutex::new(Arc::new(ServiceConfig::default())),
                 pacer: Pacer::default(),
             }),
+            priority: Priority::Urgent,
         })
+    }
+
+    /// The same client (connections, caches, pacer) whose requests wait for every urgent
+    /// request of the same token: for the sync's reads, so allocations' Apple work goes first.
+    pub fn background(&self) -> AppleClient {
+        AppleClient {
+            inner: self.inner.clone(),
+            priority: Priority::Background,
+        }
     }
 
     /// The base URL requests go to (no trailing slash).
@@ -531,6 +606,55 @@ impl AppleClient {
         query: &UserQuery,
     ) -> Result<Listing<User>, AppleError> {
         self.list::<GetUsersResponse>(Endpoint::GetUsers, token, query.pairs())
+            .await
+    }
+
+    /// `GET /assets`, tolerant (see the module doc); with `unless_version`, only page 0 when its
+    /// `versionId` is that one (`Listing::unchanged`).
+    pub async fn read_assets(
+        &self,
+        token: &SToken,
+        query: &AssetQuery,
+        unless_version: Option<&str>,
+    ) -> Result<Listing<Asset>, AppleError> {
+        let mode = ReadMode {
+            tolerant: true,
+            unless_version,
+        };
+        self.list_with::<GetAssetsResponse>(Endpoint::GetAssets, token, query.pairs(), mode)
+            .await
+    }
+
+    /// `GET /assignments`, tolerant (see the module doc).
+    pub async fn read_assignments(
+        &self,
+        token: &SToken,
+        query: &AssignmentQuery,
+    ) -> Result<Listing<Assignment>, AppleError> {
+        let mode = ReadMode {
+            tolerant: true,
+            unless_version: None,
+        };
+        self.list_with::<GetAssignmentsResponse>(
+            Endpoint::GetAssignments,
+            token,
+            query.pairs(),
+            mode,
+        )
+        .await
+    }
+
+    /// `GET /users`, tolerant (see the module doc).
+    pub async fn read_users(
+        &self,
+        token: &SToken,
+        query: &UserQuery,
+    ) -> Result<Listing<User>, AppleError> {
+        let mode = ReadMode {
+            tolerant: true,
+            unless_version: None,
+        };
+        self.list_with::<GetUsersResponse>(Endpoint::GetUsers, token, query.pairs(), mode)
             .await
     }
 
@@ -785,10 +909,30 @@ impl AppleClient {
         token: &SToken,
         query: Pairs,
     ) -> Result<Listing<R::Item>, AppleError> {
-        for traversal in 1..=MAX_TRAVERSALS {
-            match self.traverse::<R>(ep, token, &query).await? {
-                Traversal::Done(listing) => return Ok(listing),
-                Traversal::Changed => {
+        self.list_with::<R>(ep, token, query, ReadMode::default())
+            .await
+    }
+
+    /// [`list`](Self::list) in a mode: a tolerant read restarts once, then accepts the
+    /// traversal whatever its `versionId` did.
+    async fn list_with<R: Paged>(
+        &self,
+        ep: Endpoint,
+        token: &SToken,
+        query: Pairs,
+        mode: ReadMode<'_>,
+    ) -> Result<Listing<R::Item>, AppleError> {
+        let traversals = if mode.tolerant { 2 } else { MAX_TRAVERSALS };
+        let mut requests = 0;
+        for traversal in 1..=traversals {
+            let accept = mode.tolerant && traversal == traversals;
+            match self.traverse::<R>(ep, token, &query, mode, accept).await? {
+                Traversal::Done(mut listing) => {
+                    listing.requests += requests;
+                    return Ok(listing);
+                }
+                Traversal::Changed(n) => {
+                    requests += n;
                     tracing::debug!(
                         endpoint = ep.label(),
                         traversal,
@@ -797,19 +941,36 @@ impl AppleClient {
                 }
             }
         }
-        Err(AppleError::version_changed(ep.label(), MAX_TRAVERSALS))
+        Err(AppleError::version_changed(ep.label(), traversals))
     }
 
+    /// One traversal from page 0. `accept`: a moving `versionId` (or a vanished page) ends
+    /// the read with what was read, marked `version_moved`, instead of [`Traversal::Changed`].
     async fn traverse<R: Paged>(
         &self,
         ep: Endpoint,
         token: &SToken,
         query: &Pairs,
+        mode: ReadMode<'_>,
+        accept: bool,
     ) -> Result<Traversal<R::Item>, AppleError> {
         let first: R = self.fetch_page(ep, token, query, 0).await?;
         let version = first.version().map(str::to_owned);
         let (mut items, info, meta) = first.into_parts();
         let mut pages: u32 = 1;
+        let mut requests: u32 = 1;
+        let mut moved = false;
+        if mode.unless_version.is_some() && mode.unless_version == version.as_deref() {
+            return Ok(Traversal::Done(Listing {
+                items,
+                version_id: version,
+                meta,
+                pages,
+                requests,
+                version_moved: false,
+                unchanged: true,
+            }));
+        }
         let mut next = info.next_page_index;
         let mut total = info.total_pages.unwrap_or(1);
         while let Some(start) = next {
@@ -839,18 +1000,28 @@ impl AppleClient {
                 .buffered(MAX_PARALLEL_PAGES)
                 .collect()
                 .await;
+            requests += end - start;
             next = None;
             for result in results {
                 let page = match result {
                     Ok(page) => page,
-                    // A page the previous one announced is gone: the list changed.
+                    // A page the previous one announced is gone: the list changed (a
+                    // tolerant read ends with what it has).
                     Err(e) if e.error_number == Some(codes::BAD_PAGE_INDEX) => {
-                        return Ok(Traversal::Changed);
+                        if accept {
+                            moved = true;
+                            next = None;
+                            break;
+                        }
+                        return Ok(Traversal::Changed(requests));
                     }
                     Err(e) => return Err(e),
                 };
                 if page.version() != version.as_deref() {
-                    return Ok(Traversal::Changed);
+                    if !accept {
+                        return Ok(Traversal::Changed(requests));
+                    }
+                    moved = true;
                 }
                 let (page_items, page_info, _) = page.into_parts();
                 items.extend(page_items);
@@ -877,6 +1048,9 @@ impl AppleClient {
             version_id: version,
             meta,
             pages,
+            requests,
+            version_moved: moved,
+            unchanged: false,
         }))
     }
 
@@ -924,7 +1098,12 @@ impl AppleClient {
         let _permit = match token {
             Some(token) => {
                 let per_second = self.known_service_config().max_request_per_second();
-                Some(self.inner.pacer.acquire(token, per_second).await)
+                Some(
+                    self.inner
+                        .pacer
+                        .acquire(token, per_second, self.priority)
+                        .await,
+                )
             }
             None => None,
         };
@@ -1235,24 +1414,77 @@ mod tests {
     async fn the_pacer_counts_requests_until_a_window_after_they_end() {
         let pacer = Pacer::default();
         let token = SToken::new("t");
-        let first = pacer.acquire(&token, 2).await;
-        let second = pacer.acquire(&token, 2).await;
+        let first = pacer.acquire(&token, 2, Priority::Urgent).await;
+        let second = pacer.acquire(&token, 2, Priority::Urgent).await;
         // Both slots in flight: a third request waits.
-        let blocked =
-            tokio::time::timeout(Duration::from_millis(100), pacer.acquire(&token, 2)).await;
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(100),
+            pacer.acquire(&token, 2, Priority::Urgent),
+        )
+        .await;
         assert!(blocked.is_err());
         drop(first);
         let ended = Instant::now();
-        let _third = pacer.acquire(&token, 2).await;
+        let _third = pacer.acquire(&token, 2, Priority::Urgent).await;
         assert!(ended.elapsed() >= PACING_WINDOW - Duration::from_millis(5));
         // Other tokens are not affected.
         let other = tokio::time::timeout(
             Duration::from_millis(100),
-            pacer.acquire(&SToken::new("u"), 2),
+            pacer.acquire(&SToken::new("u"), 2, Priority::Urgent),
         )
         .await;
         assert!(other.is_ok());
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn urgent_requests_take_a_freed_slot_before_background_ones() {
+        let pacer = Arc::new(Pacer::default());
+        let token = SToken::new("t");
+        let first = pacer.acquire(&token, 1, Priority::Urgent).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // A background request starts waiting first, then an urgent one.
+        let background = {
+            let (pacer, token, order) = (pacer.clone(), token.clone(), order.clone());
+            tokio::spawn(async move {
+                let _p = pacer.acquire(&token, 1, Priority::Background).await;
+                order.lock().unwrap().push("background");
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let urgent = {
+            let (pacer, token, order) = (pacer.clone(), token.clone(), order.clone());
+            tokio::spawn(async move {
+                let _p = pacer.acquire(&token, 1, Priority::Urgent).await;
+                order.lock().unwrap().push("urgent");
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(first);
+        urgent.await.unwrap();
+        background.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), vec!["urgent", "background"]);
+
+        // With no urgent request waiting, a background one goes at once; an urgent request
+        // that gave up waiting (dropped) no longer holds background ones back.
+        let other = SToken::new("v");
+        let held = pacer.acquire(&other, 1, Priority::Urgent).await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(30),
+            pacer.acquire(&other, 1, Priority::Urgent),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(held);
+        let later = tokio::time::timeout(
+            PACING_WINDOW + Duration::from_millis(300),
+            pacer.acquire(&other, 1, Priority::Background),
+        )
+        .await;
+        assert!(
+            later.is_ok(),
+            "a background request is not held back forever"
+        );
     }
 
     #[test]

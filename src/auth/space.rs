@@ -75,6 +75,13 @@ impl SpacePath for (String, Uuid) {
     }
 }
 
+/// `/…/{space}/…/{id}/…/{id}`.
+impl SpacePath for (String, Uuid, Uuid) {
+    fn space(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The caller, authorised for the space its path names with the scope `N` stands for, and the
 /// path's parameters.
 pub struct SpaceAccess<N, P = String> {

@@ -29,6 +29,7 @@
 pub mod batch;
 pub mod maintenance;
 pub mod retry;
+pub mod sync;
 pub mod users;
 
 use std::sync::Arc;
@@ -181,8 +182,9 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
         handles.push(tokio::spawn(async move { worker(ctx, i, cancel).await }));
     }
     if ctx.settings.workers > 0 {
-        handles.push(tokio::spawn(maintenance::run(ctx.clone(), cancel)));
+        handles.push(tokio::spawn(maintenance::run(ctx.clone(), cancel.clone())));
     }
+    handles.extend(sync::spawn(ctx, cancel));
     handles
 }
 

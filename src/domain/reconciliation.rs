@@ -216,7 +216,10 @@ mod tests {
             .map(|c| c.suggested_action())
             .collect();
         assert_eq!(actions.len(), 5);
-        assert_eq!(DriftClass::AppleOnly.suggested_action(), SuggestedAction::Adopt);
+        assert_eq!(
+            DriftClass::AppleOnly.suggested_action(),
+            SuggestedAction::Adopt
+        );
         assert_eq!(
             DriftClass::Overcommitted.suggested_action(),
             SuggestedAction::ReduceUsage

@@ -13,8 +13,8 @@ enum Layer {
     Transport,
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
-    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `waiters`, `reconcile/`: what
-    /// the service does.
+    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `sync/`, `reconcile/`,
+    /// `waiters`: what the service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
     Domain,
@@ -36,7 +36,9 @@ fn layer(rel: &str) -> Option<Layer> {
         "main" | "cli" | "commands" | "service" => Layer::Entry,
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
-        "engine" | "accounts" | "policies" | "spaces" | "settle" | "waiters" => Layer::UseCase,
+        "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "waiters" => {
+            Layer::UseCase
+        }
         "reconcile" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
@@ -56,20 +58,21 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
         Layer::UseCase => &["http", "api", "auth", "dispatch", "commands", "service"],
         Layer::Domain => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "ledger", "state", "config", "commands", "service", "crypto",
+            "settle", "sync", "waiters", "ledger", "state", "config", "commands", "service",
+            "crypto",
         ],
         Layer::Store => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "state", "commands", "service",
+            "settle", "sync", "waiters", "state", "commands", "service",
         ],
         // The Apple client names nothing of the service: the domain may read its vocabulary
         // (error numbers, kinds of authentication failure) without a cycle.
         Layer::Apple => &[
             "http", "api", "auth", "dispatch", "engine", "accounts", "policies", "spaces",
-            "settle", "waiters", "state", "commands", "service", "domain", "ledger", "db",
+            "settle", "sync", "waiters", "state", "commands", "service", "domain", "ledger", "db",
         ],
         Layer::Fixture => &[
-            "http", "api", "auth", "dispatch", "engine", "accounts", "ledger",
+            "http", "api", "auth", "dispatch", "engine", "accounts", "ledger", "sync",
         ],
     }
 }
@@ -404,6 +407,7 @@ fn the_checks_see_what_they_look_for() {
     assert_eq!(layer("dispatch/batch.rs"), Some(Layer::Worker));
     assert_eq!(layer("waiters.rs"), Some(Layer::UseCase));
     assert_eq!(layer("ledger/jobs.rs"), Some(Layer::Store));
-    assert_eq!(layer("sync/mod.rs"), None);
+    assert_eq!(layer("sync/mod.rs"), Some(Layer::UseCase));
+    assert_eq!(layer("unknown/mod.rs"), None);
     assert!(forbidden(Layer::Store).contains(&"engine"));
 }

@@ -34,4 +34,5 @@ mod security_headers;
 mod spaces;
 mod subjects;
 mod support;
+mod sync;
 mod usage_gauges;

@@ -80,11 +80,12 @@ pub(super) fn complete(op: &Operation, map: &mut Map<String, Value>) {
                 ),
             );
         }
-        if status == "201" {
+        // 202 of `sync_account`: the sync run to poll.
+        if status == "201" || (status == "202" && op.id == "sync_account") {
             headers.insert(
                 "Location".into(),
                 header(
-                    "Path of the created resource.",
+                    "Path of the created resource (for a 202, of the resource to poll).",
                     json!({"type": "string", "format": "uri-reference"}),
                     true,
                 ),

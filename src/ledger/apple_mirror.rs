@@ -1,0 +1,374 @@
+//! Apple's side of an account as the last sync read it (`apple_assignments`, the mirror), and
+//! what a sync writes from it: Apple's counts per asset, assets that appeared or vanished,
+//! `foreign_assigned`, the users' statuses, the account's versionIds (docs/sync.md, Applying).
+//!
+//! Decisions:
+//! - **Chunked upserts** of `UNNEST` arrays ([`CHUNK`] rows per statement): 100,000 assignments
+//!   are 20 statements, not 100,000, and no statement's parameters grow without bound.
+//! - **Idempotent**: rows seen are upserted with the run's id; a stable full read then deletes
+//!   the account's rows another run saw last. Applying the same read twice changes nothing more.
+//! - **`foreign_assigned`** per asset = mirror rows no live ledger assignment (pending,
+//!   associating, active, revoking) of the same subject holds, leaving out subjects whose ledger
+//!   row changed after the read started (the read cannot know about them). One statement for
+//!   the account, run after its asset rows are locked, so no allocation commits between the
+//!   count and the write (an allocation moves a subject Apple already lists from
+//!   `foreign_assigned` to `held`: counted once).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Bool, Integer, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::ledger::assets::AppleAsset;
+
+/// Rows per upsert statement.
+pub const CHUNK: usize = 5000;
+
+/// One assignment Apple lists.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MirrorRow {
+    pub adam_id: String,
+    pub pricing_param: String,
+    /// `device` or `user`.
+    pub license_type: &'static str,
+    /// Serial number or client user id.
+    pub target: String,
+}
+
+/// Upserts `rows` (distinct) as seen by `run`; returns the rows written.
+pub async fn upsert(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    run: Uuid,
+    rows: &[MirrorRow],
+) -> QueryResult<usize> {
+    let mut n = 0;
+    for chunk in rows.chunks(CHUNK) {
+        let mut adam = Vec::with_capacity(chunk.len());
+        let mut pricing = Vec::with_capacity(chunk.len());
+        let mut kind = Vec::with_capacity(chunk.len());
+        let mut target = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            adam.push(r.adam_id.as_str());
+            pricing.push(r.pricing_param.as_str());
+            kind.push(r.license_type);
+            target.push(r.target.as_str());
+        }
+        n += diesel::sql_query(
+            "INSERT INTO apple_assignments AS m
+                    (account_id, adam_id, pricing_param, license_type, target, seen_by_run)
+             SELECT $1, u.a, u.p, u.l, u.t, $2
+               FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[]) AS u(a, p, l, t)
+             ON CONFLICT (account_id, adam_id, pricing_param, license_type, target)
+             DO UPDATE SET seen_at = now(), seen_by_run = EXCLUDED.seen_by_run",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .bind::<diesel::sql_types::Uuid, _>(run)
+        .bind::<Array<Text>, _>(&adam)
+        .bind::<Array<Text>, _>(&pricing)
+        .bind::<Array<Text>, _>(&kind)
+        .bind::<Array<Text>, _>(&target)
+        .execute(conn)
+        .await?;
+    }
+    Ok(n)
+}
+
+/// Deletes the account's rows `run` did not see (after a stable full read).
+pub async fn delete_unseen(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    run: Uuid,
+) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM apple_assignments WHERE account_id = $1 AND seen_by_run <> $2")
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .bind::<diesel::sql_types::Uuid, _>(run)
+        .execute(conn)
+        .await
+}
+
+/// Mirror rows of the account (tests, stats).
+pub async fn count(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<i64> {
+    use crate::db::schema::apple_assignments as m;
+    m::table
+        .filter(m::account_id.eq(account))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// An asset row's counts before the sync changes them.
+#[derive(Clone, Debug, QueryableByName)]
+pub struct AssetBefore {
+    #[diesel(sql_type = Text)]
+    pub adam_id: String,
+    #[diesel(sql_type = Text)]
+    pub pricing_param: String,
+    #[diesel(sql_type = Integer)]
+    pub apple_total: i32,
+    #[diesel(sql_type = Integer)]
+    pub apple_assigned: i32,
+    #[diesel(sql_type = Integer)]
+    pub apple_retired: i32,
+    #[diesel(sql_type = Integer)]
+    pub held: i32,
+    #[diesel(sql_type = Bool)]
+    pub vanished: bool,
+}
+
+/// Locks the account's asset rows (in key order, as allocations do) and reads their counts.
+pub async fn lock_assets(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+) -> QueryResult<Vec<AssetBefore>> {
+    diesel::sql_query(
+        "SELECT adam_id, pricing_param, apple_total, apple_assigned, apple_retired, held,
+                vanished_at IS NOT NULL AS vanished
+           FROM assets WHERE account_id = $1
+          ORDER BY adam_id, pricing_param
+            FOR UPDATE",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .load(conn)
+    .await
+}
+
+/// Writes Apple's view of `list` (one row per asset): new assets are inserted, known ones get
+/// Apple's counts and attributes and are no longer vanished.
+pub async fn upsert_assets(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    list: &[AppleAsset],
+) -> QueryResult<usize> {
+    let mut n = 0;
+    for chunk in list.chunks(CHUNK) {
+        let adam: Vec<&str> = chunk.iter().map(|a| a.adam_id.as_str()).collect();
+        let pricing: Vec<&str> = chunk.iter().map(|a| a.pricing_param.as_str()).collect();
+        let product: Vec<&str> = chunk.iter().map(|a| a.product_type.as_str()).collect();
+        let device: Vec<bool> = chunk.iter().map(|a| a.device_assignable).collect();
+        let revocable: Vec<bool> = chunk.iter().map(|a| a.revocable).collect();
+        // Platforms joined by a comma (an array of arrays does not UNNEST row by row).
+        let platforms: Vec<String> = chunk
+            .iter()
+            .map(|a| a.supported_platforms.join(","))
+            .collect();
+        let total: Vec<i32> = chunk.iter().map(|a| a.total).collect();
+        let assigned: Vec<i32> = chunk.iter().map(|a| a.assigned).collect();
+        let retired: Vec<i32> = chunk.iter().map(|a| a.retired).collect();
+        n += diesel::sql_query(
+            "INSERT INTO assets AS s (account_id, adam_id, pricing_param, product_type,
+                                 device_assignable, revocable, supported_platforms, apple_total,
+                                 apple_assigned, apple_retired, foreign_assigned, synced_at)
+             SELECT $1, u.a, u.p, u.pt, u.d, u.r,
+                    COALESCE(string_to_array(NULLIF(u.pl, ''), ','), '{}'),
+                    u.t, u.s, u.x, 0, now()
+               FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[],
+                           $7::text[], $8::int[], $9::int[], $10::int[])
+                    AS u(a, p, pt, d, r, pl, t, s, x)
+             ON CONFLICT (account_id, adam_id, pricing_param) DO UPDATE
+                SET product_type = EXCLUDED.product_type,
+                    device_assignable = EXCLUDED.device_assignable,
+                    revocable = EXCLUDED.revocable,
+                    supported_platforms = EXCLUDED.supported_platforms,
+                    apple_total = EXCLUDED.apple_total,
+                    apple_assigned = EXCLUDED.apple_assigned,
+                    apple_retired = EXCLUDED.apple_retired,
+                    vanished_at = NULL, synced_at = now(), updated_at = now()",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .bind::<Array<Text>, _>(&adam)
+        .bind::<Array<Text>, _>(&pricing)
+        .bind::<Array<Text>, _>(&product)
+        .bind::<Array<Bool>, _>(&device)
+        .bind::<Array<Bool>, _>(&revocable)
+        .bind::<Array<Text>, _>(&platforms)
+        .bind::<Array<Integer>, _>(&total)
+        .bind::<Array<Integer>, _>(&assigned)
+        .bind::<Array<Integer>, _>(&retired)
+        .execute(conn)
+        .await?;
+    }
+    Ok(n)
+}
+
+/// Assets Apple no longer lists: counts zero, `vanished_at` set (kept for the ledger's
+/// history; they come back when Apple lists them again).
+pub async fn mark_vanished(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    keys: &[(String, String)],
+) -> QueryResult<usize> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let adam: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let pricing: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    diesel::sql_query(
+        "UPDATE assets s SET vanished_at = now(), apple_total = 0, apple_assigned = 0,
+                apple_retired = 0, foreign_assigned = 0, synced_at = now(), updated_at = now()
+           FROM UNNEST($2::text[], $3::text[]) AS u(a, p)
+          WHERE s.account_id = $1 AND s.adam_id = u.a AND s.pricing_param = u.p
+            AND s.vanished_at IS NULL",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<Array<Text>, _>(&adam)
+    .bind::<Array<Text>, _>(&pricing)
+    .execute(conn)
+    .await
+}
+
+/// Sets every asset's `foreign_assigned` of the account from the mirror (see the module doc);
+/// returns the assets whose count changed. Lock the asset rows first ([`lock_assets`]).
+pub async fn recount_foreign(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    read_started_at: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "WITH f AS (
+             SELECT m.adam_id, m.pricing_param, count(*)::int AS n
+               FROM apple_assignments m
+              WHERE m.account_id = $1
+                AND NOT EXISTS (
+                      SELECT 1 FROM assignments a JOIN subjects sub ON sub.id = a.subject_id
+                       WHERE a.account_id = m.account_id AND a.adam_id = m.adam_id
+                         AND a.pricing_param = m.pricing_param
+                         AND sub.kind = m.license_type AND sub.external_id = m.target
+                         AND (a.state IN ('pending', 'associating', 'active', 'revoking')
+                              OR a.updated_at >= $2))
+              GROUP BY m.adam_id, m.pricing_param
+         ), t AS (
+             SELECT s.adam_id, s.pricing_param, COALESCE(f.n, 0) AS n
+               FROM assets s LEFT JOIN f ON f.adam_id = s.adam_id
+                                        AND f.pricing_param = s.pricing_param
+              WHERE s.account_id = $1 AND s.vanished_at IS NULL
+         )
+         UPDATE assets s SET foreign_assigned = t.n, updated_at = now()
+           FROM t
+          WHERE s.account_id = $1 AND s.adam_id = t.adam_id AND s.pricing_param = t.pricing_param
+            AND s.foreign_assigned <> t.n",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<Timestamptz, _>(read_started_at)
+    .execute(conn)
+    .await
+}
+
+/// Whether the account uses user licenses: the ledger has user assignments or registered
+/// users there, or Apple lists user assignments.
+pub async fn uses_user_licenses(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Any {
+        #[diesel(sql_type = Bool)]
+        any: bool,
+    }
+    let row: Any = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM apple_users WHERE account_id = $1)
+             OR EXISTS (SELECT 1 FROM apple_assignments
+                         WHERE account_id = $1 AND license_type = 'user')
+             OR EXISTS (SELECT 1 FROM assignments
+                         WHERE account_id = $1 AND license_type = 'user') AS any",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .get_result(conn)
+    .await?;
+    Ok(row.any)
+}
+
+/// Users as Apple lists them: `registered` ones are remembered as registered (no need to create
+/// them again); the others (retired, deleted) are no longer registered. Returns rows changed.
+pub async fn apply_users(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    registered: &[&str],
+    gone: &[&str],
+) -> QueryResult<usize> {
+    let mut n = 0;
+    for chunk in registered.chunks(CHUNK) {
+        n += diesel::sql_query(
+            "INSERT INTO apple_users (account_id, client_user_id, status)
+             SELECT $1, u, 'registered' FROM UNNEST($2::text[]) AS u
+             ON CONFLICT (account_id, client_user_id) DO UPDATE
+                SET status = 'registered', updated_at = now()
+              WHERE apple_users.status <> 'registered'",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .bind::<Array<Text>, _>(chunk)
+        .execute(conn)
+        .await?;
+    }
+    for chunk in gone.chunks(CHUNK) {
+        n += diesel::sql_query(
+            "DELETE FROM apple_users WHERE account_id = $1 AND client_user_id = ANY($2)",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .bind::<Array<Text>, _>(chunk)
+        .execute(conn)
+        .await?;
+    }
+    Ok(n)
+}
+
+/// What a successful sync records on the account.
+pub struct Synced<'a> {
+    pub full: bool,
+    pub assignments_version: Option<&'a str>,
+    pub assets_version: Option<&'a str>,
+    pub users_version: Option<&'a str>,
+}
+
+/// Records the sync's versionIds (those read; `None` keeps the stored one) and its time.
+pub async fn mark_synced(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    synced: &Synced<'_>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE accounts
+            SET last_full_sync_at = CASE WHEN $2 THEN now() ELSE last_full_sync_at END,
+                last_incremental_sync_at = CASE WHEN $2 THEN last_incremental_sync_at ELSE now() END,
+                assignments_version_id = COALESCE($3, assignments_version_id),
+                assets_version_id = COALESCE($4, assets_version_id),
+                users_version_id = COALESCE($5, users_version_id)
+          WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<Bool, _>(synced.full)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(synced.assignments_version)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(synced.assets_version)
+    .bind::<diesel::sql_types::Nullable<Text>, _>(synced.users_version)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The account's stored versionIds: (assignments, assets, users).
+pub async fn versions(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+) -> QueryResult<(Option<String>, Option<String>, Option<String>)> {
+    use crate::db::schema::accounts;
+    accounts::table
+        .find(account)
+        .select((
+            accounts::assignments_version_id,
+            accounts::assets_version_id,
+            accounts::users_version_id,
+        ))
+        .get_result(conn)
+        .await
+}
+
+/// The DB's clock now (the read's start, compared with ledger rows' `updated_at`).
+pub async fn db_now(conn: &mut AsyncPgConnection) -> QueryResult<DateTime<Utc>> {
+    #[derive(QueryableByName)]
+    struct Now {
+        #[diesel(sql_type = Timestamptz)]
+        now: DateTime<Utc>,
+    }
+    let row: Now = diesel::sql_query("SELECT now() AS now")
+        .get_result(conn)
+        .await?;
+    Ok(row.now)
+}

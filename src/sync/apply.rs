@@ -1,0 +1,243 @@
+//! Applying what a sync read (docs/sync.md, Applying), in two transactions:
+//!
+//! 1. the mirror: the rows read are upserted (`seen_by_run`), and a complete full read deletes
+//!    the account's rows it did not see;
+//! 2. a short one: the account's asset rows are locked, Apple's counts written, new assets
+//!    inserted (`asset.appeared`), assets Apple no longer lists zeroed (`asset.vanished`),
+//!    `foreign_assigned` recounted from the mirror, users' statuses, the versionIds and sync
+//!    times, the drift report, and the run's end (`sync.finished`; the job goes).
+//!
+//! Each transaction first checks (row lock) that this worker still holds the job: a worker
+//! whose lease another one took over applies nothing. Both are idempotent, so a run restarted
+//! after a crash between them applies the same read again without counting anything twice.
+
+use std::collections::HashMap;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::json;
+
+use super::read::Read;
+use super::{Settings, SyncError};
+use crate::domain::origin::Origin;
+use crate::domain::reconciliation::{DriftCounts, SyncState};
+use crate::ledger::activity::{self, Activity, ActivityAction};
+use crate::ledger::apple_mirror::{self as mirror, Synced};
+use crate::ledger::sync_runs::{self, Claimed, Finish, Progress, SyncRunRow};
+
+/// Recomputes the account's drift report at the end of the apply.
+/// Replaced at merge by `ledger::drift::recompute` (helper B1's): until then no report is
+/// written and every class counts zero.
+async fn recompute_drift(
+    _conn: &mut AsyncPgConnection,
+    _account: uuid::Uuid,
+    _run: uuid::Uuid,
+    _read_started_at: chrono::DateTime<chrono::Utc>,
+    _stuck_after: std::time::Duration,
+    _full_and_stable: bool,
+) -> diesel::QueryResult<DriftCounts> {
+    // replaced at merge by ledger::drift::recompute
+    Ok(DriftCounts::default())
+}
+
+/// Applies `read` for the claimed run; `None` when this worker no longer holds the job.
+pub async fn apply(
+    conn: &mut AsyncPgConnection,
+    claimed: &Claimed,
+    worker: &str,
+    read: &Read,
+    settings: &Settings,
+) -> Result<Option<SyncRunRow>, SyncError> {
+    let run = &claimed.run;
+    let account = run.account_id;
+    let complete = read.complete();
+    let mirrored = conn
+        .transaction(async |conn| {
+            if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            let upserted = mirror::upsert(conn, account, run.id, &read.assignments).await?;
+            let deleted = if complete {
+                mirror::delete_unseen(conn, account, run.id).await?
+            } else {
+                0
+            };
+            Ok(Some((upserted, deleted)))
+        })
+        .await?;
+    let Some((upserted, deleted)) = mirrored else {
+        return Ok(None);
+    };
+
+    let finished = conn
+        .transaction(async |conn| {
+            if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            let before = mirror::lock_assets(conn, account).await?;
+            let known: HashMap<(&str, &str), &mirror::AssetBefore> = before
+                .iter()
+                .map(|b| ((b.adam_id.as_str(), b.pricing_param.as_str()), b))
+                .collect();
+            let mut appeared = Vec::new();
+            let mut vanished = Vec::new();
+            let mut overcommitted = Vec::new();
+            let mut counts_changed = 0;
+            if let Some(assets) = &read.assets {
+                mirror::upsert_assets(conn, account, assets).await?;
+                for a in assets {
+                    match known.get(&(a.adam_id.as_str(), a.pricing_param.as_str())) {
+                        None => appeared.push(a),
+                        Some(b) => {
+                            if b.vanished {
+                                appeared.push(a);
+                            }
+                            if (b.apple_total, b.apple_assigned, b.apple_retired)
+                                != (a.total, a.assigned, a.retired)
+                            {
+                                counts_changed += 1;
+                            }
+                            if a.total < b.held && (b.vanished || b.apple_total >= b.held) {
+                                overcommitted.push((a, b.held));
+                            }
+                        }
+                    }
+                }
+                if complete {
+                    let listed: std::collections::HashSet<(&str, &str)> = assets
+                        .iter()
+                        .map(|a| (a.adam_id.as_str(), a.pricing_param.as_str()))
+                        .collect();
+                    vanished = before
+                        .iter()
+                        .filter(|b| !b.vanished)
+                        .filter(|b| {
+                            !listed.contains(&(b.adam_id.as_str(), b.pricing_param.as_str()))
+                        })
+                        .map(|b| (b.adam_id.clone(), b.pricing_param.clone()))
+                        .collect();
+                    mirror::mark_vanished(conn, account, &vanished).await?;
+                }
+            }
+            let foreign_changed = mirror::recount_foreign(conn, account, read.started_at).await?;
+            let users_changed = match &read.users {
+                Some((registered, gone)) => {
+                    let registered: Vec<&str> = registered.iter().map(String::as_str).collect();
+                    let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+                    mirror::apply_users(conn, account, &registered, &gone).await?
+                }
+                None => 0,
+            };
+            mirror::mark_synced(
+                conn,
+                account,
+                &Synced {
+                    full: read.kind == crate::domain::reconciliation::SyncKind::Full,
+                    assignments_version: read.assignments_version.as_deref(),
+                    assets_version: read.assets_version.as_deref(),
+                    users_version: read.users_version.as_deref(),
+                },
+            )
+            .await?;
+            let drift = recompute_drift(
+                conn,
+                account,
+                run.id,
+                read.started_at,
+                settings.stuck_after,
+                complete,
+            )
+            .await?;
+            let system = Origin::system();
+            let asset_activity = |action: ActivityAction, adam: &str, pricing: &str| {
+                let mut a = Activity::new(&system, action.as_str())
+                    .space(&run.space_id)
+                    .account(account);
+                a.adam_id = Some(adam.to_owned());
+                a.pricing_param = Some(pricing.to_owned());
+                a
+            };
+            for a in &appeared {
+                activity::record(
+                    conn,
+                    asset_activity(ActivityAction::AssetAppeared, &a.adam_id, &a.pricing_param)
+                        .details(json!({"run": run.id, "total": a.total, "assigned": a.assigned})),
+                )
+                .await?;
+            }
+            for (adam, pricing) in &vanished {
+                activity::record(
+                    conn,
+                    asset_activity(ActivityAction::AssetVanished, adam, pricing)
+                        .details(json!({"run": run.id})),
+                )
+                .await?;
+            }
+            for (a, held) in &overcommitted {
+                activity::record(
+                    conn,
+                    asset_activity(
+                        ActivityAction::AssetOvercommitted,
+                        &a.adam_id,
+                        &a.pricing_param,
+                    )
+                    .details(json!({"run": run.id, "total": a.total, "held": held})),
+                )
+                .await?;
+            }
+            let stats = json!({
+                "assets_read": read.assets.as_ref().map_or(0, Vec::len),
+                "assets_unchanged": read.assets.is_none(),
+                "assignments_read": read.assignments.len(),
+                "users_read": read.users.as_ref().map_or(0, |(r, g)| r.len() + g.len()),
+                "mirror_upserted": upserted,
+                "mirror_deleted": deleted,
+                "assets_appeared": appeared.len(),
+                "assets_vanished": vanished.len(),
+                "assets_overcommitted": overcommitted.len(),
+                "counts_changed": counts_changed,
+                "foreign_changed": foreign_changed,
+                "users_changed": users_changed,
+                "version_moved": read.version_moved,
+                "fell_back_to_full": read.fell_back,
+            });
+            let drift = serde_json::to_value(drift).unwrap_or_else(|_| json!({}));
+            let row = sync_runs::finish(
+                conn,
+                claimed.job_id,
+                run.id,
+                account,
+                &Finish {
+                    state: SyncState::Succeeded,
+                    kind: read.kind,
+                    progress: Progress {
+                        requests: read.requests as i32,
+                        pages_read: read.pages as i32,
+                    },
+                    stats: stats.clone(),
+                    drift: drift.clone(),
+                    error: None,
+                    version_before: read.version_before.clone(),
+                    version_after: read.assignments_version.clone(),
+                },
+            )
+            .await?;
+            activity::record(
+                conn,
+                Activity::new(&system, ActivityAction::SyncFinished.as_str())
+                    .space(&run.space_id)
+                    .account(account)
+                    .details(json!({
+                        "run": run.id,
+                        "kind": read.kind,
+                        "trigger": run.trigger,
+                        "state": SyncState::Succeeded,
+                        "drift": drift,
+                        "stats": stats,
+                    })),
+            )
+            .await?;
+            Ok(Some(row))
+        })
+        .await?;
+    Ok(finished)
+}
