@@ -26,7 +26,7 @@ use crate::domain::policy::Policy;
 use crate::domain::reconcile::{self as rule, Context, Held, Holder};
 pub use crate::domain::reconciliation::ReconcileCriterion;
 use crate::domain::revocation::Scope;
-use crate::ledger::activity::{self, Activity, ActivityAction};
+use crate::ledger::activity::{self, Activity};
 use crate::ledger::reconcile::{self as store, Live, PageFilter};
 
 /// Assignments read per page.
@@ -136,7 +136,7 @@ pub async fn revoke_candidate(
     if revoked.dropped + revoked.revoking == 0 {
         return Ok(false);
     }
-    let mut entry = Activity::new(origin, ActivityAction::AssignmentReconciled.as_str())
+    let mut entry = Activity::new(origin, "assignment.reconciled")
         .space(space)
         .account(candidate.account_id)
         .details(serde_json::json!({

@@ -9,10 +9,12 @@ use uuid::Uuid;
 use vpp_broker::apple::types::PricingParam;
 use vpp_broker::apple_sim::{NewAssignments, SeedAssignment};
 use vpp_broker::config::ReconcileArgs;
-use vpp_broker::db::schema::{assets, assignments};
+use vpp_broker::db::schema::{apple_assignments, assets, assignments};
+use vpp_broker::dispatch::{Ctx, sync as workers};
 use vpp_broker::domain::origin::Origin;
 use vpp_broker::reconcile::{self, ReconcileCriterion};
 
+use crate::support::app::fast_dispatch;
 use crate::support::fixtures::{self, APP, account_activity, device, sim_serials};
 use crate::support::sim::{self, app, location};
 use crate::support::{TestApp, expect_problem};
@@ -32,20 +34,30 @@ async fn pool(app: &TestApp, account: Uuid) -> (i32, i32) {
         .unwrap()
 }
 
-/// Writes Apple's device assignment of [`APP`] to `serial` into the mirror, as a sync would.
-async fn mirror(app: &TestApp, account: Uuid, serial: &str) {
+/// Runs every queued sync of `app` to its end (the server runs no sync worker).
+async fn drain_syncs(app: &TestApp) -> usize {
+    let ctx = Ctx::new(
+        app.state.clone(),
+        vpp_broker::dispatch::Settings {
+            database_url: app.db.url.clone(),
+            ..fast_dispatch("")
+        },
+    );
+    workers::drain_syncs(&ctx, std::time::Duration::from_secs(60))
+        .await
+        .expect("syncs drain")
+}
+
+/// The targets the sync mirrored for `account`, sorted.
+async fn mirrored(app: &TestApp, account: Uuid) -> Vec<String> {
     let mut conn = app.db.connect().await;
-    diesel::sql_query(
-        "INSERT INTO apple_assignments (account_id, adam_id, pricing_param, license_type, target,
-                                        seen_by_run)
-         VALUES ($1, $2, 'STDQ', 'device', $3, gen_random_uuid())",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(account)
-    .bind::<diesel::sql_types::Text, _>(APP)
-    .bind::<diesel::sql_types::Text, _>(serial)
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    apple_assignments::table
+        .filter(apple_assignments::account_id.eq(account))
+        .order(apple_assignments::target)
+        .select(apple_assignments::target)
+        .load(&mut conn)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -74,12 +86,13 @@ async fn a_subject_apple_already_lists_is_counted_once_at_allocation() {
     app.space("acme").await;
     let api = app.client("acme");
     let a = api.attach("A", &sim::stoken(&sim, U1)).await.id;
-    // What a sync writes: Apple lists X; the one license assigned is not the ledger's.
-    mirror(&app, a, "X").await;
+    // The full sync queued at attach reads Apple: it lists X; that license is not the ledger's.
+    assert!(drain_syncs(&app).await >= 1);
+    assert_eq!(mirrored(&app, a).await, ["X"]);
     assert_eq!(
         pool(&app, a).await,
         (0, 1),
-        "attach counted X's license elsewhere"
+        "the sync counted X's license elsewhere"
     );
 
     // X is served from the license it already has: no free license needed, none used.
