@@ -213,9 +213,6 @@ impl From<PlanError> for ApiError {
             PlanError::NotFound(what) => ApiError::not_found(what),
             e @ PlanError::Expired(..) => ApiError::new(&types::PLAN_EXPIRED, e.to_string()),
             PlanError::CleanUpRefused(why) => ApiError::new(&types::CLEAN_UP_REFUSED, why),
-            PlanError::ReconcileUnavailable => {
-                ApiError::field("action", "reconcile is not available yet")
-            }
             PlanError::Db(e) => e.into(),
         }
     }
@@ -368,6 +365,13 @@ pub async fn apply_plan(
 ) -> Result<HttpResponse, ApiError> {
     let (caller, (space, id)) = access.into_parts();
     let mut conn = state.pool.get().await?;
-    let plan = plans::apply(&mut conn, &space, id, &caller.origin()).await?;
+    let plan = plans::apply(
+        &mut conn,
+        &space,
+        id,
+        &caller.origin(),
+        &state.reconciliation,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(PlanView::from(plan)))
 }

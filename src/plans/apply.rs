@@ -9,7 +9,9 @@ use super::make::check_clean_up;
 use super::{Plan, PlanError};
 use crate::domain::model::AssignmentState;
 use crate::domain::origin::Origin;
-use crate::domain::reconciliation::{ItemOutcome, PlanAction, PlanChange, PlanState};
+use crate::domain::reconciliation::{
+    ItemOutcome, PlanAction, PlanChange, PlanState, ReconcileCriterion,
+};
 use crate::domain::revocation::Scope;
 use crate::engine::revoke;
 use crate::ledger::activity::{self, Activity, ActivityAction};
@@ -36,6 +38,7 @@ pub async fn apply(
     space: &str,
     id: Uuid,
     origin: &Origin,
+    settings: &crate::config::ReconcileArgs,
 ) -> Result<Plan, PlanError> {
     conn.transaction(async |conn| {
         // The plan row's lock makes a concurrent second apply wait, then see it applied.
@@ -62,7 +65,9 @@ pub async fn apply(
             // A savepoint per item: a statement that fails (a conflict with a change made
             // since the plan) rolls back this item alone.
             let done = conn
-                .transaction(async |conn| apply_item(conn, space, &plan, item, origin).await)
+                .transaction(async |conn| {
+                    apply_item(conn, space, &plan, item, origin, settings).await
+                })
                 .await;
             let done = match done {
                 Ok(done) => done,
@@ -118,6 +123,7 @@ async fn apply_item(
     plan: &PlanRow,
     item: &ItemRow,
     origin: &Origin,
+    settings: &crate::config::ReconcileArgs,
 ) -> Result<Done, DbError> {
     let details = serde_json::json!({"plan": plan.id, "reason": item.reason});
     match item.change {
@@ -249,29 +255,26 @@ async fn apply_item(
                     .await?;
                     Ok(Done::Applied(Some(id)))
                 }
-                // Reconcile: revoke a license this deployment assigned.
+                // Reconcile: revoke a license this deployment assigned, if the criterion it was
+                // planned for still holds (re-decided with the allocation rules).
                 _ => {
                     if !row.state.is_live() {
                         return skipped(format!("the assignment is now {}", row.state));
                     }
-                    let scope = Scope {
-                        assignment: Some(id),
-                        ..Default::default()
+                    let Ok(criterion) = item.reason.parse::<ReconcileCriterion>() else {
+                        return skipped(format!("unknown Reconcile criterion {:?}", item.reason));
                     };
-                    let done = revoke::revoke(conn, space, &scope, origin, &item.reason).await?;
-                    if done.not_revocable > 0 {
-                        return skipped("Apple does not take this asset's licenses back");
-                    }
-                    repairs::log(
-                        conn,
-                        space,
-                        id,
-                        origin,
-                        ActivityAction::AssignmentReconciled.as_str(),
-                        &details,
+                    if crate::reconcile::revoke_candidate(
+                        conn, space, id, criterion, settings, origin,
                     )
-                    .await?;
-                    Ok(Done::Applied(Some(id)))
+                    .await?
+                    {
+                        Ok(Done::Applied(Some(id)))
+                    } else {
+                        skipped(format!(
+                            "no longer {criterion}: the subject is allowed again, or Apple does not take the license back"
+                        ))
+                    }
                 }
             }
         }

@@ -34,15 +34,31 @@ pub struct ReconcileCandidate {
     pub reason: ReconcileCriterion,
 }
 
-/// Reconcile's candidates in `account`. The lead wires `crate::reconcile::candidates` here
-/// (issue 13, helper C); until then Reconcile cannot be planned.
+/// Reconcile's candidates in `account` ([`crate::reconcile`]: licenses this deployment
+/// assigned that the allocation rules no longer allow, or whose subject was not seen), at most
+/// `VPP_PLAN_CAP_MAX` of them (a plan never takes more), with how many there are in all.
 pub async fn reconcile_candidates(
-    _conn: &mut AsyncPgConnection,
-    _space: &str,
-    _account: Uuid,
-    _settings: &ReconcileArgs,
-) -> Result<Vec<ReconcileCandidate>, PlanError> {
-    Err(PlanError::ReconcileUnavailable)
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    account: Uuid,
+    settings: &ReconcileArgs,
+) -> Result<(Vec<ReconcileCandidate>, i64), PlanError> {
+    let limit = settings.plan_cap_max.min(i64::MAX as u64) as i64;
+    let (found, total) =
+        crate::reconcile::candidates_and_count(conn, space, Some(account), settings, limit).await?;
+    let listed = found
+        .into_iter()
+        .map(|c| ReconcileCandidate {
+            assignment_id: c.assignment_id,
+            account_id: c.account_id,
+            adam_id: c.adam_id,
+            pricing_param: c.pricing_param,
+            license_type: c.license_type,
+            target: c.target,
+            reason: c.criterion,
+        })
+        .collect();
+    Ok((listed, total))
 }
 
 /// Refuses Clean Up unless every account of `accounts` is owned by this deployment and was
@@ -100,6 +116,7 @@ async fn candidates(
     request: &PlanRequest,
     settings: &ReconcileArgs,
     excluded: &mut Excluded,
+    beyond: &mut i64,
 ) -> Result<Vec<ItemRow>, PlanError> {
     let adam = request.adam_id.as_deref();
     let pricing = request.pricing_param.as_deref();
@@ -159,25 +176,28 @@ async fn candidates(
                 item(change, license, Some(row.assignment_id), row.class)
             })
             .collect(),
-        PlanAction::Reconcile => reconcile_candidates(conn, space, account, settings)
-            .await?
-            .into_iter()
-            .map(|c| {
-                let license = (
-                    c.account_id,
-                    c.adam_id,
-                    c.pricing_param,
-                    c.license_type,
-                    c.target,
-                );
-                item(
-                    PlanChange::Revoke,
-                    license,
-                    Some(c.assignment_id),
-                    c.reason.as_str().into(),
-                )
-            })
-            .collect(),
+        PlanAction::Reconcile => {
+            let (listed, total) = reconcile_candidates(conn, space, account, settings).await?;
+            *beyond += (total - listed.len() as i64).max(0);
+            listed
+                .into_iter()
+                .map(|c| {
+                    let license = (
+                        c.account_id,
+                        c.adam_id,
+                        c.pricing_param,
+                        c.license_type,
+                        c.target,
+                    );
+                    item(
+                        PlanChange::Revoke,
+                        license,
+                        Some(c.assignment_id),
+                        c.reason.as_str().into(),
+                    )
+                })
+                .collect()
+        }
     })
 }
 
@@ -214,9 +234,19 @@ pub async fn create(
             account.mirror,
         );
         room_total += account_cap;
-        let mut listed =
-            candidates(conn, space, account.id, request, settings, &mut excluded).await?;
-        found += listed.len() as i64;
+        // Candidates a source did not list (Reconcile lists at most VPP_PLAN_CAP_MAX).
+        let mut beyond = 0;
+        let mut listed = candidates(
+            conn,
+            space,
+            account.id,
+            request,
+            settings,
+            &mut excluded,
+            &mut beyond,
+        )
+        .await?;
+        found += listed.len() as i64 + beyond;
         let left = (limit - items.len() as i64).max(0);
         listed.truncate(account_cap.min(left) as usize);
         items.extend(listed);

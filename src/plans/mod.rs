@@ -24,8 +24,10 @@
 //!   history.
 //! - **Adopt** never calls Apple: Apple already lists the license
 //!   ([`crate::ledger::adoption`]).
-//! - **Reconcile**'s candidates come from the Reconcile use case; until it is wired,
-//!   [`make::reconcile_candidates`] refuses (422). Applying a Reconcile item (`revoke`) is here.
+//! - **Reconcile**'s candidates come from the Reconcile use case ([`crate::reconcile`],
+//!   through [`make::reconcile_candidates`]); applying an item re-checks its criterion with the
+//!   allocation rules and revokes it there ([`crate::reconcile::revoke_candidate`]), so a
+//!   subject allowed again since the plan keeps its license (the item is `skipped`).
 
 pub mod apply;
 pub mod make;
@@ -80,9 +82,6 @@ pub enum PlanError {
     /// Clean Up's preconditions do not hold (says which account and why); nothing changed.
     #[error("{0}")]
     CleanUpRefused(String),
-    /// The Reconcile use case is not wired yet.
-    #[error("reconcile is not available yet")]
-    ReconcileUnavailable,
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
 }

@@ -13,14 +13,9 @@ enum Layer {
     Transport,
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
-<<<<<<< HEAD
     /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `sync/`, `plans/`,
     /// `reconcile/`, `waiters`: what the
     /// service does.
-=======
-    /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `sync/`, `reconcile/`,
-    /// `waiters`: what the service does.
->>>>>>> i13-reconcile
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
     Domain,
@@ -42,15 +37,8 @@ fn layer(rel: &str) -> Option<Layer> {
         "main" | "cli" | "commands" | "service" => Layer::Entry,
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
-<<<<<<< HEAD
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "plans"
         | "reconcile" | "waiters" => Layer::UseCase,
-=======
-        "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "waiters" => {
-            Layer::UseCase
-        }
-        "reconcile" => Layer::UseCase,
->>>>>>> i13-reconcile
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,

@@ -479,7 +479,11 @@ async fn bad_requests_expired_and_unknown_plans_are_problems_and_change_nothing(
             "validation-failed",
         ),
         (r#"{"action": "adopt", "surprise": 1}"#, 422, "invalid-body"),
-        (r#"{"action": "reconcile"}"#, 422, "validation-failed"),
+        (
+            r#"{"action": "reconcile", "repair": "mark_lost"}"#,
+            422,
+            "validation-failed",
+        ),
         (r#"{"action": "adopt""#, 400, "malformed-json"),
     ] {
         let resp = post(body.to_owned()).await.unwrap();
@@ -919,4 +923,69 @@ async fn a_space_wide_plan_caps_each_account_on_its_own() {
     assert_eq!(applied.outcome.unwrap().applied, 3);
     assert_eq!(counts(&w.app, a, APP).await, (2, 23));
     assert_eq!(counts(&w.app, b, APP).await, (1, 4));
+}
+
+/// T6 through the API: a Reconcile plan lists the licenses the policy no longer allows
+/// (reason `disallowed`), and applying it re-decides each one: a subject allowed again since
+/// the plan keeps its license (skipped), the other is revoked at Apple.
+#[tokio::test]
+async fn t6_a_reconcile_plan_revokes_licenses_the_policy_no_longer_allows() {
+    let w = world_capped(10, 100).await;
+    let account = w.accounts[0];
+    let api = w.api();
+    let kept = api.allocated(&device("S-REC-1")).await.id();
+    let gone = api.allocated(&device("S-REC-2")).await.id();
+    for id in [kept, gone] {
+        assert_eq!(api.final_state(id).await.state.as_str(), "active");
+    }
+    let ban = |serials: &[&str]| json!({"disallowed": serials.iter().map(|s| json!({"kind": "device", "id": s})).collect::<Vec<_>>()});
+    let resp = api
+        .put_policy(APP, "STDQ", &ban(&["S-REC-1", "S-REC-2"]))
+        .await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    let planned = plan(&w, json!({"action": "reconcile", "account_id": account})).await;
+    assert_eq!(planned.candidates, 2);
+    let mut items: Vec<_> = planned
+        .items
+        .iter()
+        .map(|i| (i.assignment_id, i.change, i.reason.clone()))
+        .collect();
+    items.sort();
+    let mut wanted = vec![
+        (Some(kept), PlanChange::Revoke, "disallowed".to_owned()),
+        (Some(gone), PlanChange::Revoke, "disallowed".to_owned()),
+    ];
+    wanted.sort();
+    assert_eq!(items, wanted);
+    // Planning changed nothing.
+    assert_eq!(counts(&w.app, account, APP).await.0, 2);
+
+    // S-REC-1 is allowed again before the plan is applied.
+    let resp = api.put_policy(APP, "STDQ", &ban(&["S-REC-2"])).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let applied: PlanView = read(apply(&w, planned.id).await, 200).await;
+    assert_eq!(applied.state, PlanState::Applied);
+    let outcome = applied.outcome.unwrap();
+    assert_eq!((outcome.applied, outcome.skipped), (1, 1));
+    for item in &applied.items {
+        let expected = if item.assignment_id == Some(kept) {
+            ItemOutcome::Skipped
+        } else {
+            ItemOutcome::Applied
+        };
+        assert_eq!(item.outcome, Some(expected), "{item:?}");
+    }
+    assert_eq!(api.final_state(kept).await.state.as_str(), "active");
+    assert_eq!(api.final_state(gone).await.state.as_str(), "revoked");
+    eventually(
+        "Apple released the reconciled license",
+        async || sim_serials(&w.sim, U1).await,
+        |serials| {
+            !serials.contains(&"S-REC-2".to_owned()) && serials.contains(&"S-REC-1".to_owned())
+        },
+    )
+    .await;
+    assert_eq!(actions(&w.app, "assignment.reconciled").await, 1);
+    assert_eq!(actions(&w.app, "plan.applied").await, 1);
 }
