@@ -500,6 +500,8 @@ fn activity_actions_cover_every_writer() {
         "policy.",
         "apple.",
         "assignment.",
+        "sync.",
+        "asset.",
     ];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
