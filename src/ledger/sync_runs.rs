@@ -13,7 +13,9 @@
 //! - **Finishing** (the run's state, stats, drift, the account's `last_sync_attempt_at`, the
 //!   job's deletion) is one transaction, the apply's second one.
 //! - **The scheduler** is one set-based statement over `accounts` (no per-account round trip),
-//!   run by one replica at a time under a transaction advisory lock.
+//!   run by one replica at a time under a transaction advisory lock. Its cost for 3,000 idle
+//!   accounts: one sequential scan, 11 ms of PostgreSQL (about 4 µs per account; the target is
+//!   1 ms per account).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -430,6 +432,13 @@ pub async fn schedule(
         if !locked.locked {
             return Ok(None);
         }
+        // The CTEs' row estimates are 1: a nested loop joining the runs to the jobs inserted
+        // would be quadratic in the accounts due at once (3,000 after an outage); hash joins
+        // keep the statement linear (EXPLAIN ANALYZE, 3,000 accounts: idle 11 ms, 1,200 due
+        // 175 ms, on a loaded 2-core machine).
+        diesel::sql_query("SET LOCAL enable_nestloop = off")
+            .execute(conn)
+            .await?;
         let n = diesel::sql_query(SCHEDULE)
             .bind::<diesel::sql_types::Double, _>(timing.incremental.as_secs_f64())
             .bind::<diesel::sql_types::Double, _>(timing.full.as_secs_f64())

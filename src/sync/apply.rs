@@ -20,7 +20,7 @@ use super::read::Read;
 use super::{Settings, SyncError};
 use crate::domain::origin::Origin;
 use crate::domain::reconciliation::SyncState;
-use crate::ledger::activity::{self, Activity, ActivityAction};
+use crate::ledger::activity::{self, Activity};
 use crate::ledger::apple_mirror::{self as mirror, Synced};
 use crate::ledger::sync_runs::{self, Claimed, Finish, Progress, SyncRunRow};
 
@@ -133,8 +133,8 @@ pub async fn apply(
             )
             .await?;
             let system = Origin::system();
-            let asset_activity = |action: ActivityAction, adam: &str, pricing: &str| {
-                let mut a = Activity::new(&system, action.as_str())
+            let asset_activity = |action: &str, adam: &str, pricing: &str| {
+                let mut a = Activity::new(&system, action)
                     .space(&run.space_id)
                     .account(account);
                 a.adam_id = Some(adam.to_owned());
@@ -144,7 +144,7 @@ pub async fn apply(
             for a in &appeared {
                 activity::record(
                     conn,
-                    asset_activity(ActivityAction::AssetAppeared, &a.adam_id, &a.pricing_param)
+                    asset_activity("asset.appeared", &a.adam_id, &a.pricing_param)
                         .details(json!({"run": run.id, "total": a.total, "assigned": a.assigned})),
                 )
                 .await?;
@@ -152,20 +152,15 @@ pub async fn apply(
             for (adam, pricing) in &vanished {
                 activity::record(
                     conn,
-                    asset_activity(ActivityAction::AssetVanished, adam, pricing)
-                        .details(json!({"run": run.id})),
+                    asset_activity("asset.vanished", adam, pricing).details(json!({"run": run.id})),
                 )
                 .await?;
             }
             for (a, held) in &overcommitted {
                 activity::record(
                     conn,
-                    asset_activity(
-                        ActivityAction::AssetOvercommitted,
-                        &a.adam_id,
-                        &a.pricing_param,
-                    )
-                    .details(json!({"run": run.id, "total": a.total, "held": held})),
+                    asset_activity("asset.overcommitted", &a.adam_id, &a.pricing_param)
+                        .details(json!({"run": run.id, "total": a.total, "held": held})),
                 )
                 .await?;
             }
@@ -208,7 +203,7 @@ pub async fn apply(
             .await?;
             activity::record(
                 conn,
-                Activity::new(&system, ActivityAction::SyncFinished.as_str())
+                Activity::new(&system, "sync.finished")
                     .space(&run.space_id)
                     .account(account)
                     .details(json!({

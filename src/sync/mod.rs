@@ -25,7 +25,7 @@ use crate::domain::account_status as status;
 use crate::domain::origin::Origin;
 use crate::domain::reconciliation::{SyncKind, SyncState, SyncTrigger};
 use crate::ledger::accounts as account_store;
-use crate::ledger::activity::{self, Activity, ActivityAction};
+use crate::ledger::activity::{self, Activity};
 use crate::ledger::apple_mirror as mirror;
 use crate::ledger::sync_runs::{self, Claimed, Finish, MAX_ATTEMPTS, Progress, SyncRunRow};
 use crate::state::AppState;
@@ -81,7 +81,7 @@ pub async fn request(
     if trigger == SyncTrigger::Manual {
         activity::record(
             &mut conn,
-            Activity::new(origin, ActivityAction::SyncRequested.as_str())
+            Activity::new(origin, "sync.requested")
                 .space(space)
                 .account(account)
                 .details(json!({
@@ -303,7 +303,7 @@ async fn fail(
         .await?;
         activity::record(
             conn,
-            Activity::new(&Origin::system(), ActivityAction::SyncFinished.as_str())
+            Activity::new(&Origin::system(), "sync.finished")
                 .space(&run.space_id)
                 .account(run.account_id)
                 .details(json!({
