@@ -14,7 +14,8 @@ CREATE TABLE apple_assignments (
     target        text NOT NULL,
     -- When a sync first saw it (kept while Apple keeps listing it).
     first_seen_at timestamptz NOT NULL DEFAULT now(),
-    -- When a sync last saw it, and which run.
+    -- When it was recorded, and the run that found it (rows are not rewritten while Apple
+    -- keeps listing them: a full sync of an unchanged location writes nothing).
     seen_at       timestamptz NOT NULL DEFAULT now(),
     seen_by_run   uuid NOT NULL,
     PRIMARY KEY (account_id, adam_id, pricing_param, license_type, target)

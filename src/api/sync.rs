@@ -47,7 +47,7 @@ pub struct SyncRun {
     pub requests: i32,
     /// Pages of Apple's lists read by the last attempt.
     pub pages_read: i32,
-    /// What the run read and changed: `assets_read`, `assignments_read`, `mirror_upserted`,
+    /// What the run read and changed: `assets_read`, `assignments_read`, `mirror_inserted`,
     /// `mirror_deleted`, `assets_appeared`, `assets_vanished`, `assets_overcommitted`,
     /// `counts_changed`, `foreign_changed`, `users_changed`, `version_moved` (Apple's
     /// versionId moved during the read: nothing unseen was deleted), `fell_back_to_full`.

@@ -3,10 +3,13 @@
 //! `foreign_assigned`, the users' statuses, the account's versionIds (docs/sync.md, Applying).
 //!
 //! Decisions:
-//! - **Chunked upserts** of `UNNEST` arrays ([`CHUNK`] rows per statement): 100,000 assignments
-//!   are 20 statements, not 100,000, and no statement's parameters grow without bound.
-//! - **Idempotent**: rows seen are upserted with the run's id; a stable full read then deletes
-//!   the account's rows another run saw last. Applying the same read twice changes nothing more.
+//! - **Staged, then compared** ([`replace`]): the read's rows go into a temporary table in
+//!   chunks of `UNNEST` arrays ([`CHUNK`] rows per statement: 100,000 assignments are 20
+//!   statements, and no statement's parameters grow without bound); only rows Apple newly lists
+//!   are inserted and, after a stable full read, only rows it no longer lists are deleted. An
+//!   unchanged location's full sync rewrites nothing (rewriting every row to mark it seen cost
+//!   more PostgreSQL CPU than the first sync that inserted them).
+//! - **Idempotent**: applying the same read twice changes nothing more.
 //! - **`foreign_assigned`** per asset = mirror rows no live ledger assignment (pending,
 //!   associating, active, revoking) of the same subject holds, leaving out subjects whose ledger
 //!   row changed after the read started (the read cannot know about them). One statement for
@@ -36,14 +39,27 @@ pub struct MirrorRow {
     pub target: String,
 }
 
-/// Upserts `rows` (distinct) as seen by `run`; returns the rows written.
-pub async fn upsert(
+/// The read's rows, staged for the statements that compare them with the mirror: a temporary
+/// table (no WAL, emptied at commit), analysed once filled so the comparisons are hash joins.
+const SEEN_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS sync_seen (
+        adam_id text NOT NULL, pricing_param text NOT NULL, license_type text NOT NULL,
+        target text NOT NULL) ON COMMIT DELETE ROWS";
+
+/// Makes the mirror of `account` hold `rows` (distinct): rows Apple newly lists are inserted
+/// (`first_seen_at` now, `seen_by_run` = `run`, the run that found them); rows already there
+/// are not rewritten (a full sync of an unchanged location writes nothing); with `complete`
+/// (a stable full read) rows Apple no longer lists are deleted. Returns (inserted, deleted).
+/// Run it inside a transaction (the staging table empties at commit).
+pub async fn replace(
     conn: &mut AsyncPgConnection,
     account: Uuid,
     run: Uuid,
     rows: &[MirrorRow],
-) -> QueryResult<usize> {
-    let mut n = 0;
+    complete: bool,
+) -> QueryResult<(usize, usize)> {
+    use diesel_async::SimpleAsyncConnection;
+    conn.batch_execute(SEEN_TABLE).await?;
+    conn.batch_execute("TRUNCATE sync_seen").await?;
     for chunk in rows.chunks(CHUNK) {
         let mut adam = Vec::with_capacity(chunk.len());
         let mut pricing = Vec::with_capacity(chunk.len());
@@ -55,16 +71,10 @@ pub async fn upsert(
             kind.push(r.license_type);
             target.push(r.target.as_str());
         }
-        n += diesel::sql_query(
-            "INSERT INTO apple_assignments AS m
-                    (account_id, adam_id, pricing_param, license_type, target, seen_by_run)
-             SELECT $1, u.a, u.p, u.l, u.t, $2
-               FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[]) AS u(a, p, l, t)
-             ON CONFLICT (account_id, adam_id, pricing_param, license_type, target)
-             DO UPDATE SET seen_at = now(), seen_by_run = EXCLUDED.seen_by_run",
+        diesel::sql_query(
+            "INSERT INTO sync_seen
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])",
         )
-        .bind::<diesel::sql_types::Uuid, _>(account)
-        .bind::<diesel::sql_types::Uuid, _>(run)
         .bind::<Array<Text>, _>(&adam)
         .bind::<Array<Text>, _>(&pricing)
         .bind::<Array<Text>, _>(&kind)
@@ -72,20 +82,45 @@ pub async fn upsert(
         .execute(conn)
         .await?;
     }
-    Ok(n)
-}
-
-/// Deletes the account's rows `run` did not see (after a stable full read).
-pub async fn delete_unseen(
-    conn: &mut AsyncPgConnection,
-    account: Uuid,
-    run: Uuid,
-) -> QueryResult<usize> {
-    diesel::sql_query("DELETE FROM apple_assignments WHERE account_id = $1 AND seen_by_run <> $2")
+    conn.batch_execute("ANALYZE sync_seen").await?;
+    let inserted = diesel::sql_query(
+        "INSERT INTO apple_assignments
+                (account_id, adam_id, pricing_param, license_type, target, seen_by_run)
+         SELECT $1, s.adam_id, s.pricing_param, s.license_type, s.target, $2
+           FROM sync_seen s
+          WHERE NOT EXISTS (
+                SELECT 1 FROM apple_assignments m
+                 WHERE m.account_id = $1 AND m.adam_id = s.adam_id
+                   AND m.pricing_param = s.pricing_param
+                   AND m.license_type = s.license_type AND m.target = s.target)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Uuid, _>(run)
+    .execute(conn)
+    .await?;
+    let deleted = if complete {
+        diesel::sql_query(
+            "DELETE FROM apple_assignments m
+              WHERE m.account_id = $1
+                AND NOT EXISTS (
+                    SELECT 1 FROM sync_seen s
+                     WHERE s.adam_id = m.adam_id AND s.pricing_param = m.pricing_param
+                       AND s.license_type = m.license_type AND s.target = m.target)",
+        )
         .bind::<diesel::sql_types::Uuid, _>(account)
-        .bind::<diesel::sql_types::Uuid, _>(run)
         .execute(conn)
-        .await
+        .await?
+    } else {
+        0
+    };
+    // A mirror that grew or shrank a lot (the first sync of a location) gets fresh statistics
+    // at once, so the statements that follow (foreign_assigned, the drift report) plan for
+    // its real size instead of the empty table autovacuum last saw.
+    if inserted + deleted >= 1000 {
+        conn.batch_execute("ANALYZE apple_assignments").await?;
+    }
+    Ok((inserted, deleted))
 }
 
 /// Mirror rows of the account (tests, stats).

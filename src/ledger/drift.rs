@@ -251,6 +251,9 @@ pub async fn recompute(
         .execute(conn)
         .await?;
     at_read(COUNT_MISMATCH).execute(conn).await?;
+    // Fresh statistics for the found items (a temporary table is never analysed by
+    // autovacuum): the merge below then joins by hash instead of probing per row.
+    conn.batch_execute("ANALYZE drift_found").await?;
     diesel::sql_query(prune())
         .bind::<SqlUuid, _>(account)
         .bind::<diesel::sql_types::Bool, _>(full_and_stable)

@@ -1,6 +1,6 @@
 //! Applying what a sync read (docs/sync.md, Applying), in two transactions:
 //!
-//! 1. the mirror: the rows read are upserted (`seen_by_run`), and a complete full read deletes
+//! 1. the mirror: rows Apple newly lists are inserted, and a complete full read deletes
 //!    the account's rows it did not see;
 //! 2. a short one: the account's asset rows are locked, Apple's counts written, new assets
 //!    inserted (`asset.appeared`), assets Apple no longer lists zeroed (`asset.vanished`),
@@ -40,16 +40,12 @@ pub async fn apply(
             if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
                 return Ok::<_, diesel::result::Error>(None);
             }
-            let upserted = mirror::upsert(conn, account, run.id, &read.assignments).await?;
-            let deleted = if complete {
-                mirror::delete_unseen(conn, account, run.id).await?
-            } else {
-                0
-            };
-            Ok(Some((upserted, deleted)))
+            let (inserted, deleted) =
+                mirror::replace(conn, account, run.id, &read.assignments, complete).await?;
+            Ok(Some((inserted, deleted)))
         })
         .await?;
-    let Some((upserted, deleted)) = mirrored else {
+    let Some((inserted, deleted)) = mirrored else {
         return Ok(None);
     };
 
@@ -169,7 +165,7 @@ pub async fn apply(
                 "assets_unchanged": read.assets.is_none(),
                 "assignments_read": read.assignments.len(),
                 "users_read": read.users.as_ref().map_or(0, |(r, g)| r.len() + g.len()),
-                "mirror_upserted": upserted,
+                "mirror_inserted": inserted,
                 "mirror_deleted": deleted,
                 "assets_appeared": appeared.len(),
                 "assets_vanished": vanished.len(),
