@@ -11,8 +11,10 @@
 #      (openapi-typescript, used through openapi-fetch), type-checks scenario.py
 #      (`mypy --strict`, no Any) and scenario.ts (`tsc --strict`, tsconfig.json);
 #   4. runs both scenarios against the server: spaces, accounts, policies with If-Match (and
-#      412), allocations with Idempotency-Key, typed 403/409 problems, paging, revocations, and
-#      the read side: the asset inventory and detail, the device and user, the activity log.
+#      412), allocations with Idempotency-Key, typed 403/409 problems, paging, revocations, the
+#      read side (the asset inventory and detail, the device and user, the activity log), and
+#      keeping the ledger true to Apple: a manual sync polled to its end, the drift report, an
+#      Adopt plan applied (the previous MDM's licenses the demo location starts with).
 #
 # The pinned tools live outside the clone and are installed on first use, again only when the
 # pinned lists (requirements.txt, package.json, package-lock.json) change:

@@ -19,9 +19,11 @@ from typing import TypeVar
 
 from httpx import Timeout
 from vpp_broker_client import AuthenticatedClient
-from vpp_broker_client.api.accounts import list_accounts
+from vpp_broker_client.api.accounts import get_sync_run, list_accounts, sync_account
 from vpp_broker_client.api.activity import list_activity
 from vpp_broker_client.api.assets import get_asset, list_account_assets, list_assets
+from vpp_broker_client.api.drift import get_account_drift
+from vpp_broker_client.api.plans import apply_plan, create_plan
 from vpp_broker_client.api.assignments import (
     allocate_license,
     create_revocation,
@@ -55,11 +57,18 @@ from vpp_broker_client.models import (
     AssignmentState,
     Device,
     Disallowed,
+    DriftClass,
+    DriftReport,
     HeldLicense,
     LedgerCounts,
     LicenseType,
     LicenseWish,
     NoLicenseAvailableProblem,
+    PlanAction,
+    PlanBody,
+    PlanChange,
+    PlanState,
+    PlanView,
     Policy,
     PolicyBody,
     PolicySummary,
@@ -76,6 +85,10 @@ from vpp_broker_client.models import (
     SpacePage,
     SubjectKind,
     SubjectRef,
+    SuggestedAction,
+    SyncKind,
+    SyncRun,
+    SyncState,
     TargetKind,
     User,
 )
@@ -815,6 +828,79 @@ def activity_step(client: AuthenticatedClient, hq: Account, device_assignment: A
     check(problem.type_ == ProblemType.URNVPP_BROKERPROBLEMINVALID_PARAMETER, f"400 type: {problem.type_}")
 
 
+def sync_step(client: AuthenticatedClient, hq: Account) -> None:
+    """Refresh (a manual full sync), the drift report, and an Adopt plan: Demo HQ starts with
+    three Pages licenses of the MDM it was taken over from (`PREVIOUS-MDM-n`), which the sync
+    finds `apple_only` and Adopt makes this deployment's without a call to Apple."""
+    response = sync_account.sync_detailed(SPACE, hq.id, client=client, x_request_id=rid("sync"))
+    run = expect(response, 202, SyncRun, "POST sync of Demo HQ (Refresh)")
+    check(run.kind == SyncKind.FULL, f"a manual sync is full: {run.kind}")
+    check(
+        response.headers.get("location") == f"/v1/spaces/{SPACE}/accounts/{hq.id}/sync-runs/{run.id}",
+        f"Location of the run: {response.headers.get('location')}",
+    )
+    deadline = time.monotonic() + 60
+    while run.state in (SyncState.QUEUED, SyncState.RUNNING):
+        check(time.monotonic() < deadline, f"the sync ends within a minute: {run.state}")
+        time.sleep(0.2)
+        run = expect(get_sync_run.sync_detailed(SPACE, hq.id, run.id, client=client), 200, SyncRun, "GET the run")
+    check(run.state == SyncState.SUCCEEDED, f"the sync succeeded: {run.state} {run.error}")
+    check(run.requests >= 3 and run.pages_read >= 2, f"it read Apple: {run.requests} requests")
+
+    report = expect(
+        get_account_drift.sync_detailed(SPACE, hq.id, client=client, class_=DriftClass.APPLE_ONLY, limit=100),
+        200,
+        DriftReport,
+        "GET Demo HQ's apple_only drift",
+    )
+    previous = sorted(
+        item.subject for item in report.items if isinstance(item.subject, str) and "PREVIOUS-MDM-" in item.subject
+    )
+    check(report.summary.apple_only >= 1 and len(previous) >= 1, f"the previous MDM's licenses: {previous}")
+    check(all(item.class_ == DriftClass.APPLE_ONLY for item in report.items), "only the asked class")
+    check(
+        all(item.suggested_action == SuggestedAction.ADOPT for item in report.items),
+        "apple_only suggests adopt",
+    )
+    check(
+        any(entry.account_id == hq.id and entry.run is not None and entry.run.id == run.id for entry in report.last_sync),
+        "the report names the sync that found it",
+    )
+
+    planned = expect(
+        create_plan.sync_detailed(
+            SPACE, client=client, body=PlanBody(action=PlanAction.ADOPT, account_id=hq.id, adam_id=PAGES)
+        ),
+        201,
+        PlanView,
+        "POST an Adopt plan for Demo HQ's Pages (the dry run)",
+    )
+    check(planned.state == PlanState.PLANNED, f"planned, not applied: {planned.state}")
+    check(planned.candidates == len(previous), f"every apple_only license is a candidate: {planned.candidates}")
+    check(1 <= len(planned.items) <= planned.cap, f"capped: {len(planned.items)} of cap {planned.cap}")
+    check(planned.capped == (planned.candidates > len(planned.items)), "capped says whether items were cut")
+    check(all(item.change == PlanChange.ADOPT for item in planned.items), "every item adopts")
+    adopted = [item.subject for item in planned.items]
+    check(all(subject in previous for subject in adopted), f"the plan adopts what the report listed: {adopted}")
+
+    applied = expect(apply_plan.sync_detailed(SPACE, planned.id, client=client), 200, PlanView, "apply the plan")
+    check(applied.state == PlanState.APPLIED, f"applied: {applied.state}")
+    check(
+        not isinstance(applied.outcome, Unset) and applied.outcome is not None
+        and applied.outcome.applied == len(planned.items),
+        f"every item applied: {applied.outcome}",
+    )
+    again = expect(apply_plan.sync_detailed(SPACE, planned.id, client=client), 200, PlanView, "apply it again")
+    check(again.applied_at == applied.applied_at, "a second apply changes nothing")
+    serial = adopted[0].split(":", 1)[1]
+    found = expect(get_device.sync_detailed(SPACE, serial, client=client), 200, Device, "GET the adopted device")
+    live = found.licenses.live
+    check(
+        len(live) == 1 and live[0].rule == Rule.ADOPTED and live[0].state == AssignmentState.ACTIVE,
+        f"{serial} holds an active adopted license: {[(h.rule, h.state) for h in live]}",
+    )
+
+
 def cleanup_step(client: AuthenticatedClient, keynote_etag: str) -> None:
     """Empties Keynote's policy. (No DELETE here: openapi-python-client 0.29 leaves a 204 answer
     untyped, which this scenario's rule against untyped values refuses; the TypeScript scenario,
@@ -850,6 +936,7 @@ def main() -> None:
         assets_step(client, hq, branch, keynote_etag)
         subjects_step(client, hq, device_assignment, user_assignment)
         activity_step(client, hq, device_assignment)
+        sync_step(client, hq)
         cleanup_step(client, keynote_etag)
     print(f"python scenario passed in {time.monotonic() - started:.1f} s")
 

@@ -937,6 +937,88 @@ async function activityStep(hq: Account, deviceAssignment: Assignment): Promise<
 }
 
 /** Deletes Keynote's policy, so that the next scenario creates it again. */
+async function syncStep(hq: Account): Promise<void> {
+  // Refresh (a manual full sync), the space's drift report, and an Adopt plan: Demo HQ starts
+  // with three Pages licenses of a previous MDM (`PREVIOUS-MDM-n`; the Python scenario adopted
+  // some of them already).
+  const accountPath = { space: SPACE, account: hq.id };
+  const asked = await client.POST("/v1/spaces/{space}/accounts/{account}/sync", {
+    params: { path: accountPath, header: { "x-request-id": rid("sync") } },
+  });
+  let run = expectData("POST sync of Demo HQ (Refresh)", 202, asked);
+  check(run.kind === "full", `a manual sync is full: ${run.kind}`);
+  check(
+    asked.response.headers.get("location") === `/v1/spaces/${SPACE}/accounts/${hq.id}/sync-runs/${run.id}`,
+    `Location of the run: ${asked.response.headers.get("location")}`,
+  );
+  const deadline = Date.now() + 60_000;
+  while (run.state === "queued" || run.state === "running") {
+    check(Date.now() < deadline, `the sync ends within a minute: ${run.state}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    run = expectData(
+      "GET the run",
+      200,
+      await client.GET("/v1/spaces/{space}/accounts/{account}/sync-runs/{run}", {
+        params: { path: { ...accountPath, run: run.id } },
+      }),
+    );
+  }
+  check(run.state === "succeeded", `the sync succeeded: ${run.state}`);
+
+  const report = expectData(
+    "GET the space's apple_only drift",
+    200,
+    await client.GET("/v1/spaces/{space}/drift", {
+      params: { path: { space: SPACE }, query: { class: "apple_only", limit: 500 } },
+    }),
+  );
+  check(report.next_cursor === undefined, "one page holds the space's apple_only drift");
+  check(report.summary.apple_only === report.items.length, `summary matches the items: ${report.summary.apple_only}`);
+  const previous = report.items
+    .map((item) => item.subject)
+    .filter((subject): subject is string => typeof subject === "string" && subject.includes("PREVIOUS-MDM-"));
+  check(
+    report.items.every((item) => item.class === "apple_only" && item.suggested_action === "adopt"),
+    "apple_only items suggest adopt",
+  );
+
+  const planned = expectData(
+    "POST an Adopt plan for Demo HQ's Pages (the dry run)",
+    201,
+    await client.POST("/v1/spaces/{space}/plans", {
+      params: { path: { space: SPACE } },
+      body: { action: "adopt", account_id: hq.id, adam_id: PAGES },
+    }),
+  );
+  check(planned.state === "planned", `planned: ${planned.state}`);
+  check(planned.candidates === previous.length, `candidates: ${planned.candidates} of ${previous.length}`);
+  check(planned.items.length === Math.min(planned.cap, previous.length), `capped at ${planned.cap}`);
+  check(planned.items.every((item) => item.change === "adopt" && previous.includes(item.subject)), "adopts what the report listed");
+  const applied = expectData(
+    "apply the plan",
+    200,
+    await client.POST("/v1/spaces/{space}/plans/{plan}/apply", {
+      params: { path: { space: SPACE, plan: planned.id } },
+    }),
+  );
+  check(applied.state === "applied", `applied: ${applied.state}`);
+  check(applied.outcome?.applied === planned.items.length, `every item applied: ${applied.outcome?.applied}`);
+  const first = planned.items[0];
+  if (first !== undefined) {
+    const serial = first.subject.slice("device:".length);
+    const adopted = expectData(
+      "GET the adopted device",
+      200,
+      await client.GET("/v1/spaces/{space}/devices/{serial}", { params: { path: { space: SPACE, serial } } }),
+    );
+    const live = adopted.licenses.live;
+    check(
+      live.length === 1 && live[0]?.rule === "adopted" && live[0]?.state === "active",
+      `${serial} holds an active adopted license`,
+    );
+  }
+}
+
 async function cleanupStep(keynoteEtag: string): Promise<void> {
   expectEmpty(
     "DELETE Keynote policy",
@@ -969,6 +1051,7 @@ async function main(): Promise<void> {
   await assetsStep(hq, branch, keynoteEtag);
   await subjectsStep(hq, deviceAssignment, userAssignment);
   await activityStep(hq, deviceAssignment);
+  await syncStep(hq);
   await cleanupStep(keynoteEtag);
   console.log(`typescript scenario passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }

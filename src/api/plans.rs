@@ -265,7 +265,10 @@ fn validate(body: &PlanBody, cap_max: u64) -> Result<(), ApiError> {
 /// rows first seen less than an hour ago are left out and counted in `excluded`); `repair`
 /// queues the association of `ledger_only` licenses again (or marks them lost with
 /// `repair: "mark_lost"`) and follows or resubmits `stuck` ones; `reconcile` revokes licenses
-/// no longer used. Candidates come from the drift report of the last sync. A plan holds at most
+/// this deployment assigned that the allocation rules no longer allow (disallowed, left the
+/// first-come-first-served groups, off the fallback account's list) or whose subject was not
+/// seen for `VPP_RECONCILE_UNSEEN_DAYS`, re-checked when applied. Adopt, Clean Up and Repair
+/// take their candidates from the drift report of the last sync. A plan holds at most
 /// `VPP_PLAN_CAP_PERCENT` of each account's assignments (at most `VPP_PLAN_CAP_MAX`), fewer with
 /// `limit`; `capped` says candidates were left out. Apply it within the hour.
 #[utoipa::path(
@@ -317,6 +320,9 @@ pub async fn create_plan(
 }
 
 /// Get a plan, with its items (and, once applied, what applying did to each).
+///
+/// A plan stays readable after it expired or was applied: it is the record of what was
+/// planned, by whom, and what applying did.
 #[utoipa::path(
     tag = "plans",
     operation_id = "get_plan",

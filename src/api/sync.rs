@@ -150,6 +150,9 @@ pub async fn sync_account(
 }
 
 /// List the account's sync runs, newest first.
+///
+/// Scheduled, attach-time, token-replacement and manual runs alike, with their state, what they
+/// read and found; paged with `limit` and `cursor` like every list.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "list_sync_runs",
@@ -192,6 +195,9 @@ pub async fn list_sync_runs(
 }
 
 /// Read one sync run of the account.
+///
+/// Poll it after `POST …/sync` until `state` is `succeeded` or `failed`: `stats` and `drift` say
+/// what it read, changed and found; `error` why it failed or is being retried.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "get_sync_run",
