@@ -899,6 +899,19 @@ def sync_step(client: AuthenticatedClient, hq: Account) -> None:
         len(live) == 1 and live[0].rule == Rule.ADOPTED and live[0].state == AssignmentState.ACTIVE,
         f"{serial} holds an active adopted license: {[(h.rule, h.state) for h in live]}",
     )
+    # An adopted license is the deployment's like any other: revoking it releases it at Apple
+    # (and leaves Pages as the next scenario expects it).
+    for item in applied.items:
+        check(isinstance(item.assignment_id, uuid.UUID), f"the adopted assignment of {item.subject}")
+        if isinstance(item.assignment_id, uuid.UUID):
+            expect(
+                revoke_assignment.sync_detailed(
+                    SPACE, item.assignment_id, client=client, reason=f"contract scenario {RUN}: adopted, then retired"
+                ),
+                202,
+                Assignment,
+                f"DELETE the adopted license of {item.subject}",
+            )
 
 
 def cleanup_step(client: AuthenticatedClient, keynote_etag: str) -> None:

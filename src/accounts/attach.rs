@@ -209,7 +209,9 @@ pub async fn add(
                     notify_on_removal: input.notify_on_removal,
                     new_assets_for_everyone: input.new_assets_for_everyone,
                     when_unusable: input.when_unusable,
-                    last_full_sync_at: Some(now),
+                    // Attaching reads the assets, not the assignments: the account counts as
+                    // synced once the full sync queued below has run.
+                    last_full_sync_at: None,
                 },
             )
             .await

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{SpaceAccess, needs};
+use crate::auth::{Scope, SpaceAccess, needs};
 use crate::domain::model::LicenseType;
 use crate::domain::reconciliation::{ItemOutcome, PlanAction, PlanChange, PlanState};
 use crate::domain::validation::{FieldError, check_asset};
@@ -281,7 +281,8 @@ fn validate(body: &PlanBody, cap_max: u64) -> Result<(), ApiError> {
         (status = 201, description = "The plan; `Location` is set", body = PlanView),
         (status = 404, description = "Unknown space or account"),
         (status = 409, description = "Clean Up refused: the account is not owned by this deployment or was not synced within the hour (`clean-up-refused`)"),
-        (status = 422, description = "Invalid body (`invalid-body`, `validation-failed`), or `reconcile` while it is not available"),
+        (status = 403, description = "Clean Up needs `accounts:manage` (it revokes licenses other MDMs or admins assigned) (`forbidden`)"),
+        (status = 422, description = "Invalid body (`invalid-body`, `validation-failed`)"),
     )
 )]
 #[post("/v1/spaces/{space}/plans")]
@@ -292,6 +293,9 @@ pub async fn create_plan(
 ) -> Result<HttpResponse, ApiError> {
     let (caller, space) = access.into_parts();
     let body = body.0;
+    if body.action == PlanAction::CleanUp {
+        caller.require(Scope::AccountsManage)?;
+    }
     validate(&body, state.reconciliation.plan_cap_max)?;
     let request = PlanRequest {
         action: body.action,
@@ -359,6 +363,7 @@ pub async fn get_plan(
     ),
     responses(
         (status = 200, description = "The plan, applied, with each item's outcome", body = PlanView),
+        (status = 403, description = "A Clean Up plan needs `accounts:manage` (`forbidden`)"),
         (status = 404, description = "Unknown space or plan"),
         (status = 409, description = "Clean Up refused: the account is no longer owned by this deployment or was not synced within the hour (`clean-up-refused`); nothing changed"),
         (status = 410, description = "The plan expired before it was applied (`plan-expired`); nothing changed"),
@@ -371,6 +376,9 @@ pub async fn apply_plan(
 ) -> Result<HttpResponse, ApiError> {
     let (caller, (space, id)) = access.into_parts();
     let mut conn = state.pool.get().await?;
+    if plans::get(&mut conn, &space, id).await?.row.action == PlanAction::CleanUp {
+        caller.require(Scope::AccountsManage)?;
+    }
     let plan = plans::apply(
         &mut conn,
         &space,

@@ -4,7 +4,9 @@
 //! ([`crate::sync::run`]) while a heartbeat renews the lease every third of it, and sleeps
 //! `idle_poll` when nothing is due. A heartbeat that finds the job taken over stops the run (it
 //! applies nothing); a shutdown releases the job for another replica. The scheduler looks every
-//! `sync_schedule` for accounts due (one statement; one replica at a time).
+//! `sync_schedule` for accounts due (one statement; one replica at a time) and, with
+//! `VPP_RECONCILE_DAILY`, runs the daily Reconcile of spaces whose last one is a day old
+//! ([`crate::plans::daily_reconcile`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,6 +176,17 @@ pub async fn schedule_once(ctx: &Ctx) -> Result<Option<usize>, DispatchError> {
         && n > 0
     {
         tracing::info!(queued = n, "sync scheduler queued runs");
+    }
+    if ctx.state.reconciliation.reconcile_daily {
+        match crate::plans::daily_reconcile(&mut conn, &ctx.state.reconciliation).await {
+            Ok(plans) => {
+                for plan in plans {
+                    tracing::info!(space = %plan.row.space_id, plan = %plan.row.id,
+                        items = plan.items.len(), "daily reconcile applied");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "daily reconcile failed; retried next look"),
+        }
     }
     Ok(queued)
 }

@@ -1,8 +1,9 @@
 //! Taking Apple's licenses over (Adopt, and the first half of Clean Up; docs/sync.md): a row
 //! Apple lists that no live assignment holds becomes an `active` assignment, rule `adopted`,
-//! and its license moves from `foreign_assigned` to `held` under the asset row's guard
-//! (`held + foreign_assigned <= apple_total` after the move). No Apple call: Apple already
-//! lists the license.
+//! and its license moves from `foreign_assigned` to `held` under the asset row's lock (a move
+//! leaves `held + foreign_assigned` as it was, so it passes even on an over-committed asset).
+//! No Apple call: Apple already lists the license. Locks are taken in the ledger's order: the
+//! subject, then the asset row.
 //!
 //! The checks and the writes are one sequence under the asset row's lock, so an allocation of
 //! the same asset (which locks the row first) either sees the adopted license or is seen by it.
@@ -70,7 +71,25 @@ pub async fn adopt(
     license: &AppleLicense<'_>,
     by: &AdoptedBy<'_>,
 ) -> diesel::QueryResult<Adoption> {
-    // The asset row first (the ledger's lock order for a license without an assignment yet).
+    // The subject first, then the asset row: the ledger's lock order (allocation locks the
+    // batch's subjects, then its asset rows), so an adoption never deadlocks with an
+    // allocation of the same subject. (A subject row left by an adoption skipped below is
+    // harmless: allocation requests create subjects the same way.)
+    let kind = match license.license_type {
+        LicenseType::Device => "device",
+        LicenseType::User => "user",
+    };
+    let subject: Id = diesel::sql_query(
+        "INSERT INTO subjects (id, space_id, kind, external_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT ON CONSTRAINT subjects_unique DO UPDATE SET kind = EXCLUDED.kind
+         RETURNING id",
+    )
+    .bind::<SqlUuid, _>(Uuid::now_v7())
+    .bind::<Text, _>(space)
+    .bind::<Text, _>(kind)
+    .bind::<Text, _>(license.target)
+    .get_result(conn)
+    .await?;
     let facts: Facts = diesel::sql_query(format!(
         "WITH m AS (SELECT $1::uuid AS account_id, $2::text AS adam_id, $3::text AS pricing_param,
                            $4::text AS license_type, $5::text AS target),
@@ -112,7 +131,9 @@ pub async fn adopt(
                              foreign_assigned = GREATEST(s.foreign_assigned - 1, 0),
                              updated_at = now()
           WHERE s.account_id = $1 AND s.adam_id = $2 AND s.pricing_param = $3
-            AND s.held + 1 + GREATEST(s.foreign_assigned - 1, 0) <= s.apple_total
+            -- A move from `foreign_assigned` to `held` uses nothing new (it passes even on an
+            -- asset Apple over-committed, where Clean Up is the remedy).
+            AND (s.foreign_assigned >= 1 OR s.held + s.foreign_assigned + 1 <= s.apple_total)
             AND NOT EXISTS (SELECT 1 FROM accounts a
                              WHERE a.id = s.account_id AND a.delete_requested_at IS NOT NULL)",
     )
@@ -128,21 +149,6 @@ pub async fn adopt(
                 .into(),
         ));
     }
-    let kind = match license.license_type {
-        LicenseType::Device => "device",
-        LicenseType::User => "user",
-    };
-    let subject: Id = diesel::sql_query(
-        "INSERT INTO subjects (id, space_id, kind, external_id) VALUES ($1, $2, $3, $4)
-         ON CONFLICT ON CONSTRAINT subjects_unique DO UPDATE SET kind = EXCLUDED.kind
-         RETURNING id",
-    )
-    .bind::<SqlUuid, _>(Uuid::now_v7())
-    .bind::<Text, _>(space)
-    .bind::<Text, _>(kind)
-    .bind::<Text, _>(license.target)
-    .get_result(conn)
-    .await?;
     if license.license_type == LicenseType::User {
         // Apple lists the user's license: the user is registered at the location.
         diesel::sql_query(

@@ -372,7 +372,15 @@ pub async fn snapshot(
            JOIN apple_assignments m ON m.account_id = a.id AND m.license_type = t.license_type
                                    AND m.target = t.target
           WHERE a.space_id = $1
-            AND (m.adam_id, m.pricing_param) IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            AND (m.adam_id, m.pricing_param) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+            -- A license the subject's own assignment is releasing is not already at Apple:
+            -- `foreign_assigned` never counted it (the same test as the sync's recount).
+            AND NOT EXISTS (
+                SELECT 1 FROM assignments x JOIN subjects s ON s.id = x.subject_id
+                 WHERE x.account_id = m.account_id AND x.adam_id = m.adam_id
+                   AND x.pricing_param = m.pricing_param AND x.license_type = m.license_type
+                   AND s.space_id = $1 AND s.kind = m.license_type AND s.external_id = m.target
+                   AND x.state IN ('pending', 'associating', 'active', 'revoking'))",
     )
     .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams)

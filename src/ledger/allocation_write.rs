@@ -106,7 +106,9 @@ pub async fn write(
               WHERE s.account_id = c.account_id AND s.adam_id = c.adam_id
                 AND s.pricing_param = c.pricing_param
                 AND s.foreign_assigned >= c.moved
-                AND s.held + s.foreign_assigned + c.n - c.moved <= s.apple_total
+                -- Licenses moved from `foreign_assigned` to `held` use nothing new: a batch of
+                -- only such moves passes even on an asset Apple over-committed (a refund).
+                AND (s.held + s.foreign_assigned + c.n - c.moved <= s.apple_total OR c.n = c.moved)
                 AND NOT EXISTS (SELECT 1 FROM accounts a
                                  WHERE a.id = s.account_id AND a.delete_requested_at IS NOT NULL)
           RETURNING 1

@@ -56,6 +56,7 @@ pub async fn replace(
     run: Uuid,
     rows: &[MirrorRow],
     complete: bool,
+    read_started_at: DateTime<Utc>,
 ) -> QueryResult<(usize, usize)> {
     use diesel_async::SimpleAsyncConnection;
     conn.batch_execute(SEEN_TABLE).await?;
@@ -93,10 +94,19 @@ pub async fn replace(
                  WHERE m.account_id = $1 AND m.adam_id = s.adam_id
                    AND m.pricing_param = s.pricing_param
                    AND m.license_type = s.license_type AND m.target = s.target)
+            -- A license whose release Apple confirmed after the read started is not put back
+            -- (the settlement already took it out of the mirror).
+            AND NOT EXISTS (
+                SELECT 1 FROM assignments a JOIN subjects j ON j.id = a.subject_id
+                 WHERE a.account_id = $1 AND a.adam_id = s.adam_id
+                   AND a.pricing_param = s.pricing_param AND a.license_type = s.license_type
+                   AND j.kind = s.license_type AND j.external_id = s.target
+                   AND a.state = 'revoked' AND a.updated_at >= $3)
          ON CONFLICT DO NOTHING",
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Uuid, _>(run)
+    .bind::<Timestamptz, _>(read_started_at)
     .execute(conn)
     .await?;
     let deleted = if complete {
@@ -121,6 +131,27 @@ pub async fn replace(
         conn.batch_execute("ANALYZE apple_assignments").await?;
     }
     Ok((inserted, deleted))
+}
+
+/// Apple released these assignments' licenses (their release was confirmed): the mirror stops
+/// listing them at once instead of at the next full sync, so an incremental sync in between
+/// neither counts them as assigned elsewhere nor reports them `apple_only` (and Adopt never
+/// takes over a license Apple no longer has).
+pub async fn forget_released(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::sql_query(
+        "DELETE FROM apple_assignments m
+          USING assignments a JOIN subjects s ON s.id = a.subject_id
+          WHERE a.id = ANY($1)
+            AND m.account_id = a.account_id AND m.adam_id = a.adam_id
+            AND m.pricing_param = a.pricing_param AND m.license_type = a.license_type
+            AND m.target = s.external_id",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .execute(conn)
+    .await
 }
 
 /// Mirror rows of the account (tests, stats).

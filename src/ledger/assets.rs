@@ -213,6 +213,21 @@ pub async fn forget_location(
     diesel::delete(assets::table.filter(assets::account_id.eq(account)))
         .execute(conn)
         .await?;
+    // What the syncs knew of the old location goes too: its mirror and drift report (caches of
+    // Apple, not history: the sync runs stay), its versionIds and sync times, so nothing reads
+    // the old location's licenses as this one's (Adopt, Clean Up's "synced within the hour")
+    // before the new location's full sync.
+    diesel::sql_query(
+        "WITH mirror AS (DELETE FROM apple_assignments WHERE account_id = $1),
+              drift AS (DELETE FROM drift_items WHERE account_id = $1)
+         UPDATE accounts SET assignments_version_id = NULL, assets_version_id = NULL,
+                             users_version_id = NULL, last_full_sync_at = NULL,
+                             last_incremental_sync_at = NULL
+          WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .execute(conn)
+    .await?;
     Ok(finished)
 }
 

@@ -420,3 +420,44 @@ pub async fn asset_revocable(
     .await?;
     Ok(rows.into_iter().next().map(|r| r.revocable))
 }
+
+#[derive(diesel::QueryableByName)]
+struct SpaceId {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Takes the daily Reconcile's turn for this transaction: false when another replica holds it.
+pub async fn daily_reconcile_turn(conn: &mut AsyncPgConnection) -> diesel::QueryResult<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Turn {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        turn: bool,
+    }
+    let row: Turn = diesel::sql_query(
+        "SELECT pg_try_advisory_xact_lock(hashtext('vpp-broker daily reconcile')) AS turn",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row.turn)
+}
+
+/// Spaces with an account whose last Reconcile plan made by `actor` is older than a day (or
+/// that never had one): the daily Reconcile's work.
+pub async fn spaces_due_for_reconcile(
+    conn: &mut AsyncPgConnection,
+    actor: &str,
+) -> diesel::QueryResult<Vec<String>> {
+    let rows: Vec<SpaceId> = diesel::sql_query(
+        "SELECT s.id FROM spaces s
+          WHERE EXISTS (SELECT 1 FROM accounts a WHERE a.space_id = s.id)
+            AND NOT EXISTS (SELECT 1 FROM plans p
+                             WHERE p.space_id = s.id AND p.action = 'reconcile'
+                               AND p.created_by = $1 AND p.created_at > now() - interval '1 day')
+          ORDER BY s.id",
+    )
+    .bind::<Text, _>(actor)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}

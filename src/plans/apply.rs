@@ -61,7 +61,23 @@ pub async fn apply(
             }
         }
         let (mut applied, mut skipped_n) = (0i64, 0i64);
-        for item in items.iter_mut() {
+        // Items are applied in the ledger's lock order (account, asset), as allocation batches
+        // and the sync lock asset rows, so an apply never deadlocks with them; `seq` stays the
+        // plan's order for people.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| {
+            let key = |i: &ItemRow| {
+                (
+                    i.account_id,
+                    i.adam_id.clone(),
+                    i.pricing_param.clone(),
+                    i.seq,
+                )
+            };
+            key(&items[a]).cmp(&key(&items[b]))
+        });
+        for index in order {
+            let item = &mut items[index];
             // A savepoint per item: a statement that fails (a conflict with a change made
             // since the plan) rolls back this item alone.
             let done = conn

@@ -119,3 +119,36 @@ mod tests {
         assert_eq!(cap(100, 5000, 7, 2), 7);
     }
 }
+
+/// The daily Reconcile (`VPP_RECONCILE_DAILY`): for every space whose last scheduled Reconcile
+/// is a day old, a space-wide Reconcile plan is made and applied at once by `system`, capped
+/// like a manual one (what the cap leaves waits for the next day, or a manual plan). One
+/// replica at a time (a transaction advisory lock); the plans and their outcomes are in the
+/// activity log like a caller's. Returns the plans applied.
+pub async fn daily_reconcile(
+    conn: &mut diesel_async::AsyncPgConnection,
+    settings: &crate::config::ReconcileArgs,
+) -> Result<Vec<Plan>, PlanError> {
+    use diesel_async::AsyncConnection;
+    let origin = crate::domain::origin::Origin::system();
+    conn.transaction(async |conn| {
+        if !store::daily_reconcile_turn(conn).await? {
+            return Ok(Vec::new());
+        }
+        let mut done = Vec::new();
+        for space in store::spaces_due_for_reconcile(conn, &origin.actor).await? {
+            let request = PlanRequest {
+                action: PlanAction::Reconcile,
+                account: None,
+                adam_id: None,
+                pricing_param: None,
+                repair: RepairChoice::Reassociate,
+                limit: None,
+            };
+            let plan = create(conn, &space, &origin, settings, &request).await?;
+            done.push(apply(conn, &space, plan.row.id, &origin, settings).await?);
+        }
+        Ok(done)
+    })
+    .await
+}

@@ -176,6 +176,7 @@ async fn transition(
     };
     settlements::set_state(conn, &to_active, Active, None).await?;
     settlements::set_state(conn, &to_revoked, Revoked, None).await?;
+    crate::ledger::apple_mirror::forget_released(conn, &to_revoked).await?;
     for (id, error) in &to_failed {
         settlements::set_state(conn, &[*id], Failed, Some(error)).await?;
     }

@@ -40,8 +40,15 @@ pub async fn apply(
             if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
                 return Ok::<_, diesel::result::Error>(None);
             }
-            let (inserted, deleted) =
-                mirror::replace(conn, account, run.id, &read.assignments, complete).await?;
+            let (inserted, deleted) = mirror::replace(
+                conn,
+                account,
+                run.id,
+                &read.assignments,
+                complete,
+                read.started_at,
+            )
+            .await?;
             Ok(Some((inserted, deleted)))
         })
         .await?;

@@ -558,6 +558,17 @@ async fn clean_up_is_refused_unless_the_account_is_owned_and_synced_within_the_h
             .json(&json!({"action": "clean_up", "account_id": account}))
             .send()
     };
+    // Clean Up revokes what other MDMs or admins assigned: an allocating MDM's token
+    // (`licenses:write`) may not, whatever the account's state.
+    let writer = crate::support::app::token("licenses:write", &["acme"]);
+    let refused = w
+        .app
+        .req_as(Method::POST, "/v1/spaces/acme/plans", &writer)
+        .json(&json!({"action": "clean_up", "account_id": account}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(refused, 403, "forbidden").await;
     let problem = expect_problem(post().await.unwrap(), 409, "clean-up-refused").await;
     assert!(
         problem["detail"].as_str().unwrap().contains("never synced"),
@@ -988,4 +999,50 @@ async fn t6_a_reconcile_plan_revokes_licenses_the_policy_no_longer_allows() {
     .await;
     assert_eq!(actions(&w.app, "assignment.reconciled").await, 1);
     assert_eq!(actions(&w.app, "plan.applied").await, 1);
+}
+
+/// T6 on a schedule (`VPP_RECONCILE_DAILY`): the scheduler's daily Reconcile plans and applies
+/// a space-wide Reconcile as `system`, once a day per space.
+#[tokio::test]
+async fn t6_the_daily_reconcile_revokes_what_the_policy_no_longer_allows_once_a_day() {
+    let w = world_capped(10, 100).await;
+    let api = w.api();
+    let banned = api.allocated(&device("S-DAILY-1")).await.id();
+    let kept = api.allocated(&device("S-DAILY-2")).await.id();
+    for id in [banned, kept] {
+        assert_eq!(api.final_state(id).await.state.as_str(), "active");
+    }
+    let resp = api
+        .put_policy(
+            APP,
+            "STDQ",
+            &json!({"disallowed": [{"kind": "device", "id": "S-DAILY-1"}]}),
+        )
+        .await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let settings = ReconcileArgs {
+        plan_cap_percent: 100,
+        reconcile_daily: true,
+        ..ReconcileArgs::default()
+    };
+    let mut conn = w.app.db.connect().await;
+    let plans = vpp_broker::plans::daily_reconcile(&mut conn, &settings)
+        .await
+        .unwrap();
+    assert_eq!(plans.len(), 1, "one plan for the one space");
+    let plan = &plans[0].row;
+    assert_eq!(
+        (plan.state, plan.created_by.as_str()),
+        (PlanState::Applied, "system")
+    );
+    assert_eq!(plans[0].items.len(), 1);
+    assert_eq!(plans[0].items[0].assignment_id, Some(banned));
+    assert_eq!(api.final_state(banned).await.state.as_str(), "revoked");
+    assert_eq!(api.final_state(kept).await.state.as_str(), "active");
+    // A day has not passed: the next look plans nothing.
+    let again = vpp_broker::plans::daily_reconcile(&mut conn, &settings)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{} plans", again.len());
+    assert_eq!(actions(&w.app, "assignment.reconciled").await, 1);
 }
