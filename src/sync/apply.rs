@@ -1,14 +1,16 @@
-//! Applying what a sync read (docs/sync.md, Applying), in two transactions:
+//! Applying what a sync read (docs/sync.md, Applying), in three transactions:
 //!
 //! 1. the mirror: rows Apple newly lists are inserted, and a complete full read deletes
 //!    the account's rows it did not see;
 //! 2. a short one: the account's asset rows are locked, Apple's counts written, new assets
 //!    inserted (`asset.appeared`), assets Apple no longer lists zeroed (`asset.vanished`),
 //!    `foreign_assigned` recounted from the mirror, users' statuses, the versionIds and sync
-//!    times, the drift report, and the run's end (`sync.finished`; the job goes).
+//!    times;
+//! 3. without the asset rows' locks: the drift report, and the run's end (`sync.finished`; the
+//!    job goes).
 //!
 //! Each transaction first checks (row lock) that this worker still holds the job: a worker
-//! whose lease another one took over applies nothing. Both are idempotent, so a run restarted
+//! whose lease another one took over applies nothing. All are idempotent, so a run restarted
 //! after a crash between them applies the same read again without counting anything twice.
 
 use std::collections::HashMap;
@@ -56,7 +58,7 @@ pub async fn apply(
         return Ok(None);
     };
 
-    let finished = conn
+    let counted = conn
         .transaction(async |conn| {
             if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
                 return Ok::<_, diesel::result::Error>(None);
@@ -126,15 +128,6 @@ pub async fn apply(
                 },
             )
             .await?;
-            let drift = crate::ledger::drift::recompute(
-                conn,
-                account,
-                run.id,
-                read.started_at,
-                settings.stuck_after,
-                complete,
-            )
-            .await?;
             let system = Origin::system();
             let asset_activity = |action: &str, adam: &str, pricing: &str| {
                 let mut a = Activity::new(&system, action)
@@ -183,6 +176,32 @@ pub async fn apply(
                 "version_moved": read.version_moved,
                 "fell_back_to_full": read.fell_back,
             });
+            Ok(Some(stats))
+        })
+        .await?;
+    let Some(stats) = counted else {
+        return Ok(None);
+    };
+
+    // The drift report and the run's end: a transaction of their own, without the asset rows'
+    // locks (the report over 100,000 mirror rows takes seconds; allocations of the account's
+    // assets must not wait for it). A crash before it commits restarts the run, which applies
+    // the same read again (idempotent) and then reports.
+    let finished = conn
+        .transaction(async |conn| {
+            if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
+                return Ok::<_, diesel::result::Error>(None);
+            }
+            let system = Origin::system();
+            let drift = crate::ledger::drift::recompute(
+                conn,
+                account,
+                run.id,
+                read.started_at,
+                settings.stuck_after,
+                complete,
+            )
+            .await?;
             let drift = serde_json::to_value(drift).unwrap_or_else(|_| json!({}));
             let row = sync_runs::finish(
                 conn,

@@ -331,7 +331,10 @@ async fn t11_ledger_changes_after_the_read_started_are_not_drift() {
     // license of anyone else's), while D3, not listed, is the ledger's alone.
     let counts = recompute(&w.app, account, Utc::now(), HOUR, true).await;
     let items = all_items(&w.app, account, "", 100).await;
-    assert!(subjects(&items, DriftClass::AppleOnly).is_empty(), "{items:?}");
+    assert!(
+        subjects(&items, DriftClass::AppleOnly).is_empty(),
+        "{items:?}"
+    );
     assert_eq!(subjects(&items, DriftClass::LedgerOnly), ["device:D3"]);
     assert_eq!((counts.apple_only, counts.ledger_only), (0, 1));
 }
