@@ -4,7 +4,7 @@
 //! - [`create`] ([`make`]) lists exactly what applying would change — the dry run — from the
 //!   drift report's items as the rows they are about are *now*, capped per account, and keeps
 //!   the list (`plans`, `plan_items`) for an hour.
-//! - [`apply`] ([`mod@apply`]) changes exactly those items, once: the plan row is locked, a plan
+//! - [`apply()`] ([`mod@apply`]) changes exactly those items, once: the plan row is locked, a plan
 //!   already applied answers its outcome again, an expired one is refused (`410`). Every item is
 //!   checked again in the applying transaction; what changed since the plan is `skipped` with
 //!   the reason. Each item runs in a savepoint, so a conflict rolls back that item alone.
@@ -106,20 +106,6 @@ pub fn cap(percent: u64, max: u64, live: i64, mirror: i64) -> i64 {
     (base.saturating_mul(percent) / 100).clamp(1, max.max(1)) as i64
 }
 
-#[cfg(test)]
-mod tests {
-    use super::cap;
-
-    #[test]
-    fn cap_is_a_share_of_the_larger_side_at_least_one_at_most_the_max() {
-        assert_eq!(cap(10, 5000, 0, 0), 1);
-        assert_eq!(cap(10, 5000, 5, 3), 1);
-        assert_eq!(cap(10, 5000, 25, 40), 4);
-        assert_eq!(cap(10, 5000, 1_000_000, 0), 5000);
-        assert_eq!(cap(100, 5000, 7, 2), 7);
-    }
-}
-
 /// The daily Reconcile (`VPP_RECONCILE_DAILY`): for every space whose last scheduled Reconcile
 /// is a day old, a space-wide Reconcile plan is made and applied at once by `system`, capped
 /// like a manual one (what the cap leaves waits for the next day, or a manual plan). One
@@ -151,4 +137,18 @@ pub async fn daily_reconcile(
         Ok(done)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap;
+
+    #[test]
+    fn cap_is_a_share_of_the_larger_side_at_least_one_at_most_the_max() {
+        assert_eq!(cap(10, 5000, 0, 0), 1);
+        assert_eq!(cap(10, 5000, 5, 3), 1);
+        assert_eq!(cap(10, 5000, 25, 40), 4);
+        assert_eq!(cap(10, 5000, 1_000_000, 0), 5000);
+        assert_eq!(cap(100, 5000, 7, 2), 7);
+    }
 }
