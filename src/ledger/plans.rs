@@ -89,20 +89,17 @@ pub struct AppleOnly {
 }
 
 /// Whether the ledger holds Apple's row `m` (account, asset, license type, target): a live or
-/// `revoking` assignment of the account's space for the asset whose subject is Apple's target
-/// (a device by serial for device licenses; a user, or a device's user, for user licenses). A
-/// `revoking` one counts: the ledger is releasing that license, so it is neither adopted nor
+/// `revoking` assignment of the account for the asset whose subject is Apple's target (the
+/// holder is the subject: a device by serial, a user by client user id) — the same test as the
+/// sync's `foreign_assigned` recount and the drift report's `apple_only`. A `revoking` one counts: the ledger is releasing that license, so it is neither adopted nor
 /// cleaned up again while Apple still lists it.
 pub const HELD_BY_LEDGER: &str = "EXISTS (
         SELECT 1 FROM assignments x JOIN subjects s ON s.id = x.subject_id
-         WHERE x.space_id = (SELECT space_id FROM accounts WHERE id = m.account_id)
+         WHERE x.account_id = m.account_id
            AND x.adam_id = m.adam_id AND x.pricing_param = m.pricing_param
            AND x.license_type = m.license_type
            AND x.state IN ('pending', 'associating', 'active', 'revoking')
-           AND ((m.license_type = 'device' AND s.kind = 'device' AND s.external_id = m.target)
-             OR (m.license_type = 'user' AND s.kind = 'user' AND s.external_id = m.target)
-             OR (m.license_type = 'user' AND s.kind = 'device'
-                 AND s.user_external_id = m.target)))";
+           AND s.kind = m.license_type AND s.external_id = m.target)";
 
 /// The `apple_only` items of `account` (filtered by asset), oldest drift first.
 pub async fn apple_only(
@@ -163,10 +160,9 @@ pub struct LedgerSide {
     pub apple_event_id: Option<String>,
 }
 
-/// The target Apple lists for assignment `x` of subject `s`.
-const APPLE_TARGET: &str = "CASE WHEN x.license_type = 'user' AND s.kind = 'device'
-                                 THEN COALESCE(s.user_external_id, s.external_id)
-                                 ELSE s.external_id END";
+/// The target Apple lists for assignment `x` of subject `s` (its holder's own id, as the
+/// dispatcher sends it).
+const APPLE_TARGET: &str = "s.external_id";
 
 /// The `ledger_only` items (still `active`, and still not in the mirror) and `stuck` items (still pending, associating or
 /// revoking) of `account`, oldest drift first.
