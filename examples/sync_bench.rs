@@ -286,7 +286,7 @@ async fn request_sync(http: &reqwest::Client, base: &str, token: &str, account: 
     location.unwrap_or_else(|| panic!("no Location in the answer: {body}"))
 }
 
-/// Polls the run (`GET` its address every 100 ms) until it ends: the run and the wall time
+/// Polls the run (`GET` its address every 25 ms) until it ends: the run and the wall time
 /// from `since`.
 async fn polled(
     http: &reqwest::Client,
@@ -312,7 +312,7 @@ async fn polled(
             _ => {}
         }
         assert!(Instant::now() < deadline, "no sync ended in 15 minutes");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

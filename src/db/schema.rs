@@ -198,6 +198,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    drift_watermarks (account_id) {
+        account_id -> Uuid,
+        ledger_at -> Timestamptz,
+        mirror_at -> Timestamptz,
+        full_read -> Bool,
+    }
+}
+
+diesel::table! {
     idempotency_keys (space_id, caller, key) {
         space_id -> Text,
         caller -> Text,
@@ -227,6 +236,16 @@ diesel::table! {
         adam_id -> Nullable<Text>,
         pricing_param -> Nullable<Text>,
         license_type -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    mirror_assets (account_id, adam_id, pricing_param) {
+        account_id -> Uuid,
+        adam_id -> Text,
+        pricing_param -> Text,
+        changed_at -> Timestamptz,
+        digest -> Nullable<Bytea>,
     }
 }
 
@@ -330,6 +349,8 @@ diesel::table! {
 diesel::joinable!(account_distribution_entries -> accounts (account_id));
 diesel::joinable!(apple_assignments -> accounts (account_id));
 diesel::joinable!(drift_items -> accounts (account_id));
+diesel::joinable!(drift_watermarks -> accounts (account_id));
+diesel::joinable!(mirror_assets -> accounts (account_id));
 diesel::joinable!(plan_items -> plans (plan_id));
 diesel::joinable!(accounts -> spaces (space_id));
 diesel::joinable!(apple_events -> accounts (account_id));
@@ -356,8 +377,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     deployment,
     distribution_policies,
     drift_items,
+    drift_watermarks,
     idempotency_keys,
     jobs,
+    mirror_assets,
     plan_items,
     plans,
     policy_entries,

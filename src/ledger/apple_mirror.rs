@@ -24,9 +24,24 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::ledger::assets::AppleAsset;
+use crate::ledger::drift_scope::{AssetKeys, in_keys};
 
 /// Rows per upsert statement.
 pub const CHUNK: usize = 5000;
+
+/// Notes the assets whose mirror rows a statement changed (`mirror_assets.changed_at`, read by
+/// [`crate::ledger::drift_scope`]) and forgets their digest: the head of an `INSERT … SELECT`
+/// inside a data-modifying CTE.
+const NOTE_CHANGES: &str = "INSERT INTO mirror_assets (account_id, adam_id, pricing_param)";
+/// The tail of [`NOTE_CHANGES`]' statement.
+const NOTED: &str = "ON CONFLICT (account_id, adam_id, pricing_param) \
+    DO UPDATE SET changed_at = now(), digest = NULL";
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
 
 /// One assignment Apple lists.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,17 +60,165 @@ const SEEN_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS sync_seen (
         adam_id text NOT NULL, pricing_param text NOT NULL, license_type text NOT NULL,
         target text NOT NULL) ON COMMIT DELETE ROWS";
 
+/// A digest of a set of mirror rows of one asset: the sum (mod 2^128) of each row's SHA-256
+/// (first 16 bytes, of `license_type` and `target`) and the count. Order-independent, so it is
+/// computed from a read in any order; stored as 24 bytes (`mirror_assets.digest`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    sum: u128,
+    count: u64,
+}
+
+impl Digest {
+    fn add(&mut self, row: &MirrorRow) {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        h.update(row.license_type.as_bytes());
+        h.update([0]);
+        h.update(row.target.as_bytes());
+        let bytes: [u8; 32] = h.finalize().into();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&bytes[..16]);
+        self.sum = self.sum.wrapping_add(u128::from_le_bytes(first));
+        self.count += 1;
+    }
+
+    fn to_bytes(self) -> Vec<u8> {
+        let mut v = self.sum.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.count.to_le_bytes());
+        v
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Digest> {
+        let sum = u128::from_le_bytes(b.get(..16)?.try_into().ok()?);
+        let count = u64::from_le_bytes(b.get(16..24)?.try_into().ok()?);
+        Some(Digest { sum, count })
+    }
+}
+
+#[derive(QueryableByName)]
+struct StoredDigest {
+    #[diesel(sql_type = Text)]
+    adam_id: String,
+    #[diesel(sql_type = Text)]
+    pricing_param: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bytea>)]
+    digest: Option<Vec<u8>>,
+}
+
 /// Makes the mirror of `account` hold `rows` (distinct): rows Apple newly lists are inserted
 /// (`first_seen_at` now, `seen_by_run` = `run`, the run that found them); rows already there
 /// are not rewritten (a full sync of an unchanged location writes nothing); with `complete`
 /// (a stable full read) rows Apple no longer lists are deleted. Returns (inserted, deleted).
 /// Run it inside a transaction (the staging table empties at commit).
+///
+/// A complete read first compares each asset's digest with the stored one
+/// (`mirror_assets.digest`): only the rows of assets whose digest differs are staged and
+/// compared, so a full sync of an unchanged location of 100,000 licenses sends and compares
+/// none. Afterwards each compared asset gets the read's digest when its mirror now holds
+/// exactly the read's rows, or none (unknown: compared in full next time) when a row was
+/// kept out (a release confirmed after the read started). Any other change of the mirror (an
+/// incremental read's rows, a confirmed release) forgets the asset's digest.
 pub async fn replace(
     conn: &mut AsyncPgConnection,
     account: Uuid,
     run: Uuid,
     rows: &[MirrorRow],
     complete: bool,
+    read_started_at: DateTime<Utc>,
+) -> QueryResult<(usize, usize)> {
+    if !complete {
+        return stage_and_compare_within(conn, account, run, rows, None, read_started_at).await;
+    }
+    let mut read: std::collections::BTreeMap<(&str, &str), Digest> = Default::default();
+    for r in rows {
+        read.entry((r.adam_id.as_str(), r.pricing_param.as_str()))
+            .or_default()
+            .add(r);
+    }
+    let stored: Vec<StoredDigest> = diesel::sql_query(
+        "SELECT adam_id, pricing_param, digest FROM mirror_assets WHERE account_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .load(conn)
+    .await?;
+    let mut changed: std::collections::BTreeSet<(String, String)> = Default::default();
+    let mut known: std::collections::HashSet<(&str, &str)> = Default::default();
+    for s in &stored {
+        let key = (s.adam_id.as_str(), s.pricing_param.as_str());
+        known.insert(key);
+        let now = read.get(&key).copied().unwrap_or_default();
+        if s.digest.as_deref().and_then(Digest::from_bytes) != Some(now) {
+            changed.insert((s.adam_id.clone(), s.pricing_param.clone()));
+        }
+    }
+    for key in read.keys() {
+        if !known.contains(key) {
+            changed.insert((key.0.to_owned(), key.1.to_owned()));
+        }
+    }
+    if changed.is_empty() {
+        return Ok((0, 0));
+    }
+    let staged: Vec<MirrorRow> = rows
+        .iter()
+        .filter(|r| changed.contains(&(r.adam_id.clone(), r.pricing_param.clone())))
+        .cloned()
+        .collect();
+    let (adam, pricing): (Vec<String>, Vec<String>) = changed.iter().cloned().unzip();
+    let (inserted, deleted) = stage_and_compare_within(
+        conn,
+        account,
+        run,
+        &staged,
+        Some((&adam, &pricing)),
+        read_started_at,
+    )
+    .await?;
+    let digests: Vec<Vec<u8>> = changed
+        .iter()
+        .map(|(a, p)| {
+            read.get(&(a.as_str(), p.as_str()))
+                .copied()
+                .unwrap_or_default()
+                .to_bytes()
+        })
+        .collect();
+    let counts: Vec<i64> = changed
+        .iter()
+        .map(|(a, p)| {
+            read.get(&(a.as_str(), p.as_str()))
+                .map_or(0, |d| d.count as i64)
+        })
+        .collect();
+    diesel::sql_query(
+        "INSERT INTO mirror_assets AS x (account_id, adam_id, pricing_param, digest)
+         SELECT $1, u.a, u.p,
+                CASE WHEN (SELECT count(*) FROM apple_assignments m
+                            WHERE m.account_id = $1 AND m.adam_id = u.a
+                              AND m.pricing_param = u.p) = u.n
+                     THEN u.d END
+           FROM UNNEST($2::text[], $3::text[], $4::bytea[], $5::int8[]) AS u(a, p, d, n)
+         ON CONFLICT (account_id, adam_id, pricing_param) DO UPDATE SET digest = excluded.digest",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<Array<Text>, _>(&adam)
+    .bind::<Array<Text>, _>(&pricing)
+    .bind::<Array<diesel::sql_types::Bytea>, _>(&digests)
+    .bind::<Array<diesel::sql_types::BigInt>, _>(&counts)
+    .execute(conn)
+    .await?;
+    Ok((inserted, deleted))
+}
+
+/// Stages `rows`, inserts those the mirror lacks and, when `assets` is given (a complete read's
+/// assets whose digest changed), deletes those assets' mirror rows not staged.
+async fn stage_and_compare_within(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    run: Uuid,
+    rows: &[MirrorRow],
+    assets: Option<(&Vec<String>, &Vec<String>)>,
     read_started_at: DateTime<Utc>,
 ) -> QueryResult<(usize, usize)> {
     use diesel_async::SimpleAsyncConnection;
@@ -84,8 +247,9 @@ pub async fn replace(
         .await?;
     }
     conn.batch_execute("ANALYZE sync_seen").await?;
-    let inserted = diesel::sql_query(
-        "INSERT INTO apple_assignments
+    let inserted = diesel::sql_query(format!(
+        "WITH ins AS (
+         INSERT INTO apple_assignments
                 (account_id, adam_id, pricing_param, license_type, target, seen_by_run)
          SELECT $1, s.adam_id, s.pricing_param, s.license_type, s.target, $2
            FROM sync_seen s
@@ -102,25 +266,38 @@ pub async fn replace(
                    AND a.pricing_param = s.pricing_param AND a.license_type = s.license_type
                    AND j.kind = s.license_type AND j.external_id = s.target
                    AND a.state = 'revoked' AND a.updated_at >= $3)
-         ON CONFLICT DO NOTHING",
-    )
+         ON CONFLICT DO NOTHING
+         RETURNING adam_id, pricing_param
+         ), noted AS ({NOTE_CHANGES} SELECT DISTINCT $1::uuid, adam_id, pricing_param FROM ins {NOTED})
+         SELECT count(*) AS n FROM ins"
+    ))
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Uuid, _>(run)
     .bind::<Timestamptz, _>(read_started_at)
-    .execute(conn)
-    .await?;
-    let deleted = if complete {
-        diesel::sql_query(
-            "DELETE FROM apple_assignments m
-              WHERE m.account_id = $1
+    .get_result::<Counted>(conn)
+    .await?
+    .n as usize;
+    let deleted = if let Some((adam, pricing)) = assets {
+        let in_assets = in_keys("m.adam_id", "m.pricing_param", 2, 3);
+        diesel::sql_query(format!(
+            "WITH del AS (
+             DELETE FROM apple_assignments m
+              WHERE m.account_id = $1 AND {in_assets}
                 AND NOT EXISTS (
                     SELECT 1 FROM sync_seen s
                      WHERE s.adam_id = m.adam_id AND s.pricing_param = m.pricing_param
-                       AND s.license_type = m.license_type AND s.target = m.target)",
-        )
+                       AND s.license_type = m.license_type AND s.target = m.target)
+             RETURNING m.adam_id, m.pricing_param
+             ), noted AS ({NOTE_CHANGES} SELECT DISTINCT $1::uuid, adam_id, pricing_param
+                                          FROM del {NOTED})
+             SELECT count(*) AS n FROM del"
+        ))
         .bind::<diesel::sql_types::Uuid, _>(account)
-        .execute(conn)
+        .bind::<Array<Text>, _>(adam)
+        .bind::<Array<Text>, _>(pricing)
+        .get_result::<Counted>(conn)
         .await?
+        .n as usize
     } else {
         0
     };
@@ -141,17 +318,23 @@ pub async fn forget_released(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Quer
     if ids.is_empty() {
         return Ok(0);
     }
-    diesel::sql_query(
-        "DELETE FROM apple_assignments m
+    diesel::sql_query(format!(
+        "WITH del AS (
+         DELETE FROM apple_assignments m
           USING assignments a JOIN subjects s ON s.id = a.subject_id
           WHERE a.id = ANY($1)
             AND m.account_id = a.account_id AND m.adam_id = a.adam_id
             AND m.pricing_param = a.pricing_param AND m.license_type = a.license_type
-            AND m.target = s.external_id",
-    )
+            AND m.target = s.external_id
+         RETURNING m.account_id, m.adam_id, m.pricing_param
+         ), noted AS ({NOTE_CHANGES} SELECT DISTINCT account_id, adam_id, pricing_param
+                                      FROM del {NOTED})
+         SELECT count(*) AS n FROM del"
+    ))
     .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
-    .execute(conn)
+    .get_result::<Counted>(conn)
     .await
+    .map(|c| c.n as usize)
 }
 
 /// Mirror rows of the account (tests, stats).
@@ -284,18 +467,33 @@ pub async fn mark_vanished(
     .await
 }
 
-/// Sets every asset's `foreign_assigned` of the account from the mirror (see the module doc);
-/// returns the assets whose count changed. Lock the asset rows first ([`lock_assets`]).
+/// Sets `foreign_assigned` of the account's assets in `scope` (all with `None`) from the mirror
+/// (see the module doc); returns the assets whose count changed. Lock the asset rows first
+/// ([`lock_assets`]). Assets out of scope keep their count: neither their mirror rows nor their
+/// ledger rows changed since it was counted ([`crate::ledger::drift_scope`]).
 pub async fn recount_foreign(
     conn: &mut AsyncPgConnection,
     account: Uuid,
     read_started_at: DateTime<Utc>,
+    scope: Option<&AssetKeys>,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
+    if scope.is_some_and(AssetKeys::is_empty) {
+        return Ok(0);
+    }
+    let (in_scope_m, in_scope_s) = match scope {
+        Some(_) => (
+            format!("AND {}", in_keys("m.adam_id", "m.pricing_param", 3, 4)),
+            format!("AND {}", in_keys("s.adam_id", "s.pricing_param", 3, 4)),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let empty = AssetKeys::default();
+    let keys = scope.unwrap_or(&empty);
+    diesel::sql_query(format!(
         "WITH f AS (
              SELECT m.adam_id, m.pricing_param, count(*)::int AS n
                FROM apple_assignments m
-              WHERE m.account_id = $1
+              WHERE m.account_id = $1 {in_scope_m}
                 AND NOT EXISTS (
                       SELECT 1 FROM assignments a JOIN subjects sub ON sub.id = a.subject_id
                        WHERE a.account_id = m.account_id AND a.adam_id = m.adam_id
@@ -308,15 +506,17 @@ pub async fn recount_foreign(
              SELECT s.adam_id, s.pricing_param, COALESCE(f.n, 0) AS n
                FROM assets s LEFT JOIN f ON f.adam_id = s.adam_id
                                         AND f.pricing_param = s.pricing_param
-              WHERE s.account_id = $1 AND s.vanished_at IS NULL
+              WHERE s.account_id = $1 AND s.vanished_at IS NULL {in_scope_s}
          )
          UPDATE assets s SET foreign_assigned = t.n, updated_at = now()
            FROM t
           WHERE s.account_id = $1 AND s.adam_id = t.adam_id AND s.pricing_param = t.pricing_param
             AND s.foreign_assigned <> t.n",
-    )
+    ))
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<Timestamptz, _>(read_started_at)
+    .bind::<Array<Text>, _>(&keys.adam_ids)
+    .bind::<Array<Text>, _>(&keys.pricing_params)
     .execute(conn)
     .await
 }
@@ -437,4 +637,34 @@ pub async fn db_now(conn: &mut AsyncPgConnection) -> QueryResult<DateTime<Utc>> 
         .get_result(conn)
         .await?;
     Ok(row.now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(target: &str) -> MirrorRow {
+        MirrorRow {
+            adam_id: "1".into(),
+            pricing_param: "STDQ".into(),
+            license_type: "device",
+            target: target.into(),
+        }
+    }
+
+    #[test]
+    fn a_digest_ignores_order_and_sees_any_row_added_removed_or_swapped() {
+        let digest = |targets: &[&str]| {
+            let mut d = Digest::default();
+            targets.iter().for_each(|t| d.add(&row(t)));
+            d
+        };
+        assert_eq!(digest(&["A", "B", "C"]), digest(&["C", "A", "B"]));
+        assert_ne!(digest(&["A", "B", "C"]), digest(&["A", "B"]));
+        assert_ne!(digest(&["A", "B", "C"]), digest(&["A", "B", "D"]));
+        assert_eq!(Digest::default(), digest(&[]));
+        let d = digest(&["A", "B"]);
+        assert_eq!(Digest::from_bytes(&d.to_bytes()), Some(d));
+        assert_eq!(Digest::from_bytes(&[1, 2, 3]), None);
+    }
 }

@@ -219,7 +219,10 @@ pub async fn forget_location(
     // before the new location's full sync.
     diesel::sql_query(
         "WITH mirror AS (DELETE FROM apple_assignments WHERE account_id = $1),
-              drift AS (DELETE FROM drift_items WHERE account_id = $1)
+              drift AS (DELETE FROM drift_items WHERE account_id = $1),
+              -- The next report covers every asset (ledger::drift_scope).
+              marks AS (DELETE FROM drift_watermarks WHERE account_id = $1),
+              changes AS (DELETE FROM mirror_assets WHERE account_id = $1)
          UPDATE accounts SET assignments_version_id = NULL, assets_version_id = NULL,
                              users_version_id = NULL, last_full_sync_at = NULL,
                              last_incremental_sync_at = NULL

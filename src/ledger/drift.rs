@@ -13,6 +13,11 @@
 //! still found keep their id, `since` and `found_by_run` (the run that first found them) and are
 //! not written at all, so a sync that finds what the last one found writes nothing.
 //!
+//! The per-license classes (`apple_only`, `ledger_only`) are recomputed only for the assets of
+//! the run's scope ([`crate::ledger::drift_scope`]: mirror or ledger changed since the last
+//! report); the items of the other assets are kept as they are, and `count_mismatch` counts
+//! their kept `apple_only` items. A sync of an unchanged location recomputes no license.
+//!
 //! Why a temporary table and not one CTE per class: a CTE has no statistics, and the anti-join
 //! of `drift_items` against a CTE PostgreSQL estimated at one row ran as a nested loop over
 //! 50,000 × 50,000 rows (nine minutes). Against an indexed table the worst plan is one index
@@ -50,12 +55,13 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::schema::drift_items;
 use crate::domain::reconciliation::{DriftClass, DriftCounts, SyncKind, SyncState};
+use crate::ledger::drift_scope::{AssetKeys, Scope, in_keys};
 
 /// The items this recompute found, before they are merged into `drift_items`: a temporary
 /// table of the session (created once per connection, emptied by every recompute) with an index
@@ -85,35 +91,43 @@ const FOUND_TABLE: &str = "
 const INSERT_FOUND: &str = "INSERT INTO drift_found (class, adam_id, pricing_param, license_type, \
     target, assignment_id, since, details) ";
 
-/// Mirror rows no live assignment holds ($1: the account, $2: the read's start).
-const APPLE_ONLY: &str = "
-     SELECT 'apple_only', m.adam_id, m.pricing_param, m.license_type, m.target, NULL::uuid,
-            m.first_seen_at, '{}'::jsonb
-       FROM apple_assignments m
-       LEFT JOIN subjects s
-              ON s.space_id = (SELECT space_id FROM accounts WHERE id = $1)
-             AND s.kind = m.license_type AND s.external_id = m.target
-      WHERE m.account_id = $1
-        AND NOT EXISTS (
-            SELECT 1 FROM assignments a
-             WHERE a.subject_id = s.id AND a.account_id = $1 AND a.adam_id = m.adam_id
-               AND a.pricing_param = m.pricing_param AND a.license_type = m.license_type
-               AND (a.state IN ('pending', 'associating', 'active', 'revoking')
-                    OR a.updated_at >= $2))";
+/// Mirror rows no live assignment holds ($1: the account, $2: the read's start), of the assets
+/// `in_scope` (an SQL condition on `m`).
+fn apple_only(in_scope: &str) -> String {
+    format!(
+        "SELECT 'apple_only', m.adam_id, m.pricing_param, m.license_type, m.target, NULL::uuid,
+                m.first_seen_at, '{{}}'::jsonb
+           FROM apple_assignments m
+           LEFT JOIN subjects s
+                  ON s.space_id = (SELECT space_id FROM accounts WHERE id = $1)
+                 AND s.kind = m.license_type AND s.external_id = m.target
+          WHERE m.account_id = $1 AND {in_scope}
+            AND NOT EXISTS (
+                SELECT 1 FROM assignments a
+                 WHERE a.subject_id = s.id AND a.account_id = $1 AND a.adam_id = m.adam_id
+                   AND a.pricing_param = m.pricing_param AND a.license_type = m.license_type
+                   AND (a.state IN ('pending', 'associating', 'active', 'revoking')
+                        OR a.updated_at >= $2))"
+    )
+}
 
-/// Active assignments Apple does not list ($1: the account, $2: the read's start).
-const LEDGER_ONLY: &str = "
-     SELECT DISTINCT ON (a.adam_id, a.pricing_param, a.license_type, s.external_id)
-            'ledger_only', a.adam_id, a.pricing_param, a.license_type, s.external_id, a.id,
-            now(), '{}'::jsonb
-       FROM assignments a JOIN subjects s ON s.id = a.subject_id
-      WHERE a.account_id = $1 AND a.state = 'active' AND a.updated_at < $2
-        AND NOT EXISTS (
-            SELECT 1 FROM apple_assignments m
-             WHERE m.account_id = $1 AND m.adam_id = a.adam_id
-               AND m.pricing_param = a.pricing_param AND m.license_type = a.license_type
-               AND m.target = s.external_id)
-      ORDER BY a.adam_id, a.pricing_param, a.license_type, s.external_id, a.updated_at";
+/// Active assignments Apple does not list ($1: the account, $2: the read's start), of the
+/// assets `in_scope` (an SQL condition on `a`).
+fn ledger_only(in_scope: &str) -> String {
+    format!(
+        "SELECT DISTINCT ON (a.adam_id, a.pricing_param, a.license_type, s.external_id)
+                'ledger_only', a.adam_id, a.pricing_param, a.license_type, s.external_id, a.id,
+                now(), '{{}}'::jsonb
+           FROM assignments a JOIN subjects s ON s.id = a.subject_id
+          WHERE a.account_id = $1 AND a.state = 'active' AND a.updated_at < $2 AND {in_scope}
+            AND NOT EXISTS (
+                SELECT 1 FROM apple_assignments m
+                 WHERE m.account_id = $1 AND m.adam_id = a.adam_id
+                   AND m.pricing_param = a.pricing_param AND m.license_type = a.license_type
+                   AND m.target = s.external_id)
+          ORDER BY a.adam_id, a.pricing_param, a.license_type, s.external_id, a.updated_at"
+    )
+}
 
 /// Assignments in flight for longer than the threshold ($1: the account, $2: seconds).
 const STUCK: &str = "
@@ -132,8 +146,9 @@ const OVERCOMMITTED: &str = "
        FROM assets x
       WHERE x.account_id = $1 AND x.apple_total < x.held";
 
-/// Assets whose counts disagree ($1: the account, $2: the read's start). Runs after the
-/// `apple_only` rows are found: it counts them.
+/// Assets whose counts disagree ($1: the account, $2: the read's start; $3: whether the
+/// `apple_only` items were recomputed only for the assets $4, $5). Runs after the `apple_only`
+/// rows are found: it counts them.
 const COUNT_MISMATCH: &str = "
      WITH listed AS (
          SELECT adam_id, pricing_param, count(*) AS n
@@ -148,8 +163,15 @@ const COUNT_MISMATCH: &str = "
             AND (state IN ('pending', 'associating', 'active', 'revoking') OR updated_at >= $2)
           GROUP BY adam_id, pricing_param
      ), only_ AS (
+         -- This run's apple_only items, and the kept ones of the assets out of its scope.
          SELECT adam_id, pricing_param, count(*) AS n
-           FROM drift_found WHERE class = 'apple_only' GROUP BY adam_id, pricing_param
+           FROM (SELECT adam_id, pricing_param FROM drift_found WHERE class = 'apple_only'
+                 UNION ALL
+                 SELECT adam_id, pricing_param FROM drift_items
+                  WHERE account_id = $1 AND class = 'apple_only' AND $3
+                    AND (adam_id, pricing_param)
+                        NOT IN (SELECT * FROM UNNEST($4::text[], $5::text[]))) o
+          GROUP BY adam_id, pricing_param
      ), counted AS (
          SELECT x.adam_id, x.pricing_param, x.apple_assigned::bigint AS apple_assigned,
                 COALESCE(l.n, 0) AS listed, COALESCE(g.at_apple, 0) AS at_apple,
@@ -177,12 +199,16 @@ const SAME_KEY: &str = "f.class = d.class AND f.adam_id = d.adam_id \
     AND COALESCE(f.target, '') = COALESCE(d.target, '')";
 
 /// The account's items no longer found ($1: the account, $2: whether `ledger_only` was
-/// recomputed, $3: the read's start — count mismatches of assets the read did not cover stay).
-fn prune() -> String {
+/// recomputed, $3: the read's start — count mismatches of assets the read did not cover stay;
+/// `apple_in` and `ledger_in`: SQL conditions on `d`, the assets whose items of that class were
+/// recomputed).
+fn prune(apple_in: &str, ledger_in: &str) -> String {
     format!(
         "DELETE FROM drift_items d
           WHERE d.account_id = $1
-            AND (d.class <> 'ledger_only' OR $2)
+            AND (d.class NOT IN ('apple_only', 'ledger_only')
+                 OR (d.class = 'apple_only' AND {apple_in})
+                 OR (d.class = 'ledger_only' AND $2 AND {ledger_in}))
             AND NOT EXISTS (SELECT 1 FROM drift_found f WHERE {SAME_KEY})
             AND NOT (d.class = 'count_mismatch' AND EXISTS (
                 SELECT 1 FROM assets x
@@ -223,8 +249,9 @@ fn update_changed() -> String {
 /// `run` is the sync run that read Apple (kept as `found_by_run` of the items it finds first),
 /// `read_started_at` when its read started; ledger rows changed since are not reported.
 /// `full_and_stable`: the read was full and Apple's `versionId` did not move, so a missing
-/// mirror row means Apple does not list it. Runs inside the caller's transaction when there is
-/// one.
+/// mirror row means Apple does not list it. `scope`: the assets whose per-license items
+/// (`apple_only`, `ledger_only`) are recomputed; the others keep theirs
+/// ([`crate::ledger::drift_scope`]). Runs inside the caller's transaction when there is one.
 pub async fn recompute(
     conn: &mut AsyncPgConnection,
     account: Uuid,
@@ -232,17 +259,37 @@ pub async fn recompute(
     read_started_at: DateTime<Utc>,
     stuck_after: std::time::Duration,
     full_and_stable: bool,
+    scope: &Scope,
 ) -> QueryResult<DriftCounts> {
     use diesel_async::SimpleAsyncConnection;
     conn.batch_execute(FOUND_TABLE).await?;
-    let at_read = |found: &str| {
-        diesel::sql_query(format!("{INSERT_FOUND}{found}"))
+    let empty = AssetKeys::default();
+    let keys = scope.assets.as_ref().unwrap_or(&empty);
+    // The condition "the asset is in scope" on the alias `t`, and whether it selects nothing.
+    let within = |t: &str, scoped: Option<&AssetKeys>| match scoped {
+        None => ("true".to_owned(), false),
+        Some(k) => (
+            in_keys(&format!("{t}.adam_id"), &format!("{t}.pricing_param"), 3, 4),
+            k.is_empty(),
+        ),
+    };
+    let found = |sql: String| {
+        diesel::sql_query(format!("{INSERT_FOUND}{sql}"))
             .bind::<SqlUuid, _>(account)
             .bind::<Timestamptz, _>(read_started_at)
+            .bind::<Array<Text>, _>(&keys.adam_ids)
+            .bind::<Array<Text>, _>(&keys.pricing_params)
     };
-    at_read(APPLE_ONLY).execute(conn).await?;
+    let (apple_in, apple_none) = within("m", scope.assets.as_ref());
+    if !apple_none {
+        found(apple_only(&apple_in)).execute(conn).await?;
+    }
+    let ledger_scope = scope.ledger_only();
     if full_and_stable {
-        at_read(LEDGER_ONLY).execute(conn).await?;
+        let (ledger_in, ledger_none) = within("a", ledger_scope);
+        if !ledger_none {
+            found(ledger_only(&ledger_in)).execute(conn).await?;
+        }
     }
     diesel::sql_query(format!("{INSERT_FOUND}{STUCK}"))
         .bind::<SqlUuid, _>(account)
@@ -253,14 +300,27 @@ pub async fn recompute(
         .bind::<SqlUuid, _>(account)
         .execute(conn)
         .await?;
-    at_read(COUNT_MISMATCH).execute(conn).await?;
+    diesel::sql_query(format!("{INSERT_FOUND}{COUNT_MISMATCH}"))
+        .bind::<SqlUuid, _>(account)
+        .bind::<Timestamptz, _>(read_started_at)
+        .bind::<Bool, _>(scope.assets.is_some())
+        .bind::<Array<Text>, _>(&keys.adam_ids)
+        .bind::<Array<Text>, _>(&keys.pricing_params)
+        .execute(conn)
+        .await?;
     // Fresh statistics for the found items (a temporary table is never analysed by
     // autovacuum): the merge below then joins by hash instead of probing per row.
     conn.batch_execute("ANALYZE drift_found").await?;
-    diesel::sql_query(prune())
+    let on_d = |scoped: Option<&AssetKeys>| match scoped {
+        None => "true".to_owned(),
+        Some(_) => in_keys("d.adam_id", "d.pricing_param", 4, 5),
+    };
+    diesel::sql_query(prune(&on_d(scope.assets.as_ref()), &on_d(ledger_scope)))
         .bind::<SqlUuid, _>(account)
-        .bind::<diesel::sql_types::Bool, _>(full_and_stable)
+        .bind::<Bool, _>(full_and_stable)
         .bind::<Timestamptz, _>(read_started_at)
+        .bind::<Array<Text>, _>(&keys.adam_ids)
+        .bind::<Array<Text>, _>(&keys.pricing_params)
         .execute(conn)
         .await?;
     diesel::sql_query(insert_new())

@@ -18,6 +18,7 @@ pub mod assets;
 pub mod assignments;
 pub mod deployment;
 pub mod drift;
+pub mod drift_scope;
 pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;

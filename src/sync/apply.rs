@@ -24,6 +24,7 @@ use crate::domain::origin::Origin;
 use crate::domain::reconciliation::SyncState;
 use crate::ledger::activity::{self, Activity};
 use crate::ledger::apple_mirror::{self as mirror, Synced};
+use crate::ledger::drift_scope::{self, AssetKeys};
 use crate::ledger::sync_runs::{self, Claimed, Finish, Progress, SyncRunRow};
 
 /// Applies `read` for the claimed run; `None` when this worker no longer holds the job.
@@ -37,6 +38,7 @@ pub async fn apply(
     let run = &claimed.run;
     let account = run.account_id;
     let complete = read.complete();
+    let applying = chrono::Utc::now();
     let mirrored = conn
         .transaction(async |conn| {
             if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
@@ -108,7 +110,17 @@ pub async fn apply(
                     mirror::mark_vanished(conn, account, &vanished).await?;
                 }
             }
-            let foreign_changed = mirror::recount_foreign(conn, account, read.started_at).await?;
+            // What changed since the last report (docs/sync.md, "Only what changed"): only
+            // those assets are recounted here and re-reported below.
+            let mut new_assets = AssetKeys::default();
+            for a in &appeared {
+                new_assets.adam_ids.push(a.adam_id.clone());
+                new_assets.pricing_params.push(a.pricing_param.clone());
+            }
+            let scope = drift_scope::fix(conn, account, &new_assets).await?;
+            let foreign_changed =
+                mirror::recount_foreign(conn, account, read.started_at, scope.assets.as_ref())
+                    .await?;
             let users_changed = match &read.users {
                 Some((registered, gone)) => {
                     let registered: Vec<&str> = registered.iter().map(String::as_str).collect();
@@ -173,13 +185,15 @@ pub async fn apply(
                 "counts_changed": counts_changed,
                 "foreign_changed": foreign_changed,
                 "users_changed": users_changed,
+                "assets_in_scope": scope.assets.as_ref().map(AssetKeys::len),
                 "version_moved": read.version_moved,
                 "fell_back_to_full": read.fell_back,
+                "read_ms": (applying - read.started_at).num_milliseconds(),
             });
-            Ok(Some(stats))
+            Ok(Some((stats, scope)))
         })
         .await?;
-    let Some(stats) = counted else {
+    let Some((stats, scope)) = counted else {
         return Ok(None);
     };
 
@@ -200,9 +214,14 @@ pub async fn apply(
                 read.started_at,
                 settings.stuck_after,
                 complete,
+                &scope,
             )
             .await?;
+            drift_scope::advance(conn, account, read.started_at, &scope, complete).await?;
             let drift = serde_json::to_value(drift).unwrap_or_else(|_| json!({}));
+            // How long the three transactions took, the last one up to here.
+            let mut stats = stats.clone();
+            stats["apply_ms"] = json!((chrono::Utc::now() - applying).num_milliseconds());
             let row = sync_runs::finish(
                 conn,
                 claimed.job_id,

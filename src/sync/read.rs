@@ -111,15 +111,16 @@ async fn full(
     started_at: DateTime<Utc>,
     counters: &mut Counters,
 ) -> Result<Read, AppleError> {
-    let config = apple.get_client_config(token).await?;
+    // The three listings at once: the client's pacer keeps the token's background requests to
+    // five in flight and Apple's rate, so the read is bound by the rate from its first second.
+    let (asset_query, assignment_query) = (AssetQuery::default(), AssignmentQuery::default());
+    let (config, assets, assignments) = tokio::try_join!(
+        apple.get_client_config(token),
+        apple.read_assets(token, &asset_query, None),
+        apple.read_assignments(token, &assignment_query),
+    )?;
     counters.requests += 1;
-    let assets = apple
-        .read_assets(token, &AssetQuery::default(), None)
-        .await?;
     counters.add(&assets);
-    let assignments = apple
-        .read_assignments(token, &AssignmentQuery::default())
-        .await?;
     counters.add(&assignments);
     let wants_users = known.users
         || assignments
@@ -163,38 +164,31 @@ async fn incremental(
     started_at: DateTime<Utc>,
     counters: &mut Counters,
 ) -> Result<Read, AppleError> {
-    let assignments = apple
-        .read_assignments(
-            token,
-            &AssignmentQuery {
-                since_version_id: Some(since.to_owned()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    counters.add(&assignments);
-    let users = if known.users {
-        let users = apple
-            .read_users(
-                token,
-                &UserQuery {
-                    since_version_id: known.users_version.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        counters.add(&users);
-        Some(users)
-    } else {
-        None
+    // The listings at once, as a full read does.
+    let users_query = UserQuery {
+        since_version_id: known.users_version.clone(),
+        ..Default::default()
     };
-    let assets = apple
-        .read_assets(
-            token,
-            &AssetQuery::default(),
-            known.assets_version.as_deref(),
-        )
-        .await?;
+    let assignment_query = AssignmentQuery {
+        since_version_id: Some(since.to_owned()),
+        ..Default::default()
+    };
+    let asset_query = AssetQuery::default();
+    let (assignments, users, assets) = tokio::try_join!(
+        apple.read_assignments(token, &assignment_query),
+        async {
+            if known.users {
+                apple.read_users(token, &users_query).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+        apple.read_assets(token, &asset_query, known.assets_version.as_deref()),
+    )?;
+    counters.add(&assignments);
+    if let Some(users) = &users {
+        counters.add(users);
+    }
     counters.add(&assets);
     let version_moved = assets.version_moved
         || assignments.version_moved

@@ -83,6 +83,7 @@ async fn recompute(
         read_started_at,
         stuck_after,
         full_and_stable,
+        &vpp_broker::ledger::drift_scope::Scope::all(),
     )
     .await
     .unwrap()
@@ -623,6 +624,7 @@ async fn synced(app: &TestApp, account: Uuid, stuck_after: Duration) -> Uuid {
         row.started_at,
         stuck_after,
         row.kind == "full" && !row.moved,
+        &vpp_broker::ledger::drift_scope::Scope::all(),
     )
     .await
     .unwrap();

@@ -285,6 +285,111 @@ async fn t5_an_incremental_sync_with_nothing_changed_makes_at_most_three_request
     assert_eq!(counts(&w.app, account, APP).await, (10, 4, 4, 0));
 }
 
+/// The drift report's `apple_only` items of the account: (asset, target, id).
+async fn apple_only_items(app: &TestApp, account: Uuid) -> Vec<(String, String, i64)> {
+    let mut conn = app.db.connect().await;
+    use vpp_broker::db::schema::drift_items as d;
+    d::table
+        .filter(d::account_id.eq(account))
+        .filter(d::class.eq("apple_only"))
+        .order((d::adam_id, d::target))
+        .select((d::adam_id, d::target.assume_not_null(), d::id))
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn t5_t11_a_sync_recounts_and_reports_again_only_the_assets_that_changed() {
+    const OTHER: &str = "361309726";
+    let mut loc = location("9001", "Main", vec![app(APP, 10), app(OTHER, 10)]);
+    loc.generated_assignments = vec![
+        GeneratedAssignments {
+            adam_id: APP.into(),
+            count: 3,
+            serial_prefix: "OLD".into(),
+            ..Default::default()
+        },
+        GeneratedAssignments {
+            adam_id: OTHER.into(),
+            count: 2,
+            serial_prefix: "OTHER".into(),
+            ..Default::default()
+        },
+    ];
+    let w = world(vec![loc], &[("main", "9001")]).await;
+    let account = w.accounts[0];
+    // The first report covers every asset.
+    drain(&w.app).await;
+    let run = newest_run(&w.app, account).await;
+    assert_eq!(run["stats"]["assets_in_scope"], Value::Null, "{run}");
+    let first = apple_only_items(&w.app, account).await;
+    assert_eq!(first.len(), 5);
+
+    // Nothing changed: a full sync recounts and re-reports no asset, and the report is the same
+    // (same items, same ids).
+    queue(&w.app, account, SyncKind::Full).await;
+    drain(&w.app).await;
+    let run = newest_run(&w.app, account).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["stats"]["assets_in_scope"], 0, "{run}");
+    assert_eq!(apple_only_items(&w.app, account).await, first);
+    assert_eq!(run["drift"]["apple_only"], 5, "{run}");
+
+    // Another MDM assigns OTHER to one more device, and the ledger allocates APP: both assets are
+    // in the next run's scope, and their figures follow.
+    let late = NewAssignments {
+        assignments: vec![SeedAssignment {
+            adam_id: OTHER.into(),
+            serial_number: Some("S-LATE".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    w.sim.add_assignments("9001", &late).await.unwrap();
+    w.api().allocated(&device("S-NEW")).await;
+    queue(&w.app, account, SyncKind::Full).await;
+    drain(&w.app).await;
+    let run = newest_run(&w.app, account).await;
+    assert_eq!(run["stats"]["assets_in_scope"], 2, "{run}");
+    let items = apple_only_items(&w.app, account).await;
+    assert_eq!(items.len(), 6, "{items:?}");
+    assert!(
+        first.iter().all(|item| items.contains(item)),
+        "kept items keep their ids"
+    );
+    assert_eq!(
+        counts(&w.app, account, OTHER).await.2,
+        3,
+        "OTHER: 3 assigned elsewhere"
+    );
+    assert_eq!(
+        counts(&w.app, account, APP).await.2,
+        3,
+        "APP: still 3 assigned elsewhere"
+    );
+
+    // Once reported, a mirror change is not re-scoped; the allocation stays in scope for the
+    // ledger's margin (a transaction that began before the read may commit after it).
+    queue(&w.app, account, SyncKind::Full).await;
+    drain(&w.app).await;
+    let run = newest_run(&w.app, account).await;
+    assert_eq!(run["stats"]["assets_in_scope"], 1, "{run}");
+    assert_eq!(apple_only_items(&w.app, account).await, items);
+
+    // Apple drops the late assignment: the asset's rows no longer match what was stored, so the
+    // full sync compares them and deletes it.
+    assert_eq!(w.sim.remove_assignments("9001", &late).await.unwrap(), 1);
+    queue(&w.app, account, SyncKind::Full).await;
+    drain(&w.app).await;
+    let run = newest_run(&w.app, account).await;
+    assert_eq!(run["stats"]["mirror_deleted"], 1, "{run}");
+    assert_eq!(run["stats"]["mirror_inserted"], 0, "{run}");
+    assert_eq!(run["stats"]["assets_in_scope"], 2, "{run}");
+    assert_eq!(apple_only_items(&w.app, account).await, first);
+    assert_eq!(counts(&w.app, account, OTHER).await.2, 2);
+}
+
 #[tokio::test]
 async fn t5_an_unknown_version_id_turns_the_incremental_sync_into_a_full_one() {
     let w = quiet_world(10, 2).await;
@@ -322,10 +427,15 @@ async fn t5_a_version_id_moving_mid_read_is_tolerated_and_deletes_nothing() {
         .await
         .unwrap();
     // A row only the mirror has (as if Apple dropped it): a moving read must not delete it.
+    // Written as the service writes the mirror: the asset's digest is forgotten.
     let mut conn = w.app.db.connect().await;
     diesel::sql_query(
-        "INSERT INTO apple_assignments (account_id, adam_id, pricing_param, license_type, target, seen_by_run)
-         VALUES ($1, $2, 'STDQ', 'device', 'GHOST', gen_random_uuid())",
+        "WITH ghost AS (
+             INSERT INTO apple_assignments (account_id, adam_id, pricing_param, license_type,
+                                            target, seen_by_run)
+             VALUES ($1, $2, 'STDQ', 'device', 'GHOST', gen_random_uuid()))
+         UPDATE mirror_assets SET digest = NULL, changed_at = now()
+          WHERE account_id = $1 AND adam_id = $2",
     )
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Text, _>(APP)

@@ -1,0 +1,2 @@
+DROP TABLE drift_watermarks;
+DROP TABLE mirror_assets;
