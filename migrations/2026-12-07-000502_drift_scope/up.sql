@@ -24,5 +24,7 @@ CREATE TABLE drift_watermarks (
     -- When that run fixed its scope: mirror changes since make their asset part of the next.
     mirror_at  timestamptz NOT NULL,
     -- Whether that run was a stable full read (it recomputed `ledger_only`).
-    full_read  boolean NOT NULL
+    full_read  boolean NOT NULL,
+    -- Whether that run read the asset list (it judged `count_mismatch`).
+    assets_read boolean NOT NULL
 );

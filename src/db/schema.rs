@@ -203,6 +203,7 @@ diesel::table! {
         ledger_at -> Timestamptz,
         mirror_at -> Timestamptz,
         full_read -> Bool,
+        assets_read -> Bool,
     }
 }
 

@@ -55,7 +55,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Double, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Double, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -146,51 +146,56 @@ const OVERCOMMITTED: &str = "
        FROM assets x
       WHERE x.account_id = $1 AND x.apple_total < x.held";
 
-/// Assets whose counts disagree ($1: the account, $2: the read's start; $3: whether the
-/// `apple_only` items were recomputed only for the assets $4, $5). Runs after the `apple_only`
-/// rows are found: it counts them.
-const COUNT_MISMATCH: &str = "
-     WITH listed AS (
-         SELECT adam_id, pricing_param, count(*) AS n
-           FROM apple_assignments WHERE account_id = $1 GROUP BY adam_id, pricing_param
-     ), ledger AS (
-         SELECT adam_id, pricing_param,
-                count(*) FILTER (WHERE state IN ('active', 'revoking')) AS at_apple,
-                bool_or(state IN ('pending', 'associating', 'revoking') OR updated_at >= $2)
-                  AS moving
-           FROM assignments
-          WHERE account_id = $1
-            AND (state IN ('pending', 'associating', 'active', 'revoking') OR updated_at >= $2)
-          GROUP BY adam_id, pricing_param
-     ), only_ AS (
-         -- This run's apple_only items, and the kept ones of the assets out of its scope.
-         SELECT adam_id, pricing_param, count(*) AS n
-           FROM (SELECT adam_id, pricing_param FROM drift_found WHERE class = 'apple_only'
-                 UNION ALL
-                 SELECT adam_id, pricing_param FROM drift_items
-                  WHERE account_id = $1 AND class = 'apple_only' AND $3
-                    AND (adam_id, pricing_param)
-                        NOT IN (SELECT * FROM UNNEST($4::text[], $5::text[]))) o
-          GROUP BY adam_id, pricing_param
-     ), counted AS (
-         SELECT x.adam_id, x.pricing_param, x.apple_assigned::bigint AS apple_assigned,
-                COALESCE(l.n, 0) AS listed, COALESCE(g.at_apple, 0) AS at_apple,
-                COALESCE(o.n, 0) AS apple_only, COALESCE(g.moving, false) AS moving
-           FROM assets x
-           LEFT JOIN listed l ON l.adam_id = x.adam_id AND l.pricing_param = x.pricing_param
-           LEFT JOIN ledger g ON g.adam_id = x.adam_id AND g.pricing_param = x.pricing_param
-           LEFT JOIN only_ o ON o.adam_id = x.adam_id AND o.pricing_param = x.pricing_param
-          WHERE x.account_id = $1 AND x.synced_at >= $2
-     )
-     SELECT 'count_mismatch', c.adam_id, c.pricing_param, NULL, NULL, NULL::uuid, now(),
-            jsonb_build_object('apple_assigned', c.apple_assigned, 'apple_listed', c.listed,
-                               'ledger_at_apple', c.at_apple, 'apple_only', c.apple_only)
-       FROM counted c
-      -- Judged only while the asset's ledger is still: a license released or allocated
-      -- since the read moves Apple's counts, the mirror (a confirmed release leaves it at
-      -- once) and the ledger at different moments.
-      WHERE NOT c.moving
-        AND (c.apple_assigned <> c.listed OR c.listed <> c.at_apple + c.apple_only)";
+/// Assets whose counts disagree ($1: the account, $2: the read's start), of the assets
+/// `in_counted` (SQL conditions on an alias, see [`recompute`]); `kept_only` selects the kept
+/// `apple_only` items (of `d`) to count besides this run's (assets in the count scope but out
+/// of the per-license scope). Runs after the `apple_only` rows are found: it counts them.
+fn count_mismatch(in_counted: &dyn Fn(&str) -> String, kept_only: &str) -> String {
+    let (in_m, in_a, in_x) = (in_counted("m"), in_counted("a"), in_counted("x"));
+    format!(
+        "WITH listed AS (
+             SELECT m.adam_id, m.pricing_param, count(*) AS n
+               FROM apple_assignments m WHERE m.account_id = $1 AND {in_m}
+              GROUP BY m.adam_id, m.pricing_param
+         ), ledger AS (
+             SELECT a.adam_id, a.pricing_param,
+                    count(*) FILTER (WHERE a.state IN ('active', 'revoking')) AS at_apple,
+                    bool_or(a.state IN ('pending', 'associating', 'revoking')
+                            OR a.updated_at >= $2) AS moving
+               FROM assignments a
+              WHERE a.account_id = $1 AND {in_a}
+                AND (a.state IN ('pending', 'associating', 'active', 'revoking')
+                     OR a.updated_at >= $2)
+              GROUP BY a.adam_id, a.pricing_param
+         ), only_ AS (
+             -- This run's apple_only items, and the kept ones of the assets out of its scope.
+             SELECT adam_id, pricing_param, count(*) AS n
+               FROM (SELECT adam_id, pricing_param FROM drift_found WHERE class = 'apple_only'
+                     UNION ALL
+                     SELECT d.adam_id, d.pricing_param FROM drift_items d
+                      WHERE d.account_id = $1 AND d.class = 'apple_only' AND {kept_only}) o
+              GROUP BY adam_id, pricing_param
+         ), counted AS (
+             SELECT x.adam_id, x.pricing_param, x.apple_assigned::bigint AS apple_assigned,
+                    COALESCE(l.n, 0) AS listed, COALESCE(g.at_apple, 0) AS at_apple,
+                    COALESCE(o.n, 0) AS apple_only, COALESCE(g.moving, false) AS moving
+               FROM assets x
+               LEFT JOIN listed l ON l.adam_id = x.adam_id AND l.pricing_param = x.pricing_param
+               LEFT JOIN ledger g ON g.adam_id = x.adam_id AND g.pricing_param = x.pricing_param
+               LEFT JOIN only_ o ON o.adam_id = x.adam_id AND o.pricing_param = x.pricing_param
+              WHERE x.account_id = $1 AND x.synced_at >= $2 AND {in_x}
+         )
+         SELECT 'count_mismatch', c.adam_id, c.pricing_param, NULL, NULL, NULL::uuid, now(),
+                jsonb_build_object('apple_assigned', c.apple_assigned, 'apple_listed', c.listed,
+                                   'ledger_at_apple', c.at_apple, 'apple_only', c.apple_only)
+           FROM counted c
+          -- Judged only while the asset's ledger is still: a license released or allocated
+          -- since the read moves Apple's counts, the mirror (a confirmed release leaves it at
+          -- once) and the ledger at different moments.
+          WHERE NOT c.moving
+            AND (c.apple_assigned <> c.listed OR c.listed <> c.at_apple + c.apple_only)"
+    )
+}
 
 /// The key of a drift item, `d` against `f` (as in the unique index `drift_items_key`).
 const SAME_KEY: &str = "f.class = d.class AND f.adam_id = d.adam_id \
@@ -198,23 +203,13 @@ const SAME_KEY: &str = "f.class = d.class AND f.adam_id = d.adam_id \
     AND COALESCE(f.license_type, '') = COALESCE(d.license_type, '') \
     AND COALESCE(f.target, '') = COALESCE(d.target, '')";
 
-/// The account's items no longer found ($1: the account, $2: whether `ledger_only` was
-/// recomputed, $3: the read's start — count mismatches of assets the read did not cover stay;
-/// `apple_in` and `ledger_in`: SQL conditions on `d`, the assets whose items of that class were
-/// recomputed).
-fn prune(apple_in: &str, ledger_in: &str) -> String {
+/// The account's items of `class` no longer found ($1: the account; `within`: an SQL condition
+/// on `d`, the items that were recomputed).
+fn prune(class: &str, within: &str) -> String {
     format!(
         "DELETE FROM drift_items d
-          WHERE d.account_id = $1
-            AND (d.class NOT IN ('apple_only', 'ledger_only')
-                 OR (d.class = 'apple_only' AND {apple_in})
-                 OR (d.class = 'ledger_only' AND $2 AND {ledger_in}))
-            AND NOT EXISTS (SELECT 1 FROM drift_found f WHERE {SAME_KEY})
-            AND NOT (d.class = 'count_mismatch' AND EXISTS (
-                SELECT 1 FROM assets x
-                 WHERE x.account_id = $1 AND x.adam_id = d.adam_id
-                   AND x.pricing_param = d.pricing_param
-                   AND (x.synced_at IS NULL OR x.synced_at < $3)))"
+          WHERE d.account_id = $1 AND d.class = '{class}' AND {within}
+            AND NOT EXISTS (SELECT 1 FROM drift_found f WHERE {SAME_KEY})"
     )
 }
 
@@ -245,51 +240,88 @@ fn update_changed() -> String {
     )
 }
 
+/// What a recompute works from (see [`recompute`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Recompute<'a> {
+    /// The sync run that read Apple (kept as `found_by_run` of the items it finds first).
+    pub run: Uuid,
+    /// When its read started; ledger rows changed since are not reported.
+    pub read_started_at: DateTime<Utc>,
+    /// Pending / associating / revoking for longer than this is `stuck`.
+    pub stuck_after: std::time::Duration,
+    /// The read was full and Apple's `versionId` did not move, so a missing mirror row means
+    /// Apple does not list it (`ledger_only` is judged).
+    pub full_and_stable: bool,
+    /// The run read the asset list (else no `count_mismatch` is judged).
+    pub assets_read: bool,
+    /// The assets whose per-license items (`apple_only`, `ledger_only`) and counts are judged
+    /// again; the others keep theirs ([`crate::ledger::drift_scope`]).
+    pub scope: &'a Scope,
+}
+
 /// Recomputes the account's drift report (see the module doc) and returns its items per class.
-/// `run` is the sync run that read Apple (kept as `found_by_run` of the items it finds first),
-/// `read_started_at` when its read started; ledger rows changed since are not reported.
-/// `full_and_stable`: the read was full and Apple's `versionId` did not move, so a missing
-/// mirror row means Apple does not list it. `scope`: the assets whose per-license items
-/// (`apple_only`, `ledger_only`) are recomputed; the others keep theirs
-/// ([`crate::ledger::drift_scope`]). Runs inside the caller's transaction when there is one.
+/// Runs inside the caller's transaction when there is one.
 pub async fn recompute(
     conn: &mut AsyncPgConnection,
     account: Uuid,
-    run: Uuid,
-    read_started_at: DateTime<Utc>,
-    stuck_after: std::time::Duration,
-    full_and_stable: bool,
-    scope: &Scope,
+    what: &Recompute<'_>,
 ) -> QueryResult<DriftCounts> {
+    let Recompute {
+        run,
+        read_started_at,
+        stuck_after,
+        full_and_stable,
+        assets_read,
+        scope,
+    } = *what;
     use diesel_async::SimpleAsyncConnection;
     conn.batch_execute(FOUND_TABLE).await?;
     let empty = AssetKeys::default();
-    let keys = scope.assets.as_ref().unwrap_or(&empty);
-    // The condition "the asset is in scope" on the alias `t`, and whether it selects nothing.
-    let within = |t: &str, scoped: Option<&AssetKeys>| match scoped {
-        None => ("true".to_owned(), false),
-        Some(k) => (
-            in_keys(&format!("{t}.adam_id"), &format!("{t}.pricing_param"), 3, 4),
-            k.is_empty(),
+    let licenses = scope.assets.as_ref();
+    // A run that did not read the asset list judges no count (their items stay).
+    let counted = if assets_read {
+        scope.counts.as_ref()
+    } else {
+        Some(&empty)
+    };
+    let ledger = scope.ledger_only();
+    // Every scoped statement binds the same parameters: $1 the account, $2 the read's start,
+    // $3/$4 the per-license scope, $5/$6 the count scope (empty arrays for "all").
+    let (lic_keys, cnt_keys) = (licenses.unwrap_or(&empty), counted.unwrap_or(&empty));
+    let cond = |keys: Option<&AssetKeys>, a: usize, t: &str| match keys {
+        None => "true".to_owned(),
+        Some(_) => in_keys(
+            &format!("{t}.adam_id"),
+            &format!("{t}.pricing_param"),
+            a,
+            a + 1,
         ),
     };
-    let found = |sql: String| {
-        diesel::sql_query(format!("{INSERT_FOUND}{sql}"))
-            .bind::<SqlUuid, _>(account)
-            .bind::<Timestamptz, _>(read_started_at)
-            .bind::<Array<Text>, _>(&keys.adam_ids)
-            .bind::<Array<Text>, _>(&keys.pricing_params)
-    };
-    let (apple_in, apple_none) = within("m", scope.assets.as_ref());
-    if !apple_none {
-        found(apple_only(&apple_in)).execute(conn).await?;
+    let none = |keys: Option<&AssetKeys>| keys.is_some_and(AssetKeys::is_empty);
+    macro_rules! scoped {
+        ($sql:expr) => {
+            diesel::sql_query($sql)
+                .bind::<SqlUuid, _>(account)
+                .bind::<Timestamptz, _>(read_started_at)
+                .bind::<Array<Text>, _>(&lic_keys.adam_ids)
+                .bind::<Array<Text>, _>(&lic_keys.pricing_params)
+                .bind::<Array<Text>, _>(&cnt_keys.adam_ids)
+                .bind::<Array<Text>, _>(&cnt_keys.pricing_params)
+                .execute(conn)
+                .await?
+        };
     }
-    let ledger_scope = scope.ledger_only();
-    if full_and_stable {
-        let (ledger_in, ledger_none) = within("a", ledger_scope);
-        if !ledger_none {
-            found(ledger_only(&ledger_in)).execute(conn).await?;
-        }
+    if !none(licenses) {
+        scoped!(format!(
+            "{INSERT_FOUND}{}",
+            apple_only(&cond(licenses, 3, "m"))
+        ));
+    }
+    if full_and_stable && !none(ledger) {
+        scoped!(format!(
+            "{INSERT_FOUND}{}",
+            ledger_only(&cond(ledger, 3, "a"))
+        ));
     }
     diesel::sql_query(format!("{INSERT_FOUND}{STUCK}"))
         .bind::<SqlUuid, _>(account)
@@ -300,29 +332,47 @@ pub async fn recompute(
         .bind::<SqlUuid, _>(account)
         .execute(conn)
         .await?;
-    diesel::sql_query(format!("{INSERT_FOUND}{COUNT_MISMATCH}"))
-        .bind::<SqlUuid, _>(account)
-        .bind::<Timestamptz, _>(read_started_at)
-        .bind::<Bool, _>(scope.assets.is_some())
-        .bind::<Array<Text>, _>(&keys.adam_ids)
-        .bind::<Array<Text>, _>(&keys.pricing_params)
-        .execute(conn)
-        .await?;
+    if !none(counted) {
+        // Kept apple_only items are counted for the assets in the count scope whose
+        // per-license items were not recomputed.
+        let kept_only = match licenses {
+            None => "false".to_owned(),
+            Some(_) => format!(
+                "{} AND NOT {}",
+                cond(counted, 5, "d"),
+                cond(licenses, 3, "d")
+            ),
+        };
+        scoped!(format!(
+            "{INSERT_FOUND}{}",
+            count_mismatch(&|t| cond(counted, 5, t), &kept_only)
+        ));
+    }
     // Fresh statistics for the found items (a temporary table is never analysed by
     // autovacuum): the merge below then joins by hash instead of probing per row.
     conn.batch_execute("ANALYZE drift_found").await?;
-    let on_d = |scoped: Option<&AssetKeys>| match scoped {
-        None => "true".to_owned(),
-        Some(_) => in_keys("d.adam_id", "d.pricing_param", 4, 5),
-    };
-    diesel::sql_query(prune(&on_d(scope.assets.as_ref()), &on_d(ledger_scope)))
-        .bind::<SqlUuid, _>(account)
-        .bind::<Bool, _>(full_and_stable)
-        .bind::<Timestamptz, _>(read_started_at)
-        .bind::<Array<Text>, _>(&keys.adam_ids)
-        .bind::<Array<Text>, _>(&keys.pricing_params)
-        .execute(conn)
-        .await?;
+    if !none(licenses) {
+        scoped!(prune("apple_only", &cond(licenses, 3, "d")));
+    }
+    if full_and_stable && !none(ledger) {
+        scoped!(prune("ledger_only", &cond(ledger, 3, "d")));
+    }
+    scoped!(prune("stuck", "true"));
+    scoped!(prune("overcommitted", "true"));
+    if !none(counted) {
+        // Count mismatches of assets the read did not cover stay as they are.
+        scoped!(prune(
+            "count_mismatch",
+            &format!(
+                "{} AND NOT EXISTS (
+                    SELECT 1 FROM assets x
+                     WHERE x.account_id = $1 AND x.adam_id = d.adam_id
+                       AND x.pricing_param = d.pricing_param
+                       AND (x.synced_at IS NULL OR x.synced_at < $2))",
+                cond(counted, 5, "d")
+            )
+        ));
+    }
     diesel::sql_query(insert_new())
         .bind::<SqlUuid, _>(account)
         .bind::<SqlUuid, _>(run)

@@ -18,6 +18,11 @@
 //! the syncs knew) the scope is every asset. `ledger_only` is only recomputed by a stable full
 //! read; it is scoped only when the last report came from one too (an incremental run in
 //! between did not recompute it), otherwise a stable full read recomputes it for every asset.
+//!
+//! `count_mismatch` is judged for the scope's assets and those whose Apple counts changed,
+//! appeared or vanished ([`Scope::count_also`]) — or for every asset when the last report's run
+//! did not read the asset list (an incremental run whose asset list was unchanged judges no
+//! count).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -53,6 +58,9 @@ impl AssetKeys {
 pub struct Scope {
     /// Assets whose `foreign_assigned` and `apple_only` items are recomputed; `None`: all.
     pub assets: Option<AssetKeys>,
+    /// Assets whose `count_mismatch` is judged again: `assets` and those whose Apple counts
+    /// changed or that appeared or vanished ([`Scope::count_also`]); `None`: all.
+    pub counts: Option<AssetKeys>,
     /// Whether `ledger_only` may be scoped to `assets` (the last report was a stable full
     /// read); otherwise a stable full read recomputes it for all.
     pub ledger_only_scoped: bool,
@@ -66,8 +74,24 @@ impl Scope {
     pub fn all() -> Scope {
         Scope {
             assets: None,
+            counts: None,
             ledger_only_scoped: false,
             fixed_at: Utc::now(),
+        }
+    }
+
+    /// Adds an asset to the count scope (its Apple counts changed, it appeared or vanished).
+    pub fn count_also(&mut self, adam_id: &str, pricing_param: &str) {
+        if let Some(counts) = &mut self.counts {
+            let known = counts
+                .adam_ids
+                .iter()
+                .zip(&counts.pricing_params)
+                .any(|(a, p)| a == adam_id && p == pricing_param);
+            if !known {
+                counts.adam_ids.push(adam_id.to_owned());
+                counts.pricing_params.push(pricing_param.to_owned());
+            }
         }
     }
 
@@ -89,6 +113,8 @@ struct Watermarks {
     mirror_at: DateTime<Utc>,
     #[diesel(sql_type = Bool)]
     full_read: bool,
+    #[diesel(sql_type = Bool)]
+    assets_read: bool,
     #[diesel(sql_type = Timestamptz)]
     now: DateTime<Utc>,
 }
@@ -115,7 +141,7 @@ pub async fn fix(
     appeared: &AssetKeys,
 ) -> QueryResult<Scope> {
     let marks: Option<Watermarks> = diesel::sql_query(
-        "SELECT ledger_at, mirror_at, full_read, now() AS now
+        "SELECT ledger_at, mirror_at, full_read, assets_read, now() AS now
            FROM drift_watermarks WHERE account_id = $1",
     )
     .bind::<SqlUuid, _>(account)
@@ -154,6 +180,8 @@ pub async fn fix(
         assets.pricing_params.push(k.pricing_param);
     }
     Ok(Scope {
+        // A report whose run did not read the asset list judged no count: this one judges all.
+        counts: marks.assets_read.then(|| assets.clone()),
         assets: Some(assets),
         ledger_only_scoped: marks.full_read,
         fixed_at: marks.now,
@@ -161,25 +189,27 @@ pub async fn fix(
 }
 
 /// Records the watermarks of a run that recomputed the report: its read's start, when it fixed
-/// its scope, and whether it was a stable full read.
+/// its scope, whether it was a stable full read and whether it read the asset list.
 pub async fn advance(
     conn: &mut AsyncPgConnection,
     account: Uuid,
     read_started_at: DateTime<Utc>,
     scope: &Scope,
     full_and_stable: bool,
+    assets_read: bool,
 ) -> QueryResult<()> {
     diesel::sql_query(
-        "INSERT INTO drift_watermarks (account_id, ledger_at, mirror_at, full_read)
-         VALUES ($1, $2, $3, $4)
+        "INSERT INTO drift_watermarks (account_id, ledger_at, mirror_at, full_read, assets_read)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (account_id) DO UPDATE
             SET ledger_at = excluded.ledger_at, mirror_at = excluded.mirror_at,
-                full_read = excluded.full_read",
+                full_read = excluded.full_read, assets_read = excluded.assets_read",
     )
     .bind::<SqlUuid, _>(account)
     .bind::<Timestamptz, _>(read_started_at)
     .bind::<Timestamptz, _>(scope.fixed_at)
     .bind::<Bool, _>(full_and_stable)
+    .bind::<Bool, _>(assets_read)
     .execute(conn)
     .await
     .map(|_| ())

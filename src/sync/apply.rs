@@ -74,6 +74,8 @@ pub async fn apply(
             let mut vanished = Vec::new();
             let mut overcommitted = Vec::new();
             let mut counts_changed = 0;
+            // Assets whose count_mismatch is judged again besides the scope's.
+            let mut recount: Vec<(String, String)> = Vec::new();
             if let Some(assets) = &read.assets {
                 mirror::upsert_assets(conn, account, assets).await?;
                 for a in assets {
@@ -87,6 +89,7 @@ pub async fn apply(
                                 != (a.total, a.assigned, a.retired)
                             {
                                 counts_changed += 1;
+                                recount.push((a.adam_id.clone(), a.pricing_param.clone()));
                             }
                             if a.total < b.held && (b.vanished || b.apple_total >= b.held) {
                                 overcommitted.push((a, b.held));
@@ -117,7 +120,13 @@ pub async fn apply(
                 new_assets.adam_ids.push(a.adam_id.clone());
                 new_assets.pricing_params.push(a.pricing_param.clone());
             }
-            let scope = drift_scope::fix(conn, account, &new_assets).await?;
+            let mut scope = drift_scope::fix(conn, account, &new_assets).await?;
+            for (adam, pricing) in recount.iter().chain(&vanished) {
+                scope.count_also(adam, pricing);
+            }
+            for a in &appeared {
+                scope.count_also(&a.adam_id, &a.pricing_param);
+            }
             let foreign_changed =
                 mirror::recount_foreign(conn, account, read.started_at, scope.assets.as_ref())
                     .await?;
@@ -210,14 +219,25 @@ pub async fn apply(
             let drift = crate::ledger::drift::recompute(
                 conn,
                 account,
-                run.id,
-                read.started_at,
-                settings.stuck_after,
-                complete,
-                &scope,
+                &crate::ledger::drift::Recompute {
+                    run: run.id,
+                    read_started_at: read.started_at,
+                    stuck_after: settings.stuck_after,
+                    full_and_stable: complete,
+                    assets_read: read.assets.is_some(),
+                    scope: &scope,
+                },
             )
             .await?;
-            drift_scope::advance(conn, account, read.started_at, &scope, complete).await?;
+            drift_scope::advance(
+                conn,
+                account,
+                read.started_at,
+                &scope,
+                complete,
+                read.assets.is_some(),
+            )
+            .await?;
             let drift = serde_json::to_value(drift).unwrap_or_else(|_| json!({}));
             // How long the three transactions took, the last one up to here.
             let mut stats = stats.clone();

@@ -4,6 +4,8 @@
 //! (`GET …/accounts/{account}/drift`, `GET …/drift`): pages, filters, cursors, 404s.
 
 use std::time::Duration;
+use vpp_broker::ledger::drift::Recompute;
+use vpp_broker::ledger::drift_scope::Scope;
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Integer, Text, Timestamptz, Uuid as SqlUuid};
@@ -79,11 +81,14 @@ async fn recompute(
     vpp_broker::ledger::drift::recompute(
         &mut conn,
         account,
-        Uuid::now_v7(),
-        read_started_at,
-        stuck_after,
-        full_and_stable,
-        &vpp_broker::ledger::drift_scope::Scope::all(),
+        &Recompute {
+            run: Uuid::now_v7(),
+            read_started_at,
+            stuck_after,
+            full_and_stable,
+            assets_read: true,
+            scope: &Scope::all(),
+        },
     )
     .await
     .unwrap()
@@ -620,11 +625,14 @@ async fn synced(app: &TestApp, account: Uuid, stuck_after: Duration) -> Uuid {
     vpp_broker::ledger::drift::recompute(
         &mut conn,
         account,
-        run,
-        row.started_at,
-        stuck_after,
-        row.kind == "full" && !row.moved,
-        &vpp_broker::ledger::drift_scope::Scope::all(),
+        &Recompute {
+            run,
+            read_started_at: row.started_at,
+            stuck_after,
+            full_and_stable: row.kind == "full" && !row.moved,
+            assets_read: true,
+            scope: &Scope::all(),
+        },
     )
     .await
     .unwrap();
