@@ -17,7 +17,9 @@
 //!   *end* would also cover a server that counts a request late in its round trip, but at 200 ms
 //!   of latency it paced to 12 requests/s: the issue 13 benchmark's sync took 1.5 × what
 //!   15 requests/s allow.) A 429 that network jitter could still cause is Apple's Retry-After,
-//!   which pauses the account's calls for a second and never fails a subject (T7, T13). Pacing is
+//!   which pauses the account's calls for a second and never fails a subject (T7, T13), and
+//!   turns the token's pacing strict (each request counted until a second after it ended) for
+//!   ten minutes. Pacing is
 //!   not a retry: it keeps a single paged read of a big library (e.g. 30 pages) from tripping
 //!   9646 by itself.
 //! - **Priority**: a client made by [`AppleClient::background`] (the sync's reads) waits for its
@@ -67,7 +69,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::codes;
-use super::error::{AppleError, parse_retry_after};
+use super::error::{AppleError, ErrorClass, parse_retry_after};
 use super::stoken::SToken;
 use super::types::*;
 
@@ -82,6 +84,8 @@ pub const MAX_TRAVERSALS: usize = 3;
 /// Window of the per-token pacer: Apple's one second plus a margin for clock granularity and
 /// scheduling delays between taking a slot and sending.
 const PACING_WINDOW: Duration = Duration::from_millis(1020);
+/// How long a token's pacing stays strict after Apple answered 429 (see `Pacer`).
+const STRICT_FOR: Duration = Duration::from_secs(600);
 /// Largest number of pages one listing follows (guards against a server that never ends).
 const MAX_PAGES: u32 = 100_000;
 
@@ -335,8 +339,13 @@ struct CachedConfig {
 /// Per-token pacer. A request takes a slot when it starts and gives it back when it finishes,
 /// stamped with when the slot frees: [`PACING_WINDOW`] after the request started, or its end if
 /// that is later. At most `per_window` slots are in flight or not yet free, so no more than
-/// `per_window` requests start in any window, and never more than that are in flight. Keys are
-/// SHA-256 digests, never token text.
+/// `per_window` requests start in any window, and never more than that are in flight.
+///
+/// When Apple answers 429 all the same (its count saw requests closer together than they were
+/// sent: network or scheduling delays), the token's pacing turns strict for [`STRICT_FOR`]: a
+/// slot frees a window after its request *ended*, so Apple never counts more than `per_window`
+/// in any second wherever in the round trip it counts (about 12 requests/s at 200 ms of
+/// latency instead of 15). Keys are SHA-256 digests, never token text.
 #[derive(Default)]
 struct Pacer {
     windows: Mutex<HashMap<[u8; 32], Window>>,
@@ -350,6 +359,9 @@ struct Window {
     background_in_flight: usize,
     /// When the slots of finished requests free, in order.
     ended: VecDeque<Instant>,
+    /// After Apple answered 429 for the token: until then a slot frees a window after its
+    /// request *ended* (see [`Pacer`]).
+    strict_until: Option<Instant>,
     /// Urgent requests waiting for a slot: background requests wait while there is any.
     urgent_waiting: usize,
 }
@@ -385,7 +397,12 @@ impl Drop for Permit<'_> {
             if self.priority == Priority::Background {
                 window.background_in_flight = window.background_in_flight.saturating_sub(1);
             }
-            let free_at = (self.started + PACING_WINDOW).max(Instant::now());
+            let now = Instant::now();
+            let free_at = if window.strict_until.is_some_and(|t| t > now) {
+                now + PACING_WINDOW
+            } else {
+                (self.started + PACING_WINDOW).max(now)
+            };
             // Kept in order: a slot freeing later than the last one goes behind it (requests
             // end out of order).
             let at = window.ended.partition_point(|t| *t <= free_at);
@@ -395,6 +412,13 @@ impl Drop for Permit<'_> {
 }
 
 impl Pacer {
+    /// Apple answered 429 for the token: strict pacing for [`STRICT_FOR`].
+    fn slow_down(&self, token: &SToken) {
+        let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.entry(key).or_default().strict_until = Some(Instant::now() + STRICT_FOR);
+    }
+
     async fn acquire(&self, token: &SToken, per_window: usize, priority: Priority) -> Permit<'_> {
         let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
         let _waiting = (priority == Priority::Urgent).then(|| {
@@ -410,6 +434,7 @@ impl Pacer {
                     windows.retain(|_, w| {
                         w.in_flight > 0
                             || w.urgent_waiting > 0
+                            || w.strict_until.is_some_and(|t| t > now)
                             || w.ended.back().is_some_and(|t| *t > now)
                     });
                 }
@@ -1182,6 +1207,11 @@ impl AppleClient {
             Err(e) => Err(transport_error(ep, e)),
         };
         log_outcome(ep, Some(status), started, result.as_ref().map(|_| ()));
+        if let (Some(token), Err(e)) = (token, &result)
+            && matches!(e.class(), ErrorClass::RateLimited { .. })
+        {
+            self.inner.pacer.slow_down(token);
+        }
         result
     }
 }
@@ -1439,6 +1469,29 @@ mod tests {
         assert_eq!(number(check_targets(ep, &dup, &[], 10, 10)), Some(9705));
         assert_eq!(number(check_targets(ep, &[], &dup, 10, 10)), Some(9704));
         assert!(check_targets(ep, &s(10), &[], 10, 10).is_ok());
+    }
+
+    #[tokio::test]
+    async fn after_a_429_the_pacer_counts_requests_until_a_window_after_they_end() {
+        let pacer = Pacer::default();
+        let token = SToken::new("t");
+        pacer.slow_down(&token);
+        let first = pacer.acquire(&token, 1, Priority::Urgent).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(first);
+        let ended = Instant::now();
+        let _second = pacer.acquire(&token, 1, Priority::Urgent).await;
+        assert!(ended.elapsed() >= PACING_WINDOW - Duration::from_millis(5));
+        // Another token keeps the ordinary pacing.
+        let other = SToken::new("u");
+        let started = Instant::now();
+        let first = pacer.acquire(&other, 1, Priority::Urgent).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(first);
+        let ended = Instant::now();
+        let _second = pacer.acquire(&other, 1, Priority::Urgent).await;
+        assert!(started.elapsed() >= PACING_WINDOW - Duration::from_millis(5));
+        assert!(ended.elapsed() < PACING_WINDOW - Duration::from_millis(200));
     }
 
     #[tokio::test]
