@@ -25,7 +25,7 @@
 //! - All of it is read in one read-only `REPEATABLE READ` snapshot
 //!   ([`crate::ledger::subjects::report`]).
 //! - `PUT` (issue 14, V2) sets the facts (groups, the device's user, Shared iPad, last seen;
-//!   a field left out stays, `user: null` clears it) and creates the subject if the space never
+//!   a field left out stays, `clear_user: true` removes the device's user) and creates the subject if the space never
 //!   saw it. Changing them has the effect of the `groups_changed` lifecycle event of the
 //!   subject's kind, under the space's setting for that type ([`crate::lifecycle`]): licenses
 //!   no rule of allocation grants any more are revoked. `PUT` answers the subject as `GET`
@@ -359,10 +359,12 @@ pub struct DeviceUpdate {
     /// The full current set of groups ([] for none).
     #[schema(nullable = false)]
     pub groups: Option<Vec<String>>,
-    /// The device's user (client user id), or null for none.
-    #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
-    pub user: Option<Option<String>>,
+    /// The device's user (client user id).
+    #[schema(nullable = false)]
+    pub user: Option<String>,
+    /// True: the device has no user any more (not with `user`).
+    #[serde(default)]
+    pub clear_user: bool,
     /// Whether it is a Shared iPad (always device-based licenses, A7).
     #[schema(nullable = false)]
     pub shared_ipad: Option<bool>,
@@ -381,11 +383,6 @@ pub struct UserUpdate {
     /// When the MDM last saw the user (moves forward only; at most 5 minutes in the future).
     #[schema(nullable = false)]
     pub last_seen: Option<DateTime<Utc>>,
-}
-
-/// A field given (even as null) is `Some`, a field left out `None` (with `#[serde(default)]`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 fn check_facts(
@@ -471,10 +468,21 @@ pub async fn put_device(
 ) -> Result<web::Json<Device>, ApiError> {
     let (caller, DevicePath { space, serial }) = access.into_parts();
     let body = body.0;
-    check_facts(body.groups.as_ref(), body.user.as_ref(), body.last_seen)?;
+    if body.clear_user && body.user.is_some() {
+        return Err(ApiError::field(
+            "clear_user",
+            "give either user or clear_user, not both",
+        ));
+    }
+    let user = if body.clear_user {
+        Some(None)
+    } else {
+        body.user.map(Some)
+    };
+    check_facts(body.groups.as_ref(), user.as_ref(), body.last_seen)?;
     let facts = Facts {
         groups: distinct(body.groups),
-        user: body.user,
+        user,
         shared_ipad: body.shared_ipad,
         last_seen: body.last_seen,
     };

@@ -627,8 +627,27 @@ async fn v2_group_changes_revoke_only_licenses_no_rule_grants_any_more() {
         .await
         .unwrap();
     expect_problem(resp, 422, "invalid-body").await;
+    let resp = api
+        .req(Method::PUT, "/devices/D3")
+        .json(&json!({"user": "u8", "clear_user": true}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 422, "validation-failed").await;
     let d3_after: Device = api.get("/devices/D3").await;
     assert_eq!(d3_after.groups, ["staff", "lab"]);
+    assert_eq!(d3_after.user.as_deref(), Some("u9"));
+    // clear_user removes the device's user; the rest stays.
+    let resp = api
+        .req(Method::PUT, "/devices/D3")
+        .json(&json!({"clear_user": true}))
+        .send()
+        .await
+        .unwrap();
+    let cleared: Device = read(resp, 200).await;
+    assert_eq!(cleared.user, None);
+    assert_eq!(cleared.groups, ["staff", "lab"]);
+    assert_eq!(state_of(&api, d3).await, "active");
 }
 
 #[tokio::test]
