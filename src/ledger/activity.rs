@@ -76,7 +76,8 @@ crate::text_enum! {
     pub enum ActivityAction {
         /// A space was created.
         SpaceCreated = "space.created",
-        /// A space's name or description changed.
+        /// A space's name or description changed, or its lifecycle settings
+        /// (`details.lifecycle_settings`).
         SpaceUpdated = "space.updated",
         /// A space was deleted.
         SpaceDeleted = "space.deleted",

@@ -778,6 +778,13 @@ pub async fn update_subject(
             rows: store::settings(conn, space).await?,
         };
         let (effect, grace) = settings.effect(event_type);
+        // Only a change of groups or user can take eligibility away; a sighting or the Shared
+        // iPad flag alone re-decides nothing.
+        let effect = if facts.groups.is_some() || facts.user.is_some() {
+            effect
+        } else {
+            Effect::Ignore
+        };
         let now = Utc::now();
         let mut aspects = Vec::new();
         let mut result = EventResult {
