@@ -1010,3 +1010,141 @@ async fn v5_workers_of_several_replicas_apply_each_event_once() {
         .unwrap();
     assert_eq!(revocations, 60);
 }
+
+#[tokio::test]
+async fn v2_revoke_after_re_decides_group_changes_when_the_grace_period_ends() {
+    let w = world().await;
+    let api = w.api();
+    api.put_policy(APP, "STDQ", &json!({"fcfs_groups": ["staff"]}))
+        .await
+        .error_for_status()
+        .unwrap();
+    let resp = api
+        .req(Method::PUT, "/lifecycle-settings")
+        .json(&json!({"effects": [
+            {"type": "device.groups_changed", "effect": "revoke_after", "grace_seconds": 86400},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    read::<Value>(resp, 200).await;
+    let g1 = licensed(&api, "G1", APP, &["staff"]).await;
+    let g2 = licensed(&api, "G2", APP, &["staff"]).await;
+    // Both leave the group; G2 is back in it a little later (within the grace period).
+    accepted(
+        &api,
+        vec![
+            event(
+                "g1-out",
+                "device.groups_changed",
+                "G1",
+                json!({"groups": []}),
+                30,
+            ),
+            event(
+                "g2-out",
+                "device.groups_changed",
+                "G2",
+                json!({"groups": []}),
+                30,
+            ),
+        ],
+    )
+    .await;
+    for id in ["g1-out", "g2-out"] {
+        let e = settled(&api, id).await;
+        assert_eq!(e.state, EventState::Scheduled, "{e:?}");
+        assert!(revoked_ids(&e).is_empty());
+    }
+    accepted(
+        &api,
+        vec![event(
+            "g2-in",
+            "device.groups_changed",
+            "G2",
+            json!({"groups": ["staff"]}),
+            10,
+        )],
+    )
+    .await;
+    assert_eq!(settled(&api, "g2-in").await.state, EventState::Scheduled);
+    // The facts are recorded at once, the licenses kept meanwhile.
+    let g1_view: Device = api.get("/devices/G1").await;
+    assert!(g1_view.groups.is_empty());
+    assert_eq!(state_of(&api, g1).await, "active");
+
+    // The grace period ends (moved to now instead of waiting a day): G1 is re-decided and
+    // loses its license; G2, in the group again, keeps it.
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query("UPDATE lifecycle_events SET due_at = now() WHERE state = 'scheduled'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for id in ["g1-out", "g2-out", "g2-in"] {
+        eventually(
+            &format!("{id} applied after its grace period"),
+            async || get_event(&api, id).await,
+            |e| e.state == EventState::Applied,
+        )
+        .await;
+    }
+    assert_eq!(revoked_ids(&get_event(&api, "g1-out").await), vec![g1]);
+    assert!(revoked_ids(&get_event(&api, "g2-out").await).is_empty());
+    assert_eq!(api.final_state(g1).await.state.as_str(), "revoked");
+    assert_eq!(state_of(&api, g2).await, "active");
+}
+
+#[tokio::test]
+async fn v5_an_event_whose_worker_dies_mid_way_is_applied_once_by_another() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5)])],
+        |_| Options::default(),
+        &[("Main", U1)],
+    )
+    .await;
+    let api = w.api();
+    let held = api
+        .allocated(&json!({"asset": {"adam_id": APP},
+                           "subject": {"kind": "device", "id": "K1"}}))
+        .await
+        .id();
+    accepted(
+        &api,
+        vec![event("k1", "device.retired", "K1", json!({}), 1)],
+    )
+    .await;
+    // A worker claims the event and dies before committing (its session goes away).
+    let mut dying = diesel_async::AsyncPgConnection::establish(&w.app.db.url)
+        .await
+        .unwrap();
+    dying.batch_execute("BEGIN").await.unwrap();
+    let claimed = vpp_broker::ledger::lifecycle::claim_due(&mut dying)
+        .await
+        .unwrap()
+        .expect("the event is due");
+    assert_eq!(claimed.event_id, "k1");
+    // Meanwhile another replica skips the event it holds: nothing applied twice.
+    let mut other = w.app.db.connect().await;
+    assert_eq!(
+        vpp_broker::lifecycle::drain(&mut other, 10).await.unwrap(),
+        0
+    );
+    assert_eq!(get_event(&api, "k1").await.state, EventState::Queued);
+    drop(dying);
+    // Its transaction rolled back: the next claim applies the event, once.
+    let applied = eventually(
+        "the event claimed again",
+        async || vpp_broker::lifecycle::drain(&mut other, 10).await.unwrap(),
+        |n| *n > 0,
+    )
+    .await;
+    assert_eq!(applied, 1);
+    let e = get_event(&api, "k1").await;
+    assert_eq!(e.state, EventState::Applied);
+    assert_eq!(revoked_ids(&e), vec![held]);
+    assert_eq!(
+        vpp_broker::lifecycle::drain(&mut other, 10).await.unwrap(),
+        0
+    );
+}
