@@ -753,8 +753,8 @@ pub struct SubjectUpdate {
     pub result: EventResult,
 }
 
-/// Stores new facts of a subject (created if the space never saw it) and applies what a
-/// `groups_changed` event would: the space's effect for `<kind>.groups_changed` decides whether
+/// Stores new facts of a subject (created if the space never saw it) and, when the groups or
+/// the device's user are among them, applies what a `groups_changed` event would: the space's effect for `<kind>.groups_changed` decides whether
 /// licenses no longer granted are revoked now, after the grace period (a scheduled event of
 /// source `api` does it then) or not at all. The facts' marks move to now, so an event that
 /// occurred before is stale.

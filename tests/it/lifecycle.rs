@@ -1148,3 +1148,73 @@ async fn v5_an_event_whose_worker_dies_mid_way_is_applied_once_by_another() {
         0
     );
 }
+
+#[tokio::test]
+async fn v5_events_are_forgotten_after_30_days_and_a_late_replay_is_still_stale() {
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5)])],
+        |_| Options::default(),
+        &[("Main", U1)],
+    )
+    .await;
+    let api = w.api();
+    let mut conn = w.app.db.connect().await;
+    accepted(
+        &api,
+        vec![
+            event(
+                "old",
+                "device.groups_changed",
+                "Z1",
+                json!({"groups": ["a"]}),
+                60,
+            ),
+            event(
+                "new",
+                "device.groups_changed",
+                "Z1",
+                json!({"groups": ["b"]}),
+                30,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        vpp_broker::lifecycle::drain(&mut conn, 10).await.unwrap(),
+        2
+    );
+    // 31 days later (received_at moved back): the maintenance loop forgets both.
+    diesel::sql_query(
+        "UPDATE lifecycle_events SET received_at = now() - interval '31 days'
+          WHERE event_id IN ('old', 'new')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        vpp_broker::lifecycle::forget_old(&mut conn).await.unwrap(),
+        2
+    );
+    assert_eq!(api.status_of("/lifecycle-events/mdm/old").await, 404);
+    // Sent again, "old" is a new event to the service, but still older than what was applied:
+    // stale, the groups stay as the newer event left them.
+    let body = accepted(
+        &api,
+        vec![event(
+            "old",
+            "device.groups_changed",
+            "Z1",
+            json!({"groups": ["a"]}),
+            60,
+        )],
+    )
+    .await;
+    assert_eq!(body["events"][0]["duplicate"], false);
+    assert_eq!(
+        vpp_broker::lifecycle::drain(&mut conn, 10).await.unwrap(),
+        1
+    );
+    assert_eq!(get_event(&api, "old").await.state, EventState::Stale);
+    let device: Device = api.get("/devices/Z1").await;
+    assert_eq!(device.groups, ["b"]);
+}
