@@ -10,7 +10,7 @@
 //!   (JWT callers, scopes, the space extractor), [`api`] (the `/v1` resources); and the worker
 //!   loop [`dispatch`], which calls use cases as a handler does;
 //! - use cases: [`engine`] (allocate, revoke), [`accounts`], [`policies`], [`spaces`],
-//!   [`settle`] (Apple's results), [`waiters`];
+//!   [`settle`] (Apple's results), [`lifecycle`] (the MDM's lifecycle events), [`waiters`];
 //! - below them: [`domain`] (vocabulary and rules, no I/O), the store [`ledger`] (every SQL
 //!   statement) with [`db`] (pool, migrations, schema), and [`apple`] (Apple's API client);
 //! - shared: the leaves [`config`], [`crypto`] (sTokens at rest) and [`telemetry`], and
@@ -40,6 +40,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod ledger;
+pub mod lifecycle;
 #[cfg(feature = "dev")]
 pub mod local_pg;
 pub mod plans;

@@ -7,6 +7,7 @@ pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
 pub mod drift;
+pub mod lifecycle;
 pub mod plans;
 pub mod policies;
 pub mod spaces;
@@ -49,6 +50,12 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_account_assets)
         .service(subjects::get_device)
         .service(subjects::get_user)
+        .service(subjects::put_device)
+        .service(subjects::put_user)
+        .service(lifecycle::send_lifecycle_events)
+        .service(lifecycle::get_lifecycle_event)
+        .service(lifecycle::get_lifecycle_settings)
+        .service(lifecycle::put_lifecycle_settings)
         .service(policies::list_policies)
         .service(policies::get_policy)
         .service(policies::put_policy)

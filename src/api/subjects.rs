@@ -3,8 +3,8 @@
 //! user; Ivanti's "License Usage" per user and the licence column of "Installed Apps" per device).
 //!
 //! Decisions:
-//! - The stored facts are those the last allocation request gave (`subject.user`, `groups`,
-//!   `shared_ipad`); `first_seen` is when the space first saw the subject (its row's creation),
+//! - The stored facts are those the last allocation request, lifecycle event or `PUT` gave
+//!   (`subject.user`, `groups`, `shared_ipad`, `last_seen`); `first_seen` is when the space first saw the subject (its row's creation),
 //!   `updated_at` when an allocation last changed them. A subject the space never saw is 404
 //!   (as is another space's: each space has its own subjects), not an empty view.
 //! - `licenses.live`: every license-holding assignment (`pending`, `associating`, `active`),
@@ -24,8 +24,16 @@
 //!   is 400 `invalid-parameter` before the space is authorised.
 //! - All of it is read in one read-only `REPEATABLE READ` snapshot
 //!   ([`crate::ledger::subjects::report`]).
+//! - `PUT` (issue 14, V2) sets the facts (groups, the device's user, Shared iPad, last seen;
+//!   a field left out stays, `clear_user: true` removes the device's user) and creates the subject if the space never
+//!   saw it. Changing them has the effect of the `groups_changed` lifecycle event of the
+//!   subject's kind, under the space's setting for that type ([`crate::lifecycle`]): licenses
+//!   no rule of allocation grants any more are revoked. `PUT` answers the subject as `GET`
+//!   does (revocations appear in `licenses.past` with the reason `<kind> <id> updated (PUT)`);
+//!   what was revoked is also in the `subject.updated` activity row. `last_seen` only moves
+//!   forward.
 
-use actix_web::{get, web};
+use actix_web::{get, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -34,10 +42,13 @@ use uuid::Uuid;
 use crate::api::assignments::{FailureView, RevocationRecord};
 use crate::auth::space::SpacePath;
 use crate::auth::{SpaceAccess, needs};
+use crate::domain::lifecycle as lifecycle_rules;
 use crate::domain::model::{AssignmentState, LicenseType, Rule, SubjectKind};
-use crate::domain::validation::check_id;
+use crate::domain::validation::{FieldError, check_id};
+use crate::http::extract::Json;
 use crate::http::problem::{ApiError, types};
-use crate::ledger::subjects::{self as store, ReportLimits, SubjectLicense, SubjectReport};
+use crate::ledger::subjects::{self as store, Facts, ReportLimits, SubjectLicense, SubjectReport};
+use crate::lifecycle;
 use crate::state::AppState;
 
 /// Past licenses shown unless `past_limit` says otherwise.
@@ -63,8 +74,12 @@ pub struct Device {
     pub groups: Vec<String>,
     /// When the space first saw the device (its first allocation request).
     pub first_seen: DateTime<Utc>,
-    /// When an allocation request last changed the facts above.
+    /// When an allocation request, a lifecycle event or `PUT` last changed the facts above.
     pub updated_at: DateTime<Utc>,
+    /// When the MDM last saw the device (`device.seen` events, `PUT`), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub last_seen: Option<DateTime<Utc>>,
     /// The device's own licenses.
     pub licenses: SubjectLicenses,
     /// Live user-based licenses of the device's user, which cover the device (A7); empty for a
@@ -86,8 +101,12 @@ pub struct User {
     pub devices_total: i64,
     /// When the space first saw the user (a request naming it as subject).
     pub first_seen: DateTime<Utc>,
-    /// When an allocation request last changed the facts above.
+    /// When an allocation request, a lifecycle event or `PUT` last changed the facts above.
     pub updated_at: DateTime<Utc>,
+    /// When the MDM last saw the user (`PUT`), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub last_seen: Option<DateTime<Utc>>,
     /// The user's licenses.
     pub licenses: SubjectLicenses,
 }
@@ -267,8 +286,12 @@ pub async fn get_device(
 ) -> Result<web::Json<Device>, ApiError> {
     let DevicePath { space, serial } = access.path;
     let report = read(&state, &space, SubjectKind::Device, &serial, &query).await?;
+    Ok(web::Json(device_view(&report)))
+}
+
+fn device_view(report: &SubjectReport) -> Device {
     let facts = &report.subject.row;
-    Ok(web::Json(Device {
+    Device {
         serial: facts.external_id.clone(),
         space: facts.space_id.clone(),
         user: facts.user_external_id.clone(),
@@ -276,9 +299,10 @@ pub async fn get_device(
         groups: facts.group_names(),
         first_seen: report.subject.created_at,
         updated_at: report.subject.updated_at,
+        last_seen: report.subject.last_seen_at,
         user_licenses: report.user_licenses.iter().map(held).collect(),
-        licenses: licenses(&report),
-    }))
+        licenses: licenses(report),
+    }
 }
 
 /// Get a user: its stored facts, its devices and its licenses, live and past.
@@ -310,8 +334,12 @@ pub async fn get_user(
         client_user_id,
     } = access.path;
     let report = read(&state, &space, SubjectKind::User, &client_user_id, &query).await?;
+    Ok(web::Json(user_view(&report)))
+}
+
+fn user_view(report: &SubjectReport) -> User {
     let facts = &report.subject.row;
-    Ok(web::Json(User {
+    User {
         id: facts.external_id.clone(),
         space: facts.space_id.clone(),
         groups: facts.group_names(),
@@ -319,8 +347,230 @@ pub async fn get_user(
         devices_total: report.devices_total,
         first_seen: report.subject.created_at,
         updated_at: report.subject.updated_at,
-        licenses: licenses(&report),
-    }))
+        last_seen: report.subject.last_seen_at,
+        licenses: licenses(report),
+    }
+}
+
+/// New facts of a device; a field left out stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    /// The full current set of groups ([] for none).
+    #[schema(nullable = false)]
+    pub groups: Option<Vec<String>>,
+    /// The device's user (client user id).
+    #[schema(nullable = false)]
+    pub user: Option<String>,
+    /// True: the device has no user any more (not with `user`).
+    #[serde(default)]
+    pub clear_user: bool,
+    /// Whether it is a Shared iPad (always device-based licenses, A7).
+    #[schema(nullable = false)]
+    pub shared_ipad: Option<bool>,
+    /// When the MDM last saw it (moves forward only; at most 5 minutes in the future).
+    #[schema(nullable = false)]
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// New facts of a user; a field left out stays as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    /// The full current set of groups ([] for none).
+    #[schema(nullable = false)]
+    pub groups: Option<Vec<String>>,
+    /// When the MDM last saw the user (moves forward only; at most 5 minutes in the future).
+    #[schema(nullable = false)]
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+fn check_facts(
+    groups: Option<&Vec<String>>,
+    user: Option<&Option<String>>,
+    last_seen: Option<DateTime<Utc>>,
+) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if let Some(groups) = groups {
+        if groups.len() > lifecycle_rules::MAX_GROUPS {
+            errors.push(FieldError {
+                field: "groups".into(),
+                message: format!("at most {} groups", lifecycle_rules::MAX_GROUPS),
+            });
+        }
+        for (i, g) in groups.iter().enumerate() {
+            check_id(&mut errors, &format!("groups[{i}]"), g);
+        }
+    }
+    if let Some(Some(user)) = user {
+        check_id(&mut errors, "user", user);
+    }
+    if let Some(seen) = last_seen
+        && seen > Utc::now() + chrono::Duration::seconds(lifecycle_rules::FUTURE_SKEW_SECS)
+    {
+        errors.push(FieldError {
+            field: "last_seen".into(),
+            message: format!(
+                "lies more than {} s in the future",
+                lifecycle_rules::FUTURE_SKEW_SECS
+            ),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// The groups without repeats, in the order given.
+fn distinct(groups: Option<Vec<String>>) -> Option<Vec<String>> {
+    groups.map(|gs| {
+        let mut out: Vec<String> = Vec::new();
+        for g in gs {
+            if !out.contains(&g) {
+                out.push(g);
+            }
+        }
+        out
+    })
+}
+
+/// Set a device's facts: groups, user, Shared iPad, last seen (V2).
+///
+/// Creates the device if the space never saw it. Changing the groups or the user has the effect
+/// of a `device.groups_changed` event: the device's licenses (and its user's user-based ones,
+/// which its groups help grant) are re-decided with allocation's rules, and those no rule grants
+/// any more (first-come-first-served groups left, off a fallback account's distribution list,
+/// now disallowed) are revoked, unless still granted another way; the space's
+/// `lifecycle-settings` for `device.groups_changed` decide whether now, after the grace period,
+/// or not at all. Lifecycle events about the same facts that occurred before this request are
+/// stale afterwards. Answers the device as `GET` does; revoked licenses are in
+/// `licenses.past` with the reason.
+#[utoipa::path(
+    tag = "subjects",
+    operation_id = "put_device",
+    security(("bearer" = ["licenses:write"])),
+    params(DevicePath),
+    request_body = DeviceUpdate,
+    responses(
+        (status = 200, description = "The device now", body = Device),
+        (status = 400, description = "Malformed serial number"),
+        (status = 404, description = "Unknown space"),
+        (status = 422, description = "A malformed group, user or time"),
+    )
+)]
+#[put("/v1/spaces/{space}/devices/{serial}")]
+pub async fn put_device(
+    access: SpaceAccess<needs::LicensesWrite, DevicePath>,
+    state: web::Data<AppState>,
+    body: Json<DeviceUpdate>,
+) -> Result<web::Json<Device>, ApiError> {
+    let (caller, DevicePath { space, serial }) = access.into_parts();
+    let body = body.0;
+    if body.clear_user && body.user.is_some() {
+        return Err(ApiError::field(
+            "clear_user",
+            "give either user or clear_user, not both",
+        ));
+    }
+    let user = if body.clear_user {
+        Some(None)
+    } else {
+        body.user.map(Some)
+    };
+    check_facts(body.groups.as_ref(), user.as_ref(), body.last_seen)?;
+    let facts = Facts {
+        groups: distinct(body.groups),
+        user,
+        shared_ipad: body.shared_ipad,
+        last_seen: body.last_seen,
+    };
+    let mut conn = state.pool.get().await?;
+    lifecycle::update_subject(
+        &mut conn,
+        &space,
+        SubjectKind::Device,
+        &serial,
+        facts,
+        &caller.origin(),
+    )
+    .await?;
+    let report = read(
+        &state,
+        &space,
+        SubjectKind::Device,
+        &serial,
+        &default_query(),
+    )
+    .await?;
+    Ok(web::Json(device_view(&report)))
+}
+
+/// Set a user's facts: groups, last seen (V2).
+///
+/// Creates the user if the space never saw it. Changing the groups has the effect of a
+/// `user.groups_changed` event: the user's licenses are re-decided with allocation's rules and
+/// those no rule grants any more are revoked (per the space's `lifecycle-settings` for
+/// `user.groups_changed`). Answers the user as `GET` does; revoked licenses are in
+/// `licenses.past` with the reason.
+#[utoipa::path(
+    tag = "subjects",
+    operation_id = "put_user",
+    security(("bearer" = ["licenses:write"])),
+    params(UserPath),
+    request_body = UserUpdate,
+    responses(
+        (status = 200, description = "The user now", body = User),
+        (status = 400, description = "Malformed client user id"),
+        (status = 404, description = "Unknown space"),
+        (status = 422, description = "A malformed group or time"),
+    )
+)]
+#[put("/v1/spaces/{space}/users/{client_user_id}")]
+pub async fn put_user(
+    access: SpaceAccess<needs::LicensesWrite, UserPath>,
+    state: web::Data<AppState>,
+    body: Json<UserUpdate>,
+) -> Result<web::Json<User>, ApiError> {
+    let (
+        caller,
+        UserPath {
+            space,
+            client_user_id,
+        },
+    ) = access.into_parts();
+    let body = body.0;
+    check_facts(body.groups.as_ref(), None, body.last_seen)?;
+    let facts = Facts {
+        groups: distinct(body.groups),
+        user: None,
+        shared_ipad: None,
+        last_seen: body.last_seen,
+    };
+    let mut conn = state.pool.get().await?;
+    lifecycle::update_subject(
+        &mut conn,
+        &space,
+        SubjectKind::User,
+        &client_user_id,
+        facts,
+        &caller.origin(),
+    )
+    .await?;
+    let report = read(
+        &state,
+        &space,
+        SubjectKind::User,
+        &client_user_id,
+        &default_query(),
+    )
+    .await?;
+    Ok(web::Json(user_view(&report)))
+}
+
+fn default_query() -> SubjectQuery {
+    SubjectQuery { past_limit: None }
 }
 
 /// The subject's report, or 404.

@@ -241,6 +241,53 @@ diesel::table! {
 }
 
 diesel::table! {
+    lifecycle_events (id) {
+        id -> Uuid,
+        space_id -> Text,
+        source -> Text,
+        event_id -> Text,
+        #[sql_name = "type"]
+        type_ -> Text,
+        subject_kind -> Text,
+        subject_id -> Text,
+        occurred_at -> Timestamptz,
+        data -> Jsonb,
+        effect -> Text,
+        state -> Text,
+        due_at -> Timestamptz,
+        revoke_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        result -> Nullable<Jsonb>,
+        requested_by -> Text,
+        request_id -> Nullable<Text>,
+        received_at -> Timestamptz,
+        applied_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    lifecycle_marks (space_id, subject_kind, subject_id, aspect) {
+        space_id -> Text,
+        subject_kind -> Text,
+        subject_id -> Text,
+        aspect -> Text,
+        occurred_at -> Timestamptz,
+        event -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    lifecycle_settings (space_id, event_type) {
+        space_id -> Text,
+        event_type -> Text,
+        effect -> Text,
+        grace_seconds -> Nullable<Int4>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     mirror_assets (account_id, adam_id, pricing_param) {
         account_id -> Uuid,
         adam_id -> Text,
@@ -363,6 +410,9 @@ diesel::joinable!(distribution_policies -> spaces (space_id));
 diesel::joinable!(jobs -> accounts (account_id));
 diesel::joinable!(policy_entries -> accounts (account_id));
 diesel::joinable!(policy_entries -> distribution_policies (policy_id));
+diesel::joinable!(lifecycle_events -> spaces (space_id));
+diesel::joinable!(lifecycle_marks -> spaces (space_id));
+diesel::joinable!(lifecycle_settings -> spaces (space_id));
 diesel::joinable!(subjects -> spaces (space_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -381,6 +431,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     drift_watermarks,
     idempotency_keys,
     jobs,
+    lifecycle_events,
+    lifecycle_marks,
+    lifecycle_settings,
     mirror_assets,
     plan_items,
     plans,

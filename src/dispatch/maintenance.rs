@@ -1,6 +1,7 @@
 //! Housekeeping every few minutes (any replica may do it; each step is idempotent): forget
-//! idempotency keys older than 24 h and Apple notification ids older than a day, and make
-//! stale leases (a worker that died holding them) claimable at once.
+//! idempotency keys older than 24 h, Apple notification ids older than a day and finished
+//! lifecycle events older than 30 days (their stale marks stay), and make stale leases (a
+//! worker that died holding them) claimable at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +29,12 @@ pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
     let keys = retention::forget_idempotency_keys(&mut conn).await?;
     let notes = apple_notifications::forget_older_than_a_day(&mut conn).await?;
-    if keys + notes > 0 {
+    let events = crate::lifecycle::forget_old(&mut conn).await?;
+    if keys + notes + events > 0 {
         tracing::info!(
             idempotency_keys = keys,
             notifications = notes,
+            lifecycle_events = events,
             "maintenance removed old rows"
         );
     }

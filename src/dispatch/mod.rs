@@ -27,6 +27,7 @@
 //! most `max_wait`.
 
 pub mod batch;
+pub mod lifecycle;
 pub mod maintenance;
 pub mod retry;
 pub mod sync;
@@ -183,6 +184,7 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
     }
     if ctx.settings.workers > 0 {
         handles.push(tokio::spawn(maintenance::run(ctx.clone(), cancel.clone())));
+        handles.push(tokio::spawn(lifecycle::run(ctx.clone(), cancel.clone())));
     }
     handles.extend(sync::spawn(ctx, cancel));
     handles

@@ -10,6 +10,7 @@
 //!   groups, bans;
 //! - [`reconciliation`]: sync kinds, drift classes and plan actions (keeping the ledger true
 //!   to Apple); [`reconcile`]: whether a license this deployment assigned is still used (T6);
+//! - [`lifecycle`]: lifecycle events from other MDM components (V2, V3, V5);
 //! - [`account_status`]: the account status machine; [`validation`]: field checks and the
 //!   422 problem's field errors.
 
@@ -18,6 +19,7 @@ pub mod allocation;
 pub mod decide;
 pub mod forecast;
 pub mod inventory;
+pub mod lifecycle;
 pub mod model;
 pub mod origin;
 pub mod policy;

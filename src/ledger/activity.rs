@@ -76,7 +76,8 @@ crate::text_enum! {
     pub enum ActivityAction {
         /// A space was created.
         SpaceCreated = "space.created",
-        /// A space's name or description changed.
+        /// A space's name or description changed, or its lifecycle settings
+        /// (`details.lifecycle_settings`).
         SpaceUpdated = "space.updated",
         /// A space was deleted.
         SpaceDeleted = "space.deleted",
@@ -154,6 +155,13 @@ crate::text_enum! {
         AssignmentResubmitted = "assignment.resubmitted",
         /// Reconcile: a license no longer used is being revoked (`details`: the criterion).
         AssignmentReconciled = "assignment.reconciled",
+        /// A lifecycle event was applied, scheduled or found stale (`details`: the event's
+        /// source, id, type, state and result; V2, V5). Its revocations are
+        /// `assignment.revoke_requested` rows whose reason names the event.
+        LifecycleApplied = "lifecycle.applied",
+        /// `PUT …/devices|users/…` changed a subject's facts (`details`: what was given and
+        /// the licenses it revoked).
+        SubjectUpdated = "subject.updated",
     }
 }
 

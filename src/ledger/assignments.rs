@@ -50,6 +50,16 @@ pub async fn by_id(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option
         .optional()
 }
 
+/// The assignments among `ids`, in id order.
+pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<AssignmentRow>> {
+    assignments::table
+        .filter(assignments::id.eq_any(ids))
+        .order(assignments::id)
+        .select(AssignmentRow::as_select())
+        .load(conn)
+        .await
+}
+
 /// The live assignment of `subject` for an asset in a space, if any.
 pub async fn live_for(
     conn: &mut AsyncPgConnection,

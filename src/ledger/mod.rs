@@ -22,6 +22,7 @@ pub mod drift_scope;
 pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;
+pub mod lifecycle;
 pub mod plans;
 pub mod policies;
 pub mod reconcile;

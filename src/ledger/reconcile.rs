@@ -59,6 +59,8 @@ pub struct PageFilter<'a> {
     pub account: Option<Uuid>,
     /// Only this assignment (the re-check before revoking it).
     pub assignment: Option<Uuid>,
+    /// Only these subjects' assignments (a lifecycle event re-deciding a subject's licenses).
+    pub subjects: Option<&'a [Uuid]>,
     /// Keyset: ids after this one.
     pub after: Option<Uuid>,
     pub unseen_before: Option<DateTime<Utc>>,
@@ -103,6 +105,7 @@ pub async fn page(
                     SELECT 1 FROM account_distribution_entries d
                      WHERE d.account_id = a.account_id))
               OR sub.last_seen_at < $5)
+            AND ($7::uuid[] IS NULL OR a.subject_id = ANY($7))
           ORDER BY a.id
           LIMIT $6
           {}",
@@ -114,6 +117,7 @@ pub async fn page(
     .bind::<Nullable<SqlUuid>, _>(f.after)
     .bind::<Nullable<Timestamptz>, _>(f.unseen_before)
     .bind::<BigInt, _>(f.size)
+    .bind::<Nullable<Array<SqlUuid>>, _>(f.subjects)
     .load(conn)
     .await
 }

@@ -127,7 +127,8 @@ pub async fn account_count(conn: &mut AsyncPgConnection, id: &str) -> QueryResul
 /// Removes what exists only for a space without accounts: its distribution policies, its
 /// assignments (with no account left, all finished: the history of its accounts, which outlives
 /// each account but not the space an administrator deletes on purpose; the activity log keeps
-/// the record), the subjects callers described, and the idempotency keys.
+/// the record), the subjects callers described, the idempotency keys and the lifecycle events, marks and
+/// settings.
 pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<()> {
     use crate::db::schema::{assignments, distribution_policies, idempotency_keys, subjects};
     diesel::delete(assignments::table.filter(assignments::space_id.eq(id)))
@@ -142,6 +143,7 @@ pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryRes
     diesel::delete(idempotency_keys::table.filter(idempotency_keys::space_id.eq(id)))
         .execute(conn)
         .await?;
+    super::lifecycle::delete_space(conn, id).await?;
     Ok(())
 }
 

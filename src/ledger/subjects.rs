@@ -55,6 +55,8 @@ pub struct StoredSubject {
     pub row: SubjectRow,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the MDM last saw the subject (`device.seen`, `PUT …`), if it said.
+    pub last_seen_at: Option<DateTime<Utc>>,
 }
 
 /// [`find`] with the row's timestamps (the device and user views).
@@ -72,16 +74,20 @@ pub async fn find_stored(
             SubjectRow::as_select(),
             subjects::created_at,
             subjects::updated_at,
+            subjects::last_seen_at,
         ))
         .first(conn)
         .await
         .optional()
         .map(|found| {
-            found.map(|(row, created_at, updated_at)| StoredSubject {
-                row,
-                created_at,
-                updated_at,
-            })
+            found.map(
+                |(row, created_at, updated_at, last_seen_at)| StoredSubject {
+                    row,
+                    created_at,
+                    updated_at,
+                    last_seen_at,
+                },
+            )
         })
 }
 
@@ -276,5 +282,97 @@ pub async fn report(
                 user_licenses,
             }))
         })
+        .await
+}
+
+/// The subject `(kind, external_id)` of `space`, created without facts when the space never saw
+/// it, locked (`FOR UPDATE`) until the caller's transaction ends: lifecycle events and
+/// `PUT …/devices|users/…` change its facts.
+pub async fn upsert_locked(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    kind: SubjectKind,
+    external_id: &str,
+) -> QueryResult<SubjectRow> {
+    diesel::insert_into(subjects::table)
+        .values((
+            subjects::id.eq(Uuid::now_v7()),
+            subjects::space_id.eq(space),
+            subjects::kind.eq(kind),
+            subjects::external_id.eq(external_id),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    subjects::table
+        .filter(subjects::space_id.eq(space))
+        .filter(subjects::kind.eq(kind))
+        .filter(subjects::external_id.eq(external_id))
+        .select(SubjectRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+}
+
+/// New facts of a subject; `None` leaves a fact as it is.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub groups: Option<Vec<String>>,
+    /// `Some(None)`: the device has no user now.
+    pub user: Option<Option<String>>,
+    pub shared_ipad: Option<bool>,
+    /// Moves the last sighting forward (never back).
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// Writes `facts` on subject `id`.
+pub async fn set_facts(conn: &mut AsyncPgConnection, id: Uuid, facts: &Facts) -> QueryResult<()> {
+    let target = || subjects::table.filter(subjects::id.eq(id));
+    if let Some(groups) = &facts.groups {
+        let groups: Vec<Option<String>> = groups.iter().cloned().map(Some).collect();
+        diesel::update(target())
+            .set(subjects::groups.eq(groups))
+            .execute(conn)
+            .await?;
+    }
+    if let Some(user) = &facts.user {
+        diesel::update(target())
+            .set(subjects::user_external_id.eq(user.clone()))
+            .execute(conn)
+            .await?;
+    }
+    if let Some(shared) = facts.shared_ipad {
+        diesel::update(target())
+            .set(subjects::shared_ipad.eq(shared))
+            .execute(conn)
+            .await?;
+    }
+    if let Some(seen) = facts.last_seen {
+        diesel::update(
+            target().filter(
+                subjects::last_seen_at
+                    .is_null()
+                    .or(subjects::last_seen_at.lt(seen)),
+            ),
+        )
+        .set(subjects::last_seen_at.eq(seen))
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The subject ids of the devices of `space` whose user is `user`.
+pub async fn device_ids_of_user(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    user: &str,
+) -> QueryResult<Vec<Uuid>> {
+    subjects::table
+        .filter(subjects::space_id.eq(space))
+        .filter(subjects::user_external_id.eq(user))
+        .filter(subjects::kind.eq(SubjectKind::Device))
+        .select(subjects::id)
+        .load(conn)
         .await
 }

@@ -59,6 +59,7 @@ pub async fn candidates(
         space,
         account,
         only: None,
+        subjects: None,
         settings,
         limit,
         count_all: false,
@@ -92,6 +93,7 @@ pub async fn candidates_and_count(
         space,
         account,
         only: None,
+        subjects: None,
         settings,
         limit,
         count_all: true,
@@ -118,6 +120,7 @@ pub async fn revoke_candidate(
         space,
         account: None,
         only: Some(assignment_id),
+        subjects: None,
         settings,
         limit: 1,
         count_all: false,
@@ -152,11 +155,44 @@ pub async fn revoke_candidate(
     Ok(true)
 }
 
+/// The live licenses of `subjects` (subject row ids) of `space` that allocation's rules no
+/// longer grant — disallowed, left the first-come-first-served groups, off the fallback
+/// account's distribution list — judged on the facts stored now, with their rows locked (run it
+/// inside the caller's transaction, then revoke what it returns). The lifecycle events' group
+/// and user changes and `PUT …/devices|users/…` use it (V2); "not seen" is never a criterion
+/// here (that is Reconcile's, on its schedule).
+pub async fn no_longer_granted(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    subjects: &[Uuid],
+) -> diesel::QueryResult<Vec<Candidate>> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let settings = ReconcileArgs {
+        reconcile_unseen_days: None,
+        ..ReconcileArgs::default()
+    };
+    let scan = Scan {
+        space,
+        account: None,
+        only: None,
+        subjects: Some(subjects),
+        settings: &settings,
+        limit: i64::MAX,
+        count_all: false,
+        lock: true,
+    };
+    Ok(scan.run(conn).await?.0)
+}
+
 /// One pass over the space's live assignments.
 struct Scan<'a> {
     space: &'a str,
     account: Option<Uuid>,
     only: Option<Uuid>,
+    /// Only these subjects' assignments.
+    subjects: Option<&'a [Uuid]>,
     settings: &'a ReconcileArgs,
     limit: i64,
     /// Go on after `limit` to count every candidate.
@@ -183,6 +219,7 @@ impl Scan<'_> {
                     space: self.space,
                     account: self.account,
                     assignment: self.only,
+                    subjects: self.subjects,
                     after,
                     unseen_before,
                     size: PAGE,

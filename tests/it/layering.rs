@@ -14,7 +14,7 @@ enum Layer {
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
     /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `sync/`, `plans/`,
-    /// `reconcile/`, `waiters`: what the
+    /// `reconcile/`, `lifecycle/`, `waiters`: what the
     /// service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
@@ -38,7 +38,7 @@ fn layer(rel: &str) -> Option<Layer> {
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "plans"
-        | "reconcile" | "waiters" => Layer::UseCase,
+        | "reconcile" | "lifecycle" | "waiters" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,
@@ -68,6 +68,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "sync",
             "plans",
             "reconcile",
+            "lifecycle",
             "waiters",
             "ledger",
             "state",
@@ -89,6 +90,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "sync",
             "plans",
             "reconcile",
+            "lifecycle",
             "waiters",
             "state",
             "commands",
@@ -109,6 +111,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "sync",
             "plans",
             "reconcile",
+            "lifecycle",
             "waiters",
             "state",
             "commands",

@@ -21,6 +21,7 @@ mod exports;
 mod history;
 mod hostile_input;
 mod layering;
+mod lifecycle;
 mod migrations;
 mod multiprocess;
 mod notification_input;

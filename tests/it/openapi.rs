@@ -277,6 +277,31 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             wire(vpp_broker::domain::reconciliation::ItemOutcome::ALL),
         ),
         ("RepairChoice", wire(vpp_broker::plans::RepairChoice::ALL)),
+        (
+            "EventType",
+            wire(vpp_broker::domain::lifecycle::EventType::ALL),
+        ),
+        ("Effect", wire(vpp_broker::domain::lifecycle::Effect::ALL)),
+        (
+            "EventState",
+            wire(vpp_broker::domain::lifecycle::EventState::ALL),
+        ),
+        (
+            "EventSubject",
+            wire(vpp_broker::domain::lifecycle::EventSubject::ALL),
+        ),
+        (
+            "MoveOutcome",
+            wire(vpp_broker::domain::lifecycle::MoveOutcome::ALL),
+        ),
+        (
+            "BatchStatus",
+            wire(vpp_broker::api::lifecycle::BatchStatus::ALL),
+        ),
+        (
+            "ReconcileCriterion",
+            wire(vpp_broker::domain::reconciliation::ReconcileCriterion::ALL),
+        ),
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];

@@ -1,0 +1,898 @@
+//! Lifecycle events from other MDM components (rules V2, V3, V5; issue 14): what devices, users
+//! and apps went through, reported by the MDM, turned into revocations (and, for a space move,
+//! allocations) without anyone asking for them one by one.
+//!
+//! # Accepting ([`accept`])
+//! A batch (at most [`MAX_BATCH`]) is stored in one transaction, each event keyed by
+//! `(space, source, id)`: an event already stored (within the 30-day retention) is not stored
+//! again and is answered with the original's state and result (`duplicate`). Each new event
+//! takes its space's effect for its type *at acceptance* (`lifecycle-settings`; defaults in
+//! [`EventType::default_effect`]) and is `queued`. Nothing is applied in the request: the
+//! answer is 202.
+//!
+//! # Applying ([`apply_next`], run by the dispatcher's lifecycle worker)
+//! A worker claims one due event with `FOR UPDATE SKIP LOCKED` inside the transaction that
+//! applies it: its effects (subject facts, revocations, allocations, activity rows) and its new
+//! state commit together, so an event is applied once even with many replicas, and one whose
+//! process is killed mid-way rolls back and is claimed again (at-least-once delivery, effects
+//! once). A database failure rolls the effects back to a savepoint and counts an attempt; the
+//! event is retried with backoff and is `failed` after [`MAX_ATTEMPTS`].
+//!
+//! Out of order (V5): each event states a fact of one *aspect* of its subject
+//! ([`EventType::aspect`]: enrolment, groups, user, last sighting, status, one app, the space).
+//! The newest applied `occurred_at` per subject and aspect is kept (`lifecycle_marks`, locked
+//! while an event is applied, so two events about the same subject wait for each other); an
+//! event strictly older is `stale` and changes nothing. The marks outlive the 30-day event
+//! retention, so a very late replay is still stale.
+//!
+//! # Effects (per type; the revocation's reason names the event, who posted it is its actor)
+//! - `device.retired|wiped|deleted` (and `device.checked_out` when configured to revoke): every
+//!   license the device holds in the space ([`crate::engine::revoke`], so Apple's releases go
+//!   through the dispatcher).
+//! - `user.deleted` (and `user.disabled` when configured): every license the user holds.
+//!   Retiring the user at Apple (`users/retire`) is not done: the codebase has no dispatcher job
+//!   for it yet; the user's licenses are released, which is what frees them.
+//! - `device.groups_changed`, `user.groups_changed` (the full set), `device.user_changed`, and
+//!   `PUT …/devices/{serial}` / `…/users/{id}`: the facts are stored, then the subject's licenses
+//!   (a device's: its own and its user's user licenses, which its groups help grant) are
+//!   re-decided with allocation's own rules ([`crate::reconcile::no_longer_granted`]: disallowed,
+//!   out of the first-come-first-served groups, off a fallback account's distribution list) and
+//!   revoked when no rule grants them any more; a license still granted another way (a
+//!   reservation, another group, the first account serving everyone) stays.
+//! - `device.seen`: the last sighting moves forward (never back); nothing else.
+//! - `app.removed_from_device`: ignored by default (Intune's and Fleet's behaviour);
+//!   configured to revoke, the device's license of that app.
+//! - `app.deleted_from_catalog`: every license of that app in the space (both pricings unless
+//!   `data.pricing_param`).
+//! - `device.moved` (V3): the device's licenses in this space (and its user's, with
+//!   `data.with_user`) are revoked; the same assets are allocated in `data.to_space` through
+//!   the allocation use case, under that space's policies and accounts; where that is not
+//!   possible only the revocation happens. The result lists each asset.
+//!
+//! `revoke_after` records the facts at once and revokes when `occurred_at + grace` has passed
+//! (the event is `scheduled` meanwhile); group changes are re-decided then, so a subject that
+//! regained its group during the grace period keeps its license. `ignore` records the facts and
+//! the event and revokes nothing.
+//!
+//! Every applied or stale event writes a `lifecycle.applied` activity row with its result.
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+use crate::domain::lifecycle::{
+    CheckedEvent, Effect, EventResult, EventState, EventSubject, EventType, MAX_ATTEMPTS,
+    MoveOutcome, MovedAsset, RevokedLicense, is_stale,
+};
+pub use crate::domain::lifecycle::{MAX_BATCH, RETENTION_DAYS};
+use crate::domain::model::{LicenseType, LicenseWish, SubjectKind};
+use crate::domain::origin::Origin;
+use crate::domain::records::SubjectRow;
+use crate::domain::revocation::Scope;
+use crate::engine::allocate::{self, AllocationError};
+use crate::ledger::activity::{self, Activity, ActivityAction};
+use crate::ledger::lifecycle::{self as store, EventRow, NewEvent, SettingRow};
+use crate::ledger::subjects::{self, Facts};
+use crate::ledger::{assignments, revocations, spaces};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+}
+
+/// One event of an accepted batch: its stored row, and whether it was already stored.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub row: EventRow,
+    pub duplicate: bool,
+}
+
+/// The effect and grace period of each type in `space`.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub rows: Vec<SettingRow>,
+}
+
+impl Settings {
+    /// The effect of `event_type` (the space's choice or the default) and its grace period.
+    pub fn effect(&self, event_type: EventType) -> (Effect, Option<i32>) {
+        self.rows
+            .iter()
+            .find(|r| r.event_type == event_type.as_str())
+            .and_then(|r| Some((r.effect.parse::<Effect>().ok()?, r.grace_seconds)))
+            .unwrap_or((event_type.default_effect(), None))
+    }
+}
+
+/// The space's settings (404 for an unknown space).
+pub async fn settings(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+) -> Result<Settings, LifecycleError> {
+    if spaces::find(conn, space).await?.is_none() {
+        return Err(LifecycleError::NotFound(format!("space {space}")));
+    }
+    Ok(Settings {
+        rows: store::settings(conn, space).await?,
+    })
+}
+
+/// Replaces the space's settings (types not named go back to their default). Applies to events
+/// accepted from now on.
+pub async fn put_settings(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    rows: Vec<SettingRow>,
+    origin: &Origin,
+) -> Result<Settings, LifecycleError> {
+    conn.transaction(async |conn| {
+        if spaces::find(conn, space).await?.is_none() {
+            return Err(LifecycleError::NotFound(format!("space {space}")));
+        }
+        store::replace_settings(conn, space, &rows).await?;
+        let details: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"type": r.event_type, "effect": r.effect, "grace_seconds": r.grace_seconds}))
+            .collect();
+        activity::record(
+            conn,
+            Activity::new(origin, ActivityAction::SpaceUpdated.as_str())
+                .space(space)
+                .details(json!({"lifecycle_settings": details})),
+        )
+        .await?;
+        Ok(Settings { rows })
+    })
+    .await
+}
+
+/// Stores a batch of checked events of `space` (see the module documentation) and answers each
+/// in the batch's order.
+pub async fn accept(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    events: &[CheckedEvent],
+    origin: &Origin,
+) -> Result<Vec<Accepted>, LifecycleError> {
+    conn.transaction(async |conn| {
+        if spaces::find(conn, space).await?.is_none() {
+            return Err(LifecycleError::NotFound(format!("space {space}")));
+        }
+        let settings = Settings {
+            rows: store::settings(conn, space).await?,
+        };
+        let now = Utc::now();
+        let rows: Vec<NewEvent> = events
+            .iter()
+            .map(|e| {
+                let (effect, grace) = settings.effect(e.event_type);
+                let effect_text = if e.event_type.configurable() {
+                    effect.as_str()
+                } else {
+                    "record"
+                };
+                NewEvent {
+                    id: Uuid::now_v7(),
+                    space_id: space.to_owned(),
+                    source: e.source.clone(),
+                    event_id: e.id.clone(),
+                    type_: e.event_type.as_str().to_owned(),
+                    subject_kind: e.subject.as_str().to_owned(),
+                    subject_id: e.subject_id.clone(),
+                    occurred_at: e.occurred_at,
+                    data: e.data.clone(),
+                    effect: effect_text.to_owned(),
+                    state: EventState::Queued.as_str().to_owned(),
+                    due_at: now,
+                    revoke_at: (effect == Effect::RevokeAfter && e.event_type.configurable()).then(
+                        || e.occurred_at + chrono::Duration::seconds(grace.unwrap_or(0) as i64),
+                    ),
+                    requested_by: origin.actor.clone(),
+                    request_id: origin.request_id.clone(),
+                }
+            })
+            .collect();
+        let inserted = store::insert_new(conn, &rows).await?;
+        let keys: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e.source.clone(), e.id.clone()))
+            .collect();
+        let stored = store::find_many(conn, space, &keys).await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let Some(row) = stored
+                .iter()
+                .find(|r| r.source == e.source && r.event_id == e.id)
+            else {
+                return Err(LifecycleError::Db(diesel::result::Error::NotFound));
+            };
+            let first = seen.insert((e.source.as_str(), e.id.as_str()));
+            out.push(Accepted {
+                duplicate: !(first && inserted.contains(&row.id)),
+                row: row.clone(),
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The spaces among `ids` that do not exist.
+pub async fn missing_spaces(
+    conn: &mut AsyncPgConnection,
+    ids: &[String],
+) -> diesel::QueryResult<Vec<String>> {
+    let mut distinct: Vec<&String> = ids.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    let mut missing = Vec::new();
+    for id in distinct {
+        if spaces::find(conn, id).await?.is_none() {
+            missing.push(id.clone());
+        }
+    }
+    Ok(missing)
+}
+
+/// The event `(source, id)` of `space`.
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    source: &str,
+    id: &str,
+) -> Result<EventRow, LifecycleError> {
+    store::find(conn, space, source, id)
+        .await?
+        .ok_or_else(|| LifecycleError::NotFound(format!("lifecycle event {source}/{id}")))
+}
+
+/// What one application of an event came to.
+struct Step {
+    state: EventState,
+    result: EventResult,
+    /// `scheduled`: when to come back.
+    due_at: Option<DateTime<Utc>>,
+}
+
+/// Claims the next due event of any space and applies it (see the module documentation).
+/// `None`: nothing is due. Otherwise the event's id and its state now (`queued` again when the
+/// attempt failed and will be retried).
+pub async fn apply_next(
+    conn: &mut AsyncPgConnection,
+) -> Result<Option<(Uuid, EventState)>, diesel::result::Error> {
+    conn.transaction(async |conn| {
+        let Some(event) = store::claim_due(conn).await? else {
+            return Ok(None);
+        };
+        Ok(Some((event.id, run(conn, &event).await?)))
+    })
+    .await
+}
+
+/// Applies the claimed (locked) `event` in a savepoint and records its new state; a database
+/// failure of the effects counts an attempt instead.
+async fn run(
+    conn: &mut AsyncPgConnection,
+    event: &EventRow,
+) -> Result<EventState, diesel::result::Error> {
+    match conn
+        .transaction(async |conn| apply(conn, event).await)
+        .await
+    {
+        Ok(step) => {
+            let result = serde_json::to_value(&step.result).unwrap_or(Value::Null);
+            store::finish(conn, event.id, step.state.as_str(), &result, step.due_at).await?;
+            if step.state != EventState::Scheduled || event.state == "queued" {
+                log(conn, event, step.state, &result).await?;
+            }
+            Ok(step.state)
+        }
+        Err(e) => {
+            let attempts = event.attempts + 1;
+            let retry_at = (attempts < MAX_ATTEMPTS).then(|| {
+                Utc::now() + chrono::Duration::seconds((1i64 << attempts.min(8)).min(300))
+            });
+            tracing::warn!(event = %event.id, attempts, error = %e, "lifecycle event failed");
+            store::record_failure(conn, event.id, &e.to_string(), retry_at).await?;
+            Ok(if retry_at.is_some() {
+                EventState::Queued
+            } else {
+                EventState::Failed
+            })
+        }
+    }
+}
+
+async fn log(
+    conn: &mut AsyncPgConnection,
+    event: &EventRow,
+    state: EventState,
+    result: &Value,
+) -> diesel::QueryResult<()> {
+    let origin = origin_of(event);
+    let mut entry = Activity::new(&origin, ActivityAction::LifecycleApplied.as_str())
+        .space(&event.space_id)
+        .details(json!({
+            "event": {"source": event.source, "id": event.event_id, "type": event.type_,
+                      "occurred_at": event.occurred_at},
+            "state": state,
+            "result": result,
+        }));
+    match event.subject_kind.as_str() {
+        "asset" => entry.adam_id = Some(event.subject_id.clone()),
+        kind => entry.subject = Some(format!("{kind}:{}", event.subject_id)),
+    }
+    activity::record(conn, entry).await
+}
+
+fn origin_of(event: &EventRow) -> Origin {
+    Origin::new(event.requested_by.clone(), event.request_id.clone())
+}
+
+fn reason_of(event: &EventRow) -> String {
+    format!(
+        "lifecycle event {} {}/{}",
+        event.type_, event.source, event.event_id
+    )
+}
+
+/// The effects of one event, in the caller's savepoint.
+async fn apply(conn: &mut AsyncPgConnection, event: &EventRow) -> diesel::QueryResult<Step> {
+    let Ok(event_type) = event.type_.parse::<EventType>() else {
+        // Only a hand-edited row can get here; nothing is done about it.
+        return Ok(Step {
+            state: EventState::Applied,
+            result: EventResult {
+                effect: event.effect.clone(),
+                note: Some(format!("unknown type {:?}", event.type_)),
+                ..EventResult::default()
+            },
+            due_at: None,
+        });
+    };
+    let space = event.space_id.as_str();
+    if event.state == EventState::Scheduled.as_str() {
+        // The grace period of `revoke_after` is over: revoke now (facts were recorded).
+        let mut result: EventResult = event
+            .result
+            .clone()
+            .and_then(|r| serde_json::from_value(r).ok())
+            .unwrap_or_default();
+        revoke_for(conn, event, event_type, &[], &mut result).await?;
+        return Ok(Step {
+            state: EventState::Applied,
+            result,
+            due_at: None,
+        });
+    }
+    // V5: stale against the last applied event of the same subject and aspect.
+    let aspect = event_type.aspect(&event.data);
+    let last =
+        store::lock_mark(conn, space, &event.subject_kind, &event.subject_id, &aspect).await?;
+    if is_stale(event.occurred_at, last) {
+        return Ok(Step {
+            state: EventState::Stale,
+            result: EventResult {
+                effect: event.effect.clone(),
+                superseded_at: last,
+                ..EventResult::default()
+            },
+            due_at: None,
+        });
+    }
+    store::set_mark(
+        conn,
+        space,
+        &event.subject_kind,
+        &event.subject_id,
+        &aspect,
+        event.occurred_at,
+        Some(event.id),
+    )
+    .await?;
+    let mut result = EventResult {
+        effect: event.effect.clone(),
+        ..EventResult::default()
+    };
+    let also = record_facts(conn, event, event_type, &mut result).await?;
+    match event.effect.as_str() {
+        "revoke_now" => revoke_for(conn, event, event_type, &also, &mut result).await?,
+        "revoke_after" => {
+            let at = event.revoke_at.unwrap_or_else(Utc::now);
+            result.revoke_at = Some(at);
+            return Ok(Step {
+                state: EventState::Scheduled,
+                result,
+                due_at: Some(at),
+            });
+        }
+        _ => {}
+    }
+    Ok(Step {
+        state: EventState::Applied,
+        result,
+        due_at: None,
+    })
+}
+
+/// The facts the event states: groups, the device's user, the last sighting. Returns the
+/// subjects besides the event's own whose licenses the change can take away (a device's former
+/// user).
+async fn record_facts(
+    conn: &mut AsyncPgConnection,
+    event: &EventRow,
+    event_type: EventType,
+    result: &mut EventResult,
+) -> diesel::QueryResult<Vec<Uuid>> {
+    let mut facts = Facts::default();
+    match event_type {
+        EventType::DeviceGroupsChanged | EventType::UserGroupsChanged => {
+            let groups = event
+                .data
+                .get("groups")
+                .and_then(Value::as_array)
+                .map(|gs| {
+                    let mut out: Vec<String> = Vec::new();
+                    for g in gs.iter().filter_map(Value::as_str) {
+                        if !out.iter().any(|o| o == g) {
+                            out.push(g.to_owned());
+                        }
+                    }
+                    out
+                })
+                .unwrap_or_default();
+            facts.groups = Some(groups);
+            result.facts.push("groups".into());
+        }
+        EventType::DeviceUserChanged => {
+            facts.user = Some(
+                event
+                    .data
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            );
+            result.facts.push("user".into());
+        }
+        EventType::DeviceSeen => {
+            facts.last_seen = Some(event.occurred_at);
+            result.facts.push("last_seen".into());
+        }
+        _ => return Ok(Vec::new()),
+    }
+    let kind = subject_kind(event);
+    let row = subjects::upsert_locked(conn, &event.space_id, kind, &event.subject_id).await?;
+    subjects::set_facts(conn, row.id, &facts).await?;
+    let mut also = Vec::new();
+    if facts.user.is_some()
+        && let Some(old) = &row.user_external_id
+        && let Some(old) = subjects::find(conn, &event.space_id, SubjectKind::User, old).await?
+    {
+        also.push(old.id);
+    }
+    Ok(also)
+}
+
+fn subject_kind(event: &EventRow) -> SubjectKind {
+    if event.subject_kind == EventSubject::User.as_str() {
+        SubjectKind::User
+    } else {
+        SubjectKind::Device
+    }
+}
+
+/// The revocation (and for a move, the allocations) an event causes.
+async fn revoke_for(
+    conn: &mut AsyncPgConnection,
+    event: &EventRow,
+    event_type: EventType,
+    also: &[Uuid],
+    result: &mut EventResult,
+) -> diesel::QueryResult<()> {
+    use EventType::*;
+    let space = event.space_id.as_str();
+    let origin = origin_of(event);
+    let reason = reason_of(event);
+    match event_type {
+        DeviceSeen => Ok(()),
+        DeviceRetired | DeviceWiped | DeviceDeleted | DeviceCheckedOut | UserDeleted
+        | UserDisabled | AppRemovedFromDevice => {
+            let Some(subject) =
+                subjects::find(conn, space, subject_kind(event), &event.subject_id).await?
+            else {
+                result.note = Some(format!(
+                    "the space never saw {} {:?}: it holds nothing",
+                    event.subject_kind, event.subject_id
+                ));
+                return Ok(());
+            };
+            let mut scope = Scope {
+                subject: Some(subject.id),
+                ..Scope::default()
+            };
+            if event_type == AppRemovedFromDevice {
+                scope.adam_id = event
+                    .data
+                    .get("adam_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                scope.pricing_param = pricing_of(&event.data);
+            }
+            revoke_scope(conn, space, &scope, &origin, &reason, result).await?;
+            Ok(())
+        }
+        AppDeletedFromCatalog => {
+            let scope = Scope {
+                adam_id: Some(event.subject_id.clone()),
+                pricing_param: pricing_of(&event.data),
+                ..Scope::default()
+            };
+            revoke_scope(conn, space, &scope, &origin, &reason, result).await?;
+            Ok(())
+        }
+        DeviceGroupsChanged | UserGroupsChanged | DeviceUserChanged => {
+            let mut ids = rejudged(conn, space, subject_kind(event), &event.subject_id).await?;
+            ids.extend(
+                also.iter()
+                    .filter(|id| !ids.contains(id))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            revoke_not_granted(conn, space, &ids, &origin, &reason, result).await
+        }
+        DeviceMoved => move_device(conn, event, &origin, &reason, result).await,
+    }
+}
+
+fn pricing_of(data: &Value) -> Option<String> {
+    data.get("pricing_param")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The subjects whose licenses a change of `(kind, id)`'s facts can take away: the subject;
+/// for a device also its user (a user license counts its devices' groups).
+async fn rejudged(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    kind: SubjectKind,
+    id: &str,
+) -> diesel::QueryResult<Vec<Uuid>> {
+    let Some(row) = subjects::find(conn, space, kind, id).await? else {
+        return Ok(Vec::new());
+    };
+    let mut ids = vec![row.id];
+    if let (SubjectKind::Device, Some(user)) = (kind, &row.user_external_id)
+        && let Some(user) = subjects::find(conn, space, SubjectKind::User, user).await?
+    {
+        ids.push(user.id);
+    }
+    Ok(ids)
+}
+
+/// Revokes the live licenses of `subjects` that allocation's rules no longer grant.
+async fn revoke_not_granted(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    subjects: &[Uuid],
+    origin: &Origin,
+    reason: &str,
+    result: &mut EventResult,
+) -> diesel::QueryResult<()> {
+    for c in crate::reconcile::no_longer_granted(conn, space, subjects).await? {
+        let scope = Scope {
+            assignment: Some(c.assignment_id),
+            ..Scope::default()
+        };
+        let why = format!("{reason}: {}", c.criterion);
+        let revoked = crate::engine::revoke::revoke(conn, space, &scope, origin, &why).await?;
+        if revoked.dropped + revoked.revoking > 0 {
+            result.revoked.push(RevokedLicense {
+                assignment_id: c.assignment_id,
+                adam_id: c.adam_id,
+                pricing_param: c.pricing_param,
+                license_type: c.license_type,
+                criterion: Some(c.criterion),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Revokes every live license `scope` matches in `space` (those Apple does not take back are
+/// counted and left) and lists them in `result`; returns the revoked assignments.
+async fn revoke_scope(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    scope: &Scope,
+    origin: &Origin,
+    reason: &str,
+    result: &mut EventResult,
+) -> diesel::QueryResult<Vec<crate::domain::records::AssignmentRow>> {
+    let targets = revocations::matching(conn, space, scope, true).await?;
+    let ids: Vec<Uuid> = targets
+        .iter()
+        .filter(|t| t.revocable)
+        .map(|t| t.id)
+        .collect();
+    let rows = assignments::by_ids(conn, &ids).await?;
+    let revoked = crate::engine::revoke::revoke(conn, space, scope, origin, reason).await?;
+    result.not_revocable += revoked.not_revocable;
+    for a in &rows {
+        result.revoked.push(RevokedLicense {
+            assignment_id: a.id,
+            adam_id: a.adam_id.clone(),
+            pricing_param: a.pricing_param.clone(),
+            license_type: a.license_type,
+            criterion: None,
+        });
+    }
+    Ok(rows)
+}
+
+/// V3: revokes the device's licenses here (and its user's with `data.with_user`) and allocates
+/// the same assets in `data.to_space` where its policies and accounts allow.
+async fn move_device(
+    conn: &mut AsyncPgConnection,
+    event: &EventRow,
+    origin: &Origin,
+    reason: &str,
+    result: &mut EventResult,
+) -> diesel::QueryResult<()> {
+    let space = event.space_id.as_str();
+    let to = event
+        .data
+        .get("to_space")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let with_user = event
+        .data
+        .get("with_user")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let Some(device) = subjects::find(conn, space, SubjectKind::Device, &event.subject_id).await?
+    else {
+        result.note = Some(format!(
+            "the space never saw device {:?}: it holds nothing",
+            event.subject_id
+        ));
+        return Ok(());
+    };
+    let mut holders: Vec<SubjectRow> = vec![device.clone()];
+    if with_user
+        && let Some(user) = &device.user_external_id
+        && let Some(user) = subjects::find(conn, space, SubjectKind::User, user).await?
+    {
+        holders.push(user);
+    }
+    let mut revoked = Vec::new();
+    for holder in &holders {
+        let scope = Scope {
+            subject: Some(holder.id),
+            ..Scope::default()
+        };
+        let rows = revoke_scope(conn, space, &scope, origin, reason, result).await?;
+        revoked.extend(rows.into_iter().map(|a| (holder.clone(), a)));
+    }
+    let destination_exists = spaces::find(conn, &to).await?.is_some();
+    for (holder, a) in revoked {
+        let mut moved = MovedAsset {
+            adam_id: a.adam_id.clone(),
+            pricing_param: a.pricing_param.clone(),
+            license_type: a.license_type,
+            revoked_assignment: a.id,
+            outcome: MoveOutcome::NotAvailable,
+            assignment_id: None,
+            detail: None,
+        };
+        if !destination_exists {
+            moved.detail = Some(format!("space {to} no longer exists"));
+            result.moved.push(moved);
+            continue;
+        }
+        let subject = match holder.kind {
+            SubjectKind::Device => SubjectInput::Device {
+                serial: holder.external_id.clone(),
+                user: holder.user_external_id.clone(),
+                shared_ipad: Some(holder.shared_ipad),
+                groups: Some(holder.group_names()),
+            },
+            SubjectKind::User => SubjectInput::User {
+                id: holder.external_id.clone(),
+                groups: Some(holder.group_names()),
+            },
+        };
+        let request = AllocationRequest {
+            space: to.clone(),
+            asset: AssetRef {
+                adam_id: a.adam_id.clone(),
+                pricing_param: a.pricing_param.clone(),
+            },
+            subject,
+            wish: match a.license_type {
+                LicenseType::Device => LicenseWish::Device,
+                LicenseType::User => LicenseWish::User,
+            },
+            reason: format!("moved from space {space} ({reason})"),
+            origin: origin.clone(),
+            dry_run: false,
+            exclude_accounts: Vec::new(),
+            replaces: None,
+        };
+        match allocate::allocate(conn, &request).await {
+            Ok(outcome) => {
+                moved.outcome = if outcome.created {
+                    MoveOutcome::Allocated
+                } else {
+                    MoveOutcome::Existing
+                };
+                moved.assignment_id = outcome.assignment.map(|a| a.id);
+            }
+            Err(AllocationError::Db(e)) => return Err(e),
+            Err(AllocationError::Refused(refusal)) => moved.detail = Some(refusal.to_string()),
+            Err(other) => moved.detail = Some(other.to_string()),
+        }
+        result.moved.push(moved);
+    }
+    if result.revoked.is_empty() {
+        result.note = Some("the device held no license in this space".into());
+    }
+    Ok(())
+}
+
+/// What `PUT …/devices/{serial}` or `…/users/{id}` changed.
+#[derive(Clone, Debug, Default)]
+pub struct SubjectUpdate {
+    pub result: EventResult,
+}
+
+/// Stores new facts of a subject (created if the space never saw it) and, when the groups or
+/// the device's user are among them, applies what a `groups_changed` event would: the space's effect for `<kind>.groups_changed` decides whether
+/// licenses no longer granted are revoked now, after the grace period (a scheduled event of
+/// source `api` does it then) or not at all. The facts' marks move to now, so an event that
+/// occurred before is stale.
+pub async fn update_subject(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    kind: SubjectKind,
+    id: &str,
+    facts: Facts,
+    origin: &Origin,
+) -> Result<SubjectUpdate, LifecycleError> {
+    conn.transaction(async |conn| {
+        if spaces::find(conn, space).await?.is_none() {
+            return Err(LifecycleError::NotFound(format!("space {space}")));
+        }
+        let event_type = match kind {
+            SubjectKind::Device => EventType::DeviceGroupsChanged,
+            SubjectKind::User => EventType::UserGroupsChanged,
+        };
+        let settings = Settings {
+            rows: store::settings(conn, space).await?,
+        };
+        let (effect, grace) = settings.effect(event_type);
+        // Only a change of groups or user can take eligibility away; a sighting or the Shared
+        // iPad flag alone re-decides nothing.
+        let effect = if facts.groups.is_some() || facts.user.is_some() {
+            effect
+        } else {
+            Effect::Ignore
+        };
+        let now = Utc::now();
+        let mut aspects = Vec::new();
+        let mut result = EventResult {
+            effect: effect.as_str().to_owned(),
+            ..EventResult::default()
+        };
+        if facts.groups.is_some() {
+            aspects.push("groups");
+            result.facts.push("groups".into());
+        }
+        if facts.user.is_some() {
+            aspects.push("user");
+            result.facts.push("user".into());
+        }
+        if facts.shared_ipad.is_some() {
+            result.facts.push("shared_ipad".into());
+        }
+        if facts.last_seen.is_some() {
+            aspects.push("seen");
+            result.facts.push("last_seen".into());
+        }
+        let row = subjects::upsert_locked(conn, space, kind, id).await?;
+        for aspect in aspects {
+            let at = if aspect == "seen" {
+                facts.last_seen.unwrap_or(now)
+            } else {
+                now
+            };
+            store::lock_mark(conn, space, kind.as_str(), id, aspect).await?;
+            store::set_mark(conn, space, kind.as_str(), id, aspect, at, None).await?;
+        }
+        let previous_user = row.user_external_id.clone();
+        subjects::set_facts(conn, row.id, &facts).await?;
+        let mut ids = rejudged(conn, space, kind, id).await?;
+        // A device's former user lost the groups this device lent its user licenses.
+        if let (Some(_), Some(old)) = (&facts.user, &previous_user)
+            && let Some(old) = subjects::find(conn, space, SubjectKind::User, old).await?
+            && !ids.contains(&old.id)
+        {
+            ids.push(old.id);
+        }
+        let reason = format!("{kind} {id} updated (PUT)");
+        match effect {
+            Effect::RevokeNow => {
+                revoke_not_granted(conn, space, &ids, origin, &reason, &mut result).await?
+            }
+            Effect::RevokeAfter => {
+                let at = now + chrono::Duration::seconds(grace.unwrap_or(0) as i64);
+                result.revoke_at = Some(at);
+                let groups: Vec<String> = facts.groups.clone().unwrap_or_default();
+                let scheduled = NewEvent {
+                    id: Uuid::now_v7(),
+                    space_id: space.to_owned(),
+                    source: "api".into(),
+                    event_id: Uuid::now_v7().to_string(),
+                    type_: event_type.as_str().to_owned(),
+                    subject_kind: kind.as_str().to_owned(),
+                    subject_id: id.to_owned(),
+                    occurred_at: now,
+                    data: json!({"groups": groups}),
+                    effect: Effect::RevokeAfter.as_str().to_owned(),
+                    state: EventState::Scheduled.as_str().to_owned(),
+                    due_at: at,
+                    revoke_at: Some(at),
+                    requested_by: origin.actor.clone(),
+                    request_id: origin.request_id.clone(),
+                };
+                store::insert_new(conn, std::slice::from_ref(&scheduled)).await?;
+                let value = serde_json::to_value(&result).unwrap_or(Value::Null);
+                store::finish(conn, scheduled.id, "scheduled", &value, Some(at)).await?;
+                result.note = Some(format!(
+                    "licenses no longer granted are revoked at {} (lifecycle event api/{})",
+                    at.to_rfc3339(),
+                    scheduled.event_id
+                ));
+            }
+            Effect::Ignore => {}
+        }
+        let mut entry = Activity::new(origin, ActivityAction::SubjectUpdated.as_str())
+            .space(space)
+            .details(json!({
+                "groups": facts.groups,
+                "user": facts.user,
+                "shared_ipad": facts.shared_ipad,
+                "last_seen": facts.last_seen,
+                "result": result,
+            }));
+        entry.subject = Some(format!("{kind}:{id}"));
+        activity::record(conn, entry).await?;
+        Ok(SubjectUpdate { result })
+    })
+    .await
+}
+
+/// Forgets finished events older than the retention (the maintenance loop).
+pub async fn forget_old(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
+    store::forget_older_than(conn, RETENTION_DAYS).await
+}
+
+/// Applies due events in this task until none is left or `limit` were applied (tests,
+/// benchmarks). Returns how many were applied.
+pub async fn drain(conn: &mut AsyncPgConnection, limit: usize) -> diesel::QueryResult<usize> {
+    let mut n = 0;
+    while n < limit {
+        match apply_next(conn).await? {
+            Some(_) => n += 1,
+            None => break,
+        }
+    }
+    Ok(n)
+}
