@@ -53,6 +53,10 @@ pub enum Decided {
     New(Planned),
     /// A dry run: this is what would be taken.
     Would(Planned),
+    /// A12: nothing is free and the request asked to wait: a waiting assignment to write
+    /// (`account_id` is the first account by priority that owns the asset, `rule` is
+    /// `waiting`, `decision.skipped` says why no account could serve now).
+    Waits(Planned),
     Refused(Refusal),
 }
 
@@ -199,6 +203,19 @@ pub fn decide_all(
     out
 }
 
+/// The holder's waiting assignment for the asset (A12), unless it is the one `serving`.
+fn waiting_for(
+    snap: &Snapshot,
+    holder: Uuid,
+    asset: &AssetRef,
+    serving: Option<Uuid>,
+) -> Option<AssignmentRow> {
+    snap.waiting
+        .get(&(holder, asset.clone()))
+        .filter(|a| Some(a.id) != serving)
+        .cloned()
+}
+
 fn existing_for(snap: &Snapshot, holder: Uuid, asset: &AssetRef) -> Option<AssignmentRow> {
     snap.existing
         .iter()
@@ -259,6 +276,16 @@ fn decide_one(
             row: Box::new(row),
             rule: Rule::UserLicenseCoversDevice,
             holder: user_row.clone(),
+        };
+    }
+    // A12 with A6: asking again while waiting answers the waiting assignment.
+    if !target.holder.id.is_nil()
+        && let Some(row) = waiting_for(snap, target.holder.id, asset, req.serves)
+    {
+        return Decided::Existing {
+            row: Box::new(row),
+            rule: Rule::Existing,
+            holder: target.holder,
         };
     }
 
@@ -446,6 +473,22 @@ fn decide_one(
             None
         });
     let Some((c, at_apple)) = chosen else {
+        // A12: a request that asked to wait joins the line instead (not a dry run, and not
+        // the wait-list's own re-decision, which leaves its entry waiting).
+        if req.wait_until.is_some() && !dry_run && req.serves.is_none() {
+            let planned = Planned {
+                id: Uuid::now_v7(),
+                account_id: first_owner,
+                asset: asset.clone(),
+                holder: target.holder,
+                license_type: target.license_type,
+                rule: Rule::Waiting,
+                decision,
+                at_apple: false,
+            };
+            claimed.insert((planned.holder.id, asset.clone()), index);
+            return Decided::Waits(planned);
+        }
         return Decided::Refused(Refusal::Exhausted {
             skipped: decision.skipped,
         });
@@ -469,7 +512,8 @@ fn decide_one(
         ));
     }
     let planned = Planned {
-        id: Uuid::now_v7(),
+        // Serving a waiting assignment writes the license onto it (same id).
+        id: req.serves.unwrap_or_else(Uuid::now_v7),
         account_id: c.id,
         asset: asset.clone(),
         holder: target.holder,
@@ -553,6 +597,8 @@ mod tests {
             dry_run: false,
             exclude_accounts: Vec::new(),
             replaces: None,
+            wait_until: None,
+            serves: None,
         }
     }
 
@@ -606,6 +652,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a12_a_request_that_waits_joins_the_line_instead_of_being_refused() {
+        let a = account("A", 1, 1);
+        let ida = a.id;
+        let snap = snapshot(vec![a], &["S1", "W1"]);
+        let first = device_req("S1");
+        let mut wait = device_req("W1");
+        wait.wait_until = Some(Utc::now() + chrono::Duration::hours(72));
+        let twice = wait.clone();
+        let out = decide_all(&[&first, &wait, &twice], &snap, Utc::now(), false);
+        assert!(matches!(out[0], Decided::New(_)));
+        match &out[1] {
+            Decided::Waits(p) => {
+                assert_eq!((p.account_id, p.rule), (ida, Rule::Waiting));
+                assert_eq!(p.decision.skipped[0].reason, SkipReason::NoFreeLicense);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(out[2], Decided::SameAs(1)), "{:?}", out[2]);
+        // A dry run never waits.
+        let dry = decide_all(&[&first, &wait], &snap, Utc::now(), true);
+        assert!(matches!(dry[1], Decided::Would(_)), "{:?}", dry[1]);
     }
 
     #[test]

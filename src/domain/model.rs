@@ -36,6 +36,10 @@ crate::text_enum! {
 crate::text_enum! {
     /// Life cycle of an assignment (docs/rules.md, Assignment life cycle).
     pub enum AssignmentState {
+        /// A12: no license was left and the request asked to wait: in line (no license held,
+        /// no account chosen yet); becomes `pending` when a license frees, `revoked` when
+        /// cancelled, `failed` when the wait expires.
+        Waiting = "waiting",
         /// Held in the ledger; the Apple call is queued.
         Pending = "pending",
         /// Sent to Apple; the event id is known.
@@ -85,6 +89,9 @@ crate::text_enum! {
         Fallback = "fallback",
         /// 9709 from Apple: re-allocated from the next eligible account.
         Reallocation = "reallocation",
+        /// A12: no license was left; the request waits in line. The rule that serves it
+        /// (`reservation`, `priority`, `fallback`) replaces this one when a license frees.
+        Waiting = "waiting",
         /// T12: assigned at Apple before this deployment managed it (another MDM, a previous
         /// owner) and adopted into the ledger by an Adopt plan (or recorded by Clean Up to be
         /// revoked).

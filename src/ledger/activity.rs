@@ -154,6 +154,18 @@ crate::text_enum! {
         AssignmentResubmitted = "assignment.resubmitted",
         /// Reconcile: a license no longer used is being revoked (`details`: the criterion).
         AssignmentReconciled = "assignment.reconciled",
+        /// A12: no license was left and the allocation waits in line (`details`: license
+        /// type, accounts skipped, when the wait expires). Served, it is `assignment.allocated`
+        /// (`details.served_from_wait_list`).
+        AssignmentWaiting = "assignment.waiting",
+        /// A12: a waiting allocation was cancelled by a revocation (`details`: reason).
+        AssignmentWaitCancelled = "assignment.wait_cancelled",
+        /// A12: a waiting allocation's wait expired (`VPP_WAIT_EXPIRY_HOURS`); it failed.
+        AssignmentWaitExpired = "assignment.wait_expired",
+        /// A12: a waiting allocation can no longer be served (the policy now refuses the
+        /// subject, no account owns the asset, the subject got a license another way); it
+        /// failed (`details`: reason).
+        AssignmentWaitEnded = "assignment.wait_ended",
     }
 }
 

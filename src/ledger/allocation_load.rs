@@ -87,13 +87,13 @@ fn facts(reqs: &[&AllocationRequest]) -> Vec<Facts> {
     map.into_values().collect()
 }
 
-/// Creates or updates the batch's subjects (or, for a dry run, only reads them and stands in
-/// for unknown ones) and returns them.
+/// Creates or updates the batch's subjects (or, `read_only` for a dry run or the wait-list's
+/// re-decisions, only reads them and stands in for unknown ones) and returns them.
 async fn subjects(
     conn: &mut AsyncPgConnection,
     space: &str,
     facts: &[Facts],
-    dry_run: bool,
+    read_only: bool,
 ) -> diesel::QueryResult<HashMap<(SubjectKind, String), SubjectRow>> {
     let rows: Vec<serde_json::Value> = facts
         .iter()
@@ -109,7 +109,7 @@ async fn subjects(
             })
         })
         .collect();
-    let sql = if dry_run {
+    let sql = if read_only {
         "SELECT COALESCE(s.id, '00000000-0000-0000-0000-000000000000'::uuid) AS id, $2 AS space_id,
                 t.kind, t.external_id,
                 CASE WHEN t.has_groups THEN t.groups ELSE COALESCE(s.groups, '{}') END AS groups,
@@ -222,8 +222,11 @@ pub async fn snapshot(
     reqs: &[&AllocationRequest],
     dry_run: bool,
 ) -> diesel::QueryResult<Snapshot> {
+    // The wait-list's re-decisions (A12) change no subject: they only read the stored facts
+    // (and lock no subject row: their entries' assignment rows are locked first).
+    let read_only = dry_run || reqs.iter().all(|r| r.serves.is_some());
     let mut snap = Snapshot {
-        subjects: subjects(conn, space, &facts(reqs), dry_run).await?,
+        subjects: subjects(conn, space, &facts(reqs), read_only).await?,
         ..Snapshot::default()
     };
     // A device's user stored by an earlier request (this one gave only the serial) decides
@@ -249,7 +252,7 @@ pub async fn snapshot(
         })
         .collect();
     if !stored_users.is_empty() {
-        let users = subjects(conn, space, &stored_users, dry_run).await?;
+        let users = subjects(conn, space, &stored_users, read_only).await?;
         snap.subjects.extend(users);
     }
     let assets: Vec<AssetRef> = {
@@ -409,10 +412,20 @@ pub async fn snapshot(
         })
         .collect();
 
-    snap.existing = existing
-        .into_iter()
-        .filter(|a| a.state.is_live() && a.space_id == space)
-        .collect();
+    for a in existing {
+        if a.space_id != space {
+            continue;
+        }
+        if a.state.is_live() {
+            snap.existing.push(a);
+        } else if a.state == crate::domain::model::AssignmentState::Waiting {
+            let asset = AssetRef {
+                adam_id: a.adam_id.clone(),
+                pricing_param: a.pricing_param.clone(),
+            };
+            snap.waiting.insert((a.subject_id, asset), a);
+        }
+    }
     for e in entries {
         let asset = AssetRef {
             adam_id: e.adam_id,

@@ -38,3 +38,4 @@ mod subjects;
 mod support;
 mod sync;
 mod usage_gauges;
+mod waitlist;
