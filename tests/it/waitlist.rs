@@ -489,3 +489,104 @@ async fn a12_an_expired_wait_fails_with_its_reason() {
     assert_ne!(again.id, w1.id);
     assert_eq!(position(&again), 2);
 }
+
+/// The wait-list figure, measured in-process (no HTTP, no dispatcher: the line is
+/// served by calling the use case the worker calls): 10,000 waiting entries, then 10,000
+/// licenses bought (the asset row's total raised as a sync applies it, which fires the wake-up
+/// trigger), then one run of the wait-list. Prints the time; asserts only the outcome.
+#[tokio::test]
+#[ignore = "benchmark: cargo nextest run --features dev --run-ignored only -E 'test(/a12_benchmark/)'"]
+async fn a12_benchmark_ten_thousand_waiting_entries_are_served_in_one_run() {
+    use vpp_broker::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+    use vpp_broker::domain::model::LicenseWish;
+    use vpp_broker::domain::origin::Origin;
+    const N: usize = 10_000;
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 0)])],
+        |_| Options::default(),
+        &[("A", U1)],
+    )
+    .await;
+    let asset = AssetRef {
+        adam_id: APP.into(),
+        pricing_param: "STDQ".into(),
+    };
+    let until = chrono::Utc::now() + chrono::Duration::hours(72);
+    let reqs: Vec<AllocationRequest> = (0..N)
+        .map(|i| AllocationRequest {
+            space: "acme".into(),
+            asset: asset.clone(),
+            subject: SubjectInput::Device {
+                serial: format!("B{i:05}"),
+                user: None,
+                shared_ipad: None,
+                groups: None,
+            },
+            wish: LicenseWish::Auto,
+            reason: String::new(),
+            origin: Origin::new("bench", None),
+            dry_run: false,
+            exclude_accounts: Vec::new(),
+            replaces: None,
+            wait_until: Some(until),
+            serves: None,
+        })
+        .collect();
+    let mut conn = w.app.db.connect().await;
+    let started = std::time::Instant::now();
+    for chunk in reqs.chunks(1000) {
+        let refs: Vec<&AllocationRequest> = chunk.iter().collect();
+        use diesel_async::AsyncConnection;
+        conn.transaction(async |conn| {
+            vpp_broker::engine::allocate::allocate_many(conn, "acme", &refs).await
+        })
+        .await
+        .unwrap();
+    }
+    let queued = started.elapsed();
+    let count = async |conn: &mut diesel_async::AsyncPgConnection, sql: &str| -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(sql)
+            .get_result::<N>(conn)
+            .await
+            .unwrap()
+            .n
+    };
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM waitlist").await,
+        N as i64
+    );
+    diesel::sql_query(format!(
+        "UPDATE assets SET apple_total = apple_total + {N} WHERE adam_id = '{APP}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM waitlist_wakeups").await,
+        1,
+        "the purchase woke the line"
+    );
+    let started = std::time::Instant::now();
+    let served = vpp_broker::engine::waitlist::serve(&mut conn, "acme", &asset)
+        .await
+        .unwrap();
+    let serving = started.elapsed();
+    println!(
+        "A12 benchmark: {N} entries queued in {queued:?}; {} served in {serving:?} (waiting {})",
+        served.served, served.waiting
+    );
+    assert_eq!(served.served, N);
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM waitlist").await,
+        0
+    );
+    assert_eq!(
+        held_and_total(&w.app, w.accounts[0]).await,
+        (N as i32, N as i32)
+    );
+}
