@@ -343,6 +343,18 @@ fn decide_one(
     {
         *n = (*n - 1).max(0);
     }
+    // A12: while allocations wait in line for the asset, what frees on the first owner is
+    // theirs (the wait-list serves them within moments): a newcomer that is not reserved does
+    // not take it first. The wait-list's own re-decisions are the line and hold nothing back.
+    let line = if req.serves.is_none() && reserved_from.is_none() {
+        snap.lines.get(asset).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    let reservations_hold = holdback.clone();
+    if line > 0 {
+        *holdback.entry(first_owner).or_default() += line;
+    }
     if let Some(account) = reserved_account
         && let Some(pos) = ordered.iter().position(|c| c.id == account)
     {
@@ -450,20 +462,29 @@ fn decide_one(
                     - already
                     - hold;
                 if free <= 0 {
-                    let reason = if free + hold > 0 {
+                    let for_reservations = reservations_hold.get(&c.id).copied().unwrap_or(0);
+                    let for_line = hold - for_reservations;
+                    let reason = if free + hold <= 0 {
+                        SkipReason::NoFreeLicense
+                    } else if free + for_line <= 0 {
                         SkipReason::HeldForReservations
                     } else {
-                        SkipReason::NoFreeLicense
+                        SkipReason::HeldForWaitList
+                    };
+                    let line_detail = if for_line > 0 {
+                        format!(", held for the wait-list {for_line}")
+                    } else {
+                        String::new()
                     };
                     decision.skipped.push(skip(
                         reason,
                         format!(
                             "owns {}, held here {}, assigned elsewhere {}, held back for \
-                             reservations {}",
+                             reservations {}{line_detail}",
                             c.apple_total,
                             c.held as i64 + already,
                             c.foreign_assigned,
-                            hold
+                            for_reservations
                         ),
                     ));
                     continue;
@@ -676,6 +697,48 @@ mod tests {
         // A dry run never waits.
         let dry = decide_all(&[&first, &wait], &snap, Utc::now(), true);
         assert!(matches!(dry[1], Decided::Would(_)), "{:?}", dry[1]);
+    }
+
+    #[test]
+    fn a12_what_frees_is_held_for_the_wait_list_but_not_from_reserved_subjects() {
+        let a = account("A", 1, 2);
+        let mut snap = snapshot(vec![a], &["NEW", "VIP"]);
+        // One license free, two wait in line: a newcomer does not take it.
+        snap.candidates.get_mut(&asset()).unwrap()[0].held = 1;
+        snap.lines.insert(asset(), 2);
+        let r = device_req("NEW");
+        match &decide_all(&[&r], &snap, Utc::now(), false)[0] {
+            Decided::Refused(Refusal::Exhausted { skipped }) => {
+                assert_eq!(skipped[0].reason, SkipReason::HeldForWaitList);
+                assert!(skipped[0].detail.contains("wait-list 2"), "{skipped:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The wait-list's own re-decision takes it.
+        let mut serving = device_req("NEW");
+        serving.serves = Some(Uuid::now_v7());
+        assert!(matches!(
+            decide_all(&[&serving], &snap, Utc::now(), false)[0],
+            Decided::New(_)
+        ));
+        // So does a reserved subject (reservations come first, A2).
+        snap.policies.insert(
+            asset(),
+            Policy {
+                entries: vec![EntryRow {
+                    policy_id: Uuid::nil(),
+                    target_kind: "device".into(),
+                    target: "VIP".into(),
+                    mode: "reserved".into(),
+                    account_id: None,
+                }],
+            },
+        );
+        let vip = device_req("VIP");
+        match &decide_all(&[&vip], &snap, Utc::now(), false)[0] {
+            Decided::New(p) => assert_eq!(p.rule, Rule::Reservation),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -106,6 +106,9 @@ crate::text_enum! {
         NoFreeLicense = "no_free_license",
         /// The licenses left are held back for reserved subjects of the asset's policy (A2).
         HeldForReservations = "held_for_reservations",
+        /// A12: the licenses left are held for the allocations already waiting in line for
+        /// the asset (they are served first, by the wait-list).
+        HeldForWaitList = "held_for_wait_list",
         /// A fallback account whose distribution list does not include the subject (A4).
         NotOnDistributionList = "not_on_distribution_list",
         /// The account cannot call Apple and is set to skip (A10).

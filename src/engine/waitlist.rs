@@ -48,10 +48,15 @@
 //! chunk whatever its size (set-based), so 10,000 waiting entries and 10,000 freed licenses are
 //! one chunk: one load, one in-memory decision, one write.
 //!
-//! **Known gap**: the line is served by the worker, within `VPP_IDLE_POLL_MS` of the license
-//! freeing, not inside the freeing transaction: an allocation that arrives in that window (and
-//! is not itself waiting) can take the license first. Policy, distribution-list and priority
-//! changes do not wake a line by themselves; the next freed license does.
+//! **Nobody jumps the line**: the line is served by the worker within `VPP_IDLE_POLL_MS` of the
+//! license freeing, not inside the freeing transaction; meanwhile allocation holds back from the
+//! first account by priority as many licenses as wait in line for the asset (like a reservation
+//! naming no account), so a newcomer that is not reserved gets the 409 (skip reason
+//! `held_for_wait_list`), or joins the line when it asked to wait. Reserved subjects (A2) still
+//! come first. Policy, distribution-list and priority changes do not wake a line by themselves;
+//! the next freed license does. An entry that no account will ever serve (e.g. a device license
+//! of an asset the first account cannot assign to devices) holds back from that account until
+//! it expires.
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};

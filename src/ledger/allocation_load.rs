@@ -2,8 +2,8 @@
 //! size: the subjects (created or updated as the caller describes them), their live
 //! assignments, the assets' policies and outstanding reservations, the accounts that own the
 //! assets (with their asset rows **locked**), which distribution-list entries match the
-//! subjects, and which of the subjects Apple already lists for the assets (the sync's mirror:
-//! the double count of issue 13).
+//! subjects, which of the subjects Apple already lists for the assets (the sync's mirror:
+//! the double count of issue 13), and how many wait in line for each asset (A12).
 //!
 //! Lock order, which keeps concurrent batches (in any replica) free of deadlocks: subject rows
 //! first (upserted in sorted order), then asset rows (locked in `(account, adam_id, pricing)`
@@ -390,13 +390,45 @@ pub async fn snapshot(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&probe_types)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&probe_targets);
-    let (existing, entries, candidates, listed, mirrored) = futures_util::try_join!(
+    // A12: the length of each asset's line; the wait-list's own runs need none (they are the
+    // line), so they ask for no asset.
+    let (line_adams, line_pricings): (Vec<&str>, Vec<&str>) = if read_only {
+        (Vec::new(), Vec::new())
+    } else {
+        (adams.clone(), pricings.clone())
+    };
+    let lines_q = diesel::sql_query(
+        "SELECT w.adam_id, w.pricing_param, count(*) AS waiting FROM waitlist w
+           JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
+             ON want.adam_id = w.adam_id AND want.pricing_param = w.pricing_param
+          WHERE w.space_id = $1
+          GROUP BY w.adam_id, w.pricing_param",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&line_adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&line_pricings);
+    let (existing, entries, candidates, listed, mirrored, lines) = futures_util::try_join!(
         existing_q.prepared().load::<AssignmentRow>(&mut &*shared),
         policies_q.prepared().load::<PolicyEntry>(&mut &*shared),
         candidates_q.prepared().load::<Candidate>(&mut &*shared),
         listed_q.prepared().load::<Listed>(&mut &*shared),
         mirrored_q.prepared().load::<Mirrored>(&mut &*shared),
+        lines_q
+            .prepared()
+            .load::<crate::ledger::waitlist::WaitingCount>(&mut &*shared),
     )?;
+    snap.lines = lines
+        .into_iter()
+        .map(|l| {
+            (
+                AssetRef {
+                    adam_id: l.adam_id,
+                    pricing_param: l.pricing_param,
+                },
+                l.waiting,
+            )
+        })
+        .collect();
     snap.at_apple = mirrored
         .into_iter()
         .map(|m| {
