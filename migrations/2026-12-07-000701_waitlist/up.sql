@@ -45,33 +45,57 @@ CREATE TABLE waitlist_wakeups (
 -- Every path that frees a license changes the asset row: a revocation or a failed
 -- association lowers `held`, a sync or Apple's ASSET_COUNT notification raises `apple_total`
 -- or lowers `foreign_assigned`, an attach or sync inserts an asset row. When what is free grows
--- and someone waits for the asset in the account's space, the line is woken. The asset row is
+-- and someone waits for the asset in the account's space, the line is woken. The asset rows are
 -- locked by the statement that fires this, so a serving transaction (which locks the asset rows
 -- of its line first) either sees the license or is woken again after it commits.
+-- Statement-level, over the transition tables: one statement freeing licenses of several
+-- assets upserts their wake-ups in key order, so two such statements never lock wake-up rows in
+-- opposite orders. Nothing is done (one probe) while nobody waits at all.
 CREATE OR REPLACE FUNCTION waitlist_wake() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO waitlist_wakeups AS w (space_id, adam_id, pricing_param)
-    SELECT a.space_id, NEW.adam_id, NEW.pricing_param
-      FROM accounts a
-     WHERE a.id = NEW.account_id
-       AND EXISTS (SELECT 1 FROM waitlist l
-                    WHERE l.space_id = a.space_id AND l.adam_id = NEW.adam_id
-                      AND l.pricing_param = NEW.pricing_param)
-    ON CONFLICT (space_id, adam_id, pricing_param)
-    DO UPDATE SET generation = w.generation + 1, woken_at = now();
+    IF NOT EXISTS (SELECT 1 FROM waitlist) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO waitlist_wakeups AS w (space_id, adam_id, pricing_param)
+        SELECT DISTINCT a.space_id, n.adam_id, n.pricing_param
+          FROM new_rows n
+          JOIN old_rows o ON o.account_id = n.account_id AND o.adam_id = n.adam_id
+                         AND o.pricing_param = n.pricing_param
+          JOIN accounts a ON a.id = n.account_id
+         WHERE n.apple_total - n.held - n.foreign_assigned > 0
+           AND n.apple_total - n.held - n.foreign_assigned
+               > o.apple_total - o.held - o.foreign_assigned
+           AND EXISTS (SELECT 1 FROM waitlist l
+                        WHERE l.space_id = a.space_id AND l.adam_id = n.adam_id
+                          AND l.pricing_param = n.pricing_param)
+         ORDER BY 1, 2, 3
+        ON CONFLICT (space_id, adam_id, pricing_param)
+        DO UPDATE SET generation = w.generation + 1, woken_at = now();
+    ELSE
+        INSERT INTO waitlist_wakeups AS w (space_id, adam_id, pricing_param)
+        SELECT DISTINCT a.space_id, n.adam_id, n.pricing_param
+          FROM new_rows n
+          JOIN accounts a ON a.id = n.account_id
+         WHERE n.apple_total - n.held - n.foreign_assigned > 0
+           AND EXISTS (SELECT 1 FROM waitlist l
+                        WHERE l.space_id = a.space_id AND l.adam_id = n.adam_id
+                          AND l.pricing_param = n.pricing_param)
+         ORDER BY 1, 2, 3
+        ON CONFLICT (space_id, adam_id, pricing_param)
+        DO UPDATE SET generation = w.generation + 1, woken_at = now();
+    END IF;
     RETURN NULL;
 END;
 $$;
 CREATE TRIGGER waitlist_wake_on_update
-    AFTER UPDATE OF apple_total, held, foreign_assigned ON assets
-    FOR EACH ROW
-    WHEN (NEW.apple_total - NEW.held - NEW.foreign_assigned > 0
-          AND NEW.apple_total - NEW.held - NEW.foreign_assigned
-              > OLD.apple_total - OLD.held - OLD.foreign_assigned)
+    AFTER UPDATE ON assets
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT
     EXECUTE FUNCTION waitlist_wake();
 CREATE TRIGGER waitlist_wake_on_insert
     AFTER INSERT ON assets
-    FOR EACH ROW
-    WHEN (NEW.apple_total - NEW.held - NEW.foreign_assigned > 0)
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT
     EXECUTE FUNCTION waitlist_wake();

@@ -33,9 +33,10 @@
 //! **The trigger** (replica-safe and cheap): every path that frees a license changes the asset
 //! row (a revocation or failed association lowers `held`; a sync or Apple's `ASSET_COUNT`
 //! notification raises `apple_total` or lowers `foreign_assigned`; an attach or sync inserts
-//! the row). A database trigger on `assets` (migration `2026-12-07-000701_waitlist`) writes a
-//! wake-up row per (space, asset) in the same transaction, only when what is free grew and
-//! someone waits for that asset — one indexed probe otherwise. Wake-ups are claimed by the
+//! the row). A statement-level database trigger on `assets` (migration
+//! `2026-12-07-000701_waitlist`) upserts a wake-up row per (space, asset), in key order, in the
+//! same transaction, only when what is free grew and someone waits for that asset — one probe
+//! of the (usually empty) `waitlist` table otherwise. Wake-ups are claimed by the
 //! wait-list worker of any replica (`FOR UPDATE SKIP LOCKED`, a lease; [`crate::dispatch`]),
 //! which serves the line with [`serve`] and deletes the wake-up unless another license freed
 //! meanwhile (its generation moved). A replica killed mid-run loses its lease and another serves
