@@ -52,6 +52,8 @@ KNOWN_ENV = {
     "VPP_SYNC_WORKERS", "VPP_SYNC_INCREMENTAL_MINUTES", "VPP_SYNC_FULL_HOURS",
     "VPP_SYNC_SCHEDULE_SECS", "VPP_DRIFT_STUCK_MINUTES", "VPP_PLAN_CAP_PERCENT", "VPP_PLAN_CAP_MAX",
     "VPP_RECONCILE_DAILY", "VPP_RECONCILE_UNSEEN_DAYS",
+    # The wait-list (A12).
+    "VPP_WAIT_EXPIRY_HOURS",
 }
 SECRET_ENV = {"DATABASE_URL", "VPP_TOKEN_KEYS", "VPP_JWT_HS256_SECRET", "VPP_JWT_PUBLIC_KEYS_PEM"}
 # Settings the ConfigMap always carries: values path under `config` -> env var. The rendered
@@ -86,6 +88,7 @@ CONFIG_ENV: dict[str, str] = {
     "reconcile.stuckMinutes": "VPP_DRIFT_STUCK_MINUTES",
     "reconcile.planCapPercent": "VPP_PLAN_CAP_PERCENT",
     "reconcile.planCapMax": "VPP_PLAN_CAP_MAX",
+    "waitList.expiryHours": "VPP_WAIT_EXPIRY_HOURS",
 }
 # Kinds kubernetes-validate has no schema for (CRDs); checked structurally below instead.
 CRD_KINDS = {"ServiceMonitor"}

@@ -237,7 +237,8 @@ impl Default for DispatchArgs {
     }
 }
 
-/// Drift, plans and Reconcile (issue 13; docs/sync.md): what the API and the workers share.
+/// Drift, plans and Reconcile (issue 13; docs/sync.md), and the wait-list's expiry (A12): what
+/// the API and the workers share.
 #[derive(Args, Clone, Debug)]
 pub struct ReconcileArgs {
     /// An assignment pending, associating or revoking for longer than this many minutes is
@@ -259,6 +260,10 @@ pub struct ReconcileArgs {
     /// (their `last_seen`); unset: never (subjects whose last sighting is unknown never are).
     #[arg(long, env = "VPP_RECONCILE_UNSEEN_DAYS", value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub reconcile_unseen_days: Option<u64>,
+    /// A12: an allocation waiting for a license (`wait_for_license`) leaves the wait-list as
+    /// `failed` after this many hours without one.
+    #[arg(long, env = "VPP_WAIT_EXPIRY_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub wait_expiry_hours: u64,
 }
 
 impl Default for ReconcileArgs {
@@ -269,6 +274,7 @@ impl Default for ReconcileArgs {
             plan_cap_max: 5000,
             reconcile_daily: false,
             reconcile_unseen_days: None,
+            wait_expiry_hours: 72,
         }
     }
 }

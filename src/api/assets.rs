@@ -178,6 +178,9 @@ pub struct AssetInventory {
     pub supported_platforms: Vec<String>,
     /// A distribution policy exists in the space for the asset.
     pub has_policy: bool,
+    /// A12: allocations of the space waiting in line for a license of the asset (they hold
+    /// none, so no other figure counts them).
+    pub waiting: i64,
     /// Sums over `accounts`.
     pub totals: SpaceFigures,
     /// Per account owning the asset, priority order.
@@ -705,6 +708,7 @@ impl ExportRow for AssetInventory {
         "revocable",
         "supported_platforms",
         "has_policy",
+        "waiting",
         "account_id",
         "account_name",
         "priority",
@@ -849,6 +853,11 @@ fn assemble(
             .or_default()
             .push(p);
     }
+    let waiting: HashMap<Key, i64> = figures
+        .waiting
+        .into_iter()
+        .map(|w| ((w.adam_id, w.pricing_param), w.waiting))
+        .collect();
     let first_owners: HashMap<Key, Uuid> = figures
         .first_owners
         .into_iter()
@@ -993,6 +1002,7 @@ fn assemble(
                     .cloned()
                     .collect(),
                 has_policy,
+                waiting: waiting.get(key).copied().unwrap_or(0),
                 totals,
                 accounts: per_account,
             },

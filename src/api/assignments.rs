@@ -100,6 +100,13 @@ pub struct AllocateBody {
     /// Explain the decision without taking a license.
     #[serde(default)]
     pub dry_run: bool,
+    /// A12: when no license is left anywhere for this subject, wait in line instead of the
+    /// 409: the answer is 202 with a `waiting` assignment and its place in line, served (it
+    /// becomes `pending`) the moment a license frees, or `failed` once
+    /// `VPP_WAIT_EXPIRY_HOURS` passed. Refusals other than "no license left" are answered as
+    /// without it; a dry run never waits.
+    #[serde(default)]
+    pub wait_for_license: bool,
 }
 
 fn auto() -> LicenseWish {
@@ -134,9 +141,25 @@ pub struct Assignment {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub error: Option<FailureView>,
+    /// A12: the assignment's place in line while it is `waiting`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub waiting: Option<WaitingPlace>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a `waiting` assignment stands in its asset's line (A12).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct WaitingPlace {
+    /// 1 is served next: reserved subjects first (A2), then first come.
+    #[schema(minimum = 1, example = 3)]
+    pub position: i64,
+    /// The subject is reserved by the asset's policy (ahead of everyone who is not).
+    pub reserved: bool,
+    /// When the wait ends without a license (`failed`) unless one frees before.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// The record of a revocation: who asked, why, when, in which request.
@@ -327,6 +350,9 @@ pub struct Revocation {
     /// Matching licenses of assets Apple does not let revoke (books), left as they are. Only
     /// without an `asset` filter: naming such an asset is refused (409 `not-revocable`).
     pub not_revocable: i64,
+    /// Waiting assignments (A12) of the asset or subject named, cancelled (now `revoked`;
+    /// they held no license). A revocation naming only an account cancels none.
+    pub cancelled: i64,
 }
 
 fn not_revocable(what: String) -> ApiError {
@@ -476,6 +502,12 @@ pub async fn views(
         .into_iter()
         .map(|(id, kind, external_id)| (id, (kind, external_id)))
         .collect();
+    let waiting: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.state == AssignmentState::Waiting)
+        .map(|r| r.id)
+        .collect();
+    let places = waiting_places(conn, &waiting).await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -485,7 +517,31 @@ pub async fn views(
                     kind: *kind,
                     id: id.clone(),
                 });
-            view_with(r, subject)
+            let place = places.get(&r.id).cloned();
+            let mut view = view_with(r, subject);
+            view.waiting = place;
+            view
+        })
+        .collect())
+}
+
+/// The places in line of the waiting assignments `ids` (one query; none when `ids` is empty).
+async fn waiting_places(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, WaitingPlace>, ApiError> {
+    Ok(crate::ledger::waitlist::places(conn, ids)
+        .await?
+        .into_iter()
+        .map(|p| {
+            (
+                p.assignment_id,
+                WaitingPlace {
+                    position: p.position,
+                    reserved: p.reserved,
+                    expires_at: p.expires_at,
+                },
+            )
         })
         .collect())
 }
@@ -534,6 +590,7 @@ fn view_with(r: AssignmentRow, subject: Option<AssignmentSubject>) -> Assignment
         error: r
             .error
             .map(|e| serde_json::from_value(e).unwrap_or_default()),
+        waiting: None,
         version: r.version,
         created_at: r.created_at,
         updated_at: r.updated_at,
@@ -615,7 +672,7 @@ impl Answer {
         }
         match self {
             Answer::Allocation { body, replay, .. } => {
-                if status == 201
+                if (status == 201 || status == 202)
                     && let Some(a) = &body.assignment
                 {
                     builder.insert_header((
@@ -643,6 +700,14 @@ impl Answer {
 /// the answer until Apple confirmed or refused the association. When Apple refused it for want of
 /// licenses (9709) and the service re-allocated from another account, the waited answer is the
 /// live replacement, and `replaces` names the failed assignment.
+///
+/// With `wait_for_license: true`, "no license left anywhere" is not a 409 but a place in line
+/// (A12): 202 with the assignment in state `waiting` and `waiting.position` (reserved subjects
+/// first, then first come). It is served the moment a license frees (a revocation, a purchase
+/// found by Apple's `ASSET_COUNT` notification or a sync) under the same rules as any
+/// allocation, and becomes `pending` (same id); `DELETE` cancels it; it fails once
+/// `VPP_WAIT_EXPIRY_HOURS` passed. Asking again while waiting answers the waiting assignment
+/// (202); `?wait=` does not hold a waiting answer.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "allocate_license",
@@ -655,6 +720,7 @@ impl Answer {
     request_body = AllocateBody,
     responses(
         (status = 201, description = "A license was allocated; `decision` explains the choice", body = Allocation),
+        (status = 202, description = "A12: no license was left and `wait_for_license` was asked (or the subject already waits for the asset): the assignment is `waiting`, with its place in line (`assignment.waiting`); `Location` names it", body = Allocation),
         (status = 200, description = "The subject already holds a license for the asset (A6/A7), or a dry run", body = Allocation),
         (status = 403, description = "The asset's policy disallows the subject (`subject-disallowed`)"),
         (status = 404, description = "Unknown space, or no account of the space owns the asset (`asset-not-found`)"),
@@ -674,7 +740,10 @@ pub async fn allocate_license(
     let wait = wait_seconds(query.wait)?;
     let body = body.0;
     validate(&body)?;
-    let request = allocation_request(&space, &body, caller.origin());
+    let wait_until = body.wait_for_license.then(|| {
+        Utc::now() + chrono::Duration::hours(state.reconciliation.wait_expiry_hours as i64)
+    });
+    let request = allocation_request(&space, &body, caller.origin(), wait_until);
     let key = idempotency::key(&req)?;
     let (mut answer, replayed) = match key {
         // The common path: decided together with this process's concurrent allocations.
@@ -699,11 +768,37 @@ pub async fn allocate_license(
     if let Some(wait) = wait {
         follow(&state, &space, &mut answer, wait).await?;
     }
+    place_in_line(&state, &mut answer).await?;
     Ok(answer.respond(replayed))
 }
 
+/// A fresh answer with a `waiting` assignment (A12) says where it stands in line (a replayed
+/// one says what it said first).
+async fn place_in_line(state: &AppState, answer: &mut Answer) -> Result<(), ApiError> {
+    let Answer::Allocation {
+        body, replay: None, ..
+    } = answer
+    else {
+        return Ok(());
+    };
+    let Some(a) = body.assignment.as_mut() else {
+        return Ok(());
+    };
+    if a.state != AssignmentState::Waiting {
+        return Ok(());
+    }
+    let mut conn = state.pool.get().await?;
+    a.waiting = waiting_places(&mut conn, &[a.id]).await?.remove(&a.id);
+    Ok(())
+}
+
 /// The engine's request for an allocation body.
-fn allocation_request(space: &str, body: &AllocateBody, origin: Origin) -> AllocationRequest {
+fn allocation_request(
+    space: &str,
+    body: &AllocateBody,
+    origin: Origin,
+    wait_until: Option<DateTime<Utc>>,
+) -> AllocationRequest {
     AllocationRequest {
         space: space.to_owned(),
         asset: AssetRef {
@@ -728,6 +823,8 @@ fn allocation_request(space: &str, body: &AllocateBody, origin: Origin) -> Alloc
         dry_run: body.dry_run,
         exclude_accounts: Vec::new(),
         replaces: None,
+        wait_until,
+        serves: None,
     }
 }
 
@@ -774,7 +871,8 @@ async fn follow(
     let Some(id) = body.assignment.as_ref().map(|a| a.id) else {
         return Ok(());
     };
-    if *status >= 300 {
+    // A waiting assignment is answered at once: its wait is measured in hours, not seconds.
+    if *status >= 300 || *status == 202 {
         return Ok(());
     }
     let Some(row) = wait_live(state, space, id, wait).await? else {
@@ -858,8 +956,18 @@ fn render(result: Result<Outcome, AllocationError>, dry_run: bool) -> Result<Ans
                 dry_run,
                 replaces: None,
             };
+            let waiting = body
+                .assignment
+                .as_ref()
+                .is_some_and(|a| a.state == AssignmentState::Waiting);
             Ok(Answer::Allocation {
-                status: if o.created { 201 } else { 200 },
+                status: if waiting {
+                    202
+                } else if o.created {
+                    201
+                } else {
+                    200
+                },
                 body: Box::new(body),
                 replay: None,
             })
@@ -1029,6 +1137,9 @@ impl ExportRow for Assignment {
         "error.reallocated_account_id",
         "error.reallocation",
         "error.errors",
+        "waiting.position",
+        "waiting.reserved",
+        "waiting.expires_at",
         "version",
         "created_at",
         "updated_at",
@@ -1103,7 +1214,8 @@ pub async fn get_assignment(
 /// recorded with who asked, when and the request id (`revocation` on the assignment, and the
 /// activity log). A license Apple holds of an asset it does not let revoke (books) is refused
 /// with 409 `not-revocable` and nothing changes; a pending one never reached Apple and is
-/// dropped like any other.
+/// dropped like any other. A `waiting` assignment (A12) is cancelled: `revoked` at once (200),
+/// nothing goes to Apple.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "revoke_assignment",
@@ -1115,7 +1227,7 @@ pub async fn get_assignment(
     ),
     responses(
         (status = 202, description = "Revocation started (or already under way): Apple is asked to release the license; the assignment, `revoking`", body = Assignment),
-        (status = 200, description = "The assignment is finished: it was already `failed` or `revoked`, or it was still `pending` and is dropped in the ledger (`revoked`) without a call to Apple; the assignment as it is", body = Assignment),
+        (status = 200, description = "The assignment is finished: it was already `failed` or `revoked`, or it was still `pending` (or `waiting`, A12) and is dropped in the ledger (`revoked`) without a call to Apple; the assignment as it is", body = Assignment),
         (status = 404, description = "No such assignment in the space"),
         (status = 409, description = "The asset is not revocable (`not-revocable`); nothing changed"),
     )
@@ -1156,7 +1268,8 @@ pub async fn revoke_assignment(
 /// asset while Apple holds any of its matched licenses is refused whole (409 `not-revocable`,
 /// nothing changed, pending ones included); without an asset filter (all of a subject's or an
 /// account's) they are left as they are and counted in `not_revocable`. Pending licenses never
-/// reached Apple and are dropped whatever the asset.
+/// reached Apple and are dropped whatever the asset. Waiting assignments (A12) of the asset or
+/// subject named are cancelled (`revoked`) and counted in `cancelled`.
 #[utoipa::path(
     tag = "assignments",
     operation_id = "create_revocation",
@@ -1189,11 +1302,13 @@ pub async fn create_revocation(
         dropped,
         revoking,
         not_revocable: kept,
+        cancelled,
     } = revocations::revoke_matching(&mut conn, &space, &matching, &caller.origin(), &body.reason)
         .await?;
     Ok(HttpResponse::Accepted().json(Revocation {
         dropped,
         revoking,
         not_revocable: kept,
+        cancelled,
     }))
 }

@@ -394,6 +394,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    waitlist (assignment_id) {
+        assignment_id -> Uuid,
+        seq -> Int8,
+        space_id -> Text,
+        adam_id -> Text,
+        pricing_param -> Text,
+        subject_id -> Uuid,
+        subject_kind -> Text,
+        subject_external_id -> Text,
+        wish -> Text,
+        request_id -> Nullable<Text>,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    waitlist_wakeups (space_id, adam_id, pricing_param) {
+        space_id -> Text,
+        adam_id -> Text,
+        pricing_param -> Text,
+        generation -> Int8,
+        woken_at -> Timestamptz,
+        locked_by -> Nullable<Text>,
+        locked_until -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(account_distribution_entries -> accounts (account_id));
 diesel::joinable!(apple_assignments -> accounts (account_id));
 diesel::joinable!(drift_items -> accounts (account_id));
@@ -414,6 +442,7 @@ diesel::joinable!(lifecycle_events -> spaces (space_id));
 diesel::joinable!(lifecycle_marks -> spaces (space_id));
 diesel::joinable!(lifecycle_settings -> spaces (space_id));
 diesel::joinable!(subjects -> spaces (space_id));
+diesel::joinable!(waitlist -> assignments (assignment_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     account_distribution_entries,
@@ -441,4 +470,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     spaces,
     subjects,
     sync_runs,
+    waitlist,
+    waitlist_wakeups,
 );

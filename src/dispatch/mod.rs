@@ -17,6 +17,9 @@
 //! settled by the settlement use case ([`crate::settle`], which Apple's notifications feed too).
 //! The statements are the store's (`ledger::jobs`, `ledger::submissions`, …).
 //!
+//! Beside them each process runs one wait-list worker ([`waitlist`], rule A12) that serves the
+//! lines of allocations waiting for a license when one frees.
+//!
 //! Batching: an account's queued work for one asset and license type is one *batch*. Batches
 //! are sent when the account's burst is over (no association joined any of its batches for
 //! `quiet`, 250 ms by default), when their oldest work waited `max_wait` (5 s), or, during a
@@ -32,6 +35,7 @@ pub mod maintenance;
 pub mod retry;
 pub mod sync;
 pub mod users;
+pub mod waitlist;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,6 +189,7 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
     if ctx.settings.workers > 0 {
         handles.push(tokio::spawn(maintenance::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(lifecycle::run(ctx.clone(), cancel.clone())));
+        handles.push(tokio::spawn(waitlist::run(ctx.clone(), cancel.clone())));
     }
     handles.extend(sync::spawn(ctx, cancel));
     handles

@@ -2,6 +2,7 @@
 //! the use case ([`crate::engine::allocate`]) decides with [`super::decide`]. Plain values: no
 //! I/O, no database types.
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::model::{LicenseWish, Skip};
@@ -47,6 +48,11 @@ pub struct AllocationRequest {
     pub exclude_accounts: Vec<Uuid>,
     /// For re-allocations: the assignment being replaced (recorded in the decision).
     pub replaces: Option<Uuid>,
+    /// A12: when no license is left, wait in line until this time instead of being refused.
+    pub wait_until: Option<DateTime<Utc>>,
+    /// A12: this request serves the waiting assignment with this id (the wait-list worker's
+    /// re-decision); the license, if one is free, is written onto that assignment.
+    pub serves: Option<Uuid>,
 }
 
 /// Why a request is refused: the answers of the rules themselves (the use case adds the

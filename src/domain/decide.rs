@@ -53,6 +53,10 @@ pub enum Decided {
     New(Planned),
     /// A dry run: this is what would be taken.
     Would(Planned),
+    /// A12: nothing is free and the request asked to wait: a waiting assignment to write
+    /// (`account_id` is the first account by priority that owns the asset, `rule` is
+    /// `waiting`, `decision.skipped` says why no account could serve now).
+    Waits(Planned),
     Refused(Refusal),
 }
 
@@ -199,6 +203,19 @@ pub fn decide_all(
     out
 }
 
+/// The holder's waiting assignment for the asset (A12), unless it is the one `serving`.
+fn waiting_for(
+    snap: &Snapshot,
+    holder: Uuid,
+    asset: &AssetRef,
+    serving: Option<Uuid>,
+) -> Option<AssignmentRow> {
+    snap.waiting
+        .get(&(holder, asset.clone()))
+        .filter(|a| Some(a.id) != serving)
+        .cloned()
+}
+
 fn existing_for(snap: &Snapshot, holder: Uuid, asset: &AssetRef) -> Option<AssignmentRow> {
     snap.existing
         .iter()
@@ -261,6 +278,16 @@ fn decide_one(
             holder: user_row.clone(),
         };
     }
+    // A12 with A6: asking again while waiting answers the waiting assignment.
+    if !target.holder.id.is_nil()
+        && let Some(row) = waiting_for(snap, target.holder.id, asset, req.serves)
+    {
+        return Decided::Existing {
+            row: Box::new(row),
+            rule: Rule::Existing,
+            holder: target.holder,
+        };
+    }
 
     let has_policy = snap.policies.contains_key(asset);
     let policy = snap
@@ -315,6 +342,18 @@ fn decide_one(
         && let Some(n) = holdback.get_mut(&own)
     {
         *n = (*n - 1).max(0);
+    }
+    // A12: while allocations wait in line for the asset, what frees on the first owner is
+    // theirs (the wait-list serves them within moments): a newcomer that is not reserved does
+    // not take it first. The wait-list's own re-decisions are the line and hold nothing back.
+    let line = if req.serves.is_none() && reserved_from.is_none() {
+        snap.lines.get(asset).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    let reservations_hold = holdback.clone();
+    if line > 0 {
+        *holdback.entry(first_owner).or_default() += line;
     }
     if let Some(account) = reserved_account
         && let Some(pos) = ordered.iter().position(|c| c.id == account)
@@ -423,20 +462,29 @@ fn decide_one(
                     - already
                     - hold;
                 if free <= 0 {
-                    let reason = if free + hold > 0 {
+                    let for_reservations = reservations_hold.get(&c.id).copied().unwrap_or(0);
+                    let for_line = hold - for_reservations;
+                    let reason = if free + hold <= 0 {
+                        SkipReason::NoFreeLicense
+                    } else if free + for_line <= 0 {
                         SkipReason::HeldForReservations
                     } else {
-                        SkipReason::NoFreeLicense
+                        SkipReason::HeldForWaitList
+                    };
+                    let line_detail = if for_line > 0 {
+                        format!(", held for the wait-list {for_line}")
+                    } else {
+                        String::new()
                     };
                     decision.skipped.push(skip(
                         reason,
                         format!(
                             "owns {}, held here {}, assigned elsewhere {}, held back for \
-                             reservations {}",
+                             reservations {}{line_detail}",
                             c.apple_total,
                             c.held as i64 + already,
                             c.foreign_assigned,
-                            hold
+                            for_reservations
                         ),
                     ));
                     continue;
@@ -446,6 +494,22 @@ fn decide_one(
             None
         });
     let Some((c, at_apple)) = chosen else {
+        // A12: a request that asked to wait joins the line instead (not a dry run, and not
+        // the wait-list's own re-decision, which leaves its entry waiting).
+        if req.wait_until.is_some() && !dry_run && req.serves.is_none() {
+            let planned = Planned {
+                id: Uuid::now_v7(),
+                account_id: first_owner,
+                asset: asset.clone(),
+                holder: target.holder,
+                license_type: target.license_type,
+                rule: Rule::Waiting,
+                decision,
+                at_apple: false,
+            };
+            claimed.insert((planned.holder.id, asset.clone()), index);
+            return Decided::Waits(planned);
+        }
         return Decided::Refused(Refusal::Exhausted {
             skipped: decision.skipped,
         });
@@ -469,7 +533,8 @@ fn decide_one(
         ));
     }
     let planned = Planned {
-        id: Uuid::now_v7(),
+        // Serving a waiting assignment writes the license onto it (same id).
+        id: req.serves.unwrap_or_else(Uuid::now_v7),
         account_id: c.id,
         asset: asset.clone(),
         holder: target.holder,
@@ -553,6 +618,8 @@ mod tests {
             dry_run: false,
             exclude_accounts: Vec::new(),
             replaces: None,
+            wait_until: None,
+            serves: None,
         }
     }
 
@@ -604,6 +671,72 @@ mod tests {
                         .all(|s| s.reason == SkipReason::NoFreeLicense)
                 );
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a12_a_request_that_waits_joins_the_line_instead_of_being_refused() {
+        let a = account("A", 1, 1);
+        let ida = a.id;
+        let snap = snapshot(vec![a], &["S1", "W1"]);
+        let first = device_req("S1");
+        let mut wait = device_req("W1");
+        wait.wait_until = Some(Utc::now() + chrono::Duration::hours(72));
+        let twice = wait.clone();
+        let out = decide_all(&[&first, &wait, &twice], &snap, Utc::now(), false);
+        assert!(matches!(out[0], Decided::New(_)));
+        match &out[1] {
+            Decided::Waits(p) => {
+                assert_eq!((p.account_id, p.rule), (ida, Rule::Waiting));
+                assert_eq!(p.decision.skipped[0].reason, SkipReason::NoFreeLicense);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(out[2], Decided::SameAs(1)), "{:?}", out[2]);
+        // A dry run never waits.
+        let dry = decide_all(&[&first, &wait], &snap, Utc::now(), true);
+        assert!(matches!(dry[1], Decided::Would(_)), "{:?}", dry[1]);
+    }
+
+    #[test]
+    fn a12_what_frees_is_held_for_the_wait_list_but_not_from_reserved_subjects() {
+        let a = account("A", 1, 2);
+        let mut snap = snapshot(vec![a], &["NEW", "VIP"]);
+        // One license free, two wait in line: a newcomer does not take it.
+        snap.candidates.get_mut(&asset()).unwrap()[0].held = 1;
+        snap.lines.insert(asset(), 2);
+        let r = device_req("NEW");
+        match &decide_all(&[&r], &snap, Utc::now(), false)[0] {
+            Decided::Refused(Refusal::Exhausted { skipped }) => {
+                assert_eq!(skipped[0].reason, SkipReason::HeldForWaitList);
+                assert!(skipped[0].detail.contains("wait-list 2"), "{skipped:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The wait-list's own re-decision takes it.
+        let mut serving = device_req("NEW");
+        serving.serves = Some(Uuid::now_v7());
+        assert!(matches!(
+            decide_all(&[&serving], &snap, Utc::now(), false)[0],
+            Decided::New(_)
+        ));
+        // So does a reserved subject (reservations come first, A2).
+        snap.policies.insert(
+            asset(),
+            Policy {
+                entries: vec![EntryRow {
+                    policy_id: Uuid::nil(),
+                    target_kind: "device".into(),
+                    target: "VIP".into(),
+                    mode: "reserved".into(),
+                    account_id: None,
+                }],
+            },
+        );
+        let vip = device_req("VIP");
+        match &decide_all(&[&vip], &snap, Utc::now(), false)[0] {
+            Decided::New(p) => assert_eq!(p.rule, Rule::Reservation),
             other => panic!("{other:?}"),
         }
     }

@@ -36,6 +36,10 @@ crate::text_enum! {
 crate::text_enum! {
     /// Life cycle of an assignment (docs/rules.md, Assignment life cycle).
     pub enum AssignmentState {
+        /// A12: no license was left and the request asked to wait: in line (no license held,
+        /// no account chosen yet); becomes `pending` when a license frees, `revoked` when
+        /// cancelled, `failed` when the wait expires.
+        Waiting = "waiting",
         /// Held in the ledger; the Apple call is queued.
         Pending = "pending",
         /// Sent to Apple; the event id is known.
@@ -85,6 +89,9 @@ crate::text_enum! {
         Fallback = "fallback",
         /// 9709 from Apple: re-allocated from the next eligible account.
         Reallocation = "reallocation",
+        /// A12: no license was left; the request waits in line. The rule that serves it
+        /// (`reservation`, `priority`, `fallback`) replaces this one when a license frees.
+        Waiting = "waiting",
         /// T12: assigned at Apple before this deployment managed it (another MDM, a previous
         /// owner) and adopted into the ledger by an Adopt plan (or recorded by Clean Up to be
         /// revoked).
@@ -99,6 +106,9 @@ crate::text_enum! {
         NoFreeLicense = "no_free_license",
         /// The licenses left are held back for reserved subjects of the asset's policy (A2).
         HeldForReservations = "held_for_reservations",
+        /// A12: the licenses left are held for the allocations already waiting in line for
+        /// the asset (they are served first, by the wait-list).
+        HeldForWaitList = "held_for_wait_list",
         /// A fallback account whose distribution list does not include the subject (A4).
         NotOnDistributionList = "not_on_distribution_list",
         /// The account cannot call Apple and is set to skip (A10).

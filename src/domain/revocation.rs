@@ -27,4 +27,6 @@ pub struct Revoked {
     pub revoking: i64,
     /// Matching live assignments of non-revocable assets, left as they are.
     pub not_revocable: i64,
+    /// Waiting assignments (A12) cancelled (now `revoked`; they held no license).
+    pub cancelled: i64,
 }

@@ -76,6 +76,12 @@ pub struct Snapshot {
     pub subjects: HashMap<(SubjectKind, String), SubjectRow>,
     /// Live assignments of the batch's subjects for the batch's assets.
     pub existing: Vec<AssignmentRow>,
+    /// A12: how many wait in line for each of the batch's assets (the whole space's line, not
+    /// only the batch's subjects); empty for the wait-list's own re-decisions.
+    pub lines: HashMap<AssetRef, i64>,
+    /// Waiting assignments (A12) of the batch's subjects for the batch's assets, by holder
+    /// and asset (a wait-list run decides thousands of them at once).
+    pub waiting: HashMap<(Uuid, AssetRef), AssignmentRow>,
     pub policies: HashMap<AssetRef, Policy>,
     /// Reservations whose subject holds no license yet, per asset and account (`None`: the
     /// reservation names no account).

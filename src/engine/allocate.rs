@@ -12,7 +12,8 @@
 //!    accounts being deleted, and unusable accounts set to `skip`, are skipped; unusable
 //!    accounts set to `queue` allocate from the ledger and their Apple call waits (A10);
 //! 6. the first account with a free license wins; nothing free anywhere answers every account
-//!    and why it could not serve.
+//!    and why it could not serve, unless the request asked to wait (A12): then it joins the
+//!    asset's wait-list as a `waiting` assignment ([`super::waitlist`]).
 //!
 //! Concurrent requests of one process are decided together ([`super::combiner`]): one
 //! transaction loads what the batch needs in a fixed number of queries, locking the asset rows
@@ -28,12 +29,13 @@ use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
-use crate::domain::allocation::{AllocationRequest, Refusal};
+use crate::domain::allocation::{AllocationRequest, Refusal, SubjectInput};
 use crate::domain::decide::{self, Decided};
-use crate::domain::model::{Decision, LicenseType, Rule};
+use crate::domain::model::{Decision, LicenseType, Rule, SubjectKind};
 use crate::domain::records::{AssignmentRow, SubjectRow};
 use crate::ledger::allocation_load as load;
 use crate::ledger::allocation_write::{self as write, Requested, WriteError};
+use crate::ledger::waitlist;
 
 /// The answer.
 #[derive(Clone, Debug)]
@@ -127,16 +129,46 @@ pub async fn allocate_many(
                     requested_by: &r.origin.actor,
                     reason: &r.reason,
                     request_id: r.origin.request_id.as_deref(),
+                    serves_waiting: r.serves == Some(p.id),
                 },
             )),
             _ => None,
         })
         .collect();
-    let rows = match write::write(conn, space, &planned).await {
+    let mut rows = match write::write(conn, space, &planned).await {
         Ok(rows) => rows,
         Err(WriteError::Db(e)) => return Err(AllocationError::Db(e)),
         Err(WriteError::Overdrawn) => return Err(AllocationError::Overdrawn),
     };
+    // A12: requests that wait for a license join the line.
+    let waits: Vec<(&decide::Planned, waitlist::Asked<'_>)> = decided
+        .iter()
+        .zip(reqs)
+        .filter_map(|(d, r)| match (d, r.wait_until) {
+            (Decided::Waits(p), Some(expires_at)) => {
+                let (subject_kind, subject_external_id) = match &r.subject {
+                    SubjectInput::Device { serial, .. } => (SubjectKind::Device, serial.as_str()),
+                    SubjectInput::User { id, .. } => (SubjectKind::User, id.as_str()),
+                };
+                Some((
+                    p,
+                    waitlist::Asked {
+                        requested_by: &r.origin.actor,
+                        reason: &r.reason,
+                        request_id: r.origin.request_id.as_deref(),
+                        subject_kind,
+                        subject_external_id,
+                        wish: r.wish,
+                        expires_at,
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    rows.extend(waitlist::write_waiting(conn, space, &waits).await?);
+    let mut rows: std::collections::HashMap<uuid::Uuid, AssignmentRow> =
+        rows.into_iter().map(|r| (r.id, r)).collect();
     let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(reqs.len());
     for d in decided {
         let outcome = match d {
@@ -149,8 +181,8 @@ pub async fn allocate_many(
                 }),
                 Err(_) => Err(AllocationError::Db(diesel::result::Error::NotFound)),
             },
-            Decided::New(p) => {
-                let row = rows.iter().find(|r| r.id == p.id).cloned();
+            Decided::New(p) | Decided::Waits(p) => {
+                let row = rows.remove(&p.id);
                 Ok(Outcome {
                     assignment: row,
                     created: true,

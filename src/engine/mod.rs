@@ -6,8 +6,10 @@
 //!   domain decides ([`crate::domain::decide`]), the store writes
 //!   ([`crate::ledger::allocation_write`]), all in one transaction;
 //! - [`combiner`]: gathers a process's concurrent allocations into batches;
-//! - [`revoke`] gives licenses back.
+//! - [`revoke`] gives licenses back;
+//! - [`waitlist`] serves allocations that wait for a license (A12) when one frees.
 
 pub mod allocate;
 pub mod combiner;
 pub mod revoke;
+pub mod waitlist;

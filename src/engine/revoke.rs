@@ -9,6 +9,10 @@
 //! dropped. Assignments Apple holds (or is associating) become `revoking` and get a
 //! `disassociate` job; the dispatcher moves them to `revoked` when Apple confirms.
 //!
+//! Waiting assignments (A12, [`super::waitlist`]) the scope names by assignment, asset or
+//! subject are cancelled first (`revoked` at once, counted in [`Revoked::cancelled`]): they
+//! hold no license. A scope naming an account leaves them (they belong to no account yet).
+//!
 //! Every revocation is recorded on the assignment (who, why, when, in which request:
 //! `revoked_by`, `revocation_reason`, `revocation_requested_at`, `revocation_request_id`) and in
 //! the activity log, from the [`Origin`] the caller passes.
@@ -26,7 +30,7 @@
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
-use crate::domain::model::SubjectKind;
+use crate::domain::model::{AssignmentState, SubjectKind};
 use crate::domain::origin::Origin;
 use crate::domain::records::AssignmentRow;
 pub use crate::domain::revocation::{Revoked, Scope};
@@ -60,8 +64,11 @@ pub async fn revoke(
     origin: &Origin,
     reason: &str,
 ) -> diesel::QueryResult<Revoked> {
+    let cancelled = super::waitlist::cancel(conn, space, scope, origin, reason).await?;
     let matched = store::matching(conn, space, scope, true).await?;
-    start(conn, space, scope, matched, origin, reason).await
+    let mut revoked = start(conn, space, scope, matched, origin, reason).await?;
+    revoked.cancelled = cancelled;
+    Ok(revoked)
 }
 
 /// [`revoke`], unless a license it matched is of an asset Apple does not take back: then
@@ -75,12 +82,16 @@ async fn revoke_all_or_none(
     origin: &Origin,
     reason: &str,
 ) -> diesel::QueryResult<Result<Revoked, i64>> {
+    let cancelled = super::waitlist::cancel(conn, space, scope, origin, reason).await?;
     let matched = store::matching(conn, space, scope, true).await?;
     let refused = matched.iter().filter(|t| !t.revocable).count() as i64;
     if refused > 0 && !scope.include_not_revocable {
+        // The caller rolls back: the cancellations too.
         return Ok(Err(refused));
     }
-    Ok(Ok(start(conn, space, scope, matched, origin, reason).await?))
+    let mut revoked = start(conn, space, scope, matched, origin, reason).await?;
+    revoked.cancelled = cancelled;
+    Ok(Ok(revoked))
 }
 
 /// Starts releasing the `matched` assignments (locked) that `scope` lets revoke.
@@ -113,6 +124,7 @@ async fn start(
         dropped,
         revoking,
         not_revocable,
+        cancelled: 0,
     })
 }
 
@@ -148,13 +160,18 @@ pub async fn revoke_one(
         let row = assignments::find_locked(conn, space, id)
             .await?
             .ok_or_else(not_found)?;
-        if !row.state.is_live() {
-            return Ok(());
-        }
         let scope = Scope {
             assignment: Some(id),
             ..Default::default()
         };
+        if row.state == AssignmentState::Waiting {
+            // A12: cancelling a waiting assignment ends it at once; Apple never heard of it.
+            super::waitlist::cancel(conn, space, &scope, origin, reason).await?;
+            return Ok(());
+        }
+        if !row.state.is_live() {
+            return Ok(());
+        }
         if not_revocable(conn, space, &scope).await? > 0 {
             return Err(RevocationError::NotRevocable(format!(
                 "assignment {id} holds a license of asset {}/{}",

@@ -162,6 +162,18 @@ crate::text_enum! {
         /// `PUT …/devices|users/…` changed a subject's facts (`details`: what was given and
         /// the licenses it revoked).
         SubjectUpdated = "subject.updated",
+        /// A12: no license was left and the allocation waits in line (`details`: license
+        /// type, accounts skipped, when the wait expires). Served, it is `assignment.allocated`
+        /// (`details.served_from_wait_list`).
+        AssignmentWaiting = "assignment.waiting",
+        /// A12: a waiting allocation was cancelled by a revocation (`details`: reason).
+        AssignmentWaitCancelled = "assignment.wait_cancelled",
+        /// A12: a waiting allocation's wait expired (`VPP_WAIT_EXPIRY_HOURS`); it failed.
+        AssignmentWaitExpired = "assignment.wait_expired",
+        /// A12: a waiting allocation can no longer be served (the policy now refuses the
+        /// subject, no account owns the asset, the subject got a license another way); it
+        /// failed (`details`: reason).
+        AssignmentWaitEnded = "assignment.wait_ended",
     }
 }
 

@@ -2,8 +2,8 @@
 //! size: the subjects (created or updated as the caller describes them), their live
 //! assignments, the assets' policies and outstanding reservations, the accounts that own the
 //! assets (with their asset rows **locked**), which distribution-list entries match the
-//! subjects, and which of the subjects Apple already lists for the assets (the sync's mirror:
-//! the double count of issue 13).
+//! subjects, which of the subjects Apple already lists for the assets (the sync's mirror:
+//! the double count of issue 13), and how many wait in line for each asset (A12).
 //!
 //! Lock order, which keeps concurrent batches (in any replica) free of deadlocks: subject rows
 //! first (upserted in sorted order), then asset rows (locked in `(account, adam_id, pricing)`
@@ -87,13 +87,13 @@ fn facts(reqs: &[&AllocationRequest]) -> Vec<Facts> {
     map.into_values().collect()
 }
 
-/// Creates or updates the batch's subjects (or, for a dry run, only reads them and stands in
-/// for unknown ones) and returns them.
+/// Creates or updates the batch's subjects (or, `read_only` for a dry run or the wait-list's
+/// re-decisions, only reads them and stands in for unknown ones) and returns them.
 async fn subjects(
     conn: &mut AsyncPgConnection,
     space: &str,
     facts: &[Facts],
-    dry_run: bool,
+    read_only: bool,
 ) -> diesel::QueryResult<HashMap<(SubjectKind, String), SubjectRow>> {
     let rows: Vec<serde_json::Value> = facts
         .iter()
@@ -109,7 +109,7 @@ async fn subjects(
             })
         })
         .collect();
-    let sql = if dry_run {
+    let sql = if read_only {
         "SELECT COALESCE(s.id, '00000000-0000-0000-0000-000000000000'::uuid) AS id, $2 AS space_id,
                 t.kind, t.external_id,
                 CASE WHEN t.has_groups THEN t.groups ELSE COALESCE(s.groups, '{}') END AS groups,
@@ -222,8 +222,11 @@ pub async fn snapshot(
     reqs: &[&AllocationRequest],
     dry_run: bool,
 ) -> diesel::QueryResult<Snapshot> {
+    // The wait-list's re-decisions (A12) change no subject: they only read the stored facts
+    // (and lock no subject row: their entries' assignment rows are locked first).
+    let read_only = dry_run || reqs.iter().all(|r| r.serves.is_some());
     let mut snap = Snapshot {
-        subjects: subjects(conn, space, &facts(reqs), dry_run).await?,
+        subjects: subjects(conn, space, &facts(reqs), read_only).await?,
         ..Snapshot::default()
     };
     // A device's user stored by an earlier request (this one gave only the serial) decides
@@ -249,7 +252,7 @@ pub async fn snapshot(
         })
         .collect();
     if !stored_users.is_empty() {
-        let users = subjects(conn, space, &stored_users, dry_run).await?;
+        let users = subjects(conn, space, &stored_users, read_only).await?;
         snap.subjects.extend(users);
     }
     let assets: Vec<AssetRef> = {
@@ -387,13 +390,45 @@ pub async fn snapshot(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&pricings)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&probe_types)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&probe_targets);
-    let (existing, entries, candidates, listed, mirrored) = futures_util::try_join!(
+    // A12: the length of each asset's line; the wait-list's own runs need none (they are the
+    // line), so they ask for no asset.
+    let (line_adams, line_pricings): (Vec<&str>, Vec<&str>) = if read_only {
+        (Vec::new(), Vec::new())
+    } else {
+        (adams.clone(), pricings.clone())
+    };
+    let lines_q = diesel::sql_query(
+        "SELECT w.adam_id, w.pricing_param, count(*) AS waiting FROM waitlist w
+           JOIN unnest($2::text[], $3::text[]) AS want(adam_id, pricing_param)
+             ON want.adam_id = w.adam_id AND want.pricing_param = w.pricing_param
+          WHERE w.space_id = $1
+          GROUP BY w.adam_id, w.pricing_param",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&line_adams)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&line_pricings);
+    let (existing, entries, candidates, listed, mirrored, lines) = futures_util::try_join!(
         existing_q.prepared().load::<AssignmentRow>(&mut &*shared),
         policies_q.prepared().load::<PolicyEntry>(&mut &*shared),
         candidates_q.prepared().load::<Candidate>(&mut &*shared),
         listed_q.prepared().load::<Listed>(&mut &*shared),
         mirrored_q.prepared().load::<Mirrored>(&mut &*shared),
+        lines_q
+            .prepared()
+            .load::<crate::ledger::waitlist::WaitingCount>(&mut &*shared),
     )?;
+    snap.lines = lines
+        .into_iter()
+        .map(|l| {
+            (
+                AssetRef {
+                    adam_id: l.adam_id,
+                    pricing_param: l.pricing_param,
+                },
+                l.waiting,
+            )
+        })
+        .collect();
     snap.at_apple = mirrored
         .into_iter()
         .map(|m| {
@@ -409,10 +444,20 @@ pub async fn snapshot(
         })
         .collect();
 
-    snap.existing = existing
-        .into_iter()
-        .filter(|a| a.state.is_live() && a.space_id == space)
-        .collect();
+    for a in existing {
+        if a.space_id != space {
+            continue;
+        }
+        if a.state.is_live() {
+            snap.existing.push(a);
+        } else if a.state == crate::domain::model::AssignmentState::Waiting {
+            let asset = AssetRef {
+                adam_id: a.adam_id.clone(),
+                pricing_param: a.pricing_param.clone(),
+            };
+            snap.waiting.insert((a.subject_id, asset), a);
+        }
+    }
     for e in entries {
         let asset = AssetRef {
             adam_id: e.adam_id,

@@ -1,5 +1,8 @@
 //! Writing a batch's new licenses in one statement: the pool update (`held`), the assignments,
-//! their Apple jobs and the activity rows.
+//! their Apple jobs and the activity rows. A license that serves a waiting assignment (A12) is
+//! written onto that row (`waiting` → `pending`, out of the line) instead of a new one; the
+//! waiting row must still be waiting, else the statement comes up short like an overdrawn
+//! pool and the batch is decided again.
 //!
 //! The pool update carries its own guard (`held + foreign_assigned <= apple_total` after the
 //! update, and the account not marked for deletion): should the in-memory decision ever disagree with the
@@ -25,6 +28,9 @@ pub struct Requested<'a> {
     pub requested_by: &'a str,
     pub reason: &'a str,
     pub request_id: Option<&'a str>,
+    /// A12: the license is written onto this waiting assignment (`Planned::id`), which
+    /// leaves the line and becomes `pending`, instead of onto a new assignment.
+    pub serves_waiting: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +66,14 @@ pub async fn write(
                 "reason": o.reason,
                 "request_id": o.request_id,
                 "at_apple": p.at_apple,
+                "promote": o.serves_waiting,
                 "subject_label": format!("{}:{}", p.holder.kind, p.holder.external_id),
                 "details": {
                     "license_type": p.license_type,
                     "already_at_apple": p.at_apple,
                     "skipped": p.decision.skipped.len(),
                     "queued_because": p.decision.queued_because,
+                    "served_from_wait_list": o.serves_waiting,
                 },
             })
         })
@@ -92,7 +100,8 @@ pub async fn write(
              SELECT * FROM jsonb_to_recordset($1) AS t(
                  id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
                  license_type text, rule text, decision jsonb, requested_by text, reason text,
-                 request_id text, at_apple bool, subject_label text, details jsonb)
+                 request_id text, at_apple bool, promote bool, subject_label text,
+                 details jsonb)
          ), counts AS (
              SELECT account_id, adam_id, pricing_param, count(*) AS n,
                     count(*) FILTER (WHERE at_apple) AS moved
@@ -117,11 +126,26 @@ pub async fn write(
                                       license_type, state, rule, decision, requested_by, reason)
              SELECT id, $2, account_id, adam_id, pricing_param, subject_id, license_type, 'pending',
                     rule, decision, requested_by, reason
-               FROM new
+               FROM new WHERE NOT promote
           RETURNING id, space_id, account_id, adam_id, pricing_param, subject_id, license_type,
                     state, rule, decision, requested_by, reason, apple_event_id, batch_id, error,
                     version, created_at, updated_at, revoked_by, revocation_reason,
                     revocation_requested_at, revocation_request_id
+         ), served AS (
+             -- A12: a waiting assignment served: same row, now holding the license.
+             UPDATE assignments a
+                SET state = 'pending', account_id = n.account_id, license_type = n.license_type,
+                    rule = n.rule, decision = n.decision, version = a.version + 1,
+                    updated_at = now()
+               FROM new n
+              WHERE n.promote AND a.id = n.id AND a.state = 'waiting'
+          RETURNING a.id, a.space_id, a.account_id, a.adam_id, a.pricing_param, a.subject_id,
+                    a.license_type, a.state, a.rule, a.decision, a.requested_by, a.reason,
+                    a.apple_event_id, a.batch_id, a.error, a.version, a.created_at,
+                    a.updated_at, a.revoked_by, a.revocation_reason, a.revocation_requested_at,
+                    a.revocation_request_id
+         ), unlined AS (
+             DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM served)
          ), job AS (
              INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
              SELECT $4::text, account_id, id, adam_id, pricing_param, license_type FROM new
@@ -132,7 +156,8 @@ pub async fn write(
                     adam_id, pricing_param, rule, request_id, details
                FROM new
          )
-         SELECT ins.* FROM ins WHERE (SELECT count(*) FROM bump) = $3",
+         SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
+          WHERE (SELECT count(*) FROM bump) = $3",
     )
     .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
     .bind::<diesel::sql_types::Text, _>(space)

@@ -354,6 +354,9 @@ pub struct Figures {
     /// When the scope is not the whole space: the space's highest-priority owner (adam id,
     /// pricing, account) of each asset with an outstanding reservation naming no account.
     pub first_owners: Vec<(String, String, Uuid)>,
+    /// A12: how many wait in line per asset of the space (assets nobody waits for are left
+    /// out).
+    pub waiting: Vec<crate::ledger::waitlist::WaitingCount>,
 }
 
 /// Reads the rows and transient-state counts (of the scope's accounts) and the policies of
@@ -404,11 +407,20 @@ pub async fn figures(
     .bind::<Text, _>(&scope.space)
     .bind::<Array<Text>, _>(&adams)
     .bind::<Array<Text>, _>(&pricings);
+    let waiting_q = diesel::sql_query(
+        "SELECT adam_id, pricing_param, count(*) AS waiting FROM waitlist
+          WHERE space_id = $1 AND adam_id = ANY($2) AND pricing_param = ANY($3)
+          GROUP BY adam_id, pricing_param",
+    )
+    .bind::<Text, _>(&scope.space)
+    .bind::<Array<Text>, _>(&adams)
+    .bind::<Array<Text>, _>(&pricings);
     let shared: &AsyncPgConnection = conn;
-    let (rows, states, policies) = futures_util::try_join!(
+    let (rows, states, policies, waiting) = futures_util::try_join!(
         rows_q.load::<AccountAsset>(&mut &*shared),
         states_q.load::<StateCount>(&mut &*shared),
         policies_q.load::<PolicyEntry>(&mut &*shared),
+        waiting_q.load::<crate::ledger::waitlist::WaitingCount>(&mut &*shared),
     )?;
     // Only assets with an outstanding reservation naming no account need their first owner
     // (a sort of every owner's row by text took 20 ms for 200 assets).
@@ -428,6 +440,7 @@ pub async fn figures(
         states,
         policies,
         first_owners,
+        waiting,
     })
 }
 

@@ -36,4 +36,5 @@ pub mod subjects;
 pub mod submissions;
 pub mod sync_runs;
 pub mod usage_gauges;
+pub mod waitlist;
 pub mod wakeups;

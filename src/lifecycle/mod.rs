@@ -725,6 +725,10 @@ async fn move_device(
             dry_run: false,
             exclude_accounts: Vec::new(),
             replaces: None,
+            // V3: where nothing is available in the destination only the revocation happens
+            // (the move does not join a wait-list).
+            wait_until: None,
+            serves: None,
         };
         match allocate::allocate(conn, &request).await {
             Ok(outcome) => {

@@ -302,6 +302,8 @@ async fn reallocate(
             dry_run: false,
             exclude_accounts: vec![event.account_id],
             replaces: Some(old.id),
+            wait_until: None,
+            serves: None,
         };
         // One transaction: the failed assignment gives its license back, the subject gets one
         // from another account, and the old assignment records where it went.

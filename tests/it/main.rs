@@ -39,3 +39,4 @@ mod subjects;
 mod support;
 mod sync;
 mod usage_gauges;
+mod waitlist;

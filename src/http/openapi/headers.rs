@@ -80,8 +80,11 @@ pub(super) fn complete(op: &Operation, map: &mut Map<String, Value>) {
                 ),
             );
         }
-        // 202 of `sync_account`: the sync run to poll.
-        if status == "201" || (status == "202" && op.id == "sync_account") {
+        // 202 of `sync_account`: the sync run to poll; of `allocate_license`: the waiting
+        // assignment (A12).
+        if status == "201"
+            || (status == "202" && (op.id == "sync_account" || op.id == "allocate_license"))
+        {
             headers.insert(
                 "Location".into(),
                 header(

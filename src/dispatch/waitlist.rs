@@ -1,0 +1,94 @@
+//! The wait-list worker (rule A12; one per `serve` process that runs dispatcher workers): claims
+//! the lines a freed license woke (`FOR UPDATE SKIP LOCKED` with a lease, so any number of
+//! replicas share the work and a killed one's line is served by another once its lease ends),
+//! serves each with [`crate::engine::waitlist::serve`], and every [`SWEEP`] ends the waiting
+//! entries whose wait expired ([`crate::engine::waitlist::expire`]). It sleeps `idle_poll`
+//! when no line is woken: a line is served within that of a license freeing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, DispatchError};
+use crate::engine::waitlist;
+use crate::ledger::waitlist as store;
+
+/// Time between two sweeps for expired waiting entries.
+pub const SWEEP: Duration = Duration::from_secs(30);
+
+/// Expired entries ended per sweep statement.
+const EXPIRE_BATCH: i64 = 5000;
+
+pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
+    let name = format!("{}-waitlist", ctx.worker);
+    let mut swept: Option<Instant> = None;
+    while !cancel.is_cancelled() {
+        let worked = match serve_once(&ctx, &name).await {
+            Ok(worked) => worked,
+            Err(e) => {
+                tracing::warn!(error = %e, "wait-list worker iteration failed");
+                false
+            }
+        };
+        if swept.is_none_or(|at| at.elapsed() >= SWEEP) {
+            swept = Some(Instant::now());
+            if let Err(e) = expire_all(&ctx).await {
+                tracing::warn!(error = %e, "wait-list expiry failed");
+            }
+        }
+        if !worked {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(ctx.settings.idle_poll) => {}
+            }
+        }
+    }
+}
+
+/// Claims one woken line and serves it. True when there was one.
+pub async fn serve_once(ctx: &Ctx, name: &str) -> Result<bool, DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    let Some(wakeup) = store::claim(&mut conn, name, ctx.settings.lease).await? else {
+        return Ok(false);
+    };
+    match waitlist::serve(&mut conn, &wakeup.space_id, &wakeup.asset()).await {
+        Ok(served) => {
+            if served.served + served.ended > 0 {
+                tracing::info!(
+                    space = %wakeup.space_id,
+                    adam_id = %wakeup.adam_id,
+                    served = served.served,
+                    waiting = served.waiting,
+                    ended = served.ended,
+                    "wait-list served"
+                );
+            }
+            metrics::counter!("waitlist_served_total").increment(served.served as u64);
+            store::finish(&mut conn, &wakeup, name).await?;
+        }
+        Err(e) => {
+            tracing::warn!(space = %wakeup.space_id, adam_id = %wakeup.adam_id, error = %e, "serving a wait-list failed; it is tried again");
+            store::release(&mut conn, &wakeup, name).await?;
+        }
+    }
+    Ok(true)
+}
+
+/// Ends every waiting entry whose wait expired. Returns how many.
+pub async fn expire_all(ctx: &Ctx) -> Result<usize, DispatchError> {
+    let mut conn = ctx.state.pool.get().await?;
+    let mut total = 0;
+    loop {
+        let n = waitlist::expire(&mut conn, Utc::now(), EXPIRE_BATCH).await?;
+        total += n;
+        if n < EXPIRE_BATCH as usize {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::info!(expired = total, "wait-list entries expired");
+    }
+    Ok(total)
+}
