@@ -927,7 +927,9 @@ async fn t5_a_sync_whose_replica_is_killed_is_restarted_by_another_and_applied_o
     .unwrap();
     let db = TestDb::new().await;
     let env = chart_env(&db.url, &sim.base_url());
-    let mut procs: Vec<ServeProcess> = (0..2).map(|_| ServeProcess::spawn(&env)).collect();
+    // Three replicas, each with its sync worker and scheduler: one sync of the account at a
+    // time across all of them.
+    let mut procs: Vec<ServeProcess> = (0..3).map(|_| ServeProcess::spawn(&env)).collect();
     let http = reqwest::Client::new();
     for p in &procs {
         p.wait_ready(&http).await;
@@ -1009,6 +1011,13 @@ async fn t5_a_sync_whose_replica_is_killed_is_restarted_by_another_and_applied_o
     )
     .await;
     assert_eq!(run.1, 2, "restarted once: {run:?}");
+    let runs: i64 = sync_runs::table
+        .filter(sync_runs::account_id.eq(account))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "one run of the account across the three replicas");
     let mirrored: i64 = apple_assignments::table
         .filter(apple_assignments::account_id.eq(account))
         .count()
