@@ -127,6 +127,16 @@ pub async fn replace(
     complete: bool,
     read_started_at: DateTime<Utc>,
 ) -> QueryResult<(usize, usize)> {
+    // The account's per-asset rows first, in key order, as a confirmed release does
+    // ([`forget_released`]): the two never wait for each other in opposite orders, and a
+    // release's digest reset cannot be overwritten by this read's digest.
+    diesel::sql_query(
+        "SELECT 1 FROM mirror_assets WHERE account_id = $1
+          ORDER BY adam_id, pricing_param FOR UPDATE",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .execute(conn)
+    .await?;
     if !complete {
         return stage_and_compare_within(conn, account, run, rows, None, read_started_at).await;
     }
@@ -318,6 +328,17 @@ pub async fn forget_released(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> Quer
     if ids.is_empty() {
         return Ok(0);
     }
+    // The assets' per-asset rows first, in key order, as a sync's mirror write does.
+    diesel::sql_query(
+        "SELECT 1 FROM mirror_assets x
+          WHERE (x.account_id, x.adam_id, x.pricing_param) IN (
+                SELECT a.account_id, a.adam_id, a.pricing_param FROM assignments a
+                 WHERE a.id = ANY($1))
+          ORDER BY x.account_id, x.adam_id, x.pricing_param FOR UPDATE OF x",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .execute(conn)
+    .await?;
     diesel::sql_query(format!(
         "WITH del AS (
          DELETE FROM apple_assignments m

@@ -20,13 +20,13 @@
 //! between did not recompute it), otherwise a stable full read recomputes it for every asset.
 //!
 //! `count_mismatch` is judged for the scope's assets and those whose Apple counts changed,
-//! appeared or vanished ([`Scope::count_also`]) — or for every asset when the last report's run
+//! appeared or vanished ([`Scope::count_also`], [`Scope::include`]) — or for every asset when the last report's run
 //! did not read the asset list (an incremental run whose asset list was unchanged judges no
 //! count).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Bool, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Bool, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -41,6 +41,8 @@ pub const LEDGER_MARGIN: std::time::Duration =
 pub struct AssetKeys {
     pub adam_ids: Vec<String>,
     pub pricing_params: Vec<String>,
+    /// The same keys, to keep them distinct.
+    seen: std::collections::HashSet<(String, String)>,
 }
 
 impl AssetKeys {
@@ -50,6 +52,17 @@ impl AssetKeys {
 
     pub fn is_empty(&self) -> bool {
         self.adam_ids.is_empty()
+    }
+
+    /// Adds an asset unless it is there already.
+    pub fn insert(&mut self, adam_id: &str, pricing_param: &str) {
+        if self
+            .seen
+            .insert((adam_id.to_owned(), pricing_param.to_owned()))
+        {
+            self.adam_ids.push(adam_id.to_owned());
+            self.pricing_params.push(pricing_param.to_owned());
+        }
     }
 }
 
@@ -80,19 +93,19 @@ impl Scope {
         }
     }
 
-    /// Adds an asset to the count scope (its Apple counts changed, it appeared or vanished).
+    /// Adds an asset to the count scope (its Apple counts changed or it vanished).
     pub fn count_also(&mut self, adam_id: &str, pricing_param: &str) {
         if let Some(counts) = &mut self.counts {
-            let known = counts
-                .adam_ids
-                .iter()
-                .zip(&counts.pricing_params)
-                .any(|(a, p)| a == adam_id && p == pricing_param);
-            if !known {
-                counts.adam_ids.push(adam_id.to_owned());
-                counts.pricing_params.push(pricing_param.to_owned());
-            }
+            counts.insert(adam_id, pricing_param);
         }
+    }
+
+    /// Adds an asset to both scopes (it appeared or came back in this read).
+    pub fn include(&mut self, adam_id: &str, pricing_param: &str) {
+        if let Some(assets) = &mut self.assets {
+            assets.insert(adam_id, pricing_param);
+        }
+        self.count_also(adam_id, pricing_param);
     }
 
     /// The `ledger_only` scope of a stable full read.
@@ -133,15 +146,14 @@ struct Now {
     now: DateTime<Utc>,
 }
 
-/// The scope of a run of `account` (see the module doc); `appeared`: assets this read found
-/// new or back. Call it in the transaction that recounts, once the asset rows are locked.
-pub async fn fix(
-    conn: &mut AsyncPgConnection,
-    account: Uuid,
-    appeared: &AssetKeys,
-) -> QueryResult<Scope> {
+/// The scope of a run of `account` (see the module doc), before the assets that appear in
+/// this read are added ([`Scope::include`]). Call it once the mirror is written and before the
+/// asset rows are locked: it reads the account's assignment history, which allocations must not
+/// wait for. `fixed_at` is the clock's time (after the mirror transaction's own changes, which
+/// carry its start time), so this run's mirror changes are not in the next run's scope.
+pub async fn fix(conn: &mut AsyncPgConnection, account: Uuid) -> QueryResult<Scope> {
     let marks: Option<Watermarks> = diesel::sql_query(
-        "SELECT ledger_at, mirror_at, full_read, assets_read, now() AS now
+        "SELECT ledger_at, mirror_at, full_read, assets_read, clock_timestamp() AS now
            FROM drift_watermarks WHERE account_id = $1",
     )
     .bind::<SqlUuid, _>(account)
@@ -149,7 +161,7 @@ pub async fn fix(
     .await
     .optional()?;
     let Some(marks) = marks else {
-        let now: Now = diesel::sql_query("SELECT now() AS now")
+        let now: Now = diesel::sql_query("SELECT clock_timestamp() AS now")
             .get_result(conn)
             .await?;
         return Ok(Scope {
@@ -162,22 +174,17 @@ pub async fn fix(
           WHERE account_id = $1 AND changed_at >= $2
          UNION
          SELECT DISTINCT adam_id, pricing_param FROM assignments
-          WHERE account_id = $1 AND updated_at >= $3 - make_interval(mins => $4)
-         UNION
-         SELECT * FROM UNNEST($5::text[], $6::text[])",
+          WHERE account_id = $1 AND updated_at >= $3 - make_interval(mins => $4)",
     )
     .bind::<SqlUuid, _>(account)
     .bind::<Timestamptz, _>(marks.mirror_at)
     .bind::<Timestamptz, _>(marks.ledger_at)
     .bind::<diesel::sql_types::Integer, _>(LEDGER_MARGIN_MINUTES)
-    .bind::<Array<Text>, _>(&appeared.adam_ids)
-    .bind::<Array<Text>, _>(&appeared.pricing_params)
     .load(conn)
     .await?;
     let mut assets = AssetKeys::default();
     for k in keys {
-        assets.adam_ids.push(k.adam_id);
-        assets.pricing_params.push(k.pricing_param);
+        assets.insert(&k.adam_id, &k.pricing_param);
     }
     Ok(Scope {
         // A report whose run did not read the asset list judged no count: this one judges all.

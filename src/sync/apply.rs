@@ -53,10 +53,14 @@ pub async fn apply(
                 read.started_at,
             )
             .await?;
-            Ok(Some((inserted, deleted)))
+            // What changed since the last report (docs/sync.md, "Only what changed"): only
+            // those assets are recounted and re-reported below. Fixed here, before the asset
+            // rows are locked (it reads the account's assignment history).
+            let scope = drift_scope::fix(conn, account).await?;
+            Ok(Some((inserted, deleted, scope)))
         })
         .await?;
-    let Some((inserted, deleted)) = mirrored else {
+    let Some((inserted, deleted, mut scope)) = mirrored else {
         return Ok(None);
     };
 
@@ -113,19 +117,12 @@ pub async fn apply(
                     mirror::mark_vanished(conn, account, &vanished).await?;
                 }
             }
-            // What changed since the last report (docs/sync.md, "Only what changed"): only
-            // those assets are recounted here and re-reported below.
-            let mut new_assets = AssetKeys::default();
-            for a in &appeared {
-                new_assets.adam_ids.push(a.adam_id.clone());
-                new_assets.pricing_params.push(a.pricing_param.clone());
-            }
-            let mut scope = drift_scope::fix(conn, account, &new_assets).await?;
+            // Assets whose counts changed, that vanished or appeared join the scope.
             for (adam, pricing) in recount.iter().chain(&vanished) {
                 scope.count_also(adam, pricing);
             }
             for a in &appeared {
-                scope.count_also(&a.adam_id, &a.pricing_param);
+                scope.include(&a.adam_id, &a.pricing_param);
             }
             let foreign_changed =
                 mirror::recount_foreign(conn, account, read.started_at, scope.assets.as_ref())
