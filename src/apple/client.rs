@@ -7,8 +7,10 @@
 //!   [`ErrorOrigin::HttpStatus`] error; an undecodable 2xx body an [`ErrorOrigin::Decode`] one.
 //! - **No hidden retries.** The client never sleeps on 429 or `Retry-After`: it returns the error
 //!   with `retry_after` parsed (conflict #4: on any status) and the caller's dispatcher
-//!   schedules. The one exception: a GET whose connection could not be established is retried
-//!   once after 200 ms.
+//!   schedules. The exceptions: a GET whose connection could not be established is retried
+//!   once after 200 ms; a page of the sync's tolerant reads (`read_*`) that Apple answers 429
+//!   waits out the Retry-After (at most 30 s, 3 times) and is asked for again — a Retry-After
+//!   pauses a sync's read instead of throwing away the pages it already has.
 //! - **Pacing.** Requests per sToken are paced to `maxRequestPerSecond` (default 15), in this
 //!   process: a request starts only when fewer than that many started within the last second
 //!   (plus a 20 ms margin) or are still in flight, so no more than that many are *sent* in any
@@ -84,6 +86,11 @@ pub const MAX_TRAVERSALS: usize = 3;
 /// Window of the per-token pacer: Apple's one second plus a margin for clock granularity and
 /// scheduling delays between taking a slot and sending.
 const PACING_WINDOW: Duration = Duration::from_millis(1020);
+/// Times a tolerant read's page waits out a 429 before the read fails.
+const PAGE_PAUSES: u32 = 3;
+/// Longest Retry-After a tolerant read's page waits out (a longer one fails the read: the
+/// sync run is postponed and the account paused as for any other call).
+const MAX_PAGE_PAUSE: Duration = Duration::from_secs(30);
 /// How long a token's pacing stays strict after Apple answered 429 (see `Pacer`).
 const STRICT_FOR: Duration = Duration::from_secs(600);
 /// Largest number of pages one listing follows (guards against a server that never ends).
@@ -1010,7 +1017,7 @@ impl AppleClient {
         mode: ReadMode<'_>,
         accept: bool,
     ) -> Result<Traversal<R::Item>, AppleError> {
-        let first: R = self.fetch_page(ep, token, query, 0).await?;
+        let first: R = self.fetch_page(ep, token, query, 0, mode.tolerant).await?;
         let version = first.version().map(str::to_owned);
         let (mut items, info, meta) = first.into_parts();
         let mut pages: u32 = 1;
@@ -1052,7 +1059,7 @@ impl AppleClient {
                 .min(start + MAX_PARALLEL_PAGES as u32)
                 .min(MAX_PAGES);
             let results: Vec<Result<R, AppleError>> = stream::iter(start..end)
-                .map(|index| self.fetch_page::<R>(ep, token, query, index))
+                .map(|index| self.fetch_page::<R>(ep, token, query, index, mode.tolerant))
                 .buffered(MAX_PARALLEL_PAGES)
                 .collect()
                 .await;
@@ -1110,16 +1117,41 @@ impl AppleClient {
         }))
     }
 
+    /// One page. `pause_on_429` (the sync's tolerant reads): a 429 waits out its Retry-After
+    /// (1 s when absent, at most [`MAX_PAGE_PAUSE`]) and asks for the page again, up to
+    /// [`PAGE_PAUSES`] times, so a read of 200 pages is paused, not thrown away.
     async fn fetch_page<R: Paged>(
         &self,
         ep: Endpoint,
         token: &SToken,
         query: &Pairs,
         index: u32,
+        pause_on_429: bool,
     ) -> Result<R, AppleError> {
         let mut pairs = query.clone();
         pairs.push(("pageIndex", index.to_string()));
-        self.call(ep, Some(token), pairs, None).await
+        let mut pauses = 0;
+        loop {
+            match self.call(ep, Some(token), pairs.clone(), None).await {
+                Err(e) if pause_on_429 && pauses < PAGE_PAUSES => {
+                    let ErrorClass::RateLimited { retry_after } = e.class() else {
+                        return Err(e);
+                    };
+                    pauses += 1;
+                    let pause = retry_after
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(MAX_PAGE_PAUSE);
+                    tracing::debug!(
+                        endpoint = ep.label(),
+                        page = index,
+                        pause_ms = pause.as_millis() as u64,
+                        "Apple answered 429; the read pauses"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One request: pacing, header, timeout, one connect retry for GETs, error reading.

@@ -432,3 +432,55 @@ async fn an_error_on_a_later_page_stops_the_read() {
         "{requests} requests for a 29-page read that failed at page 1"
     );
 }
+
+/// The sync's tolerant read waits out a 429 on a page and asks for that page again (a
+/// Retry-After pauses the read); the ordinary read returns the error to its caller.
+#[tokio::test]
+async fn a_tolerant_read_pauses_on_a_429_and_asks_for_the_page_again() {
+    let env = with_assignments(200).await;
+    let rate_limited = |count| vpp_broker::apple_sim::FailRule {
+        after: 1,
+        count,
+        status: 429,
+        error_number: 9646,
+        retry_after_secs: Some(1),
+        retry_after_http_date: false,
+        location: None,
+    };
+    env.sim
+        .set_faults(&FaultsPatch {
+            fail_next: Some(rate_limited(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listing = env
+        .client
+        .read_assignments(&env.token, &AssignmentQuery::default())
+        .await
+        .expect("the read pauses, then goes on");
+    assert_eq!(listing.items.len(), 200);
+    let pages = listing.pages as u64;
+    assert_eq!(
+        env.count("GET /assignments").await,
+        pages + 1,
+        "every page once, and the refused one again"
+    );
+    // More refusals than the read waits out: the error comes back.
+    env.sim
+        .set_faults(&FaultsPatch {
+            fail_next: Some(rate_limited(1000)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = env
+        .client
+        .read_assignments(&env.token, &AssignmentQuery::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.class(), ErrorClass::RateLimited { .. }),
+        "{err}"
+    );
+}
