@@ -808,3 +808,41 @@ async fn a12_waiting_entries_are_not_past_licenses_nor_movement_of_the_inventory
     );
     assert_eq!(state_of(&api, w1.id).await, "waiting");
 }
+
+#[tokio::test]
+async fn a12_a_poison_entry_is_isolated_and_the_line_behind_it_is_served() {
+    // Review finding: one entry whose write the database refuses failed the whole chunk, at
+    // every wake-up. Here a constraint (standing for any the entry might break) refuses W1's
+    // license: W1 ends `failed` with the error, W2 behind it is served.
+    let w = still_world(&[("A", U1, 1)]).await;
+    let api = w.api();
+    api.allocated(&device("S1")).await;
+    let w1 = wait_with(&api, &waiting("W1")).await;
+    let w2 = wait_with(&api, &waiting("W2")).await;
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query(format!(
+        "ALTER TABLE assignments ADD CONSTRAINT poison
+             CHECK (NOT (id = '{}' AND state = 'pending')) NOT VALID",
+        w1.id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    buy_one(&w.app, w.accounts[0]).await;
+    let done = vpp_broker::engine::waitlist::serve(&mut conn, "acme", &app_asset())
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.served, done.ended, done.waiting),
+        (1, 1, 0),
+        "{done:?}"
+    );
+    let poisoned = api.assignment(w1.id).await;
+    assert_eq!(poisoned.state.as_str(), "failed", "{poisoned:?}");
+    assert!(
+        poisoned.error.unwrap().message.contains("poison"),
+        "the database's error is the reason"
+    );
+    assert_eq!(state_of(&api, w2.id).await, "pending");
+    assert_eq!(held_and_total(&w.app, w.accounts[0]).await, (2, 2));
+}
