@@ -445,7 +445,7 @@ impl From<AllocationError> for ApiError {
             AllocationError::Refused(Refusal::Disallowed(why)) => {
                 ApiError::new(&types::SUBJECT_DISALLOWED, why)
             }
-            AllocationError::Refused(Refusal::Incompatible(why)) => {
+            AllocationError::Refused(Refusal::Incompatible(why) | Refusal::HolderChanged(why)) => {
                 ApiError::new(&types::LICENSE_TYPE_UNAVAILABLE, why)
             }
             AllocationError::Refused(Refusal::Exhausted { skipped }) => ApiError::new(
@@ -825,6 +825,7 @@ fn allocation_request(
         replaces: None,
         wait_until,
         serves: None,
+        serves_holder: None,
     }
 }
 

@@ -53,6 +53,11 @@ pub struct AllocationRequest {
     /// A12: this request serves the waiting assignment with this id (the wait-list worker's
     /// re-decision); the license, if one is free, is written onto that assignment.
     pub serves: Option<Uuid>,
+    /// A12: the holder the waiting assignment [`Self::serves`] was written for. The
+    /// re-decision is refused ([`Refusal::HolderChanged`]) when the request now resolves to
+    /// another holder (a device waiting for its user's license whose user changed): the
+    /// license is never written onto another holder's row.
+    pub serves_holder: Option<Uuid>,
 }
 
 /// Why a request is refused: the answers of the rules themselves (the use case adds the
@@ -73,4 +78,8 @@ pub enum Refusal {
     Incompatible(String),
     #[error("no license available")]
     Exhausted { skipped: Vec<Skip> },
+    /// A12: the waiting assignment being served was written for another holder than the one
+    /// the request resolves to now (only the wait-list's re-decisions are refused so).
+    #[error("{0}")]
+    HolderChanged(String),
 }

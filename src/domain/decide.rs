@@ -251,6 +251,15 @@ fn decide_one(
         Ok(t) => t,
         Err(e) => return Decided::Refused(e),
     };
+    // A12: a waiting assignment is served only for the holder it was written for.
+    if let Some(expected) = req.serves_holder
+        && target.holder.id != expected
+    {
+        return Decided::Refused(Refusal::HolderChanged(format!(
+            "the license holder changed since the entry joined the line (it is now {}:{})",
+            target.holder.kind, target.holder.external_id
+        )));
+    }
     if !target.holder.id.is_nil() {
         if let Some(row) = existing_for(snap, target.holder.id, asset) {
             return Decided::Existing {
@@ -620,6 +629,7 @@ mod tests {
             replaces: None,
             wait_until: None,
             serves: None,
+            serves_holder: None,
         }
     }
 
@@ -721,6 +731,23 @@ mod tests {
             decide_all(&[&serving], &snap, Utc::now(), false)[0],
             Decided::New(_)
         ));
+        // ... only for the holder its entry was written for (A12: the holder changed, e.g. a
+        // device's user, ends the entry instead of writing the license onto another's row).
+        let holder = snap.subjects[&(SubjectKind::Device, "NEW".to_string())].id;
+        serving.serves_holder = Some(holder);
+        assert!(matches!(
+            decide_all(&[&serving], &snap, Utc::now(), false)[0],
+            Decided::New(_)
+        ));
+        serving.serves_holder = Some(Uuid::now_v7());
+        assert!(
+            matches!(
+                &decide_all(&[&serving], &snap, Utc::now(), false)[0],
+                Decided::Refused(Refusal::HolderChanged(_))
+            ),
+            "a12: another holder's waiting row is not served"
+        );
+        serving.serves_holder = None;
         // So does a reserved subject (reservations come first, A2).
         snap.policies.insert(
             asset(),

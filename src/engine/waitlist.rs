@@ -28,7 +28,11 @@
 //!   log); the caller asks again to wait again. An entry the rules can no longer serve at all
 //!   (the policy now disallows the subject, no account owns the asset any more, the subject got
 //!   a license another way) ends `failed` the same way when it is next decided
-//!   (`assignment.wait_ended`).
+//!   (`assignment.wait_ended`). So does an entry whose holder changed: a device waiting for its
+//!   user's license whose user is now another (`PUT …/devices`, or an allocation naming the
+//!   device's new user) is not served for the new user on the old one's row
+//!   ([`crate::domain::allocation::Refusal::HolderChanged`]); the device asks again to wait for
+//!   its new user's license.
 //!
 //! **The trigger** (replica-safe and cheap): every path that frees a license changes the asset
 //! row (a revocation or failed association lowers `held`; a sync or Apple's `ASSET_COUNT`
@@ -46,8 +50,14 @@
 //!
 //! **Batches**: a line is served in chunks of [`CHUNK`] entries, each one transaction through
 //! the allocation batch ([`super::allocate::allocate_many`]): a fixed number of statements per
-//! chunk whatever its size (set-based), so 10,000 waiting entries and 10,000 freed licenses are
-//! one chunk: one load, one in-memory decision, one write.
+//! chunk whatever its size (set-based: the entries that end are ended by one statement with a
+//! reason each), so 10,000 waiting entries and 10,000 freed licenses are one chunk: one load,
+//! one in-memory decision, one write. Every entry of the line is looked at: paging goes on
+//! while chunks come back full, even when one served nobody (the entries behind may be
+//! eligible for the account that freed a license). A chunk the database refuses as a whole
+//! (an entry breaks a constraint) is served again one entry at a time and the entry that
+//! fails alone ends `failed`; an entry the batch could not decide ends the same way, so one
+//! entry never jams its line (the worker backs a failing line off: [`crate::dispatch`]).
 //!
 //! **Nobody jumps the line**: the line is served by the worker within `VPP_IDLE_POLL_MS` of the
 //! license freeing, not inside the freeing transaction; meanwhile allocation holds back from the
@@ -89,26 +99,40 @@ pub async fn serve(
     space: &str,
     asset: &AssetRef,
 ) -> Result<Served, AllocationError> {
+    serve_in_chunks(conn, space, asset, CHUNK).await
+}
+
+/// [`serve`] with chunks of `chunk` entries (tests page a line with small chunks).
+///
+/// Every entry of the line is looked at, whatever its length: a full chunk that served nobody
+/// (no account it may use has a free license) may be followed by entries that can use the
+/// freed one, so paging goes on while chunks come back full. A chunk the database refuses as
+/// a whole (a constraint an entry breaks: a poison entry) is served again one entry at a
+/// time, and an entry that fails on its own ends `failed` with the error, so one entry cannot
+/// jam its line.
+pub async fn serve_in_chunks(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    asset: &AssetRef,
+    chunk: i64,
+) -> Result<Served, AllocationError> {
     let mut total = Served::default();
     let mut offset = 0i64;
     loop {
-        let mut attempt = 1;
-        let chunk = loop {
-            let result = conn
-                .transaction(async |conn| serve_chunk(conn, space, asset, offset).await)
-                .await;
-            match result {
-                Err(AllocationError::Overdrawn) if attempt < 3 => attempt += 1,
-                other => break other?,
+        let (served, looked) = match chunk_with_retries(conn, space, asset, offset, chunk).await {
+            Err(AllocationError::Db(e)) if poison(&e) && chunk > 1 => {
+                tracing::warn!(space, adam_id = %asset.adam_id, error = %e,
+                               "a wait-list chunk failed; serving its entries one at a time");
+                isolate(conn, space, asset, offset, chunk).await?
             }
+            other => other?,
         };
-        let (served, looked) = chunk;
         total.served += served.served;
         total.waiting += served.waiting;
         total.ended += served.ended;
-        // A full chunk that served someone: the next entries may be served too. Entries left
-        // waiting stay at the front of the line: the next chunk starts after them.
-        if looked < CHUNK as usize || served.served == 0 {
+        // Entries left waiting stay at the front of the line: the next chunk starts after
+        // them (served and ended ones left it).
+        if looked < chunk as usize {
             break;
         }
         offset += served.waiting as i64;
@@ -116,14 +140,102 @@ pub async fn serve(
     Ok(total)
 }
 
-/// One chunk: returns what it did and how many entries it looked at.
+async fn chunk_with_retries(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    asset: &AssetRef,
+    offset: i64,
+    limit: i64,
+) -> Result<(Served, usize), AllocationError> {
+    let mut attempt = 1;
+    loop {
+        let result = conn
+            .transaction(async |conn| serve_chunk(conn, space, asset, offset, limit).await)
+            .await;
+        match result {
+            Err(AllocationError::Overdrawn) if attempt < 3 => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// An error one entry's data can cause (the statement broke a constraint), as opposed to the
+/// database being unreachable: only such a failure is isolated entry by entry.
+fn poison(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error};
+    matches!(
+        e,
+        Error::DatabaseError(
+            K::UniqueViolation | K::ForeignKeyViolation | K::NotNullViolation | K::CheckViolation,
+            _
+        )
+    )
+}
+
+/// Serves the `limit` entries from `offset` one at a time (after their chunk failed as a
+/// whole); an entry whose own transaction fails with a [`poison`] error ends `failed`.
+async fn isolate(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    asset: &AssetRef,
+    mut offset: i64,
+    limit: i64,
+) -> Result<(Served, usize), AllocationError> {
+    let mut done = Served::default();
+    let mut looked = 0;
+    while looked < limit as usize {
+        match chunk_with_retries(conn, space, asset, offset, 1).await {
+            Ok((_, 0)) => break,
+            Ok((one, n)) => {
+                looked += n;
+                done.served += one.served;
+                done.ended += one.ended;
+                done.waiting += one.waiting;
+                offset += one.waiting as i64;
+            }
+            Err(AllocationError::Db(e)) if poison(&e) => {
+                let ended = conn
+                    .transaction(async |conn| {
+                        let entries = store::line(conn, space, asset, offset, 1).await?;
+                        let ids: Vec<Uuid> = entries.iter().map(|e| e.assignment_id).collect();
+                        let ids = store::lock_waiting(conn, &ids).await?;
+                        let why = format!("no longer served from the wait-list: {e}");
+                        store::end_each(
+                            conn,
+                            &ids,
+                            &vec![why; ids.len()],
+                            End::Failed,
+                            false,
+                            "system",
+                            None,
+                            "removed from the wait-list",
+                        )
+                        .await
+                    })
+                    .await?;
+                if ended.is_empty() {
+                    // Nothing to end at this place: leave it for the next wake-up.
+                    return Err(AllocationError::Db(e));
+                }
+                looked += 1;
+                done.ended += ended.len();
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok((done, looked))
+}
+
+/// One chunk: returns what it did and how many entries it looked at. A fixed number of
+/// statements whatever its size: the line, the locks, the allocation batch, one end.
 async fn serve_chunk(
     conn: &mut AsyncPgConnection,
     space: &str,
     asset: &AssetRef,
     offset: i64,
+    limit: i64,
 ) -> Result<(Served, usize), AllocationError> {
-    let entries = store::line(conn, space, asset, offset, CHUNK).await?;
+    let entries = store::line(conn, space, asset, offset, limit).await?;
     let looked = entries.len();
     let ids: Vec<Uuid> = entries.iter().map(|e| e.assignment_id).collect();
     let still = store::lock_waiting(conn, &ids).await?;
@@ -138,35 +250,41 @@ async fn serve_chunk(
     let refs: Vec<&AllocationRequest> = reqs.iter().collect();
     let outcomes = allocate_many(conn, space, &refs).await?;
     let mut done = Served::default();
-    let mut ended: Vec<(Uuid, String)> = Vec::new();
+    let mut ended: Vec<Uuid> = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
     for (e, outcome) in entries.iter().zip(outcomes) {
-        match outcome {
-            Ok(o) if o.created => done.served += 1,
-            Ok(o) => ended.push((
-                e.assignment_id,
-                format!(
-                    "the subject already holds a license for this asset (assignment {})",
-                    o.assignment.map(|a| a.id).unwrap_or_default()
-                ),
-            )),
-            Err(AllocationError::Refused(Refusal::Exhausted { .. })) => done.waiting += 1,
-            Err(AllocationError::Refused(r)) => ended.push((e.assignment_id, r.to_string())),
-            Err(other) => return Err(other),
-        }
+        let why = match outcome {
+            Ok(o) if o.created => {
+                done.served += 1;
+                continue;
+            }
+            Ok(o) => format!(
+                "the subject already holds a license for this asset (assignment {})",
+                o.assignment.map(|a| a.id).unwrap_or_default()
+            ),
+            Err(AllocationError::Refused(Refusal::Exhausted { .. })) => {
+                done.waiting += 1;
+                continue;
+            }
+            Err(AllocationError::Refused(r)) => r.to_string(),
+            // An entry the batch could not decide (not the batch itself: that is the outer
+            // error) ends rather than failing the chunk at every wake-up.
+            Err(other) => format!("it could not be decided: {other}"),
+        };
+        ended.push(e.assignment_id);
+        reasons.push(format!("no longer served from the wait-list: {why}"));
     }
-    for (id, why) in &ended {
-        store::end(
-            conn,
-            &[*id],
-            End::Failed,
-            false,
-            "system",
-            None,
-            &format!("no longer served from the wait-list: {why}"),
-            "removed from the wait-list",
-        )
-        .await?;
-    }
+    store::end_each(
+        conn,
+        &ended,
+        &reasons,
+        End::Failed,
+        false,
+        "system",
+        None,
+        "removed from the wait-list",
+    )
+    .await?;
     done.ended = ended.len();
     Ok((done, looked))
 }
@@ -197,6 +315,7 @@ fn request(space: &str, asset: &AssetRef, e: &Entry) -> AllocationRequest {
         replaces: None,
         wait_until: None,
         serves: Some(e.assignment_id),
+        serves_holder: Some(e.subject_id),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Writing a batch's new licenses in one statement: the pool update (`held`), the assignments,
 //! their Apple jobs and the activity rows. A license that serves a waiting assignment (A12) is
 //! written onto that row (`waiting` → `pending`, out of the line) instead of a new one; the
-//! waiting row must still be waiting, else the statement comes up short like an overdrawn
-//! pool and the batch is decided again.
+//! waiting row must still be waiting and belong to the decided holder (the wait-list refuses
+//! a re-decision whose holder changed before it gets here: [`crate::domain::allocation::Refusal::HolderChanged`]),
+//! else the statement comes up short like an overdrawn pool and the batch is decided again.
 //!
 //! The pool update carries its own guard (`held + foreign_assigned <= apple_total` after the
 //! update, and the account not marked for deletion): should the in-memory decision ever disagree with the
@@ -139,6 +140,8 @@ pub async fn write(
                     updated_at = now()
                FROM new n
               WHERE n.promote AND a.id = n.id AND a.state = 'waiting'
+                -- Only for the holder the row was written for (the wait-list checks it first).
+                AND a.subject_id = n.subject_id
           RETURNING a.id, a.space_id, a.account_id, a.adam_id, a.pricing_param, a.subject_id,
                     a.license_type, a.state, a.rule, a.decision, a.requested_by, a.reason,
                     a.apple_event_id, a.batch_id, a.error, a.version, a.created_at,

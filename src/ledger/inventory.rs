@@ -481,8 +481,11 @@ async fn first_owners(
 /// One asset's movement in the space per day since `since` (UTC days), and the day of its
 /// first allocation ever. Allocations are assignments created that day that did not fail (a
 /// failed one never took a license; its replacement counts); revocations are those asked
-/// that day (a pending license dropped counts as allocated and revoked). Both read the
-/// index `assignments_by_asset_created`.
+/// that day (a pending license dropped counts as allocated and revoked). A wait-list entry
+/// (A12) counts only once served (its `rule` is then the deciding one; it counts on the day it
+/// joined the line): one still waiting, cancelled (`revoked` with rule `waiting`) or ended
+/// `failed` never took a license, so it is neither an allocation nor a revocation. Both read
+/// the index `assignments_by_asset_created`.
 pub async fn daily(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -510,12 +513,14 @@ pub async fn daily(
              SELECT (created_at AT TIME ZONE 'UTC')::date AS day, 1 AS allocations, 0 AS revocations
                FROM assignments
               WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3
-                AND created_at >= ($4::date)::timestamp AT TIME ZONE 'UTC' AND state <> 'failed'
+                AND created_at >= ($4::date)::timestamp AT TIME ZONE 'UTC'
+                AND state NOT IN ('failed', 'waiting') AND rule <> 'waiting'
              UNION ALL
              SELECT (revocation_requested_at AT TIME ZONE 'UTC')::date, 0, 1
                FROM assignments
               WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3
                 AND revocation_requested_at >= ($4::date)::timestamp AT TIME ZONE 'UTC'
+                AND rule <> 'waiting'
            ) m
           GROUP BY day",
     )
@@ -526,7 +531,8 @@ pub async fn daily(
     let first_q = diesel::sql_query(
         "SELECT (min(created_at) AT TIME ZONE 'UTC')::date AS first
            FROM assignments
-          WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3 AND state <> 'failed'",
+          WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3
+            AND state NOT IN ('failed', 'waiting') AND rule <> 'waiting'",
     )
     .bind::<Text, _>(space)
     .bind::<Text, _>(adam_id)

@@ -136,10 +136,14 @@ pub enum Held {
     /// License-holding (`pending`, `associating`, `active`), oldest first, all of them.
     Live,
     /// The others (`revoking`, `revoked`, `failed`), newest first (UUIDv7 ids: creation order).
+    /// Waiting assignments (A12) are neither: they hold no license yet and are not past; they
+    /// are shown with their place in line by the assignment views, not here.
     Past,
 }
 
 const LIVE: [&str; 3] = ["pending", "associating", "active"];
+/// Live, and waiting for a license (A12): neither is a past assignment.
+const NOT_PAST: [&str; 4] = ["pending", "associating", "active", "waiting"];
 
 /// The subject's licenses of one kind ([`Held`]), at most `limit`, with asset and account facts
 /// (two left joins by primary key). Reads the index `assignments_by_subject`.
@@ -172,7 +176,7 @@ pub async fn licenses(
             .filter(assignments::state.eq_any(LIVE))
             .order(assignments::id.asc()),
         Held::Past => q
-            .filter(assignments::state.ne_all(LIVE))
+            .filter(assignments::state.ne_all(NOT_PAST))
             .order(assignments::id.desc()),
     };
     let rows: Vec<(AssignmentRow, Option<String>, Option<String>)> = q.load(conn).await?;
@@ -186,7 +190,7 @@ pub async fn licenses(
         .collect())
 }
 
-/// How many past (not license-holding) assignments the subject has.
+/// How many past (not license-holding, not waiting) assignments the subject has.
 pub async fn count_past(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -195,7 +199,7 @@ pub async fn count_past(
     assignments::table
         .filter(assignments::space_id.eq(space))
         .filter(assignments::subject_id.eq(subject))
-        .filter(assignments::state.ne_all(LIVE))
+        .filter(assignments::state.ne_all(NOT_PAST))
         .count()
         .get_result(conn)
         .await

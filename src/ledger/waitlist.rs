@@ -6,7 +6,7 @@
 //!
 //! Lock order, as everywhere in the ledger: assignment rows by id first, then asset rows. The
 //! line is read unlocked in its order, then its rows are locked by id ([`lock_waiting`]); the
-//! wake-up rows are only touched in short transactions of their own (claim, finish), never while
+//! wake-up rows are only touched in short transactions of their own (claim, finish, back-off), never while
 //! assignment or asset rows are held, so they cannot close a cycle with the freeing statements
 //! (asset row, then wake-up row).
 
@@ -119,6 +119,9 @@ pub async fn write_waiting(
 pub struct Entry {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     pub assignment_id: Uuid,
+    /// The holder the waiting assignment was written for (it is served only for this one).
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub subject_id: Uuid,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub subject_kind: SubjectKind,
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -153,7 +156,7 @@ pub async fn line(
     limit: i64,
 ) -> diesel::QueryResult<Vec<Entry>> {
     diesel::sql_query(format!(
-        "SELECT w.assignment_id, w.subject_kind, w.subject_external_id, w.wish, w.request_id,
+        "SELECT w.assignment_id, a.subject_id, w.subject_kind, w.subject_external_id, w.wish, w.request_id,
                 a.requested_by, a.reason
            FROM waitlist w JOIN assignments a ON a.id = w.assignment_id
           WHERE w.space_id = $1 AND w.adam_id = $2 AND w.pricing_param = $3
@@ -220,6 +223,24 @@ pub async fn end(
     reason: &str,
     action: &str,
 ) -> diesel::QueryResult<Vec<AssignmentRow>> {
+    let reasons = vec![reason.to_owned(); ids.len()];
+    end_each(conn, ids, &reasons, how, expired, actor, request_id, action).await
+}
+
+/// [`end`] with a reason per entry (`reasons[i]` for `ids[i]`): one statement for any number
+/// of entries (`unnest`), so a chunk of the line ends its entries in one go.
+#[allow(clippy::too_many_arguments)]
+pub async fn end_each(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    reasons: &[String],
+    how: End,
+    expired: bool,
+    actor: &str,
+    request_id: Option<&str>,
+    action: &str,
+) -> diesel::QueryResult<Vec<AssignmentRow>> {
+    debug_assert_eq!(ids.len(), reasons.len());
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -229,37 +250,41 @@ pub async fn end(
         (End::Failed, false) => ("failed", "assignment.wait_ended"),
     };
     diesel::sql_query(format!(
-        "WITH changed AS (
+        "WITH why AS (
+             SELECT * FROM unnest($1::uuid[], $5::text[]) AS t(why_id, why)
+         ), changed AS (
              UPDATE assignments
                 SET state = $2,
                     revoked_by = CASE WHEN $2 = 'revoked' THEN $3 ELSE revoked_by END,
-                    revocation_reason = CASE WHEN $2 = 'revoked' THEN $5 ELSE revocation_reason END,
+                    revocation_reason = CASE WHEN $2 = 'revoked' THEN why.why
+                                             ELSE revocation_reason END,
                     revocation_requested_at = CASE WHEN $2 = 'revoked' THEN now()
                                                    ELSE revocation_requested_at END,
                     revocation_request_id = CASE WHEN $2 = 'revoked' THEN $4
                                                  ELSE revocation_request_id END,
                     error = CASE WHEN $2 = 'failed'
-                                 THEN jsonb_build_object('message', $5::text, 'action', $6::text)
+                                 THEN jsonb_build_object('message', why.why, 'action', $6::text)
                                  ELSE error END,
                     version = version + 1, updated_at = now()
-              WHERE id = ANY($1) AND state = 'waiting'
-          RETURNING {ROW}
+               FROM why
+              WHERE id = why.why_id AND state = 'waiting'
+          RETURNING {ROW}, why.why
          ), unlined AS (
              DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM changed)
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
                                        subject, adam_id, pricing_param, request_id, details)
              SELECT c.space_id, $3, $7, NULL, c.id, s.kind || ':' || s.external_id, c.adam_id,
-                    c.pricing_param, $4, jsonb_build_object('reason', $5::text, 'state', c.state)
+                    c.pricing_param, $4, jsonb_build_object('reason', c.why, 'state', c.state)
                FROM changed c LEFT JOIN subjects s ON s.id = c.subject_id
          )
-         SELECT * FROM changed"
+         SELECT {ROW} FROM changed"
     ))
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<diesel::sql_types::Text, _>(state)
     .bind::<diesel::sql_types::Text, _>(actor)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(request_id)
-    .bind::<diesel::sql_types::Text, _>(reason)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(reasons)
     .bind::<diesel::sql_types::Text, _>(action)
     .bind::<diesel::sql_types::Text, _>(activity)
     .load(conn)
@@ -396,8 +421,9 @@ impl Wakeup {
     }
 }
 
-/// Claims the longest-waiting wake-up nobody holds (or whose holder's lease ran out) for
-/// `lease`; `None` when there is none.
+/// Claims the longest-waiting wake-up nobody holds (or whose holder's lease ran out) and not
+/// backed off ([`back_off`]: `locked_until` without a holder) for `lease`; `None` when there
+/// is none.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     worker: &str,
@@ -445,7 +471,32 @@ pub async fn finish(
     Ok(())
 }
 
-/// Gives a claimed wake-up back (a failed run: another look serves it).
+/// Gives a claimed wake-up back after a failed run, not to be claimed again before `delay`
+/// (the caller's back-off, growing with the failed attempts): `woken_at` moves to now, so
+/// lines woken meanwhile are claimed first and a line that keeps failing cannot starve them.
+pub async fn back_off(
+    conn: &mut AsyncPgConnection,
+    wakeup: &Wakeup,
+    worker: &str,
+    delay: std::time::Duration,
+) -> diesel::QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE waitlist_wakeups
+            SET locked_by = NULL, locked_until = now() + make_interval(secs => $5),
+                woken_at = now()
+          WHERE space_id = $1 AND adam_id = $2 AND pricing_param = $3 AND locked_by = $4",
+    )
+    .bind::<diesel::sql_types::Text, _>(&wakeup.space_id)
+    .bind::<diesel::sql_types::Text, _>(&wakeup.adam_id)
+    .bind::<diesel::sql_types::Text, _>(&wakeup.pricing_param)
+    .bind::<diesel::sql_types::Text, _>(worker)
+    .bind::<diesel::sql_types::Double, _>(delay.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Gives a claimed wake-up back (another look serves it).
 pub async fn release(
     conn: &mut AsyncPgConnection,
     wakeup: &Wakeup,

@@ -729,6 +729,7 @@ async fn move_device(
             // (the move does not join a wait-list).
             wait_until: None,
             serves: None,
+            serves_holder: None,
         };
         match allocate::allocate(conn, &request).await {
             Ok(outcome) => {

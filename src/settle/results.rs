@@ -304,6 +304,7 @@ async fn reallocate(
             replaces: Some(old.id),
             wait_until: None,
             serves: None,
+            serves_holder: None,
         };
         // One transaction: the failed assignment gives its license back, the subject gets one
         // from another account, and the old assignment records where it went.

@@ -42,7 +42,12 @@ async fn world(total: i64) -> World {
 
 /// Asks to wait; asserts the 202 and a `waiting` assignment; returns it.
 async fn wait_in_line(api: &Client<'_>, serial: &str) -> Assignment {
-    let resp = api.allocate(&waiting(serial)).await;
+    wait_with(api, &waiting(serial)).await
+}
+
+/// [`wait_in_line`] with the allocation's body.
+async fn wait_with(api: &Client<'_>, body: &Value) -> Assignment {
+    let resp = api.allocate(body).await;
     let location = resp
         .headers()
         .get("location")
@@ -530,6 +535,7 @@ async fn a12_benchmark_ten_thousand_waiting_entries_are_served_in_one_run() {
             replaces: None,
             wait_until: Some(until),
             serves: None,
+            serves_holder: None,
         })
         .collect();
     let mut conn = w.app.db.connect().await;
@@ -589,4 +595,254 @@ async fn a12_benchmark_ten_thousand_waiting_entries_are_served_in_one_run() {
         held_and_total(&w.app, w.accounts[0]).await,
         (N as i32, N as i32)
     );
+}
+
+/// A world with no dispatcher (nothing moves by itself: the tests serve the line by calling
+/// the use case the worker calls) and the accounts `(name, location, licenses of APP)`.
+async fn still_world(accounts: &[(&str, &str, i64)]) -> World {
+    let locations = accounts
+        .iter()
+        .map(|(name, loc, total)| location(loc, name, vec![app(APP, *total)]))
+        .collect();
+    let attach: Vec<(&str, &str)> = accounts.iter().map(|(n, l, _)| (*n, *l)).collect();
+    fixtures::world_with(locations, |_| Options::default(), &attach).await
+}
+
+fn app_asset() -> vpp_broker::domain::allocation::AssetRef {
+    vpp_broker::domain::allocation::AssetRef {
+        adam_id: APP.into(),
+        pricing_param: "STDQ".into(),
+    }
+}
+
+/// One more license of [`APP`] for `account` in the ledger (as a sync would record a purchase).
+async fn buy_one(app: &TestApp, account: Uuid) {
+    let mut conn = app.db.connect().await;
+    diesel::update(
+        assets::table
+            .filter(assets::account_id.eq(account))
+            .filter(assets::adam_id.eq(APP)),
+    )
+    .set(assets::apple_total.eq(assets::apple_total + 1))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a12_a7_an_entry_whose_holder_changed_ends_instead_of_serving_another_holder() {
+    // Review finding: a device waiting for its user's license (holder u1) whose user became
+    // u2 was served for u2 but the license was written onto u1's row.
+    let w = still_world(&[("A", U1, 1)]).await;
+    let api = w.api();
+    api.allocated(&device("S1")).await;
+    let d = wait_with(
+        &api,
+        &json!({"asset": {"adam_id": APP},
+                "subject": {"kind": "device", "id": "D", "user": "u1"},
+                "license_type": "user", "wait_for_license": true}),
+    )
+    .await;
+    assert_eq!(
+        (d.subject.kind.as_str(), d.subject.id.as_str()),
+        ("user", "u1"),
+        "{d:?}"
+    );
+    let behind = wait_with(&api, &waiting("W2")).await;
+    // D's user changes.
+    let resp = api
+        .req(Method::PUT, "/devices/D")
+        .json(&json!({"user": "u2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    buy_one(&w.app, w.accounts[0]).await;
+    let mut conn = w.app.db.connect().await;
+    let done = vpp_broker::engine::waitlist::serve(&mut conn, "acme", &app_asset())
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.served, done.ended, done.waiting),
+        (1, 1, 0),
+        "{done:?}"
+    );
+    let ended = api.assignment(d.id).await;
+    assert_eq!(
+        (ended.state.as_str(), ended.subject.id.as_str()),
+        ("failed", "u1")
+    );
+    let error = ended.error.unwrap();
+    assert!(error.message.contains("holder changed"), "{error:?}");
+    assert_eq!(
+        activity_of(&w.app, d.id).await.last().unwrap().0,
+        "assignment.wait_ended"
+    );
+    // The freed license went to the next in line; u2 got nothing by the back door.
+    let next = api.assignment(behind.id).await;
+    assert_eq!(next.state.as_str(), "pending", "{next:?}");
+    assert_eq!(held_and_total(&w.app, w.accounts[0]).await, (2, 2));
+}
+
+#[tokio::test]
+async fn a12_a4_the_line_is_paged_past_full_chunks_that_serve_nobody() {
+    // Review finding: serving stopped at the first full chunk that served nobody, so an entry
+    // behind it that could use the freed license was never looked at. Chunks of 2 here stand
+    // for the 10,000 of production.
+    let w = still_world(&[("A", U1, 1), ("B", "7100000002", 0)]).await;
+    let api = w.api();
+    let (a, b) = (w.accounts[0], w.accounts[1]);
+    api.update_account(
+        b,
+        &json!({"distribution_list": [{"kind": "device", "value": "LISTED"}]}),
+    )
+    .await;
+    assert_eq!(api.allocated(&device("FIRST")).await.account_id, a);
+    let w1 = wait_with(&api, &waiting("W1")).await;
+    let w2 = wait_with(&api, &waiting("W2")).await;
+    let listed = wait_with(&api, &waiting("LISTED")).await;
+    assert_eq!(position(&listed), 3);
+    // B gets a license: only LISTED (A4) may use it, behind a full chunk of entries that may not.
+    buy_one(&w.app, b).await;
+    let mut conn = w.app.db.connect().await;
+    let done = vpp_broker::engine::waitlist::serve_in_chunks(&mut conn, "acme", &app_asset(), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.served, done.waiting, done.ended),
+        (1, 2, 0),
+        "{done:?}"
+    );
+    let got = api.assignment(listed.id).await;
+    assert_eq!(
+        (got.state.as_str(), got.account_id, got.rule.as_str()),
+        ("pending", b, "fallback"),
+        "{got:?}"
+    );
+    for (id, place) in [(w1.id, 1), (w2.id, 2)] {
+        let still = api.assignment(id).await;
+        assert_eq!((still.state.as_str(), position(&still)), ("waiting", place));
+    }
+}
+
+#[tokio::test]
+async fn a12_a_failing_line_backs_off_and_does_not_starve_the_others() {
+    // Review finding: a run that failed gave its wake-up back unchanged, so the same line was
+    // claimed again at once (claims go by `woken_at`), in a hot loop, and other lines starved.
+    use vpp_broker::dispatch::waitlist::{MAX_BACKOFF, backoff};
+    use vpp_broker::ledger::waitlist as store;
+    let w = still_world(&[("A", U1, 1)]).await;
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query(
+        "INSERT INTO waitlist_wakeups (space_id, adam_id, pricing_param, woken_at)
+         VALUES ('acme', 'FAILS', 'STDQ', now() - interval '1 minute'),
+                ('acme', 'OTHER', 'STDQ', now() - interval '10 seconds')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(60);
+    let first = store::claim(&mut conn, "w1", lease).await.unwrap().unwrap();
+    assert_eq!(first.adam_id, "FAILS");
+    // Its run failed: it goes back with a back-off, behind the line woken meanwhile.
+    store::back_off(
+        &mut conn,
+        &first,
+        "w1",
+        backoff(Duration::from_millis(100), 1),
+    )
+    .await
+    .unwrap();
+    let next = store::claim(&mut conn, "w1", lease).await.unwrap().unwrap();
+    assert_eq!(next.adam_id, "OTHER", "the other line is served first");
+    store::release(&mut conn, &next, "w1").await.unwrap();
+    let again = store::claim(&mut conn, "w1", lease).await.unwrap().unwrap();
+    assert_eq!(
+        again.adam_id, "OTHER",
+        "the failed line waits out its back-off"
+    );
+    store::finish(&mut conn, &again, "w1").await.unwrap();
+    assert!(
+        store::claim(&mut conn, "w1", lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing claimable during the back-off"
+    );
+    // The back-off grows with the failed attempts, up to its cap.
+    let idle = Duration::from_millis(200);
+    assert!(backoff(idle, 1) < backoff(idle, 2) && backoff(idle, 2) < backoff(idle, 3));
+    assert_eq!(backoff(idle, 40), MAX_BACKOFF);
+}
+
+#[tokio::test]
+async fn a12_waiting_entries_are_not_past_licenses_nor_movement_of_the_inventory() {
+    // Review finding: the device view listed a waiting entry under `licenses.past`, and the
+    // inventory's daily movement counted a waiting entry as an allocation and a cancelled one
+    // as a revocation.
+    let w = still_world(&[("A", U1, 1)]).await;
+    let api = w.api();
+    api.allocated(&device("S1")).await;
+    let w1 = wait_with(&api, &waiting("W1")).await;
+    let w2 = wait_with(&api, &waiting("W2")).await;
+    let view: vpp_broker::api::subjects::Device = api.get("/devices/W1").await;
+    assert!(view.licenses.live.is_empty(), "{view:?}");
+    assert_eq!(
+        (view.licenses.past.len(), view.licenses.past_total),
+        (0, 0),
+        "{view:?}"
+    );
+    // Cancel one.
+    let resp = api.revoke(w2.id, "?reason=not%20needed").await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(state_of(&api, w2.id).await, "revoked");
+    let detail: vpp_broker::api::assets::AssetDetail = w
+        .app
+        .get_as(&format!("/v1/spaces/acme/assets/{APP}/STDQ"))
+        .await;
+    let today = detail.daily.last().unwrap();
+    assert_eq!(
+        (today.allocations, today.revocations),
+        (1, 0),
+        "only S1's allocation moved anything: {today:?}"
+    );
+    assert_eq!(state_of(&api, w1.id).await, "waiting");
+}
+
+#[tokio::test]
+async fn a12_a_poison_entry_is_isolated_and_the_line_behind_it_is_served() {
+    // Review finding: one entry whose write the database refuses failed the whole chunk, at
+    // every wake-up. Here a constraint (standing for any the entry might break) refuses W1's
+    // license: W1 ends `failed` with the error, W2 behind it is served.
+    let w = still_world(&[("A", U1, 1)]).await;
+    let api = w.api();
+    api.allocated(&device("S1")).await;
+    let w1 = wait_with(&api, &waiting("W1")).await;
+    let w2 = wait_with(&api, &waiting("W2")).await;
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query(format!(
+        "ALTER TABLE assignments ADD CONSTRAINT poison
+             CHECK (NOT (id = '{}' AND state = 'pending')) NOT VALID",
+        w1.id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    buy_one(&w.app, w.accounts[0]).await;
+    let done = vpp_broker::engine::waitlist::serve(&mut conn, "acme", &app_asset())
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.served, done.ended, done.waiting),
+        (1, 1, 0),
+        "{done:?}"
+    );
+    let poisoned = api.assignment(w1.id).await;
+    assert_eq!(poisoned.state.as_str(), "failed", "{poisoned:?}");
+    assert!(
+        poisoned.error.unwrap().message.contains("poison"),
+        "the database's error is the reason"
+    );
+    assert_eq!(state_of(&api, w2.id).await, "pending");
+    assert_eq!(held_and_total(&w.app, w.accounts[0]).await, (2, 2));
 }
