@@ -1341,3 +1341,90 @@ async fn v2_revoke_after_re_decides_the_former_user_of_a_device_when_the_grace_p
         assert_eq!(api.final_state(*id).await.state.as_str(), "revoked");
     }
 }
+
+#[derive(diesel::QueryableByName, Debug)]
+struct Waiting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// V2, V5: `PUT …/devices/{serial}` and the lifecycle worker lock in one order (the mark, then
+/// the subject's row). A worker holding the mark makes the PUT wait before it takes the
+/// subject's row, so the worker's next lock (the subject, as `record_facts` takes it) is
+/// granted: no deadlock, and the PUT then succeeds. In the other order PostgreSQL aborted one
+/// of the two as deadlocked (a 503 for the PUT, or an error for the worker).
+#[tokio::test]
+async fn v5_put_and_the_worker_lock_the_mark_before_the_subject_without_deadlock() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5)])],
+        |_| Options {
+            dispatcher: None,
+            ..Options::default()
+        },
+        &[("Main", U1)],
+    )
+    .await;
+    let api = w.api();
+    let resp = api
+        .req(Method::PUT, "/devices/DL1")
+        .json(&json!({"groups": ["a"]}))
+        .send()
+        .await
+        .unwrap();
+    read::<Device>(resp, 200).await;
+    // A worker applying a groups event of DL1 holds its mark.
+    let mut worker = diesel_async::AsyncPgConnection::establish(&w.app.db.url)
+        .await
+        .unwrap();
+    worker.batch_execute("BEGIN").await.unwrap();
+    vpp_broker::ledger::lifecycle::lock_mark(&mut worker, "acme", "device", "DL1", "groups")
+        .await
+        .unwrap();
+    let mut observer = w.app.db.connect().await;
+    let put = async {
+        let resp = api
+            .req(Method::PUT, "/devices/DL1")
+            .json(&json!({"groups": ["b"]}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    };
+    let worker_side = async {
+        // The PUT waits for a lock (the mark)…
+        eventually(
+            "the PUT waits for the mark",
+            async || {
+                diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .get_result::<Waiting>(&mut observer)
+                .await
+                .unwrap()
+                .n
+            },
+            |n| *n > 0,
+        )
+        .await;
+        // …so the worker's next lock, the subject's row, is free.
+        let locked = diesel::sql_query(
+            "SELECT 1 FROM subjects WHERE space_id = 'acme' AND kind = 'device'
+               AND external_id = 'DL1' FOR UPDATE",
+        )
+        .execute(&mut worker)
+        .await;
+        worker.batch_execute("COMMIT").await.unwrap();
+        locked
+    };
+    let ((status, body), locked) = tokio::join!(put, worker_side);
+    assert!(
+        locked.is_ok(),
+        "the worker got the subject's row: {locked:?}"
+    );
+    assert_eq!(status, 200, "{body}");
+    let device: Device = api.get("/devices/DL1").await;
+    assert_eq!(device.groups, ["b"]);
+}
