@@ -29,7 +29,10 @@
 //! has no time (NULL); `occurred_at` before 2000-01-01 is refused at acceptance (422).
 //!
 //! Lock order (no deadlock between the worker and `PUT …/devices|users`): the event, then the
-//! marks, then the subject's row, then the assets' rows (in the revocation).
+//! marks, then the subject's row, then the assignments' and assets' rows. An event revoking
+//! several sets (one license at a time, each with its criterion; a device and then its user)
+//! locks all their assignment and asset rows first, at once in the ledger's order
+//! ([`revocations::lock_upfront`]), rather than set after set.
 //!
 //! # Effects (per type; the revocation's reason names the event, who posted it is its actor)
 //! - `device.retired|wiped|deleted` (and `device.checked_out` when configured to revoke): every
@@ -611,7 +614,12 @@ async fn revoke_not_granted(
     reason: &str,
     result: &mut EventResult,
 ) -> diesel::QueryResult<()> {
-    for c in crate::reconcile::no_longer_granted(conn, space, subjects).await? {
+    let candidates = crate::reconcile::no_longer_granted(conn, space, subjects).await?;
+    // Each license is revoked with its own reason (its criterion), one call each: the rows they
+    // touch are locked first, all at once in the ledger's order, not piecemeal.
+    let ids: Vec<Uuid> = candidates.iter().map(|c| c.assignment_id).collect();
+    revocations::lock_upfront(conn, space, &ids, &[]).await?;
+    for c in candidates {
         let scope = Scope {
             assignment: Some(c.assignment_id),
             ..Scope::default()
@@ -698,6 +706,10 @@ async fn move_device(
     {
         holders.push(user);
     }
+    // The device's and its user's licenses are revoked one holder after the other: the rows
+    // both touch are locked first, all at once in the ledger's order.
+    let holder_ids: Vec<Uuid> = holders.iter().map(|h| h.id).collect();
+    revocations::lock_upfront(conn, space, &[], &holder_ids).await?;
     let mut revoked = Vec::new();
     for holder in &holders {
         let scope = Scope {
