@@ -7,12 +7,13 @@
 //!   not an object, `events` missing or not an array, an event given as an array) is refused
 //!   whole (400/415/422); more than 500 events is 413 `payload-too-large`; nothing is stored.
 //! - Each event is then checked on its own: a wrong field type, an unknown `type`, a missing or
-//!   blank subject id, an `occurred_at` more than 5 minutes in the future, `data` its type needs
-//!   missing or wrong, a `device.moved` to the same space, to an unknown space or to one the
-//!   caller's token does not grant (404 `not-found`, the same for both, as everywhere): that
-//!   event is `rejected` with its problem in the answer and is not stored (it may be sent again,
-//!   corrected, with the same id); the others are stored. When every event of the batch is
-//!   rejected the answer is 422 `validation-failed` naming each (`events[i].field`).
+//!   blank subject id, an `occurred_at` before 2000-01-01 or more than 5 minutes in the
+//!   future, `data` its type needs missing or wrong, a `device.moved` to the same space, to an
+//!   unknown space or to one the caller's token does not grant (404 `not-found`, the same for
+//!   both, as everywhere): that event is `rejected` with its problem in the answer and is not
+//!   stored (it may be sent again, corrected, with the same id); the others are stored. When
+//!   every event of the batch is rejected the answer is 422 `validation-failed` naming each
+//!   (`events[i].field`).
 //! - Otherwise 202 with one entry per event in the batch's order: `queued` for a new event, or
 //!   for one already stored (same space, `source` and `id`, within 30 days) `duplicate: true`
 //!   with the original's state and result — even if this copy's content differs.
@@ -69,7 +70,7 @@ pub struct LifecycleEventInput {
     #[serde(rename = "type")]
     #[schema(value_type = EventType)]
     pub type_: String,
-    /// When it happened (RFC 3339); at most 5 minutes in the future.
+    /// When it happened (RFC 3339); not before 2000-01-01, at most 5 minutes in the future.
     pub occurred_at: DateTime<Utc>,
     /// What it happened to.
     pub subject: EventSubjectInput,

@@ -368,7 +368,8 @@ pub struct DeviceUpdate {
     /// Whether it is a Shared iPad (always device-based licenses, A7).
     #[schema(nullable = false)]
     pub shared_ipad: Option<bool>,
-    /// When the MDM last saw it (moves forward only; at most 5 minutes in the future).
+    /// When the MDM last saw it (moves forward only; not before 2000-01-01, at most 5 minutes
+    /// in the future).
     #[schema(nullable = false)]
     pub last_seen: Option<DateTime<Utc>>,
 }
@@ -380,7 +381,8 @@ pub struct UserUpdate {
     /// The full current set of groups ([] for none).
     #[schema(nullable = false)]
     pub groups: Option<Vec<String>>,
-    /// When the MDM last saw the user (moves forward only; at most 5 minutes in the future).
+    /// When the MDM last saw the user (moves forward only; not before 2000-01-01, at most 5
+    /// minutes in the future).
     #[schema(nullable = false)]
     pub last_seen: Option<DateTime<Utc>>,
 }
@@ -406,14 +408,11 @@ fn check_facts(
         check_id(&mut errors, "user", user);
     }
     if let Some(seen) = last_seen
-        && seen > Utc::now() + chrono::Duration::seconds(lifecycle_rules::FUTURE_SKEW_SECS)
+        && let Some(why) = lifecycle_rules::check_time(seen, Utc::now())
     {
         errors.push(FieldError {
             field: "last_seen".into(),
-            message: format!(
-                "lies more than {} s in the future",
-                lifecycle_rules::FUTURE_SKEW_SECS
-            ),
+            message: why,
         });
     }
     if errors.is_empty() {

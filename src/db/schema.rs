@@ -272,8 +272,10 @@ diesel::table! {
         subject_kind -> Text,
         subject_id -> Text,
         aspect -> Text,
-        occurred_at -> Timestamptz,
+        occurred_at -> Nullable<Timestamptz>,
         event -> Nullable<Uuid>,
+        event_source -> Nullable<Text>,
+        event_key -> Nullable<Text>,
     }
 }
 

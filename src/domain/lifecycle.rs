@@ -17,6 +17,10 @@ use super::validation::{FieldError, check_id, valid_adam_id, valid_pricing, vali
 pub const MAX_BATCH: usize = 500;
 /// How far in the future an `occurred_at` may lie (clocks of other components drift).
 pub const FUTURE_SKEW_SECS: i64 = 300;
+/// The earliest time an `occurred_at` (or a `last_seen`) may name: 2000-01-01T00:00:00Z, as
+/// seconds since the Unix epoch. Earlier times are no MDM's report (and PostgreSQL refuses
+/// years before 4713 BC, which chrono accepts): refused as bad input, never a 500.
+pub const EARLIEST_SECS: i64 = 946_684_800;
 /// Events (and their results) are kept this long; a duplicate within it answers the original.
 pub const RETENTION_DAYS: i64 = 30;
 /// Most groups one subject may be given.
@@ -177,9 +181,26 @@ pub struct RawEvent<'a> {
     pub data: &'a Value,
 }
 
-/// Checks one event: its ids, a known type, the subject, a time not in the future beyond
-/// [`FUTURE_SKEW_SECS`], and the `data` its type needs. `space` is the space it is sent to (a
-/// move to the same space is refused).
+/// The earliest accepted `occurred_at` / `last_seen` ([`EARLIEST_SECS`]).
+pub fn earliest() -> DateTime<Utc> {
+    DateTime::from_timestamp(EARLIEST_SECS, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Why a reported time is refused: before [`earliest`] or more than [`FUTURE_SKEW_SECS`] ahead
+/// of `now`.
+pub fn check_time(at: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+    if at < earliest() {
+        Some(format!("lies before {}", earliest().to_rfc3339()))
+    } else if at > now + Duration::seconds(FUTURE_SKEW_SECS) {
+        Some(format!("lies more than {FUTURE_SKEW_SECS} s in the future"))
+    } else {
+        None
+    }
+}
+
+/// Checks one event: its ids, a known type, the subject, a time not before [`earliest`] nor in
+/// the future beyond [`FUTURE_SKEW_SECS`], and the `data` its type needs. `space` is the space
+/// it is sent to (a move to the same space is refused).
 pub fn check(
     raw: &RawEvent<'_>,
     space: &str,
@@ -204,12 +225,8 @@ pub fn check(
         );
     }
     check_id(&mut errors, "subject.id", raw.subject_id);
-    if raw.occurred_at > now + Duration::seconds(FUTURE_SKEW_SECS) {
-        err(
-            &mut errors,
-            "occurred_at",
-            &format!("lies more than {FUTURE_SKEW_SECS} s in the future"),
-        );
+    if let Some(why) = check_time(raw.occurred_at, now) {
+        err(&mut errors, "occurred_at", &why);
     }
     if !raw.data.is_object() {
         err(&mut errors, "data", "must be a JSON object");
@@ -321,11 +338,19 @@ pub fn check(
     })
 }
 
-/// Whether an event that occurred at `occurred_at` is stale against the last applied one of
-/// its subject and aspect (V5): strictly older. An equal time is applied again (the effects
-/// are idempotent: revoking what is already revoked does nothing).
-pub fn is_stale(occurred_at: DateTime<Utc>, last_applied: Option<DateTime<Utc>>) -> bool {
-    last_applied.is_some_and(|last| occurred_at < last)
+/// Whether an event `(source, id)` that occurred at `occurred_at` is stale against the last
+/// applied one of its subject and aspect (V5; `last_at`, `last_key`): strictly older, or the
+/// very event that set the mark replayed after the event retention forgot it (without this
+/// the replay would be applied again, revoking what the subject got since). Another event at
+/// an equal time is applied (the effects are idempotent: revoking what is already revoked
+/// does nothing).
+pub fn is_stale(
+    occurred_at: DateTime<Utc>,
+    key: (&str, &str),
+    last_at: Option<DateTime<Utc>>,
+    last_key: Option<(&str, &str)>,
+) -> bool {
+    last_at.is_some_and(|last| occurred_at < last || (occurred_at == last && last_key == Some(key)))
 }
 
 /// What an event did (`result` of `GET …/lifecycle-events/{source}/{id}`).
@@ -352,6 +377,12 @@ pub struct EventResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub revoke_at: Option<DateTime<Utc>>,
+    /// `device.user_changed` (and `PUT …/devices/{serial}` changing the user): the device's
+    /// user before the change, whose user licenses are re-decided too (at once, or when the
+    /// grace period of `revoke_after` ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub former_user: Option<String>,
     /// `stale`: when the last applied event of the same subject and aspect occurred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -454,10 +485,31 @@ mod tests {
         let later = now + Duration::seconds(FUTURE_SKEW_SECS + 10);
         let e = check(&raw("device.seen", "S1", &empty, later), "a", now).unwrap_err();
         assert_eq!(e[0].field, "occurred_at");
-        assert!(is_stale(now, Some(soon)));
-        assert!(!is_stale(soon, Some(now)));
-        assert!(!is_stale(now, Some(now)));
-        assert!(!is_stale(now, None));
+        let k = ("mdm", "e1");
+        assert!(is_stale(now, k, Some(soon), None));
+        assert!(!is_stale(soon, k, Some(now), None));
+        assert!(!is_stale(now, k, Some(now), Some(("mdm", "e0"))));
+        assert!(!is_stale(now, k, None, None));
+        // The event that set the mark, replayed after the retention: stale.
+        assert!(is_stale(now, k, Some(now), Some(k)));
+        // Before 2000: refused (PostgreSQL refuses far-past years; chrono does not).
+        // (What serde's deserializer, `FromStr`, makes of the reviewer's input.)
+        let far: DateTime<Utc> = "-5000-01-01T00:00:00Z".parse().unwrap();
+        let e = check(&raw("device.seen", "S1", &empty, far), "a", now).unwrap_err();
+        assert_eq!(e[0].field, "occurred_at");
+        let e = check(
+            &raw(
+                "device.seen",
+                "S1",
+                &empty,
+                earliest() - Duration::seconds(1),
+            ),
+            "a",
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "occurred_at");
+        assert!(check(&raw("device.seen", "S1", &empty, earliest()), "a", now).is_ok());
     }
 
     #[test]

@@ -224,45 +224,59 @@ pub async fn count_due(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
         .await
 }
 
-/// The time before any event: the mark of a subject and aspect no event was applied to yet.
-fn never() -> DateTime<Utc> {
-    DateTime::<Utc>::UNIX_EPOCH
+/// The last event applied to a subject and aspect (V5).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mark {
+    /// When it occurred (`None`: no event applied yet; stored as NULL, so no time, however
+    /// early, is taken for "never").
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Its key (source, id), kept with the mark after the event itself is forgotten (30 days):
+    /// a replay of that very event is recognised. `None` when `PUT …/devices|users` set it.
+    pub key: Option<(String, String)>,
 }
 
 /// Locks the mark of (subject, aspect) — created if missing, so two events about the same
-/// subject and aspect applied at once wait for each other — and returns the time of the last
-/// event applied to it (`None`: none yet).
+/// subject and aspect applied at once wait for each other — and returns it.
 pub async fn lock_mark(
     conn: &mut AsyncPgConnection,
     space: &str,
     subject_kind: &str,
     subject_id: &str,
     aspect: &str,
-) -> QueryResult<Option<DateTime<Utc>>> {
+) -> QueryResult<Mark> {
     diesel::insert_into(lifecycle_marks::table)
         .values((
             lifecycle_marks::space_id.eq(space),
             lifecycle_marks::subject_kind.eq(subject_kind),
             lifecycle_marks::subject_id.eq(subject_id),
             lifecycle_marks::aspect.eq(aspect),
-            lifecycle_marks::occurred_at.eq(never()),
+            lifecycle_marks::occurred_at.eq(None::<DateTime<Utc>>),
         ))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
-    let at: DateTime<Utc> = lifecycle_marks::table
-        .filter(lifecycle_marks::space_id.eq(space))
-        .filter(lifecycle_marks::subject_kind.eq(subject_kind))
-        .filter(lifecycle_marks::subject_id.eq(subject_id))
-        .filter(lifecycle_marks::aspect.eq(aspect))
-        .select(lifecycle_marks::occurred_at)
-        .for_update()
-        .first(conn)
-        .await?;
-    Ok((at > never()).then_some(at))
+    let (occurred_at, source, key): (Option<DateTime<Utc>>, Option<String>, Option<String>) =
+        lifecycle_marks::table
+            .filter(lifecycle_marks::space_id.eq(space))
+            .filter(lifecycle_marks::subject_kind.eq(subject_kind))
+            .filter(lifecycle_marks::subject_id.eq(subject_id))
+            .filter(lifecycle_marks::aspect.eq(aspect))
+            .select((
+                lifecycle_marks::occurred_at,
+                lifecycle_marks::event_source,
+                lifecycle_marks::event_key,
+            ))
+            .for_update()
+            .first(conn)
+            .await?;
+    Ok(Mark {
+        occurred_at,
+        key: source.zip(key),
+    })
 }
 
-/// Moves the mark of (subject, aspect) to `occurred_at` (never back).
+/// Moves the mark of (subject, aspect) to `occurred_at` (never back), naming the event that
+/// moved it (`event`: its row and key; `None` for `PUT …/devices|users`).
 pub async fn set_mark(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -270,7 +284,7 @@ pub async fn set_mark(
     subject_id: &str,
     aspect: &str,
     occurred_at: DateTime<Utc>,
-    event: Option<Uuid>,
+    event: Option<(Uuid, &str, &str)>,
 ) -> QueryResult<()> {
     diesel::update(
         lifecycle_marks::table
@@ -278,11 +292,17 @@ pub async fn set_mark(
             .filter(lifecycle_marks::subject_kind.eq(subject_kind))
             .filter(lifecycle_marks::subject_id.eq(subject_id))
             .filter(lifecycle_marks::aspect.eq(aspect))
-            .filter(lifecycle_marks::occurred_at.le(occurred_at)),
+            .filter(
+                lifecycle_marks::occurred_at
+                    .is_null()
+                    .or(lifecycle_marks::occurred_at.le(occurred_at)),
+            ),
     )
     .set((
         lifecycle_marks::occurred_at.eq(occurred_at),
-        lifecycle_marks::event.eq(event),
+        lifecycle_marks::event.eq(event.map(|e| e.0)),
+        lifecycle_marks::event_source.eq(event.map(|e| e.1)),
+        lifecycle_marks::event_key.eq(event.map(|e| e.2)),
     ))
     .execute(conn)
     .await?;
@@ -341,7 +361,9 @@ pub async fn replace_settings(
 }
 
 /// Forgets finished events received more than `days` ago (queued and scheduled ones stay
-/// until applied). The marks stay: an event replayed after that is still judged stale.
+/// until applied). The marks stay, with the key of the event that set them: an older event
+/// replayed after that is still judged stale, and so is a replay of the very event that set
+/// the mark (V5).
 pub async fn forget_older_than(conn: &mut AsyncPgConnection, days: i64) -> QueryResult<usize> {
     let cutoff = Utc::now() - chrono::Duration::days(days);
     diesel::delete(

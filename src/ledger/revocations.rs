@@ -59,6 +59,50 @@ pub async fn matching(
     .await
 }
 
+/// Locks up front what a use case revoking several sets of licenses in one transaction (a
+/// lifecycle event: one license at a time with its own reason, or a device and then its user)
+/// may touch: the assignment rows `ids` and those of `subjects` (live or waiting) in id order,
+/// then the asset rows of the live ones in key order — the ledger's lock order, taken once —
+/// so the revocations that follow only take locks already held instead of locking asset rows
+/// piecemeal, set after set.
+pub async fn lock_upfront(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    ids: &[Uuid],
+    subjects: &[Uuid],
+) -> diesel::QueryResult<()> {
+    if ids.is_empty() && subjects.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query(
+        "SELECT 1 FROM assignments a
+          WHERE a.space_id = $1 AND a.state IN ('waiting', 'pending', 'associating', 'active')
+            AND (a.id = ANY($2) OR a.subject_id = ANY($3))
+          ORDER BY a.id
+          FOR UPDATE",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(subjects)
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "SELECT 1 FROM assets s
+          WHERE (s.account_id, s.adam_id, s.pricing_param) IN (
+                SELECT account_id, adam_id, pricing_param FROM assignments
+                 WHERE space_id = $1 AND state IN ('pending', 'associating', 'active')
+                   AND (id = ANY($2) OR subject_id = ANY($3)))
+          ORDER BY s.account_id, s.adam_id, s.pricing_param
+          FOR UPDATE OF s",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(subjects)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Locks the asset rows of `targets` (in key order), then moves them to `revoked` (pending: they
 /// never reached Apple, their queued job is dropped) or `revoking` (with a `disassociate` job),
 /// frees their licenses in the ledger and logs each. Returns (dropped, revoking).

@@ -23,7 +23,16 @@
 //! The newest applied `occurred_at` per subject and aspect is kept (`lifecycle_marks`, locked
 //! while an event is applied, so two events about the same subject wait for each other); an
 //! event strictly older is `stale` and changes nothing. The marks outlive the 30-day event
-//! retention, so a very late replay is still stale.
+//! retention and keep the key (source, id) of the event that set them, so a very late replay
+//! is still stale — an older event, and also the very event that set the mark (same key, same
+//! time), which would otherwise be stored as new and applied again. A mark no event set yet
+//! has no time (NULL); `occurred_at` before 2000-01-01 is refused at acceptance (422).
+//!
+//! Lock order (no deadlock between the worker and `PUT …/devices|users`): the event, then the
+//! marks, then the subject's row, then the assignments' and assets' rows. An event revoking
+//! several sets (one license at a time, each with its criterion; a device and then its user)
+//! locks all their assignment and asset rows first, at once in the ledger's order
+//! ([`revocations::lock_upfront`]), rather than set after set.
 //!
 //! # Effects (per type; the revocation's reason names the event, who posted it is its actor)
 //! - `device.retired|wiped|deleted` (and `device.checked_out` when configured to revoke): every
@@ -51,7 +60,9 @@
 //!
 //! `revoke_after` records the facts at once and revokes when `occurred_at + grace` has passed
 //! (the event is `scheduled` meanwhile); group changes are re-decided then, so a subject that
-//! regained its group during the grace period keeps its license. `ignore` records the facts and
+//! regained its group during the grace period keeps its license. A user change keeps the
+//! device's former user in the result (`former_user`), and that user's licenses are
+//! re-decided then too. `ignore` records the facts and
 //! the event and revokes nothing.
 //!
 //! Every applied or stale event writes a `lifecycle.applied` activity row with its result.
@@ -364,7 +375,15 @@ async fn apply(conn: &mut AsyncPgConnection, event: &EventRow) -> diesel::QueryR
             .clone()
             .and_then(|r| serde_json::from_value(r).ok())
             .unwrap_or_default();
-        revoke_for(conn, event, event_type, &[], &mut result).await?;
+        // The device's former user (a user change) is re-decided too: its user licenses may
+        // have been granted only through this device's groups.
+        let mut also = Vec::new();
+        if let Some(old) = &result.former_user
+            && let Some(old) = subjects::find(conn, space, SubjectKind::User, old).await?
+        {
+            also.push(old.id);
+        }
+        revoke_for(conn, event, event_type, &also, &mut result).await?;
         return Ok(Step {
             state: EventState::Applied,
             result,
@@ -373,14 +392,22 @@ async fn apply(conn: &mut AsyncPgConnection, event: &EventRow) -> diesel::QueryR
     }
     // V5: stale against the last applied event of the same subject and aspect.
     let aspect = event_type.aspect(&event.data);
-    let last =
+    let mark =
         store::lock_mark(conn, space, &event.subject_kind, &event.subject_id, &aspect).await?;
-    if is_stale(event.occurred_at, last) {
+    let key = (event.source.as_str(), event.event_id.as_str());
+    let mark_key = mark.key.as_ref().map(|(s, i)| (s.as_str(), i.as_str()));
+    if is_stale(event.occurred_at, key, mark.occurred_at, mark_key) {
+        let replay = mark.occurred_at == Some(event.occurred_at) && mark_key == Some(key);
         return Ok(Step {
             state: EventState::Stale,
             result: EventResult {
                 effect: event.effect.clone(),
-                superseded_at: last,
+                superseded_at: mark.occurred_at,
+                note: replay.then(|| {
+                    "a replay of the event already applied (forgotten after the retention): \
+                     nothing applied again"
+                        .to_owned()
+                }),
                 ..EventResult::default()
             },
             due_at: None,
@@ -393,7 +420,7 @@ async fn apply(conn: &mut AsyncPgConnection, event: &EventRow) -> diesel::QueryR
         &event.subject_id,
         &aspect,
         event.occurred_at,
-        Some(event.id),
+        Some((event.id, key.0, key.1)),
     )
     .await?;
     let mut result = EventResult {
@@ -471,10 +498,12 @@ async fn record_facts(
     subjects::set_facts(conn, row.id, &facts).await?;
     let mut also = Vec::new();
     if facts.user.is_some()
-        && let Some(old) = &row.user_external_id
-        && let Some(old) = subjects::find(conn, &event.space_id, SubjectKind::User, old).await?
+        && let Some(old_id) = &row.user_external_id
+        && let Some(old) = subjects::find(conn, &event.space_id, SubjectKind::User, old_id).await?
     {
         also.push(old.id);
+        // Kept for `revoke_after`: the former user is re-decided when the grace period ends.
+        result.former_user = Some(old_id.clone());
     }
     Ok(also)
 }
@@ -585,7 +614,12 @@ async fn revoke_not_granted(
     reason: &str,
     result: &mut EventResult,
 ) -> diesel::QueryResult<()> {
-    for c in crate::reconcile::no_longer_granted(conn, space, subjects).await? {
+    let candidates = crate::reconcile::no_longer_granted(conn, space, subjects).await?;
+    // Each license is revoked with its own reason (its criterion), one call each: the rows they
+    // touch are locked first, all at once in the ledger's order, not piecemeal.
+    let ids: Vec<Uuid> = candidates.iter().map(|c| c.assignment_id).collect();
+    revocations::lock_upfront(conn, space, &ids, &[]).await?;
+    for c in candidates {
         let scope = Scope {
             assignment: Some(c.assignment_id),
             ..Scope::default()
@@ -672,6 +706,10 @@ async fn move_device(
     {
         holders.push(user);
     }
+    // The device's and its user's licenses are revoked one holder after the other: the rows
+    // both touch are locked first, all at once in the ledger's order.
+    let holder_ids: Vec<Uuid> = holders.iter().map(|h| h.id).collect();
+    revocations::lock_upfront(conn, space, &[], &holder_ids).await?;
     let mut revoked = Vec::new();
     for holder in &holders {
         let scope = Scope {
@@ -811,7 +849,8 @@ pub async fn update_subject(
             aspects.push("seen");
             result.facts.push("last_seen".into());
         }
-        let row = subjects::upsert_locked(conn, space, kind, id).await?;
+        // Lock order: the marks, then the subject's row (then its assets, in the revocation),
+        // as the lifecycle worker does; the other order deadlocked against it.
         for aspect in aspects {
             let at = if aspect == "seen" {
                 facts.last_seen.unwrap_or(now)
@@ -821,15 +860,19 @@ pub async fn update_subject(
             store::lock_mark(conn, space, kind.as_str(), id, aspect).await?;
             store::set_mark(conn, space, kind.as_str(), id, aspect, at, None).await?;
         }
+        let row = subjects::upsert_locked(conn, space, kind, id).await?;
         let previous_user = row.user_external_id.clone();
         subjects::set_facts(conn, row.id, &facts).await?;
         let mut ids = rejudged(conn, space, kind, id).await?;
         // A device's former user lost the groups this device lent its user licenses.
-        if let (Some(_), Some(old)) = (&facts.user, &previous_user)
-            && let Some(old) = subjects::find(conn, space, SubjectKind::User, old).await?
-            && !ids.contains(&old.id)
+        if let (Some(_), Some(old_id)) = (&facts.user, &previous_user)
+            && let Some(old) = subjects::find(conn, space, SubjectKind::User, old_id).await?
         {
-            ids.push(old.id);
+            // Kept in the scheduled event's result for `revoke_after`.
+            result.former_user = Some(old_id.clone());
+            if !ids.contains(&old.id) {
+                ids.push(old.id);
+            }
         }
         let reason = format!("{kind} {id} updated (PUT)");
         match effect {

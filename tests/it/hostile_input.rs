@@ -1,5 +1,6 @@
 //! Hostile input that used to get through: bodies that are not JSON objects, forged or foreign
-//! cursors, control characters in names. Each is a 4xx problem and leaves the ledger as it was.
+//! cursors, control characters in names, far-past times (a 500 from PostgreSQL before). Each is
+//! a 4xx problem and leaves the ledger as it was.
 
 use diesel::QueryableByName;
 use diesel::sql_types::Text;
@@ -394,4 +395,78 @@ async fn control_characters_in_names_and_descriptions_are_refused_and_change_not
     let space = app.get_json("/v1/spaces/acme").await;
     assert_eq!(space["name"], "ACME – Süd 🏢");
     assert_eq!(space["description"], "column\tseparated");
+}
+
+/// V2, V5: times before 2000-01-01 (chrono parses years PostgreSQL refuses, e.g. -5000) in
+/// lifecycle events and `PUT …/devices|users` are 422 problems, never a 500; a batch keeps its
+/// good events.
+#[tokio::test]
+async fn far_past_times_are_refused_per_event_and_by_put_and_change_nothing() {
+    let (_sim, app, _account) = quiet_world().await;
+    let before = ledger_dump(&app).await;
+    let at = |id: &str, when: &str| {
+        json!({"id": id, "source": "mdm", "type": "device.seen", "occurred_at": when,
+               "subject": {"id": "D1"}, "data": {}})
+    };
+    let far = [
+        "-5000-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "1999-12-31T23:59:59Z",
+    ];
+    let bad: Vec<Value> = far
+        .iter()
+        .enumerate()
+        .map(|(i, w)| at(&format!("far{i}"), w))
+        .collect();
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/lifecycle-events")
+        .json(&json!({"events": bad}))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(resp, 422, "validation-failed").await;
+    assert_eq!(
+        problem["errors"][0]["field"], "events[0].occurred_at",
+        "{problem}"
+    );
+    for (path, when) in far.iter().flat_map(|w| {
+        [
+            ("/v1/spaces/acme/devices/D1", *w),
+            ("/v1/spaces/acme/users/u1", *w),
+        ]
+    }) {
+        let resp = app
+            .req(Method::PUT, path)
+            .json(&json!({"last_seen": when}))
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(resp, 422, "validation-failed").await;
+        assert_eq!(
+            problem["errors"][0]["field"], "last_seen",
+            "{path} {when}: {problem}"
+        );
+    }
+    assert_eq!(before, ledger_dump(&app).await, "nothing was stored");
+
+    // Among good events: each far-past one rejected with its problem, the good one stored.
+    let mut events = bad.clone();
+    events.push(at("good", "2020-06-01T00:00:00Z"));
+    let resp = app
+        .req(Method::POST, "/v1/spaces/acme/lifecycle-events")
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["accepted"], 1, "{body}");
+    assert_eq!(body["rejected"], far.len(), "{body}");
+    for i in 0..far.len() {
+        assert_eq!(
+            body["events"][i]["problem"]["errors"][0]["field"], "occurred_at",
+            "{body}"
+        );
+    }
 }

@@ -1218,3 +1218,213 @@ async fn v5_events_are_forgotten_after_30_days_and_a_late_replay_is_still_stale(
     let device: Device = api.get("/devices/Z1").await;
     assert_eq!(device.groups, ["b"]);
 }
+
+#[tokio::test]
+async fn v5_a_replay_of_the_applied_event_after_the_retention_is_stale_and_revokes_nothing_new() {
+    let w = world().await;
+    let api = w.api();
+    let first = licensed(&api, "RP1", APP, &[]).await;
+    // The same event (same source, id and time) is sent twice, 31 days apart.
+    let retired = event("rp1-retired", "device.retired", "RP1", json!({}), 60);
+    accepted(&api, vec![retired.clone()]).await;
+    let e = settled(&api, "rp1-retired").await;
+    assert_eq!(e.state, EventState::Applied);
+    assert_eq!(revoked_ids(&e), vec![first]);
+    assert_eq!(api.final_state(first).await.state.as_str(), "revoked");
+    // The device is enrolled again and gets a new license.
+    let second = licensed(&api, "RP1", APP, &[]).await;
+    assert_ne!(second, first);
+    // 31 days later (received_at moved back) the event is forgotten; its mark stays.
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query(
+        "UPDATE lifecycle_events SET received_at = now() - interval '31 days'
+          WHERE event_id = 'rp1-retired'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(vpp_broker::lifecycle::forget_old(&mut conn).await.unwrap() >= 1);
+    assert_eq!(
+        api.status_of("/lifecycle-events/mdm/rp1-retired").await,
+        404
+    );
+    // V5: the MDM replays it. Stored as new, but it is the event that set the mark: stale, and
+    // the license the device got since stays.
+    let body = accepted(&api, vec![retired]).await;
+    assert_eq!(body["events"][0]["duplicate"], false);
+    let e = settled(&api, "rp1-retired").await;
+    assert_eq!(e.state, EventState::Stale, "{e:?}");
+    assert!(revoked_ids(&e).is_empty());
+    assert!(e.result.unwrap().note.unwrap().contains("replay"));
+    assert_eq!(state_of(&api, second).await, "active");
+    // Another event at a later time still applies.
+    accepted(
+        &api,
+        vec![event("rp1-wiped", "device.wiped", "RP1", json!({}), 1)],
+    )
+    .await;
+    assert_eq!(revoked_ids(&settled(&api, "rp1-wiped").await), vec![second]);
+}
+
+#[tokio::test]
+async fn v2_revoke_after_re_decides_the_former_user_of_a_device_when_the_grace_period_ends() {
+    let w = world().await;
+    let api = w.api();
+    api.put_policy(APP, "STDQ", &json!({"fcfs_groups": ["staff"]}))
+        .await
+        .error_for_status()
+        .unwrap();
+    let resp = api
+        .req(Method::PUT, "/lifecycle-settings")
+        .json(&json!({"effects": [
+            {"type": "device.user_changed", "effect": "revoke_after", "grace_seconds": 86400},
+            {"type": "device.groups_changed", "effect": "revoke_after", "grace_seconds": 86400},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    read::<Value>(resp, 200).await;
+    // Two devices in `staff`, each lending the group to its user: the users' user licenses are
+    // granted only through these devices.
+    let mut user_licenses = Vec::new();
+    for (serial, user) in [("FU1", "fu1"), ("FU2", "fu2")] {
+        let got = api
+            .allocated(&json!({"asset": {"adam_id": APP}, "license_type": "user",
+                               "subject": {"kind": "device", "id": serial, "user": user,
+                                           "groups": ["staff"]}}))
+            .await;
+        assert_eq!(got.license_type.as_str(), "user");
+        let id = got.id();
+        assert_eq!(api.final_state(id).await.state.as_str(), "active");
+        user_licenses.push(id);
+    }
+    // FU1 changes user by an event, FU2 by PUT: both with the grace period.
+    accepted(
+        &api,
+        vec![event(
+            "fu1-user",
+            "device.user_changed",
+            "FU1",
+            json!({"user": "other"}),
+            5,
+        )],
+    )
+    .await;
+    let e = settled(&api, "fu1-user").await;
+    assert_eq!(e.state, EventState::Scheduled, "{e:?}");
+    assert_eq!(e.result.unwrap().former_user.as_deref(), Some("fu1"));
+    let resp = api
+        .req(Method::PUT, "/devices/FU2")
+        .json(&json!({"clear_user": true}))
+        .send()
+        .await
+        .unwrap();
+    read::<Device>(resp, 200).await;
+    for id in &user_licenses {
+        assert_eq!(state_of(&api, *id).await, "active");
+    }
+    // The grace period ends (moved to now): the former users are re-decided and lose the
+    // licenses only the devices' groups granted.
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query("UPDATE lifecycle_events SET due_at = now() WHERE state = 'scheduled'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let e = eventually(
+        "fu1-user applied after its grace period",
+        async || get_event(&api, "fu1-user").await,
+        |e| e.state == EventState::Applied,
+    )
+    .await;
+    assert_eq!(revoked_ids(&e), vec![user_licenses[0]]);
+    for id in &user_licenses {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "revoked");
+    }
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct Waiting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// V2, V5: `PUT …/devices/{serial}` and the lifecycle worker lock in one order (the mark, then
+/// the subject's row). A worker holding the mark makes the PUT wait before it takes the
+/// subject's row, so the worker's next lock (the subject, as `record_facts` takes it) is
+/// granted: no deadlock, and the PUT then succeeds. In the other order PostgreSQL aborted one
+/// of the two as deadlocked (a 503 for the PUT, or an error for the worker).
+#[tokio::test]
+async fn v5_put_and_the_worker_lock_the_mark_before_the_subject_without_deadlock() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let w = fixtures::world_with(
+        vec![location(U1, "Library", vec![app(APP, 5)])],
+        |_| Options {
+            dispatcher: None,
+            ..Options::default()
+        },
+        &[("Main", U1)],
+    )
+    .await;
+    let api = w.api();
+    let resp = api
+        .req(Method::PUT, "/devices/DL1")
+        .json(&json!({"groups": ["a"]}))
+        .send()
+        .await
+        .unwrap();
+    read::<Device>(resp, 200).await;
+    // A worker applying a groups event of DL1 holds its mark.
+    let mut worker = diesel_async::AsyncPgConnection::establish(&w.app.db.url)
+        .await
+        .unwrap();
+    worker.batch_execute("BEGIN").await.unwrap();
+    vpp_broker::ledger::lifecycle::lock_mark(&mut worker, "acme", "device", "DL1", "groups")
+        .await
+        .unwrap();
+    let mut observer = w.app.db.connect().await;
+    let put = async {
+        let resp = api
+            .req(Method::PUT, "/devices/DL1")
+            .json(&json!({"groups": ["b"]}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    };
+    let worker_side = async {
+        // The PUT waits for a lock (the mark)…
+        eventually(
+            "the PUT waits for the mark",
+            async || {
+                diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .get_result::<Waiting>(&mut observer)
+                .await
+                .unwrap()
+                .n
+            },
+            |n| *n > 0,
+        )
+        .await;
+        // …so the worker's next lock, the subject's row, is free.
+        let locked = diesel::sql_query(
+            "SELECT 1 FROM subjects WHERE space_id = 'acme' AND kind = 'device'
+               AND external_id = 'DL1' FOR UPDATE",
+        )
+        .execute(&mut worker)
+        .await;
+        worker.batch_execute("COMMIT").await.unwrap();
+        locked
+    };
+    let ((status, body), locked) = tokio::join!(put, worker_side);
+    assert!(
+        locked.is_ok(),
+        "the worker got the subject's row: {locked:?}"
+    );
+    assert_eq!(status, 200, "{body}");
+    let device: Device = api.get("/devices/DL1").await;
+    assert_eq!(device.groups, ["b"]);
+}
