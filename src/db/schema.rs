@@ -113,6 +113,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    asset_list_reads (account_id) {
+        account_id -> Uuid,
+        read_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     assets (account_id, adam_id, pricing_param) {
         account_id -> Uuid,
         adam_id -> Text,
@@ -433,6 +440,7 @@ diesel::joinable!(plan_items -> plans (plan_id));
 diesel::joinable!(accounts -> spaces (space_id));
 diesel::joinable!(apple_events -> accounts (account_id));
 diesel::joinable!(apple_users -> accounts (account_id));
+diesel::joinable!(asset_list_reads -> accounts (account_id));
 diesel::joinable!(assets -> accounts (account_id));
 diesel::joinable!(assignments -> spaces (space_id));
 diesel::joinable!(assignments -> subjects (subject_id));
@@ -454,6 +462,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     apple_events,
     apple_notifications,
     apple_users,
+    asset_list_reads,
     assets,
     assignments,
     deployment,

@@ -72,6 +72,17 @@ pub struct AssetRow {
     pub synced_at: Option<DateTime<Utc>>,
 }
 
+/// SQL: when Apple's counts of the asset row `alias` were last confirmed — the row's own
+/// `synced_at` (written when a sync or a notification changed it) or, for an asset Apple still
+/// lists, the last time a sync read the account's whole asset list
+/// (`asset_list_reads`; a sync does not rewrite rows that did not change).
+pub fn counts_confirmed_at(alias: &str) -> String {
+    format!(
+        "GREATEST({alias}.synced_at, CASE WHEN {alias}.vanished_at IS NULL THEN \
+         (SELECT r.read_at FROM asset_list_reads r WHERE r.account_id = {alias}.account_id) END)"
+    )
+}
+
 impl AssetRow {
     /// Licenses this service may still hand out from this account.
     pub fn free(&self) -> i64 {

@@ -40,8 +40,8 @@
 //!   release still in flight and a new allocation), the older is reported.
 //! - `overcommitted` (per asset): Apple's total below what the ledger holds.
 //! - `count_mismatch` (per asset, only for assets whose counts the read covered, i.e. read at or
-//!   after `read_started_at` (`assets.synced_at`); the items of the other assets stay as they
-//!   are): Apple's `assigned` differs from the rows Apple lists, or the rows Apple lists differ
+//!   after `read_started_at` ([`counts_confirmed_at`](crate::ledger::assets::counts_confirmed_at));
+//!   the items of the other assets stay as they are): Apple's `assigned` differs from the rows Apple lists, or the rows Apple lists differ
 //!   from the ledger at Apple (active + revoking) plus the `apple_only` rows. The second
 //!   comparison is skipped for an asset whose ledger is moving — an assignment in flight
 //!   (pending, associating, revoking: Apple may or may not list it yet) or changed since the
@@ -152,6 +152,7 @@ const OVERCOMMITTED: &str = "
 /// of the per-license scope). Runs after the `apple_only` rows are found: it counts them.
 fn count_mismatch(in_counted: &dyn Fn(&str) -> String, kept_only: &str) -> String {
     let (in_m, in_a, in_x) = (in_counted("m"), in_counted("a"), in_counted("x"));
+    let confirmed = crate::ledger::assets::counts_confirmed_at("x");
     format!(
         "WITH listed AS (
              SELECT m.adam_id, m.pricing_param, count(*) AS n
@@ -183,7 +184,7 @@ fn count_mismatch(in_counted: &dyn Fn(&str) -> String, kept_only: &str) -> Strin
                LEFT JOIN listed l ON l.adam_id = x.adam_id AND l.pricing_param = x.pricing_param
                LEFT JOIN ledger g ON g.adam_id = x.adam_id AND g.pricing_param = x.pricing_param
                LEFT JOIN only_ o ON o.adam_id = x.adam_id AND o.pricing_param = x.pricing_param
-              WHERE x.account_id = $1 AND x.synced_at >= $2 AND {in_x}
+              WHERE x.account_id = $1 AND {confirmed} >= $2 AND {in_x}
          )
          SELECT 'count_mismatch', c.adam_id, c.pricing_param, NULL, NULL, NULL::uuid, now(),
                 jsonb_build_object('apple_assigned', c.apple_assigned, 'apple_listed', c.listed,
@@ -368,8 +369,9 @@ pub async fn recompute(
                     SELECT 1 FROM assets x
                      WHERE x.account_id = $1 AND x.adam_id = d.adam_id
                        AND x.pricing_param = d.pricing_param
-                       AND (x.synced_at IS NULL OR x.synced_at < $2))",
-                cond(counted, 5, "d")
+                       AND ({confirmed} IS NULL OR {confirmed} < $2))",
+                cond(counted, 5, "d"),
+                confirmed = crate::ledger::assets::counts_confirmed_at("x"),
             )
         ));
     }

@@ -372,13 +372,15 @@ pub async fn figures(
 ) -> diesel::QueryResult<Figures> {
     let adams: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let pricings: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let rows_q = diesel::sql_query(
+    let rows_q = diesel::sql_query(format!(
         "SELECT s.account_id, s.adam_id, s.pricing_param, s.product_type, s.device_assignable,
                 s.revocable, s.supported_platforms, s.apple_total, s.apple_assigned,
-                s.apple_retired, s.foreign_assigned, s.held, s.synced_at
+                s.apple_retired, s.foreign_assigned, s.held,
+                {confirmed} AS synced_at
            FROM assets s
           WHERE s.adam_id = ANY($2) AND s.pricing_param = ANY($3) AND s.account_id = ANY($1)",
-    )
+        confirmed = crate::ledger::assets::counts_confirmed_at("s")
+    ))
     .bind::<Array<diesel::sql_types::Uuid>, _>(&scope.accounts)
     .bind::<Array<Text>, _>(&adams)
     .bind::<Array<Text>, _>(&pricings);

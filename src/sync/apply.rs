@@ -49,6 +49,7 @@ pub async fn apply(
                 account,
                 run.id,
                 &read.assignments,
+                read.digests.as_ref(),
                 complete,
                 read.started_at,
             )
@@ -69,7 +70,44 @@ pub async fn apply(
             if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
                 return Ok::<_, diesel::result::Error>(None);
             }
-            let before = mirror::lock_assets(conn, account).await?;
+            // Only the asset rows this read changes, and those recounted below, are locked
+            // (in key order, as allocations lock them) and written: an unchanged location's
+            // sync holds no allocation of its assets up. The others' rows are compared
+            // unlocked; their counts were confirmed (`asset_list_reads`).
+            let seen = mirror::assets_before(conn, account).await?;
+            let seen: HashMap<(&str, &str), &mirror::AssetBefore> = seen
+                .iter()
+                .map(|b| ((b.adam_id.as_str(), b.pricing_param.as_str()), b))
+                .collect();
+            let lock_keys = match &scope.assets {
+                None => None,
+                Some(scoped) => {
+                    let mut keys = scoped.clone();
+                    if let Some(assets) = &read.assets {
+                        for a in assets {
+                            if seen
+                                .get(&(a.adam_id.as_str(), a.pricing_param.as_str()))
+                                .is_some_and(|b| b.differs_from(a))
+                            {
+                                keys.insert(&a.adam_id, &a.pricing_param);
+                            }
+                        }
+                        if complete {
+                            let listed: std::collections::HashSet<(&str, &str)> = assets
+                                .iter()
+                                .map(|a| (a.adam_id.as_str(), a.pricing_param.as_str()))
+                                .collect();
+                            for (key, b) in &seen {
+                                if !b.vanished && !listed.contains(key) {
+                                    keys.insert(key.0, key.1);
+                                }
+                            }
+                        }
+                    }
+                    Some(keys)
+                }
+            };
+            let before = mirror::lock_assets(conn, account, lock_keys.as_ref()).await?;
             let known: HashMap<(&str, &str), &mirror::AssetBefore> = before
                 .iter()
                 .map(|b| ((b.adam_id.as_str(), b.pricing_param.as_str()), b))
@@ -81,11 +119,20 @@ pub async fn apply(
             // Assets whose count_mismatch is judged again besides the scope's.
             let mut recount: Vec<(String, String)> = Vec::new();
             if let Some(assets) = &read.assets {
-                mirror::upsert_assets(conn, account, assets).await?;
+                let mut write = Vec::new();
                 for a in assets {
-                    match known.get(&(a.adam_id.as_str(), a.pricing_param.as_str())) {
-                        None => appeared.push(a),
+                    let key = (a.adam_id.as_str(), a.pricing_param.as_str());
+                    match known.get(&key) {
+                        // Unchanged at the unlocked look, hence not locked: nothing to write.
+                        None if seen.contains_key(&key) => {}
+                        None => {
+                            appeared.push(a);
+                            write.push(a.clone());
+                        }
                         Some(b) => {
+                            if b.differs_from(a) {
+                                write.push(a.clone());
+                            }
                             if b.vanished {
                                 appeared.push(a);
                             }
@@ -101,6 +148,7 @@ pub async fn apply(
                         }
                     }
                 }
+                mirror::upsert_assets(conn, account, &write).await?;
                 if complete {
                     let listed: std::collections::HashSet<(&str, &str)> = assets
                         .iter()
@@ -143,6 +191,7 @@ pub async fn apply(
                     assignments_version: read.assignments_version.as_deref(),
                     assets_version: read.assets_version.as_deref(),
                     users_version: read.users_version.as_deref(),
+                    assets_read: read.assets.is_some(),
                 },
             )
             .await?;
@@ -192,6 +241,7 @@ pub async fn apply(
                 "foreign_changed": foreign_changed,
                 "users_changed": users_changed,
                 "assets_in_scope": scope.assets.as_ref().map(AssetKeys::len),
+                "assets_locked": before.len(),
                 "version_moved": read.version_moved,
                 "fell_back_to_full": read.fell_back,
                 "read_ms": (applying - read.started_at).num_milliseconds(),

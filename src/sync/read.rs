@@ -17,7 +17,7 @@ use crate::apple::error::AppleError;
 use crate::apple::stoken::SToken;
 use crate::apple::types::{ResponseMeta, UserStatus};
 use crate::domain::reconciliation::SyncKind;
-use crate::ledger::apple_mirror::MirrorRow;
+use crate::ledger::apple_mirror::{MirrorRow, ReadDigests};
 use crate::ledger::assets::AppleAsset;
 
 /// What the account's last sync left to read from.
@@ -44,6 +44,8 @@ pub struct Read {
     /// Apple's assignments read (sorted, distinct): all of them (full) or those changed since
     /// the last read (incremental).
     pub assignments: Vec<MirrorRow>,
+    /// The digests of `assignments` per asset (full reads; see [`ReadDigests`]).
+    pub digests: Option<ReadDigests>,
     pub assignments_version: Option<String>,
     /// The assignments' versionId the account had before this read.
     pub version_before: Option<String>,
@@ -138,13 +140,15 @@ async fn full(
         || assignments.version_moved
         || users.as_ref().is_some_and(|u| u.version_moved);
     let (users, users_version) = split_users(users);
+    let (assignments_rows, digests) = rows_and_digests(assignments.items).await;
     Ok(Read {
         kind: SyncKind::Full,
         fell_back: false,
         started_at,
         assets: Some(assets.items.iter().map(AppleAsset::from_apple).collect()),
         assets_version: assets.version_id,
-        assignments: mirror_rows(assignments.items),
+        assignments: assignments_rows,
+        digests: Some(digests),
         assignments_version: assignments.version_id,
         version_before: known.assignments_version.clone(),
         users,
@@ -202,6 +206,7 @@ async fn incremental(
             .then(|| assets.items.iter().map(AppleAsset::from_apple).collect()),
         assets_version: assets.version_id,
         assignments: mirror_rows(assignments.items),
+        digests: None,
         assignments_version: assignments.version_id,
         version_before: known.assignments_version.clone(),
         users,
@@ -240,6 +245,31 @@ fn split_users(listing: Option<Listing<crate::apple::types::User>>) -> (Users, O
 
 /// Apple's assignments as mirror rows, sorted and distinct (a moving read may list one twice;
 /// an upsert statement must not touch a row twice).
+/// A full read's rows, sorted, and their digests: CPU work of about 100 ms for 100,000
+/// assignments, done on a blocking thread so that the runtime's threads, which also decide
+/// allocations, are not held by it (the allocation latency during syncs, docs/benchmarks.md).
+async fn rows_and_digests(
+    items: Vec<crate::apple::types::Assignment>,
+) -> (Vec<MirrorRow>, ReadDigests) {
+    let work = || {
+        let rows = mirror_rows(items);
+        let digests = ReadDigests::of(&rows);
+        (rows, digests)
+    };
+    // Without a multi-threaded runtime (some tests) there is no pool to hand it to.
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        // A panic goes on as one; a blocking task is only cancelled when the runtime shuts
+        // down, and then the run is abandoned with its job, whose lease lets it be resumed.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 fn mirror_rows(items: Vec<crate::apple::types::Assignment>) -> Vec<MirrorRow> {
     let mut rows: Vec<MirrorRow> = items
         .into_iter()

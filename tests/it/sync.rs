@@ -72,6 +72,21 @@ async fn counts(app: &TestApp, account: Uuid, adam: &str) -> (i32, i32, i32, i32
         .unwrap()
 }
 
+/// The account's asset rows and when each was last written.
+async fn asset_rows_written(
+    app: &TestApp,
+    account: Uuid,
+) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+    let mut conn = app.db.connect().await;
+    assets::table
+        .filter(assets::account_id.eq(account))
+        .order(assets::adam_id)
+        .select((assets::adam_id, assets::updated_at))
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
 async fn mirror_targets(app: &TestApp, account: Uuid) -> Vec<String> {
     let mut conn = app.db.connect().await;
     apple_assignments::table
@@ -327,12 +342,26 @@ async fn t5_t11_a_sync_recounts_and_reports_again_only_the_assets_that_changed()
     assert_eq!(first.len(), 5);
 
     // Nothing changed: a full sync recounts and re-reports no asset, and the report is the same
-    // (same items, same ids).
+    // (same items, same ids). It locks and rewrites no asset row either (an allocation of the
+    // account's assets never waits for it), yet the counts are confirmed as of this sync.
+    let rows_before = asset_rows_written(&w.app, account).await;
+    let started = chrono::Utc::now();
     queue(&w.app, account, SyncKind::Full).await;
     drain(&w.app).await;
     let run = newest_run(&w.app, account).await;
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["stats"]["assets_in_scope"], 0, "{run}");
+    assert_eq!(run["stats"]["assets_locked"], 0, "{run}");
+    assert_eq!(asset_rows_written(&w.app, account).await, rows_before);
+    let asset = w
+        .app
+        .get_json(&format!("/v1/spaces/acme/assets/{APP}/STDQ"))
+        .await;
+    let confirmed: chrono::DateTime<chrono::Utc> = asset["totals"]["apple"]["synced_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{asset}"));
+    assert!(confirmed >= started, "{asset}: confirmed before {started}");
     assert_eq!(apple_only_items(&w.app, account).await, first);
     assert_eq!(run["drift"]["apple_only"], 5, "{run}");
 
@@ -352,6 +381,8 @@ async fn t5_t11_a_sync_recounts_and_reports_again_only_the_assets_that_changed()
     drain(&w.app).await;
     let run = newest_run(&w.app, account).await;
     assert_eq!(run["stats"]["assets_in_scope"], 2, "{run}");
+    // OTHER's Apple count changed, APP is in scope: both rows are locked, no other.
+    assert_eq!(run["stats"]["assets_locked"], 2, "{run}");
     let items = apple_only_items(&w.app, account).await;
     assert_eq!(items.len(), 6, "{items:?}");
     assert!(
