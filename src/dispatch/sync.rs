@@ -88,7 +88,7 @@ pub async fn run_once(
         Some(Err(e)) => {
             // A database error: the run waits and is retried (its attempts count).
             tracing::warn!(run = %claimed.run.id, error = %e, "sync failed on the database; retrying later");
-            release_after_error(ctx, &claimed).await;
+            release_after_error(ctx, &claimed, name).await;
         }
         None if lost.is_cancelled() => {
             tracing::warn!(run = %claimed.run.id, "sync lost its lease; stopped without applying");
@@ -96,7 +96,7 @@ pub async fn run_once(
         None => {
             // Shutting down: another worker (or replica) takes the run over from page 0.
             let mut conn = ctx.state.pool.get().await?;
-            sync_runs::release(&mut conn, claimed.job_id, claimed.run.id).await?;
+            sync_runs::release(&mut conn, claimed.job_id, name, claimed.run.id).await?;
         }
     }
     Ok(true)
@@ -128,13 +128,14 @@ async fn heartbeat(ctx: &Ctx, claimed: &Claimed, name: &str, lost: &Cancellation
     }
 }
 
-async fn release_after_error(ctx: &Ctx, claimed: &Claimed) {
+async fn release_after_error(ctx: &Ctx, claimed: &Claimed, name: &str) {
     let at = chrono::Utc::now() + chrono::Duration::seconds(10);
     let result = async {
         let mut conn = ctx.state.pool.get().await?;
         sync_runs::postpone(
             &mut conn,
             claimed.job_id,
+            name,
             claimed.run.id,
             at,
             sync_runs::Progress::default(),

@@ -296,25 +296,33 @@ pub async fn finish(
 }
 
 /// A transient failure: the job waits until `at` (lease released), the run is `queued` again
-/// with `error` saying why.
+/// with `error` saying why. Only by the worker holding the job (`locked_by`): `false`, and
+/// nothing written, when another worker took it over.
 pub async fn postpone(
     conn: &mut AsyncPgConnection,
     job: i64,
+    worker: &str,
     run: Uuid,
     at: DateTime<Utc>,
     progress: Progress,
     error: &serde_json::Value,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     conn.transaction(async |conn| {
-        diesel::sql_query(
+        let held = diesel::sql_query(
             "UPDATE jobs SET run_at = $2, locked_by = NULL, locked_until = NULL, last_error = $3
-              WHERE id = $1",
+              WHERE id = $1 AND locked_by = $4",
         )
         .bind::<BigInt, _>(job)
         .bind::<Timestamptz, _>(at)
         .bind::<Nullable<Text>, _>(error.get("reason").and_then(|r| r.as_str()))
+        .bind::<Text, _>(worker)
         .execute(conn)
         .await?;
+        if held == 0 {
+            // Another worker took the job over (this one's lease expired): its run is not
+            // this worker's to postpone.
+            return Ok(false);
+        }
         diesel::update(sync_runs::table.find(run))
             .set((
                 sync_runs::state.eq(SyncState::Queued),
@@ -324,23 +332,33 @@ pub async fn postpone(
             ))
             .execute(conn)
             .await?;
-        Ok(())
+        Ok(true)
     })
     .await
 }
 
 /// The worker stops (shutdown) before finishing: the job is free at once for another worker
-/// (this attempt does not count) and the run is `queued` again.
-pub async fn release(conn: &mut AsyncPgConnection, job: i64, run: Uuid) -> QueryResult<()> {
+/// (this attempt does not count) and the run is `queued` again; nothing when another worker
+/// holds the job by now.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    job: i64,
+    worker: &str,
+    run: Uuid,
+) -> QueryResult<()> {
     conn.transaction(async |conn| {
-        diesel::sql_query(
+        let held = diesel::sql_query(
             "UPDATE jobs SET locked_by = NULL, locked_until = NULL,
                              attempts = GREATEST(attempts - 1, 0)
-              WHERE id = $1",
+              WHERE id = $1 AND locked_by = $2",
         )
         .bind::<BigInt, _>(job)
+        .bind::<Text, _>(worker)
         .execute(conn)
         .await?;
+        if held == 0 {
+            return Ok(());
+        }
         diesel::update(sync_runs::table.find(run))
             .set(sync_runs::state.eq(SyncState::Queued))
             .execute(conn)

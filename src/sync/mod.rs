@@ -123,6 +123,7 @@ pub async fn run(
         return fail(
             state,
             claimed,
+            worker,
             "the account no longer exists",
             Progress::default(),
         )
@@ -132,6 +133,7 @@ pub async fn run(
         return fail(
             state,
             claimed,
+            worker,
             "the account is being deleted",
             Progress::default(),
         )
@@ -145,7 +147,16 @@ pub async fn run(
             _ => None,
         };
         let reason = format!("the account cannot call Apple ({})", effective.status);
-        return transient(state, claimed, settings, reason, until, Progress::default()).await;
+        return transient(
+            state,
+            claimed,
+            worker,
+            settings,
+            reason,
+            until,
+            Progress::default(),
+        )
+        .await;
     }
     let token = match state
         .cipher
@@ -155,7 +166,7 @@ pub async fn run(
         Err(e) => {
             tracing::error!(account = %account.id, error = %e, "cannot decrypt the account's sToken");
             let reason = format!("cannot decrypt the account's sToken: {e}");
-            return fail(state, claimed, &reason, Progress::default()).await;
+            return fail(state, claimed, worker, &reason, Progress::default()).await;
         }
     };
     let (known, started_at) = {
@@ -183,7 +194,9 @@ pub async fn run(
     };
     let read = match result {
         Ok(read) => read,
-        Err(e) => return apple_failed(state, claimed, settings, &account, e, progress).await,
+        Err(e) => {
+            return apple_failed(state, claimed, worker, settings, &account, e, progress).await;
+        }
     };
     if let Some(meta) = &read.meta
         && let Err(e) = crate::accounts::ownership::notice(
@@ -209,6 +222,7 @@ pub async fn run(
 async fn apple_failed(
     state: &AppState,
     claimed: &Claimed,
+    worker: &str,
     settings: &Settings,
     account: &account_store::AccountRow,
     err: AppleError,
@@ -230,22 +244,41 @@ async fn apple_failed(
         ErrorClass::RateLimited { retry_after } | ErrorClass::Transient { retry_after } => {
             let until =
                 retry_after.map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
-            transient(state, claimed, settings, err.to_string(), until, progress).await
+            transient(
+                state,
+                claimed,
+                worker,
+                settings,
+                err.to_string(),
+                until,
+                progress,
+            )
+            .await
         }
         // The account is now unusable: the next attempt waits for it (and gives up after
         // MAX_ATTEMPTS).
         ErrorClass::Auth(_) => {
-            transient(state, claimed, settings, err.to_string(), None, progress).await
+            transient(
+                state,
+                claimed,
+                worker,
+                settings,
+                err.to_string(),
+                None,
+                progress,
+            )
+            .await
         }
-        _ => fail(state, claimed, &err.to_string(), progress).await,
+        _ => fail(state, claimed, worker, &err.to_string(), progress).await,
     }
 }
 
 /// A transient failure: postponed with backoff (or until `until`), or failed after
-/// [`MAX_ATTEMPTS`].
+/// [`MAX_ATTEMPTS`]; nothing is recorded when this worker no longer holds the job.
 async fn transient(
     state: &AppState,
     claimed: &Claimed,
+    worker: &str,
     settings: &Settings,
     reason: String,
     until: Option<chrono::DateTime<Utc>>,
@@ -253,30 +286,35 @@ async fn transient(
 ) -> Result<Outcome, SyncError> {
     if claimed.attempts >= MAX_ATTEMPTS {
         let reason = format!("gave up after {} attempts: {reason}", claimed.attempts);
-        return fail(state, claimed, &reason, progress).await;
+        return fail(state, claimed, worker, &reason, progress).await;
     }
     let backoff =
         Duration::from_secs(5u64 << claimed.attempts.clamp(0, 16)).min(settings.max_backoff);
     let at = until
         .unwrap_or_else(|| Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default());
     let mut conn = state.pool.get().await?;
-    sync_runs::postpone(
+    let postponed = sync_runs::postpone(
         &mut conn,
         claimed.job_id,
+        worker,
         claimed.run.id,
         at,
         progress,
         &json!({"reason": reason, "attempt": claimed.attempts, "retry_at": at}),
     )
     .await?;
+    if !postponed {
+        return Ok(Outcome::Lost);
+    }
     tracing::info!(run = %claimed.run.id, %reason, retry_at = %at, "sync postponed");
     Ok(Outcome::Postponed(at))
 }
 
-/// Fails the run (nothing was applied).
+/// Fails the run (nothing was applied), unless this worker no longer holds its job.
 async fn fail(
     state: &AppState,
     claimed: &Claimed,
+    worker: &str,
     reason: &str,
     progress: Progress,
 ) -> Result<Outcome, SyncError> {
@@ -284,6 +322,10 @@ async fn fail(
     let mut conn = state.pool.get().await?;
     let error = json!({"reason": reason, "attempt": claimed.attempts});
     let row = diesel_async::AsyncConnection::transaction(&mut *conn, async |conn| {
+        // A worker whose lease another one took over records nothing.
+        if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
+            return Ok::<_, diesel::result::Error>(None);
+        }
         let row = sync_runs::finish(
             conn,
             claimed.job_id,
@@ -315,9 +357,12 @@ async fn fail(
                 })),
         )
         .await?;
-        Ok::<_, diesel::result::Error>(row)
+        Ok(Some(row))
     })
     .await?;
+    let Some(row) = row else {
+        return Ok(Outcome::Lost);
+    };
     tracing::warn!(run = %run.id, account = %run.account_id, %reason, "sync failed");
     Ok(Outcome::Finished(Box::new(row)))
 }

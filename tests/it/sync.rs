@@ -652,6 +652,95 @@ async fn newest_run_in(app: &TestApp, space: &str, account: Uuid) -> String {
     page["items"][0]["id"].as_str().unwrap().to_owned()
 }
 
+/// A worker whose lease ran out and was taken over records nothing about the run when it then
+/// fails or is postponed: the new holder's job and run stay as they are.
+#[tokio::test]
+async fn t5_a_worker_that_lost_its_lease_neither_fails_nor_postpones_the_run() {
+    let w = quiet_world(10, 2).await;
+    let account = w.accounts[0];
+    let mut conn = w.app.db.connect().await;
+    let dead = runs::claim(&mut conn, "dead-worker", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("the attach run is due");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = runs::claim(&mut conn, "other", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("an expired lease makes the job claimable");
+    let held_by = async |conn: &mut diesel_async::AsyncPgConnection| {
+        let job: Option<String> = vpp_broker::db::schema::jobs::table
+            .find(again.job_id)
+            .select(vpp_broker::db::schema::jobs::locked_by)
+            .first(conn)
+            .await
+            .unwrap();
+        let run: (String, i32, Option<Value>) = sync_runs::table
+            .find(again.run.id)
+            .select((sync_runs::state, sync_runs::attempts, sync_runs::error))
+            .first(conn)
+            .await
+            .unwrap();
+        (job, run)
+    };
+    let before = held_by(&mut conn).await;
+    assert_eq!(before.0.as_deref(), Some("other"));
+    let settings = vpp_broker::sync::Settings::from_state(&w.app.state, Duration::from_secs(5));
+
+    // The failure path: the account is being deleted.
+    diesel::sql_query("UPDATE accounts SET delete_requested_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let outcome = vpp_broker::sync::run(&w.app.state, &dead, "dead-worker", &settings)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, vpp_broker::sync::Outcome::Lost),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        held_by(&mut conn).await,
+        before,
+        "not failed by the dead worker"
+    );
+
+    // The postponing path: the account is throttled for an hour.
+    diesel::sql_query(
+        "UPDATE accounts SET delete_requested_at = NULL, status = 'throttled',
+                throttled_until = now() + interval '1 hour' WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let outcome = vpp_broker::sync::run(&w.app.state, &dead, "dead-worker", &settings)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, vpp_broker::sync::Outcome::Lost),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        held_by(&mut conn).await,
+        before,
+        "not postponed by the dead worker"
+    );
+
+    // The holder is not affected: it postpones its own run.
+    let outcome = vpp_broker::sync::run(&w.app.state, &again, "other", &settings)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, vpp_broker::sync::Outcome::Postponed(_)),
+        "{outcome:?}"
+    );
+    let after = held_by(&mut conn).await;
+    assert_eq!(after.0, None, "lease released until the retry");
+    assert_eq!(after.1.0, "queued");
+}
+
 #[tokio::test]
 async fn t5_one_sync_job_per_account_and_an_expired_lease_restarts_the_run_once() {
     let w = quiet_world(10, 2).await;
