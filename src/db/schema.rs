@@ -109,6 +109,7 @@ diesel::table! {
         status -> Text,
         event_id -> Nullable<Text>,
         updated_at -> Timestamptz,
+        retired_at -> Nullable<Timestamptz>,
     }
 }
 
