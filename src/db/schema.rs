@@ -178,6 +178,7 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        wait_for_license -> Bool,
     }
 }
 

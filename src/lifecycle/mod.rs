@@ -778,6 +778,7 @@ async fn move_device(
             // V3: where nothing is available in the destination only the revocation happens
             // (the move does not join a wait-list).
             wait_until: None,
+            policy_wait_until: None,
             serves: None,
             serves_holder: None,
         };
