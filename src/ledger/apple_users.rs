@@ -218,8 +218,9 @@ pub async fn mark_retiring(
     .await
 }
 
-/// Apple finished retiring `users` at `account` (event `event_id`): those still `retiring` by
-/// that event are `retired` (a user registered again meanwhile stays registered). Returns them.
+/// Apple finished retiring `users` at `account` (event `event_id`): those whose row still names
+/// that event are `retired` (a sync may have seen them registered meanwhile; a user registered
+/// again by `users/create` names the creation's event and stays registered). Returns them.
 pub async fn mark_retired(
     conn: &mut AsyncPgConnection,
     account: Uuid,
@@ -230,7 +231,7 @@ pub async fn mark_retired(
         apple_users::table
             .filter(apple_users::account_id.eq(account))
             .filter(apple_users::client_user_id.eq_any(users))
-            .filter(apple_users::status.eq("retiring"))
+            .filter(apple_users::status.eq_any(["retiring", "registered"]))
             .filter(apple_users::event_id.eq(event_id)),
     )
     .set((
