@@ -104,9 +104,11 @@ pub struct AllocateBody {
     /// 409: the answer is 202 with a `waiting` assignment and its place in line, served (it
     /// becomes `pending`) the moment a license frees, or `failed` once
     /// `VPP_WAIT_EXPIRY_HOURS` passed. Refusals other than "no license left" are answered as
-    /// without it; a dry run never waits.
-    #[serde(default)]
-    pub wait_for_license: bool,
+    /// without it; a dry run never waits. Absent: the asset's distribution policy decides
+    /// (its `wait_for_license`, default `false`); `false` never waits, whatever the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub wait_for_license: Option<bool>,
 }
 
 fn auto() -> LicenseWish {
@@ -701,7 +703,8 @@ impl Answer {
 /// licenses (9709) and the service re-allocated from another account, the waited answer is the
 /// live replacement, and `replaces` names the failed assignment.
 ///
-/// With `wait_for_license: true`, "no license left anywhere" is not a 409 but a place in line
+/// With `wait_for_license: true` (or without it, when the asset's distribution policy says
+/// `wait_for_license`; `false` never waits), "no license left anywhere" is not a 409 but a place in line
 /// (A12): 202 with the assignment in state `waiting` and `waiting.position` (reserved subjects
 /// first, then first come). It is served the moment a license frees (a revocation, a purchase
 /// found by Apple's `ASSET_COUNT` notification or a sync) under the same rules as any
@@ -720,7 +723,7 @@ impl Answer {
     request_body = AllocateBody,
     responses(
         (status = 201, description = "A license was allocated; `decision` explains the choice", body = Allocation),
-        (status = 202, description = "A12: no license was left and `wait_for_license` was asked (or the subject already waits for the asset): the assignment is `waiting`, with its place in line (`assignment.waiting`); `Location` names it", body = Allocation),
+        (status = 202, description = "A12: no license was left and `wait_for_license` was asked, or left out and the asset's policy says `wait_for_license` (or the subject already waits for the asset): the assignment is `waiting`, with its place in line (`assignment.waiting`); `Location` names it", body = Allocation),
         (status = 200, description = "The subject already holds a license for the asset (A6/A7), or a dry run", body = Allocation),
         (status = 403, description = "The asset's policy disallows the subject (`subject-disallowed`)"),
         (status = 404, description = "Unknown space, or no account of the space owns the asset (`asset-not-found`)"),
@@ -740,10 +743,21 @@ pub async fn allocate_license(
     let wait = wait_seconds(query.wait)?;
     let body = body.0;
     validate(&body)?;
-    let wait_until = body.wait_for_license.then(|| {
-        Utc::now() + chrono::Duration::hours(state.reconciliation.wait_expiry_hours as i64)
-    });
-    let request = allocation_request(&space, &body, caller.origin(), wait_until);
+    // Absent: the asset's policy decides (A12), with the same expiry.
+    let expiry =
+        Utc::now() + chrono::Duration::hours(state.reconciliation.wait_expiry_hours as i64);
+    let (wait_until, policy_wait_until) = match body.wait_for_license {
+        Some(true) => (Some(expiry), None),
+        Some(false) => (None, None),
+        None => (None, Some(expiry)),
+    };
+    let request = allocation_request(
+        &space,
+        &body,
+        caller.origin(),
+        wait_until,
+        policy_wait_until,
+    );
     let key = idempotency::key(&req)?;
     let (mut answer, replayed) = match key {
         // The common path: decided together with this process's concurrent allocations.
@@ -798,6 +812,7 @@ fn allocation_request(
     body: &AllocateBody,
     origin: Origin,
     wait_until: Option<DateTime<Utc>>,
+    policy_wait_until: Option<DateTime<Utc>>,
 ) -> AllocationRequest {
     AllocationRequest {
         space: space.to_owned(),
@@ -824,6 +839,7 @@ fn allocation_request(
         exclude_accounts: Vec::new(),
         replaces: None,
         wait_until,
+        policy_wait_until,
         serves: None,
         serves_holder: None,
     }

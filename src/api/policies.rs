@@ -2,7 +2,8 @@
 //! A2, A3 in docs/rules.md). Reading needs `licenses:read`; changing needs `accounts:manage`.
 //!
 //! A policy is replaced whole (`PUT`): reserved subjects (devices or users, optionally with the
-//! account to reserve from), first-come-first-served groups, disallowed subjects or groups.
+//! account to reserve from), first-come-first-served groups, disallowed subjects or groups, and
+//! `wait_for_license` (A12: allocations that do not say wait for a license by default).
 //! A subject or group may appear in one mode only; a reservation's account must belong to the
 //! space.
 
@@ -81,6 +82,11 @@ pub struct PolicyBody {
     /// Never get a license for this asset (A3).
     #[serde(default)]
     pub disallowed: Vec<Disallowed>,
+    /// A12: an allocation of this asset that does not say `wait_for_license` waits in line
+    /// when no license is left (202, `waiting`) instead of the 409; one that says
+    /// `wait_for_license: false` is refused as before. Default `false`.
+    #[serde(default)]
+    pub wait_for_license: bool,
 }
 
 /// A distribution policy.
@@ -93,6 +99,8 @@ pub struct Policy {
     pub reserved: Vec<Reservation>,
     pub fcfs_groups: Vec<String>,
     pub disallowed: Vec<Disallowed>,
+    /// A12: allocations that do not say `wait_for_license` wait for a license when none is left.
+    pub wait_for_license: bool,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -118,6 +126,7 @@ fn view(p: PolicyRow, entries: &[EntryRow]) -> Policy {
         reserved: Vec::new(),
         fcfs_groups: Vec::new(),
         disallowed: Vec::new(),
+        wait_for_license: p.wait_for_license,
         version: p.version,
         created_at: p.created_at,
         updated_at: p.updated_at,
@@ -407,6 +416,7 @@ pub async fn put_policy(
         asset,
         if_match.versions(),
         &new_entries,
+        body.0.wait_for_license,
     )
     .await?;
     let policy = view(replaced.policy, &replaced.entries);

@@ -134,9 +134,14 @@ fn fail_response(rule: &FailRule) -> HttpResponse {
 }
 
 /// Global faults: a matching "fail next" rule, then the error rate.
-fn faults(sim: &Sim, location: Option<&str>) -> Result<(), HttpResponse> {
+fn faults(sim: &Sim, location: Option<&str>, req: &HttpRequest) -> Result<(), HttpResponse> {
+    let path = req.path();
+    let endpoint = path
+        .strip_prefix("/mdm/v2")
+        .unwrap_or(path)
+        .trim_matches('/');
     let mut state = sim.lock();
-    if let Some(rule) = state.take_fail_rule(location) {
+    if let Some(rule) = state.take_fail_rule(location, endpoint) {
         return Err(fail_response(&rule));
     }
     let rate = state.faults.error_rate;
@@ -181,7 +186,7 @@ fn guard(sim: &Sim, req: &HttpRequest) -> Result<Caller, HttpResponse> {
         }
         caller
     };
-    faults(sim, Some(&caller.location))?;
+    faults(sim, Some(&caller.location), req)?;
     Ok(caller)
 }
 
@@ -265,7 +270,7 @@ async fn wrong_method() -> HttpResponse {
 }
 
 async fn service_config(sim: web::Data<Sim>, req: HttpRequest) -> HttpResponse {
-    tri!(faults(&sim, None));
+    tri!(faults(&sim, None, &req));
     let info = req.connection_info();
     let base = format!("{}://{}/mdm/v2", info.scheme(), info.host());
     let urls = [

@@ -174,6 +174,10 @@ pub struct FailRule {
     /// Only requests with a token of this location (uId); absent = every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Only requests to this endpoint, its path after `/mdm/v2/` (e.g. `users/retire`);
+    /// absent = every endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 fn default_fail_status() -> u16 {

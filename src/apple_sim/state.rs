@@ -673,9 +673,14 @@ impl State {
     }
 
     /// Takes one request from the first matching "fail next" rule.
-    pub fn take_fail_rule(&mut self, location: Option<&str>) -> Option<FailRule> {
+    /// `endpoint`: the request's path after `/mdm/v2/`.
+    pub fn take_fail_rule(&mut self, location: Option<&str>, endpoint: &str) -> Option<FailRule> {
         let index = self.faults.fail_next.iter().position(|r| {
-            r.count > 0 && r.location.as_deref().is_none_or(|l| Some(l) == location)
+            r.count > 0
+                && r.location.as_deref().is_none_or(|l| Some(l) == location)
+                && r.endpoint
+                    .as_deref()
+                    .is_none_or(|e| e.trim_matches('/') == endpoint)
         })?;
         let rule = &mut self.faults.fail_next[index];
         if rule.after > 0 {

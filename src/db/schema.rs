@@ -109,6 +109,7 @@ diesel::table! {
         status -> Text,
         event_id -> Nullable<Text>,
         updated_at -> Timestamptz,
+        retired_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -184,6 +185,7 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        wait_for_license -> Bool,
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, Dispatc
             Some(Job::Associate(w)) => (true, w.assignment_id),
             Some(Job::Disassociate(w)) => (false, w.assignment_id),
             // Not association work (or not a job this code knows): nothing to send.
-            Some(Job::PollEvent(_)) | None => {
+            Some(Job::PollEvent(_) | Job::RetireUser(_)) | None => {
                 done.push(j.id);
                 continue;
             }

@@ -32,6 +32,7 @@
 pub mod batch;
 pub mod lifecycle;
 pub mod maintenance;
+pub mod retire;
 pub mod retry;
 pub mod sync;
 pub mod users;
@@ -345,9 +346,13 @@ async fn process_account(
     let (polls, work): (Vec<ClaimedJob>, Vec<ClaimedJob>) = claimed
         .into_iter()
         .partition(|j| matches!(j.job, Some(Job::PollEvent(_))));
+    // Users to retire at Apple (after the releases, see [`retire`]).
+    let (retirements, work): (Vec<ClaimedJob>, Vec<ClaimedJob>) = work
+        .into_iter()
+        .partition(|j| matches!(j.job, Some(Job::RetireUser(_))));
     let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
     let chunks = batch::plan(ctx, &work).await?;
-    if chunks.is_empty() && polls.is_empty() {
+    if chunks.is_empty() && polls.is_empty() && retirements.is_empty() {
         // Only held-back or finished work: let the worker look at other accounts (or sleep)
         // instead of claiming the same jobs again at once.
         return Ok(false);
@@ -370,6 +375,15 @@ async fn process_account(
         for r in results {
             r?;
         }
+    }
+    if !retirements.is_empty() && !AtomicBool::load(&blocked, Ordering::SeqCst) {
+        let retired = retire::run(ctx, &account, &token, &retirements).await?;
+        if retired == retire::Retired::AccountBlocked {
+            blocked.store(true, Ordering::SeqCst);
+        }
+    } else if !retirements.is_empty() {
+        let ids: Vec<i64> = retirements.iter().map(|j| j.id).collect();
+        jobs::postpone(conn, &ids, now + chrono::Duration::seconds(30), None).await?;
     }
     if AtomicBool::load(&blocked, Ordering::SeqCst) {
         let ids: Vec<i64> = polls.iter().map(|j| j.id).collect();

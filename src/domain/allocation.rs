@@ -50,6 +50,10 @@ pub struct AllocationRequest {
     pub replaces: Option<Uuid>,
     /// A12: when no license is left, wait in line until this time instead of being refused.
     pub wait_until: Option<DateTime<Utc>>,
+    /// A12, a request that left waiting to the asset's policy (`wait_for_license` absent):
+    /// when no license is left and the policy says `wait_for_license`, wait in line until this
+    /// time. `None` when the request decided itself (or never waits).
+    pub policy_wait_until: Option<DateTime<Utc>>,
     /// A12: this request serves the waiting assignment with this id (the wait-list worker's
     /// re-decision); the license, if one is free, is written onto that assignment.
     pub serves: Option<Uuid>,

@@ -505,7 +505,9 @@ fn decide_one(
     let Some((c, at_apple)) = chosen else {
         // A12: a request that asked to wait joins the line instead (not a dry run, and not
         // the wait-list's own re-decision, which leaves its entry waiting).
-        if req.wait_until.is_some() && !dry_run && req.serves.is_none() {
+        let waits = req.wait_until.is_some()
+            || (req.policy_wait_until.is_some() && policy.wait_for_license);
+        if waits && !dry_run && req.serves.is_none() {
             let planned = Planned {
                 id: Uuid::now_v7(),
                 account_id: first_owner,
@@ -628,6 +630,7 @@ mod tests {
             exclude_accounts: Vec::new(),
             replaces: None,
             wait_until: None,
+            policy_wait_until: None,
             serves: None,
             serves_holder: None,
         }
@@ -759,6 +762,7 @@ mod tests {
                     mode: "reserved".into(),
                     account_id: None,
                 }],
+                wait_for_license: false,
             },
         );
         let vip = device_req("VIP");
@@ -861,6 +865,7 @@ mod tests {
                     mode: "reserved".into(),
                     account_id: Some(ida),
                 }],
+                wait_for_license: false,
             },
         );
         snap.outstanding.insert(asset(), [(Some(ida), 1)].into());

@@ -383,6 +383,10 @@ pub struct EventResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub former_user: Option<String>,
+    /// `user.deleted`: the accounts where Apple has the user registered, whose retirement
+    /// (`users/retire`) was queued; it is sent once the user's licenses there are released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring_at: Vec<Uuid>,
     /// `stale`: when the last applied event of the same subject and aspect occurred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

@@ -9,6 +9,9 @@
 //! * **First-come-first-served** groups: when a policy lists any, only their members (and
 //!   reserved subjects) may take a license; a policy without FCFS groups leaves the asset open
 //!   to everyone not disallowed. No policy at all means open to everyone in the space.
+//! * **`wait_for_license`** (A12): an allocation of the asset that leaves waiting to the policy
+//!   (no `wait_for_license` in the request) waits in line when no license is left; a request's
+//!   own `true` or `false` wins.
 
 use uuid::Uuid;
 
@@ -42,6 +45,8 @@ impl Who {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub entries: Vec<EntryRow>,
+    /// A12: a request that leaves waiting to the policy waits when no license is left.
+    pub wait_for_license: bool,
 }
 
 /// What the policy says about a subject.
@@ -135,6 +140,7 @@ mod tests {
                 entry("group", "students", "disallowed", None),
                 entry("group", "staff", "fcfs", None),
             ],
+            wait_for_license: false,
         };
         assert!(matches!(
             p.verdict(&device("S", &["students", "staff"])),
@@ -143,6 +149,7 @@ mod tests {
         // The device's user counts too.
         let p = Policy {
             entries: vec![entry("user", "u1", "disallowed", None)],
+            wait_for_license: false,
         };
         assert!(matches!(
             p.verdict(&device("S", &[])),
@@ -158,6 +165,7 @@ mod tests {
                 entry("device", "VIP", "reserved", Some(acct)),
                 entry("group", "staff", "fcfs", None),
             ],
+            wait_for_license: false,
         };
         assert_eq!(
             p.verdict(&device("VIP", &[])),

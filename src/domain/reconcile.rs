@@ -116,6 +116,7 @@ pub fn judge(
             .filter(|e| e.mode == "disallowed")
             .cloned()
             .collect(),
+        wait_for_license: false,
     };
     if let Verdict::Disallowed(why) = disallowing.verdict(&who) {
         return Some((ReconcileCriterion::Disallowed, why));
@@ -209,7 +210,10 @@ mod tests {
             entry("user", "u1", "disallowed"),
             entry("group", "students", "disallowed"),
         ] {
-            let p = Policy { entries: vec![e] };
+            let p = Policy {
+                entries: vec![e],
+                wait_for_license: false,
+            };
             let ctx = Context {
                 policy: Some(&p),
                 ..Context::default()
@@ -228,6 +232,7 @@ mod tests {
                 entry("device", "S", "disallowed"),
                 entry("group", "staff", "fcfs"),
             ],
+            wait_for_license: false,
         };
         let ctx = Context {
             policy: Some(&p),
@@ -247,6 +252,7 @@ mod tests {
                 entry("group", "staff", "fcfs"),
                 entry("device", "VIP", "reserved"),
             ],
+            wait_for_license: false,
         };
         let ctx = Context {
             policy: Some(&p),

@@ -144,7 +144,7 @@ pub async fn allocate_many(
     let waits: Vec<(&decide::Planned, waitlist::Asked<'_>)> = decided
         .iter()
         .zip(reqs)
-        .filter_map(|(d, r)| match (d, r.wait_until) {
+        .filter_map(|(d, r)| match (d, r.wait_until.or(r.policy_wait_until)) {
             (Decided::Waits(p), Some(expires_at)) => {
                 let (subject_kind, subject_external_id) = match &r.subject {
                     SubjectInput::Device { serial, .. } => (SubjectKind::Device, serial.as_str()),

@@ -1,5 +1,6 @@
 //! The wait-list (rule A12 in docs/rules.md): an allocation that asked to wait
-//! (`wait_for_license: true`) and found no license left anywhere is not refused; it becomes an
+//! (`wait_for_license: true`, or left it out for an asset whose distribution policy says
+//! `wait_for_license`) and found no license left anywhere is not refused; it becomes an
 //! assignment in state `waiting` with a place in its asset's line, and is served the moment a
 //! license frees, under the same rules as any allocation.
 //!
@@ -314,6 +315,7 @@ fn request(space: &str, asset: &AssetRef, e: &Entry) -> AllocationRequest {
         exclude_accounts: Vec::new(),
         replaces: None,
         wait_until: None,
+        policy_wait_until: None,
         serves: Some(e.assignment_id),
         serves_holder: Some(e.subject_id),
     }

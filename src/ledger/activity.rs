@@ -174,6 +174,12 @@ crate::text_enum! {
         /// subject, no account owns the asset, the subject got a license another way); it
         /// failed (`details`: reason).
         AssignmentWaitEnded = "assignment.wait_ended",
+        /// Apple retired a user at an account (`users/retire`, after a `user.deleted` event;
+        /// `subject`, `apple_event_id`).
+        AppleUserRetired = "apple_user.retired",
+        /// A user's retirement at an account was given up (`details.reason`: the user got a
+        /// license there again, or Apple refused it for good).
+        AppleUserRetireDropped = "apple_user.retire_dropped",
     }
 }
 

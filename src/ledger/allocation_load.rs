@@ -176,6 +176,8 @@ struct PolicyEntry {
     pricing_param: String,
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     policy_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    wait_for_license: bool,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     target_kind: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
@@ -305,8 +307,8 @@ pub async fn snapshot(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&subject_ids)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&adams);
     let policies_q = diesel::sql_query(
-        "SELECT p.adam_id, p.pricing_param, p.id AS policy_id, e.target_kind, e.target, e.mode,
-                e.account_id,
+        "SELECT p.adam_id, p.pricing_param, p.id AS policy_id, p.wait_for_license,
+                e.target_kind, e.target, e.mode, e.account_id,
                 COALESCE(e.mode = 'reserved' AND EXISTS (
                     SELECT 1 FROM subjects s JOIN assignments a ON a.subject_id = s.id
                      WHERE s.space_id = p.space_id AND s.kind = e.target_kind AND s.external_id = e.target
@@ -464,6 +466,7 @@ pub async fn snapshot(
             pricing_param: e.pricing_param,
         };
         let policy = snap.policies.entry(asset.clone()).or_default();
+        policy.wait_for_license = e.wait_for_license;
         let (Some(target_kind), Some(target), Some(mode)) = (e.target_kind, e.target, e.mode)
         else {
             continue;

@@ -668,7 +668,8 @@ pub async fn uses_user_licenses(conn: &mut AsyncPgConnection, account: Uuid) -> 
 }
 
 /// Users as Apple lists them: `registered` ones are remembered as registered (no need to create
-/// them again); the others (retired, deleted) are no longer registered. Returns rows changed.
+/// them again); the others (retired, deleted) are no longer registered: `retired` (kept, with
+/// when this service first knew it, like a retirement it sent). Returns rows changed.
 pub async fn apply_users(
     conn: &mut AsyncPgConnection,
     account: Uuid,
@@ -681,7 +682,7 @@ pub async fn apply_users(
             "INSERT INTO apple_users (account_id, client_user_id, status)
              SELECT $1, u, 'registered' FROM UNNEST($2::text[]) AS u
              ON CONFLICT (account_id, client_user_id) DO UPDATE
-                SET status = 'registered', updated_at = now()
+                SET status = 'registered', retired_at = NULL, updated_at = now()
               WHERE apple_users.status <> 'registered'",
         )
         .bind::<diesel::sql_types::Uuid, _>(account)
@@ -691,7 +692,9 @@ pub async fn apply_users(
     }
     for chunk in gone.chunks(CHUNK) {
         n += diesel::sql_query(
-            "DELETE FROM apple_users WHERE account_id = $1 AND client_user_id = ANY($2)",
+            "UPDATE apple_users SET status = 'retired', retired_at = COALESCE(retired_at, now()),
+                                    updated_at = now()
+              WHERE account_id = $1 AND client_user_id = ANY($2) AND status <> 'retired'",
         )
         .bind::<diesel::sql_types::Uuid, _>(account)
         .bind::<Array<Text>, _>(chunk)

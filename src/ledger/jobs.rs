@@ -21,6 +21,10 @@ crate::text_enum! {
         /// (`ledger::sync_runs`), never claimed by the dispatcher, one per account at a time
         /// (unique index `jobs_one_sync_per_account`).
         Sync = "sync",
+        /// Retire a user at Apple (`POST /users/retire`, payload [`RetireUser`]): queued by a
+        /// `user.deleted` lifecycle event per account where the user is registered, sent once
+        /// the user's releases there are settled ([`crate::ledger::apple_users`]).
+        RetireUser = "retire_user",
     }
 }
 
@@ -38,12 +42,19 @@ pub struct PollEvent {
     pub event_id: String,
 }
 
+/// The payload of a user's retirement at one account, serde-encoded into the `payload` column.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireUser {
+    pub client_user_id: String,
+}
+
 /// A job: its kind and that kind's payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
     Associate(AssignmentWork),
     Disassociate(AssignmentWork),
     PollEvent(PollEvent),
+    RetireUser(RetireUser),
 }
 
 impl Job {
@@ -52,6 +63,7 @@ impl Job {
             Job::Associate(_) => JobKind::Associate,
             Job::Disassociate(_) => JobKind::Disassociate,
             Job::PollEvent(_) => JobKind::PollEvent,
+            Job::RetireUser(_) => JobKind::RetireUser,
         }
     }
 
@@ -59,7 +71,7 @@ impl Job {
     pub fn assignment(&self) -> Option<Uuid> {
         match self {
             Job::Associate(w) | Job::Disassociate(w) => Some(w.assignment_id),
-            Job::PollEvent(_) => None,
+            Job::PollEvent(_) | Job::RetireUser(_) => None,
         }
     }
 
@@ -70,6 +82,7 @@ impl Job {
             JobKind::Associate => work.map(Job::Associate),
             JobKind::Disassociate => work.map(Job::Disassociate),
             JobKind::PollEvent => serde_json::from_value(payload).ok().map(Job::PollEvent),
+            JobKind::RetireUser => serde_json::from_value(payload).ok().map(Job::RetireUser),
             JobKind::Sync => None,
         }
     }
@@ -83,6 +96,10 @@ impl Job {
             Job::PollEvent(p) => (
                 None,
                 serde_json::to_value(p).unwrap_or_else(|_| serde_json::json!({})),
+            ),
+            Job::RetireUser(r) => (
+                None,
+                serde_json::to_value(r).unwrap_or_else(|_| serde_json::json!({})),
             ),
         }
     }

@@ -18,6 +18,8 @@ pub struct PolicyRow {
     pub version: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// A12: an allocation that does not say `wait_for_license` waits when none is left.
+    pub wait_for_license: bool,
 }
 
 pub async fn find(
@@ -125,13 +127,15 @@ pub async fn entries_for_asset(
         .await
 }
 
-/// Creates or replaces the policy of (space, asset) with `new_entries`; returns the policy.
+/// Creates or replaces the policy of (space, asset) with `new_entries` and its
+/// `wait_for_license` setting; returns the policy.
 pub async fn replace(
     conn: &mut AsyncPgConnection,
     space: &str,
     adam_id: &str,
     pricing_param: &str,
     new_entries: &[EntryRow],
+    wait_for_license: bool,
     id: Uuid,
 ) -> QueryResult<PolicyRow> {
     let policy: PolicyRow = diesel::insert_into(policies::table)
@@ -140,6 +144,7 @@ pub async fn replace(
             policies::space_id.eq(space),
             policies::adam_id.eq(adam_id),
             policies::pricing_param.eq(pricing_param),
+            policies::wait_for_license.eq(wait_for_license),
         ))
         .on_conflict((
             policies::space_id,
@@ -149,6 +154,7 @@ pub async fn replace(
         .do_update()
         .set((
             policies::version.eq(policies::version + 1),
+            policies::wait_for_license.eq(wait_for_license),
             policies::updated_at.eq(diesel::dsl::now),
         ))
         .returning(PolicyRow::as_returning())

@@ -39,8 +39,14 @@
 //!   license the device holds in the space ([`crate::engine::revoke`], so Apple's releases go
 //!   through the dispatcher).
 //! - `user.deleted` (and `user.disabled` when configured): every license the user holds.
-//!   Retiring the user at Apple (`users/retire`) is not done: the codebase has no dispatcher job
-//!   for it yet; the user's licenses are released, which is what frees them.
+//!   `user.deleted` also retires the user at Apple (`POST /users/retire`) at every account of
+//!   the space where Apple has it registered (`apple_users`; the accounts are in the result's
+//!   `retiring_at`): one `retire_user` job per account, sent by the dispatcher only once the
+//!   user's releases at that account are settled, many users per request
+//!   (the dispatcher's `retire` module says why in that order). `user.disabled` never retires: a
+//!   disabled user may come back, and a retired one would have to accept Apple's invitation
+//!   again; its licenses are released (when configured to revoke), which is what frees them.
+//!   A retired user that gets a user license again is registered again (`users/create`).
 //! - `device.groups_changed`, `user.groups_changed` (the full set), `device.user_changed`, and
 //!   `PUT …/devices/{serial}` / `…/users/{id}`: the facts are stored, then the subject's licenses
 //!   (a device's: its own and its user's user licenses, which its groups help grant) are
@@ -86,7 +92,7 @@ use crate::engine::allocate::{self, AllocationError};
 use crate::ledger::activity::{self, Activity, ActivityAction};
 use crate::ledger::lifecycle::{self as store, EventRow, NewEvent, SettingRow};
 use crate::ledger::subjects::{self, Facts};
-use crate::ledger::{assignments, revocations, spaces};
+use crate::ledger::{apple_users, assignments, revocations, spaces};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -532,6 +538,12 @@ async fn revoke_for(
         DeviceSeen => Ok(()),
         DeviceRetired | DeviceWiped | DeviceDeleted | DeviceCheckedOut | UserDeleted
         | UserDisabled | AppRemovedFromDevice => {
+            if event_type == UserDeleted {
+                // Retired at Apple at every account where it is registered, by the dispatcher
+                // once the releases queued below are settled there (`dispatch::retire`).
+                result.retiring_at =
+                    apple_users::queue_retirements(conn, space, &event.subject_id).await?;
+            }
             let Some(subject) =
                 subjects::find(conn, space, subject_kind(event), &event.subject_id).await?
             else {
@@ -766,6 +778,7 @@ async fn move_device(
             // V3: where nothing is available in the destination only the revocation happens
             // (the move does not join a wait-list).
             wait_until: None,
+            policy_wait_until: None,
             serves: None,
             serves_holder: None,
         };

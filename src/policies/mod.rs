@@ -54,14 +54,15 @@ pub struct Replaced {
     pub created: bool,
 }
 
-/// Creates or replaces the asset's policy with `new_entries`, if an existing policy's version
-/// is one of `versions` (any when `None`).
+/// Creates or replaces the asset's policy with `new_entries` and its `wait_for_license`
+/// setting (A12), if an existing policy's version is one of `versions` (any when `None`).
 pub async fn replace(
     conn: &mut AsyncPgConnection,
     origin: &Origin,
     asset: AssetKey<'_>,
     versions: Option<&[i64]>,
     new_entries: &[EntryRow],
+    wait_for_license: bool,
 ) -> Result<Replaced, PolicyError> {
     let AssetKey {
         space,
@@ -77,7 +78,16 @@ pub async fn replace(
                 current: existing.version,
             });
         }
-        let row = store::replace(conn, space, adam_id, pricing, new_entries, new_id).await?;
+        let row = store::replace(
+            conn,
+            space,
+            adam_id,
+            pricing,
+            new_entries,
+            wait_for_license,
+            new_id,
+        )
+        .await?;
         // The upsert keeps an existing policy's id: the new id means it was inserted.
         let created = row.id == new_id;
         activity::record(
@@ -94,7 +104,8 @@ pub async fn replace(
                     },
                 )
                 .space(space)
-                .details(serde_json::json!({"entries": new_entries.len()}))
+                .details(serde_json::json!({"entries": new_entries.len(),
+                                            "wait_for_license": wait_for_license}))
             },
         )
         .await?;

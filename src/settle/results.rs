@@ -303,6 +303,7 @@ async fn reallocate(
             exclude_accounts: vec![event.account_id],
             replaces: Some(old.id),
             wait_until: None,
+            policy_wait_until: None,
             serves: None,
             serves_holder: None,
         };

@@ -27,6 +27,7 @@ fn fail_next(
             retry_after_secs,
             retry_after_http_date: false,
             location: None,
+            endpoint: None,
         }),
         ..Default::default()
     }

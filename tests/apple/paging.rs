@@ -409,6 +409,7 @@ async fn an_error_on_a_later_page_stops_the_read() {
                 retry_after_secs: Some(30),
                 retry_after_http_date: false,
                 location: None,
+                endpoint: None,
             }),
             ..Default::default()
         })
@@ -446,6 +447,7 @@ async fn a_tolerant_read_pauses_on_a_429_and_asks_for_the_page_again() {
         retry_after_secs: Some(1),
         retry_after_http_date: false,
         location: None,
+        endpoint: None,
     };
     env.sim
         .set_faults(&FaultsPatch {

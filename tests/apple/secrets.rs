@@ -130,6 +130,7 @@ async fn secrets_never_appear_in_logs_or_errors() {
                 retry_after_secs: Some(5),
                 retry_after_http_date: false,
                 location: None,
+                endpoint: None,
             }),
             ..Default::default()
         })

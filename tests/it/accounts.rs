@@ -256,6 +256,7 @@ async fn t2_test_reports_every_status_driven_by_apple() {
             retry_after_secs: Some(120),
             retry_after_http_date: false,
             location: None,
+            endpoint: None,
         }),
         ..Default::default()
     })
@@ -277,6 +278,7 @@ async fn t2_test_reports_every_status_driven_by_apple() {
             retry_after_secs: None,
             retry_after_http_date: false,
             location: None,
+            endpoint: None,
         }),
         ..Default::default()
     })

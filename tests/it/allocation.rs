@@ -437,6 +437,7 @@ async fn t7_retry_after_pauses_only_that_account_and_work_resumes_by_itself() {
                 retry_after_secs: Some(2),
                 retry_after_http_date: false,
                 location: Some(U1.into()),
+                endpoint: None,
             }),
             ..Default::default()
         })

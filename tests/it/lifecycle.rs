@@ -1428,3 +1428,255 @@ async fn v5_put_and_the_worker_lock_the_mark_before_the_subject_without_deadlock
     let device: Device = api.get("/devices/DL1").await;
     assert_eq!(device.groups, ["b"]);
 }
+
+/// `apple_users` rows of `user`: (account, status, retired).
+async fn apple_user_rows(w: &World, user: &str) -> Vec<(Uuid, String, bool)> {
+    use vpp_broker::db::schema::apple_users;
+    let mut conn = w.app.db.connect().await;
+    let rows: Vec<(Uuid, String, Option<chrono::DateTime<Utc>>)> = apple_users::table
+        .filter(apple_users::client_user_id.eq(user))
+        .order(apple_users::account_id)
+        .select((
+            apple_users::account_id,
+            apple_users::status,
+            apple_users::retired_at,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(a, s, r)| (a, s, r.is_some()))
+        .collect()
+}
+
+/// The status Apple's location `u_id` gives each record of `user` (retired ones stay).
+async fn sim_user_statuses(w: &World, u_id: &str, user: &str) -> Vec<String> {
+    w.sim
+        .location(u_id)
+        .await
+        .unwrap()
+        .users
+        .into_iter()
+        .filter(|u| u.client_user_id == user)
+        .map(|u| u.status.map(|s| s.as_str().to_owned()).unwrap_or_default())
+        .collect()
+}
+
+fn count_of(counters: &std::collections::BTreeMap<String, u64>, key: &str) -> u64 {
+    counters.get(key).copied().unwrap_or(0)
+}
+
+async fn activity_count(w: &World, action: &str) -> i64 {
+    let mut conn = w.app.db.connect().await;
+    activity_log::table
+        .filter(activity_log::action.eq(action))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn v2_a_deleted_user_is_retired_at_apple_at_every_account_after_its_releases() {
+    // Two accounts: the first owns APP, the second APP2, so the user holds a license at both.
+    let w = fixtures::world(
+        vec![
+            location(U1, "One", vec![app(APP, 10)]),
+            location(U2, "Two", vec![app(APP2, 10)]),
+        ],
+        &[("One", U1), ("Two", U2)],
+    )
+    .await;
+    let api = w.api();
+    let user = |adam: &str, id: &str| json!({"asset": {"adam_id": adam}, "subject": {"kind": "user", "id": id}});
+    let at_one = api.allocated(&user(APP, "u1")).await.id();
+    let at_two = api.allocated(&user(APP2, "u1")).await.id();
+    let other = api.allocated(&user(APP, "u2")).await.id();
+    for id in [at_one, at_two, other] {
+        assert_eq!(api.final_state(id).await.state.as_str(), "active");
+    }
+    assert_eq!(api.assignment(at_one).await.account_id, w.accounts[0]);
+    assert_eq!(api.assignment(at_two).await.account_id, w.accounts[1]);
+    w.sim.reset_counters().await.unwrap();
+
+    accepted(
+        &api,
+        vec![
+            event("del-u1", "user.deleted", "u1", json!({}), 5),
+            // Never registered with Apple: nothing to retire, no Apple call.
+            event("del-ghost", "user.deleted", "ghost", json!({}), 5),
+        ],
+    )
+    .await;
+    let applied = settled(&api, "del-u1").await;
+    let mut accounts = w.accounts.clone();
+    accounts.sort();
+    assert_eq!(applied.result.as_ref().unwrap().retiring_at, accounts);
+    let ghost = settled(&api, "del-ghost").await;
+    assert!(ghost.result.unwrap().retiring_at.is_empty());
+
+    // Released first (the ledger's own path), then retired at both locations.
+    for id in [at_one, at_two] {
+        assert_eq!(api.final_state(id).await.state.as_str(), "revoked");
+    }
+    eventually(
+        "u1 retired at both accounts",
+        async || apple_user_rows(&w, "u1").await,
+        |rows| rows.len() == 2 && rows.iter().all(|(_, s, r)| s == "retired" && *r),
+    )
+    .await;
+    for u_id in [U1, U2] {
+        assert_eq!(
+            sim_user_statuses(&w, u_id, "u1").await,
+            ["Retired"],
+            "{u_id}"
+        );
+        let held: Vec<_> = w
+            .sim
+            .location(u_id)
+            .await
+            .unwrap()
+            .assignments
+            .into_iter()
+            .filter(|a| a.client_user_id.as_deref() == Some("u1"))
+            .collect();
+        assert!(held.is_empty(), "{u_id}: {held:?}");
+    }
+    // The other user stays registered and licensed.
+    assert_eq!(sim_user_statuses(&w, U1, "u2").await, ["Registered"]);
+    assert_eq!(apple_user_rows(&w, "u2").await[0].1, "registered");
+    assert_eq!(state_of(&api, other).await, "active");
+    let counters = w.sim.counters().await.unwrap();
+    assert_eq!(
+        count_of(&counters, "POST /users/retire"),
+        2,
+        "one retirement per account, none for the ghost: {counters:?}"
+    );
+    assert_eq!(activity_count(&w, "apple_user.retired").await, 2);
+
+    // Licensed again later: registered again (`users/create`) before the association.
+    let again = api.allocated(&user(APP, "u1")).await.id();
+    assert_eq!(api.final_state(again).await.state.as_str(), "active");
+    let counters = w.sim.counters().await.unwrap();
+    assert_eq!(count_of(&counters, "POST /users/create"), 1, "{counters:?}");
+    let mut statuses = sim_user_statuses(&w, U1, "u1").await;
+    statuses.sort();
+    assert_eq!(statuses, ["Registered", "Retired"]);
+    let rows = apple_user_rows(&w, "u1").await;
+    let first = rows.iter().find(|r| r.0 == w.accounts[0]).unwrap();
+    assert_eq!((first.1.as_str(), first.2), ("registered", false));
+}
+
+#[tokio::test]
+async fn v2_deleted_users_are_retired_in_as_few_requests_as_apple_allows() {
+    let w = fixtures::world(
+        vec![location(U1, "Library", vec![app(APP, 200)])],
+        &[("Main", U1)],
+    )
+    .await;
+    let api = w.api();
+    let n = 120;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let body = json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": format!("bulk-{i}")}});
+        ids.push(api.allocated(&body).await.id());
+    }
+    for id in &ids {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "active");
+    }
+    w.sim.reset_counters().await.unwrap();
+    // Apple takes 2 s per release, so the releases of the whole burst are still under way
+    // while the worker applies the events (on a loaded machine too): the retirements, which
+    // wait for them, are then all ready at once.
+    w.sim
+        .update_settings(&vpp_broker::apple_sim::SettingsPatch {
+            event_delay_ms: Some(2000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            event(
+                &format!("bulk-del-{i}"),
+                "user.deleted",
+                &format!("bulk-{i}"),
+                json!({}),
+                5,
+            )
+        })
+        .collect();
+    accepted(&api, events).await;
+    eventually(
+        "every user retired",
+        async || activity_count(&w, "apple_user.retired").await,
+        |n_retired| *n_retired == n as i64,
+    )
+    .await;
+    let counters = w.sim.counters().await.unwrap();
+    // maxUsers is 100: 120 users are two requests.
+    assert_eq!(count_of(&counters, "POST /users/retire"), 2, "{counters:?}");
+    for id in &ids {
+        assert_eq!(state_of(&api, *id).await, "revoked");
+    }
+    let location = w.sim.location(U1).await.unwrap();
+    assert!(
+        location
+            .users
+            .iter()
+            .filter(|u| u.client_user_id.starts_with("bulk-"))
+            .all(|u| u.status.as_ref().map(|s| s.as_str()) == Some("Retired"))
+    );
+}
+
+#[tokio::test]
+async fn v2_a_retirement_apple_fails_is_retried_not_lost() {
+    let w = world().await;
+    let api = w.api();
+    let id = api
+        .allocated(&json!({"asset": {"adam_id": APP}, "subject": {"kind": "user", "id": "u1"}}))
+        .await
+        .id();
+    assert_eq!(api.final_state(id).await.state.as_str(), "active");
+    w.sim.reset_counters().await.unwrap();
+    // Apple answers the next two retirements with 500 (other requests are not affected).
+    w.sim
+        .set_faults(&vpp_broker::apple_sim::FaultsPatch {
+            fail_next: Some(vpp_broker::apple_sim::FailRule {
+                after: 0,
+                count: 2,
+                status: 500,
+                error_number: 9603,
+                retry_after_secs: None,
+                retry_after_http_date: false,
+                location: None,
+                endpoint: Some("users/retire".into()),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    accepted(
+        &api,
+        vec![event("del-u1", "user.deleted", "u1", json!({}), 5)],
+    )
+    .await;
+    settled(&api, "del-u1").await;
+    assert_eq!(api.final_state(id).await.state.as_str(), "revoked");
+    eventually(
+        "u1 retired after Apple's failures",
+        async || apple_user_rows(&w, "u1").await,
+        |rows| rows.iter().all(|(_, s, r)| s == "retired" && *r),
+    )
+    .await;
+    assert_eq!(sim_user_statuses(&w, U1, "u1").await, ["Retired"]);
+    let counters = w.sim.counters().await.unwrap();
+    assert_eq!(
+        count_of(&counters, "POST /users/retire"),
+        3,
+        "two failures, then the retirement: {counters:?}"
+    );
+    assert!(w.sim.faults().await.unwrap().fail_next.is_empty());
+    assert_eq!(activity_count(&w, "apple_user.retired").await, 1);
+    assert_eq!(activity_count(&w, "apple_user.retire_dropped").await, 0);
+}

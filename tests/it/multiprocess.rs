@@ -1,6 +1,7 @@
 //! Several `serve` processes on one database, configured like the Helm chart configures pods: no
 //! over-allocation across replicas (A9 in docs/rules.md), a killed replica's work finished by the
-//! others, one migration run for replicas starting together, graceful drain on SIGTERM.
+//! others, one migration run for replicas starting together, graceful drain on SIGTERM, and
+//! lifecycle events applied exactly once by three processes, one of them killed mid-batch.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::sync::Semaphore;
 use vpp_broker::api::accounts::Account;
 use vpp_broker::api::assignments::Allocation;
 use vpp_broker::apple_sim::SimHandle;
-use vpp_broker::db::schema::{assignments, jobs, subjects};
+use vpp_broker::db::schema::{assignments, jobs, lifecycle_events, subjects};
 
 use crate::support::db::TestDb;
 use crate::support::procs::{ServeProcess, chart_env};
@@ -39,6 +40,26 @@ async fn cluster(total_a: i64, total_b: i64) -> Cluster {
         location(UB, "Library B", vec![app(APP, total_b)]),
     ])
     .await;
+    let c = cluster_on(sim).await;
+    // B serves only the `eligible` group when A runs out.
+    let resp = c
+        .http
+        .patch(format!(
+            "{}/v1/spaces/acme/accounts/{}",
+            c.procs[0].base_url, c.b
+        ))
+        .bearer_auth(admin_token())
+        .json(&json!({"distribution_list": [{"kind": "group", "value": "eligible"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    c
+}
+
+/// Three `serve` processes on a new database, Apple being `sim` (which has locations UA and
+/// UB), space `acme` with account A (UA) and B (UB).
+async fn cluster_on(sim: SimHandle) -> Cluster {
     let db = TestDb::new().await;
     let env = chart_env(&db.url, &sim.base_url());
     let procs: Vec<ServeProcess> = (0..3).map(|_| ServeProcess::spawn(&env)).collect();
@@ -73,15 +94,6 @@ async fn cluster(total_a: i64, total_b: i64) -> Cluster {
         .unwrap();
         ids.push(read::<Account>(resp, 201).await.id.to_string());
     }
-    // B serves only the `eligible` group when A runs out.
-    let resp = http
-        .patch(format!("{base}/v1/spaces/acme/accounts/{}", ids[1]))
-        .bearer_auth(admin_token())
-        .json(&json!({"distribution_list": [{"kind": "group", "value": "eligible"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
     Cluster {
         sim,
         db,
@@ -407,4 +419,237 @@ async fn replicas_starting_together_migrate_once_and_drain_in_flight_requests_on
         .unwrap();
     expect_problem(resp, 400, "invalid-parameter").await;
     procs.remove(0);
+}
+
+/// A second app only library A owns (part of the lifecycle proof below).
+const APP2: &str = "1000000002";
+
+/// `POST …/lifecycle-events` of `device.retired` events for devices `from..to` to `base`.
+async fn post_retired(http: &reqwest::Client, base: &str, from: usize, to: usize) -> Value {
+    let events: Vec<Value> = (from..to)
+        .map(|i| {
+            json!({"id": format!("ret-{i:04}"), "source": "mdm", "type": "device.retired",
+                   "occurred_at": "2026-12-01T10:00:00Z", "subject": {"id": format!("LC-{i:04}")}})
+        })
+        .collect();
+    let resp = http
+        .post(format!("{base}/v1/spaces/acme/lifecycle-events"))
+        .bearer_auth(admin_token())
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json().await.unwrap()
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct Tally {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rows: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    distinct_keys: i64,
+}
+
+/// (rows, distinct keys) of the activity rows of `action`, keyed by `key` (an SQL expression).
+async fn tally(conn: &mut diesel_async::AsyncPgConnection, action: &str, key: &str) -> (i64, i64) {
+    let t: Tally = diesel::sql_query(format!(
+        "SELECT count(*) AS rows, count(DISTINCT {key}) AS distinct_keys
+           FROM activity_log WHERE action = $1"
+    ))
+    .bind::<diesel::sql_types::Text, _>(action)
+    .get_result(conn)
+    .await
+    .unwrap();
+    (t.rows, t.distinct_keys)
+}
+
+/// Issue 14's proof: three `serve` processes share a stream of lifecycle events, one of them is
+/// killed with SIGKILL while the events are being applied (and started again), and every event
+/// is still applied exactly once: one `lifecycle.applied` row per event, one revocation per
+/// license, every license released at Apple once; posting the batches again answers
+/// `duplicate` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn v5_three_processes_apply_lifecycle_events_exactly_once_through_a_sigkill() {
+    const DEVICES: usize = 300;
+    const BATCH: usize = 100;
+    let sim = sim::start(vec![
+        location(UA, "Library A", vec![app(APP, 400), app(APP2, 400)]),
+        location(UB, "Library B", vec![app(APP, 0)]),
+    ])
+    .await;
+    let mut c = cluster_on(sim).await;
+    let bases: Vec<String> = c.procs.iter().map(|p| p.base_url.clone()).collect();
+
+    // 300 devices × 2 apps, allocated through all three processes.
+    let limit = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..DEVICES * 2 {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let http = c.http.clone();
+        let base = bases[i % bases.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let adam = if i.is_multiple_of(2) { APP } else { APP2 };
+            let body = json!({"asset": {"adam_id": adam},
+                              "subject": {"kind": "device", "id": format!("LC-{:04}", i / 2)}});
+            let resp = http
+                .post(format!("{base}/v1/spaces/acme/assignments"))
+                .bearer_auth(admin_token())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    drained(&c, Duration::from_secs(90)).await;
+    let mut conn = c.db.connect().await;
+    let active: i64 = assignments::table
+        .filter(assignments::state.eq("active"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(active, (DEVICES * 2) as i64);
+
+    // The events, in batches of 100, one batch per process, all at once.
+    let started = Instant::now();
+    let mut posts = Vec::new();
+    for (k, base) in bases.iter().enumerate() {
+        let http = c.http.clone();
+        let base = base.clone();
+        posts.push(tokio::spawn(async move {
+            post_retired(&http, &base, k * BATCH, (k + 1) * BATCH).await
+        }));
+    }
+    for p in posts {
+        let answer = p.await.unwrap();
+        assert_eq!(answer["accepted"], BATCH, "{answer}");
+    }
+    // SIGKILL the second process once the workers are under way.
+    let applied = async |conn: &mut diesel_async::AsyncPgConnection| -> i64 {
+        lifecycle_events::table
+            .filter(lifecycle_events::state.eq("applied"))
+            .count()
+            .get_result(conn)
+            .await
+            .unwrap()
+    };
+    let at_kill = eventually_within(
+        Duration::from_secs(30),
+        "some events applied",
+        async || applied(&mut conn).await,
+        |n| *n >= 20,
+    )
+    .await;
+    c.procs[1].signal(libc::SIGKILL);
+    let status = c.procs[1].wait_exit(Duration::from_secs(5)).await;
+    assert!(!status.success(), "the victim was killed");
+    assert!(
+        at_kill < DEVICES as i64,
+        "killed while events were being applied ({at_kill} of {DEVICES} applied)"
+    );
+    // Started again, as Kubernetes would.
+    let env = chart_env(&c.db.url, &c.sim.base_url());
+    c.procs[1] = ServeProcess::spawn(&env);
+    c.procs[1].wait_ready(&c.http).await;
+
+    eventually_within(
+        Duration::from_secs(90),
+        "every event applied",
+        async || applied(&mut conn).await,
+        |n| *n == DEVICES as i64,
+    )
+    .await;
+    let took = started.elapsed();
+    drained(&c, Duration::from_secs(90)).await;
+
+    // Every event applied exactly once.
+    let states: Vec<String> = lifecycle_events::table
+        .select(lifecycle_events::state)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(states.len(), DEVICES);
+    assert!(states.iter().all(|s| s == "applied"), "{states:?}");
+    assert_eq!(
+        tally(&mut conn, "lifecycle.applied", "details->'event'->>'id'").await,
+        (DEVICES as i64, DEVICES as i64),
+        "one lifecycle.applied row per event"
+    );
+    // One revocation per license, none revoked twice, each released at Apple once.
+    let revoked: i64 = assignments::table
+        .filter(assignments::state.eq("revoked"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(revoked, (DEVICES * 2) as i64);
+    assert_eq!(
+        tally(&mut conn, "assignment.revoke_requested", "assignment_id").await,
+        ((DEVICES * 2) as i64, (DEVICES * 2) as i64),
+        "one revocation per license"
+    );
+    assert_eq!(
+        tally(&mut conn, "assignment.revoked", "assignment_id").await,
+        ((DEVICES * 2) as i64, (DEVICES * 2) as i64),
+        "each license released at Apple once"
+    );
+    let snapshot = c.sim.location(UA).await.unwrap();
+    assert!(
+        snapshot.assignments.is_empty(),
+        "Apple still holds {:?}",
+        snapshot.assignments.len()
+    );
+    for asset in &snapshot.assets {
+        assert_eq!(asset.assigned_count, Some(0), "{asset:?}");
+        assert_eq!(asset.available_count, Some(400), "{asset:?}");
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Sent {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        requests: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        targets: i64,
+    }
+    let sent: Sent = diesel::sql_query(
+        "SELECT count(*) AS requests, COALESCE(sum(requested), 0)::bigint AS targets
+           FROM apple_events WHERE kind = 'disassociate'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    println!(
+        "lifecycle through a SIGKILL: {DEVICES} events ({} licenses) applied in {took:?}; \
+         killed after {at_kill}; {} release requests for {} targets",
+        DEVICES * 2,
+        sent.requests,
+        sent.targets
+    );
+
+    // The same batches again: every event a duplicate, answered `applied`; nothing changes.
+    for (k, base) in bases.iter().enumerate() {
+        let base = if k == 1 { &c.procs[1].base_url } else { base };
+        let answer = post_retired(&c.http, base, k * BATCH, (k + 1) * BATCH).await;
+        assert_eq!(answer["accepted"], 0, "{answer}");
+        assert_eq!(answer["duplicates"], BATCH, "{answer}");
+        let entries = answer["events"].as_array().unwrap();
+        assert!(
+            entries
+                .iter()
+                .all(|e| e["duplicate"] == true && e["status"] == "applied"),
+            "{answer}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tally(&mut conn, "lifecycle.applied", "details->'event'->>'id'").await,
+        (DEVICES as i64, DEVICES as i64)
+    );
+    let queued: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
+    assert_eq!(queued, 0);
 }

@@ -832,6 +832,7 @@ async fn t5_apple_unavailable_postpones_the_run_and_it_succeeds_later() {
                 retry_after_secs: Some(1),
                 retry_after_http_date: false,
                 location: None,
+                endpoint: None,
             }),
             ..Default::default()
         })

@@ -538,6 +538,7 @@ async fn a12_benchmark_a_line_of_waiting_entries_is_served_in_one_run() {
             exclude_accounts: Vec::new(),
             replaces: None,
             wait_until: Some(until),
+            policy_wait_until: None,
             serves: None,
             serves_holder: None,
         })
@@ -849,4 +850,75 @@ async fn a12_a_poison_entry_is_isolated_and_the_line_behind_it_is_served() {
     );
     assert_eq!(state_of(&api, w2.id).await, "pending");
     assert_eq!(held_and_total(&w.app, w.accounts[0]).await, (2, 2));
+}
+
+/// `PUT …/policies/APP/STDQ` with `body`; the policy answered.
+async fn put_policy(
+    api: &Client<'_>,
+    body: Value,
+    status: u16,
+) -> vpp_broker::api::policies::Policy {
+    let resp = api
+        .req(Method::PUT, &format!("/policies/{APP}/STDQ"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    read(resp, status).await
+}
+
+#[tokio::test]
+async fn a12_a_policy_with_wait_for_license_makes_allocations_wait_unless_they_say_false() {
+    let w = world(1).await;
+    let api = w.api();
+    active(&api, "HOLDER").await;
+
+    // The policy asks to wait: an allocation that does not say waits in line (202).
+    let policy = put_policy(&api, json!({"wait_for_license": true}), 201).await;
+    assert!(policy.wait_for_license);
+    let read_back: vpp_broker::api::policies::Policy =
+        api.get(&format!("/policies/{APP}/STDQ")).await;
+    assert!(read_back.wait_for_license);
+    let waits = wait_with(&api, &device("BY-POLICY")).await;
+    assert_eq!(position(&waits), 1);
+    // A request that says `false` is refused as before.
+    let resp = api
+        .allocate(
+            &json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "NO-WAIT"},
+                          "wait_for_license": false}),
+        )
+        .await;
+    expect_problem(resp, 409, "no-license-available").await;
+    // A dry run never waits, whatever the policy.
+    let resp = api
+        .allocate(
+            &json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": "DRY"},
+                          "dry_run": true}),
+        )
+        .await;
+    expect_problem(resp, 409, "no-license-available").await;
+
+    // The policy no longer asks (the setting's default): as before, 409 without the flag and
+    // a place in line with it.
+    let policy = put_policy(&api, json!({"fcfs_groups": []}), 200).await;
+    assert!(!policy.wait_for_license);
+    expect_problem(
+        api.allocate(&device("OFF")).await,
+        409,
+        "no-license-available",
+    )
+    .await;
+    let asked = wait_in_line(&api, "ASKED").await;
+    assert_eq!(position(&asked), 2);
+
+    // Both wait in line; nothing else does.
+    let mut conn = w.app.db.connect().await;
+    let waiting_now: i64 = vpp_broker::db::schema::assignments::table
+        .filter(vpp_broker::db::schema::assignments::state.eq("waiting"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(waiting_now, 2);
+    assert_eq!(state_of(&api, waits.id).await, "waiting");
 }

@@ -1,0 +1,1 @@
+ALTER TABLE distribution_policies DROP COLUMN wait_for_license;
