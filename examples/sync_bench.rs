@@ -350,8 +350,7 @@ async fn allocations(base: &str, token: &str, tag: &str, rate: u64, secs: u64) -
             .expect("load runtime");
         // A client of that runtime: a client's connections belong to the runtime that made them.
         let http = reqwest::Client::new();
-        let latencies =
-            runtime.block_on(timed_allocations(&http, &base, &token, &tag, rate, secs));
+        let latencies = runtime.block_on(timed_allocations(&http, &base, &token, &tag, rate, secs));
         let _ = tx.send(latencies);
     });
     rx.await.expect("load thread")
@@ -652,14 +651,8 @@ async fn main() {
         "allocations: {} per second for {} s, without a sync ...",
         args.alloc_rate, args.alloc_seconds
     );
-    let quiet_latencies = allocations(
-        &base,
-        &token,
-        "quiet",
-        args.alloc_rate,
-        args.alloc_seconds,
-    )
-    .await;
+    let quiet_latencies =
+        allocations(&base, &token, "quiet", args.alloc_rate, args.alloc_seconds).await;
     println!("... and while full syncs run back to back");
     let syncing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let syncs = {
@@ -680,14 +673,8 @@ async fn main() {
     };
     // Let the first sync pass page 0 before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let busy_latencies = allocations(
-        &base,
-        &token,
-        "busy",
-        args.alloc_rate,
-        args.alloc_seconds,
-    )
-    .await;
+    let busy_latencies =
+        allocations(&base, &token, "busy", args.alloc_rate, args.alloc_seconds).await;
     syncing.store(false, std::sync::atomic::Ordering::SeqCst);
     let sync_walls = syncs.await.expect("syncs");
     let (quiet_p50, quiet_p99) = (

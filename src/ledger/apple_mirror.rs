@@ -710,7 +710,8 @@ pub struct Synced<'a> {
     pub assignments_version: Option<&'a str>,
     pub assets_version: Option<&'a str>,
     pub users_version: Option<&'a str>,
-    /// The read had Apple's whole asset list: every asset's counts are confirmed as of now
+    /// A stable full read had Apple's whole asset list (and marked the assets it no longer
+    /// lists vanished): every listed asset's counts are confirmed as of now
     /// (`asset_list_reads`), including those whose row the sync did not rewrite.
     pub assets_read: bool,
 }

@@ -228,6 +228,21 @@ pub async fn heartbeat(
     Ok(n == 1)
 }
 
+/// Locks the job, if it is there, and tells whether another worker than `worker` holds it now
+/// (this one's lease ran out and was taken over). A job that is gone (its account was
+/// deleted) is nobody's: the run may still be ended.
+pub async fn taken_over(conn: &mut AsyncPgConnection, job: i64, worker: &str) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "SELECT id FROM jobs WHERE id = $1 AND locked_by IS NOT NULL AND locked_by <> $2
+            FOR UPDATE",
+    )
+    .bind::<BigInt, _>(job)
+    .bind::<Text, _>(worker)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
 /// Locks the job for the apply, if `worker` still holds it. False: it must not apply.
 pub async fn still_held(conn: &mut AsyncPgConnection, job: i64, worker: &str) -> QueryResult<bool> {
     let n = diesel::sql_query("SELECT id FROM jobs WHERE id = $1 AND locked_by = $2 FOR UPDATE")

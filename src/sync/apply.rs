@@ -2,10 +2,12 @@
 //!
 //! 1. the mirror: rows Apple newly lists are inserted, and a complete full read deletes
 //!    the account's rows it did not see;
-//! 2. a short one: the account's asset rows are locked, Apple's counts written, new assets
+//! 2. a short one: the asset rows are compared with the read unlocked; only those it changes
+//!    and those recounted are locked (in key order) and written — Apple's counts, new assets
 //!    inserted (`asset.appeared`), assets Apple no longer lists zeroed (`asset.vanished`),
-//!    `foreign_assigned` recounted from the mirror, users' statuses, the versionIds and sync
-//!    times;
+//!    `foreign_assigned` recounted from the mirror —, then users' statuses, the versionIds,
+//!    the sync times and, after a stable full read, `asset_list_reads` (the counts of the
+//!    rows not rewritten are confirmed as of then);
 //! 3. without the asset rows' locks: the drift report, and the run's end (`sync.finished`; the
 //!    job goes).
 //!
@@ -191,7 +193,9 @@ pub async fn apply(
                     assignments_version: read.assignments_version.as_deref(),
                     assets_version: read.assets_version.as_deref(),
                     users_version: read.users_version.as_deref(),
-                    assets_read: read.assets.is_some(),
+                    // Only a stable full read marks what Apple no longer lists as vanished:
+                    // only then are the unlisted rows known not to be confirmed.
+                    assets_read: complete && read.assets.is_some(),
                 },
             )
             .await?;

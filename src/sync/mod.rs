@@ -322,8 +322,9 @@ async fn fail(
     let mut conn = state.pool.get().await?;
     let error = json!({"reason": reason, "attempt": claimed.attempts});
     let row = diesel_async::AsyncConnection::transaction(&mut *conn, async |conn| {
-        // A worker whose lease another one took over records nothing.
-        if !sync_runs::still_held(conn, claimed.job_id, worker).await? {
+        // A worker whose lease another one took over records nothing. (A job that is gone —
+        // its account was deleted — still ends its run.)
+        if sync_runs::taken_over(conn, claimed.job_id, worker).await? {
             return Ok::<_, diesel::result::Error>(None);
         }
         let row = sync_runs::finish(

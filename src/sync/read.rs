@@ -243,8 +243,6 @@ fn split_users(listing: Option<Listing<crate::apple::types::User>>) -> (Users, O
     (Some((registered, gone)), listing.version_id)
 }
 
-/// Apple's assignments as mirror rows, sorted and distinct (a moving read may list one twice;
-/// an upsert statement must not touch a row twice).
 /// A full read's rows, sorted, and their digests: CPU work of about 100 ms for 100,000
 /// assignments, done on a blocking thread so that the runtime's threads, which also decide
 /// allocations, are not held by it (the allocation latency during syncs, docs/benchmarks.md).
@@ -270,6 +268,8 @@ async fn rows_and_digests(
     }
 }
 
+/// Apple's assignments as mirror rows, sorted and distinct (a moving read may list one twice;
+/// an upsert statement must not touch a row twice).
 fn mirror_rows(items: Vec<crate::apple::types::Assignment>) -> Vec<MirrorRow> {
     let mut rows: Vec<MirrorRow> = items
         .into_iter()

@@ -741,6 +741,39 @@ async fn t5_a_worker_that_lost_its_lease_neither_fails_nor_postpones_the_run() {
     assert_eq!(after.1.0, "queued");
 }
 
+/// An account deleted while its sync runs takes the job with it (cascade): the run is still
+/// ended, `failed`, rather than left `running` for ever.
+#[tokio::test]
+async fn t5_a_sync_whose_account_was_deleted_meanwhile_ends_failed() {
+    let w = quiet_world(10, 0).await;
+    let account = w.accounts[0];
+    let mut conn = w.app.db.connect().await;
+    let claimed = runs::claim(&mut conn, "worker", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the attach run is due");
+    diesel::sql_query("DELETE FROM accounts WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(account)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let settings = vpp_broker::sync::Settings::from_state(&w.app.state, Duration::from_secs(5));
+    let outcome = vpp_broker::sync::run(&w.app.state, &claimed, "worker", &settings)
+        .await
+        .unwrap();
+    let vpp_broker::sync::Outcome::Finished(row) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(row.state.to_string(), "failed");
+    let state: String = sync_runs::table
+        .find(claimed.run.id)
+        .select(sync_runs::state)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(state, "failed");
+}
+
 #[tokio::test]
 async fn t5_one_sync_job_per_account_and_an_expired_lease_restarts_the_run_once() {
     let w = quiet_world(10, 2).await;
