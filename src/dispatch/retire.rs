@@ -122,7 +122,13 @@ pub async fn run(
     jobs::unclaim(&mut conn, &held, retry::at(back)).await?;
     drop(conn);
 
-    let max = ctx.state.apple.service_config().await?.max_users().max(1);
+    // Apple's limit as last read when it cannot be read now: an outage must not hold the
+    // claimed jobs (their request fails and is retried on its own).
+    let max = match ctx.state.apple.service_config().await {
+        Ok(config) => config.max_users(),
+        Err(_) => ctx.state.apple.known_service_config().max_users(),
+    }
+    .max(1);
     let mut sent = 0;
     let mut chunks = ready.chunks(max);
     while let Some(chunk) = chunks.next() {

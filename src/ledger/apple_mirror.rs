@@ -675,7 +675,10 @@ pub async fn apply_users(
     account: Uuid,
     registered: &[&str],
     gone: &[&str],
+    read_started_at: DateTime<Utc>,
 ) -> QueryResult<usize> {
+    // A user whose row changed after the read started (a retirement the dispatcher recorded
+    // meanwhile, a registration) keeps it: the read cannot know about it.
     let mut n = 0;
     for chunk in registered.chunks(CHUNK) {
         n += diesel::sql_query(
@@ -683,10 +686,11 @@ pub async fn apply_users(
              SELECT $1, u, 'registered' FROM UNNEST($2::text[]) AS u
              ON CONFLICT (account_id, client_user_id) DO UPDATE
                 SET status = 'registered', retired_at = NULL, updated_at = now()
-              WHERE apple_users.status <> 'registered'",
+              WHERE apple_users.status <> 'registered' AND apple_users.updated_at < $3",
         )
         .bind::<diesel::sql_types::Uuid, _>(account)
         .bind::<Array<Text>, _>(chunk)
+        .bind::<Timestamptz, _>(read_started_at)
         .execute(conn)
         .await?;
     }
@@ -694,10 +698,12 @@ pub async fn apply_users(
         n += diesel::sql_query(
             "UPDATE apple_users SET status = 'retired', retired_at = COALESCE(retired_at, now()),
                                     updated_at = now()
-              WHERE account_id = $1 AND client_user_id = ANY($2) AND status <> 'retired'",
+              WHERE account_id = $1 AND client_user_id = ANY($2) AND status <> 'retired'
+                AND updated_at < $3",
         )
         .bind::<diesel::sql_types::Uuid, _>(account)
         .bind::<Array<Text>, _>(chunk)
+        .bind::<Timestamptz, _>(read_started_at)
         .execute(conn)
         .await?;
     }

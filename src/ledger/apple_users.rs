@@ -151,7 +151,16 @@ pub async fn retirements(
                            AND s.external_id = j.payload->>'client_user_id'
                            AND x.license_type = 'user'
                            AND x.state IN ('pending', 'associating', 'active')
-                           AND x.created_at > j.created_at) AS licensed_again,
+                           -- Any live license Apple would take back, whenever it was made:
+                           -- one allocated after the deletion, and one whose allocation
+                           -- committed just after the deletion's revocations (its transaction
+                           -- began before) and so was not revoked. A book (not revocable)
+                           -- the deletion had to leave does not stop the retirement.
+                           AND EXISTS (SELECT 1 FROM assets r
+                                        WHERE r.account_id = x.account_id
+                                          AND r.adam_id = x.adam_id
+                                          AND r.pricing_param = x.pricing_param
+                                          AND r.revocable)) AS licensed_again,
                 j.created_at AS queued_at
            FROM jobs j JOIN accounts a ON a.id = j.account_id
           WHERE j.id = ANY($1) AND j.kind = $2 AND j.payload ? 'client_user_id'

@@ -28,6 +28,11 @@ crate::text_enum! {
     }
 }
 
+/// The kinds the dispatcher claims, as an SQL list. Listed, not "all but `sync`": a job of a
+/// kind a newer release added is left alone by this one (an older replica during a rolling
+/// update neither claims nor deletes it).
+const DISPATCHED: &str = "'associate', 'disassociate', 'poll_event', 'retire_user'";
+
 /// The payload of association and release jobs: one assignment. It is kept in the job row's
 /// `assignment_id` column (next to the batch key, `adam_id`, `pricing_param` and
 /// `license_type`, copied from the assignment when the job is queued), not in `payload`.
@@ -236,10 +241,10 @@ struct Any {
 
 /// Whether any queued job's time has come (an index probe).
 pub async fn any_ready(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
-    let row: Any = diesel::sql_query(
+    let row: Any = diesel::sql_query(format!(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND run_at <= now()
-                                          AND kind <> 'sync') AS any",
-    )
+                                          AND kind IN ({DISPATCHED})) AS any"
+    ))
     .prepared()
     .get_result(conn)
     .await?;
@@ -257,13 +262,13 @@ pub async fn due_accounts(
     batching: &Batching,
     limit: i64,
 ) -> QueryResult<Vec<Uuid>> {
-    let rows: Vec<AccountId> = diesel::sql_query(
+    let rows: Vec<AccountId> = diesel::sql_query(format!(
         "WITH batches AS (
              SELECT account_id, kind, license_type, count(*) AS size,
                     min(created_at) AS oldest, max(created_at) AS newest
                FROM jobs
               WHERE state = 'queued' AND account_id IS NOT NULL AND run_at <= now()
-                AND (locked_until IS NULL OR locked_until < now()) AND kind <> 'sync'
+                AND (locked_until IS NULL OR locked_until < now()) AND kind IN ({DISPATCHED})
               GROUP BY account_id, kind, adam_id, pricing_param, license_type
          )
          SELECT account_id FROM batches
@@ -276,8 +281,8 @@ pub async fn due_accounts(
              OR min(oldest) < now() - make_interval(secs => $2)
              OR bool_or(size >= CASE WHEN license_type = 'user' THEN $4 ELSE $3 END)
           ORDER BY min(oldest)
-          LIMIT $5",
-    )
+          LIMIT $5"
+    ))
     .bind::<diesel::sql_types::Double, _>(batching.quiet.as_secs_f64())
     .bind::<diesel::sql_types::Double, _>(batching.max_wait.as_secs_f64())
     .bind::<diesel::sql_types::BigInt, _>(batching.full_devices)
@@ -300,12 +305,13 @@ pub async fn claim(
     worker: &str,
     batching: &Batching,
 ) -> QueryResult<Vec<ClaimedJob>> {
-    let rows: Vec<JobRow> = diesel::sql_query(
+    let rows: Vec<JobRow> = diesel::sql_query(format!(
         "WITH free AS (
              SELECT j.id, j.kind, j.created_at, j.adam_id, j.pricing_param, j.license_type
                FROM jobs j
               WHERE j.account_id = $1 AND j.state = 'queued' AND j.run_at <= now()
-                AND (j.locked_until IS NULL OR j.locked_until < now()) AND j.kind <> 'sync'
+                AND (j.locked_until IS NULL OR j.locked_until < now())
+                AND j.kind IN ({DISPATCHED})
          ), batched AS (
              -- One pass over the account's due jobs (window functions, no self-join: a claim
              -- stays linear in the queue's length). A batch: kind, asset, pricing, license type.
@@ -345,8 +351,8 @@ pub async fn claim(
                          attempts = jobs.attempts + 1
            FROM locked
           WHERE jobs.id = locked.id
-      RETURNING jobs.id, jobs.kind, jobs.assignment_id, jobs.payload, jobs.attempts, locked.closed",
-    )
+      RETURNING jobs.id, jobs.kind, jobs.assignment_id, jobs.payload, jobs.attempts, locked.closed"
+    ))
     .bind::<diesel::sql_types::Uuid, _>(account)
     .bind::<diesel::sql_types::Text, _>(worker)
     .bind::<diesel::sql_types::Double, _>(batching.lease.as_secs_f64())
@@ -484,4 +490,23 @@ pub async fn count(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
         .count()
         .get_result(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dispatcher_claims_every_kind_but_sync_and_names_them_all() {
+        let listed: Vec<&str> = DISPATCHED
+            .split(',')
+            .map(|k| k.trim().trim_matches('\''))
+            .collect();
+        let expected: Vec<&str> = JobKind::ALL
+            .iter()
+            .filter(|k| **k != JobKind::Sync)
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(listed, expected);
+    }
 }

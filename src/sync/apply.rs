@@ -181,7 +181,7 @@ pub async fn apply(
                 Some((registered, gone)) => {
                     let registered: Vec<&str> = registered.iter().map(String::as_str).collect();
                     let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-                    mirror::apply_users(conn, account, &registered, &gone).await?
+                    mirror::apply_users(conn, account, &registered, &gone, read.started_at).await?
                 }
                 None => 0,
             };
