@@ -174,6 +174,14 @@ crate::text_enum! {
         /// subject, no account owns the asset, the subject got a license another way); it
         /// failed (`details`: reason).
         AssignmentWaitEnded = "assignment.wait_ended",
+        /// V6: a bulk operation was created (`details`: operation, action, assets, subjects,
+        /// total, selector). Its allocations and revocations carry the creating request's
+        /// `request_id` and a reason naming the operation.
+        BulkCreated = "bulk.created",
+        /// V6: a bulk operation finished (`details`: operation, state, counts).
+        BulkFinished = "bulk.finished",
+        /// V6: a bulk operation was cancelled (`details`: operation, counts so far).
+        BulkCancelled = "bulk.cancelled",
     }
 }
 
