@@ -23,7 +23,7 @@ use vpp_broker::domain::bulk::{BulkPlan, BulkState};
 use crate::support::app::{Options, fast_dispatch};
 use crate::support::fixtures::{self, APP, BOOK, World, sim_serials};
 use crate::support::sim::{app, book, location};
-use crate::support::{Client, TestApp, eventually, expect_problem, read};
+use crate::support::{Client, TestApp, eventually, eventually_within, expect_problem, read};
 
 const U1: &str = "6100000001";
 
@@ -751,4 +751,158 @@ async fn v6_reading_needs_read_and_creating_needs_write() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// Latency percentile `p` (0–100) of `samples`, in milliseconds.
+fn percentile(samples: &mut [f64], p: usize) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[(samples.len() * p / 100).min(samples.len() - 1)]
+}
+
+/// Interactive allocations of [`APP`] for new devices `prefix…`, one after the other, until
+/// `stop` is set or `max` were made; their latencies in milliseconds.
+async fn interactive(
+    api: &Client<'_>,
+    prefix: &str,
+    max: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..max {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let started = std::time::Instant::now();
+        let resp = api
+            .allocate(&fixtures::device(&format!("{prefix}{i:05}")))
+            .await;
+        assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text().await);
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    out
+}
+
+/// The issue's bulk figure (docs/benchmarks.md, "Bulk operations"), through the service's own
+/// workers (the bulk worker, 1,000 subjects per transaction, and the dispatcher with the
+/// production batching settings), one account owning enough licenses:
+/// 1. N devices in one bulk allocation posted over HTTP, nothing else running: decisions/s
+///    (the operation's `started_at` to `finished_at`) and Apple's association requests against
+///    the minimum, ceil(N / 1000);
+/// 2. a second bulk allocation (min(N, 20,000) devices) while interactive allocations run one
+///    after the other: their latency during the bulk against idle.
+///
+/// Asserts the outcome only (every license allocated once and active at Apple), no timing. The
+/// suite runs it with 2,000 subjects; the benchmark with `VPP_V6_BENCH_SUBJECTS=100000`.
+#[tokio::test]
+async fn v6_benchmark_a_bulk_allocation_is_decided_in_chunks_with_the_fewest_apple_requests() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let n: usize = std::env::var("VPP_V6_BENCH_SUBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+        .clamp(1, 100_000);
+    let m = n.min(20_000);
+    let w = fixtures::world_with(
+        vec![location(
+            U1,
+            "Library",
+            vec![app(APP, (n + m) as i64 + 5_000)],
+        )],
+        |_| Options {
+            dispatcher: Some(Settings {
+                // The production batching (VPP_BATCH_QUIET_MS, VPP_BATCH_MAX_WAIT_MS).
+                quiet: Duration::from_millis(250),
+                max_wait: Duration::from_millis(5000),
+                max_claim: 20_000,
+                ..fast_dispatch("")
+            }),
+            ..Options::default()
+        },
+        &[("A", U1)],
+    )
+    .await;
+    let api = w.api();
+    let active = async || {
+        let mut conn = w.app.db.connect().await;
+        assignments::table
+            .filter(assignments::state.eq("active"))
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await
+            .unwrap()
+    };
+    let finished = async |id: Uuid| {
+        eventually_within(
+            Duration::from_secs(1800),
+            "the bulk operation finished",
+            async || get_op(&api, id).await,
+            |o| o.state.is_final(),
+        )
+        .await
+    };
+
+    // 1. The bulk alone.
+    let posted = std::time::Instant::now();
+    let op = created(&api, &allocate_body(devices("S", n))).await;
+    let create_secs = posted.elapsed().as_secs_f64();
+    let done = finished(op.id).await;
+    assert_eq!(done.state, BulkState::Succeeded, "{done:?}");
+    assert_eq!(done.counts.succeeded, n as i64);
+    let decided_secs = (done.finished_at.unwrap() - done.started_at.unwrap())
+        .to_std()
+        .unwrap()
+        .as_secs_f64()
+        .max(0.001);
+    let after = std::time::Instant::now();
+    eventually_within_secs(1800, "every license active at Apple", &active, n as i64).await;
+    let activate_secs = after.elapsed().as_secs_f64();
+    let associates = associate_requests(&w).await;
+    let minimum = n.div_ceil(1000) as u64;
+    println!(
+        "v6 bench: {n} subjects; create (HTTP, stored) {create_secs:.2} s; decided in \
+         {decided_secs:.2} s = {:.0} decisions/s; Apple association requests {associates} \
+         (minimum {minimum}); all active {activate_secs:.1} s after the bulk finished",
+        n as f64 / decided_secs
+    );
+    assert_eq!(live(&w.app, APP).await, n as i64, "each allocated once");
+
+    // 2. Interactive allocations, idle and during a second bulk.
+    let never = AtomicBool::new(false);
+    let mut idle = interactive(&api, "I", 100, &never).await;
+    let second = created(&api, &allocate_body(devices("T", m))).await;
+    let stop = AtomicBool::new(false);
+    let watch = async {
+        let done = finished(second.id).await;
+        stop.store(true, Ordering::Relaxed);
+        done
+    };
+    let (done, mut during) = tokio::join!(watch, interactive(&api, "J", 100_000, &stop));
+    assert_eq!(done.counts.succeeded, m as i64, "{done:?}");
+    println!(
+        "v6 bench: interactive allocation latency idle p50 {:.1} ms p99 {:.1} ms ({} calls); \
+         during a bulk of {m} p50 {:.1} ms p99 {:.1} ms ({} calls)",
+        percentile(&mut idle, 50),
+        percentile(&mut idle, 99),
+        idle.len(),
+        percentile(&mut during, 50),
+        percentile(&mut during, 99),
+        during.len()
+    );
+    let everyone = (n + 100 + m + during.len()) as i64;
+    eventually_within_secs(1800, "every license active at Apple", &active, everyone).await;
+    assert_eq!(live(&w.app, APP).await, everyone, "each allocated once");
+}
+
+/// Waits (up to `secs`) until `count` reaches `want`.
+async fn eventually_within_secs(secs: u64, what: &str, count: &impl AsyncFn() -> i64, want: i64) {
+    crate::support::eventually_within(
+        Duration::from_secs(secs),
+        what,
+        async || count().await,
+        |n| *n >= want,
+    )
+    .await;
 }
