@@ -42,12 +42,13 @@ pub async fn run_next(
     match (result, claimed.get().copied()) {
         (Err(e), Some(id)) => {
             tracing::warn!(operation = %id, error = %e, "bulk operation chunk failed");
-            if let Some(BulkState::Failed) =
+            if let Some((BulkState::Failed, space)) =
                 store::record_failure(conn, id, &e.to_string(), MAX_ATTEMPTS).await?
             {
                 activity::record(
                     conn,
                     Activity::new(&Origin::system(), ActivityAction::BulkFinished.as_str())
+                        .space(&space)
                         .details(serde_json::json!({
                             "operation": id,
                             "state": BulkState::Failed,

@@ -267,20 +267,20 @@ pub async fn cancel(
 }
 
 /// Counts a failed attempt at the operation's next chunk; after `max_attempts` the operation
-/// is `failed`. Returns its state then.
+/// is `failed`. Returns its state then, and its space.
 pub async fn record_failure(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     error: &str,
     max_attempts: i32,
-) -> QueryResult<Option<BulkState>> {
+) -> QueryResult<Option<(BulkState, String)>> {
     diesel::sql_query(
         "UPDATE bulk_operations
             SET attempts = attempts + 1, last_error = $2, updated_at = now(),
                 state = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE state END,
                 finished_at = CASE WHEN attempts + 1 >= $3 THEN now() ELSE finished_at END
           WHERE id = $1 AND state IN ('queued', 'running')
-      RETURNING state",
+      RETURNING state, space_id",
     )
     .bind::<diesel::sql_types::Uuid, _>(id)
     .bind::<diesel::sql_types::Text, _>(error)
@@ -288,13 +288,15 @@ pub async fn record_failure(
     .get_result::<StateRow>(conn)
     .await
     .optional()
-    .map(|r| r.map(|r| r.state))
+    .map(|r| r.map(|r| (r.state, r.space_id)))
 }
 
 #[derive(QueryableByName)]
 struct StateRow {
     #[diesel(sql_type = diesel::sql_types::Text)]
     state: BulkState,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    space_id: String,
 }
 
 #[derive(QueryableByName)]

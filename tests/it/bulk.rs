@@ -906,3 +906,47 @@ async fn eventually_within_secs(secs: u64, what: &str, count: &impl AsyncFn() ->
     )
     .await;
 }
+
+#[tokio::test]
+async fn v6_a_chunk_that_keeps_failing_rolls_back_and_fails_the_operation_after_five_attempts() {
+    let w = quiet_world(10).await;
+    let api = w.api();
+    let op = created(&api, &allocate_body(devices("F", 3))).await;
+    let mut conn = w.app.db.connect().await;
+    // A real database failure inside the chunk's transaction: its subjects cannot be read.
+    diesel::sql_query("ALTER TABLE bulk_operation_items RENAME TO bulk_items_away")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for attempt in 1..=5 {
+        let mut pooled = w.app.pool.get().await.unwrap();
+        let result = vpp_broker::bulk::run_next(&mut pooled, 1000).await;
+        assert!(result.is_err(), "attempt {attempt} fails");
+        let now = get_op(&api, op.id).await;
+        assert!(now.last_error.is_some(), "{now:?}");
+        let expected = if attempt < 5 {
+            BulkState::Queued
+        } else {
+            BulkState::Failed
+        };
+        assert_eq!(now.state, expected, "after attempt {attempt}");
+    }
+    diesel::sql_query("ALTER TABLE bulk_items_away RENAME TO bulk_operation_items")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Nothing of the failed chunk was written, and a failed operation is not claimed again.
+    assert_eq!(step(&w.app, 1000).await, None);
+    assert_eq!(live(&w.app, APP).await, 0);
+    let done = get_op(&api, op.id).await;
+    assert_eq!(done.counts.processed(), 0);
+    assert!(done.finished_at.is_some());
+    let finished: i64 = activity_log::table
+        .filter(activity_log::action.eq("bulk.finished"))
+        .filter(activity_log::space_id.eq("acme"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(finished, 1);
+}
