@@ -10,7 +10,8 @@
 //!   (JWT callers, scopes, the space extractor), [`api`] (the `/v1` resources); and the worker
 //!   loop [`dispatch`], which calls use cases as a handler does;
 //! - use cases: [`engine`] (allocate, revoke), [`accounts`], [`policies`], [`spaces`],
-//!   [`settle`] (Apple's results), [`lifecycle`] (the MDM's lifecycle events), [`waiters`];
+//!   [`settle`] (Apple's results), [`lifecycle`] (the MDM's lifecycle events), [`bulk`] (bulk
+//!   operations), [`waiters`];
 //! - below them: [`domain`] (vocabulary and rules, no I/O), the store [`ledger`] (every SQL
 //!   statement) with [`db`] (pool, migrations, schema), and [`apple`] (Apple's API client);
 //! - shared: the leaves [`config`], [`crypto`] (sTokens at rest) and [`telemetry`], and
@@ -30,6 +31,7 @@ pub mod apple;
 #[cfg(feature = "dev")]
 pub mod apple_sim;
 pub mod auth;
+pub mod bulk;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -6,6 +6,7 @@ pub mod activity;
 pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
+pub mod bulk;
 pub mod drift;
 pub mod lifecycle;
 pub mod plans;
@@ -66,5 +67,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(plans::create_plan)
         .service(plans::get_plan)
         .service(plans::apply_plan)
+        .service(bulk::create_bulk_operation)
+        .service(bulk::list_bulk_operations)
+        .service(bulk::get_bulk_operation)
+        .service(bulk::cancel_bulk_operation)
         .service(apple_notifications::receive_apple_notification);
 }

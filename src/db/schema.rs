@@ -169,6 +169,44 @@ diesel::table! {
 }
 
 diesel::table! {
+    bulk_operation_items (operation_id, idx) {
+        operation_id -> Uuid,
+        idx -> Int4,
+        subject_kind -> Text,
+        subject_id -> Text,
+    }
+}
+
+diesel::table! {
+    bulk_operations (id) {
+        id -> Uuid,
+        space_id -> Text,
+        action -> Text,
+        assets -> Jsonb,
+        selector -> Nullable<Jsonb>,
+        license_type -> Text,
+        reason -> Text,
+        state -> Text,
+        subjects -> Int4,
+        total -> Int4,
+        succeeded -> Int4,
+        failed -> Int4,
+        skipped -> Int4,
+        next_index -> Int4,
+        errors -> Jsonb,
+        cancelled_by -> Nullable<Text>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        requested_by -> Text,
+        request_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     deployment (singleton) {
         singleton -> Bool,
         instance_id -> Uuid,
@@ -446,6 +484,8 @@ diesel::joinable!(asset_list_reads -> accounts (account_id));
 diesel::joinable!(assets -> accounts (account_id));
 diesel::joinable!(assignments -> spaces (space_id));
 diesel::joinable!(assignments -> subjects (subject_id));
+diesel::joinable!(bulk_operation_items -> bulk_operations (operation_id));
+diesel::joinable!(bulk_operations -> spaces (space_id));
 diesel::joinable!(distribution_policies -> spaces (space_id));
 diesel::joinable!(jobs -> accounts (account_id));
 diesel::joinable!(policy_entries -> accounts (account_id));
@@ -467,6 +507,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     asset_list_reads,
     assets,
     assignments,
+    bulk_operation_items,
+    bulk_operations,
     deployment,
     distribution_policies,
     drift_items,

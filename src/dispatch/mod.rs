@@ -18,7 +18,8 @@
 //! The statements are the store's (`ledger::jobs`, `ledger::submissions`, …).
 //!
 //! Beside them each process runs one wait-list worker ([`waitlist`], rule A12) that serves the
-//! lines of allocations waiting for a license when one frees.
+//! lines of allocations waiting for a license when one frees, and one bulk worker ([`bulk`],
+//! rule V6) that works through bulk operations a chunk at a time.
 //!
 //! Batching: an account's queued work for one asset and license type is one *batch*. Batches
 //! are sent when the account's burst is over (no association joined any of its batches for
@@ -30,6 +31,7 @@
 //! most `max_wait`.
 
 pub mod batch;
+pub mod bulk;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod retire;
@@ -191,6 +193,7 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
         handles.push(tokio::spawn(maintenance::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(lifecycle::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(waitlist::run(ctx.clone(), cancel.clone())));
+        handles.push(tokio::spawn(bulk::run(ctx.clone(), cancel.clone())));
     }
     handles.extend(sync::spawn(ctx, cancel));
     handles

@@ -181,10 +181,43 @@ pub fn decide_all(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Vec<Decided> {
-    let mut taken: HashMap<(Uuid, AssetRef), i64> = HashMap::new();
-    let mut claimed: HashMap<(Uuid, AssetRef), usize> = HashMap::new();
-    let mut reservations_used: HashMap<(AssetRef, Option<Uuid>), i64> = HashMap::new();
-    let mut moved: HashMap<(Uuid, AssetRef), i64> = HashMap::new();
+    decide_counted(reqs, snap, now, dry_run, &mut Tally::default())
+}
+
+/// What the decisions of a plan took so far: licenses per account and asset, reservations
+/// used, mirror licenses moved. A plan decided in several batches (a bulk operation's dry run,
+/// [`plan_batch`]) carries it from one batch to the next, so a license the plan already gave
+/// is not given twice.
+#[derive(Debug, Default)]
+pub struct Tally {
+    taken: HashMap<(Uuid, AssetRef), i64>,
+    claimed: HashMap<(Uuid, AssetRef), usize>,
+    reservations_used: HashMap<(AssetRef, Option<Uuid>), i64>,
+    moved: HashMap<(Uuid, AssetRef), i64>,
+}
+
+/// Decides one batch of a plan as if it were written (licenses are counted as taken in
+/// `tally`, across batches) but writes nothing: the answers are [`Decided::New`] for what would
+/// be allocated. The snapshot must be a read-only one. A holder that already took the asset in
+/// an earlier batch of the plan is counted again (its claim does not outlive its batch); a bulk
+/// operation names each subject once.
+pub fn plan_batch(
+    reqs: &[&AllocationRequest],
+    snap: &Snapshot,
+    now: DateTime<Utc>,
+    tally: &mut Tally,
+) -> Vec<Decided> {
+    tally.claimed.clear();
+    decide_counted(reqs, snap, now, false, tally)
+}
+
+fn decide_counted(
+    reqs: &[&AllocationRequest],
+    snap: &Snapshot,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    tally: &mut Tally,
+) -> Vec<Decided> {
     let mut out = Vec::with_capacity(reqs.len());
     for (i, req) in reqs.iter().enumerate() {
         let decided = decide_one(
@@ -192,10 +225,10 @@ pub fn decide_all(
             snap,
             now,
             dry_run,
-            &mut taken,
-            &mut claimed,
-            &mut reservations_used,
-            &mut moved,
+            &mut tally.taken,
+            &mut tally.claimed,
+            &mut tally.reservations_used,
+            &mut tally.moved,
             i,
         );
         out.push(decided);

@@ -10,12 +10,14 @@
 //!   groups, bans;
 //! - [`reconciliation`]: sync kinds, drift classes and plan actions (keeping the ledger true
 //!   to Apple); [`reconcile`]: whether a license this deployment assigned is still used (T6);
-//! - [`lifecycle`]: lifecycle events from other MDM components (V2, V3, V5);
+//! - [`lifecycle`]: lifecycle events from other MDM components (V2, V3, V5); [`bulk`]: bulk
+//!   operations (V6);
 //! - [`account_status`]: the account status machine; [`validation`]: field checks and the
 //!   422 problem's field errors.
 
 pub mod account_status;
 pub mod allocation;
+pub mod bulk;
 pub mod decide;
 pub mod forecast;
 pub mod inventory;

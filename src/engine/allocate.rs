@@ -209,6 +209,52 @@ pub async fn allocate_many(
     Ok(outcomes)
 }
 
+/// Plans a batch of allocations of one space without writing anything (a bulk operation's dry
+/// run): decided like [`allocate_many`] from a read-only snapshot, except that the licenses the
+/// plan gives are counted in `tally`, across the batches of one plan, so the plan says where
+/// licenses run out. A new license is answered `created: true` with no assignment.
+pub async fn plan_many(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    reqs: &[&AllocationRequest],
+    tally: &mut decide::Tally,
+) -> Result<Vec<Result<Outcome, AllocationError>>, AllocationError> {
+    if !load::space_exists(conn, space).await? {
+        return Ok(reqs
+            .iter()
+            .map(|_| Err(Refusal::UnknownSpace(space.to_owned()).into()))
+            .collect());
+    }
+    let snap = load::snapshot(conn, space, reqs, true).await?;
+    let decided = decide::plan_batch(reqs, &snap, Utc::now(), tally);
+    let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(reqs.len());
+    for d in decided {
+        let outcome = match d {
+            Decided::Existing { row, rule, holder } => Ok(Outcome::existing(*row, rule, holder)),
+            Decided::SameAs(i) => match &outcomes[i] {
+                Ok(first) => Ok(Outcome {
+                    created: false,
+                    rule: Rule::Existing,
+                    ..first.clone()
+                }),
+                Err(_) => Err(AllocationError::Db(diesel::result::Error::NotFound)),
+            },
+            Decided::New(p) | Decided::Waits(p) | Decided::Would(p) => Ok(Outcome {
+                assignment: None,
+                created: true,
+                rule: p.rule,
+                account_id: p.account_id,
+                license_type: p.license_type,
+                decision: p.decision,
+                holder: p.holder,
+            }),
+            Decided::Refused(e) => Err(e.into()),
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
 impl Outcome {
     fn existing(row: AssignmentRow, rule: Rule, holder: SubjectRow) -> Outcome {
         Outcome {

@@ -42,60 +42,94 @@ impl<T: DeserializeOwned + BodyShape + 'static> FromRequest for Json<T> {
             .app_data::<BodyLimit>()
             .map(|l| l.0)
             .unwrap_or(256 * 1024);
-        let content_type_ok = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<mime::Mime>().ok())
-            .is_some_and(|m| {
-                m.type_() == mime::APPLICATION
-                    && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
-            });
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let schemas = req
-            .app_data::<web::Data<body_shape::RequestSchemas>>()
-            .cloned();
-        let mut payload = payload.take();
-        Box::pin(async move {
-            if !content_type_ok {
-                return Err(ApiError::new(
-                    &types::UNSUPPORTED_MEDIA_TYPE,
-                    "the body must be JSON sent with Content-Type: application/json",
-                ));
-            }
-            if let Some(length) = declared
-                && length > limit
-            {
+        let body = read::<T>(req, payload, limit);
+        Box::pin(async move { body.await.map(Json) })
+    }
+}
+
+/// Largest body a [`LargeJson`] accepts (or the configured limit, when that is larger): a
+/// bulk operation lists up to 100,000 subjects (about 5 MiB of JSON).
+pub const LARGE_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A JSON request body that may be larger than `VPP_BODY_LIMIT_BYTES`, up to
+/// [`LARGE_BODY_LIMIT`]: the body of a bulk operation. Otherwise exactly [`Json`].
+#[derive(Debug)]
+pub struct LargeJson<T>(pub T);
+
+impl<T: DeserializeOwned + BodyShape + 'static> FromRequest for LargeJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(0)
+            .max(LARGE_BODY_LIMIT);
+        let body = read::<T>(req, payload, limit);
+        Box::pin(async move { body.await.map(LargeJson) })
+    }
+}
+
+/// Reads and checks a JSON body of at most `limit` bytes (see the module documentation).
+fn read<T: DeserializeOwned + BodyShape + 'static>(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    limit: usize,
+) -> LocalBoxFuture<'static, Result<T, ApiError>> {
+    let content_type_ok = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| {
+            m.type_() == mime::APPLICATION
+                && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
+        });
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let schemas = req
+        .app_data::<web::Data<body_shape::RequestSchemas>>()
+        .cloned();
+    let mut payload = payload.take();
+    Box::pin(async move {
+        if !content_type_ok {
+            return Err(ApiError::new(
+                &types::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be JSON sent with Content-Type: application/json",
+            ));
+        }
+        if let Some(length) = declared
+            && length > limit
+        {
+            return Err(too_large(limit));
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(&types::BAD_REQUEST, format!("cannot read the body: {e}"))
+            })?;
+            if body.len() + chunk.len() > limit {
                 return Err(too_large(limit));
             }
-            let mut body = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::new(&types::BAD_REQUEST, format!("cannot read the body: {e}"))
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            let value = parse::<T>(&body)?;
-            if let Some(schema) = T::schema_name()
-                && let Some(schemas) = &schemas
-                && let Some(field) = body_shape::misplaced_array(&schemas.0, &body, &schema)
-            {
-                let message = "must be a JSON object, not an array".to_owned();
-                return Err(
-                    ApiError::new(&types::INVALID_BODY, format!("{field}: {message}"))
-                        .with_errors(vec![FieldError { field, message }]),
-                );
-            }
-            Ok(Json(value))
-        })
-    }
+            body.extend_from_slice(&chunk);
+        }
+        let value = parse::<T>(&body)?;
+        if let Some(schema) = T::schema_name()
+            && let Some(schemas) = &schemas
+            && let Some(field) = body_shape::misplaced_array(&schemas.0, &body, &schema)
+        {
+            let message = "must be a JSON object, not an array".to_owned();
+            return Err(
+                ApiError::new(&types::INVALID_BODY, format!("{field}: {message}"))
+                    .with_errors(vec![FieldError { field, message }]),
+            );
+        }
+        Ok(value)
+    })
 }
 
 fn too_large(limit: usize) -> ApiError {

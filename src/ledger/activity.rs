@@ -180,6 +180,14 @@ crate::text_enum! {
         /// A user's retirement at an account was given up (`details.reason`: the user got a
         /// license there again, or Apple refused it for good).
         AppleUserRetireDropped = "apple_user.retire_dropped",
+        /// V6: a bulk operation was created (`details`: operation, action, assets, subjects,
+        /// total, selector). Its allocations and revocations carry the creating request's
+        /// `request_id` and a reason naming the operation.
+        BulkCreated = "bulk.created",
+        /// V6: a bulk operation finished (`details`: operation, state, counts).
+        BulkFinished = "bulk.finished",
+        /// V6: a bulk operation was cancelled (`details`: operation, counts so far).
+        BulkCancelled = "bulk.cancelled",
     }
 }
 

@@ -16,6 +16,7 @@ pub mod apple_users;
 pub mod asset_counts;
 pub mod assets;
 pub mod assignments;
+pub mod bulk_operations;
 pub mod deployment;
 pub mod drift;
 pub mod drift_scope;

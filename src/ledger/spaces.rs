@@ -144,6 +144,7 @@ pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryRes
         .execute(conn)
         .await?;
     super::lifecycle::delete_space(conn, id).await?;
+    super::bulk_operations::delete_space(conn, id).await?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ enum Layer {
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
     /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `sync/`, `plans/`,
-    /// `reconcile/`, `lifecycle/`, `waiters`: what the
+    /// `reconcile/`, `lifecycle/`, `bulk/`, `waiters`: what the
     /// service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
@@ -38,7 +38,7 @@ fn layer(rel: &str) -> Option<Layer> {
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "plans"
-        | "reconcile" | "lifecycle" | "waiters" => Layer::UseCase,
+        | "reconcile" | "lifecycle" | "bulk" | "waiters" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,
@@ -69,6 +69,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "plans",
             "reconcile",
             "lifecycle",
+            "bulk",
             "waiters",
             "ledger",
             "state",
@@ -91,6 +92,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "plans",
             "reconcile",
             "lifecycle",
+            "bulk",
             "waiters",
             "state",
             "commands",
@@ -112,6 +114,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "plans",
             "reconcile",
             "lifecycle",
+            "bulk",
             "waiters",
             "state",
             "commands",

@@ -14,6 +14,7 @@ mod activity;
 mod allocation;
 mod assets;
 mod auth;
+mod bulk;
 mod cli;
 mod docs;
 mod drift;

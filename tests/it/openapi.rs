@@ -302,6 +302,15 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             "ReconcileCriterion",
             wire(vpp_broker::domain::reconciliation::ReconcileCriterion::ALL),
         ),
+        (
+            "BulkAction",
+            wire(vpp_broker::domain::bulk::BulkAction::ALL),
+        ),
+        ("BulkState", wire(vpp_broker::domain::bulk::BulkState::ALL)),
+        (
+            "BulkPlanOutcome",
+            wire(vpp_broker::domain::bulk::BulkPlanOutcome::ALL),
+        ),
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];

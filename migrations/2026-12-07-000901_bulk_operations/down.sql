@@ -1,0 +1,2 @@
+DROP TABLE bulk_operation_items;
+DROP TABLE bulk_operations;
