@@ -33,8 +33,7 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
 /// Applies a batch of due events; `false` when none was due.
 pub async fn once(ctx: &Ctx) -> Result<bool, super::DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
-    let applied =
-        crate::lifecycle::apply_batch(&mut conn, crate::lifecycle::APPLY_BATCH).await?;
+    let applied = crate::lifecycle::apply_batch(&mut conn, crate::lifecycle::APPLY_BATCH).await?;
     for (id, state) in &applied {
         tracing::debug!(event = %id, state = %state, "lifecycle event processed");
     }

@@ -441,7 +441,12 @@ pub async fn set_marks(conn: &mut AsyncPgConnection, moves: &[MarkMove]) -> Quer
         moves.iter().map(|m| m.event).collect::<Vec<_>>(),
     )
     .bind::<Texts, _>(moves.iter().map(|m| m.source.as_str()).collect::<Vec<_>>())
-    .bind::<Texts, _>(moves.iter().map(|m| m.event_id.as_str()).collect::<Vec<_>>())
+    .bind::<Texts, _>(
+        moves
+            .iter()
+            .map(|m| m.event_id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     Ok(())

@@ -372,9 +372,7 @@ async fn apply_bulk(
     let keys: Vec<store::MarkKey> = events
         .iter()
         .map(|e| {
-            let aspect = bulk_type(e)
-                .map(|t| t.aspect(&e.data))
-                .unwrap_or_default();
+            let aspect = bulk_type(e).map(|t| t.aspect(&e.data)).unwrap_or_default();
             (
                 e.space_id.clone(),
                 e.subject_kind.clone(),

@@ -1436,7 +1436,11 @@ async fn sql_count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    diesel::sql_query(sql).get_result::<N>(conn).await.unwrap().n
+    diesel::sql_query(sql)
+        .get_result::<N>(conn)
+        .await
+        .unwrap()
+        .n
 }
 
 /// Polls `sql` (a count) every 50 ms until it equals `want`; panics after `timeout`.
@@ -1605,10 +1609,24 @@ async fn v2_benchmark_retirements_in_batches_of_500_are_applied_and_released_in_
         n as f64 / applied.as_secs_f64(),
         3 * n
     );
-    // Each event revoked its device's three licenses; none is left at Apple.
-    let e = get_event(&api, "ret-R00000").await;
-    assert_eq!(e.state, EventState::Applied);
-    assert_eq!(revoked_ids(&e).len(), 3, "{e:?}");
+    // Each event revoked its device's three licenses, each recorded with that event as its
+    // reason (one statement started them all); none is left at Apple.
+    for serial in ["R00000", &format!("R{:05}", n - 1)] {
+        let e = get_event(&api, &format!("ret-{serial}")).await;
+        assert_eq!(e.state, EventState::Applied);
+        let revoked = revoked_ids(&e);
+        assert_eq!(revoked.len(), 3, "{e:?}");
+        for id in revoked {
+            let a = api.assignment(id).await;
+            assert_eq!(a.subject.id, serial);
+            assert_eq!(a.state.as_str(), "revoked");
+            let record = a.revocation.expect("revocation record");
+            assert!(
+                record.reason.contains(&format!("mdm/ret-{serial}")),
+                "{record:?}"
+            );
+        }
+    }
     assert_eq!(
         sql_count(
             &mut conn,
