@@ -103,7 +103,7 @@ pub async fn lock_upfront(
     Ok(())
 }
 
-/// A live assignment of one of several subjects ([`of_subjects`]).
+/// A live or waiting assignment of one of several subjects ([`of_subjects`]).
 #[derive(Clone, Debug, diesel::QueryableByName)]
 pub struct SubjectTarget {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -116,13 +116,18 @@ pub struct SubjectTarget {
     pub pricing_param: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub license_type: crate::domain::model::LicenseType,
+    /// `waiting` (A12: holds no license, is cancelled), or live: `pending`, `associating`,
+    /// `active`.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub state: String,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub revocable: bool,
 }
 
-/// The live assignments of `space` held by any of `subjects` (what [`matching`] finds for a
-/// subject scope, for many subjects in one statement), locked in id order, with whether each
-/// can be revoked.
+/// The live and waiting assignments of `space` held by any of `subjects` (what [`matching`]
+/// finds for a subject scope, for many subjects in one statement), locked in id order — the
+/// first half of [`lock_upfront`]'s lock order; the asset rows follow in [`start_each`] — with
+/// whether each can be revoked.
 pub async fn of_subjects(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -132,13 +137,13 @@ pub async fn of_subjects(
         return Ok(Vec::new());
     }
     diesel::sql_query(
-        "SELECT a.id, a.subject_id, a.adam_id, a.pricing_param, a.license_type,
-                (s.revocable OR a.state = 'pending') AS revocable
+        "SELECT a.id, a.subject_id, a.adam_id, a.pricing_param, a.license_type, a.state,
+                (COALESCE(s.revocable, false) OR a.state = 'pending') AS revocable
            FROM assignments a
-           JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
-                        AND s.pricing_param = a.pricing_param
-          WHERE a.space_id = $1 AND a.state IN ('pending', 'associating', 'active')
-            AND a.subject_id = ANY($2)
+           LEFT JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
+                             AND s.pricing_param = a.pricing_param
+          WHERE a.subject_id = ANY($2) AND a.space_id = $1
+            AND a.state IN ('waiting', 'pending', 'associating', 'active')
           ORDER BY a.id
           FOR UPDATE OF a",
     )
@@ -146,31 +151,6 @@ pub async fn of_subjects(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(subjects)
     .load(conn)
     .await
-}
-
-/// The subjects among `subjects` with waiting entries (A12) in `space`.
-pub async fn subjects_waiting(
-    conn: &mut AsyncPgConnection,
-    space: &str,
-    subjects: &[Uuid],
-) -> diesel::QueryResult<Vec<Uuid>> {
-    #[derive(diesel::QueryableByName)]
-    struct Subject {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        subject_id: Uuid,
-    }
-    if subjects.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<Subject> = diesel::sql_query(
-        "SELECT DISTINCT subject_id FROM assignments
-          WHERE space_id = $1 AND state = 'waiting' AND subject_id = ANY($2)",
-    )
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(subjects)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.subject_id).collect())
 }
 
 /// Locks the asset rows of `targets` (in key order), then moves them to `revoked` (pending: they

@@ -478,11 +478,18 @@ async fn revoke_subjects(
     }
     let mut ids: Vec<Uuid> = by_subject.keys().copied().collect();
     ids.sort();
-    // The ledger's lock order, once for the whole batch: assignments by id, then asset rows.
-    revocations::lock_upfront(conn, space, &[], &ids).await?;
-    // Waiting entries (A12) of the subjects are cancelled first, as a revocation does (rare:
-    // one statement finds them all).
-    for subject in revocations::subjects_waiting(conn, space, &ids).await? {
+    // The ledger's lock order, once for the whole batch: every assignment of the subjects by
+    // id here, then their asset rows by key in `start_each`.
+    let targets = revocations::of_subjects(conn, space, &ids).await?;
+    // Waiting entries (A12) of the subjects are cancelled first, as a revocation does (rare).
+    let mut waiting: Vec<Uuid> = targets
+        .iter()
+        .filter(|t| t.state == "waiting")
+        .map(|t| t.subject_id)
+        .collect();
+    waiting.sort();
+    waiting.dedup();
+    for subject in waiting {
         if let Some(&i) = by_subject.get(&subject) {
             let scope = Scope {
                 subject: Some(subject),
@@ -498,10 +505,9 @@ async fn revoke_subjects(
             .await?;
         }
     }
-    let targets = revocations::of_subjects(conn, space, &ids).await?;
     let mut start = Vec::with_capacity(targets.len());
     let mut causes = Vec::with_capacity(targets.len());
-    for t in targets {
+    for t in targets.into_iter().filter(|t| t.state != "waiting") {
         let Some(&i) = by_subject.get(&t.subject_id) else {
             continue;
         };
