@@ -180,8 +180,10 @@ pub struct DispatchArgs {
     /// Dispatcher workers in this process (0: this process never calls Apple by itself).
     #[arg(long, env = "VPP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub workers: u64,
-    /// An account's batches of Apple work (one per asset and license type) are sent once no new
-    /// association joined any of them for this many milliseconds (the burst is over) ...
+    /// An account's batches of Apple work (one per asset, license type and kind) are sent once
+    /// no new work of their kind (association, release) joined any of them for this many
+    /// milliseconds (the burst is over; releases also wait for the space's lifecycle events
+    /// still to apply) ...
     #[arg(long, env = "VPP_BATCH_QUIET_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub batch_quiet_ms: u64,
     /// ... or a batch once its oldest work waited this many milliseconds (full Apple requests

@@ -1,5 +1,6 @@
 //! The lifecycle worker: one per `serve` process with dispatcher workers, applying due
-//! lifecycle events ([`crate::lifecycle::apply_next`]) one transaction at a time. Replicas
+//! lifecycle events in batches ([`crate::lifecycle::apply_batch`], up to
+//! [`crate::lifecycle::APPLY_BATCH`] per transaction). Replicas
 //! share the work through `FOR UPDATE SKIP LOCKED`; an event whose process dies is rolled back
 //! and applied by the next claim. Idle, it looks again every `idle_poll`.
 
@@ -29,14 +30,12 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
     tracing::info!("lifecycle worker stopped");
 }
 
-/// Applies one due event; `false` when none was due.
+/// Applies a batch of due events; `false` when none was due.
 pub async fn once(ctx: &Ctx) -> Result<bool, super::DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
-    match crate::lifecycle::apply_next(&mut conn).await? {
-        Some((id, state)) => {
-            tracing::debug!(event = %id, state = %state, "lifecycle event processed");
-            Ok(true)
-        }
-        None => Ok(false),
+    let applied = crate::lifecycle::apply_batch(&mut conn, crate::lifecycle::APPLY_BATCH).await?;
+    for (id, state) in &applied {
+        tracing::debug!(event = %id, state = %state, "lifecycle event processed");
     }
+    Ok(!applied.is_empty())
 }

@@ -21,14 +21,19 @@
 //! lines of allocations waiting for a license when one frees, and one bulk worker ([`bulk`],
 //! rule V6) that works through bulk operations a chunk at a time.
 //!
-//! Batching: an account's queued work for one asset and license type is one *batch*. Batches
-//! are sent when the account's burst is over (no association joined any of its batches for
-//! `quiet`, 250 ms by default), when their oldest work waited `max_wait` (5 s), or, during a
-//! burst, as full Apple requests (1000 targets; the partial rest waits). Releases go at once. A
-//! lone allocation reaches Apple after ~`quiet`; a storm spread over many assets goes out in as
-//! few requests as Apple's limits allow, because no asset's batch leaves half-filled while the
-//! storm goes on. A steady trickle on one asset delays the account's other partial batches by at
-//! most `max_wait`.
+//! Batching: an account's queued work for one asset, license type and kind (association or
+//! release) is one *batch*. Batches are sent when the account's burst of their kind is over (no
+//! association, or no release, joined any of its batches for `quiet`, 250 ms by default; for
+//! releases also no lifecycle event of the account's space left to apply, since the lifecycle
+//! worker commits a burst of revocations batch after batch), when
+//! their oldest work waited `max_wait` (5 s), or, during a burst, as full Apple requests (1000
+//! targets; the partial rest waits). Releases also leave with any association of the account
+//! that leaves, and before it (A11: a license the ledger freed and re-allocated is free at Apple
+//! by the time its new association runs). A lone allocation or revocation reaches Apple after
+//! ~`quiet`; a storm spread over many assets (10,000 retired devices' 30,000 licenses) goes out
+//! in as few requests as Apple's limits allow, because no asset's batch leaves half-filled
+//! while the storm goes on. A steady trickle on one asset delays the account's other partial
+//! batches by at most `max_wait`.
 
 pub mod batch;
 pub mod bulk;
@@ -92,8 +97,8 @@ pub struct Settings {
     pub idle_poll: Duration,
     /// How long claimed jobs stay leased before another worker may take them over.
     pub lease: Duration,
-    /// An account's batches (its queued work per asset and license type) are sent once no
-    /// association joined any of them for this long ...
+    /// An account's batches (its queued work per asset, license type and kind) are sent once
+    /// no work of their kind (association, release) joined any of them for this long ...
     pub quiet: Duration,
     /// ... or a batch's oldest work waited this long; full requests go during a burst.
     pub max_wait: Duration,

@@ -265,6 +265,19 @@ pub async fn record(conn: &mut AsyncPgConnection, mut activity: Activity) -> Que
         .map(|_| ())
 }
 
+/// Writes many rows in one statement (each must name its subject, if any: nothing is looked
+/// up).
+pub async fn record_many(conn: &mut AsyncPgConnection, rows: Vec<Activity>) -> QueryResult<()> {
+    // 12 parameters a row: stay well under PostgreSQL's 65,535 per statement.
+    for chunk in rows.chunks(2000) {
+        diesel::insert_into(activity_log::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// One row of the log, as read.
 #[derive(Debug, Clone, QueryableByName)]
 #[diesel(table_name = activity_log, check_for_backend(Pg))]

@@ -143,9 +143,9 @@ pub struct ClaimedJob {
     /// `None`: the row is not a job this code knows (nothing can be done with it).
     pub job: Option<Job>,
     pub attempts: i32,
-    /// Its batch is complete (the account is quiet, the batch waited long enough, or it is a
-    /// release). A batch claimed only because it filled an Apple request is not: its last,
-    /// partial request waits for more work.
+    /// Its batch is complete (the account's burst of its kind is over, the batch waited long
+    /// enough, or it is a release leaving with an association). A batch claimed only because
+    /// it filled an Apple request is not: its last, partial request waits for more work.
     pub closed: bool,
 }
 
@@ -220,8 +220,8 @@ pub async fn unlock_account(conn: &mut AsyncPgConnection, account: Uuid) -> Quer
 pub struct Batching {
     /// How long claimed jobs stay leased.
     pub lease: std::time::Duration,
-    /// Batches are due when no association joined any of the account's batches for this long
-    /// (a burst is over) ...
+    /// Batches are due when no work of their kind (association, release) joined any of the
+    /// account's batches for this long (a burst is over) ...
     pub quiet: std::time::Duration,
     /// ... or its oldest job waited this long ...
     pub max_wait: std::time::Duration,
@@ -273,11 +273,18 @@ pub async fn due_accounts(
          )
          SELECT account_id FROM batches
           GROUP BY account_id
-         HAVING bool_or(kind <> $6)
-             -- the conditions of `claim`: the burst is over, a batch waited long enough, or a
-             -- batch fills an Apple request
+         HAVING bool_or(kind NOT IN ($6, $7))
+             -- the conditions of `claim`: a burst (of associations, of releases) is over, a
+             -- batch waited long enough, or a batch fills an Apple request
              OR COALESCE(max(newest) FILTER (WHERE kind = $6), 'infinity')
                   < now() - make_interval(secs => $1)
+             OR (COALESCE(max(newest) FILTER (WHERE kind = $7), 'infinity')
+                   < now() - make_interval(secs => $1)
+                 AND NOT EXISTS (SELECT 1 FROM lifecycle_events e
+                                   JOIN accounts a ON a.space_id = e.space_id
+                                  WHERE a.id = batches.account_id
+                                    AND e.state IN ('queued', 'scheduled')
+                                    AND e.due_at <= now()))
              OR min(oldest) < now() - make_interval(secs => $2)
              OR bool_or(size >= CASE WHEN license_type = 'user' THEN $4 ELSE $3 END)
           ORDER BY min(oldest)
@@ -289,6 +296,7 @@ pub async fn due_accounts(
     .bind::<diesel::sql_types::BigInt, _>(batching.full_users)
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+    .bind::<diesel::sql_types::Text, _>(JobKind::Disassociate)
     .prepared()
     .load(conn)
     .await?;
@@ -319,31 +327,50 @@ pub async fn claim(
                     count(*) OVER batch AS size,
                     row_number() OVER in_order AS rank,
                     min(created_at) OVER batch AS oldest,
-                    max(created_at) FILTER (WHERE kind = $9) OVER () AS newest_association
+                    max(created_at) FILTER (WHERE kind = $9) OVER () AS newest_association,
+                    max(created_at) FILTER (WHERE kind = $10) OVER () AS newest_release
                FROM free
              WINDOW batch AS (PARTITION BY kind, adam_id, pricing_param, license_type),
                     in_order AS (PARTITION BY kind, adam_id, pricing_param, license_type ORDER BY id)
-         ), pick AS (
-             SELECT id,
+         ), lifecycle AS (
+             -- Lifecycle events of the account's space still to apply: a burst of revocations
+             -- is not over (the worker commits them batch after batch).
+             SELECT EXISTS (SELECT 1 FROM lifecycle_events e
+                              JOIN accounts a ON a.space_id = e.space_id
+                             WHERE a.id = $1 AND e.state IN ('queued', 'scheduled')
+                               AND e.due_at <= now()) AS busy
+         ), own AS (
+             SELECT id, kind,
                     -- Event polls (and jobs queued before jobs carried their batch key) are
                     -- never held back.
                     (kind NOT IN ($9, $10) OR adam_id IS NULL
-                     -- Releases go out at once: licenses they free may already be re-allocated,
-                     -- and Apple must see the release before the association that reuses it.
-                     OR kind = $10
-                     -- The account's burst is over: no association joined any batch lately ...
-                     OR COALESCE(newest_association, '-infinity') < now() - make_interval(secs => $4)
+                     -- The account's burst is over: no association (for an association), no
+                     -- release (for a release, nor lifecycle events left to apply) joined any
+                     -- batch lately ...
+                     OR (kind = $9 AND COALESCE(newest_association, '-infinity')
+                                         < now() - make_interval(secs => $4))
+                     OR (kind = $10 AND COALESCE(newest_release, '-infinity')
+                                          < now() - make_interval(secs => $4)
+                                    AND NOT (SELECT busy FROM lifecycle))
                      -- ... or this batch waited long enough.
                      OR oldest < now() - make_interval(secs => $5)) AS closed,
                     -- A batch still gathering: only the oldest jobs that fill whole requests
                     -- (the rest stays unleased, so the next claim does not take it twice).
                     rank <= size / CASE WHEN license_type = 'user' THEN $8 ELSE $6 END
-                                 * CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS full
+                                 * CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS fills
                FROM batched
+         ), pick AS (
+             SELECT id, fills,
+                    -- Releases go with any association that goes (A11): licenses they free may
+                    -- already be re-allocated, and Apple must see the release before the
+                    -- association that reuses it (the dispatcher sends releases first).
+                    closed OR (kind = $10 AND bool_or(kind = $9 AND (closed OR fills)) OVER ())
+                      AS closed
+               FROM own
          ), locked AS (
              SELECT j.id, p.closed
                FROM pick p JOIN jobs j ON j.id = p.id
-              WHERE p.closed OR p.full
+              WHERE p.closed OR p.fills
               ORDER BY j.id LIMIT $7
                 FOR UPDATE OF j SKIP LOCKED
          )

@@ -2,10 +2,12 @@
 //! (`lifecycle_events`, unique per space, source and id), the newest applied time per subject
 //! and aspect (`lifecycle_marks`), and each space's effect per type (`lifecycle_settings`).
 //!
-//! The worker claims one due event at a time with `FOR UPDATE SKIP LOCKED` inside the
-//! transaction that applies it: the row stays locked until the effects and the event's new
-//! state commit together, so replicas never apply an event twice, and a process killed mid-way
-//! leaves the event `queued` (its transaction rolled back) for the next claim.
+//! The worker claims a batch of due events with `FOR UPDATE SKIP LOCKED` inside the
+//! transaction that applies them: the rows stay locked until the effects and the events' new
+//! states commit together, so replicas never apply an event twice, and a process killed mid-way
+//! leaves the events `queued` (its transaction rolled back) for the next claim. The statements
+//! over many events, marks and subjects at once (`claim_due_many`, `lock_marks`, `set_marks`,
+//! `finish_many`) are what lets one transaction apply hundreds of events.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -128,6 +130,50 @@ pub async fn claim_due(conn: &mut AsyncPgConnection) -> QueryResult<Option<Event
         .first(conn)
         .await
         .optional()
+}
+
+/// Locks and returns up to `limit` due events, in [`claim_due`]'s order, skipping those
+/// another transaction holds: the batch one transaction of the worker applies.
+pub async fn claim_due_many(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    lifecycle_events::table
+        .filter(lifecycle_events::state.eq_any(["queued", "scheduled"]))
+        .filter(lifecycle_events::due_at.le(diesel::dsl::now))
+        .order((lifecycle_events::due_at, lifecycle_events::occurred_at))
+        .limit(limit)
+        .select(EventRow::as_select())
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}
+
+/// Records the new state and result of many events at once (`applied` or `stale`:
+/// `applied_at` now), `rows[i]` = (event, state, result).
+pub async fn finish_many(
+    conn: &mut AsyncPgConnection,
+    rows: &[(Uuid, String, serde_json::Value)],
+) -> QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let results: Vec<&serde_json::Value> = rows.iter().map(|r| &r.2).collect();
+    diesel::sql_query(
+        "UPDATE lifecycle_events e
+            SET state = u.state, result = u.result, applied_at = now(), last_error = NULL
+           FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, state, result)
+          WHERE e.id = u.id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(states)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Jsonb>, _>(results)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Locks event `id` if it is still `queued` or `scheduled` (an event applied at once, in its
@@ -273,6 +319,137 @@ pub async fn lock_mark(
         occurred_at,
         key: source.zip(key),
     })
+}
+
+/// The key of a mark: space, subject kind, subject id, aspect.
+pub type MarkKey = (String, String, String, String);
+
+#[derive(diesel::QueryableByName)]
+struct MarkRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    space_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    subject_kind: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    subject_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    aspect: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    occurred_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    event_source: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    event_key: Option<String>,
+}
+
+/// [`lock_mark`] for many (subject, aspect) keys at once: created where missing and locked in
+/// key order (so two batches sharing subjects wait for each other instead of deadlocking).
+pub async fn lock_marks(
+    conn: &mut AsyncPgConnection,
+    keys: &[MarkKey],
+) -> QueryResult<Vec<(MarkKey, Mark)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sorted: Vec<&MarkKey> = keys.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let spaces: Vec<&str> = sorted.iter().map(|k| k.0.as_str()).collect();
+    let kinds: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
+    let ids: Vec<&str> = sorted.iter().map(|k| k.2.as_str()).collect();
+    let aspects: Vec<&str> = sorted.iter().map(|k| k.3.as_str()).collect();
+    type Texts = diesel::sql_types::Array<diesel::sql_types::Text>;
+    diesel::sql_query(
+        "INSERT INTO lifecycle_marks (space_id, subject_kind, subject_id, aspect)
+         SELECT space_id, subject_kind, subject_id, aspect
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+                         AS k(space_id, subject_kind, subject_id, aspect, n)
+          ORDER BY n
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Texts, _>(&spaces)
+    .bind::<Texts, _>(&kinds)
+    .bind::<Texts, _>(&ids)
+    .bind::<Texts, _>(&aspects)
+    .execute(conn)
+    .await?;
+    let rows: Vec<MarkRow> = diesel::sql_query(
+        "SELECT m.space_id, m.subject_kind, m.subject_id, m.aspect, m.occurred_at,
+                m.event_source, m.event_key
+           FROM lifecycle_marks m
+           JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                  AS k(space_id, subject_kind, subject_id, aspect)
+             ON m.space_id = k.space_id AND m.subject_kind = k.subject_kind
+            AND m.subject_id = k.subject_id AND m.aspect = k.aspect
+          ORDER BY m.space_id, m.subject_kind, m.subject_id, m.aspect
+          FOR UPDATE OF m",
+    )
+    .bind::<Texts, _>(&spaces)
+    .bind::<Texts, _>(&kinds)
+    .bind::<Texts, _>(&ids)
+    .bind::<Texts, _>(&aspects)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.space_id, r.subject_kind, r.subject_id, r.aspect),
+                Mark {
+                    occurred_at: r.occurred_at,
+                    key: r.event_source.zip(r.event_key),
+                },
+            )
+        })
+        .collect())
+}
+
+/// One mark to move: its key, the event's time, the event's row id and key (source, id).
+pub struct MarkMove {
+    pub key: MarkKey,
+    pub occurred_at: DateTime<Utc>,
+    pub event: Uuid,
+    pub source: String,
+    pub event_id: String,
+}
+
+/// [`set_mark`] for many marks (locked by the caller) in one statement.
+pub async fn set_marks(conn: &mut AsyncPgConnection, moves: &[MarkMove]) -> QueryResult<()> {
+    if moves.is_empty() {
+        return Ok(());
+    }
+    type Texts = diesel::sql_types::Array<diesel::sql_types::Text>;
+    diesel::sql_query(
+        "UPDATE lifecycle_marks m
+            SET occurred_at = u.at, event = u.event, event_source = u.source,
+                event_key = u.event_key
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                       $6::uuid[], $7::text[], $8::text[])
+                  AS u(space_id, subject_kind, subject_id, aspect, at, event, source, event_key)
+          WHERE m.space_id = u.space_id AND m.subject_kind = u.subject_kind
+            AND m.subject_id = u.subject_id AND m.aspect = u.aspect
+            AND (m.occurred_at IS NULL OR m.occurred_at <= u.at)",
+    )
+    .bind::<Texts, _>(moves.iter().map(|m| m.key.0.as_str()).collect::<Vec<_>>())
+    .bind::<Texts, _>(moves.iter().map(|m| m.key.1.as_str()).collect::<Vec<_>>())
+    .bind::<Texts, _>(moves.iter().map(|m| m.key.2.as_str()).collect::<Vec<_>>())
+    .bind::<Texts, _>(moves.iter().map(|m| m.key.3.as_str()).collect::<Vec<_>>())
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Timestamptz>, _>(
+        moves.iter().map(|m| m.occurred_at).collect::<Vec<_>>(),
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(
+        moves.iter().map(|m| m.event).collect::<Vec<_>>(),
+    )
+    .bind::<Texts, _>(moves.iter().map(|m| m.source.as_str()).collect::<Vec<_>>())
+    .bind::<Texts, _>(
+        moves
+            .iter()
+            .map(|m| m.event_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Moves the mark of (subject, aspect) to `occurred_at` (never back), naming the event that

@@ -103,6 +103,56 @@ pub async fn lock_upfront(
     Ok(())
 }
 
+/// A live or waiting assignment of one of several subjects ([`of_subjects`]).
+#[derive(Clone, Debug, diesel::QueryableByName)]
+pub struct SubjectTarget {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub subject_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub adam_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub pricing_param: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub license_type: crate::domain::model::LicenseType,
+    /// `waiting` (A12: holds no license, is cancelled), or live: `pending`, `associating`,
+    /// `active`.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub state: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub revocable: bool,
+}
+
+/// The live and waiting assignments of `space` held by any of `subjects` (what [`matching`]
+/// finds for a subject scope, for many subjects in one statement), locked in id order — the
+/// first half of [`lock_upfront`]'s lock order; the asset rows follow in [`start_each`] — with
+/// whether each can be revoked.
+pub async fn of_subjects(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    subjects: &[Uuid],
+) -> diesel::QueryResult<Vec<SubjectTarget>> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(
+        "SELECT a.id, a.subject_id, a.adam_id, a.pricing_param, a.license_type, a.state,
+                (COALESCE(s.revocable, false) OR a.state = 'pending') AS revocable
+           FROM assignments a
+           LEFT JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
+                             AND s.pricing_param = a.pricing_param
+          WHERE a.subject_id = ANY($2) AND a.space_id = $1
+            AND a.state IN ('waiting', 'pending', 'associating', 'active')
+          ORDER BY a.id
+          FOR UPDATE OF a",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(subjects)
+    .load(conn)
+    .await
+}
+
 /// Locks the asset rows of `targets` (in key order), then moves them to `revoked` (pending: they
 /// never reached Apple, their queued job is dropped) or `revoking` (with a `disassociate` job),
 /// frees their licenses in the ledger and logs each. Returns (dropped, revoking).
@@ -113,6 +163,37 @@ pub async fn start(
     origin: &Origin,
     reason: &str,
 ) -> diesel::QueryResult<(i64, i64)> {
+    let each: Vec<Cause> = targets
+        .iter()
+        .map(|_| Cause {
+            origin: origin.clone(),
+            reason: reason.to_owned(),
+        })
+        .collect();
+    start_each(conn, space, targets, &each).await
+}
+
+/// Who revoked one license and why (its row's `revoked_by`, `revocation_request_id` and
+/// `revocation_reason`, and its activity row).
+#[derive(Clone, Debug)]
+pub struct Cause {
+    pub origin: Origin,
+    pub reason: String,
+}
+
+/// [`start`] with its own cause per license (`causes[i]` for `targets[i]`): one statement for
+/// any number of licenses (`unnest`), so a batch of lifecycle events, each revoking its
+/// subject's licenses for its own reason, starts them all at once.
+pub async fn start_each(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    targets: &[Uuid],
+    causes: &[Cause],
+) -> diesel::QueryResult<(i64, i64)> {
+    debug_assert_eq!(targets.len(), causes.len());
+    if targets.is_empty() {
+        return Ok((0, 0));
+    }
     diesel::sql_query(
         "SELECT 1 FROM assets s
           WHERE (s.account_id, s.adam_id, s.pricing_param) IN (
@@ -123,15 +204,27 @@ pub async fn start(
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(targets)
     .execute(conn)
     .await?;
+    let actors: Vec<&str> = causes.iter().map(|c| c.origin.actor.as_str()).collect();
+    let request_ids: Vec<Option<&str>> = causes
+        .iter()
+        .map(|c| c.origin.request_id.as_deref())
+        .collect();
+    let reasons: Vec<&str> = causes.iter().map(|c| c.reason.as_str()).collect();
     let counts = diesel::sql_query(
-        "WITH changed AS (
+        "WITH cause AS (
+             SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[])
+                        AS t(id, actor, request_id, reason)
+         ), changed AS (
              UPDATE assignments
                 SET state = CASE WHEN state = 'pending' THEN 'revoked' ELSE 'revoking' END,
-                    revoked_by = $3, revocation_reason = $5, revocation_requested_at = now(),
-                    revocation_request_id = $4,
+                    revoked_by = cause.actor, revocation_reason = cause.reason,
+                    revocation_requested_at = now(), revocation_request_id = cause.request_id,
                     version = version + 1, updated_at = now()
-              WHERE id = ANY($2) AND state IN ('pending', 'associating', 'active')
-          RETURNING id, account_id, adam_id, pricing_param, license_type, state
+               FROM cause
+              WHERE assignments.id = cause.id
+                AND assignments.state IN ('pending', 'associating', 'active')
+          RETURNING assignments.id, account_id, adam_id, pricing_param, license_type,
+                    assignments.state, subject_id, cause.actor, cause.request_id, cause.reason
          ), released AS (
              UPDATE assets a SET held = a.held - c.n, updated_at = now()
                FROM (SELECT account_id, adam_id, pricing_param, count(*) AS n FROM changed
@@ -148,17 +241,17 @@ pub async fn start(
                                license_type)
              SELECT $7::text, account_id, id, adam_id, pricing_param, license_type
                FROM changed WHERE state = 'revoking'
+              ORDER BY id
           RETURNING 1
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
                                        subject, adam_id, pricing_param, request_id, details)
-             SELECT $1, $3, 'assignment.revoke_requested', c.account_id, c.id,
-                    s.kind || ':' || s.external_id, c.adam_id, c.pricing_param, $4,
-                    jsonb_build_object('reason', $5::text, 'state', c.state,
+             SELECT $1, c.actor, 'assignment.revoke_requested', c.account_id, c.id,
+                    s.kind || ':' || s.external_id, c.adam_id, c.pricing_param, c.request_id,
+                    jsonb_build_object('reason', c.reason, 'state', c.state,
                                        'notify_user', a.notify_on_removal)
                FROM changed c JOIN accounts a ON a.id = c.account_id
-               JOIN assignments x ON x.id = c.id
-               LEFT JOIN subjects s ON s.id = x.subject_id
+               LEFT JOIN subjects s ON s.id = c.subject_id
           RETURNING 1
          )
          SELECT count(*) FILTER (WHERE state = 'revoked') AS dropped,
@@ -167,9 +260,11 @@ pub async fn start(
     )
     .bind::<diesel::sql_types::Text, _>(space)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(targets)
-    .bind::<diesel::sql_types::Text, _>(&origin.actor)
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(origin.request_id.as_deref())
-    .bind::<diesel::sql_types::Text, _>(reason)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(actors)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Nullable<diesel::sql_types::Text>>, _>(
+        request_ids,
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(reasons)
     .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
     .bind::<diesel::sql_types::Text, _>(JobKind::Disassociate)
     .get_result::<Counts>(conn)

@@ -26,6 +26,23 @@ pub async fn find(
         .optional()
 }
 
+/// The subjects of `space` of one `kind` among `external_ids` that exist (a batch of lifecycle
+/// events looks its subjects up in one statement).
+pub async fn find_many(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    kind: SubjectKind,
+    external_ids: &[&str],
+) -> QueryResult<Vec<SubjectRow>> {
+    subjects::table
+        .filter(subjects::space_id.eq(space))
+        .filter(subjects::kind.eq(kind))
+        .filter(subjects::external_id.eq_any(external_ids))
+        .select(SubjectRow::as_select())
+        .load(conn)
+        .await
+}
+
 pub async fn by_ids(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<SubjectRow>> {
     subjects::table
         .filter(subjects::id.eq_any(ids))

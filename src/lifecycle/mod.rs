@@ -10,13 +10,27 @@
 //! [`EventType::default_effect`]) and is `queued`. Nothing is applied in the request: the
 //! answer is 202.
 //!
-//! # Applying ([`apply_next`], run by the dispatcher's lifecycle worker)
-//! A worker claims one due event with `FOR UPDATE SKIP LOCKED` inside the transaction that
-//! applies it: its effects (subject facts, revocations, allocations, activity rows) and its new
-//! state commit together, so an event is applied once even with many replicas, and one whose
-//! process is killed mid-way rolls back and is claimed again (at-least-once delivery, effects
-//! once). A database failure rolls the effects back to a savepoint and counts an attempt; the
-//! event is retried with backoff and is `failed` after [`MAX_ATTEMPTS`].
+//! # Applying ([`apply_batch`], run by the dispatcher's lifecycle worker)
+//! A worker claims up to [`APPLY_BATCH`] due events with `FOR UPDATE SKIP LOCKED` inside the
+//! transaction that applies them: their effects (subject facts, revocations, allocations,
+//! activity rows) and their new states commit together, so an event is applied once even with
+//! many replicas, and one whose process is killed mid-way rolls back and is claimed again
+//! (at-least-once delivery, effects once). One transaction for many events is what makes a
+//! burst fast (issue 14: 10,000 retirements; docs/benchmarks.md): per event, a commit and a
+//! dozen round trips were the cost.
+//!
+//! Within the batch, events that revoke every license of their subject now (or only record
+//! the event: `device.retired|wiped|deleted|checked_out`, `user.disabled`; not `user.deleted`,
+//! which also queues the user's retirement at Apple) about a
+//! subject no other event of the batch is about are applied *together*, set-based: their
+//! marks locked at once in key order, the assignment and asset rows of all their subjects
+//! locked at once in the ledger's order, one statement starting every revocation (each with its
+//! own event's reason and origin), one finishing the events, one logging them. Every other
+//! event (other types, `revoke_after`, grace periods ending, several events about one subject,
+//! which V5 orders) is applied on its own, in claim order, in a savepoint. A database failure
+//! rolls the effects back to the savepoint: a failed set is applied again event by event, and
+//! a failed event counts an attempt and is retried with backoff; it is `failed` after
+//! [`MAX_ATTEMPTS`].
 //!
 //! Out of order (V5): each event states a fact of one *aspect* of its subject
 //! ([`EventType::aspect`]: enrolment, groups, user, last sighting, status, one app, the space).
@@ -29,7 +43,11 @@
 //! has no time (NULL); `occurred_at` before 2000-01-01 is refused at acceptance (422).
 //!
 //! Lock order (no deadlock between the worker and `PUT …/devices|users`): the event, then the
-//! marks, then the subject's row, then the assignments' and assets' rows. An event revoking
+//! marks, then the subject's row, then the assignments' and assets' rows. A batch takes its
+//! events, then the set's marks, then the set's assignment and asset rows; events applied on
+//! their own after the set take their marks after those rows. Two replicas' batches can then
+//! wait for each other only over events about the same subject in both; PostgreSQL's deadlock
+//! detection fails one statement, whose event's savepoint rolls back and is retried. An event revoking
 //! several sets (one license at a time, each with its criterion; a device and then its user)
 //! locks all their assignment and asset rows first, at once in the ledger's order
 //! ([`revocations::lock_upfront`]), rather than set after set.
@@ -72,6 +90,8 @@
 //! the event and revokes nothing.
 //!
 //! Every applied or stale event writes a `lifecycle.applied` activity row with its result.
+
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -277,19 +297,249 @@ struct Step {
     due_at: Option<DateTime<Utc>>,
 }
 
-/// Claims the next due event of any space and applies it (see the module documentation).
-/// `None`: nothing is due. Otherwise the event's id and its state now (`queued` again when the
-/// attempt failed and will be retried).
-pub async fn apply_next(
+/// Events one transaction of the worker claims and applies at most ([`apply_batch`]).
+pub const APPLY_BATCH: i64 = 250;
+
+/// Claims up to `limit` due events of any space and applies them in one transaction (see the
+/// module documentation). Empty: nothing is due. Otherwise each event's id and its state now
+/// (`queued` again when its attempt failed and will be retried).
+pub async fn apply_batch(
     conn: &mut AsyncPgConnection,
-) -> Result<Option<(Uuid, EventState)>, diesel::result::Error> {
+    limit: i64,
+) -> Result<Vec<(Uuid, EventState)>, diesel::result::Error> {
     conn.transaction(async |conn| {
-        let Some(event) = store::claim_due(conn).await? else {
-            return Ok(None);
-        };
-        Ok(Some((event.id, run(conn, &event).await?)))
+        let events = store::claim_due_many(conn, limit).await?;
+        let mut per_subject: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        for e in &events {
+            *per_subject.entry(subject_key(e)).or_default() += 1;
+        }
+        // Set-based: the revocations of subjects that only one event of the batch is about (so
+        // no two of them need ordering, V5). The others, one by one in claim order.
+        let (bulk, single): (Vec<&EventRow>, Vec<&EventRow>) = events
+            .iter()
+            .partition(|e| per_subject[&subject_key(e)] == 1 && bulk_type(e).is_some());
+        let mut out = Vec::with_capacity(events.len());
+        let mut fallback = Vec::new();
+        if !bulk.is_empty() {
+            match conn
+                .transaction(async |conn| apply_bulk(conn, &bulk).await)
+                .await
+            {
+                Ok(states) => out.extend(states),
+                Err(e) => {
+                    // Rolled back to the savepoint: each event again on its own, so that one
+                    // bad event fails alone.
+                    tracing::warn!(events = bulk.len(), error = %e,
+                        "applying lifecycle events together failed; applying them one by one");
+                    fallback = bulk;
+                }
+            }
+        }
+        for event in fallback.into_iter().chain(single) {
+            out.push((event.id, run(conn, event).await?));
+        }
+        Ok(out)
     })
     .await
+}
+
+fn subject_key(e: &EventRow) -> (&str, &str, &str) {
+    (
+        e.space_id.as_str(),
+        e.subject_kind.as_str(),
+        e.subject_id.as_str(),
+    )
+}
+
+/// The type of an event [`apply_bulk`] applies: a queued event whose effect is to revoke every
+/// license of its subject now, or to record it only.
+fn bulk_type(e: &EventRow) -> Option<EventType> {
+    use EventType::*;
+    let t = e.type_.parse::<EventType>().ok()?;
+    // `user.deleted` is not among them: it also queues the user's retirement at Apple, which
+    // the one-by-one path does.
+    let revokes_subject = matches!(
+        t,
+        DeviceRetired | DeviceWiped | DeviceDeleted | DeviceCheckedOut | UserDisabled
+    );
+    (revokes_subject
+        && e.state == EventState::Queued.as_str()
+        && matches!(e.effect.as_str(), "revoke_now" | "ignore"))
+    .then_some(t)
+}
+
+/// Applies `events` (claimed, of [`bulk_type`], each about a subject no other event of the
+/// batch is about) with a fixed number of statements, whatever their number: the marks locked
+/// in key order, then the assignments and asset rows of every subject at once in the ledger's
+/// order, one statement starting every revocation (each with its event's reason and origin),
+/// one finishing the events, one logging them. Same effects and results as [`apply`] one by
+/// one.
+async fn apply_bulk(
+    conn: &mut AsyncPgConnection,
+    events: &[&EventRow],
+) -> diesel::QueryResult<Vec<(Uuid, EventState)>> {
+    let keys: Vec<store::MarkKey> = events
+        .iter()
+        .map(|e| {
+            let aspect = bulk_type(e).map(|t| t.aspect(&e.data)).unwrap_or_default();
+            (
+                e.space_id.clone(),
+                e.subject_kind.clone(),
+                e.subject_id.clone(),
+                aspect,
+            )
+        })
+        .collect();
+    let marks: HashMap<store::MarkKey, store::Mark> =
+        store::lock_marks(conn, &keys).await?.into_iter().collect();
+    let mut steps: Vec<Step> = Vec::with_capacity(events.len());
+    let mut moves = Vec::new();
+    // Per space, the events that revoke.
+    let mut revoking: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let mark = marks.get(&keys[i]).cloned().unwrap_or_default();
+        if let Some(step) = stale_step(e, &mark) {
+            steps.push(step);
+            continue;
+        }
+        moves.push(store::MarkMove {
+            key: keys[i].clone(),
+            occurred_at: e.occurred_at,
+            event: e.id,
+            source: e.source.clone(),
+            event_id: e.event_id.clone(),
+        });
+        if e.effect == "revoke_now" {
+            revoking.entry(e.space_id.as_str()).or_default().push(i);
+        }
+        steps.push(Step {
+            state: EventState::Applied,
+            result: EventResult {
+                effect: e.effect.clone(),
+                ..EventResult::default()
+            },
+            due_at: None,
+        });
+    }
+    store::set_marks(conn, &moves).await?;
+    for (space, idxs) in revoking {
+        revoke_subjects(conn, space, events, &idxs, &mut steps).await?;
+    }
+    let mut finished = Vec::with_capacity(events.len());
+    let mut logs = Vec::with_capacity(events.len());
+    let mut out = Vec::with_capacity(events.len());
+    for (e, step) in events.iter().zip(&steps) {
+        let result = serde_json::to_value(&step.result).unwrap_or(Value::Null);
+        logs.push(log_entry(e, step.state, &result));
+        finished.push((e.id, step.state.as_str().to_owned(), result));
+        out.push((e.id, step.state));
+    }
+    store::finish_many(conn, &finished).await?;
+    activity::record_many(conn, logs).await?;
+    Ok(out)
+}
+
+/// The revocations of the events `idxs` of `events` (all of `space`): every live license of
+/// each one's subject, as [`revoke_scope`] does for one subject, for all of them at once.
+async fn revoke_subjects(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    events: &[&EventRow],
+    idxs: &[usize],
+    steps: &mut [Step],
+) -> diesel::QueryResult<()> {
+    let mut by_subject: HashMap<Uuid, usize> = HashMap::new();
+    for kind in [SubjectKind::Device, SubjectKind::User] {
+        let of_kind: Vec<usize> = idxs
+            .iter()
+            .copied()
+            .filter(|&i| subject_kind(events[i]) == kind)
+            .collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = of_kind
+            .iter()
+            .map(|&i| events[i].subject_id.as_str())
+            .collect();
+        let found: HashMap<String, Uuid> = subjects::find_many(conn, space, kind, &names)
+            .await?
+            .into_iter()
+            .map(|s| (s.external_id, s.id))
+            .collect();
+        for i in of_kind {
+            let e = events[i];
+            match found.get(&e.subject_id) {
+                Some(id) => {
+                    by_subject.insert(*id, i);
+                }
+                None => {
+                    steps[i].result.note = Some(format!(
+                        "the space never saw {} {:?}: it holds nothing",
+                        e.subject_kind, e.subject_id
+                    ))
+                }
+            }
+        }
+    }
+    if by_subject.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<Uuid> = by_subject.keys().copied().collect();
+    ids.sort();
+    // The ledger's lock order, once for the whole batch: every assignment of the subjects by
+    // id here, then their asset rows by key in `start_each`.
+    let targets = revocations::of_subjects(conn, space, &ids).await?;
+    // Waiting entries (A12) of the subjects are cancelled first, as a revocation does (rare).
+    let mut waiting: Vec<Uuid> = targets
+        .iter()
+        .filter(|t| t.state == "waiting")
+        .map(|t| t.subject_id)
+        .collect();
+    waiting.sort();
+    waiting.dedup();
+    for subject in waiting {
+        if let Some(&i) = by_subject.get(&subject) {
+            let scope = Scope {
+                subject: Some(subject),
+                ..Scope::default()
+            };
+            crate::engine::waitlist::cancel(
+                conn,
+                space,
+                &scope,
+                &origin_of(events[i]),
+                &reason_of(events[i]),
+            )
+            .await?;
+        }
+    }
+    let mut start = Vec::with_capacity(targets.len());
+    let mut causes = Vec::with_capacity(targets.len());
+    for t in targets.into_iter().filter(|t| t.state != "waiting") {
+        let Some(&i) = by_subject.get(&t.subject_id) else {
+            continue;
+        };
+        let result = &mut steps[i].result;
+        if !t.revocable {
+            result.not_revocable += 1;
+            continue;
+        }
+        result.revoked.push(RevokedLicense {
+            assignment_id: t.id,
+            adam_id: t.adam_id,
+            pricing_param: t.pricing_param,
+            license_type: t.license_type,
+            criterion: None,
+        });
+        start.push(t.id);
+        causes.push(revocations::Cause {
+            origin: origin_of(events[i]),
+            reason: reason_of(events[i]),
+        });
+    }
+    revocations::start_each(conn, space, &start, &causes).await?;
+    Ok(())
 }
 
 /// Applies the claimed (locked) `event` in a savepoint and records its new state; a database
@@ -332,6 +582,11 @@ async fn log(
     state: EventState,
     result: &Value,
 ) -> diesel::QueryResult<()> {
+    activity::record(conn, log_entry(event, state, result)).await
+}
+
+/// The `lifecycle.applied` activity row of an event.
+fn log_entry(event: &EventRow, state: EventState, result: &Value) -> Activity {
     let origin = origin_of(event);
     let mut entry = Activity::new(&origin, ActivityAction::LifecycleApplied.as_str())
         .space(&event.space_id)
@@ -345,7 +600,7 @@ async fn log(
         "asset" => entry.adam_id = Some(event.subject_id.clone()),
         kind => entry.subject = Some(format!("{kind}:{}", event.subject_id)),
     }
-    activity::record(conn, entry).await
+    entry
 }
 
 fn origin_of(event: &EventRow) -> Origin {
@@ -400,25 +655,10 @@ async fn apply(conn: &mut AsyncPgConnection, event: &EventRow) -> diesel::QueryR
     let aspect = event_type.aspect(&event.data);
     let mark =
         store::lock_mark(conn, space, &event.subject_kind, &event.subject_id, &aspect).await?;
-    let key = (event.source.as_str(), event.event_id.as_str());
-    let mark_key = mark.key.as_ref().map(|(s, i)| (s.as_str(), i.as_str()));
-    if is_stale(event.occurred_at, key, mark.occurred_at, mark_key) {
-        let replay = mark.occurred_at == Some(event.occurred_at) && mark_key == Some(key);
-        return Ok(Step {
-            state: EventState::Stale,
-            result: EventResult {
-                effect: event.effect.clone(),
-                superseded_at: mark.occurred_at,
-                note: replay.then(|| {
-                    "a replay of the event already applied (forgotten after the retention): \
-                     nothing applied again"
-                        .to_owned()
-                }),
-                ..EventResult::default()
-            },
-            due_at: None,
-        });
+    if let Some(step) = stale_step(event, &mark) {
+        return Ok(step);
     }
+    let key = (event.source.as_str(), event.event_id.as_str());
     store::set_mark(
         conn,
         space,
@@ -450,6 +690,31 @@ async fn apply(conn: &mut AsyncPgConnection, event: &EventRow) -> diesel::QueryR
     Ok(Step {
         state: EventState::Applied,
         result,
+        due_at: None,
+    })
+}
+
+/// V5: the `stale` outcome of `event` when the last applied event of its subject and aspect
+/// (`mark`) is newer, or is this very event.
+fn stale_step(event: &EventRow, mark: &store::Mark) -> Option<Step> {
+    let key = (event.source.as_str(), event.event_id.as_str());
+    let mark_key = mark.key.as_ref().map(|(s, i)| (s.as_str(), i.as_str()));
+    if !is_stale(event.occurred_at, key, mark.occurred_at, mark_key) {
+        return None;
+    }
+    let replay = mark.occurred_at == Some(event.occurred_at) && mark_key == Some(key);
+    Some(Step {
+        state: EventState::Stale,
+        result: EventResult {
+            effect: event.effect.clone(),
+            superseded_at: mark.occurred_at,
+            note: replay.then(|| {
+                "a replay of the event already applied (forgotten after the retention): \
+                 nothing applied again"
+                    .to_owned()
+            }),
+            ..EventResult::default()
+        },
         due_at: None,
     })
 }
@@ -950,9 +1215,10 @@ pub async fn forget_old(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usi
 pub async fn drain(conn: &mut AsyncPgConnection, limit: usize) -> diesel::QueryResult<usize> {
     let mut n = 0;
     while n < limit {
-        match apply_next(conn).await? {
-            Some(_) => n += 1,
-            None => break,
+        let batch = APPLY_BATCH.min((limit - n) as i64);
+        match apply_batch(conn, batch).await?.len() {
+            0 => break,
+            applied => n += applied,
         }
     }
     Ok(n)
