@@ -388,6 +388,9 @@ pub async fn create_bulk_operation(
 }
 
 /// The space's bulk operations, newest first.
+///
+/// Every operation with its state and counts, newest first; `limit` (1 to 200, default 50) and
+/// `cursor` (the `next_cursor` of the page before) page through them.
 #[utoipa::path(
     tag = "bulk",
     operation_id = "list_bulk_operations",
@@ -423,6 +426,10 @@ pub async fn list_bulk_operations(
 }
 
 /// One bulk operation: state, counts, a sample of errors.
+///
+/// What a poller needs to follow an operation: `state` (`queued`, `running`, then
+/// `succeeded`, `completed_with_errors`, `cancelled` or `failed`), the subjects processed so
+/// far, the counts per subject × asset item and the first 20 errors with their problem type.
 #[utoipa::path(
     tag = "bulk",
     operation_id = "get_bulk_operation",
@@ -446,8 +453,10 @@ pub async fn get_bulk_operation(
     Ok(web::Json(view(usecase::get(&mut conn, &space, id).await?)))
 }
 
-/// Cancel a bulk operation: no chunk runs after this; what the chunks before did stays done
-/// (the counts say how far it went).
+/// Cancel a bulk operation.
+///
+/// No chunk runs after this (the chunk in hand finishes first); what the chunks before did
+/// stays done, and the counts say how far it went. A finished operation answers 409.
 #[utoipa::path(
     tag = "bulk",
     operation_id = "cancel_bulk_operation",
