@@ -169,44 +169,16 @@ pub async fn allocate_many(
     rows.extend(waitlist::write_waiting(conn, space, &waits).await?);
     let mut rows: std::collections::HashMap<uuid::Uuid, AssignmentRow> =
         rows.into_iter().map(|r| (r.id, r)).collect();
-    let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(reqs.len());
-    for d in decided {
-        let outcome = match d {
-            Decided::Existing { row, rule, holder } => Ok(Outcome::existing(*row, rule, holder)),
-            Decided::SameAs(i) => match &outcomes[i] {
-                Ok(first) => Ok(Outcome {
-                    created: false,
-                    rule: Rule::Existing,
-                    ..first.clone()
-                }),
-                Err(_) => Err(AllocationError::Db(diesel::result::Error::NotFound)),
-            },
-            Decided::New(p) | Decided::Waits(p) => {
-                let row = rows.remove(&p.id);
-                Ok(Outcome {
-                    assignment: row,
-                    created: true,
-                    rule: p.rule,
-                    account_id: p.account_id,
-                    license_type: p.license_type,
-                    decision: p.decision,
-                    holder: p.holder,
-                })
-            }
-            Decided::Would(p) => Ok(Outcome {
-                assignment: None,
-                created: false,
-                rule: p.rule,
-                account_id: p.account_id,
-                license_type: p.license_type,
-                decision: p.decision,
-                holder: p.holder,
-            }),
-            Decided::Refused(e) => Err(e.into()),
-        };
-        outcomes.push(outcome);
-    }
-    Ok(outcomes)
+    Ok(outcomes(decided, |p, would| Outcome {
+        // A dry run's new license has no row; a written one has its row.
+        assignment: if would { None } else { rows.remove(&p.id) },
+        created: !would,
+        rule: p.rule,
+        account_id: p.account_id,
+        license_type: p.license_type,
+        decision: p.decision,
+        holder: p.holder,
+    }))
 }
 
 /// Plans a batch of allocations of one space without writing anything (a bulk operation's dry
@@ -227,7 +199,25 @@ pub async fn plan_many(
     }
     let snap = load::snapshot(conn, space, reqs, true).await?;
     let decided = decide::plan_batch(reqs, &snap, Utc::now(), tally);
-    let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(reqs.len());
+    // Every license the plan gives is new (`created`), written or not.
+    Ok(outcomes(decided, |p, _| Outcome {
+        assignment: None,
+        created: true,
+        rule: p.rule,
+        account_id: p.account_id,
+        license_type: p.license_type,
+        decision: p.decision,
+        holder: p.holder,
+    }))
+}
+
+/// The answers of a decided batch, in request order: `new` makes the outcome of a license the
+/// batch gives (`true`: a dry run's, which is not written).
+fn outcomes(
+    decided: Vec<Decided>,
+    mut new: impl FnMut(decide::Planned, bool) -> Outcome,
+) -> Vec<Result<Outcome, AllocationError>> {
+    let mut outcomes: Vec<Result<Outcome, AllocationError>> = Vec::with_capacity(decided.len());
     for d in decided {
         let outcome = match d {
             Decided::Existing { row, rule, holder } => Ok(Outcome::existing(*row, rule, holder)),
@@ -239,20 +229,13 @@ pub async fn plan_many(
                 }),
                 Err(_) => Err(AllocationError::Db(diesel::result::Error::NotFound)),
             },
-            Decided::New(p) | Decided::Waits(p) | Decided::Would(p) => Ok(Outcome {
-                assignment: None,
-                created: true,
-                rule: p.rule,
-                account_id: p.account_id,
-                license_type: p.license_type,
-                decision: p.decision,
-                holder: p.holder,
-            }),
+            Decided::New(p) | Decided::Waits(p) => Ok(new(p, false)),
+            Decided::Would(p) => Ok(new(p, true)),
             Decided::Refused(e) => Err(e.into()),
         };
         outcomes.push(outcome);
     }
-    Ok(outcomes)
+    outcomes
 }
 
 impl Outcome {
