@@ -255,6 +255,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    event_sequences (space_id) {
+        space_id -> Text,
+        last -> Int8,
+    }
+}
+
+diesel::table! {
+    events (space_id, sequence) {
+        space_id -> Text,
+        sequence -> Int8,
+        id -> Uuid,
+        #[sql_name = "type"]
+        type_ -> Text,
+        api_version -> Text,
+        occurred_at -> Timestamptz,
+        recorded_at -> Timestamptz,
+        activity_id -> Nullable<Int8>,
+        data -> Jsonb,
+    }
+}
+
+diesel::table! {
     idempotency_keys (space_id, caller, key) {
         space_id -> Text,
         caller -> Text,
@@ -513,6 +535,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     distribution_policies,
     drift_items,
     drift_watermarks,
+    event_sequences,
+    events,
     idempotency_keys,
     jobs,
     lifecycle_events,

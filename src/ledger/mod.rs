@@ -20,6 +20,7 @@ pub mod bulk_operations;
 pub mod deployment;
 pub mod drift;
 pub mod drift_scope;
+pub mod events;
 pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;

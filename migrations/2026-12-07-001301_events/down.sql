@@ -1,0 +1,2 @@
+DROP TABLE event_sequences;
+DROP TABLE events;
