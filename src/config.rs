@@ -39,6 +39,8 @@ pub enum ConfigError {
     NoJwtKey,
     #[error("VPP_JWT_HS256_SECRET must be at least 32 bytes long")]
     ShortHs256Secret,
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 fn parse_url(var: &'static str, text: &str) -> Result<url::Url, ConfigError> {
@@ -444,5 +446,72 @@ mod redaction_tests {
             assert!(!printed.contains("hunter2"), "{printed}");
             assert!(printed.contains("[REDACTED]"), "{printed}");
         }
+    }
+}
+
+/// Signed webhooks (issue 15; docs/webhooks.md): delivery workers, URL safety, retries and
+/// the delivery log.
+#[derive(Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Webhook senders in this process (0: this process sends none; another replica's do).
+    #[arg(long, env = "VPP_WEBHOOK_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=8))]
+    pub webhook_workers: u64,
+    /// Deliveries in flight per sender (keep-alive connections are reused across them).
+    #[arg(long, env = "VPP_WEBHOOK_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_concurrency: u64,
+    /// Timeout of one delivery, in seconds.
+    #[arg(long, env = "VPP_WEBHOOK_TIMEOUT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub webhook_timeout_secs: u64,
+    /// Allow `http` URLs and private, loopback, link-local, ULA and CGNAT addresses (for
+    /// development and tests only: a webhook must not become a way into the cluster).
+    #[arg(long, env = "VPP_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    pub webhook_allow_private: bool,
+    /// Days the delivery log (one row per attempt) is kept.
+    #[arg(long, env = "VPP_WEBHOOK_LOG_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=365))]
+    pub webhook_log_retention_days: u64,
+    /// For tests: multiplies the retry schedule and the 5-day disabling window (1 = as
+    /// documented; 0.001 turns 5 s into 5 ms).
+    #[arg(long, env = "VPP_WEBHOOK_RETRY_SCALE", default_value_t = 1.0)]
+    pub webhook_retry_scale: f64,
+    /// Seconds both secrets sign after a rotation (24 h; shorter only for tests).
+    #[arg(long, env = "VPP_WEBHOOK_SECRET_OVERLAP_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub webhook_secret_overlap_secs: u64,
+    /// Milliseconds an idle sender waits between looks for new events (a notification on
+    /// `vpp_events` wakes it earlier).
+    #[arg(long, env = "VPP_WEBHOOK_POLL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=60_000))]
+    pub webhook_poll_ms: u64,
+    /// Seconds a sender's claim on deliveries lasts; a killed sender's deliveries are sent
+    /// again after it.
+    #[arg(long, env = "VPP_WEBHOOK_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(20..=3600))]
+    pub webhook_lease_secs: u64,
+}
+
+impl Default for WebhookArgs {
+    fn default() -> Self {
+        WebhookArgs {
+            webhook_workers: 1,
+            webhook_concurrency: 64,
+            webhook_timeout_secs: 15,
+            webhook_allow_private: false,
+            webhook_log_retention_days: 30,
+            webhook_retry_scale: 1.0,
+            webhook_secret_overlap_secs: 86_400,
+            webhook_poll_ms: 100,
+            webhook_lease_secs: 60,
+        }
+    }
+}
+
+impl WebhookArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.webhook_retry_scale.is_finite()
+            && self.webhook_retry_scale > 0.0
+            && self.webhook_retry_scale <= 1.0)
+        {
+            return Err(ConfigError::Invalid(
+                "VPP_WEBHOOK_RETRY_SCALE must be above 0 and at most 1",
+            ));
+        }
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! sTokens at rest: AES-256-GCM with rotatable keys.
+//! sTokens (and webhook signing secrets) at rest: AES-256-GCM with rotatable keys.
 //!
 //! Keys come from `VPP_TOKEN_KEYS` as `keyid:base64key[,keyid:base64key…]` (32-byte keys; the
 //! first is active for new encryptions, the others still decrypt). Each ciphertext is stored with
@@ -179,6 +179,16 @@ impl TokenCipher {
 
     /// Decrypts a sealed sToken.
     pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<SToken, CryptoError> {
+        let text = self.open_text(aad, sealed)?;
+        Ok(SToken::new(text))
+    }
+
+    /// Decrypts any sealed secret (a webhook signing secret) into a zeroed-on-drop string.
+    pub fn open_secret(&self, aad: &[u8], sealed: &Sealed) -> Result<SecretString, CryptoError> {
+        self.open_text(aad, sealed).map(SecretString::from)
+    }
+
+    fn open_text(&self, aad: &[u8], sealed: &Sealed) -> Result<String, CryptoError> {
         let cipher = self
             .keys
             .get(&sealed.key_id)
@@ -194,9 +204,7 @@ impl TokenCipher {
                 },
             )
             .map_err(|_| CryptoError::Decrypt(sealed.key_id.clone()))?;
-        let text =
-            String::from_utf8(plain).map_err(|_| CryptoError::Decrypt(sealed.key_id.clone()))?;
-        Ok(SToken::new(text))
+        String::from_utf8(plain).map_err(|_| CryptoError::Decrypt(sealed.key_id.clone()))
     }
 }
 

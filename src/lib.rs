@@ -55,3 +55,4 @@ pub mod state;
 pub mod sync;
 pub mod telemetry;
 pub mod waiters;
+pub mod webhooks;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::jwt::Authenticator;
 use crate::config::{
-    AccountArgs, AppleArgs, AuthArgs, ConfigError, DbArgs, HttpArgs, ReconcileArgs,
+    AccountArgs, AppleArgs, AuthArgs, ConfigError, DbArgs, HttpArgs, ReconcileArgs, WebhookArgs,
 };
 use crate::crypto::{KeySpecError, TokenCipher};
 use crate::db::pool::PoolError;
@@ -42,6 +42,8 @@ pub struct Settings {
     pub dispatch: Option<dispatch::Settings>,
     /// Drift, plans and Reconcile (shared by the API and the workers).
     pub reconcile: ReconcileArgs,
+    /// Webhooks: URL safety, delivery and its senders (`webhook_workers` of them here).
+    pub webhooks: WebhookArgs,
     /// Apply pending migrations first, under the migration lock (`VPP_AUTO_MIGRATE`, `dev`).
     pub migrate: bool,
     /// SIGTERM / SIGINT stop the server gracefully (`serve`, `dev`); tests stop it themselves.
@@ -111,10 +113,12 @@ impl Service {
             accounts,
             dispatch,
             reconcile,
+            webhooks,
             migrate,
             handle_signals,
         } = settings;
         db.validate()?;
+        webhooks.validate()?;
         auth.validate()?;
         apple.validate()?;
         accounts.validate()?;
@@ -150,17 +154,25 @@ impl Service {
                 addr: http.listen,
                 source,
             })?;
-        let state = Arc::new(AppState::build(pool, &apple, &accounts, cipher, reconcile).await?);
+        let webhook_settings = crate::webhooks::Settings::from_args(&webhooks);
+        let state = Arc::new(
+            AppState::build(pool, &apple, &accounts, cipher, reconcile, webhook_settings).await?,
+        );
         state
             .waiters
             .clone()
             .spawn_listener(database_url.to_owned(), cancel.clone());
-        let workers = match dispatch {
+        let mut workers = match dispatch {
             Some(settings) => {
                 dispatch::spawn(dispatch::Ctx::new(state.clone(), settings), cancel.clone())
             }
             None => Vec::new(),
         };
+        workers.extend(dispatch::webhooks::spawn(
+            state.clone(),
+            database_url.to_owned(),
+            cancel.clone(),
+        ));
         let server = server::start(
             Parts {
                 state: state.clone(),

@@ -21,6 +21,8 @@ pub enum StateError {
     Database(#[source] deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>),
     #[error("cannot read the instance id (are migrations applied?): {0}")]
     InstanceId(#[source] diesel::result::Error),
+    #[error("cannot build the webhook client: {0}")]
+    WebhookClient(#[source] reqwest::Error),
 }
 
 pub struct AppState {
@@ -37,6 +39,8 @@ pub struct AppState {
     pub exports: Arc<tokio::sync::Semaphore>,
     /// Drift, plans and Reconcile settings.
     pub reconciliation: crate::config::ReconcileArgs,
+    /// Webhook settings and the delivery client.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -48,7 +52,10 @@ impl AppState {
         accounts: &crate::config::AccountArgs,
         cipher: Arc<TokenCipher>,
         reconciliation: crate::config::ReconcileArgs,
+        webhooks: crate::webhooks::Settings,
     ) -> Result<AppState, StateError> {
+        let webhooks =
+            crate::webhooks::Webhooks::new(webhooks).map_err(StateError::WebhookClient)?;
         apple.validate()?;
         accounts.validate()?;
         let client = AppleClient::new(
@@ -81,6 +88,7 @@ impl AppState {
             combiner: crate::engine::combiner::Combiner::start(pool_for_combiner, 2, 128),
             exports: Arc::new(tokio::sync::Semaphore::new(exports)),
             reconciliation,
+            webhooks: Arc::new(webhooks),
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod policies;
 pub mod spaces;
 pub mod subjects;
 pub mod sync;
+pub mod webhooks;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -71,5 +72,15 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(bulk::list_bulk_operations)
         .service(bulk::get_bulk_operation)
         .service(bulk::cancel_bulk_operation)
+        .service(webhooks::create_webhook)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::get_webhook)
+        .service(webhooks::update_webhook)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::rotate_webhook_secret)
+        .service(webhooks::ping_webhook)
+        .service(webhooks::list_webhook_deliveries)
+        .service(webhooks::redeliver_webhook_event)
+        .service(webhooks::recover_webhook)
         .service(apple_notifications::receive_apple_notification);
 }

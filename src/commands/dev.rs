@@ -208,6 +208,11 @@ pub async fn run(args: DevArgs) -> Result<(), CommandError> {
         },
         dispatch: Some(dispatch),
         reconcile: crate::config::ReconcileArgs::default(),
+        // Local development: receivers on localhost are fine.
+        webhooks: crate::config::WebhookArgs {
+            webhook_allow_private: true,
+            ..crate::config::WebhookArgs::default()
+        },
         migrate: true,
         handle_signals: true,
     })

@@ -26,6 +26,8 @@ pub struct ServeArgs {
     pub dispatch: DispatchArgs,
     #[command(flatten)]
     pub reconcile: ReconcileArgs,
+    #[command(flatten)]
+    pub webhooks: crate::config::WebhookArgs,
     /// Apply pending migrations before serving (under the same advisory lock as `migrate`).
     /// The Helm chart runs `migrate` as a hook instead.
     #[arg(long, env = "VPP_AUTO_MIGRATE", default_value_t = false)]
@@ -41,6 +43,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CommandError> {
         accounts,
         dispatch,
         reconcile,
+        webhooks,
         auto_migrate,
     } = args;
     let dispatch = crate::dispatch::Settings::from_args(&dispatch, db.database_url.expose_secret());
@@ -55,6 +58,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CommandError> {
         accounts,
         dispatch: Some(dispatch),
         reconcile,
+        webhooks,
         migrate: auto_migrate,
         handle_signals: true,
     })

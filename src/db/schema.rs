@@ -493,6 +493,64 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_attempts (id) {
+        id -> Int8,
+        endpoint_id -> Uuid,
+        space_id -> Text,
+        event_id -> Uuid,
+        event_type -> Text,
+        sequence -> Nullable<Int8>,
+        attempt -> Int4,
+        attempted_at -> Timestamptz,
+        delivered -> Bool,
+        status -> Nullable<Int4>,
+        latency_ms -> Int4,
+        response -> Nullable<Text>,
+        error -> Nullable<Text>,
+        next_attempt_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Int8,
+        endpoint_id -> Uuid,
+        space_id -> Text,
+        sequence -> Int8,
+        event_id -> Uuid,
+        attempts -> Int4,
+        run_at -> Timestamptz,
+        locked_by -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        space_id -> Text,
+        url -> Text,
+        event_types -> Array<Text>,
+        description -> Text,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        disabled_at -> Nullable<Timestamptz>,
+        secret_key_id -> Text,
+        secret_nonce -> Bytea,
+        secret_ciphertext -> Bytea,
+        previous_key_id -> Nullable<Text>,
+        previous_nonce -> Nullable<Bytea>,
+        previous_ciphertext -> Nullable<Bytea>,
+        previous_until -> Nullable<Timestamptz>,
+        last_sequence -> Int8,
+        failing_since -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(account_distribution_entries -> accounts (account_id));
 diesel::joinable!(apple_assignments -> accounts (account_id));
 diesel::joinable!(drift_items -> accounts (account_id));
@@ -551,4 +609,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     sync_runs,
     waitlist,
     waitlist_wakeups,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_endpoints,
 );

@@ -44,6 +44,7 @@ pub mod retry;
 pub mod sync;
 pub mod users;
 pub mod waitlist;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -117,6 +117,11 @@ pub mod types {
         NO_LICENSE_AVAILABLE = ("no-license-available", 409, "No license available");
         /// The requested license type cannot be given to this subject or asset.
         LICENSE_TYPE_UNAVAILABLE = ("license-type-unavailable", 422, "License type unavailable");
+        /// A webhook URL is refused: not https, credentials in it, a host that does not
+        /// resolve or resolves to a non-public address (N6).
+        WEBHOOK_URL_REFUSED = ("webhook-url-refused", 422, "Webhook URL refused");
+        /// An event type no event has (a webhook's filter).
+        UNKNOWN_EVENT_TYPE = ("unknown-event-type", 422, "Unknown event type");
         /// An unexpected failure; details are in the server log under the request id.
         INTERNAL = ("internal", 500, "Internal server error");
         /// A dependency (the database, the key set) is unavailable; retry later.

@@ -188,6 +188,19 @@ crate::text_enum! {
         BulkFinished = "bulk.finished",
         /// V6: a bulk operation was cancelled (`details`: operation, counts so far).
         BulkCancelled = "bulk.cancelled",
+        /// N3: a webhook endpoint was created (`details`: webhook, url, event_types, enabled;
+        /// never the secret).
+        WebhookCreated = "webhook.created",
+        /// N3: a webhook endpoint was changed (`details`: its settings after the change).
+        WebhookUpdated = "webhook.updated",
+        /// N3: a webhook endpoint was deleted (`details`: webhook, url).
+        WebhookDeleted = "webhook.deleted",
+        /// N3: a webhook endpoint's secret was rotated (`details`: webhook, until when the
+        /// previous one also signs).
+        WebhookSecretRotated = "webhook.secret_rotated",
+        /// N6: a webhook endpoint was disabled by the service (`details.reason`: `gone` for a
+        /// 410 answer, `failing` after 5 days of failures).
+        WebhookDisabled = "webhook.disabled",
     }
 }
 

@@ -40,3 +40,4 @@ pub mod sync_runs;
 pub mod usage_gauges;
 pub mod waitlist;
 pub mod wakeups;
+pub mod webhooks;

@@ -508,6 +508,7 @@ fn activity_actions_cover_every_writer() {
         "sync.",
         "asset.",
         "plan.",
+        "webhook.",
     ];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {

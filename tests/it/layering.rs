@@ -38,7 +38,7 @@ fn layer(rel: &str) -> Option<Layer> {
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "plans"
-        | "reconcile" | "lifecycle" | "bulk" | "waiters" => Layer::UseCase,
+        | "reconcile" | "lifecycle" | "bulk" | "waiters" | "webhooks" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,

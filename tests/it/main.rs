@@ -41,3 +41,4 @@ mod support;
 mod sync;
 mod usage_gauges;
 mod waitlist;
+mod webhooks;

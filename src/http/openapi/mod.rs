@@ -60,6 +60,7 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
         (name = "policies", description = "Distribution policies per asset: reserved, first-come-first-served, disallowed"),
         (name = "lifecycle", description = "Lifecycle events from other MDM components (devices retired, wiped, moved; users deleted; group changes; apps removed) and what each space does about them"),
         (name = "bulk", description = "Bulk operations: allocate or revoke assets for up to 100,000 subjects (listed, a group, an asset's holders) as one operation with progress, dry run and cancel"),
+        (name = "webhooks", description = "Signed webhooks: endpoints that receive the space's events (Standard Webhooks signatures, retries, delivery log, redelivery); the payloads are in the document's `webhooks` section"),
         (name = "apple", description = "Endpoints Apple calls (notifications); not for MDM callers"),
         (name = "operations", description = "Health, readiness and metrics (no authentication)"),
     )

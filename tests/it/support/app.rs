@@ -63,6 +63,8 @@ pub struct Options {
     pub dispatcher: Option<vpp_broker::dispatch::Settings>,
     /// Drift, plans and Reconcile settings.
     pub reconcile: vpp_broker::config::ReconcileArgs,
+    /// Webhook settings; no sender runs unless a test asks (`webhook_workers`).
+    pub webhooks: vpp_broker::config::WebhookArgs,
 }
 
 /// Dispatcher timings for tests: tiny batching windows and polls, so events finish in well
@@ -112,6 +114,10 @@ impl Default for Options {
             token_keys: TOKEN_KEYS.into(),
             dispatcher: None,
             reconcile: vpp_broker::config::ReconcileArgs::default(),
+            webhooks: vpp_broker::config::WebhookArgs {
+                webhook_workers: 0,
+                ..vpp_broker::config::WebhookArgs::default()
+            },
         }
     }
 }
@@ -175,6 +181,7 @@ impl TestApp {
             token_keys,
             dispatcher,
             reconcile,
+            webhooks,
         } = opts;
         super::logs::capture();
         let db = TestDb::new().await;
@@ -211,6 +218,7 @@ impl TestApp {
                 ..d
             }),
             reconcile,
+            webhooks,
             migrate: false,
             handle_signals: false,
         })

@@ -1,0 +1,226 @@
+//! The webhook senders (`VPP_WEBHOOK_WORKERS` per process; issue 15, rule N6). Each one loops:
+//! fan new events out to the endpoints, lease due deliveries, keep up to
+//! `VPP_WEBHOOK_CONCURRENCY` requests in flight, and write the outcomes (queue, log, streaks)
+//! in batches — when 256 are done, 20 ms after the first of a batch, or when nothing is in
+//! flight. A slow endpoint holds one slot per delivery, never the batch.
+//!
+//! It wakes on `NOTIFY vpp_events` (the event writer's) and otherwise looks every
+//! `VPP_WEBHOOK_POLL_MS`. Every minute one sender of each process disables endpoints failing
+//! for 5 days and forgets delivery log rows past their retention (both idempotent, any replica).
+//! Coordination is PostgreSQL's only (see [`crate::ledger::webhooks`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+use crate::webhooks::delivery::{self, Message, Sent};
+
+/// Outcomes written per batch at most.
+const FLUSH_AT: usize = 256;
+/// Longest an outcome waits to be written.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// Time between housekeeping rounds.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// Starts the senders of this process (none when `webhook_workers` is 0) and the listener that
+/// wakes them.
+pub fn spawn(
+    state: Arc<AppState>,
+    database_url: String,
+    cancel: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let workers = state.webhooks.settings.workers;
+    if workers == 0 {
+        return Vec::new();
+    }
+    let wake = Arc::new(Notify::new());
+    let mut handles = vec![tokio::spawn(listen(
+        database_url,
+        wake.clone(),
+        cancel.clone(),
+    ))];
+    for i in 0..workers {
+        let name = format!("{}-{}-webhooks-{i}", hostname(), std::process::id());
+        handles.push(tokio::spawn(run(
+            state.clone(),
+            name,
+            i == 0,
+            wake.clone(),
+            cancel.clone(),
+        )));
+    }
+    handles
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "vpp-broker".into())
+}
+
+/// Wakes the senders on `NOTIFY vpp_events` (reconnecting after a second when the session
+/// ends; the senders poll meanwhile).
+async fn listen(database_url: String, wake: Arc<Notify>, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        match crate::ledger::webhooks::listen_events(&database_url).await {
+            Ok(mut conn) => {
+                let mut stream = std::pin::pin!(conn.notifications_stream());
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        next = stream.next() => match next {
+                            Some(Ok(_)) => wake.notify_waiters(),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "webhook listener cannot connect"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+type InFlight = FuturesUnordered<futures_util::future::BoxFuture<'static, (Message, Sent)>>;
+
+async fn run(
+    state: Arc<AppState>,
+    name: String,
+    housekeeper: bool,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    tracing::info!(worker = %name, "webhook sender started");
+    let settings = state.webhooks.settings.clone();
+    let concurrency = settings.concurrency.max(1);
+    let mut inflight: InFlight = FuturesUnordered::new();
+    let mut done: Vec<(Message, Sent)> = Vec::new();
+    let mut first_done: Option<Instant> = None;
+    let mut look = true;
+    let mut kept_house = Instant::now();
+    while !cancel.is_cancelled() {
+        if look && inflight.len() < concurrency {
+            let room = (concurrency * 2 - inflight.len()) as i64;
+            match refill(&state, &name, room).await {
+                Ok(messages) => {
+                    // A full claim: more is probably due; look again at once.
+                    look = messages.len() as i64 >= room;
+                    for msg in messages {
+                        let webhooks = state.webhooks.clone();
+                        inflight.push(
+                            async move {
+                                let sent = delivery::send(&webhooks, &msg).await;
+                                (msg, sent)
+                            }
+                            .boxed(),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook claim failed");
+                    look = false;
+                }
+            }
+        }
+        let wait = if !done.is_empty() {
+            FLUSH_AFTER.saturating_sub(first_done.map_or(Duration::ZERO, |t| t.elapsed()))
+        } else {
+            settings.poll
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(out) = inflight.next(), if !inflight.is_empty() => {
+                first_done.get_or_insert_with(Instant::now);
+                done.push(out);
+                // Everything else already finished, without waiting.
+                while let Some(Some(out)) = inflight.next().now_or_never() {
+                    done.push(out);
+                }
+                if inflight.len() < concurrency { look = true; }
+            }
+            _ = wake.notified() => { look = true; }
+            _ = tokio::time::sleep(wait) => { look = true; }
+        }
+        let due = done.len() >= FLUSH_AT
+            || inflight.is_empty()
+            || first_done.is_some_and(|t| t.elapsed() >= FLUSH_AFTER);
+        if due && !done.is_empty() {
+            flush(&state, &mut done).await;
+            first_done = None;
+        }
+        if housekeeper && kept_house.elapsed() >= HOUSEKEEPING {
+            kept_house = Instant::now();
+            housekeeping(&state).await;
+        }
+    }
+    // Cancelled: write what finished; the rest is sent again after the lease.
+    if !done.is_empty() {
+        flush(&state, &mut done).await;
+    }
+    tracing::info!(worker = %name, "webhook sender stopped");
+}
+
+/// Fans new events out, then leases up to `room` due deliveries.
+async fn refill(
+    state: &AppState,
+    name: &str,
+    room: i64,
+) -> Result<Vec<Message>, crate::webhooks::WebhookError> {
+    let mut conn = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| crate::webhooks::WebhookError::Invalid {
+            field: "database",
+            message: e.to_string(),
+        })?;
+    delivery::fan_out(&mut conn).await?;
+    delivery::claim(&state.webhooks, &state.cipher, &mut conn, name, room).await
+}
+
+async fn flush(state: &AppState, done: &mut Vec<(Message, Sent)>) {
+    let batch = std::mem::take(done);
+    let n = batch.len();
+    let result = match state.pool.get().await {
+        Ok(mut conn) => delivery::settle(&state.webhooks, &mut conn, batch).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook outcomes not written (no connection); they are sent again after the lease");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, outcomes = n, "webhook outcomes not written; they are sent again after the lease");
+    }
+}
+
+async fn housekeeping(state: &AppState) {
+    let Ok(mut conn) = state.pool.get().await else {
+        return;
+    };
+    match delivery::disable_failing(&state.webhooks, &mut conn).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            disabled = n,
+            "webhook endpoints failing for 5 days disabled"
+        ),
+        Err(e) => tracing::warn!(error = %e, "disabling failing webhooks failed"),
+    }
+    match delivery::forget_old_attempts(&state.webhooks, &mut conn).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(forgotten = n, "old webhook delivery log rows forgotten"),
+        Err(e) => tracing::warn!(error = %e, "forgetting old webhook attempts failed"),
+    }
+}
+
+/// One round of housekeeping now (tests call it instead of waiting a minute).
+pub async fn housekeep_now(state: &AppState) {
+    housekeeping(state).await;
+}
