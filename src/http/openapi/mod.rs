@@ -9,7 +9,9 @@
 //!   operation's own description of its errors;
 //! - `headers`: the headers the server really sends (`x-request-id`, `ETag`, `Location`,
 //!   `Idempotent-Replayed`, `Retry-After`, `WWW-Authenticate`) and the request headers it reads;
-//! - `parameters`: the path parameters' formats (space slug, UUIDs, adam id, pricing).
+//! - `parameters`: the path parameters' formats (space slug, UUIDs, adam id, pricing);
+//! - `webhooks`: the OpenAPI 3.1 `webhooks` section, one entry per event type a webhook
+//!   endpoint receives (utoipa 5 cannot declare it).
 //!
 //! Conventions: operation id = handler name (`verb_resource`), one tag per resource, explicit
 //! `security` on every operation (scopes listed; none for the anonymous operational routes).
@@ -20,6 +22,7 @@ mod headers;
 mod parameters;
 mod problems;
 mod security;
+mod webhooks;
 
 use actix_web::App;
 use serde_json::{Map, Value};
@@ -110,6 +113,7 @@ fn complete(doc: &mut Value) {
     security::schemes(object(components, "securitySchemes"));
     problems::schemas(object(components, "schemas"));
     parameters::schemas(object(components, "schemas"));
+    webhooks::section(root);
     let Some(paths) = root.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
