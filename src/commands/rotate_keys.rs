@@ -1,4 +1,5 @@
-//! `vpp-broker rotate-keys`: re-encrypts every stored sToken with the active key.
+//! `vpp-broker rotate-keys`: re-encrypts every stored sToken, and every webhook secret, with
+//! the active key.
 //!
 //! Rotation: put the new key first in `VPP_TOKEN_KEYS` (keep the old one after it), roll the
 //! deployment, run this command once, then remove the old key. Safe to run while replicas serve
@@ -33,6 +34,8 @@ pub enum RotateError {
     Database(#[source] deadpool::managed::PoolError<diesel_async::pooled_connection::PoolError>),
     #[error("cannot list the accounts to re-encrypt: {0}")]
     List(#[source] diesel::result::Error),
+    #[error("webhook secrets: {0}")]
+    Webhooks(#[source] crate::webhooks::WebhookError),
     #[error("account {id}: {source}")]
     Account {
         id: uuid::Uuid,
@@ -78,13 +81,18 @@ pub async fn run(args: RotateKeysArgs) -> Result<(), CommandError> {
     let cipher = Arc::new(TokenCipher::from_spec(args.token_keys.expose_secret())?);
     let pool = db::connect(&args.db, "vpp-broker-rotate-keys")?;
     let n = rotate(&pool, &cipher).await?;
+    let mut conn = pool.get().await.map_err(RotateError::Database)?;
+    let hooks = crate::webhooks::endpoints::reseal_all(&mut conn, &cipher)
+        .await
+        .map_err(RotateError::Webhooks)?;
     tracing::info!(
+        webhooks = hooks,
         reencrypted = n,
         key = cipher.active_key_id(),
         "token keys rotated"
     );
     println!(
-        "re-encrypted {n} sTokens with key {}",
+        "re-encrypted {n} sTokens and {hooks} webhook secrets with key {}",
         cipher.active_key_id()
     );
     Ok(())

@@ -526,3 +526,28 @@ pub async fn listen_events(database_url: &str) -> diesel::ConnectionResult<Async
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(conn)
 }
+
+/// Endpoints (not deleted) whose current or still-signing previous secret is sealed with
+/// another key than `active`, locked (skipping those locked elsewhere), at most `limit`.
+pub async fn sealed_with_other_keys(
+    conn: &mut AsyncPgConnection,
+    active: &str,
+    limit: i64,
+) -> QueryResult<Vec<EndpointRow>> {
+    webhook_endpoints::table
+        .filter(webhook_endpoints::deleted_at.is_null())
+        .filter(
+            webhook_endpoints::secret_key_id
+                .ne(active)
+                .or(webhook_endpoints::previous_key_id
+                    .ne(active)
+                    .and(webhook_endpoints::previous_until.gt(diesel::dsl::now))),
+        )
+        .order(webhook_endpoints::id)
+        .limit(limit)
+        .select(EndpointRow::as_select())
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}

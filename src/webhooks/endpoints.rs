@@ -345,3 +345,47 @@ pub async fn attempts(
     let row = get(conn, space, id).await?;
     Ok(store::attempts(conn, row.id, before, event, limit).await?)
 }
+
+/// Key rotation (`vpp-broker rotate-keys`): re-seals every endpoint secret (and a previous one
+/// still signing) not sealed with the active key, 100 endpoints per transaction. Returns how
+/// many endpoints were re-sealed.
+pub async fn reseal_all(
+    conn: &mut AsyncPgConnection,
+    cipher: &TokenCipher,
+) -> Result<usize, WebhookError> {
+    let mut done = 0;
+    loop {
+        let n = conn
+            .transaction(async |conn| {
+                let rows = store::sealed_with_other_keys(conn, cipher.active_key_id(), 100).await?;
+                let now = Utc::now();
+                for mut row in rows.iter().cloned() {
+                    let aad = aad(row.id);
+                    let current = cipher.open_secret(&aad, &row.sealed_secret())?;
+                    let sealed = cipher.seal(&aad, current.expose_secret());
+                    row.secret_key_id = sealed.key_id;
+                    row.secret_nonce = sealed.nonce;
+                    row.secret_ciphertext = sealed.ciphertext;
+                    if let Some(previous) = row.sealed_previous(now) {
+                        let previous = cipher.open_secret(&aad, &previous)?;
+                        let sealed = cipher.seal(&aad, previous.expose_secret());
+                        row.previous_key_id = Some(sealed.key_id);
+                        row.previous_nonce = Some(sealed.nonce);
+                        row.previous_ciphertext = Some(sealed.ciphertext);
+                    } else {
+                        row.previous_key_id = None;
+                        row.previous_nonce = None;
+                        row.previous_ciphertext = None;
+                        row.previous_until = None;
+                    }
+                    store::save(conn, &row).await?;
+                }
+                Ok::<usize, WebhookError>(rows.len())
+            })
+            .await?;
+        if n == 0 {
+            return Ok(done);
+        }
+        done += n;
+    }
+}

@@ -908,3 +908,68 @@ async fn n6_a_lease_that_ends_sends_the_delivery_again_with_the_same_id() {
         0
     );
 }
+
+#[tokio::test]
+async fn rotate_keys_reseals_webhook_secrets_and_they_still_sign() {
+    use base64::Engine;
+    let app = app_with(test_webhooks()).await;
+    let rx = Receiver::start().await;
+    let (id, old) = create(&app, "s1", json!({"url": rx.url})).await;
+    let resp = app
+        .req(
+            Method::POST,
+            &format!("/v1/spaces/s1/webhooks/{id}/rotate-secret"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let new = resp.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spec = format!(
+        "t2:{}",
+        base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+    );
+    let both = vpp_broker::crypto::TokenCipher::from_spec(&format!(
+        "{spec},{}",
+        crate::support::app::TOKEN_KEYS
+    ))
+    .unwrap();
+    let mut conn = app.pool.get().await.unwrap();
+    let n = vpp_broker::webhooks::endpoints::reseal_all(&mut conn, &both)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        vpp_broker::webhooks::endpoints::reseal_all(&mut conn, &both)
+            .await
+            .unwrap(),
+        0,
+        "nothing left to re-seal"
+    );
+    // Only the new key from now on: both secrets still open and sign.
+    let only_new = vpp_broker::crypto::TokenCipher::from_spec(&spec).unwrap();
+    let row = vpp_broker::webhooks::endpoints::get(&mut conn, "s1", id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(row.secret_key_id, "t2");
+    let keys = vpp_broker::webhooks::delivery::keys(&only_new, &row, Utc::now()).unwrap();
+    assert_eq!(keys.len(), 2);
+    let ts = Utc::now().timestamp();
+    let header = vpp_broker::webhooks::signing::signature_header(&keys, "msg", ts, b"{}");
+    let got = Got {
+        headers: vec![
+            ("webhook-id".into(), "msg".into()),
+            (
+                "webhook-timestamp".into(),
+                Utc::now().timestamp().to_string(),
+            ),
+            ("webhook-signature".into(), header),
+        ],
+        body: b"{}".to_vec(),
+        at: Instant::now(),
+    };
+    got.verify(&old).unwrap();
+    got.verify(&new).unwrap();
+}
