@@ -1,0 +1,288 @@
+//! Webhook benchmark: `cargo run --release --example webhook_bench` (issue 15's webhook figures;
+//! docs/benchmarks.md).
+//!
+//! Starts a local HTTP receiver in this process (actix, answering 204) and a `vpp-broker serve`
+//! child process (the release binary next to this example) on a fresh database with
+//! `VPP_WEBHOOK_ALLOW_PRIVATE=true`, creates one space with 3 endpoints on the receiver, then:
+//!
+//! 1. **burst**: appends 10,000 events (batches of 100 per transaction, each followed by
+//!    `NOTIFY vpp_events` as the event writer does) as fast as it can, and waits until all
+//!    30,000 deliveries arrived: deliveries/s (first commit to last arrival), commit→delivery
+//!    p50/p99, serve's peak RSS;
+//! 2. **trickle**: 200 events/s for 5 s (one event per transaction): commit→delivery p50/p99
+//!    when the sender is idle between events.
+//!
+//! Every message's signature is checked on arrival (HMAC-SHA256, the endpoint's secret).
+//! Options: `--events N` (10000), `--endpoints N` (3), `--trickle-rate N` (200),
+//! `--trickle-seconds N` (5).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a benchmark program: any failure aborts the run with its message"
+)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use vpp_broker::ledger::events::{self, NewEvent};
+
+struct Received {
+    /// (event id, endpoint index) → arrival.
+    at: Mutex<HashMap<(Uuid, usize), Instant>>,
+    count: AtomicU64,
+    bad_signatures: AtomicU64,
+    /// Signing keys per endpoint index.
+    keys: Mutex<Vec<Vec<u8>>>,
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn start_receiver(state: Arc<Received>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        let state = state.clone();
+        App::new().route(
+            "/hook/{n}",
+            web::post().to(
+                move |req: HttpRequest, path: web::Path<usize>, body: web::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let now = Instant::now();
+                        let n = path.into_inner();
+                        let header = |name: &str| {
+                            req.headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let id = header("webhook-id");
+                        let ts = header("webhook-timestamp");
+                        let sig = header("webhook-signature");
+                        let key = state
+                            .keys
+                            .lock()
+                            .unwrap()
+                            .get(n)
+                            .cloned()
+                            .unwrap_or_default();
+                        let ts_num: i64 = ts.parse().unwrap_or(0);
+                        let expected =
+                            vpp_broker::webhooks::signing::sign(&key, &id, ts_num, &body);
+                        if !sig.split(' ').any(|s| s == expected) {
+                            state.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Ok(id) = id.parse::<Uuid>() {
+                            state.at.lock().unwrap().entry((id, n)).or_insert(now);
+                        }
+                        state.count.fetch_add(1, Ordering::Relaxed);
+                        HttpResponse::NoContent().finish()
+                    }
+                },
+            ),
+        )
+    })
+    .workers(2)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    format!("http://{addr}")
+}
+
+/// Appends `n` events to the space in one transaction and notifies; returns their ids and the
+/// commit instant.
+async fn append(conn: &mut AsyncPgConnection, space: &str, n: usize) -> (Vec<Uuid>, Instant) {
+    let new: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent {
+            space_id: space.to_owned(),
+            id: Uuid::now_v7(),
+            type_: "assignment.active".into(),
+            occurred_at: Utc::now(),
+            activity_id: None,
+            data: json!({"assignment": Uuid::new_v4(), "state": "active", "version": i}),
+        })
+        .collect();
+    let ids: Vec<Uuid> = new.iter().map(|e| e.id).collect();
+    conn.transaction(async |c| {
+        events::append(c, new).await?;
+        c.batch_execute(&format!("NOTIFY vpp_events, '{space}'"))
+            .await
+    })
+    .await
+    .unwrap();
+    (ids, Instant::now())
+}
+
+fn latencies(received: &Received, commits: &[(Uuid, Instant)], endpoints: usize) -> Vec<Duration> {
+    let at = received.at.lock().unwrap();
+    let mut out = Vec::with_capacity(commits.len() * endpoints);
+    for (id, committed) in commits {
+        for n in 0..endpoints {
+            if let Some(t) = at.get(&(*id, n)) {
+                out.push(t.saturating_duration_since(*committed));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn wait_for(received: &Received, total: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while (received.at.lock().unwrap().len() as u64) < total {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+#[tokio::main]
+async fn main() {
+    let events_n = arg("--events", 10_000) as usize;
+    let endpoints = arg("--endpoints", 3) as usize;
+    let trickle_rate = arg("--trickle-rate", 200);
+    let trickle_secs = arg("--trickle-seconds", 5);
+
+    let (server, db_name, db_url) = common::fresh_database("webhook_bench").await;
+    let received = Arc::new(Received {
+        at: Mutex::new(HashMap::new()),
+        count: AtomicU64::new(0),
+        bad_signatures: AtomicU64::new(0),
+        keys: Mutex::new(Vec::new()),
+    });
+    let receiver = start_receiver(received.clone());
+    let http = common::http_client();
+    let service = common::Service::start_with_env(
+        &http,
+        &db_url,
+        "http://127.0.0.1:9/mdm/v2",
+        &[
+            ("VPP_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("VPP_WORKERS", "0"),
+            ("VPP_SYNC_WORKERS", "0"),
+        ],
+    )
+    .await;
+    let token = common::token();
+    let space = "bench";
+    common::create_space(&http, &service.base, &token, space).await;
+    for n in 0..endpoints {
+        let resp: Value = http
+            .post(format!("{}/v1/spaces/{space}/webhooks", service.base))
+            .bearer_auth(&token)
+            .json(&json!({"url": format!("{receiver}/hook/{n}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let secret = resp["secret"].as_str().expect("secret");
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap();
+        received.keys.lock().unwrap().push(key);
+    }
+    let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
+
+    // 1. Burst.
+    let started = Instant::now();
+    let mut commits: Vec<(Uuid, Instant)> = Vec::with_capacity(events_n);
+    let mut left = events_n;
+    while left > 0 {
+        let n = left.min(100);
+        let (ids, at) = append(&mut conn, space, n).await;
+        commits.extend(ids.into_iter().map(|id| (id, at)));
+        left -= n;
+    }
+    let appended = started.elapsed();
+    let total = (events_n * endpoints) as u64;
+    let complete = wait_for(&received, total, Duration::from_secs(300)).await;
+    let last = received
+        .at
+        .lock()
+        .unwrap()
+        .values()
+        .max()
+        .copied()
+        .unwrap_or(started);
+    let wall = last.saturating_duration_since(started);
+    let burst = latencies(&received, &commits, endpoints);
+    let (hwm, rss) = common::memory(service.pid());
+    println!("webhook burst: {events_n} events × {endpoints} endpoints");
+    println!("  appended in {:.2} s", appended.as_secs_f64());
+    println!(
+        "  delivered {} of {total} in {:.2} s: {:.0} deliveries/s{}",
+        burst.len(),
+        wall.as_secs_f64(),
+        burst.len() as f64 / wall.as_secs_f64(),
+        if complete { "" } else { " (INCOMPLETE)" }
+    );
+    println!(
+        "  commit→delivery p50 {:.1} ms, p99 {:.1} ms",
+        common::ms(common::percentile(&burst, 0.5)),
+        common::ms(common::percentile(&burst, 0.99))
+    );
+    println!(
+        "  serve RSS {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+
+    // 2. Trickle.
+    let before = received.at.lock().unwrap().len() as u64;
+    let mut trickle: Vec<(Uuid, Instant)> = Vec::new();
+    let interval = Duration::from_secs_f64(1.0 / trickle_rate.max(1) as f64);
+    let end = Instant::now() + Duration::from_secs(trickle_secs);
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        let (ids, at) = append(&mut conn, space, 1).await;
+        trickle.extend(ids.into_iter().map(|id| (id, at)));
+        next += interval;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let want = before + (trickle.len() * endpoints) as u64;
+    wait_for(&received, want, Duration::from_secs(60)).await;
+    let lat = latencies(&received, &trickle, endpoints);
+    let (hwm, _) = common::memory(service.pid());
+    println!(
+        "webhook trickle: {} events at {trickle_rate}/s: commit→delivery p50 {:.1} ms, p99 {:.1} ms; peak RSS {:.1} MiB",
+        trickle.len(),
+        common::ms(common::percentile(&lat, 0.5)),
+        common::ms(common::percentile(&lat, 0.99)),
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "requests received {} (duplicates {}), bad signatures {}",
+        received.count.load(Ordering::Relaxed),
+        received.count.load(Ordering::Relaxed) - received.at.lock().unwrap().len() as u64,
+        received.bad_signatures.load(Ordering::Relaxed)
+    );
+    service.stop();
+    drop(conn);
+    common::drop_databases(&server, &[&db_name]).await;
+}
