@@ -93,7 +93,8 @@ fn operations_with_bodies(account: &str) -> Vec<(Method, String)> {
                 .replace("{pricing_param}", "STDQ")
                 .replace("{assignment}", "0191e3b0-0000-7000-8000-000000000000")
                 .replace("{serial}", "S1")
-                .replace("{client_user_id}", "u1");
+                .replace("{client_user_id}", "u1")
+                .replace("{id}", "0191e3b0-0000-7000-8000-000000000001");
             assert!(!path.contains('{'), "a parameter of {template} is filled");
             ops.push((method.to_uppercase().parse().unwrap(), path));
         }
