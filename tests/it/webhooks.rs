@@ -66,6 +66,8 @@ struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     plan: Plan,
     always: Arc<Mutex<Option<u16>>>,
+    /// How long each answer takes.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Receiver {
@@ -73,14 +75,19 @@ impl Receiver {
         let got: Arc<Mutex<Vec<Got>>> = Arc::default();
         let plan: Plan = Arc::default();
         let always: Arc<Mutex<Option<u16>>> = Arc::default();
+        let delay: Arc<Mutex<Duration>> = Arc::default();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let (g, p, a) = (got.clone(), plan.clone(), always.clone());
+        let (g, p, a, d) = (got.clone(), plan.clone(), always.clone(), delay.clone());
         let server = HttpServer::new(move || {
-            let (g, p, a) = (g.clone(), p.clone(), a.clone());
+            let (g, p, a, d) = (g.clone(), p.clone(), a.clone(), d.clone());
             App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let (g, p, a) = (g.clone(), p.clone(), a.clone());
+                let (g, p, a, d) = (g.clone(), p.clone(), a.clone(), d.clone());
                 async move {
+                    let wait = *d.lock().unwrap();
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                     g.lock().unwrap().push(Got {
                         headers: req
                             .headers()
@@ -102,7 +109,7 @@ impl Receiver {
                 }
             }))
         })
-        .workers(1)
+        .workers(2)
         .listen(listener)
         .unwrap()
         .run();
@@ -112,6 +119,7 @@ impl Receiver {
             got,
             plan,
             always,
+            delay,
         }
     }
 
@@ -972,4 +980,127 @@ async fn rotate_keys_reseals_webhook_secrets_and_they_still_sign() {
     };
     got.verify(&old).unwrap();
     got.verify(&new).unwrap();
+}
+
+#[tokio::test]
+async fn n6_three_replicas_and_a_sigkill_mid_delivery_lose_nothing() {
+    use crate::support::procs::{ServeProcess, chart_env};
+    let db = crate::support::db::TestDb::new().await;
+    let mut env = chart_env(&db.url, "http://127.0.0.1:9/mdm/v2");
+    env.extend(
+        [
+            ("VPP_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("VPP_WEBHOOK_LEASE_SECS", "20"),
+            ("VPP_WEBHOOK_POLL_MS", "20"),
+            ("VPP_WEBHOOK_CONCURRENCY", "8"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let mut procs: Vec<ServeProcess> = (0..3).map(|_| ServeProcess::spawn(&env)).collect();
+    let http = reqwest::Client::new();
+    for p in &procs {
+        p.wait_ready(&http).await;
+    }
+    let base = procs[1].base_url.clone();
+    let resp = http
+        .post(format!("{base}/v1/spaces"))
+        .bearer_auth(crate::support::admin_token())
+        .json(&json!({"id": "s1", "name": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let rx = Receiver::start().await;
+    *rx.delay.lock().unwrap() = Duration::from_millis(30);
+    let resp = http
+        .post(format!("{base}/v1/spaces/s1/webhooks"))
+        .bearer_auth(crate::support::admin_token())
+        .json(&json!({"url": rx.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let secret = resp.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut conn = db.connect().await;
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..6 {
+        let new: Vec<NewEvent> = (0..100)
+            .map(|_| NewEvent {
+                space_id: "s1".into(),
+                id: Uuid::now_v7(),
+                type_: "assignment.active".into(),
+                occurred_at: Utc::now(),
+                activity_id: None,
+                data: json!({}),
+            })
+            .collect();
+        ids.extend(new.iter().map(|e| e.id.to_string()));
+        use diesel_async::AsyncConnection;
+        conn.transaction(async |c| events::append(c, new).await.map(|_| ()))
+            .await
+            .unwrap();
+    }
+    // Kill one replica while deliveries are in flight.
+    eventually(
+        "deliveries under way",
+        async || rx.got().len(),
+        |n| *n >= 150,
+    )
+    .await;
+    procs[0].signal(libc::SIGKILL);
+    procs[0].wait_exit(Duration::from_secs(10)).await;
+    let want: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    let got = crate::support::eventually_within(
+        Duration::from_secs(90),
+        "every event delivered",
+        async || {
+            rx.got()
+                .iter()
+                .map(|g| g.header("webhook-id").unwrap().to_owned())
+                .collect::<std::collections::BTreeSet<String>>()
+        },
+        |seen| seen.is_superset(&want),
+    )
+    .await;
+    assert_eq!(got, want, "nothing else was delivered");
+    // The killed replica's leased deliveries come due after the lease and are finished by the
+    // others: the queue empties, and every event has a delivered attempt in the log.
+    #[derive(diesel::QueryableByName, Debug)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    crate::support::eventually_within(
+        Duration::from_secs(60),
+        "the queue is empty",
+        async || {
+            diesel::sql_query("SELECT count(*) AS n FROM webhook_deliveries")
+                .get_result::<N>(&mut conn)
+                .await
+                .unwrap()
+                .n
+        },
+        |n| *n == 0,
+    )
+    .await;
+    let delivered: N = diesel::sql_query(
+        "SELECT count(DISTINCT event_id) AS n FROM webhook_attempts WHERE delivered",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        delivered.n, 600,
+        "every event has a delivered attempt (the killed replica's unlogged ones were resent)"
+    );
+    // A duplicate (sent by the killed replica, then again) carries the same webhook-id: every
+    // message received is one of the events, and verifies.
+    for g in rx.got() {
+        assert!(want.contains(g.header("webhook-id").unwrap()));
+        g.verify(&secret).unwrap();
+    }
+    drop(procs);
 }
