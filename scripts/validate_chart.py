@@ -54,6 +54,10 @@ KNOWN_ENV = {
     "VPP_RECONCILE_DAILY", "VPP_RECONCILE_UNSEEN_DAYS",
     # The wait-list (A12).
     "VPP_WAIT_EXPIRY_HOURS",
+    # Webhooks (issue 15). VPP_WEBHOOK_ALLOW_PRIVATE, VPP_WEBHOOK_RETRY_SCALE and
+    # VPP_WEBHOOK_SECRET_OVERLAP_SECS are for development and tests: the chart never sets them.
+    "VPP_WEBHOOK_WORKERS", "VPP_WEBHOOK_CONCURRENCY", "VPP_WEBHOOK_TIMEOUT_SECS",
+    "VPP_WEBHOOK_LOG_RETENTION_DAYS", "VPP_WEBHOOK_POLL_MS", "VPP_WEBHOOK_LEASE_SECS",
 }
 SECRET_ENV = {"DATABASE_URL", "VPP_TOKEN_KEYS", "VPP_JWT_HS256_SECRET", "VPP_JWT_PUBLIC_KEYS_PEM"}
 # Settings the ConfigMap always carries: values path under `config` -> env var. The rendered
@@ -89,6 +93,12 @@ CONFIG_ENV: dict[str, str] = {
     "reconcile.planCapPercent": "VPP_PLAN_CAP_PERCENT",
     "reconcile.planCapMax": "VPP_PLAN_CAP_MAX",
     "waitList.expiryHours": "VPP_WAIT_EXPIRY_HOURS",
+    "webhooks.workers": "VPP_WEBHOOK_WORKERS",
+    "webhooks.concurrency": "VPP_WEBHOOK_CONCURRENCY",
+    "webhooks.timeoutSeconds": "VPP_WEBHOOK_TIMEOUT_SECS",
+    "webhooks.logRetentionDays": "VPP_WEBHOOK_LOG_RETENTION_DAYS",
+    "webhooks.pollMs": "VPP_WEBHOOK_POLL_MS",
+    "webhooks.leaseSeconds": "VPP_WEBHOOK_LEASE_SECS",
 }
 # Kinds kubernetes-validate has no schema for (CRDs); checked structurally below instead.
 CRD_KINDS = {"ServiceMonitor"}
