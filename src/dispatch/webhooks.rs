@@ -108,7 +108,7 @@ async fn run(
     let mut kept_house = Instant::now();
     while !cancel.is_cancelled() {
         if look && inflight.len() < concurrency {
-            let room = (concurrency * 2 - inflight.len()) as i64;
+            let room = (concurrency - inflight.len()) as i64;
             match refill(&state, &name, room).await {
                 Ok(messages) => {
                     // A full claim: more is probably due; look again at once.
