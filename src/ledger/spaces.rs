@@ -128,7 +128,7 @@ pub async fn account_count(conn: &mut AsyncPgConnection, id: &str) -> QueryResul
 /// assignments (with no account left, all finished: the history of its accounts, which outlives
 /// each account but not the space an administrator deletes on purpose; the activity log keeps
 /// the record), the subjects callers described, the idempotency keys and the lifecycle events, marks and
-/// settings.
+/// settings; its webhook endpoints are stamped deleted (their delivery log stays).
 pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryResult<()> {
     use crate::db::schema::{assignments, distribution_policies, idempotency_keys, subjects};
     diesel::delete(assignments::table.filter(assignments::space_id.eq(id)))
@@ -145,6 +145,7 @@ pub async fn delete_contents(conn: &mut AsyncPgConnection, id: &str) -> QueryRes
         .await?;
     super::lifecycle::delete_space(conn, id).await?;
     super::bulk_operations::delete_space(conn, id).await?;
+    super::webhooks::delete_space(conn, id).await?;
     Ok(())
 }
 

@@ -551,3 +551,21 @@ pub async fn sealed_with_other_keys(
         .load(conn)
         .await
 }
+
+/// A space is deleted: its endpoints are stamped deleted (so a space re-created with the same id
+/// starts without them) and their queued deliveries dropped; the delivery log stays for its
+/// retention.
+pub async fn delete_space(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<()> {
+    diesel::sql_query("DELETE FROM webhook_deliveries WHERE space_id = $1")
+        .bind::<Text, _>(space)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE webhook_endpoints SET enabled = false, deleted_at = now(), updated_at = now()
+          WHERE space_id = $1 AND deleted_at IS NULL",
+    )
+    .bind::<Text, _>(space)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

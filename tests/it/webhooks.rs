@@ -1104,3 +1104,22 @@ async fn n6_three_replicas_and_a_sigkill_mid_delivery_lose_nothing() {
     }
     drop(procs);
 }
+
+#[tokio::test]
+async fn n3_deleting_a_space_deletes_its_webhooks() {
+    let app = app_with(test_webhooks()).await;
+    let rx = Receiver::start().await;
+    create(&app, "s2", json!({"url": rx.url})).await;
+    let resp = app
+        .req(Method::DELETE, "/v1/spaces/s2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    app.space("s2").await;
+    let list = app.get_json("/v1/spaces/s2/webhooks").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+    append(&app, "s2", &["assignment.active"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing to poll for
+    assert!(rx.got().is_empty());
+}
