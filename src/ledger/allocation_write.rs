@@ -42,11 +42,24 @@ pub enum WriteError {
     Overdrawn,
 }
 
-/// Writes `planned` (with who asked for each) and returns the new rows, in no particular order.
+/// What [`write`] returns of the rows it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returning {
+    /// Every new row in full (an allocation's answer shows it).
+    Rows,
+    /// Only how many: bulk operations and the wait-list count outcomes and show no row, and
+    /// sending 10,000 full rows back (each with its decision's JSON) and decoding them cost
+    /// as much as a third of writing them.
+    Count,
+}
+
+/// Writes `planned` (with who asked for each) and returns the new rows, in no particular order
+/// (none with [`Returning::Count`]).
 pub async fn write(
     conn: &mut AsyncPgConnection,
     space: &str,
     planned: &[(&Planned, Requested<'_>)],
+    returning: Returning,
 ) -> Result<Vec<AssignmentRow>, WriteError> {
     if planned.is_empty() {
         return Ok(Vec::new());
@@ -96,8 +109,44 @@ pub async fn write(
     };
     // One statement. If the guarded pool update touched fewer rows than planned, the final
     // SELECT returns nothing and the caller rolls the transaction back, inserts included.
-    let inserted: Vec<AssignmentRow> = diesel::sql_query(
-        "WITH new AS (
+    let query = match returning {
+        Returning::Rows => WRITE_ROWS,
+        Returning::Count => WRITE_COUNT,
+    };
+    let inserted: Vec<AssignmentRow> = match returning {
+        Returning::Rows => {
+            diesel::sql_query(query)
+                .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
+                .bind::<diesel::sql_types::Text, _>(space)
+                .bind::<diesel::sql_types::BigInt, _>(groups)
+                .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+                .prepared()
+                .load(conn)
+                .await?
+        }
+        Returning::Count => {
+            let ids: Vec<Written> = diesel::sql_query(query)
+                .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
+                .bind::<diesel::sql_types::Text, _>(space)
+                .bind::<diesel::sql_types::BigInt, _>(groups)
+                .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+                .prepared()
+                .load(conn)
+                .await?;
+            if ids.len() != planned.len() {
+                return Err(WriteError::Overdrawn);
+            }
+            return Ok(Vec::new());
+        }
+    };
+    if inserted.len() != planned.len() {
+        return Err(WriteError::Overdrawn);
+    }
+    Ok(inserted)
+}
+
+/// The write, answering the new rows in full.
+const WRITE_ROWS: &str = "WITH new AS (
              SELECT * FROM jsonb_to_recordset($1) AS t(
                  id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
                  license_type text, rule text, decision jsonb, requested_by text, reason text,
@@ -160,17 +209,70 @@ pub async fn write(
                FROM new
          )
          SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
-          WHERE (SELECT count(*) FROM bump) = $3",
-    )
-    .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::BigInt, _>(groups)
-    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
-    .prepared()
-    .load(conn)
-    .await?;
-    if inserted.len() != planned.len() {
-        return Err(WriteError::Overdrawn);
-    }
-    Ok(inserted)
+          WHERE (SELECT count(*) FROM bump) = $3";
+
+/// The same write, answering only the new rows' ids.
+const WRITE_COUNT: &str = "WITH new AS (
+             SELECT * FROM jsonb_to_recordset($1) AS t(
+                 id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
+                 license_type text, rule text, decision jsonb, requested_by text, reason text,
+                 request_id text, at_apple bool, promote bool, subject_label text,
+                 details jsonb)
+         ), counts AS (
+             SELECT account_id, adam_id, pricing_param, count(*) AS n,
+                    count(*) FILTER (WHERE at_apple) AS moved
+               FROM new
+              GROUP BY account_id, adam_id, pricing_param
+         ), bump AS (
+             UPDATE assets s SET held = s.held + c.n,
+                                 foreign_assigned = s.foreign_assigned - c.moved,
+                                 updated_at = now()
+               FROM counts c
+              WHERE s.account_id = c.account_id AND s.adam_id = c.adam_id
+                AND s.pricing_param = c.pricing_param
+                AND s.foreign_assigned >= c.moved
+                -- Licenses moved from `foreign_assigned` to `held` use nothing new: a batch of
+                -- only such moves passes even on an asset Apple over-committed (a refund).
+                AND (s.held + s.foreign_assigned + c.n - c.moved <= s.apple_total OR c.n = c.moved)
+                AND NOT EXISTS (SELECT 1 FROM accounts a
+                                 WHERE a.id = s.account_id AND a.delete_requested_at IS NOT NULL)
+          RETURNING 1
+         ), ins AS (
+             INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subject_id,
+                                      license_type, state, rule, decision, requested_by, reason)
+             SELECT id, $2, account_id, adam_id, pricing_param, subject_id, license_type, 'pending',
+                    rule, decision, requested_by, reason
+               FROM new WHERE NOT promote
+          RETURNING id
+         ), served AS (
+             -- A12: a waiting assignment served: same row, now holding the license.
+             UPDATE assignments a
+                SET state = 'pending', account_id = n.account_id, license_type = n.license_type,
+                    rule = n.rule, decision = n.decision, version = a.version + 1,
+                    updated_at = now()
+               FROM new n
+              WHERE n.promote AND a.id = n.id AND a.state = 'waiting'
+                -- Only for the holder the row was written for (the wait-list checks it first).
+                AND a.subject_id = n.subject_id
+          RETURNING a.id
+         ), unlined AS (
+             DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM served)
+         ), job AS (
+             INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
+             SELECT $4::text, account_id, id, adam_id, pricing_param, license_type FROM new
+         ), act AS (
+             INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
+                                       adam_id, pricing_param, rule, request_id, details)
+             SELECT $2, requested_by, 'assignment.allocated', account_id, id, subject_label,
+                    adam_id, pricing_param, rule, request_id, details
+               FROM new
+         )
+         SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
+          WHERE (SELECT count(*) FROM bump) = $3";
+
+#[derive(diesel::QueryableByName)]
+struct Written {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    #[allow(dead_code)]
+    id: uuid::Uuid,
 }
