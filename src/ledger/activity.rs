@@ -216,6 +216,8 @@ pub struct Activity {
     pub apple_event_id: Option<String>,
     pub request_id: Option<String>,
     pub details: serde_json::Value,
+    /// The assignment's version after the change (rows about one; [`record`] fills it).
+    pub version: Option<i64>,
 }
 
 impl Activity {
@@ -246,17 +248,25 @@ impl Activity {
     }
 }
 
-/// Writes `activity`; a row about an assignment without a subject gets the assignment's.
+/// Writes `activity`; a row about an assignment gets the assignment's version as it is now
+/// (write the row after the change, in its transaction), and its subject unless it names one.
 pub async fn record(conn: &mut AsyncPgConnection, mut activity: Activity) -> QueryResult<()> {
-    if let (None, Some(id)) = (&activity.subject, activity.assignment_id) {
-        activity.subject = assignments::table
+    if let Some(id) = activity.assignment_id
+        && activity.version.is_none()
+    {
+        let found = assignments::table
             .inner_join(subjects::table)
             .filter(assignments::id.eq(id))
-            .select((subjects::kind, subjects::external_id))
-            .first::<(String, String)>(conn)
+            .select((subjects::kind, subjects::external_id, assignments::version))
+            .first::<(String, String, i64)>(conn)
             .await
-            .optional()?
-            .map(|(kind, id)| format!("{kind}:{id}"));
+            .optional()?;
+        if let Some((kind, external, version)) = found {
+            activity.version = Some(version);
+            if activity.subject.is_none() {
+                activity.subject = Some(format!("{kind}:{external}"));
+            }
+        }
     }
     diesel::insert_into(activity_log::table)
         .values(activity)
