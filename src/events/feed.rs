@@ -71,7 +71,10 @@ pub async fn read(
     let interest = (!query.wait.is_zero()).then(|| wakes.watch(space));
     let mut after = query.after;
     loop {
-        let woken = interest.as_ref().map(|i| i.notify().notified());
+        let woken = interest
+            .as_ref()
+            .and_then(|i| i.notify())
+            .map(|n| n.notified());
         let page = {
             let mut conn = pool.get().await?;
             page(&mut conn, space, after, query).await?

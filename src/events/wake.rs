@@ -29,8 +29,9 @@ pub struct Interest<'a> {
 
 impl Interest<'_> {
     /// Resolves at the space's next wake-up (create it before reading, then await it).
-    pub fn notify(&self) -> &Notify {
-        self.handle.as_deref().expect("set until dropped")
+    /// (Always `Some` until dropped.)
+    pub fn notify(&self) -> Option<&Notify> {
+        self.handle.as_deref()
     }
 }
 
@@ -111,8 +112,8 @@ mod tests {
         let wakes = EventWakes::default();
         let acme = wakes.watch("acme");
         let other = wakes.watch("other");
-        let acme_woken = acme.notify().notified();
-        let other_woken = other.notify().notified();
+        let acme_woken = acme.notify().unwrap().notified();
+        let other_woken = other.notify().unwrap().notified();
         wakes.wake("acme");
         assert!(
             tokio::time::timeout(Duration::from_secs(5), acme_woken)
