@@ -5,7 +5,7 @@
 //!   sequence seen); without it the feed starts at the oldest kept event. `next` is always
 //!   given: an empty page returns the position it was asked for (or the end), so a reader
 //!   keeps one cursor forever.
-//! - `types` (comma-separated [`EventType`]s; an unknown one is a 400), `limit` (1-1000,
+//! - `types` (comma-separated [`FeedEventType`]s; an unknown one is a 400), `limit` (1-1000,
 //!   default 100), `wait` (0-30 s: a long poll that answers as soon as an event arrives, woken
 //!   by the sequencer's NOTIFY).
 //! - A cursor whose following events retention forgot answers 410 `cursor-expired` with the
@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::api::spaces::require_space;
 use crate::auth::{SpaceAccess, needs};
 use crate::events::feed::{self, FeedError, FeedQuery};
-use crate::events::mapping::EventType;
+use crate::events::mapping::FeedEventType;
 use crate::http::pagination::{PageQuery, cursor_at};
 use crate::http::problem::{ApiError, types};
 use crate::ledger::events::EventRow;
@@ -43,7 +43,7 @@ pub struct Event {
     /// Unique and stable: a consumer may drop an event whose id it already handled.
     pub id: Uuid,
     #[serde(rename = "type")]
-    #[schema(value_type = EventType)]
+    #[schema(value_type = FeedEventType)]
     pub type_: String,
     /// The version of the envelope and `data` (a date).
     pub api_version: String,
@@ -151,10 +151,10 @@ fn parse(list: &str, q: EventsQuery) -> Result<FeedQuery, ApiError> {
         Some(raw) => {
             let mut types = Vec::new();
             for name in raw.split(',') {
-                let kind: EventType = name.trim().parse().map_err(|_| {
+                let kind: FeedEventType = name.trim().parse().map_err(|_| {
                     invalid(format!(
                         "types: unknown event type {name:?} (known: {})",
-                        EventType::ALL
+                        FeedEventType::ALL
                             .iter()
                             .map(|t| t.as_str())
                             .collect::<Vec<_>>()

@@ -22,7 +22,7 @@ use crate::ledger::outbox::OutboxRow;
 crate::text_enum! {
     /// The type of an event (`type`): a closed list; documented with its `data` in
     /// docs/events.md.
-    pub enum EventType {
+    pub enum FeedEventType {
         /// A license was allocated (`state` pending; Apple's association follows).
         AssignmentAllocated = "assignment.allocated",
         /// Apple confirmed the association (`state` active).
@@ -66,8 +66,8 @@ crate::text_enum! {
 }
 
 /// The event an activity row makes, if any: its type and `data`.
-pub fn map(row: &OutboxRow) -> Option<(EventType, Value)> {
-    use EventType as E;
+pub fn map(row: &OutboxRow) -> Option<(FeedEventType, Value)> {
+    use FeedEventType as E;
     let detail = |key: &str| row.details.get(key).and_then(Value::as_str);
     let (kind, state) = match row.action.as_str() {
         "assignment.allocated" => {
@@ -103,7 +103,7 @@ pub fn map(row: &OutboxRow) -> Option<(EventType, Value)> {
 }
 
 /// `data` of an assignment's event.
-fn assignment(row: &OutboxRow, kind: EventType, state: &str) -> Value {
+fn assignment(row: &OutboxRow, kind: FeedEventType, state: &str) -> Value {
     let details = &row.details;
     let subject = row.subject.as_deref().and_then(|label| {
         let (kind, id) = label.split_once(':')?;
@@ -133,7 +133,7 @@ fn assignment(row: &OutboxRow, kind: EventType, state: &str) -> Value {
     data.insert("request_id".into(), json!(row.request_id));
     if matches!(
         kind,
-        EventType::AssignmentRevoking | EventType::AssignmentRevoked
+        FeedEventType::AssignmentRevoking | FeedEventType::AssignmentRevoked
     ) {
         data.insert(
             "notify_on_removal".into(),
@@ -143,7 +143,7 @@ fn assignment(row: &OutboxRow, kind: EventType, state: &str) -> Value {
     if let Some(error) = error(row, kind) {
         data.insert("error".into(), error);
     }
-    if kind == EventType::AssignmentReallocated {
+    if kind == FeedEventType::AssignmentReallocated {
         data.insert(
             "reallocated_to".into(),
             details
@@ -171,9 +171,9 @@ fn reason(row: &OutboxRow) -> Value {
 }
 
 /// Apple's (or the service's) error of a failure.
-fn error(row: &OutboxRow, kind: EventType) -> Option<Value> {
+fn error(row: &OutboxRow, kind: FeedEventType) -> Option<Value> {
     match kind {
-        EventType::AssignmentFailed | EventType::AssignmentReallocated => Some(
+        FeedEventType::AssignmentFailed | FeedEventType::AssignmentReallocated => Some(
             row.details
                 .get("error")
                 .filter(|e| !e.is_null())
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn an_allocation_is_allocated_with_its_identity_and_version() {
         let (kind, data) = map(&row("assignment.allocated", json!({"skipped": 0}))).unwrap();
-        assert_eq!(kind, EventType::AssignmentAllocated);
+        assert_eq!(kind, FeedEventType::AssignmentAllocated);
         assert_eq!(data["assignment_id"], json!(Uuid::max()));
         assert_eq!(data["version"], json!(3));
         assert_eq!(data["state"], "pending");
@@ -248,7 +248,7 @@ mod tests {
             json!({"served_from_wait_list": true}),
         ))
         .unwrap();
-        assert_eq!(kind, EventType::AssignmentWaitServed);
+        assert_eq!(kind, FeedEventType::AssignmentWaitServed);
         assert_eq!(data["state"], "pending");
     }
 
@@ -259,7 +259,7 @@ mod tests {
             json!({"reason": "user left", "state": "revoking", "notify_user": true}),
         );
         let (kind, data) = map(&requested).unwrap();
-        assert_eq!(kind, EventType::AssignmentRevoking);
+        assert_eq!(kind, FeedEventType::AssignmentRevoking);
         assert_eq!(data["reason"], "user left");
         assert_eq!(data["notify_on_removal"], true);
         assert_eq!(data["state"], "revoking");
@@ -270,7 +270,7 @@ mod tests {
             json!({"reason": "r", "state": "revoked", "notify_user": false}),
         );
         let (kind, data) = map(&dropped).unwrap();
-        assert_eq!(kind, EventType::AssignmentRevoked);
+        assert_eq!(kind, FeedEventType::AssignmentRevoked);
         assert_eq!(data["notify_on_removal"], false);
 
         // Apple's release, recorded by the system: the requester is the actor.
@@ -281,7 +281,7 @@ mod tests {
         );
         released.actor = "system".into();
         let (kind, data) = map(&released).unwrap();
-        assert_eq!(kind, EventType::AssignmentRevoked);
+        assert_eq!(kind, FeedEventType::AssignmentRevoked);
         assert_eq!(data["actor"], "admin-1");
         assert_eq!(data["notify_on_removal"], true);
     }
@@ -290,7 +290,7 @@ mod tests {
     fn failures_and_reallocations_carry_the_error() {
         let error = json!({"code": 9709, "reallocated_to": Uuid::nil()});
         let (kind, data) = map(&row("assignment.reallocated", error.clone())).unwrap();
-        assert_eq!(kind, EventType::AssignmentReallocated);
+        assert_eq!(kind, FeedEventType::AssignmentReallocated);
         assert_eq!(data["state"], "failed");
         assert_eq!(data["reallocated_to"], json!(Uuid::nil()));
         assert_eq!(data["error"], error);
@@ -299,10 +299,10 @@ mod tests {
             json!({"state": "failed", "error": {"code": 9610}}),
         ))
         .unwrap();
-        assert_eq!(kind, EventType::AssignmentFailed);
+        assert_eq!(kind, FeedEventType::AssignmentFailed);
         assert_eq!(data["error"], json!({"code": 9610}));
         let (kind, _) = map(&row("assignment.reallocation_failed", json!({}))).unwrap();
-        assert_eq!(kind, EventType::AssignmentFailed);
+        assert_eq!(kind, FeedEventType::AssignmentFailed);
     }
 
     #[test]
@@ -310,16 +310,16 @@ mod tests {
         let (kind, data) = map(&row("assignment.wait_cancelled", json!({}))).unwrap();
         assert_eq!(
             (kind, data["state"].clone()),
-            (EventType::AssignmentWaitEnded, json!("revoked"))
+            (FeedEventType::AssignmentWaitEnded, json!("revoked"))
         );
         let (kind, data) = map(&row("assignment.wait_expired", json!({}))).unwrap();
         assert_eq!(
             (kind, data["state"].clone()),
-            (EventType::AssignmentWaitEnded, json!("failed"))
+            (FeedEventType::AssignmentWaitEnded, json!("failed"))
         );
         assert_eq!(
             map(&row("assignment.waiting", json!({}))).unwrap().0,
-            EventType::AssignmentWaiting
+            FeedEventType::AssignmentWaiting
         );
     }
 
@@ -331,16 +331,16 @@ mod tests {
         );
         status.assignment_id = None;
         let (kind, data) = map(&status).unwrap();
-        assert_eq!(kind, EventType::AccountStatusChanged);
+        assert_eq!(kind, FeedEventType::AccountStatusChanged);
         assert_eq!(data["details"]["to"], "expired");
         assert_eq!(data["account_id"], json!(Uuid::nil()));
         for (action, kind) in [
-            ("sync.finished", EventType::SyncFinished),
-            ("lifecycle.applied", EventType::LifecycleApplied),
-            ("bulk.finished", EventType::BulkFinished),
-            ("plan.applied", EventType::PlanApplied),
-            ("notification.raised", EventType::NotificationRaised),
-            ("notification.cleared", EventType::NotificationCleared),
+            ("sync.finished", FeedEventType::SyncFinished),
+            ("lifecycle.applied", FeedEventType::LifecycleApplied),
+            ("bulk.finished", FeedEventType::BulkFinished),
+            ("plan.applied", FeedEventType::PlanApplied),
+            ("notification.raised", FeedEventType::NotificationRaised),
+            ("notification.cleared", FeedEventType::NotificationCleared),
         ] {
             assert_eq!(map(&row(action, json!({}))).unwrap().0, kind, "{action}");
         }
