@@ -111,7 +111,8 @@ pub async fn finished_after(
            FROM activity_log
           WHERE txid >= $1::xid8 AND (txid, id) > ($1::xid8, $2)
             AND txid < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY txid, id
+          -- Qualified: the output column `txid` is the text (whose order is not the xid's).
+          ORDER BY activity_log.txid, activity_log.id
           LIMIT $3",
     )
     .bind::<Text, _>(&after.txid)
