@@ -20,7 +20,7 @@ use crate::events::{self, ROUND};
 /// Pause after a round that found rows.
 pub const BUSY: Duration = Duration::from_millis(20);
 /// Pause after a round that found none (or another replica's sequencer was at work).
-pub const IDLE: Duration = Duration::from_millis(50);
+pub const IDLE: Duration = Duration::from_millis(30);
 
 /// How the sequencer's session names itself in `pg_stat_activity`.
 const SESSION: &str = "SET application_name = 'vpp-broker event sequencer'";

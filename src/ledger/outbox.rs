@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::db::schema::activity_log;
 
 /// The advisory lock key of the sequencer ("vppevent" in ASCII).
-const SEQUENCER_LOCK: i64 = 0x7670_7065_7665_6e74;
+pub const SEQUENCER_LOCK: i64 = 0x7670_7065_7665_6e74;
 
 /// The channel readers of the feed (and the webhook worker) listen on; the payload is a space.
 pub const CHANNEL: &str = "vpp_events";
