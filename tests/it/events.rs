@@ -620,3 +620,51 @@ async fn an_event_reaches_a_waiting_reader_soon_after_its_commit() {
         "p50 {p50:?}: {latencies:?}"
     );
 }
+
+#[tokio::test]
+async fn waiting_for_a_license_is_waiting_then_wait_served_or_wait_ended() {
+    let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 1)])], &[("A", U1)]).await;
+    let api = w.api();
+    let holder = api.allocated(&device("S1")).await.id();
+    api.final_state(holder).await;
+    let wait = |serial: &str| {
+        json!({"asset": {"adam_id": APP}, "subject": {"kind": "device", "id": serial},
+               "wait_for_license": true})
+    };
+    let first: Allocation = read(api.allocate(&wait("W1")).await, 202).await;
+    let second: Allocation = read(api.allocate(&wait("W2")).await, 202).await;
+    let (first, second) = (first.id(), second.id());
+    // W2 gives up; then S1's license frees and W1 is served.
+    let resp = api.revoke(second, "?reason=gave%20up").await;
+    assert_eq!(resp.status(), 200);
+    let resp = api.revoke(holder, "?reason=left").await;
+    assert_eq!(resp.status(), 202);
+    let (events, _) = eventually(
+        "the wait-list's events",
+        async || read_to_end(api, None, "", 100).await,
+        |(events, _)| of(events, first).len() >= 3 && of(events, second).len() >= 2,
+    )
+    .await;
+    assert_gapless(&events);
+    let served = of(&events, first);
+    assert_eq!(
+        types(&served)[..3],
+        [
+            "assignment.waiting",
+            "assignment.wait_served",
+            "assignment.active"
+        ],
+        "{served:?}"
+    );
+    assert_eq!(served[0].data["state"], "waiting");
+    assert_eq!(served[1].data["state"], "pending");
+    assert!(served[1].data["version"].as_i64() > served[0].data["version"].as_i64());
+    let ended = of(&events, second);
+    assert_eq!(
+        types(&ended),
+        ["assignment.waiting", "assignment.wait_ended"],
+        "{ended:?}"
+    );
+    assert_eq!(ended[1].data["state"], "revoked");
+    assert_eq!(ended[1].data["reason"], "gave up");
+}
