@@ -614,10 +614,15 @@ async fn an_event_reaches_a_waiting_reader_soon_after_its_commit() {
     latencies.sort();
     let p50 = latencies[latencies.len() / 2];
     eprintln!("commit → event at a waiting reader: p50 {p50:?}, all {latencies:?}");
-    // The sequencer idles 30 ms between rounds; a debug build on a shared machine gets slack.
+    // The sequencer idles 30 ms between rounds: alone, p50 is about 25-50 ms (debug build,
+    // busy 2-core machine). But the horizon is the *cluster's* oldest running transaction, and
+    // the other tests' databases share the cluster (the held-transaction test, migrations,
+    // storms): run among them, p50 reached 700 ms. The bound says "woken by the event, not by
+    // the poll's 20 s end"; docs/events.md gives the figure measured alone.
+    assert!(p50 < Duration::from_secs(3), "p50 {p50:?}: {latencies:?}");
     assert!(
-        p50 < Duration::from_millis(250),
-        "p50 {p50:?}: {latencies:?}"
+        latencies.iter().all(|l| *l < Duration::from_secs(15)),
+        "{latencies:?}"
     );
 }
 
