@@ -10,6 +10,13 @@
 //! (`device:SERIAL` / `user:ID`): every writer fills the subject from the assignment, so the
 //! subject filter finds a license's whole story (allocation, revocation, Apple's answers).
 //!
+//! # The events' outbox
+//! The log is also the outbox of the event feed (issue 15; `crate::events`, docs/events.md):
+//! each row records the top-level transaction that wrote it (`txid xid8`, a column default,
+//! read only by `ledger::outbox`) and rows about an assignment the assignment's `version` after
+//! the change (every writer fills it: the store's statements from the rows they change,
+//! [`record`] by looking it up after the change). Writers need do nothing else.
+//!
 //! # Reading: keyset walks, and which filters have an index
 //! Newest first (`id` descending), keyset-paginated on `id`, so any page costs what the first
 //! does when the walk finds its rows quickly. Indexes (kept few: each one slows the activity
