@@ -199,6 +199,20 @@ async fn a_revocation_says_who_why_and_whether_to_notify_the_user() {
             "versions grow: {versions:?}"
         );
     }
+    // Every activity row about an assignment recorded the version its change set.
+    #[derive(diesel::QueryableByName, Debug)]
+    struct Missing {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = w.app.db.connect().await;
+    let missing: Missing = diesel::sql_query(
+        "SELECT count(*) AS n FROM activity_log WHERE assignment_id IS NOT NULL AND version IS NULL",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(missing.n, 0);
 }
 
 #[tokio::test]
