@@ -203,10 +203,15 @@ const WRITE_ROWS: &str = "WITH new AS (
              SELECT $4::text, account_id, id, adam_id, pricing_param, license_type FROM new
          ), act AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                       adam_id, pricing_param, rule, request_id, details)
-             SELECT $2, requested_by, 'assignment.allocated', account_id, id, subject_label,
-                    adam_id, pricing_param, rule, request_id, details
-               FROM new
+                                       adam_id, pricing_param, rule, request_id, details,
+                                       version)
+             SELECT $2, n.requested_by, 'assignment.allocated', n.account_id, n.id,
+                    n.subject_label, n.adam_id, n.pricing_param, n.rule, n.request_id, n.details,
+                    v.version
+               FROM new n
+               -- The version the allocation gave the row (events carry it).
+               JOIN (SELECT id, version FROM ins UNION ALL SELECT id, version FROM served) v
+                 ON v.id = n.id
          )
          SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
           WHERE (SELECT count(*) FROM bump) = $3";

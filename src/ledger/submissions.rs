@@ -131,9 +131,9 @@ pub async fn log_failed(
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                   adam_id, pricing_param, details)
+                                   adam_id, pricing_param, details, version)
          SELECT a.space_id, 'system', 'assignment.failed', a.account_id, a.id,
-                s.kind || ':' || s.external_id, a.adam_id, a.pricing_param, $2
+                s.kind || ':' || s.external_id, a.adam_id, a.pricing_param, $2, a.version
            FROM assignments a LEFT JOIN subjects s ON s.id = a.subject_id
           WHERE a.id = ANY($1)",
     )
