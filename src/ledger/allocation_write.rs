@@ -17,6 +17,8 @@
 //! written before; a batch that writes after the deletion committed (this statement reads
 //! afresh) finds the mark and decides again, skipping the account.
 
+use std::sync::LazyLock;
+
 use crate::db::prepared::Prepare;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -109,9 +111,9 @@ pub async fn write(
     };
     // One statement. If the guarded pool update touched fewer rows than planned, the final
     // SELECT returns nothing and the caller rolls the transaction back, inserts included.
-    let query = match returning {
-        Returning::Rows => WRITE_ROWS,
-        Returning::Count => WRITE_COUNT,
+    let query: &str = match returning {
+        Returning::Rows => &WRITE_ROWS,
+        Returning::Count => &WRITE_COUNT,
     };
     let inserted: Vec<AssignmentRow> = match returning {
         Returning::Rows => {
@@ -145,8 +147,8 @@ pub async fn write(
     Ok(inserted)
 }
 
-/// The write, answering the new rows in full.
-const WRITE_ROWS: &str = "WITH new AS (
+/// The write's statement; [`Returning`] fills in what the new rows answer.
+const WRITE: &str = "WITH new AS (
              SELECT * FROM jsonb_to_recordset($1) AS t(
                  id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
                  license_type text, rule text, decision jsonb, requested_by text, reason text,
@@ -177,10 +179,7 @@ const WRITE_ROWS: &str = "WITH new AS (
              SELECT id, $2, account_id, adam_id, pricing_param, subject_id, license_type, 'pending',
                     rule, decision, requested_by, reason
                FROM new WHERE NOT promote
-          RETURNING id, space_id, account_id, adam_id, pricing_param, subject_id, license_type,
-                    state, rule, decision, requested_by, reason, apple_event_id, batch_id, error,
-                    version, created_at, updated_at, revoked_by, revocation_reason,
-                    revocation_requested_at, revocation_request_id
+          RETURNING {INS}
          ), served AS (
              -- A12: a waiting assignment served: same row, now holding the license.
              UPDATE assignments a
@@ -191,11 +190,7 @@ const WRITE_ROWS: &str = "WITH new AS (
               WHERE n.promote AND a.id = n.id AND a.state = 'waiting'
                 -- Only for the holder the row was written for (the wait-list checks it first).
                 AND a.subject_id = n.subject_id
-          RETURNING a.id, a.space_id, a.account_id, a.adam_id, a.pricing_param, a.subject_id,
-                    a.license_type, a.state, a.rule, a.decision, a.requested_by, a.reason,
-                    a.apple_event_id, a.batch_id, a.error, a.version, a.created_at,
-                    a.updated_at, a.revoked_by, a.revocation_reason, a.revocation_requested_at,
-                    a.revocation_request_id
+          RETURNING {SERVED}
          ), unlined AS (
              DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM served)
          ), job AS (
@@ -213,67 +208,38 @@ const WRITE_ROWS: &str = "WITH new AS (
                JOIN (SELECT id, version FROM ins UNION ALL SELECT id, version FROM served) v
                  ON v.id = n.id
          )
-         SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
+         SELECT {OUT} FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
           WHERE (SELECT count(*) FROM bump) = $3";
 
-/// The same write, answering only the new rows' ids.
-const WRITE_COUNT: &str = "WITH new AS (
-             SELECT * FROM jsonb_to_recordset($1) AS t(
-                 id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
-                 license_type text, rule text, decision jsonb, requested_by text, reason text,
-                 request_id text, at_apple bool, promote bool, subject_label text,
-                 details jsonb)
-         ), counts AS (
-             SELECT account_id, adam_id, pricing_param, count(*) AS n,
-                    count(*) FILTER (WHERE at_apple) AS moved
-               FROM new
-              GROUP BY account_id, adam_id, pricing_param
-         ), bump AS (
-             UPDATE assets s SET held = s.held + c.n,
-                                 foreign_assigned = s.foreign_assigned - c.moved,
-                                 updated_at = now()
-               FROM counts c
-              WHERE s.account_id = c.account_id AND s.adam_id = c.adam_id
-                AND s.pricing_param = c.pricing_param
-                AND s.foreign_assigned >= c.moved
-                -- Licenses moved from `foreign_assigned` to `held` use nothing new: a batch of
-                -- only such moves passes even on an asset Apple over-committed (a refund).
-                AND (s.held + s.foreign_assigned + c.n - c.moved <= s.apple_total OR c.n = c.moved)
-                AND NOT EXISTS (SELECT 1 FROM accounts a
-                                 WHERE a.id = s.account_id AND a.delete_requested_at IS NOT NULL)
-          RETURNING 1
-         ), ins AS (
-             INSERT INTO assignments (id, space_id, account_id, adam_id, pricing_param, subject_id,
-                                      license_type, state, rule, decision, requested_by, reason)
-             SELECT id, $2, account_id, adam_id, pricing_param, subject_id, license_type, 'pending',
-                    rule, decision, requested_by, reason
-               FROM new WHERE NOT promote
-          RETURNING id
-         ), served AS (
-             -- A12: a waiting assignment served: same row, now holding the license.
-             UPDATE assignments a
-                SET state = 'pending', account_id = n.account_id, license_type = n.license_type,
-                    rule = n.rule, decision = n.decision, version = a.version + 1,
-                    updated_at = now()
-               FROM new n
-              WHERE n.promote AND a.id = n.id AND a.state = 'waiting'
-                -- Only for the holder the row was written for (the wait-list checks it first).
-                AND a.subject_id = n.subject_id
-          RETURNING a.id
-         ), unlined AS (
-             DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM served)
-         ), job AS (
-             INSERT INTO jobs (kind, account_id, assignment_id, adam_id, pricing_param, license_type)
-             SELECT $4::text, account_id, id, adam_id, pricing_param, license_type FROM new
-         ), act AS (
-             INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                       adam_id, pricing_param, rule, request_id, details)
-             SELECT $2, requested_by, 'assignment.allocated', account_id, id, subject_label,
-                    adam_id, pricing_param, rule, request_id, details
-               FROM new
-         )
-         SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
-          WHERE (SELECT count(*) FROM bump) = $3";
+/// The write, answering the new rows in full.
+static WRITE_ROWS: LazyLock<String> = LazyLock::new(|| {
+    WRITE
+        .replace(
+            "{INS}",
+            "id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
+             rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
+             created_at, updated_at, revoked_by, revocation_reason, revocation_requested_at,
+             revocation_request_id",
+        )
+        .replace(
+            "{SERVED}",
+            "a.id, a.space_id, a.account_id, a.adam_id, a.pricing_param, a.subject_id,
+             a.license_type, a.state, a.rule, a.decision, a.requested_by, a.reason,
+             a.apple_event_id, a.batch_id, a.error, a.version, a.created_at, a.updated_at,
+             a.revoked_by, a.revocation_reason, a.revocation_requested_at,
+             a.revocation_request_id",
+        )
+        .replace("{OUT}", "x.*")
+});
+
+/// The same write, answering only the new rows' ids (and the versions the activity rows
+/// record).
+static WRITE_COUNT: LazyLock<String> = LazyLock::new(|| {
+    WRITE
+        .replace("{INS}", "id, version")
+        .replace("{SERVED}", "a.id, a.version")
+        .replace("{OUT}", "x.id")
+});
 
 #[derive(diesel::QueryableByName)]
 struct Written {
