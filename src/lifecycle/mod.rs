@@ -298,7 +298,7 @@ struct Step {
 }
 
 /// Events one transaction of the worker claims and applies at most ([`apply_batch`]).
-pub const APPLY_BATCH: i64 = 500;
+pub const APPLY_BATCH: i64 = 250;
 
 /// Claims up to `limit` due events of any space and applies them in one transaction (see the
 /// module documentation). Empty: nothing is due. Otherwise each event's id and its state now
