@@ -220,6 +220,10 @@ pub struct DispatchArgs {
     /// Seconds between two looks of the sync scheduler for accounts due.
     #[arg(long, env = "VPP_SYNC_SCHEDULE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sync_schedule_secs: u64,
+    /// Days the event feed keeps events (issue 15); a cursor older than that answers 410.
+    /// The activity log keeps the history for good.
+    #[arg(long, env = "VPP_EVENT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub event_retention_days: u64,
 }
 
 impl Default for DispatchArgs {
@@ -237,6 +241,7 @@ impl Default for DispatchArgs {
             sync_incremental_minutes: 15,
             sync_full_hours: 24,
             sync_schedule_secs: 30,
+            event_retention_days: 30,
         }
     }
 }

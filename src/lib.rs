@@ -11,7 +11,7 @@
 //!   loop [`dispatch`], which calls use cases as a handler does;
 //! - use cases: [`engine`] (allocate, revoke), [`accounts`], [`policies`], [`spaces`],
 //!   [`settle`] (Apple's results), [`lifecycle`] (the MDM's lifecycle events), [`bulk`] (bulk
-//!   operations), [`waiters`];
+//!   operations), [`events`] (the event feed's sequencer and reads), [`waiters`];
 //! - below them: [`domain`] (vocabulary and rules, no I/O), the store [`ledger`] (every SQL
 //!   statement) with [`db`] (pool, migrations, schema), and [`apple`] (Apple's API client);
 //! - shared: the leaves [`config`], [`crypto`] (sTokens at rest) and [`telemetry`], and
@@ -40,6 +40,7 @@ pub mod db;
 pub mod dispatch;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod ledger;
 pub mod lifecycle;

@@ -162,6 +162,10 @@ impl Service {
             .waiters
             .clone()
             .spawn_listener(database_url.to_owned(), cancel.clone());
+        state
+            .event_wakes
+            .clone()
+            .spawn_listener(database_url.to_owned(), cancel.clone());
         let mut workers = match dispatch {
             Some(settings) => {
                 dispatch::spawn(dispatch::Ctx::new(state.clone(), settings), cancel.clone())

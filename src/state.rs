@@ -31,6 +31,8 @@ pub struct AppState {
     pub cipher: Arc<TokenCipher>,
     pub identity: Identity,
     pub waiters: Arc<crate::waiters::Waiters>,
+    /// Wakes the event feed's long polls when their space has new events.
+    pub event_wakes: Arc<crate::events::wake::EventWakes>,
     /// Batches this process's concurrent allocations.
     pub combiner: Arc<crate::engine::combiner::Combiner>,
     /// Exports running at once in this process: each holds a pool connection (and a snapshot)
@@ -85,6 +87,7 @@ impl AppState {
                 public_url: accounts.public_base(),
             },
             waiters: Arc::new(crate::waiters::Waiters::default()),
+            event_wakes: Arc::new(crate::events::wake::EventWakes::default()),
             combiner: crate::engine::combiner::Combiner::start(pool_for_combiner, 2, 128),
             exports: Arc::new(tokio::sync::Semaphore::new(exports)),
             reconciliation,

@@ -8,6 +8,7 @@ pub mod assets;
 pub mod assignments;
 pub mod bulk;
 pub mod drift;
+pub mod events;
 pub mod lifecycle;
 pub mod plans;
 pub mod policies;
@@ -63,6 +64,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(policies::put_policy)
         .service(policies::delete_policy)
         .service(activity::list_activity)
+        .service(events::list_events)
         .service(drift::get_account_drift)
         .service(drift::get_space_drift)
         .service(plans::create_plan)

@@ -150,7 +150,9 @@ async fn allocate_chunk(
     let results = loop {
         // A savepoint: a batch the ledger overdrew is undone alone and decided again.
         let result = conn
-            .transaction(async |conn| allocate::allocate_many(conn, &op.space_id, &refs).await)
+            .transaction(async |conn| {
+                allocate::allocate_many_counted(conn, &op.space_id, &refs).await
+            })
             .await;
         match result {
             Err(AllocationError::Overdrawn) if attempt < OVERDRAWN_RETRIES => attempt += 1,

@@ -61,6 +61,10 @@ diesel::table! {
         apple_event_id -> Nullable<Text>,
         request_id -> Nullable<Text>,
         details -> Jsonb,
+        /// The assignment's version after the change the row records (rows about one).
+        /// (`txid xid8`, the writing transaction, is not declared: diesel has no xid8 type;
+        /// only raw SQL in `ledger::outbox` reads it.)
+        version -> Nullable<Int8>,
     }
 }
 
@@ -251,6 +255,14 @@ diesel::table! {
         mirror_at -> Timestamptz,
         full_read -> Bool,
         assets_read -> Bool,
+    }
+}
+
+diesel::table! {
+    event_watermark (id) {
+        id -> Bool,
+        activity_id -> Int8,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -594,6 +606,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     drift_items,
     drift_watermarks,
     event_sequences,
+    event_watermark,
     events,
     idempotency_keys,
     jobs,

@@ -264,7 +264,7 @@ pub async fn submit(
             let mut conn = ctx.state.pool.get().await?;
             conn.transaction(async |conn| {
                 assignments::lock_in_order(conn, &marked).await?;
-                submissions::accepted(conn, batch, &event_id).await?;
+                submissions::accepted(conn, &marked, batch, &event_id).await?;
                 apple_events::record(
                     conn,
                     &NewEvent {
@@ -391,7 +391,7 @@ async fn requeue(
         let ids: Vec<Uuid> = chunk.items.iter().map(|(id, _)| *id).collect();
         conn.transaction(async |conn| {
             assignments::lock_in_order(conn, &ids).await?;
-            submissions::requeue_associations(conn, batch).await
+            submissions::requeue_associations(conn, &ids, batch).await
         })
         .await?;
     }
@@ -448,7 +448,7 @@ async fn handle_error(
             } else {
                 // A release Apple refuses outright: the license stays consumed at Apple.
                 let mut conn = ctx.state.pool.get().await?;
-                submissions::fail_releases(&mut conn, batch, &error).await?;
+                submissions::fail_releases(&mut conn, &ids, batch, &error).await?;
                 crate::ledger::wakeups::notify(&mut conn, &ids).await?;
             }
             let mut conn = ctx.state.pool.get().await?;

@@ -1,6 +1,7 @@
 //! Housekeeping every few minutes (any replica may do it; each step is idempotent): forget
 //! idempotency keys older than 24 h, Apple notification ids older than a day and finished
-//! lifecycle events older than 30 days (their stale marks stay), and make stale leases (a
+//! lifecycle events older than 30 days (their stale marks stay), the feed's events older than
+//! `VPP_EVENT_RETENTION_DAYS` (default 30; `crate::events::forget_old`), and make stale leases (a
 //! worker that died holding them) claimable at once.
 
 use std::sync::Arc;
@@ -30,11 +31,13 @@ pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
     let keys = retention::forget_idempotency_keys(&mut conn).await?;
     let notes = apple_notifications::forget_older_than_a_day(&mut conn).await?;
     let events = crate::lifecycle::forget_old(&mut conn).await?;
-    if keys + notes + events > 0 {
+    let feed = crate::events::forget_old(&mut conn, ctx.settings.event_retention).await?;
+    if keys + notes + events + feed > 0 {
         tracing::info!(
             idempotency_keys = keys,
             notifications = notes,
             lifecycle_events = events,
+            feed_events = feed,
             "maintenance removed old rows"
         );
     }

@@ -19,7 +19,9 @@
 //!
 //! Beside them each process runs one wait-list worker ([`waitlist`], rule A12) that serves the
 //! lines of allocations waiting for a license when one frees, and one bulk worker ([`bulk`],
-//! rule V6) that works through bulk operations a chunk at a time.
+//! rule V6) that works through bulk operations a chunk at a time, and one event sequencer
+//! ([`events`], issue 15) that turns finished activity rows into the feed's events (one
+//! round at a time across replicas).
 //!
 //! Batching: an account's queued work for one asset, license type and kind (association or
 //! release) is one *batch*. Batches are sent when the account's burst of their kind is over (no
@@ -37,6 +39,7 @@
 
 pub mod batch;
 pub mod bulk;
+pub mod events;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod retire;
@@ -120,6 +123,8 @@ pub struct Settings {
     pub sync_full: Duration,
     /// Time between two looks of the sync scheduler.
     pub sync_schedule: Duration,
+    /// How long the event feed keeps events (maintenance forgets older ones).
+    pub event_retention: Duration,
 }
 
 impl Settings {
@@ -141,6 +146,7 @@ impl Settings {
             sync_incremental: Duration::from_secs(args.sync_incremental_minutes * 60),
             sync_full: Duration::from_secs(args.sync_full_hours * 3600),
             sync_schedule: Duration::from_secs(args.sync_schedule_secs),
+            event_retention: Duration::from_secs(args.event_retention_days * 86_400),
         }
     }
 }
@@ -200,6 +206,7 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
         handles.push(tokio::spawn(lifecycle::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(waitlist::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(bulk::run(ctx.clone(), cancel.clone())));
+        handles.push(tokio::spawn(events::run(ctx.clone(), cancel.clone())));
     }
     handles.extend(sync::spawn(ctx, cancel));
     handles

@@ -34,7 +34,7 @@ use crate::domain::decide::{self, Decided};
 use crate::domain::model::{Decision, LicenseType, Rule, SubjectKind};
 use crate::domain::records::{AssignmentRow, SubjectRow};
 use crate::ledger::allocation_load as load;
-use crate::ledger::allocation_write::{self as write, Requested, WriteError};
+use crate::ledger::allocation_write::{self as write, Requested, Returning, WriteError};
 use crate::ledger::waitlist;
 
 /// The answer.
@@ -110,6 +110,25 @@ pub async fn allocate_many(
     space: &str,
     reqs: &[&AllocationRequest],
 ) -> Result<Vec<Result<Outcome, AllocationError>>, AllocationError> {
+    allocate_many_returning(conn, space, reqs, Returning::Rows).await
+}
+
+/// [`allocate_many`] for callers that count outcomes and show no new row (bulk operations,
+/// the wait-list): a new license's outcome has `created: true` and no `assignment`.
+pub async fn allocate_many_counted(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    reqs: &[&AllocationRequest],
+) -> Result<Vec<Result<Outcome, AllocationError>>, AllocationError> {
+    allocate_many_returning(conn, space, reqs, Returning::Count).await
+}
+
+async fn allocate_many_returning(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    reqs: &[&AllocationRequest],
+    returning: Returning,
+) -> Result<Vec<Result<Outcome, AllocationError>>, AllocationError> {
     let dry_run = reqs.iter().all(|r| r.dry_run);
     if !load::space_exists(conn, space).await? {
         return Ok(reqs
@@ -135,7 +154,7 @@ pub async fn allocate_many(
             _ => None,
         })
         .collect();
-    let mut rows = match write::write(conn, space, &planned).await {
+    let mut rows = match write::write(conn, space, &planned, returning).await {
         Ok(rows) => rows,
         Err(WriteError::Db(e)) => return Err(AllocationError::Db(e)),
         Err(WriteError::Overdrawn) => return Err(AllocationError::Overdrawn),

@@ -74,7 +74,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
-use super::allocate::{AllocationError, allocate_many};
+use super::allocate::{AllocationError, allocate_many_counted};
 use crate::domain::allocation::{AllocationRequest, AssetRef, Refusal, SubjectInput};
 use crate::domain::model::SubjectKind;
 use crate::domain::origin::Origin;
@@ -249,7 +249,7 @@ async fn serve_chunk(
     }
     let reqs: Vec<AllocationRequest> = entries.iter().map(|e| request(space, asset, e)).collect();
     let refs: Vec<&AllocationRequest> = reqs.iter().collect();
-    let outcomes = allocate_many(conn, space, &refs).await?;
+    let outcomes = allocate_many_counted(conn, space, &refs).await?;
     let mut done = Served::default();
     let mut ended: Vec<Uuid> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();

@@ -112,6 +112,13 @@ pub fn next_cursor<K: Serialize>(
         .map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// The cursor of position `key` in `list` (a feed's `next`, which is always given).
+pub fn cursor_at<K: Serialize>(list: &str, key: K) -> String {
+    serde_json::to_vec(&CursorOut { l: list, k: key })
+        .map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

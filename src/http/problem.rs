@@ -103,6 +103,9 @@ pub mod types {
         CLEAN_UP_REFUSED = ("clean-up-refused", 409, "Clean Up refused");
         /// The plan's hour passed before it was applied; nothing was changed (plan again).
         PLAN_EXPIRED = ("plan-expired", 410, "Plan expired");
+        /// The event feed no longer keeps the events after the cursor (retention): read the
+        /// current state, then follow the feed from the problem's `cursor` (issue 15).
+        CURSOR_EXPIRED = ("cursor-expired", 410, "Cursor expired");
         /// Apple asked to wait (429/503 with Retry-After) or did not answer.
         APPLE_UNAVAILABLE = ("apple-unavailable", 503, "Apple is unavailable");
         /// Apple answered with an error the service cannot act on.

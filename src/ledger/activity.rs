@@ -10,6 +10,13 @@
 //! (`device:SERIAL` / `user:ID`): every writer fills the subject from the assignment, so the
 //! subject filter finds a license's whole story (allocation, revocation, Apple's answers).
 //!
+//! # The events' outbox
+//! The log is also the outbox of the event feed (issue 15; `crate::events`, docs/events.md):
+//! each row records the top-level transaction that wrote it (`txid xid8`, a column default,
+//! read only by `ledger::outbox`) and rows about an assignment the assignment's `version` after
+//! the change (every writer fills it: the store's statements from the rows they change,
+//! [`record`] by looking it up after the change). Writers need do nothing else.
+//!
 //! # Reading: keyset walks, and which filters have an index
 //! Newest first (`id` descending), keyset-paginated on `id`, so any page costs what the first
 //! does when the walk finds its rows quickly. Indexes (kept few: each one slows the activity
@@ -229,6 +236,8 @@ pub struct Activity {
     pub apple_event_id: Option<String>,
     pub request_id: Option<String>,
     pub details: serde_json::Value,
+    /// The assignment's version after the change (rows about one; [`record`] fills it).
+    pub version: Option<i64>,
 }
 
 impl Activity {
@@ -259,17 +268,25 @@ impl Activity {
     }
 }
 
-/// Writes `activity`; a row about an assignment without a subject gets the assignment's.
+/// Writes `activity`; a row about an assignment gets the assignment's version as it is now
+/// (write the row after the change, in its transaction), and its subject unless it names one.
 pub async fn record(conn: &mut AsyncPgConnection, mut activity: Activity) -> QueryResult<()> {
-    if let (None, Some(id)) = (&activity.subject, activity.assignment_id) {
-        activity.subject = assignments::table
+    if let Some(id) = activity.assignment_id
+        && activity.version.is_none()
+    {
+        let found = assignments::table
             .inner_join(subjects::table)
             .filter(assignments::id.eq(id))
-            .select((subjects::kind, subjects::external_id))
-            .first::<(String, String)>(conn)
+            .select((subjects::kind, subjects::external_id, assignments::version))
+            .first::<(String, String, i64)>(conn)
             .await
-            .optional()?
-            .map(|(kind, id)| format!("{kind}:{id}"));
+            .optional()?;
+        if let Some((kind, external, version)) = found {
+            activity.version = Some(version);
+            if activity.subject.is_none() {
+                activity.subject = Some(format!("{kind}:{external}"));
+            }
+        }
     }
     diesel::insert_into(activity_log::table)
         .values(activity)

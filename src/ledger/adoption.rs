@@ -183,8 +183,9 @@ pub async fn adopt(
     .await?;
     diesel::sql_query(
         "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                   adam_id, pricing_param, rule, request_id, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                   adam_id, pricing_param, rule, request_id, details, version)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, version
+           FROM assignments WHERE id = $5",
     )
     .bind::<Text, _>(space)
     .bind::<Text, _>(&by.origin.actor)

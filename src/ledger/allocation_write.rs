@@ -17,6 +17,8 @@
 //! written before; a batch that writes after the deletion committed (this statement reads
 //! afresh) finds the mark and decides again, skipping the account.
 
+use std::sync::LazyLock;
+
 use crate::db::prepared::Prepare;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -42,11 +44,24 @@ pub enum WriteError {
     Overdrawn,
 }
 
-/// Writes `planned` (with who asked for each) and returns the new rows, in no particular order.
+/// What [`write`] returns of the rows it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returning {
+    /// Every new row in full (an allocation's answer shows it).
+    Rows,
+    /// Only how many: bulk operations and the wait-list count outcomes and show no row, and
+    /// sending 10,000 full rows back (each with its decision's JSON) and decoding them cost
+    /// as much as a third of writing them.
+    Count,
+}
+
+/// Writes `planned` (with who asked for each) and returns the new rows, in no particular order
+/// (none with [`Returning::Count`]).
 pub async fn write(
     conn: &mut AsyncPgConnection,
     space: &str,
     planned: &[(&Planned, Requested<'_>)],
+    returning: Returning,
 ) -> Result<Vec<AssignmentRow>, WriteError> {
     if planned.is_empty() {
         return Ok(Vec::new());
@@ -96,8 +111,44 @@ pub async fn write(
     };
     // One statement. If the guarded pool update touched fewer rows than planned, the final
     // SELECT returns nothing and the caller rolls the transaction back, inserts included.
-    let inserted: Vec<AssignmentRow> = diesel::sql_query(
-        "WITH new AS (
+    let query: &str = match returning {
+        Returning::Rows => &WRITE_ROWS,
+        Returning::Count => &WRITE_COUNT,
+    };
+    let inserted: Vec<AssignmentRow> = match returning {
+        Returning::Rows => {
+            diesel::sql_query(query)
+                .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
+                .bind::<diesel::sql_types::Text, _>(space)
+                .bind::<diesel::sql_types::BigInt, _>(groups)
+                .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+                .prepared()
+                .load(conn)
+                .await?
+        }
+        Returning::Count => {
+            let ids: Vec<Written> = diesel::sql_query(query)
+                .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
+                .bind::<diesel::sql_types::Text, _>(space)
+                .bind::<diesel::sql_types::BigInt, _>(groups)
+                .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
+                .prepared()
+                .load(conn)
+                .await?;
+            if ids.len() != planned.len() {
+                return Err(WriteError::Overdrawn);
+            }
+            return Ok(Vec::new());
+        }
+    };
+    if inserted.len() != planned.len() {
+        return Err(WriteError::Overdrawn);
+    }
+    Ok(inserted)
+}
+
+/// The write's statement; [`Returning`] fills in what the new rows answer.
+const WRITE: &str = "WITH new AS (
              SELECT * FROM jsonb_to_recordset($1) AS t(
                  id uuid, account_id uuid, adam_id text, pricing_param text, subject_id uuid,
                  license_type text, rule text, decision jsonb, requested_by text, reason text,
@@ -128,10 +179,7 @@ pub async fn write(
              SELECT id, $2, account_id, adam_id, pricing_param, subject_id, license_type, 'pending',
                     rule, decision, requested_by, reason
                FROM new WHERE NOT promote
-          RETURNING id, space_id, account_id, adam_id, pricing_param, subject_id, license_type,
-                    state, rule, decision, requested_by, reason, apple_event_id, batch_id, error,
-                    version, created_at, updated_at, revoked_by, revocation_reason,
-                    revocation_requested_at, revocation_request_id
+          RETURNING {INS}
          ), served AS (
              -- A12: a waiting assignment served: same row, now holding the license.
              UPDATE assignments a
@@ -142,11 +190,7 @@ pub async fn write(
               WHERE n.promote AND a.id = n.id AND a.state = 'waiting'
                 -- Only for the holder the row was written for (the wait-list checks it first).
                 AND a.subject_id = n.subject_id
-          RETURNING a.id, a.space_id, a.account_id, a.adam_id, a.pricing_param, a.subject_id,
-                    a.license_type, a.state, a.rule, a.decision, a.requested_by, a.reason,
-                    a.apple_event_id, a.batch_id, a.error, a.version, a.created_at,
-                    a.updated_at, a.revoked_by, a.revocation_reason, a.revocation_requested_at,
-                    a.revocation_request_id
+          RETURNING {SERVED}
          ), unlined AS (
              DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM served)
          ), job AS (
@@ -154,23 +198,52 @@ pub async fn write(
              SELECT $4::text, account_id, id, adam_id, pricing_param, license_type FROM new
          ), act AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                       adam_id, pricing_param, rule, request_id, details)
-             SELECT $2, requested_by, 'assignment.allocated', account_id, id, subject_label,
-                    adam_id, pricing_param, rule, request_id, details
-               FROM new
+                                       adam_id, pricing_param, rule, request_id, details,
+                                       version)
+             SELECT $2, n.requested_by, 'assignment.allocated', n.account_id, n.id,
+                    n.subject_label, n.adam_id, n.pricing_param, n.rule, n.request_id, n.details,
+                    v.version
+               FROM new n
+               -- The version the allocation gave the row (events carry it).
+               JOIN (SELECT id, version FROM ins UNION ALL SELECT id, version FROM served) v
+                 ON v.id = n.id
          )
-         SELECT x.* FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
-          WHERE (SELECT count(*) FROM bump) = $3",
-    )
-    .bind::<diesel::sql_types::Jsonb, _>(serde_json::Value::Array(rows))
-    .bind::<diesel::sql_types::Text, _>(space)
-    .bind::<diesel::sql_types::BigInt, _>(groups)
-    .bind::<diesel::sql_types::Text, _>(JobKind::Associate)
-    .prepared()
-    .load(conn)
-    .await?;
-    if inserted.len() != planned.len() {
-        return Err(WriteError::Overdrawn);
-    }
-    Ok(inserted)
+         SELECT {OUT} FROM (SELECT * FROM ins UNION ALL SELECT * FROM served) x
+          WHERE (SELECT count(*) FROM bump) = $3";
+
+/// The write, answering the new rows in full.
+static WRITE_ROWS: LazyLock<String> = LazyLock::new(|| {
+    WRITE
+        .replace(
+            "{INS}",
+            "id, space_id, account_id, adam_id, pricing_param, subject_id, license_type, state,
+             rule, decision, requested_by, reason, apple_event_id, batch_id, error, version,
+             created_at, updated_at, revoked_by, revocation_reason, revocation_requested_at,
+             revocation_request_id",
+        )
+        .replace(
+            "{SERVED}",
+            "a.id, a.space_id, a.account_id, a.adam_id, a.pricing_param, a.subject_id,
+             a.license_type, a.state, a.rule, a.decision, a.requested_by, a.reason,
+             a.apple_event_id, a.batch_id, a.error, a.version, a.created_at, a.updated_at,
+             a.revoked_by, a.revocation_reason, a.revocation_requested_at,
+             a.revocation_request_id",
+        )
+        .replace("{OUT}", "x.*")
+});
+
+/// The same write, answering only the new rows' ids (and the versions the activity rows
+/// record).
+static WRITE_COUNT: LazyLock<String> = LazyLock::new(|| {
+    WRITE
+        .replace("{INS}", "id, version")
+        .replace("{SERVED}", "a.id, a.version")
+        .replace("{OUT}", "x.id")
+});
+
+#[derive(diesel::QueryableByName)]
+struct Written {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    #[allow(dead_code)]
+    id: uuid::Uuid,
 }

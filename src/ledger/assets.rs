@@ -192,13 +192,14 @@ pub async fn forget_location(
                     revocation_request_id = COALESCE(revocation_request_id, $4),
                     version = version + 1, updated_at = now()
               WHERE account_id = $1 AND state IN ('pending', 'associating', 'active', 'revoking')
-          RETURNING id, space_id, adam_id, pricing_param, state
+          RETURNING id, space_id, adam_id, pricing_param, state, version
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
-                                       subject, adam_id, pricing_param, request_id, details)
+                                       subject, adam_id, pricing_param, request_id, details,
+                                       version)
              SELECT d.space_id, $2, 'assignment.forgotten', $1, d.id,
                     s.kind || ':' || s.external_id, d.adam_id, d.pricing_param, $4,
-                    jsonb_build_object('reason', $3::text)
+                    jsonb_build_object('reason', $3::text, 'state', d.state), d.version
                FROM done d JOIN assignments x ON x.id = d.id
                LEFT JOIN subjects s ON s.id = x.subject_id
           RETURNING 1

@@ -145,3 +145,57 @@ pub async fn oldest_kept(conn: &mut AsyncPgConnection, space: &str) -> QueryResu
         .get_result(conn)
         .await
 }
+
+/// The last sequence number given out for the space (0 before its first event). Every event
+/// up to it is visible to any statement that starts after this one: the numbers and the rows
+/// commit together.
+pub async fn last_given(conn: &mut AsyncPgConnection, space: &str) -> QueryResult<i64> {
+    Ok(event_sequences::table
+        .filter(event_sequences::space_id.eq(space))
+        .select(event_sequences::last)
+        .first::<i64>(conn)
+        .await
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// [`after`] bounded above: events with `after < sequence <= upto`.
+pub async fn between(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    after: i64,
+    upto: i64,
+    types: Option<&[String]>,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    let mut query = events::table
+        .filter(events::space_id.eq(space))
+        .filter(events::sequence.gt(after))
+        .filter(events::sequence.le(upto))
+        .order(events::sequence.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .into_boxed();
+    if let Some(types) = types {
+        query = query.filter(events::type_.eq_any(types));
+    }
+    query.load(conn).await
+}
+
+/// Retention: forgets the events recorded before `cutoff`, and in each space every event
+/// numbered below one of those (so a space's kept events stay one unbroken run up to its end,
+/// and a reader's cursor is either in that run or answered 410). Returns how many.
+pub async fn forget_recorded_before(
+    conn: &mut AsyncPgConnection,
+    cutoff: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM events e
+          USING (SELECT space_id, max(sequence) AS upto FROM events
+                  WHERE recorded_at < $1 GROUP BY space_id) old
+          WHERE e.space_id = old.space_id AND e.sequence <= old.upto",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(cutoff)
+    .execute(conn)
+    .await
+}

@@ -136,9 +136,9 @@ pub async fn log(
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                   adam_id, pricing_param, rule, request_id, details)
+                                   adam_id, pricing_param, rule, request_id, details, version)
          SELECT $1, $2, $3, a.account_id, a.id, s.kind || ':' || s.external_id, a.adam_id,
-                a.pricing_param, a.rule, $5, $6
+                a.pricing_param, a.rule, $5, $6, a.version
            FROM assignments a LEFT JOIN subjects s ON s.id = a.subject_id
           WHERE a.id = $4",
     )

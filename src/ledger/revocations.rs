@@ -224,7 +224,8 @@ pub async fn start_each(
               WHERE assignments.id = cause.id
                 AND assignments.state IN ('pending', 'associating', 'active')
           RETURNING assignments.id, account_id, adam_id, pricing_param, license_type,
-                    assignments.state, subject_id, cause.actor, cause.request_id, cause.reason
+                    assignments.state, subject_id, cause.actor, cause.request_id, cause.reason,
+                    assignments.version
          ), released AS (
              UPDATE assets a SET held = a.held - c.n, updated_at = now()
                FROM (SELECT account_id, adam_id, pricing_param, count(*) AS n FROM changed
@@ -245,11 +246,13 @@ pub async fn start_each(
           RETURNING 1
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
-                                       subject, adam_id, pricing_param, request_id, details)
+                                       subject, adam_id, pricing_param, request_id, details,
+                                       version)
              SELECT $1, c.actor, 'assignment.revoke_requested', c.account_id, c.id,
                     s.kind || ':' || s.external_id, c.adam_id, c.pricing_param, c.request_id,
                     jsonb_build_object('reason', c.reason, 'state', c.state,
-                                       'notify_user', a.notify_on_removal)
+                                       'notify_user', a.notify_on_removal),
+                    c.version
                FROM changed c JOIN accounts a ON a.id = c.account_id
                LEFT JOIN subjects s ON s.id = c.subject_id
           RETURNING 1

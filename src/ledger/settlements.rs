@@ -101,7 +101,8 @@ pub async fn set_state(
     .map(|_| ())
 }
 
-/// Records `action` (by the system, for `event_id`) for each of `ids`, with its state and error.
+/// Records `action` (by the system, for `event_id`) for each of `ids`, with its state and error
+/// (and, for a release, who asked, why and whether the user is notified).
 pub async fn log(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
@@ -110,11 +111,20 @@ pub async fn log(
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                   adam_id, pricing_param, apple_event_id, details)
+                                   adam_id, pricing_param, apple_event_id, details, version)
          SELECT a.space_id, 'system', $2, a.account_id, a.id, s.kind || ':' || s.external_id,
                 a.adam_id, a.pricing_param, $3,
                 jsonb_build_object('state', a.state, 'error', a.error)
+                -- A release: who asked and why, and the account's removal notification
+                -- setting (V4), so its event tells the MDM whether to notify the user.
+                || CASE WHEN a.state = 'revoked'
+                        THEN jsonb_build_object('revoked_by', a.revoked_by,
+                                                'reason', a.revocation_reason,
+                                                'notify_user', ac.notify_on_removal)
+                        ELSE '{}'::jsonb END,
+                a.version
            FROM assignments a LEFT JOIN subjects s ON s.id = a.subject_id
+           LEFT JOIN accounts ac ON ac.id = a.account_id
           WHERE a.id = ANY($1)",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)

@@ -82,17 +82,23 @@ pub async fn mark(
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-/// Apple accepted the batch's request as `event_id`.
+/// Apple accepted the batch's request as `event_id`: the batch's assignments among `ids` (the
+/// ones [`mark`] returned) get it. The ids find the rows (`batch_id` has no index: a search by
+/// it alone would read the whole ledger for every Apple request); the batch filter keeps out
+/// any of them a later request took since.
 pub async fn accepted(
     conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
     batch: Uuid,
     event_id: &str,
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
-        "UPDATE assignments SET apple_event_id = $2, updated_at = now() WHERE batch_id = $1",
+        "UPDATE assignments SET apple_event_id = $2, updated_at = now()
+          WHERE id = ANY($3) AND batch_id = $1",
     )
     .bind::<diesel::sql_types::Uuid, _>(batch)
     .bind::<diesel::sql_types::Text, _>(event_id)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .execute(conn)
     .await
     .map(|_| ())
@@ -125,9 +131,9 @@ pub async fn log_failed(
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id, subject,
-                                   adam_id, pricing_param, details)
+                                   adam_id, pricing_param, details, version)
          SELECT a.space_id, 'system', 'assignment.failed', a.account_id, a.id,
-                s.kind || ':' || s.external_id, a.adam_id, a.pricing_param, $2
+                s.kind || ':' || s.external_id, a.adam_id, a.pricing_param, $2, a.version
            FROM assignments a LEFT JOIN subjects s ON s.id = a.subject_id
           WHERE a.id = ANY($1)",
     )
@@ -138,37 +144,43 @@ pub async fn log_failed(
     .map(|_| ())
 }
 
-/// Puts the batch's associations that Apple did not take back to `pending`.
+/// Puts the batch's associations among `ids` that Apple did not take back to `pending`.
 pub async fn requeue_associations(
     conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
     batch: Uuid,
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
         "UPDATE assignments SET state = 'pending', batch_id = NULL, updated_at = now()
-          WHERE batch_id = $1 AND state = 'associating' AND apple_event_id IS NULL",
+          WHERE id = ANY($2) AND batch_id = $1 AND state = 'associating'
+            AND apple_event_id IS NULL",
     )
     .bind::<diesel::sql_types::Uuid, _>(batch)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .execute(conn)
     .await
     .map(|_| ())
 }
 
-/// Apple refused the batch's release outright: its assignments fail with `error`, and their
-/// licenses stay consumed at Apple (counted as assigned elsewhere).
+/// Apple refused the batch's release outright: its assignments among `ids` fail with `error`,
+/// and their licenses stay consumed at Apple (counted as assigned elsewhere).
 pub async fn fail_releases(
     conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
     batch: Uuid,
     error: &serde_json::Value,
 ) -> diesel::QueryResult<()> {
     diesel::sql_query(
         "WITH f AS (UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
                            updated_at = now()
-                     WHERE batch_id = $1 AND state = 'revoking' RETURNING account_id, adam_id, pricing_param)
+                     WHERE id = ANY($3) AND batch_id = $1 AND state = 'revoking'
+                 RETURNING account_id, adam_id, pricing_param)
          UPDATE assets s SET foreign_assigned = foreign_assigned + (SELECT count(*) FROM f)
           WHERE (s.account_id, s.adam_id, s.pricing_param) IN (SELECT account_id, adam_id, pricing_param FROM f)",
     )
     .bind::<diesel::sql_types::Uuid, _>(batch)
     .bind::<diesel::sql_types::Jsonb, _>(error)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
     .execute(conn)
     .await
     .map(|_| ())

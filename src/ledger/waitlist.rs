@@ -101,10 +101,10 @@ pub async fn write_waiting(
          ), act AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
                                        subject, adam_id, pricing_param, rule, request_id,
-                                       details)
-             SELECT $2, requested_by, 'assignment.waiting', NULL, id, subject_label, adam_id,
-                    pricing_param, 'waiting', request_id, details
-               FROM new
+                                       details, version)
+             SELECT $2, n.requested_by, 'assignment.waiting', NULL, n.id, n.subject_label,
+                    n.adam_id, n.pricing_param, 'waiting', n.request_id, n.details, i.version
+               FROM new n JOIN ins i ON i.id = n.id
          )
          SELECT * FROM ins"
     ))
@@ -273,9 +273,11 @@ pub async fn end_each(
              DELETE FROM waitlist WHERE assignment_id IN (SELECT id FROM changed)
          ), logged AS (
              INSERT INTO activity_log (space_id, actor, action, account_id, assignment_id,
-                                       subject, adam_id, pricing_param, request_id, details)
+                                       subject, adam_id, pricing_param, request_id, details,
+                                       version)
              SELECT c.space_id, $3, $7, NULL, c.id, s.kind || ':' || s.external_id, c.adam_id,
-                    c.pricing_param, $4, jsonb_build_object('reason', c.why, 'state', c.state)
+                    c.pricing_param, $4, jsonb_build_object('reason', c.why, 'state', c.state),
+                    c.version
                FROM changed c LEFT JOIN subjects s ON s.id = c.subject_id
          )
          SELECT {ROW} FROM changed"

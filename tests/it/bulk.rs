@@ -799,6 +799,9 @@ async fn interactive(
 #[tokio::test]
 async fn v6_benchmark_a_bulk_allocation_is_decided_in_chunks_with_the_fewest_apple_requests() {
     use std::sync::atomic::{AtomicBool, Ordering};
+    if std::env::var_os("VPP_V6_BENCH_SUBJECTS").is_some() {
+        crate::support::logs::capture_for_benchmark();
+    }
     let n: usize = std::env::var("VPP_V6_BENCH_SUBJECTS")
         .ok()
         .and_then(|v| v.parse().ok())

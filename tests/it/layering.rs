@@ -14,7 +14,7 @@ enum Layer {
     /// `dispatch/`: the background worker loop, a caller of use cases like a handler.
     Worker,
     /// `engine/`, `accounts/`, `policies/`, `spaces/`, `settle/`, `sync/`, `plans/`,
-    /// `reconcile/`, `lifecycle/`, `bulk/`, `waiters`: what the
+    /// `reconcile/`, `lifecycle/`, `bulk/`, `events/`, `waiters`: what the
     /// service does.
     UseCase,
     /// `domain/`: the vocabulary and the rules; no I/O.
@@ -38,7 +38,7 @@ fn layer(rel: &str) -> Option<Layer> {
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "plans"
-        | "reconcile" | "lifecycle" | "bulk" | "waiters" | "webhooks" => Layer::UseCase,
+        | "reconcile" | "lifecycle" | "bulk" | "events" | "waiters" | "webhooks" => Layer::UseCase,
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,

@@ -1731,6 +1731,9 @@ async fn v2_benchmark_retirements_in_batches_of_500_are_applied_and_released_in_
     use vpp_broker::domain::origin::Origin;
     const APP3: &str = "1000000003";
     const BATCH: usize = 500;
+    if std::env::var_os("VPP_V2_BENCH_DEVICES").is_some() {
+        crate::support::logs::capture_for_benchmark();
+    }
     let figure: Option<usize> = std::env::var("VPP_V2_BENCH_DEVICES")
         .ok()
         .and_then(|v| v.parse().ok());

@@ -18,6 +18,7 @@ mod bulk;
 mod cli;
 mod docs;
 mod drift;
+mod events;
 mod exports;
 mod history;
 mod hostile_input;

@@ -311,6 +311,10 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             "BulkPlanOutcome",
             wire(vpp_broker::domain::bulk::BulkPlanOutcome::ALL),
         ),
+        (
+            "FeedEventType",
+            wire(vpp_broker::events::mapping::FeedEventType::ALL),
+        ),
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];

@@ -505,6 +505,9 @@ async fn a12_benchmark_a_line_of_waiting_entries_is_served_in_one_run() {
     use vpp_broker::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
     use vpp_broker::domain::model::LicenseWish;
     use vpp_broker::domain::origin::Origin;
+    if std::env::var_os("VPP_A12_BENCH_ENTRIES").is_some() {
+        crate::support::logs::capture_for_benchmark();
+    }
     let n: usize = std::env::var("VPP_A12_BENCH_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1123,3 +1123,50 @@ async fn n3_deleting_a_space_deletes_its_webhooks() {
     tokio::time::sleep(Duration::from_millis(300)).await; // nothing to poll for
     assert!(rx.got().is_empty());
 }
+
+/// End to end (N3, N5): an allocation through the API reaches a receiver as signed
+/// `assignment.allocated`, then `assignment.active` messages — the activity row its
+/// transaction wrote, turned into events by the feed's sequencer, sent by the webhook worker.
+#[tokio::test]
+async fn n3_an_allocation_reaches_the_receiver_as_signed_events_in_order() {
+    use crate::support::Allocated;
+    use crate::support::fixtures::{self, device};
+    use crate::support::sim::{app, location};
+    const U1: &str = "3000000061";
+    let w = fixtures::world_with(
+        vec![location(U1, "Lib", vec![app(fixtures::APP, 5)])],
+        |sim| Options {
+            webhooks: test_webhooks(),
+            ..fixtures::dispatching(sim)
+        },
+        &[("A", U1)],
+    )
+    .await;
+    let rx = Receiver::start().await;
+    let (_id, secret) = create(&w.app, "acme", json!({"url": rx.url})).await;
+    let api = w.api();
+    let assignment = api.allocated(&device("E2E-1")).await.id();
+    api.final_state(assignment).await;
+    let mine = |got: &[Got]| -> Vec<Value> {
+        got.iter()
+            .map(Got::json)
+            .filter(|b| b["data"]["assignment_id"] == json!(assignment))
+            .collect()
+    };
+    eventually(
+        "the allocation's two events at the receiver",
+        async || mine(&rx.got()).len(),
+        |n| *n >= 2,
+    )
+    .await;
+    for g in rx.got() {
+        g.verify(&secret)
+            .expect("standardwebhooks accepts the signature");
+    }
+    let bodies = mine(&rx.got());
+    let types: Vec<&str> = bodies.iter().map(|b| b["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["assignment.allocated", "assignment.active"]);
+    assert!(bodies[0]["sequence"].as_i64() < bodies[1]["sequence"].as_i64());
+    assert!(bodies[0]["data"]["version"].as_i64() < bodies[1]["data"]["version"].as_i64());
+    assert_eq!(bodies[0]["space"], "acme");
+}

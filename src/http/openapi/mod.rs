@@ -58,6 +58,7 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
         (name = "assets", description = "The license inventory: Apple's counts and the ledger's per asset and account, usage, exhaustion forecast"),
         (name = "subjects", description = "Devices and users: the facts the space holds and the licenses each holds and held"),
         (name = "activity", description = "The activity log: every decision and state change, newest first"),
+        (name = "events", description = "The event feed: each space's state changes in order (assignments allocated, active, failed, revoked; accounts' status; syncs, lifecycle events, bulk operations, plans), with a cursor, an optional long poll and 30 days' retention"),
         (name = "drift", description = "The drift report: what the last sync found different between the ledger and Apple, with the action each difference suggests"),
         (name = "plans", description = "Adopt, Clean Up, Repair and Reconcile: planned (the dry run), then applied by id within the hour"),
         (name = "policies", description = "Distribution policies per asset: reserved, first-come-first-served, disallowed"),

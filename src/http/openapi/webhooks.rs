@@ -12,8 +12,8 @@ pub fn section(root: &mut Map<String, Value>) {
     let schemas = super::object(super::object(root, "components"), "schemas");
     schemas.insert("WebhookEvent".into(), envelope());
     let webhooks = super::object(root, "webhooks");
-    for t in catalog::EVENT_TYPES.iter().chain([&catalog::PING]) {
-        webhooks.insert((*t).to_owned(), entry(t));
+    for t in catalog::event_types().chain([catalog::PING]) {
+        webhooks.insert(t.to_owned(), entry(t));
     }
 }
 

@@ -89,6 +89,7 @@ pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
         sync_incremental: Duration::from_secs(900),
         sync_full: Duration::from_secs(86_400),
         sync_schedule: Duration::from_secs(1),
+        event_retention: Duration::from_secs(30 * 86_400),
     }
 }
 
