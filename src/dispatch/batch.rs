@@ -448,8 +448,12 @@ async fn handle_error(
             } else {
                 // A release Apple refuses outright: the license stays consumed at Apple.
                 let mut conn = ctx.state.pool.get().await?;
-                submissions::fail_releases(&mut conn, &ids, batch, &error).await?;
-                crate::ledger::wakeups::notify(&mut conn, &ids).await?;
+                conn.transaction(async |conn| {
+                    let failed = submissions::fail_releases(conn, &ids, batch, &error).await?;
+                    submissions::log_failed(conn, &failed, &error).await?;
+                    crate::ledger::wakeups::notify(conn, &ids).await
+                })
+                .await?;
             }
             let mut conn = ctx.state.pool.get().await?;
             jobs::delete(&mut conn, &chunk.job_ids).await?;

@@ -87,7 +87,10 @@ pub fn map(row: &OutboxRow) -> Option<(FeedEventType, Value)> {
             Some("revoked") => (E::AssignmentRevoked, "revoked"),
             _ => (E::AssignmentRevoking, "revoking"),
         },
-        "assignment.revoked" | "assignment.forgotten" => (E::AssignmentRevoked, "revoked"),
+        // Repair "mark lost" frees a license Apple no longer has: the license is revoked.
+        "assignment.revoked" | "assignment.forgotten" | "assignment.marked_lost" => {
+            (E::AssignmentRevoked, "revoked")
+        }
         "assignment.adopted" => (E::AssignmentAdopted, "active"),
         "assignment.waiting" => (E::AssignmentWaiting, "waiting"),
         "assignment.wait_cancelled" => (E::AssignmentWaitEnded, "revoked"),
@@ -349,6 +352,13 @@ mod tests {
         ] {
             assert_eq!(map(&row(action, json!({}))).unwrap().0, kind, "{action}");
         }
+    }
+
+    #[test]
+    fn a_license_marked_lost_is_revoked() {
+        let (kind, data) = map(&row("assignment.marked_lost", json!({}))).unwrap();
+        assert_eq!(kind, FeedEventType::AssignmentRevoked);
+        assert_eq!(data["state"], "revoked");
     }
 
     #[test]

@@ -163,25 +163,29 @@ pub async fn requeue_associations(
 }
 
 /// Apple refused the batch's release outright: its assignments among `ids` fail with `error`,
-/// and their licenses stay consumed at Apple (counted as assigned elsewhere).
+/// and their licenses stay consumed at Apple (counted as assigned elsewhere). Returns the
+/// failed ones (log them: [`log_failed`]).
 pub async fn fail_releases(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
     batch: Uuid,
     error: &serde_json::Value,
-) -> diesel::QueryResult<()> {
-    diesel::sql_query(
+) -> diesel::QueryResult<Vec<Uuid>> {
+    let rows: Vec<IdRow> = diesel::sql_query(
         "WITH f AS (UPDATE assignments SET state = 'failed', error = $2, version = version + 1,
                            updated_at = now()
                      WHERE id = ANY($3) AND batch_id = $1 AND state = 'revoking'
-                 RETURNING account_id, adam_id, pricing_param)
-         UPDATE assets s SET foreign_assigned = foreign_assigned + (SELECT count(*) FROM f)
-          WHERE (s.account_id, s.adam_id, s.pricing_param) IN (SELECT account_id, adam_id, pricing_param FROM f)",
+                 RETURNING id, account_id, adam_id, pricing_param),
+              counted AS (
+                 UPDATE assets s SET foreign_assigned = foreign_assigned + (SELECT count(*) FROM f)
+                  WHERE (s.account_id, s.adam_id, s.pricing_param)
+                        IN (SELECT account_id, adam_id, pricing_param FROM f))
+         SELECT id FROM f",
     )
     .bind::<diesel::sql_types::Uuid, _>(batch)
     .bind::<diesel::sql_types::Jsonb, _>(error)
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }

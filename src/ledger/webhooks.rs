@@ -405,6 +405,27 @@ pub struct AttemptRow {
 
 /// Writes attempts, many per statement.
 pub async fn record_attempts(conn: &mut AsyncPgConnection, rows: &[NewAttempt]) -> QueryResult<()> {
+    // A receiver's answer is whatever it sent: PostgreSQL's `text` refuses NUL, and one such
+    // answer would fail the whole batch of outcomes (each delivery then sent again after its
+    // lease, and the bad one forever). Control characters other than line breaks and tabs
+    // are stored as U+FFFD.
+    let cleaned: Vec<NewAttempt>;
+    let rows = if rows.iter().any(|r| {
+        r.response.as_deref().is_some_and(needs_cleaning)
+            || r.error.as_deref().is_some_and(needs_cleaning)
+    }) {
+        cleaned = rows
+            .iter()
+            .map(|r| NewAttempt {
+                response: r.response.as_deref().map(printable),
+                error: r.error.as_deref().map(printable),
+                ..r.clone()
+            })
+            .collect();
+        &cleaned
+    } else {
+        rows
+    };
     // 13 parameters a row: well under PostgreSQL's 65,535 per statement.
     for chunk in rows.chunks(2000) {
         diesel::insert_into(webhook_attempts::table)
@@ -413,6 +434,24 @@ pub async fn record_attempts(conn: &mut AsyncPgConnection, rows: &[NewAttempt]) 
             .await?;
     }
     Ok(())
+}
+
+fn needs_cleaning(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+}
+
+/// `text` with its control characters (but line breaks and tabs) replaced by U+FFFD.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' && c != '\r' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// The endpoint's attempts, newest first, before attempt id `before`.
@@ -568,4 +607,18 @@ pub async fn delete_space(conn: &mut AsyncPgConnection, space: &str) -> QueryRes
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn a_receivers_answer_is_stored_without_nul_and_control_characters() {
+        assert_eq!(
+            printable("ok\0\u{7}\nnext\tline"),
+            "ok\u{FFFD}\u{FFFD}\nnext\tline"
+        );
+        assert_eq!(printable("plain"), "plain");
+    }
 }

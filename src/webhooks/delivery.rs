@@ -302,12 +302,15 @@ pub async fn claim(
             keys(cipher, endpoint, now)
                 .inspect_err(|e| {
                     tracing::error!(webhook = %endpoint.id, error = %e,
-                                    "cannot open a webhook secret; its deliveries are dropped")
+                                    "cannot open a webhook secret; its deliveries wait for a \
+                                     replica that can (key rotation: VPP_TOKEN_KEYS)")
                 })
                 .ok()
         });
+        // A secret this replica cannot open (sealed with a key it does not have yet, during a
+        // key rotation's rollout) is not a reason to lose the delivery: the claim moved it past
+        // its lease, so it is claimed again then, by this replica or one that has the key.
         let Some(keys) = keys else {
-            dropped.push(c.id);
             continue;
         };
         let body = match serde_json::to_vec(&Envelope::of(event)) {
@@ -465,8 +468,9 @@ async fn disable(
         Activity::new(&Origin::system(), ActivityAction::WebhookDisabled.as_str())
             .space(&row.space_id)
             .details(serde_json::json!({
+                // Not the URL: the event goes to the space's feed readers and other endpoints,
+                // and receivers' URLs often carry a token.
                 "webhook": row.id,
-                "url": row.url,
                 "reason": reason,
                 "failing_since": row.failing_since,
             })),

@@ -41,9 +41,9 @@ pub enum UrlError {
     Credentials,
     #[error("url's host {0} does not resolve")]
     Unresolvable(String),
-    #[error(
-        "url's host resolves to a non-public address ({0}); webhooks only go to public addresses"
-    )]
+    /// The address is kept for the service's own log; the message does not name it (an
+    /// answer naming it would let a caller resolve names inside the cluster's network).
+    #[error("url's host resolves to a non-public address; webhooks only go to public addresses")]
     NotPublic(IpAddr),
 }
 
@@ -161,6 +161,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (seg[0] & 0xffc0) == 0xfe80 // link-local
         || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x2001 && seg[1] == 0) // Teredo (2001::/32): tunnels to anywhere
+        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64 (64:ff9b:1::/48)
+        || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard-only (100::/64)
+        || seg[..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0 // IPv4-translated (::ffff:0:0/96)
         || seg[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated) and the like
 }
 
@@ -244,6 +248,10 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
             "2002:a00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
+            "100::1",
+            "::ffff:0:a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
         }
