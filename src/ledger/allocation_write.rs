@@ -44,7 +44,7 @@ pub enum WriteError {
     Overdrawn,
 }
 
-/// What [`write`] returns of the rows it wrote.
+/// What [`write()`] returns of the rows it wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Returning {
     /// Every new row in full (an allocation's answer shows it).
