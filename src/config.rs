@@ -486,7 +486,7 @@ pub struct WebhookArgs {
     #[arg(long, env = "VPP_WEBHOOK_POLL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=60_000))]
     pub webhook_poll_ms: u64,
     /// Seconds a sender's claim on deliveries lasts; a killed sender's deliveries are sent
-    /// again after it.
+    /// again after it. Never less than twice `VPP_WEBHOOK_TIMEOUT_SECS` plus 5 s.
     #[arg(long, env = "VPP_WEBHOOK_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(20..=3600))]
     pub webhook_lease_secs: u64,
 }

@@ -62,7 +62,13 @@ impl Settings {
             retry_scale: args.webhook_retry_scale,
             overlap: chrono::Duration::seconds(args.webhook_secret_overlap_secs as i64),
             poll: Duration::from_millis(args.webhook_poll_ms),
-            lease: Duration::from_secs(args.webhook_lease_secs),
+            // A claim must outlive the send it covers, or another replica sends the same
+            // delivery while the first is still waiting for the receiver: at least two
+            // timeouts and a margin, whatever `VPP_WEBHOOK_LEASE_SECS` says.
+            lease: Duration::from_secs(
+                args.webhook_lease_secs
+                    .max(2 * args.webhook_timeout_secs + 5),
+            ),
         }
     }
 }
@@ -119,4 +125,24 @@ pub fn aad(endpoint: Uuid) -> Vec<u8> {
     let mut aad = b"webhook:".to_vec();
     aad.extend_from_slice(endpoint.as_bytes());
     aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settings;
+    use crate::config::WebhookArgs;
+
+    #[test]
+    fn a_lease_outlives_two_delivery_timeouts() {
+        let args = WebhookArgs {
+            webhook_timeout_secs: 60,
+            webhook_lease_secs: 20,
+            ..WebhookArgs::default()
+        };
+        assert_eq!(Settings::from_args(&args).lease.as_secs(), 125);
+        assert_eq!(
+            Settings::from_args(&WebhookArgs::default()).lease.as_secs(),
+            60
+        );
+    }
 }
