@@ -135,30 +135,45 @@ impl Waiters {
 
     /// Keeps a LISTEN connection open (reconnecting) and wakes waiters until cancelled.
     pub fn spawn_listener(self: Arc<Self>, database_url: String, cancel: CancellationToken) {
-        tokio::spawn(async move {
-            while !cancel.is_cancelled() {
-                match wakeups::listen(&database_url).await {
-                    Ok(mut conn) => {
-                        let mut stream = std::pin::pin!(conn.notifications_stream());
-                        loop {
-                            tokio::select! {
-                                _ = cancel.cancelled() => return,
-                                next = stream.next() => match next {
-                                    Some(Ok(n)) => self.wake(&n.payload),
-                                    _ => break,
-                                }
+        spawn_listen_loop(database_url, wakeups::ASSIGNMENTS, cancel, move |ids| {
+            self.wake(ids)
+        });
+    }
+}
+
+/// Keeps a LISTEN connection on `channel` open — reconnecting a second after it fails or
+/// drops — and hands each notification's payload to `on_payload`, until cancelled. Each
+/// process's waiters (assignments here, the event feed's long polls) follow their channel
+/// this way.
+pub fn spawn_listen_loop(
+    database_url: String,
+    channel: &'static str,
+    cancel: CancellationToken,
+    on_payload: impl Fn(&str) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        while !cancel.is_cancelled() {
+            match wakeups::listen_on(&database_url, channel).await {
+                Ok(mut conn) => {
+                    let mut stream = std::pin::pin!(conn.notifications_stream());
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            next = stream.next() => match next {
+                                Some(Ok(n)) => on_payload(&n.payload),
+                                _ => break,
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "waiter listener cannot connect"),
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+                Err(e) => tracing::warn!(channel, error = %e, "listener cannot connect"),
             }
-        });
-    }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -5,9 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -77,34 +75,16 @@ impl EventWakes {
 
     /// Keeps a LISTEN connection open (reconnecting) and wakes waiters until cancelled.
     pub fn spawn_listener(self: Arc<Self>, database_url: String, cancel: CancellationToken) {
-        tokio::spawn(async move {
-            while !cancel.is_cancelled() {
-                match outbox::listen(&database_url).await {
-                    Ok(mut conn) => {
-                        let mut stream = std::pin::pin!(conn.notifications_stream());
-                        loop {
-                            tokio::select! {
-                                _ = cancel.cancelled() => return,
-                                next = stream.next() => match next {
-                                    Some(Ok(n)) => self.wake(&n.payload),
-                                    _ => break,
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "event listener cannot connect"),
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+        crate::waiters::spawn_listen_loop(database_url, outbox::CHANNEL, cancel, move |space| {
+            self.wake(space)
         });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]

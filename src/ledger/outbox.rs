@@ -134,13 +134,3 @@ pub async fn notify(conn: &mut AsyncPgConnection, spaces: &[&str]) -> QueryResul
     }
     Ok(())
 }
-
-/// A dedicated connection (not pooled) listening on [`CHANNEL`].
-pub async fn listen(database_url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-    let mut conn = AsyncPgConnection::establish(database_url).await?;
-    conn.batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-    Ok(conn)
-}

@@ -25,11 +25,17 @@ pub async fn notify(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> diesel::Query
     Ok(())
 }
 
-/// A dedicated connection (not pooled) listening for wake-ups; read them with
-/// `notifications_stream()`. Each payload is a comma-separated list of assignment ids.
-pub async fn listen(database_url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
+/// The channel of assignment wake-ups; each payload is a comma-separated list of ids.
+pub const ASSIGNMENTS: &str = CHANNEL;
+
+/// A dedicated connection (not pooled) listening on `channel` (a fixed name of this crate's:
+/// [`ASSIGNMENTS`], `outbox::CHANNEL`); read it with `notifications_stream()`.
+pub async fn listen_on(
+    database_url: &str,
+    channel: &'static str,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
     let mut conn = AsyncPgConnection::establish(database_url).await?;
-    conn.batch_execute(&format!("LISTEN {CHANNEL}"))
+    conn.batch_execute(&format!("LISTEN {channel}"))
         .await
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(conn)
