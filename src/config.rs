@@ -481,9 +481,9 @@ pub struct WebhookArgs {
     /// Seconds both secrets sign after a rotation (24 h; shorter only for tests).
     #[arg(long, env = "VPP_WEBHOOK_SECRET_OVERLAP_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(0..=604_800))]
     pub webhook_secret_overlap_secs: u64,
-    /// Milliseconds an idle sender waits between looks for new events (a notification on
-    /// `vpp_events` wakes it earlier).
-    #[arg(long, env = "VPP_WEBHOOK_POLL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(5..=60_000))]
+    /// Milliseconds an idle sender waits between looks for due deliveries (retries, redeliveries);
+    /// new events wake it at once through `NOTIFY vpp_events`.
+    #[arg(long, env = "VPP_WEBHOOK_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=60_000))]
     pub webhook_poll_ms: u64,
     /// Seconds a sender's claim on deliveries lasts; a killed sender's deliveries are sent
     /// again after it. Never less than twice `VPP_WEBHOOK_TIMEOUT_SECS` plus 5 s.
@@ -501,7 +501,7 @@ impl Default for WebhookArgs {
             webhook_log_retention_days: 30,
             webhook_retry_scale: 1.0,
             webhook_secret_overlap_secs: 86_400,
-            webhook_poll_ms: 100,
+            webhook_poll_ms: 1000,
             webhook_lease_secs: 60,
         }
     }

@@ -166,17 +166,18 @@ impl Service {
             .event_wakes
             .clone()
             .spawn_listener(database_url.to_owned(), cancel.clone());
+        let runs_sequencer = dispatch.as_ref().is_some_and(|s| s.workers > 0);
+        if !runs_sequencer {
+            // No sequencer here: this process's activity hints go to the others' by NOTIFY.
+            crate::events::wake::spawn_relay(state.pool.clone(), cancel.clone());
+        }
         let mut workers = match dispatch {
             Some(settings) => {
                 dispatch::spawn(dispatch::Ctx::new(state.clone(), settings), cancel.clone())
             }
             None => Vec::new(),
         };
-        workers.extend(dispatch::webhooks::spawn(
-            state.clone(),
-            database_url.to_owned(),
-            cancel.clone(),
-        ));
+        workers.extend(dispatch::webhooks::spawn(state.clone(), cancel.clone()));
         let server = server::start(
             Parts {
                 state: state.clone(),

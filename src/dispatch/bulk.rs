@@ -22,6 +22,8 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
             }
         };
         if worked {
+            // Its commits may have written activity rows: wake the event sequencer.
+            crate::events::wake::activity_written();
             tokio::task::yield_now().await;
         } else {
             tokio::select! {

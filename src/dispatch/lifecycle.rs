@@ -20,7 +20,10 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 false
             }
         };
-        if !worked {
+        if worked {
+            // Its commits may have written activity rows: wake the event sequencer.
+            crate::events::wake::activity_written();
+        } else {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(ctx.settings.idle_poll) => {}

@@ -46,7 +46,10 @@ async fn worker(ctx: Arc<Ctx>, index: usize, cancel: CancellationToken) {
                 false
             }
         };
-        if !worked {
+        if worked {
+            // Its commits may have written activity rows: wake the event sequencer.
+            crate::events::wake::activity_written();
+        } else {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(ctx.settings.idle_poll) => {}

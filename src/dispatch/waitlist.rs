@@ -55,10 +55,16 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                 false
             }
         };
+        if worked {
+            // Its commits may have written activity rows: wake the event sequencer.
+            crate::events::wake::activity_written();
+        }
         if swept.is_none_or(|at| at.elapsed() >= SWEEP) {
             swept = Some(Instant::now());
-            if let Err(e) = expire_all(&ctx).await {
-                tracing::warn!(error = %e, "wait-list expiry failed");
+            match expire_all(&ctx).await {
+                Ok(0) => {}
+                Ok(_) => crate::events::wake::activity_written(),
+                Err(e) => tracing::warn!(error = %e, "wait-list expiry failed"),
             }
         }
         if !worked {

@@ -4,9 +4,12 @@
 //! in batches — when 256 are done, 20 ms after the first of a batch, or when nothing is in
 //! flight. A slow endpoint holds one slot per delivery, never the batch.
 //!
-//! It wakes on `NOTIFY vpp_events` (the event writer's) and otherwise looks every
-//! `VPP_WEBHOOK_POLL_MS`. Every minute one sender of each process disables endpoints failing
-//! for 5 days and forgets delivery log rows past their retention (both idempotent, any replica).
+//! It wakes on `NOTIFY vpp_events` (the sequencer's, after it appended events; one
+//! reconnecting listen connection per process, [`crate::waiters::spawn_listen_loop`]) and
+//! otherwise looks every `VPP_WEBHOOK_POLL_MS` (1 s): for retries that came due, deliveries
+//! queued by `redeliver` or `recover`, and events whose notification was lost across a
+//! reconnect. Every minute one sender of each process disables endpoints failing for 5 days
+//! and forgets delivery log rows past their retention (both idempotent, any replica).
 //! Coordination is PostgreSQL's only (see [`crate::ledger::webhooks`]).
 
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
@@ -27,23 +30,17 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 /// Time between housekeeping rounds.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
-/// Starts the senders of this process (none when `webhook_workers` is 0) and the listener that
+/// Starts the senders of this process (none when `webhook_workers` is 0); the feed's listener
 /// wakes them.
-pub fn spawn(
-    state: Arc<AppState>,
-    database_url: String,
-    cancel: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(state: Arc<AppState>, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let workers = state.webhooks.settings.workers;
     if workers == 0 {
         return Vec::new();
     }
-    let wake = Arc::new(Notify::new());
-    let mut handles = vec![tokio::spawn(listen(
-        database_url,
-        wake.clone(),
-        cancel.clone(),
-    ))];
+    // Woken through the process's one `LISTEN vpp_events` connection (the feed's, see
+    // `events::wake`), by a counter: a wake-up that came while a sender was busy is kept.
+    let wake = state.event_wakes.any_space();
+    let mut handles = Vec::new();
     for i in 0..workers {
         let name = format!("{}-{}-webhooks-{i}", hostname(), std::process::id());
         handles.push(tokio::spawn(run(
@@ -63,39 +60,13 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "vpp-broker".into())
 }
 
-/// Wakes the senders on `NOTIFY vpp_events` (reconnecting after a second when the session
-/// ends; the senders poll meanwhile).
-async fn listen(database_url: String, wake: Arc<Notify>, cancel: CancellationToken) {
-    while !cancel.is_cancelled() {
-        match crate::ledger::webhooks::listen_events(&database_url).await {
-            Ok(mut conn) => {
-                let mut stream = std::pin::pin!(conn.notifications_stream());
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        next = stream.next() => match next {
-                            Some(Ok(_)) => wake.notify_waiters(),
-                            _ => break,
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "webhook listener cannot connect"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
 type InFlight = FuturesUnordered<futures_util::future::BoxFuture<'static, (Message, Sent)>>;
 
 async fn run(
     state: Arc<AppState>,
     name: String,
     housekeeper: bool,
-    wake: Arc<Notify>,
+    mut wake: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     tracing::info!(worker = %name, "webhook sender started");
@@ -146,7 +117,7 @@ async fn run(
                 }
                 if inflight.len() < concurrency { look = true; }
             }
-            _ = wake.notified() => { look = true; }
+            Ok(()) = wake.changed() => { look = true; }
             _ = tokio::time::sleep(wait) => { look = true; }
         }
         let due = done.len() >= FLUSH_AT
@@ -189,6 +160,8 @@ async fn refill(
 async fn flush(state: &AppState, done: &mut Vec<(Message, Sent)>) {
     let batch = std::mem::take(done);
     let n = batch.len();
+    // A 410 disables its endpoint and writes a `webhook.disabled` activity row.
+    let disables = batch.iter().any(|(_, sent)| sent.gone());
     let result = match state.pool.get().await {
         Ok(mut conn) => delivery::settle(&state.webhooks, &mut conn, batch).await,
         Err(e) => {
@@ -196,8 +169,12 @@ async fn flush(state: &AppState, done: &mut Vec<(Message, Sent)>) {
             return;
         }
     };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, outcomes = n, "webhook outcomes not written; they are sent again after the lease");
+    match result {
+        Ok(()) if disables => crate::events::wake::activity_written(),
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, outcomes = n, "webhook outcomes not written; they are sent again after the lease");
+        }
     }
 }
 
@@ -207,10 +184,13 @@ async fn housekeeping(state: &AppState) {
     };
     match delivery::disable_failing(&state.webhooks, &mut conn).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(
-            disabled = n,
-            "webhook endpoints failing for 5 days disabled"
-        ),
+        Ok(n) => {
+            tracing::info!(
+                disabled = n,
+                "webhook endpoints failing for 5 days disabled"
+            );
+            crate::events::wake::activity_written();
+        }
         Err(e) => tracing::warn!(error = %e, "disabling failing webhooks failed"),
     }
     match delivery::forget_old_attempts(&state.webhooks, &mut conn).await {

@@ -47,6 +47,9 @@ pub struct Round {
     pub rows: usize,
     /// Events appended.
     pub events: usize,
+    /// Committed rows after the ones read wait behind an older transaction still running
+    /// (see [`outbox::held_back`]): look again soon. (Not checked after a full round.)
+    pub held_back: bool,
 }
 
 /// One round of the sequencer (see the module doc); `rows == ROUND` means more may wait.
@@ -61,12 +64,17 @@ pub async fn sequence_once(conn: &mut AsyncPgConnection) -> diesel::QueryResult<
         let from = outbox::watermark(conn).await?;
         let rows = outbox::finished_after(conn, &from, ROUND).await?;
         let Some(last) = rows.last() else {
-            return Ok(Round::default());
+            return Ok(Round {
+                held_back: outbox::held_back(conn, &from).await?,
+                ..Round::default()
+            });
         };
         let to = Watermark {
             txid: last.txid.clone(),
             activity_id: last.id,
         };
+        // A full round looks again at once anyway.
+        let held_back = (rows.len() as i64) < ROUND && outbox::held_back(conn, &to).await?;
         let new: Vec<NewEvent> = rows
             .iter()
             .filter_map(|row| {
@@ -92,6 +100,7 @@ pub async fn sequence_once(conn: &mut AsyncPgConnection) -> diesel::QueryResult<
             busy: false,
             rows: rows.len(),
             events: count,
+            held_back,
         })
     })
     .await

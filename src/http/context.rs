@@ -112,6 +112,11 @@ pub async fn middleware(
         })
         .instrument(span.clone())
         .await;
+    if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        // The handler has finished, its transactions committed: wake the event sequencer
+        // (docs/events.md). A request that wrote nothing costs it one empty round.
+        crate::events::wake::activity_written();
+    }
 
     let request_id_value = HeaderValue::from_str(&request_id).ok();
     let request_id_name = header::HeaderName::from_static(REQUEST_ID_HEADER);

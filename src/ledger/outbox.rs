@@ -29,6 +29,10 @@ pub const SEQUENCER_LOCK: i64 = 0x7670_7065_7665_6e74;
 /// The channel readers of the feed (and the webhook worker) listen on; the payload is a space.
 pub const CHANNEL: &str = "vpp_events";
 
+/// The channel of activity hints (no payload): a process that runs no sequencer says that it
+/// committed activity rows (`events::wake::spawn_relay`); every sequencer listens.
+pub const ACTIVITY_CHANNEL: &str = "vpp_activity";
+
 /// The sequencer's position: every activity row at or before `(txid, activity_id)` was seen.
 #[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
 pub struct Watermark {
@@ -120,6 +124,37 @@ pub async fn finished_after(
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
+}
+
+/// Sends an activity hint to the sequencers (its own statement: never call it in a writer's
+/// transaction, whose commit it would serialize with every other notifying transaction).
+pub async fn notify_activity(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, '')")
+        .bind::<Text, _>(ACTIVITY_CHANNEL)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Whether rows after the watermark are already committed but not yet readable: an older
+/// transaction (of any database of the cluster) is still running and holds the snapshot's
+/// `xmin` below them. The sequencer then keeps looking often, since the end of that
+/// transaction is no hint.
+pub async fn held_back(conn: &mut AsyncPgConnection, after: &Watermark) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = Bool)]
+        held: bool,
+    }
+    let row: Exists = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM activity_log
+                         WHERE txid >= $1::xid8 AND (txid, id) > ($1::xid8, $2)) AS held",
+    )
+    .bind::<Text, _>(&after.txid)
+    .bind::<BigInt, _>(after.activity_id)
+    .get_result(conn)
+    .await?;
+    Ok(row.held)
 }
 
 /// Wakes the feed's long polls (and the webhook worker) of `spaces` when the transaction

@@ -552,20 +552,6 @@ pub async fn queued(conn: &mut AsyncPgConnection, endpoint: Uuid) -> QueryResult
     Ok(row.n)
 }
 
-/// The channel the event writer notifies after appending events (payload: the space).
-pub const EVENTS_CHANNEL: &str = "vpp_events";
-
-/// A dedicated connection (not pooled) listening on [`EVENTS_CHANNEL`]; read it with
-/// `notifications_stream()`.
-pub async fn listen_events(database_url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-    let mut conn = AsyncPgConnection::establish(database_url).await?;
-    conn.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}"))
-        .await
-        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-    Ok(conn)
-}
-
 /// Endpoints (not deleted) whose current or still-signing previous secret is sealed with
 /// another key than `active`, locked (skipping those locked elsewhere), at most `limit`.
 pub async fn sealed_with_other_keys(

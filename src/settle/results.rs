@@ -102,6 +102,9 @@ pub async fn apply(
         .transaction(async |conn| transition(conn, &event, results).await)
         .await?;
     drop(conn);
+    // Committed: the assignments' events can be sequenced now (the notification receiver
+    // settles too, not only the dispatcher).
+    crate::events::wake::activity_written();
     if !reallocs.is_empty() {
         applied.failed += reallocs.len();
         reallocate(state, token, &event, reallocs).await?;

@@ -400,6 +400,29 @@ async fn a_transaction_held_open_delays_its_event_and_every_later_one_but_loses_
 }
 
 #[tokio::test]
+async fn a_change_whose_writer_gave_no_hint_still_becomes_an_event() {
+    // The sequencer waits for hints that writers give after their commits; a row written by a
+    // transaction that gave none (here: plain SQL, not the service) is found by its fallback
+    // round.
+    let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 5)])], &[("A", U1)]).await;
+    let api = w.api();
+    let (_, end) = read_to_end(api, None, "", 100).await;
+    let mut conn = w.app.db.connect().await;
+    conn.batch_execute(
+        "INSERT INTO activity_log (space_id, actor, action, details)
+              VALUES ('acme', 'unhinted', 'account.status_changed', '{\"to\": \"x\"}')",
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the unhinted change's event",
+        async || read_to_end(api, Some(&end), "", 100).await,
+        |(events, _)| events.iter().any(|e| e.data["actor"] == "unhinted"),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_cursor_retention_passed_answers_410_with_where_to_resume() {
     let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 5)])], &[("A", U1)]).await;
     let api = w.api();
