@@ -12,9 +12,21 @@
 //! 2. **trickle**: 200 events/s for 5 s (one event per transaction): commit→delivery p50/p99
 //!    when the sender is idle between events.
 //!
+//! 3. **allocations with and without webhooks** (issue 15: "allocation throughput within 10 % of
+//!    without webhooks, same run"): a second `serve` child (dispatcher and event sequencer
+//!    included) on its own fresh database, with the Apple simulator in this process (one
+//!    location owning 100 apps, 200 ms added to every Apple call) and one attached account.
+//!    Closed-loop clients allocate over HTTP (each request a new device, one of the 100 apps)
+//!    in four segments of `--alloc-seconds / 2` each, alternately without any enabled endpoint
+//!    and with 3 enabled endpoints on the local receiver subscribed to assignment events (order
+//!    off, on, on, off, to cancel drift); allocations/s and p50/p99 of both modes, their ratio,
+//!    and the deliveries that arrived during the segments with endpoints. Endpoints are switched
+//!    with `PATCH {"enabled": …}` (disabling drops their queue) a second before each segment.
+//!
 //! Every message's signature is checked on arrival (HMAC-SHA256, the endpoint's secret).
 //! Options: `--events N` (10000), `--endpoints N` (3), `--trickle-rate N` (200),
-//! `--trickle-seconds N` (5).
+//! `--trickle-seconds N` (5), `--alloc-seconds N` (20; 0 skips phase 3), `--alloc-clients N`
+//! (16).
 
 #![allow(
     clippy::unwrap_used,
@@ -37,6 +49,8 @@ use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use serde_json::{Value, json};
 use uuid::Uuid;
+use vpp_broker::apple::types::ProductType;
+use vpp_broker::apple_sim::{SeedAsset, SeedFile, SeedLocation, SimConfig, SimSettings, Simulator};
 use vpp_broker::ledger::events::{self, NewEvent};
 
 struct Received {
@@ -284,5 +298,211 @@ async fn main() {
     );
     service.stop();
     drop(conn);
+    common::drop_databases(&server, &[&db_name]).await;
+
+    let alloc_secs = arg("--alloc-seconds", 20);
+    if alloc_secs > 0 {
+        let clients = arg("--alloc-clients", 16) as usize;
+        allocations(&http, &received, &receiver, alloc_secs, clients).await;
+    }
+}
+
+/// The apps of phase 3: `ALLOC_BASE + 0..ALLOC_ASSETS`.
+const ALLOC_BASE: u64 = 600_000_000;
+const ALLOC_ASSETS: u64 = 100;
+
+fn alloc_pick(c: usize, n: usize) -> u64 {
+    ALLOC_BASE + common::rand_index(c, n) % ALLOC_ASSETS
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Phase 3 (see the module doc).
+async fn allocations(
+    http: &reqwest::Client,
+    received: &Received,
+    receiver: &str,
+    alloc_secs: u64,
+    clients: usize,
+) {
+    let (server, db_name, db_url) = common::fresh_database("webhook_bench_alloc").await;
+    let assets: Vec<SeedAsset> = (0..ALLOC_ASSETS)
+        .map(|i| SeedAsset {
+            adam_id: (ALLOC_BASE + i).to_string(),
+            product_type: Some(ProductType::App),
+            total_count: 1_000_000,
+            ..Default::default()
+        })
+        .collect();
+    let sim = Simulator::start(SimConfig {
+        workers: 1,
+        settings: SimSettings {
+            event_delay_ms: 100,
+            ..SimSettings::default()
+        },
+        seed: Some(SeedFile {
+            settings: None,
+            locations: vec![SeedLocation {
+                u_id: Some("4000000001".into()),
+                name: "Bench Library".into(),
+                assets,
+                ..Default::default()
+            }],
+        }),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    common::apple_latency(&sim, 200).await;
+    let service = common::Service::start_with_env(
+        http,
+        &db_url,
+        &sim.base_url(),
+        &[
+            ("VPP_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("VPP_SYNC_WORKERS", "0"),
+        ],
+    )
+    .await;
+    let base = service.base.clone();
+    let token = common::token();
+    let space = "alloc";
+    common::create_space(http, &base, &token, space).await;
+    let status = http
+        .post(format!("{base}/v1/spaces/{space}/accounts"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Bench", "stoken": sim.seeded()[0].s_token}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201, "attach the account");
+
+    // 3 endpoints on the receiver, subscribed to assignment events, created disabled.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let n = received.keys.lock().unwrap().len();
+        let resp: Value = http
+            .post(format!("{base}/v1/spaces/{space}/webhooks"))
+            .bearer_auth(&token)
+            .json(&json!({
+                "url": format!("{receiver}/hook/{n}"),
+                "event_types": ["assignment.allocated", "assignment.active",
+                                "assignment.failed", "assignment.revoked"],
+                "enabled": false,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let secret = resp["secret"].as_str().expect("secret");
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap();
+        received.keys.lock().unwrap().push(key);
+        ids.push(resp["id"].as_str().expect("id").to_owned());
+    }
+    let switch = async |enabled: bool| {
+        for id in &ids {
+            let status = http
+                .patch(format!("{base}/v1/spaces/{space}/webhooks/{id}"))
+                .bearer_auth(&token)
+                .json(&json!({ "enabled": enabled }))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200, "switch an endpoint");
+        }
+        // In-flight deliveries end, the dispatcher's backlog moves on.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+
+    println!(
+        "allocations with and without webhooks: {clients} clients, 4 segments of {:.1} s, load average before {}",
+        alloc_secs as f64 / 2.0,
+        load_average()
+    );
+    // Warm-up (not counted): connections, caches, the dispatcher's first batches.
+    common::storm_for(
+        http,
+        &base,
+        &token,
+        space,
+        clients,
+        Duration::from_secs(2),
+        "warm",
+        alloc_pick,
+    )
+    .await;
+    let segment = Duration::from_secs_f64(alloc_secs as f64 / 2.0);
+    // (latencies, seconds, deliveries) per mode: [without, with].
+    let mut modes: [(Vec<Duration>, f64, u64); 2] = Default::default();
+    for (i, on) in [false, true, true, false].into_iter().enumerate() {
+        switch(on).await;
+        let before = received.count.load(Ordering::Relaxed);
+        let (lat, elapsed) = common::storm_for(
+            http,
+            &base,
+            &token,
+            space,
+            clients,
+            segment,
+            &format!("s{i}"),
+            alloc_pick,
+        )
+        .await;
+        let arrived = received.count.load(Ordering::Relaxed) - before;
+        println!(
+            "  segment {} ({}): {} allocations in {:.2} s = {:.0}/s; deliveries arrived {arrived}",
+            i + 1,
+            if on { "3 endpoints" } else { "no endpoint" },
+            lat.len(),
+            elapsed.as_secs_f64(),
+            lat.len() as f64 / elapsed.as_secs_f64()
+        );
+        let mode = &mut modes[usize::from(on)];
+        mode.0.extend(lat);
+        mode.1 += elapsed.as_secs_f64();
+        mode.2 += arrived;
+    }
+    switch(false).await;
+    let mut rate = [0.0f64; 2];
+    for (on, (lat, secs, arrived)) in modes.iter_mut().enumerate() {
+        lat.sort();
+        rate[on] = lat.len() as f64 / *secs;
+        println!(
+            "  {}: {:.0} allocations/s (p50 {:.1} ms, p99 {:.1} ms){}",
+            if on == 1 {
+                "with 3 endpoints"
+            } else {
+                "without webhooks"
+            },
+            rate[on],
+            common::ms(common::percentile(lat, 0.5)),
+            common::ms(common::percentile(lat, 0.99)),
+            if on == 1 {
+                format!(
+                    ", deliveries arrived {arrived} ({:.0}/s)",
+                    *arrived as f64 / *secs
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "  ratio with / without: {:.3}; load average after {}",
+        rate[1] / rate[0],
+        load_average()
+    );
+    service.stop();
+    drop(sim);
     common::drop_databases(&server, &[&db_name]).await;
 }

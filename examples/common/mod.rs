@@ -264,3 +264,57 @@ pub async fn storm(
     }
     (all, started.elapsed(), per_asset)
 }
+
+/// Closed-loop allocation clients for a fixed time: `clients` tasks each POST allocations in
+/// `space` until `duration` passed, for the adam id `pick(client, n)`, each for a new device
+/// `{tag}-{client}-{n}`. Returns every latency and the elapsed time (to the last answer).
+#[allow(clippy::too_many_arguments, reason = "a benchmark driver")]
+pub async fn storm_for(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    space: &str,
+    clients: usize,
+    duration: Duration,
+    tag: &str,
+    pick: fn(usize, usize) -> u64,
+) -> (Vec<Duration>, Duration) {
+    let started = Instant::now();
+    let end = started + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let url = format!("{base}/v1/spaces/{space}/assignments");
+        let auth = format!("Bearer {token}");
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0;
+            while Instant::now() < end {
+                let body = json!({
+                    "asset": {"adam_id": pick(c, n).to_string()},
+                    "subject": {"kind": "device", "id": format!("{tag}-{c}-{n}")},
+                });
+                let t = Instant::now();
+                let resp = http
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = resp.status();
+                let _ = resp.bytes().await;
+                latencies.push(t.elapsed());
+                assert_eq!(status, 201, "allocation refused");
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client"));
+    }
+    (all, started.elapsed())
+}
