@@ -26,6 +26,7 @@ mod layering;
 mod lifecycle;
 mod migrations;
 mod multiprocess;
+mod notices;
 mod notification_input;
 mod notifications;
 mod openapi;
