@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use diesel_async::RunQueryDsl;
 use reqwest::Method;
 use serde_json::Value;
 use uuid::Uuid;
@@ -339,6 +340,55 @@ async fn n2_token_notices_follow_the_simulators_revoked_not_owned_expired_and_th
     assert_eq!(throttled[0].severity.as_str(), "warn");
     // Each notification is raised once however often it is evaluated.
     assert_eq!(evaluate(&w.app).await.raised, 0);
+}
+
+#[tokio::test]
+async fn n1_an_exhaustion_forecast_under_3_days_raises_warn_and_alert_once() {
+    let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 10)])], &[("A", U1)]).await;
+    let api = w.api();
+    // Eight licenses, one a day over the last eight days: about one a day, two left.
+    for i in 0..8 {
+        let id = api.allocated(&device(&format!("F{i}"))).await.id();
+        let mut conn = w.app.db.connect().await;
+        diesel::sql_query(format!(
+            "UPDATE assignments SET created_at = now() - interval '{i} days' WHERE id = '{id}'"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let round = evaluate(&w.app).await;
+    let forecasts = list(api, "state=open&kinds=license.exhaustion_forecast").await;
+    let mut levels: Vec<(i32, String)> = forecasts
+        .iter()
+        .map(|n| (n.level.unwrap(), n.severity.to_string()))
+        .collect();
+    levels.sort();
+    assert_eq!(
+        levels,
+        [(3, "alert".to_owned()), (14, "warn".to_owned())],
+        "{round:?} {forecasts:?}"
+    );
+    let days = forecasts[0].figures["days_until_exhausted"].as_f64().unwrap();
+    assert!((1.0..3.0).contains(&days), "about two days: {days}");
+    assert!(forecasts[0].action.contains("before"), "{:?}", forecasts[0]);
+    // Without the forecasts (the notifier computes them every 15 minutes) they stay open.
+    let mut conn = w.app.db.connect().await;
+    let quiet = notices::evaluate(&mut conn, chrono::Duration::minutes(15), false, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!((quiet.raised, quiet.cleared), (0, 0));
+    // Revocations stop the consumption: the forecast clears.
+    let live = api.assignments("adam_id=408709785&live=true").await;
+    for a in live.items.iter().take(6) {
+        assert!(api.revoke(a.id, "").await.status().is_success());
+    }
+    evaluate(&w.app).await;
+    assert!(
+        list(api, "state=open&kinds=license.exhaustion_forecast")
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]
