@@ -31,6 +31,7 @@ mod notification_input;
 mod notifications;
 mod openapi;
 mod ops;
+mod outages;
 mod plans;
 mod policies;
 mod problems;

@@ -369,7 +369,9 @@ async fn n1_an_exhaustion_forecast_under_3_days_raises_warn_and_alert_once() {
         [(3, "alert".to_owned()), (14, "warn".to_owned())],
         "{round:?} {forecasts:?}"
     );
-    let days = forecasts[0].figures["days_until_exhausted"].as_f64().unwrap();
+    let days = forecasts[0].figures["days_until_exhausted"]
+        .as_f64()
+        .unwrap();
     assert!((1.0..3.0).contains(&days), "about two days: {days}");
     assert!(forecasts[0].action.contains("before"), "{:?}", forecasts[0]);
     // Without the forecasts (the notifier computes them every 15 minutes) they stay open.
