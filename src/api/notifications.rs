@@ -57,8 +57,9 @@ pub struct Notification {
     pub action: String,
     /// The figures behind it when it was raised: usage (`owned`, `held`,
     /// `assigned_elsewhere`, `available`, `usage_percent`), token (`expires_at`, `days_left`,
-    /// `status`, `until`, `last_synced_at`), forecast (`days_until_exhausted`,
-    /// `net_rate_per_day`, `exhausted_around`).
+    /// `status`; throttled: `since`, `until`; not synced: `last_synced_at`,
+    /// `interval_minutes`), forecast (`days_until_exhausted`, `net_rate_per_day`,
+    /// `exhausted_around`).
     #[schema(value_type = Object)]
     pub figures: serde_json::Value,
     pub state: NoticeState,

@@ -29,12 +29,14 @@
 //!   the rest (facts without forecasts leave these notifications as they are).
 //!
 //! **Tokens** (N2), per account: expiring within 30 (`info`), 14 and 7 (`warn`), 3 and 1
-//! (`alert`) days — one per threshold, cleared when the token is replaced or has expired;
+//! (`alert`) days — one per threshold and token (the expiry day is in the key), cleared when
+//! the token is replaced or has expired;
 //! expired, revoked, invalid, login required, not owned (`alert` each, cleared when the status
 //! ends); throttled by Apple for more than a minute (`warn`: the Retry-After window reaches
 //! more than a minute past the throttle's start); not synced for twice the incremental sync
-//! interval (`warn`; not raised while a token problem explains it, whose notification is the
-//! one to act on). Each says what to do.
+//! interval (`warn`; counted from the account's last change when it never synced — new, or
+//! its location switched; not raised while a token problem or a throttle explains it, whose
+//! notification is the one to act on). Each says what to do.
 //!
 //! A condition whose target is gone (an account deleted or being deleted, an asset vanished
 //! from Apple) clears with reason `gone`.
@@ -187,6 +189,18 @@ impl Target {
     }
 }
 
+/// The key of a `token.expiring` condition: the token's expiry day is part of it, so a token
+/// replaced by another one expiring soon too gets its own notifications (the old ones, naming
+/// the old date, clear as `token_replaced`).
+fn expiring_key(target: &Target, expires_at: DateTime<Utc>, level: i32) -> String {
+    format!(
+        "{}:{}:{}:{level}",
+        NoticeKind::TokenExpiring,
+        target.key(),
+        expires_at.format("%Y-%m-%d")
+    )
+}
+
 /// The key of a condition: at most one open notification per (space, key).
 pub fn key(kind: NoticeKind, target: &Target, level: Option<i32>) -> String {
     match level {
@@ -223,7 +237,8 @@ pub struct Token {
     pub expires_at: DateTime<Utc>,
     /// The last sync that succeeded (full or incremental), or none yet.
     pub last_synced_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
+    /// When the account was attached or last changed (its row's `updated_at`).
+    pub changed_at: DateTime<Utc>,
 }
 
 /// An asset's exhaustion forecast.
@@ -234,6 +249,9 @@ pub struct ForecastFact {
     pub pricing_param: String,
     /// Days until nothing is left, or none (not consuming, too little history).
     pub days: Option<f64>,
+    /// Nothing is left already (`license.exhausted` says so): the forecast notifications stay
+    /// as they are.
+    pub exhausted: bool,
     pub rate_per_day: Option<f64>,
 }
 
@@ -323,6 +341,17 @@ pub fn evaluate(facts: &Facts, open: &[Open], now: DateTime<Utc>) -> Changes {
         token_verdicts(&mut verdicts, token, facts.sync_interval, now);
     }
 
+    let accounts: Vec<String> = facts
+        .tokens
+        .iter()
+        .map(|t| {
+            format!(
+                "{}:{}:",
+                NoticeKind::TokenExpiring,
+                Target::Account(t.account_id).key()
+            )
+        })
+        .collect();
     let mut changes = Changes::default();
     for o in open {
         match verdicts.0.get(&(o.space.clone(), o.key.clone())) {
@@ -330,6 +359,14 @@ pub fn evaluate(facts: &Facts, open: &[Open], now: DateTime<Utc>) -> Changes {
             Some(Verdict::Clear(reason)) => changes.clear.push((o.id, *reason)),
             // Forecasts not computed this time: leave them.
             None if o.kind == NoticeKind::ExhaustionForecast && facts.forecasts.is_none() => {}
+            // An expiring notice of an account still here named another token.
+            None if o.kind == NoticeKind::TokenExpiring
+                && accounts
+                    .iter()
+                    .any(|prefix| o.key.starts_with(prefix.as_str())) =>
+            {
+                changes.clear.push((o.id, ClearReason::TokenReplaced))
+            }
             None => changes.clear.push((o.id, ClearReason::Gone)),
         }
     }
@@ -442,6 +479,12 @@ fn usage_verdicts(v: &mut Verdicts, u: &Usage, open: &HashSet<(&str, &str)>) {
         );
         return;
     }
+    if u.total <= 0 {
+        // Owning nothing any more (refunded, transferred) is not "available again".
+        v.set(&u.space, exhausted_key, Verdict::Clear(ClearReason::Gone));
+        v.set(&u.space, again_key, Verdict::Clear(ClearReason::Gone));
+        return;
+    }
     v.set(
         &u.space,
         exhausted_key,
@@ -484,6 +527,10 @@ fn forecast_verdicts(v: &mut Verdicts, f: &ForecastFact, now: DateTime<Utc>) {
     let what = what(&target, None);
     for (level, severity) in FORECAST_LEVELS {
         let key = key(NoticeKind::ExhaustionForecast, &target, Some(level));
+        if f.exhausted {
+            v.set(&f.space, key, Verdict::Keep);
+            continue;
+        }
         match f.days {
             Some(days) if days < f64::from(level) => {
                 let runs_out = now + Duration::seconds((days * 86_400.0) as i64);
@@ -531,7 +578,7 @@ fn token_verdicts(v: &mut Verdicts, t: &Token, sync_interval: Duration, now: Dat
     let left = t.expires_at - now;
     let expiry = t.expires_at.format("%Y-%m-%d").to_string();
     for (level, severity) in EXPIRY_LEVELS {
-        let key = key(NoticeKind::TokenExpiring, &target, Some(level));
+        let key = expiring_key(&target, t.expires_at, level);
         if left > Duration::zero() && left <= Duration::days(i64::from(level)) {
             let days = left.num_hours() as f64 / 24.0;
             v.raise(Raise {
@@ -659,12 +706,15 @@ fn token_verdicts(v: &mut Verdicts, t: &Token, sync_interval: Duration, now: Dat
     }
 
     let key_sync = key(NoticeKind::TokenNotSynced, &target, None);
-    if state.is_sticky() {
-        // The token's own notification says why and what to do.
+    if state.is_sticky() || state == AccountStatus::Throttled {
+        // The token's own notification says why and what to do (a throttled account's syncs
+        // wait for the window, like its other Apple work).
         v.set(&t.space, key_sync, Verdict::Keep);
         return;
     }
-    let last = t.last_synced_at.unwrap_or(t.created_at);
+    // Never synced (new, or its location switched, which forgets the sync times): measured
+    // from the account's last change.
+    let last = t.last_synced_at.unwrap_or(t.changed_at);
     if now - last > sync_interval * 2 {
         v.raise(Raise {
             space: t.space.clone(),
@@ -680,8 +730,9 @@ fn token_verdicts(v: &mut Verdicts, t: &Token, sync_interval: Duration, now: Dat
                     sync_interval.num_minutes()
                 ),
                 None => format!(
-                    "{what} has never synced with Apple since it was attached on {}",
-                    t.created_at.format("%Y-%m-%dT%H:%M:%SZ")
+                    "{what} has not synced with Apple since it was attached or its location \
+                     changed, on {}",
+                    t.changed_at.format("%Y-%m-%dT%H:%M:%SZ")
                 ),
             },
             action: format!(
@@ -858,7 +909,7 @@ mod tests {
             status_changed_at: now,
             expires_at: now + expires_in,
             last_synced_at: Some(now),
-            created_at: now,
+            changed_at: now,
         }
     }
 
@@ -873,11 +924,8 @@ mod tests {
     #[test]
     fn n2_expiry_thresholds_and_replacement() {
         let now = Utc::now();
-        let c = evaluate(
-            &token_facts(token(Duration::days(10), AccountStatus::Expiring)),
-            &[],
-            now,
-        );
+        let soon = token(Duration::days(10), AccountStatus::Expiring);
+        let c = evaluate(&token_facts(soon.clone()), &[], now);
         assert_eq!(levels(&c, NoticeKind::TokenExpiring), vec![14, 30]);
         assert!(c.raise.iter().all(|r| r.action.contains("/stoken")));
         let mut open = Vec::new();
@@ -894,11 +942,9 @@ mod tests {
                 .iter()
                 .all(|(_, r)| *r == ClearReason::TokenReplaced)
         );
-        let expired = evaluate(
-            &token_facts(token(Duration::days(-1), AccountStatus::Expired)),
-            &open,
-            now,
-        );
+        // The same token, eleven days later: expired.
+        let expired = evaluate(&token_facts(soon), &open, now + Duration::days(11));
+        assert_eq!(expired.clear.len(), 2);
         assert!(
             expired
                 .clear
@@ -911,6 +957,29 @@ mod tests {
                 .iter()
                 .any(|r| r.kind == NoticeKind::TokenExpired)
         );
+    }
+
+    #[test]
+    fn n2_a_token_replaced_by_another_short_one_gets_notices_naming_its_own_date() {
+        let now = Utc::now();
+        let mut open = Vec::new();
+        let old = token(Duration::days(10), AccountStatus::Expiring);
+        apply(&mut open, &evaluate(&token_facts(old), &[], now));
+        assert_eq!(open.len(), 2);
+        let new = token(Duration::days(20), AccountStatus::Expiring);
+        let c = evaluate(&token_facts(new), &open, now);
+        assert_eq!(c.clear.len(), 2, "{c:?}");
+        assert!(
+            c.clear
+                .iter()
+                .all(|(_, r)| *r == ClearReason::TokenReplaced)
+        );
+        assert_eq!(levels(&c, NoticeKind::TokenExpiring), vec![30]);
+        // The account removed: its notices clear as gone.
+        let mut open = Vec::new();
+        apply(&mut open, &c);
+        let gone = evaluate(&Facts::default(), &open, now);
+        assert!(gone.clear.iter().all(|(_, r)| *r == ClearReason::Gone));
     }
 
     #[test]
@@ -976,6 +1045,7 @@ mod tests {
             pricing_param: "STDQ".into(),
             days: Some(2.0),
             rate_per_day: Some(3.0),
+            exhausted: false,
         };
         let with = Facts {
             forecasts: Some(vec![f]),

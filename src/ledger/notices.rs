@@ -192,7 +192,7 @@ pub async fn tokens(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Token>> {
             accounts::token_expires_at,
             accounts::last_full_sync_at,
             accounts::last_incremental_sync_at,
-            accounts::created_at,
+            accounts::updated_at,
         ))
         .load(conn)
         .await?;
@@ -210,7 +210,7 @@ pub async fn tokens(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Token>> {
                 expires,
                 full,
                 incr,
-                created,
+                updated,
             )| {
                 Token {
                     space,
@@ -224,7 +224,7 @@ pub async fn tokens(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Token>> {
                     status_changed_at: changed,
                     expires_at: expires,
                     last_synced_at: full.max(incr),
-                    created_at: created,
+                    changed_at: updated,
                 }
             },
         )

@@ -150,6 +150,7 @@ async fn forecast_facts(
             pricing_param: pricing_param.clone(),
             days,
             rate_per_day: rate,
+            exhausted: u.total > 0 && u.available <= 0,
         });
     }
     Ok(out)
