@@ -54,6 +54,8 @@ KNOWN_ENV = {
     "VPP_RECONCILE_DAILY", "VPP_RECONCILE_UNSEEN_DAYS",
     # The wait-list (A12).
     "VPP_WAIT_EXPIRY_HOURS",
+    # Notifications (N1, N2).
+    "VPP_NOTIFICATION_SECS",
     # Webhooks (issue 15). VPP_WEBHOOK_ALLOW_PRIVATE, VPP_WEBHOOK_RETRY_SCALE and
     # VPP_WEBHOOK_SECRET_OVERLAP_SECS are for development and tests: the chart never sets them.
     "VPP_WEBHOOK_WORKERS", "VPP_WEBHOOK_CONCURRENCY", "VPP_WEBHOOK_TIMEOUT_SECS",
@@ -93,6 +95,7 @@ CONFIG_ENV: dict[str, str] = {
     "reconcile.planCapPercent": "VPP_PLAN_CAP_PERCENT",
     "reconcile.planCapMax": "VPP_PLAN_CAP_MAX",
     "waitList.expiryHours": "VPP_WAIT_EXPIRY_HOURS",
+    "notifications.intervalSeconds": "VPP_NOTIFICATION_SECS",
     "webhooks.workers": "VPP_WEBHOOK_WORKERS",
     "webhooks.concurrency": "VPP_WEBHOOK_CONCURRENCY",
     "webhooks.timeoutSeconds": "VPP_WEBHOOK_TIMEOUT_SECS",

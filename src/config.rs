@@ -224,6 +224,10 @@ pub struct DispatchArgs {
     /// The activity log keeps the history for good.
     #[arg(long, env = "VPP_EVENT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub event_retention_days: u64,
+    /// Seconds between two evaluations of the notifications (N1 usage, N2 tokens; one replica
+    /// at a time). 0: this process evaluates none (another replica's do).
+    #[arg(long, env = "VPP_NOTIFICATION_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub notification_secs: u64,
 }
 
 impl Default for DispatchArgs {
@@ -242,6 +246,7 @@ impl Default for DispatchArgs {
             sync_full_hours: 24,
             sync_schedule_secs: 30,
             event_retention_days: 30,
+            notification_secs: 30,
         }
     }
 }

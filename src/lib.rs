@@ -11,7 +11,8 @@
 //!   loop [`dispatch`], which calls use cases as a handler does;
 //! - use cases: [`engine`] (allocate, revoke), [`accounts`], [`policies`], [`spaces`],
 //!   [`settle`] (Apple's results), [`lifecycle`] (the MDM's lifecycle events), [`bulk`] (bulk
-//!   operations), [`events`] (the event feed's sequencer and reads), [`waiters`];
+//!   operations), [`events`] (the event feed's sequencer and reads), [`notices`] (the notifications),
+//!   [`webhooks`], [`waiters`];
 //! - below them: [`domain`] (vocabulary and rules, no I/O), the store [`ledger`] (every SQL
 //!   statement) with [`db`] (pool, migrations, schema), and [`apple`] (Apple's API client);
 //! - shared: the leaves [`config`], [`crypto`] (sTokens at rest) and [`telemetry`], and
@@ -46,6 +47,7 @@ pub mod ledger;
 pub mod lifecycle;
 #[cfg(feature = "dev")]
 pub mod local_pg;
+pub mod notices;
 pub mod plans;
 pub mod policies;
 pub mod reconcile;

@@ -14,7 +14,10 @@
 #      412), allocations with Idempotency-Key, typed 403/409 problems, paging, revocations, the
 #      read side (the asset inventory and detail, the device and user, the activity log), and
 #      keeping the ledger true to Apple: a manual sync polled to its end, the drift report, an
-#      Adopt plan applied (the previous MDM's licenses the demo location starts with).
+#      Adopt plan applied (the previous MDM's licenses the demo location starts with), and a
+#      notification raised, acknowledged and cleared;
+#   5. validates every event of the feed against the document's `webhooks` schema of its type
+#      (payloads.py, jsonschema draft 2020-12).
 #
 # The pinned tools live outside the clone and are installed on first use, again only when the
 # pinned lists (requirements.txt, package.json, package-lock.json) change:
@@ -157,7 +160,10 @@ fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BASE="http://127.0.0.1:$PORT"
-declare -a DEV_ENV=(VPP_LISTEN="127.0.0.1:$PORT" VPP_DEV_DATABASE="$DB_NAME" VPP_LOG="${VPP_LOG:-info}")
+# Notifications are evaluated every second (30 s by default) so the scenario sees them raised
+# and cleared within its run.
+declare -a DEV_ENV=(VPP_LISTEN="127.0.0.1:$PORT" VPP_DEV_DATABASE="$DB_NAME" VPP_LOG="${VPP_LOG:-info}"
+    VPP_NOTIFICATION_SECS=1)
 with_database() { # with_database <url> <name>: the URL with its database replaced
     python3 - "$1" "$2" <<'EOF'
 import sys
@@ -300,10 +306,10 @@ fi
 
 if [[ $PY_OK -eq 1 ]]; then
     step "mypy --strict scenario.py"
-    cp "$HERE/scenario.py" "$PY_OUT/scenario.py"
+    cp "$HERE/scenario.py" "$HERE/payloads.py" "$PY_OUT/"
     if (cd "$PY_OUT" && timeout 600 "$VENV/bin/mypy" --config-file "$HERE/mypy.ini" \
-        --cache-dir "$WORK/mypy-cache" scenario.py); then
-        record ok "mypy --strict (scenario.py and the generated client)"
+        --cache-dir "$WORK/mypy-cache" scenario.py payloads.py); then
+        record ok "mypy --strict (scenario.py, payloads.py and the generated client)"
         step "python scenario"
         if (cd "$PY_OUT" && VPP_BASE_URL="$BASE" VPP_TOKEN="$TOKEN" timeout 300 "$VENV/bin/python" scenario.py); then
             record ok "python scenario"
@@ -346,6 +352,19 @@ if "$NODE_BIN/openapi-typescript" "$DOC" -o "$TS_OUT/schema.d.ts" >"$WORK/tsgen.
 else
     cat "$WORK/tsgen.log"
     record FAIL "openapi-typescript generate"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Last, once both scenarios made their events: every event of the feed against the document's
+# `webhooks` schema of its type (jsonschema, draft 2020-12).
+if [[ $PY_OK -eq 1 ]]; then
+    step "webhook payloads against the document"
+    if (cd "$PY_OUT" && VPP_BASE_URL="$BASE" VPP_TOKEN="$TOKEN" VPP_OPENAPI="$DOC" \
+        timeout 120 "$VENV/bin/python" payloads.py); then
+        record ok "webhook payloads: every feed event matches its webhooks schema"
+    else
+        record FAIL "webhook payloads differ from the document (above)"
+    fi
 fi
 
 if ! kill -0 "$SERVER_PID" 2>/dev/null; then

@@ -23,6 +23,7 @@ from vpp_broker_client.api.accounts import get_sync_run, list_accounts, sync_acc
 from vpp_broker_client.api.activity import list_activity
 from vpp_broker_client.api.assets import get_asset, list_account_assets, list_assets
 from vpp_broker_client.api.drift import get_account_drift
+from vpp_broker_client.api.notifications import acknowledge_notification, get_notification, list_notifications
 from vpp_broker_client.api.plans import apply_plan, create_plan
 from vpp_broker_client.api.assignments import (
     allocate_license,
@@ -55,6 +56,7 @@ from vpp_broker_client.models import (
     Assignment,
     AssignmentPage,
     AssignmentState,
+    ClearReason,
     Device,
     Disallowed,
     DriftClass,
@@ -64,6 +66,12 @@ from vpp_broker_client.models import (
     LicenseType,
     LicenseWish,
     NoLicenseAvailableProblem,
+    NoticeKind,
+    NoticeScope,
+    NoticeState,
+    NoticeStateFilter,
+    Notification,
+    NotificationPage,
     PlanAction,
     PlanBody,
     PlanChange,
@@ -81,6 +89,7 @@ from vpp_broker_client.models import (
     RevocationRecord,
     RevokeAsset,
     Rule,
+    Severity,
     SkipReason,
     SpacePage,
     SubjectKind,
@@ -928,6 +937,81 @@ def cleanup_step(client: AuthenticatedClient, keynote_etag: str) -> None:
     )
 
 
+def usage_notice(client: AuthenticatedClient, level: int, what: str) -> Notification:
+    """Polls the open notifications (at most 30 s) for Numbers' `license.usage` at `level` %."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = expect(
+            list_notifications.sync_detailed(
+                SPACE, client=client, state=NoticeStateFilter.OPEN, kinds=NoticeKind.LICENSE_USAGE.value
+            ),
+            200,
+            NotificationPage,
+            what,
+        )
+        for notice in page.items:
+            asset = notice.asset
+            if notice.scope == NoticeScope.ASSET and asset is not None and asset.adam_id == NUMBERS and notice.level == level:
+                return notice
+        check(time.monotonic() < deadline, f"{what}: no Numbers {level} % notification after 30 s")
+        time.sleep(0.5)
+
+
+def notifications_step(client: AuthenticatedClient) -> None:
+    """Numbers (15 licenses) taken over half: the notifier (every second in this run) raises
+    `license.usage` 50 % for the asset with what to do; acknowledged; freed again: cleared."""
+    detail = expect(
+        get_asset.sync_detailed(SPACE, NUMBERS, PricingParam.STDQ, client=client), 200, AssetDetail, "GET Numbers"
+    )
+    t = detail.totals
+    used = t.ledger.held + t.ledger.assigned_elsewhere
+    need = max(0, (t.apple.total + 1) // 2 - used)
+    check(used < t.apple.total / 2, f"Numbers starts under half used: {used} of {t.apple.total}")
+    taken: list[uuid.UUID] = []
+    for i in range(need):
+        allocation = expect(
+            allocate_license.sync_detailed(
+                SPACE, client=client, body=allocation_body(NUMBERS, device(f"CONTRACT-NOTICE-{RUN}-{i}"))
+            ),
+            201,
+            Allocation,
+            f"allocate Numbers {i + 1} of {need}",
+        )
+        taken.append(assignment_of(allocation, "Numbers allocation").id)
+    notice = usage_notice(client, 50, "GET notifications: Numbers 50 %")
+    check(notice.severity == Severity.INFO, f"50 % is info: {notice.severity}")
+    check(notice.state == NoticeState.OPEN and notice.cleared_at is None, "open")
+    check("licenses" in notice.action, f"an action to take: {notice.action}")
+    print(f"      {notice.kind.value} {notice.level} %: {notice.message}; {notice.action}")
+    acknowledged = expect(
+        acknowledge_notification.sync_detailed(SPACE, notice.id, client=client),
+        200,
+        Notification,
+        "POST notification acknowledge",
+    )
+    check(acknowledged.acknowledged_by == "developer", f"who acknowledged: {acknowledged.acknowledged_by}")
+    check(acknowledged.state == NoticeState.OPEN, "acknowledged, still open")
+
+    for assignment_id in taken:
+        expect(
+            revoke_assignment.sync_detailed(SPACE, assignment_id, client=client, reason=f"contract scenario {RUN}"),
+            202,
+            Assignment,
+            "DELETE a Numbers assignment",
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        now = expect(
+            get_notification.sync_detailed(SPACE, notice.id, client=client), 200, Notification, "GET notification"
+        )
+        if now.state == NoticeState.CLEARED:
+            break
+        check(time.monotonic() < deadline, "the Numbers notification is cleared within 30 s")
+        time.sleep(0.5)
+    check(now.cleared_reason == ClearReason.USAGE_BELOW_50_PERCENT, f"why: {now.cleared_reason}")
+    check(now.acknowledged_at == acknowledged.acknowledged_at, "the acknowledgement stays")
+
+
 def main() -> None:
     started = time.monotonic()
     client = AuthenticatedClient(
@@ -950,6 +1034,7 @@ def main() -> None:
         subjects_step(client, hq, device_assignment, user_assignment)
         activity_step(client, hq, device_assignment)
         sync_step(client, hq)
+        notifications_step(client)
         cleanup_step(client, keynote_etag)
     print(f"python scenario passed in {time.monotonic() - started:.1f} s")
 

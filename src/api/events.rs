@@ -57,8 +57,10 @@ pub struct Event {
     /// after the change: drop an event with a lower version than one already seen), `state`,
     /// `subject` {kind, id}, `asset` {adam_id, pricing_param}, `account_id`, `actor`, `rule`,
     /// `reason`, `apple_event_id`, `request_id`, `details`; revocations add
-    /// `notify_on_removal` (V4), failures `error`, re-allocations `reallocated_to`. Other
-    /// events: `account_id`, `assignment_id`, `actor`, `request_id`, `details`.
+    /// `notify_on_removal` (V4), failures `error`, re-allocations `reallocated_to`.
+    /// Notification events: the notification (a `Notification`, as
+    /// `GET …/notifications/{id}` has it). Other events: `account_id`, `assignment_id`, `actor`, `request_id`,
+    /// `details`.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
@@ -94,8 +96,9 @@ pub struct EventsQuery {
 /// increases per space: assignments allocated, active, failed, re-allocated, revoking and
 /// revoked (with who, why and the account's `notify_on_removal`), waiting, served from the
 /// wait-list and ended; account status changes; syncs finished; lifecycle events applied;
-/// bulk operations finished; plans applied. Pass `next` as `after` to read on; with `wait`
-/// the request waits up to that many seconds for an event. Events are kept
+/// bulk operations finished; plans applied; notifications raised and cleared. Pass `next`
+/// as `after` to read on; with `wait` the request waits up to that many seconds for an
+/// event. Events are kept
 /// `VPP_EVENT_RETENTION_DAYS` (30 days by default): a cursor older than that answers 410 with
 /// the feed's current end as `cursor`, to follow once the current state was read again from
 /// the assignments and inventory API.

@@ -10,6 +10,7 @@ pub mod bulk;
 pub mod drift;
 pub mod events;
 pub mod lifecycle;
+pub mod notifications;
 pub mod plans;
 pub mod policies;
 pub mod spaces;
@@ -65,6 +66,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(policies::delete_policy)
         .service(activity::list_activity)
         .service(events::list_events)
+        .service(notifications::list_notifications)
+        .service(notifications::get_notification)
+        .service(notifications::acknowledge_notification)
         .service(drift::get_account_drift)
         .service(drift::get_space_drift)
         .service(plans::create_plan)

@@ -57,6 +57,9 @@ pub struct DevArgs {
     /// Address of the in-process Apple simulator (port 0: any free port).
     #[arg(long, env = "VPP_DEV_SIM_LISTEN", default_value = "127.0.0.1:0")]
     pub sim_listen: SocketAddr,
+    /// Seconds between two evaluations of the notifications (as for `serve`).
+    #[arg(long, env = "VPP_NOTIFICATION_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub notification_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -168,7 +171,10 @@ pub async fn run(args: DevArgs) -> Result<(), CommandError> {
     .map_err(DevError::StartSimulator)?;
     let base = format!("http://{}", args.listen);
     let dispatch = crate::dispatch::Settings::from_args(
-        &DispatchArgs::default(),
+        &DispatchArgs {
+            notification_secs: args.notification_secs,
+            ..DispatchArgs::default()
+        },
         database_url.expose_secret(),
     );
     let service = Service::start(Settings {

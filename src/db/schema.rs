@@ -381,6 +381,29 @@ diesel::table! {
 }
 
 diesel::table! {
+    notifications (id) {
+        id -> Uuid,
+        space_id -> Text,
+        key -> Text,
+        kind -> Text,
+        severity -> Text,
+        scope -> Text,
+        account_id -> Nullable<Uuid>,
+        adam_id -> Nullable<Text>,
+        pricing_param -> Nullable<Text>,
+        level -> Nullable<Int4>,
+        message -> Text,
+        action -> Text,
+        details -> Jsonb,
+        raised_at -> Timestamptz,
+        cleared_at -> Nullable<Timestamptz>,
+        cleared_reason -> Nullable<Text>,
+        acknowledged_at -> Nullable<Timestamptz>,
+        acknowledged_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     plan_items (plan_id, seq) {
         plan_id -> Uuid,
         seq -> Int4,
@@ -614,6 +637,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     lifecycle_marks,
     lifecycle_settings,
     mirror_assets,
+    notifications,
     plan_items,
     plans,
     policy_entries,

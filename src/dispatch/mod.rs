@@ -19,9 +19,10 @@
 //!
 //! Beside them each process runs one wait-list worker ([`waitlist`], rule A12) that serves the
 //! lines of allocations waiting for a license when one frees, and one bulk worker ([`bulk`],
-//! rule V6) that works through bulk operations a chunk at a time, and one event sequencer
+//! rule V6) that works through bulk operations a chunk at a time, one event sequencer
 //! ([`events`], issue 15) that turns finished activity rows into the feed's events (one
-//! round at a time across replicas).
+//! round at a time across replicas), and one notifier ([`notices`], N1, N2) that raises and
+//! clears the notifications every `VPP_NOTIFICATION_SECS`.
 //!
 //! Batching: an account's queued work for one asset, license type and kind (association or
 //! release) is one *batch*. Batches are sent when the account's burst of their kind is over (no
@@ -42,6 +43,7 @@ pub mod bulk;
 pub mod events;
 pub mod lifecycle;
 pub mod maintenance;
+pub mod notices;
 pub mod retire;
 pub mod retry;
 pub mod sync;
@@ -125,6 +127,8 @@ pub struct Settings {
     pub sync_schedule: Duration,
     /// How long the event feed keeps events (maintenance forgets older ones).
     pub event_retention: Duration,
+    /// Time between two evaluations of the notifications (zero: this process runs none).
+    pub notifications_every: Duration,
 }
 
 impl Settings {
@@ -147,6 +151,7 @@ impl Settings {
             sync_full: Duration::from_secs(args.sync_full_hours * 3600),
             sync_schedule: Duration::from_secs(args.sync_schedule_secs),
             event_retention: Duration::from_secs(args.event_retention_days * 86_400),
+            notifications_every: Duration::from_secs(args.notification_secs),
         }
     }
 }
@@ -207,6 +212,9 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<tokio::task::JoinH
         handles.push(tokio::spawn(waitlist::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(bulk::run(ctx.clone(), cancel.clone())));
         handles.push(tokio::spawn(events::run(ctx.clone(), cancel.clone())));
+        if !ctx.settings.notifications_every.is_zero() {
+            handles.push(tokio::spawn(notices::run(ctx.clone(), cancel.clone())));
+        }
     }
     handles.extend(sync::spawn(ctx, cancel));
     handles

@@ -147,7 +147,7 @@ pub fn next(
         AccountStatus::Expired => (
             AccountStatus::Expired,
             format!(
-                "Apple reports this sToken as expired (9621), although the token file says it is                  valid until {}; download a new token in Apple Business Manager and replace it",
+                "Apple reports this sToken as expired (9621), although the token file says it is valid until {}; download a new token in Apple Business Manager and replace it",
                 expires_at.format("%Y-%m-%d")
             ),
         ),

@@ -12,6 +12,7 @@
 //!   to Apple); [`reconcile`]: whether a license this deployment assigned is still used (T6);
 //! - [`lifecycle`]: lifecycle events from other MDM components (V2, V3, V5); [`bulk`]: bulk
 //!   operations (V6);
+//! - [`notices`]: the notifications (N1, N2) raised and cleared from usage and token facts;
 //! - [`account_status`]: the account status machine; [`validation`]: field checks and the
 //!   422 problem's field errors.
 
@@ -23,6 +24,7 @@ pub mod forecast;
 pub mod inventory;
 pub mod lifecycle;
 pub mod model;
+pub mod notices;
 pub mod origin;
 pub mod policy;
 pub mod reconcile;

@@ -58,9 +58,12 @@ crate::text_enum! {
         BulkFinished = "bulk.finished",
         /// A plan was applied (`details`: plan, action, applied, skipped).
         PlanApplied = "plan.applied",
-        /// Reserved for the notifications (N1, N2): a notification was raised.
+        /// A notification was raised (N1, N2; `data`: the notification as the API's
+        /// `Notification` has it — `id`, `kind`, `severity`, `scope`, `account_id`, `asset`,
+        /// `level`, `message`, `action`, `figures`, `state`, `raised_at`).
         NotificationRaised = "notification.raised",
-        /// Reserved for the notifications (N1, N2): a notification was cleared.
+        /// A notification was cleared (`data`: the notification, with `cleared_at` and
+        /// `cleared_reason`).
         NotificationCleared = "notification.cleared",
         /// A webhook endpoint was disabled (its receiver answered 410, or five days of
         /// failures; `details`: endpoint, reason).
@@ -100,8 +103,9 @@ pub fn map(row: &OutboxRow) -> Option<(FeedEventType, Value)> {
         "lifecycle.applied" => return Some((E::LifecycleApplied, other(row))),
         "bulk.finished" => return Some((E::BulkFinished, other(row))),
         "plan.applied" => return Some((E::PlanApplied, other(row))),
-        "notification.raised" => return Some((E::NotificationRaised, other(row))),
-        "notification.cleared" => return Some((E::NotificationCleared, other(row))),
+        // The notification itself (as `GET …/notifications/{id}` shows it) is the data.
+        "notification.raised" => return Some((E::NotificationRaised, row.details.clone())),
+        "notification.cleared" => return Some((E::NotificationCleared, row.details.clone())),
         "webhook.disabled" => return Some((E::WebhookDisabled, other(row))),
         _ => return None,
     };
@@ -142,22 +146,18 @@ fn assignment(row: &OutboxRow, kind: FeedEventType, state: &str) -> Value {
         kind,
         FeedEventType::AssignmentRevoking | FeedEventType::AssignmentRevoked
     ) {
-        data.insert(
-            "notify_on_removal".into(),
-            details.get("notify_user").cloned().unwrap_or(Value::Null),
-        );
+        // Absent when the row does not say (never null: one "no value" per property).
+        if let Some(notify) = details.get("notify_user").filter(|v| !v.is_null()) {
+            data.insert("notify_on_removal".into(), notify.clone());
+        }
     }
     if let Some(error) = error(row, kind) {
         data.insert("error".into(), error);
     }
-    if kind == FeedEventType::AssignmentReallocated {
-        data.insert(
-            "reallocated_to".into(),
-            details
-                .get("reallocated_to")
-                .cloned()
-                .unwrap_or(Value::Null),
-        );
+    if kind == FeedEventType::AssignmentReallocated
+        && let Some(to) = details.get("reallocated_to").filter(|v| !v.is_null())
+    {
+        data.insert("reallocated_to".into(), to.clone());
     }
     data.insert("details".into(), details.clone());
     Value::Object(data)

@@ -374,11 +374,11 @@ impl From<diesel::result::Error> for ApiError {
             {
                 conflict_aborted(&err)
             }
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
-                tracing::warn!(error = %err, "database connection lost");
+            _ if unavailable_now(&err) => {
+                tracing::warn!(error = %err, "database unavailable");
                 ApiError::new(
                     &types::UNAVAILABLE,
-                    "the ledger database is unavailable; retry later",
+                    "the ledger database is unavailable or did not answer in time; retry later",
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
@@ -388,6 +388,52 @@ impl From<diesel::result::Error> for ApiError {
 }
 
 /// PostgreSQL rolled the transaction back because it conflicted with a concurrent one.
+/// PostgreSQL's messages (diesel gives no SQLSTATE for these) of failures that say the
+/// database is unavailable for now, not that the request is wrong: a statement cancelled by its
+/// timeout or an operator (57014), a lock timeout (55P03), a connection ended by the server
+/// (57P01, 57P02, 57P03, 25P03), too many connections (53300), a standby or read-only server
+/// during a failover (25006).
+const UNAVAILABLE_MESSAGES: [&str; 14] = [
+    "canceling statement due to statement timeout",
+    "canceling statement due to lock timeout",
+    "canceling statement due to user request",
+    "canceling statement due to conflict with recovery",
+    "terminating connection due to administrator command",
+    "terminating connection due to conflict with recovery",
+    "terminating connection due to idle-in-transaction timeout",
+    "terminating connection because of crash of another server process",
+    "the database system is",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",
+    "cannot execute",
+    "server closed the connection unexpectedly",
+    "could not receive data from server",
+];
+
+/// Whether a database error means the ledger cannot be used right now (answered 503 with
+/// Retry-After, so a caller retries — with the same Idempotency-Key, which then answers what
+/// happened) rather than a defect (500). Every failure of the connection counts: closed,
+/// unable to send (the socket died mid-statement), a transaction manager left broken by one.
+fn unavailable_now(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match err {
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::ReadOnlyTransaction,
+            _,
+        )
+        | Error::BrokenTransactionManager => true,
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message();
+            UNAVAILABLE_MESSAGES.iter().any(|m| message.starts_with(m))
+                // "cannot execute INSERT in a read-only transaction" (25006) only.
+                && (!message.starts_with("cannot execute") || message.ends_with("read-only transaction"))
+        }
+        _ => false,
+    }
+}
+
 fn conflict_aborted(err: &diesel::result::Error) -> ApiError {
     tracing::warn!(error = %err, "transaction aborted by a concurrent one");
     ApiError::new(
@@ -464,6 +510,53 @@ mod tests {
         assert_eq!(problem.status, 500);
         let body = serde_json::to_string(&problem).unwrap();
         assert!(!body.contains("secret connection string"), "{body}");
+    }
+
+    #[test]
+    fn every_database_unavailability_is_a_503_with_retry_after_never_a_500() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let unknown =
+            |m: &str| Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(m.to_owned()));
+        let unavailable = [
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, Box::new(String::new())),
+            Error::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand,
+                Box::new(String::new()),
+            ),
+            Error::DatabaseError(
+                DatabaseErrorKind::ReadOnlyTransaction,
+                Box::new(String::new()),
+            ),
+            Error::BrokenTransactionManager,
+            unknown("canceling statement due to statement timeout"),
+            unknown("canceling statement due to lock timeout"),
+            unknown("canceling statement due to user request"),
+            unknown("terminating connection due to administrator command"),
+            unknown("the database system is shutting down"),
+            unknown("the database system is starting up"),
+            unknown("the database system is in recovery mode"),
+            unknown("sorry, too many clients already"),
+            unknown("cannot execute INSERT in a read-only transaction"),
+            unknown("server closed the connection unexpectedly"),
+        ];
+        for err in unavailable {
+            let shown = err.to_string();
+            let api = ApiError::from(err);
+            let problem = api.to_problem();
+            assert_eq!(problem.status, 503, "{shown}");
+            assert!(
+                api.0
+                    .headers
+                    .iter()
+                    .any(|(name, _)| *name == header::RETRY_AFTER),
+                "{shown}: Retry-After"
+            );
+        }
+        // A defect stays a 500 (hidden cause), not a "retry later".
+        let defect = unknown("cannot execute this in a function");
+        assert_eq!(ApiError::from(defect).to_problem().status, 500);
+        let defect = unknown("column \"x\" does not exist");
+        assert_eq!(ApiError::from(defect).to_problem().status, 500);
     }
 
     #[test]

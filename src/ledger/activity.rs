@@ -208,6 +208,14 @@ crate::text_enum! {
         /// N6: a webhook endpoint was disabled by the service (`details.reason`: `gone` for a
         /// 410 answer, `failing` after 5 days of failures).
         WebhookDisabled = "webhook.disabled",
+        /// N1, N2: a notification was raised (`details`: the notification, as the API shows
+        /// it).
+        NotificationRaised = "notification.raised",
+        /// N1, N2: a notification was cleared (`details`: the notification, with
+        /// `cleared_reason`).
+        NotificationCleared = "notification.cleared",
+        /// A caller acknowledged a notification (`details`: notification_id, kind).
+        NotificationAcknowledged = "notification.acknowledged",
     }
 }
 

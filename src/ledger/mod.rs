@@ -25,6 +25,7 @@ pub mod idempotency_keys;
 pub mod inventory;
 pub mod jobs;
 pub mod lifecycle;
+pub mod notices;
 pub mod outbox;
 pub mod plans;
 pub mod policies;

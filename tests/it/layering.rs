@@ -38,7 +38,9 @@ fn layer(rel: &str) -> Option<Layer> {
         "http" | "api" | "auth" => Layer::Transport,
         "dispatch" => Layer::Worker,
         "engine" | "accounts" | "policies" | "spaces" | "settle" | "sync" | "plans"
-        | "reconcile" | "lifecycle" | "bulk" | "events" | "waiters" | "webhooks" => Layer::UseCase,
+        | "reconcile" | "lifecycle" | "bulk" | "events" | "waiters" | "webhooks" | "notices" => {
+            Layer::UseCase
+        }
         "domain" => Layer::Domain,
         "ledger" | "db" => Layer::Store,
         "apple" => Layer::Apple,
@@ -70,6 +72,7 @@ fn forbidden(layer: Layer) -> &'static [&'static str] {
             "reconcile",
             "lifecycle",
             "bulk",
+            "notices",
             "waiters",
             "ledger",
             "state",

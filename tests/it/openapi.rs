@@ -315,6 +315,27 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             "FeedEventType",
             wire(vpp_broker::events::mapping::FeedEventType::ALL),
         ),
+        (
+            "NoticeKind",
+            wire(vpp_broker::domain::notices::NoticeKind::ALL),
+        ),
+        ("Severity", wire(vpp_broker::domain::notices::Severity::ALL)),
+        (
+            "NoticeScope",
+            wire(vpp_broker::domain::notices::NoticeScope::ALL),
+        ),
+        (
+            "ClearReason",
+            wire(vpp_broker::domain::notices::ClearReason::ALL),
+        ),
+        (
+            "NoticeState",
+            wire(vpp_broker::domain::notices::NoticeState::ALL),
+        ),
+        (
+            "NoticeStateFilter",
+            wire(vpp_broker::domain::notices::NoticeStateFilter::ALL),
+        ),
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];

@@ -355,6 +355,56 @@ async fn n6_a_receiver_that_never_answers_2xx_gets_eight_attempts_then_none() {
 }
 
 #[tokio::test]
+async fn n6_a_receiver_down_for_an_hour_gets_everything_afterwards_within_the_scheduled_attempts() {
+    // Scale 0.0005: an hour is 1.8 s; the schedule 0, 5 s, 5 min, 30 min, 2 h is 0, 2.5 ms,
+    // 150 ms, 900 ms, 3.6 s (±20 %): four attempts fall within the hour, the fifth after it.
+    let app = app_with(vpp_broker::config::WebhookArgs {
+        webhook_retry_scale: 0.000_5,
+        ..test_webhooks()
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.always(503);
+    let (_, secret) = create(&app, "s1", json!({"url": rx.url})).await;
+    let types = vec!["assignment.active"; 20];
+    let ids = append(&app, "s1", &types).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await; // the "hour" the receiver is down
+    let back = Instant::now();
+    *rx.always.lock().unwrap() = None;
+    let delivered = |got: &[Got]| {
+        ids.iter()
+            .filter(|id| {
+                got.iter().any(|g| {
+                    g.at >= back && g.header("webhook-id") == Some(id.to_string().as_str())
+                })
+            })
+            .count()
+    };
+    eventually(
+        "every event delivered once the receiver is back",
+        async || rx.got(),
+        |got| delivered(got) == ids.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing to poll for: no more sends
+    let got = rx.got();
+    for id in &ids {
+        let attempts: Vec<&Got> = got
+            .iter()
+            .filter(|g| g.header("webhook-id") == Some(id.to_string().as_str()))
+            .collect();
+        assert!(
+            (2..=5).contains(&attempts.len()),
+            "{id}: {} attempts (the schedule has 4 within an hour, the 5th after it)",
+            attempts.len()
+        );
+        // Answered 200 once back: exactly one attempt after the outage.
+        assert_eq!(attempts.iter().filter(|g| g.at >= back).count(), 1, "{id}");
+        attempts.last().unwrap().verify(&secret).unwrap();
+    }
+}
+
+#[tokio::test]
 async fn n6_410_disables_the_endpoint_and_says_so_in_the_activity_log() {
     let app = app_with(test_webhooks()).await;
     let rx = Receiver::start().await;

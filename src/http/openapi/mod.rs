@@ -31,6 +31,7 @@ use utoipa::openapi::OpenApi;
 use utoipa_actix_web::AppExt;
 
 use crate::domain::inventory::AssetSort;
+use crate::domain::notices::NoticeStateFilter;
 use crate::domain::validation::FieldError;
 
 /// Name of the callers' security scheme.
@@ -50,7 +51,7 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
         contact(name = "vpp-broker maintainers")
     ),
     servers((url = "/", description = "This server")),
-    components(schemas(FieldError, AssetSort)),
+    components(schemas(FieldError, AssetSort, NoticeStateFilter)),
     tags(
         (name = "spaces", description = "Isolated partitions of a deployment (tenants, sites, teams)"),
         (name = "accounts", description = "Token accounts: one Apple location (sToken) each, ordered by priority"),
@@ -58,7 +59,8 @@ pub const APPLE_NOTIFICATION: &str = "apple_notification";
         (name = "assets", description = "The license inventory: Apple's counts and the ledger's per asset and account, usage, exhaustion forecast"),
         (name = "subjects", description = "Devices and users: the facts the space holds and the licenses each holds and held"),
         (name = "activity", description = "The activity log: every decision and state change, newest first"),
-        (name = "events", description = "The event feed: each space's state changes in order (assignments allocated, active, failed, revoked; accounts' status; syncs, lifecycle events, bulk operations, plans), with a cursor, an optional long poll and 30 days' retention"),
+        (name = "events", description = "The event feed: each space's state changes in order (assignments allocated, active, failed, revoked; accounts' status; syncs, lifecycle events, bulk operations, plans; notifications raised and cleared), with a cursor, an optional long poll and 30 days' retention"),
+        (name = "notifications", description = "Notifications: license usage crossing 50/70/80/90/100 %, assets exhausted and available again, exhaustion forecasts, token problems (expiring, expired, revoked, invalid, login required, not owned, throttled, not synced), each with the action to take; open ones, history, acknowledge"),
         (name = "drift", description = "The drift report: what the last sync found different between the ledger and Apple, with the action each difference suggests"),
         (name = "plans", description = "Adopt, Clean Up, Repair and Reconcile: planned (the dry run), then applied by id within the hour"),
         (name = "policies", description = "Distribution policies per asset: reserved, first-come-first-served, disallowed"),

@@ -1,16 +1,22 @@
 //! The document's `webhooks` section (OpenAPI 3.1; utoipa 5 does not generate one): one entry
 //! per event type an endpoint can receive, each a POST of the event's envelope
-//! (`WebhookEvent`) with the Standard Webhooks headers. Built from the catalogue the API checks
-//! filters against ([`crate::webhooks::catalog`]), so the two cannot drift.
+//! (`WebhookEvent`) with the Standard Webhooks headers and the schema of its `data`
+//! (`AssignmentEventData`, the API's `Notification`, `ChangeEventData`, `PingEventData`). Built
+//! from the catalogue the API checks filters against ([`crate::webhooks::catalog`]), so the two
+//! cannot drift.
 
 use serde_json::{Map, Value, json};
 
 use crate::webhooks::catalog;
 
-/// Adds `components.schemas.WebhookEvent` and the `webhooks` section.
+/// Adds `components.schemas.WebhookEvent` (the envelope), the `data` schemas and the
+/// `webhooks` section.
 pub fn section(root: &mut Map<String, Value>) {
     let schemas = super::object(super::object(root, "components"), "schemas");
     schemas.insert("WebhookEvent".into(), envelope());
+    schemas.insert("AssignmentEventData".into(), assignment_data());
+    schemas.insert("ChangeEventData".into(), change_data());
+    schemas.insert("PingEventData".into(), ping_data());
     let webhooks = super::object(root, "webhooks");
     for t in catalog::event_types().chain([catalog::PING]) {
         webhooks.insert(t.to_owned(), entry(t));
@@ -39,6 +45,94 @@ fn envelope() -> Value {
             "data": {"type": "object", "description": "What happened (type-specific)"}
         }
     })
+}
+
+/// `data` of the events about one assignment (`assignment.*`; `events::mapping`).
+fn assignment_data() -> Value {
+    let nullable =
+        |t: &str, description: &str| json!({"type": [t, "null"], "description": description});
+    json!({
+        "type": "object",
+        "description": "An assignment's change. Keep the highest `version` seen per \
+            `assignment_id` and drop an event with a lower one (messages may arrive out of order).",
+        "required": ["assignment_id", "version", "state", "subject", "asset", "account_id", "actor",
+                     "rule", "reason", "apple_event_id", "request_id", "details"],
+        "properties": {
+            "assignment_id": {"type": "string", "format": "uuid"},
+            "version": {"type": ["integer", "null"], "format": "int64",
+                        "description": "The assignment's version after the change"},
+            "state": {"type": "string",
+                      "enum": ["pending", "associating", "active", "failed", "revoking", "revoked", "waiting"],
+                      "description": "The assignment's state after the change"},
+            "subject": {
+                "type": ["object", "null"],
+                "required": ["kind", "id"],
+                "properties": {
+                    "kind": {"type": "string", "enum": ["device", "user"]},
+                    "id": {"type": "string", "description": "Serial number or client user id"}
+                }
+            },
+            "asset": {
+                "type": ["object", "null"],
+                "required": ["adam_id", "pricing_param"],
+                "properties": {
+                    "adam_id": {"type": "string"},
+                    "pricing_param": {"type": "string", "enum": ["STDQ", "PLUS"]}
+                }
+            },
+            "account_id": nullable("string", "The token account"),
+            "actor": {"type": "string", "description": "Who caused it: the caller's JWT `sub`, or `system`"},
+            "rule": nullable("string", "The rule that decided (allocations)"),
+            "reason": nullable("string", "Why (a revocation's reason, why an allocation was queued, why a wait ended)"),
+            "apple_event_id": nullable("string", "Apple's event id, once submitted"),
+            "request_id": nullable("string", "The request that caused it"),
+            "notify_on_removal": {"type": "boolean", "description": "Revocations (V4), when recorded: the account's license removal notification setting — tell the user"},
+            "error": {"type": "object", "description": "Failures: Apple's (or the service's) error"},
+            "reallocated_to": {"type": "string", "format": "uuid", "description": "`assignment.reallocated`: the assignment that serves the subject instead"},
+            "details": {"type": "object", "description": "The activity row's details as recorded"}
+        }
+    })
+}
+
+/// `data` of the other space events (accounts, syncs, lifecycle events, bulk operations,
+/// plans, webhooks).
+fn change_data() -> Value {
+    json!({
+        "type": "object",
+        "description": "A change that is not an assignment's: what it is about and the \
+            activity row's details as recorded.",
+        "required": ["account_id", "assignment_id", "actor", "request_id", "details"],
+        "properties": {
+            "account_id": {"type": ["string", "null"], "format": "uuid"},
+            "assignment_id": {"type": ["string", "null"], "format": "uuid"},
+            "actor": {"type": "string"},
+            "request_id": {"type": ["string", "null"]},
+            "details": {"type": "object", "description": "Type-specific (docs/events.md)"}
+        }
+    })
+}
+
+fn ping_data() -> Value {
+    json!({
+        "type": "object",
+        "required": ["webhook"],
+        "properties": {"webhook": {"type": "string", "format": "uuid", "description": "The endpoint pinged"}}
+    })
+}
+
+/// The schema of an event type's `data`.
+fn data_schema(t: &str) -> Value {
+    let name = if t == catalog::PING {
+        "PingEventData"
+    } else if t.starts_with("assignment.") {
+        "AssignmentEventData"
+    } else if t.starts_with("notification.") {
+        // The API's own schema: a notification event carries the notification.
+        "Notification"
+    } else {
+        "ChangeEventData"
+    };
+    json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
 fn entry(t: &str) -> Value {
@@ -82,7 +176,7 @@ fn entry(t: &str) -> Value {
                 "content": {"application/json": {"schema": {
                     "allOf": [
                         {"$ref": "#/components/schemas/WebhookEvent"},
-                        {"type": "object", "properties": {"type": {"const": t}}}
+                        {"type": "object", "properties": {"type": {"const": t}, "data": data_schema(t)}}
                     ]
                 }}}
             },

@@ -1,0 +1,105 @@
+//! The ledger database failing under a request (issue 10): a statement cancelled by an operator
+//! (or a timeout) and a connection terminated by the server mid-allocation answer 503
+//! problem+json with Retry-After — never a 500 — and leave the ledger as it was; the service
+//! serves the next request on a fresh connection.
+
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::Integer;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use crate::support::eventually::eventually;
+use crate::support::fixtures::{self, APP, device};
+use crate::support::sim::{app, location};
+use crate::support::{Allocated, TestApp};
+
+const U1: &str = "3000000081";
+
+#[derive(Debug, QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+/// The backend of this test's database waiting for a row lock (the blocked allocation).
+async fn blocked_backend(app: &TestApp) -> i32 {
+    eventually(
+        "an allocation waits for the asset's row lock",
+        async || {
+            let mut conn = app.db.connect().await;
+            diesel::sql_query(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .load::<Pid>(&mut conn)
+            .await
+            .unwrap()
+        },
+        |pids| pids.len() == 1,
+    )
+    .await[0]
+        .pid
+}
+
+/// Holds the asset rows' lock in an open transaction until the connection is dropped or rolls
+/// back.
+async fn lock_assets(app: &TestApp) -> AsyncPgConnection {
+    let mut conn = app.db.connect().await;
+    conn.batch_execute("BEGIN; SELECT 1 FROM assets FOR UPDATE")
+        .await
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn t10_a_cancelled_statement_and_a_terminated_connection_answer_503_and_change_nothing() {
+    let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 5)])], &[("A", U1)]).await;
+    let api = w.api();
+
+    for (serial, kill) in [
+        ("CANCELLED", "pg_cancel_backend"),
+        ("TERMINATED", "pg_terminate_backend"),
+    ] {
+        let mut lock = lock_assets(&w.app).await;
+        let body = device(serial);
+        let request = tokio::spawn({
+            let req = api.req(reqwest::Method::POST, "/assignments").json(&body);
+            async move { req.send().await.unwrap() }
+        });
+        let pid = blocked_backend(&w.app).await;
+        let mut conn = w.app.db.connect().await;
+        diesel::sql_query(format!("SELECT {kill}({pid})"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), request)
+            .await
+            .expect("an answer, not a hang")
+            .unwrap();
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let content_type = resp.headers().get("content-type").cloned();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 503, "{kill}: {text}");
+        assert!(retry_after.is_some(), "{kill}: Retry-After");
+        assert_eq!(
+            content_type.unwrap(),
+            "application/problem+json",
+            "{kill}: {text}"
+        );
+        assert!(text.contains("unavailable"), "{kill}: {text}");
+        lock.batch_execute("ROLLBACK").await.unwrap();
+
+        // Nothing was allocated.
+        let held = api
+            .assignments(&format!("subject_kind=device&subject_id={serial}"))
+            .await;
+        assert!(held.items.is_empty(), "{kill}: {held:?}");
+    }
+    assert_eq!(fixtures::held(&w.app, w.accounts[0]).await, 0);
+
+    // The service goes on, on fresh connections.
+    let allocated = api.allocated(&device("AFTER")).await;
+    assert_eq!(allocated.id(), api.assignment(allocated.id()).await.id);
+}
