@@ -37,6 +37,8 @@ pub async fn run(ctx: Arc<Ctx>, cancel: CancellationToken) {
                     forecasts_at = Some(Instant::now());
                 }
                 if round.raised + round.cleared > 0 {
+                    // Committed `notification.*` activity rows: wake the event sequencer.
+                    crate::events::wake::activity_written();
                     tracing::debug!(
                         raised = round.raised,
                         cleared = round.cleared,
