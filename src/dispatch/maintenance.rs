@@ -1,8 +1,9 @@
 //! Housekeeping every few minutes (any replica may do it; each step is idempotent): forget
 //! idempotency keys older than 24 h, Apple notification ids older than a day and finished
 //! lifecycle events older than 30 days (their stale marks stay), the feed's events older than
-//! `VPP_EVENT_RETENTION_DAYS` (default 30; `crate::events::forget_old`), and make stale leases (a
-//! worker that died holding them) claimable at once.
+//! `VPP_EVENT_RETENTION_DAYS` (default 30; `crate::events::forget_old`), Apple events finished
+//! more than 30 days ago (`retention::APPLE_EVENT_RETENTION_DAYS`; pending ones stay), and make
+//! stale leases (a worker that died holding them) claimable at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +33,16 @@ pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
     let notes = apple_notifications::forget_older_than_a_day(&mut conn).await?;
     let events = crate::lifecycle::forget_old(&mut conn).await?;
     let feed = crate::events::forget_old(&mut conn, ctx.settings.event_retention).await?;
-    if keys + notes + events + feed > 0 {
+    let apple =
+        retention::forget_finished_apple_events(&mut conn, retention::APPLE_EVENT_RETENTION_DAYS)
+            .await?;
+    if keys + notes + events + feed + apple > 0 {
         tracing::info!(
             idempotency_keys = keys,
             notifications = notes,
             lifecycle_events = events,
             feed_events = feed,
+            apple_events = apple,
             "maintenance removed old rows"
         );
     }

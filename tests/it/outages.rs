@@ -1,7 +1,8 @@
-//! The ledger database failing under a request (issue 10): a statement cancelled by an operator
-//! (or a timeout) and a connection terminated by the server mid-allocation answer 503
-//! problem+json with Retry-After — never a 500 — and leave the ledger as it was; the service
-//! serves the next request on a fresh connection.
+//! Issue 10 (the storm): the ledger database failing under a request — a statement cancelled
+//! by an operator (or a timeout) and a connection terminated by the server mid-allocation
+//! answer 503 problem+json with Retry-After, never a 500, and leave the ledger as it was; the
+//! service serves the next request on a fresh connection. And housekeeping forgets Apple events
+//! finished more than 30 days ago (the table grew forever), never pending ones.
 
 use std::time::Duration;
 
@@ -102,4 +103,50 @@ async fn t10_a_cancelled_statement_and_a_terminated_connection_answer_503_and_ch
     // The service goes on, on fresh connections.
     let allocated = api.allocated(&device("AFTER")).await;
     assert_eq!(allocated.id(), api.assignment(allocated.id()).await.id);
+}
+
+#[tokio::test]
+async fn t10_housekeeping_forgets_apple_events_finished_over_30_days_ago_and_keeps_the_rest() {
+    let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 5)])], &[("A", U1)]).await;
+    let account = w.accounts[0];
+    let mut conn = w.app.db.connect().await;
+    diesel::sql_query(format!(
+        "INSERT INTO apple_events (event_id, account_id, kind, status, submitted_at, finished_at)
+         VALUES ('old-done', '{account}', 'associate', 'complete', now() - interval '40 days',
+                 now() - interval '31 days'),
+                ('old-failed', '{account}', 'disassociate', 'failed', now() - interval '40 days',
+                 now() - interval '35 days'),
+                ('recent-done', '{account}', 'associate', 'complete', now() - interval '2 days',
+                 now() - interval '1 day'),
+                ('old-pending', '{account}', 'associate', 'pending', now() - interval '40 days',
+                 NULL)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let ctx = vpp_broker::dispatch::Ctx::new(
+        w.app.state.clone(),
+        vpp_broker::dispatch::Settings {
+            database_url: w.app.db.url.clone(),
+            ..crate::support::app::fast_dispatch("")
+        },
+    );
+    vpp_broker::dispatch::maintenance::once(&ctx).await.unwrap();
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        event_id: String,
+    }
+    let left: Vec<String> = diesel::sql_query(
+        "SELECT event_id FROM apple_events
+          WHERE event_id IN ('old-done', 'old-failed', 'recent-done', 'old-pending')
+          ORDER BY event_id",
+    )
+    .load::<Id>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r.event_id)
+    .collect();
+    assert_eq!(left, ["old-pending", "recent-done"]);
 }

@@ -1,0 +1,1 @@
+DROP INDEX apple_events_finished;
