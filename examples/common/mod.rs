@@ -236,18 +236,7 @@ pub async fn storm(
                     "asset": {"adam_id": adam.to_string()},
                     "subject": {"kind": "device", "id": format!("{tag}-{c}-{n}")},
                 });
-                let t = Instant::now();
-                let resp = http
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request");
-                let status = resp.status();
-                let _ = resp.bytes().await;
-                latencies.push(t.elapsed());
-                assert_eq!(status, 201, "allocation refused");
+                latencies.push(allocate_once(&http, &url, &auth, &body).await);
                 *assets.entry(adam).or_default() += 1;
             }
             (latencies, assets)
@@ -263,6 +252,28 @@ pub async fn storm(
         }
     }
     (all, started.elapsed(), per_asset)
+}
+
+/// One allocation POST (asserts 201); returns its latency.
+async fn allocate_once(
+    http: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    body: &serde_json::Value,
+) -> Duration {
+    let t = Instant::now();
+    let resp = http
+        .post(url)
+        .header("authorization", auth)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let _ = resp.bytes().await;
+    let took = t.elapsed();
+    assert_eq!(status, 201, "allocation refused");
+    took
 }
 
 /// Closed-loop allocation clients for a fixed time: `clients` tasks each POST allocations in
@@ -295,18 +306,7 @@ pub async fn storm_for(
                     "asset": {"adam_id": pick(c, n).to_string()},
                     "subject": {"kind": "device", "id": format!("{tag}-{c}-{n}")},
                 });
-                let t = Instant::now();
-                let resp = http
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request");
-                let status = resp.status();
-                let _ = resp.bytes().await;
-                latencies.push(t.elapsed());
-                assert_eq!(status, 201, "allocation refused");
+                latencies.push(allocate_once(&http, &url, &auth, &body).await);
                 n += 1;
             }
             latencies

@@ -22,8 +22,8 @@ use crate::domain::notices::{
 };
 use crate::http::pagination::{PageQuery, next_cursor};
 use crate::http::problem::{ApiError, types};
-use crate::ledger::notices::NoticeRow;
-use crate::notices::{self, ListFilter};
+use crate::ledger::notices::{self as store, ListFilter, NoticeRow};
+use crate::notices;
 use crate::state::AppState;
 
 /// An asset: Apple's `adamId` and pricing.
@@ -217,7 +217,7 @@ pub async fn list_notifications(
     };
     let mut conn = state.pool.get().await?;
     require_space(&mut conn, &space).await?;
-    let rows = notices::list(&mut conn, &space, &filter, before, limit).await?;
+    let rows = store::list(&mut conn, &space, &filter, before, limit).await?;
     let next = next_cursor(&list, rows.len(), limit, rows.last().map(|r| r.id));
     Ok(web::Json(NotificationPage {
         items: rows.into_iter().map(Notification::from).collect(),
@@ -246,7 +246,7 @@ pub async fn get_notification(
 ) -> Result<web::Json<Notification>, ApiError> {
     let (space, id) = access.path;
     let mut conn = state.pool.get().await?;
-    notices::get(&mut conn, &space, id)
+    store::get(&mut conn, &space, id)
         .await?
         .map(|n| web::Json(Notification::from(n)))
         .ok_or_else(|| ApiError::not_found(format!("notification {id}")))

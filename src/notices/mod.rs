@@ -29,8 +29,6 @@ use crate::ledger::activity::{self, Activity, ActivityAction};
 use crate::ledger::inventory;
 use crate::ledger::notices::{self as store, NoticeRow};
 
-pub use crate::ledger::notices::ListFilter;
-
 /// How often a process includes the exhaustion forecasts (one query per consuming asset).
 pub const FORECAST_EVERY: std::time::Duration = std::time::Duration::from_secs(900);
 
@@ -218,24 +216,4 @@ pub async fn acknowledge(
         Ok(Some(row))
     })
     .await
-}
-
-/// A page of the space's notifications, newest first.
-pub async fn list(
-    conn: &mut AsyncPgConnection,
-    space: &str,
-    filter: &ListFilter,
-    before: Option<Uuid>,
-    limit: i64,
-) -> diesel::QueryResult<Vec<NoticeRow>> {
-    store::list(conn, space, filter, before, limit).await
-}
-
-/// One notification of the space.
-pub async fn get(
-    conn: &mut AsyncPgConnection,
-    space: &str,
-    id: Uuid,
-) -> diesel::QueryResult<Option<NoticeRow>> {
-    store::get(conn, space, id).await
 }
