@@ -287,7 +287,7 @@ async fn request_sync(http: &reqwest::Client, base: &str, token: &str, account: 
     location.unwrap_or_else(|| panic!("no Location in the answer: {body}"))
 }
 
-/// Polls the run (`GET` its address every 25 ms) until it ends: the run and the wall time
+/// Polls the run (`GET` its address every `every`) until it ends: the run and the wall time
 /// from `since`.
 async fn polled(
     http: &reqwest::Client,
@@ -295,6 +295,7 @@ async fn polled(
     token: &str,
     location: &str,
     since: Instant,
+    every: Duration,
 ) -> (Value, Duration) {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
@@ -313,7 +314,7 @@ async fn polled(
             _ => {}
         }
         assert!(Instant::now() < deadline, "no sync ended in 15 minutes");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -370,7 +371,10 @@ fn simulator_apart(config: SimConfig) -> SimHandle {
 /// latency. The load runs on a runtime of its own, on its own thread: the benchmark's own
 /// runtime (sync polling, CPU sampling) would otherwise delay the polling of the timed
 /// requests and count as the service's latency.
-async fn allocations(base: &str, token: &str, tag: &str, rate: u64, secs: u64) -> Vec<Duration> {
+/// One allocation's start (wall clock) and latency.
+type Sample = (chrono::DateTime<chrono::Utc>, Duration);
+
+async fn allocations(base: &str, token: &str, tag: &str, rate: u64, secs: u64) -> Vec<Sample> {
     let (base, token, tag) = (base.to_owned(), token.to_owned(), tag.to_owned());
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -393,7 +397,7 @@ async fn timed_allocations(
     tag: &str,
     rate: u64,
     secs: u64,
-) -> Vec<Duration> {
+) -> Vec<Sample> {
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::new();
@@ -407,6 +411,7 @@ async fn timed_allocations(
             "subject": {"kind": "device", "id": format!("{tag}-{n}")},
         });
         tasks.push(tokio::spawn(async move {
+            let at = chrono::Utc::now();
             let t = Instant::now();
             let resp = http
                 .post(&url)
@@ -418,15 +423,67 @@ async fn timed_allocations(
             let status = resp.status();
             let _ = resp.bytes().await;
             assert_eq!(status, 201, "allocation refused");
-            t.elapsed()
+            (at, t.elapsed())
         }));
     }
-    let mut latencies = Vec::new();
+    let mut samples = Vec::new();
     for t in tasks {
-        latencies.push(t.await.expect("allocation"));
+        samples.push(t.await.expect("allocation"));
     }
-    latencies.sort();
-    latencies
+    samples
+}
+
+/// The sorted latencies of samples.
+fn latencies(samples: &[Sample]) -> Vec<Duration> {
+    let mut l: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    l.sort();
+    l
+}
+
+/// Where the slowest 1 % of the samples taken during syncs started: in a run's apply (from
+/// `finished_at - stats.apply_ms` to `finished_at`, widened by 50 ms either side), while a run
+/// read Apple, or between runs. Tells which part of a sync costs the allocations their p99.
+fn attribute(samples: &[Sample], runs: &[Value]) -> String {
+    let at = |run: &Value, k: &str| {
+        run[k]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let margin = chrono::Duration::milliseconds(50);
+    let windows: Vec<_> = runs
+        .iter()
+        .filter_map(|r| {
+            let (start, end) = (at(r, "started_at")?, at(r, "finished_at")?);
+            let apply = chrono::Duration::milliseconds(r["stats"]["apply_ms"].as_i64().unwrap_or(0));
+            Some((start, end - apply, end))
+        })
+        .collect();
+    let mut slow: Vec<&Sample> = samples.iter().collect();
+    slow.sort_by(|a, b| b.1.cmp(&a.1));
+    slow.truncate((samples.len() / 100).max(1));
+    let (mut applying, mut reading, mut between) = (0, 0, 0);
+    for (t, _) in &slow {
+        if windows
+            .iter()
+            .any(|(_, from, to)| *t >= *from - margin && *t <= *to + margin)
+        {
+            applying += 1;
+        } else if windows.iter().any(|(start, _, end)| t >= start && t <= end) {
+            reading += 1;
+        } else {
+            between += 1;
+        }
+    }
+    let apply_ms: Vec<i64> = runs
+        .iter()
+        .map(|r| r["stats"]["apply_ms"].as_i64().unwrap_or(-1))
+        .collect();
+    format!(
+        "the {} slowest allocations during syncs started: {applying} in an apply (± 50 ms), \
+         {reading} while reading Apple, {between} between runs; apply_ms per run {apply_ms:?}",
+        slow.len()
+    )
 }
 
 fn location(args: &Args) -> SeedLocation {
@@ -617,7 +674,7 @@ async fn main() {
     let meter = Meter::start(service.pid(), &pg).await;
     let started = Instant::now();
     let run = request_sync(&http, &base, &token, &account).await;
-    let (full, full_wall) = polled(&http, &base, &token, &run, started).await;
+    let (full, full_wall) = polled(&http, &base, &token, &run, started, Duration::from_millis(25)).await;
     let (full_serve, full_pg, full_peak) = meter.stop().await;
     let (full_counters, full_requests) = apple_requests(&sim).await;
     println!(
@@ -680,7 +737,7 @@ async fn main() {
         args.alloc_rate, args.alloc_seconds
     );
     let quiet_latencies =
-        allocations(&base, &token, "quiet", args.alloc_rate, args.alloc_seconds).await;
+        latencies(&allocations(&base, &token, "quiet", args.alloc_rate, args.alloc_seconds).await);
     println!("... and while full syncs run back to back");
     let syncing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let syncs = {
@@ -693,18 +750,25 @@ async fn main() {
             {
                 let started = Instant::now();
                 let run = request_sync(&http, &base, &token, &account).await;
-                let (_, wall) = polled(&http, &base, &token, &run, started).await;
-                runs.push(wall);
+                // Polled as a caller would (every half second), not every 25 ms: forty
+                // authenticated requests a second would be load only this phase has.
+                let (run, wall) =
+                    polled(&http, &base, &token, &run, started, Duration::from_millis(500))
+                        .await;
+                runs.push((run, wall));
             }
             runs
         })
     };
     // Let the first sync pass page 0 before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let busy_latencies =
+    let busy_samples =
         allocations(&base, &token, "busy", args.alloc_rate, args.alloc_seconds).await;
+    let busy_latencies = latencies(&busy_samples);
     syncing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let sync_walls = syncs.await.expect("syncs");
+    let (sync_runs, sync_walls): (Vec<Value>, Vec<Duration>) =
+        syncs.await.expect("syncs").into_iter().unzip();
+    println!("{}", attribute(&busy_samples, &sync_runs));
     let (quiet_p50, quiet_p99) = (
         percentile(&quiet_latencies, 0.5),
         percentile(&quiet_latencies, 0.99),

@@ -2,7 +2,9 @@
 //! fan new events out to the endpoints, lease due deliveries, keep up to
 //! `VPP_WEBHOOK_CONCURRENCY` requests in flight, and write the outcomes (queue, log, streaks)
 //! in batches — when 256 are done, 20 ms after the first of a batch, or when nothing is in
-//! flight. A slow endpoint holds one slot per delivery, never the batch.
+//! flight. It looks for work when woken, when the poll comes round or after a full claim, and
+//! only once at most half its requests are in flight (claims come in batches under load; an
+//! idle sender looks at once). A slow endpoint holds one slot per delivery, never the batch.
 //!
 //! It wakes on `NOTIFY vpp_events` (the sequencer's, after it appended events; one
 //! reconnecting listen connection per process, [`crate::waiters::spawn_listen_loop`]) and
@@ -72,13 +74,22 @@ async fn run(
     tracing::info!(worker = %name, "webhook sender started");
     let settings = state.webhooks.settings.clone();
     let concurrency = settings.concurrency.max(1);
+    // A look is four statements (fan-out, claim, endpoints, events) whatever it brings, so the
+    // sender looks when there is a reason — a wake-up (new events), the poll (retries come
+    // due), or a full claim (more is waiting) — and then only once at most half its slots are
+    // busy, so a busy sender claims in batches. It used to look after every finished request,
+    // which cost the allocations a third of their throughput on two cores (docs/benchmarks.md,
+    // webhooks phase 3). An idle sender looks at once.
+    let refill_at = concurrency / 2;
     let mut inflight: InFlight = FuturesUnordered::new();
     let mut done: Vec<(Message, Sent)> = Vec::new();
     let mut first_done: Option<Instant> = None;
     let mut look = true;
+    let mut next_poll = Instant::now();
     let mut kept_house = Instant::now();
     while !cancel.is_cancelled() {
-        if look && inflight.len() < concurrency {
+        if look && inflight.len() <= refill_at {
+            next_poll = Instant::now() + settings.poll;
             let room = (concurrency - inflight.len()) as i64;
             match refill(&state, &name, room).await {
                 Ok(messages) => {
@@ -101,24 +112,29 @@ async fn run(
                 }
             }
         }
-        let wait = if !done.is_empty() {
-            FLUSH_AFTER.saturating_sub(first_done.map_or(Duration::ZERO, |t| t.elapsed()))
-        } else {
-            settings.poll
+        // The next flush of finished outcomes, or the poll.
+        let until = match first_done {
+            Some(first) if !done.is_empty() => (first + FLUSH_AFTER).min(next_poll),
+            _ => next_poll,
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(out) = inflight.next(), if !inflight.is_empty() => {
                 first_done.get_or_insert_with(Instant::now);
                 done.push(out);
-                // Everything else already finished, without waiting.
+                // Everything else already finished, without waiting. A finished request is
+                // not a reason to look: new work comes with a wake-up, retries with the poll.
                 while let Some(Some(out)) = inflight.next().now_or_never() {
                     done.push(out);
                 }
-                if inflight.len() < concurrency { look = true; }
             }
             Ok(()) = wake.changed() => { look = true; }
-            _ = tokio::time::sleep(wait) => { look = true; }
+            _ = tokio::time::sleep_until(until.into()) => {
+                if Instant::now() >= next_poll {
+                    look = true;
+                    next_poll = Instant::now() + settings.poll;
+                }
+            }
         }
         let due = done.len() >= FLUSH_AT
             || inflight.is_empty()
