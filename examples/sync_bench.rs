@@ -103,21 +103,6 @@ fn args() -> Args {
     a
 }
 
-/// CPU ticks (1/100 s) used so far by a process (user + system); 0 when it is gone.
-fn cpu_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let after = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
 fn seconds(ticks: u64) -> f64 {
     ticks as f64 / 100.0
 }
@@ -157,7 +142,7 @@ impl PgCpu {
                 {
                     let mut seen = seen.lock().unwrap();
                     for p in pids {
-                        let ticks = cpu_ticks(p.pid as u32);
+                        let ticks = common::cpu_ticks(p.pid as u32);
                         if ticks > 0 {
                             seen.insert(p.pid as u32, ticks);
                         }
@@ -197,14 +182,14 @@ impl Meter {
         Meter {
             serve_pid,
             pg: pg.clone(),
-            serve_before: cpu_ticks(serve_pid),
+            serve_before: common::cpu_ticks(serve_pid),
             pg_before: pg.snapshot().await,
         }
     }
 
     /// (serve CPU s, PostgreSQL CPU s, serve peak RSS MiB) since the start.
     async fn stop(&self) -> (f64, f64, f64) {
-        let serve = cpu_ticks(self.serve_pid) - self.serve_before;
+        let serve = common::cpu_ticks(self.serve_pid) - self.serve_before;
         let pg = PgCpu::since(&self.pg_before, &self.pg.snapshot().await);
         let (peak_kib, _) = memory(self.serve_pid);
         (seconds(serve), seconds(pg), peak_kib as f64 / 1024.0)
@@ -455,7 +440,8 @@ fn attribute(samples: &[Sample], runs: &[Value]) -> String {
         .iter()
         .filter_map(|r| {
             let (start, end) = (at(r, "started_at")?, at(r, "finished_at")?);
-            let apply = chrono::Duration::milliseconds(r["stats"]["apply_ms"].as_i64().unwrap_or(0));
+            let apply =
+                chrono::Duration::milliseconds(r["stats"]["apply_ms"].as_i64().unwrap_or(0));
             Some((start, end - apply, end))
         })
         .collect();
@@ -475,13 +461,17 @@ fn attribute(samples: &[Sample], runs: &[Value]) -> String {
             between += 1;
         }
     }
-    let apply_ms: Vec<i64> = runs
+    // Per run: the apply, and of it the mirror's and the counts' transactions (ms).
+    let apply_ms: Vec<(i64, i64, i64)> = runs
         .iter()
-        .map(|r| r["stats"]["apply_ms"].as_i64().unwrap_or(-1))
+        .map(|r| {
+            let ms = |k: &str| r["stats"][k].as_i64().unwrap_or(-1);
+            (ms("apply_ms"), ms("mirror_ms"), ms("counts_ms"))
+        })
         .collect();
     format!(
         "the {} slowest allocations during syncs started: {applying} in an apply (± 50 ms), \
-         {reading} while reading Apple, {between} between runs; apply_ms per run {apply_ms:?}",
+         {reading} while reading Apple, {between} between runs; per run (apply, mirror, counts) ms {apply_ms:?}",
         slow.len()
     )
 }
@@ -674,7 +664,15 @@ async fn main() {
     let meter = Meter::start(service.pid(), &pg).await;
     let started = Instant::now();
     let run = request_sync(&http, &base, &token, &account).await;
-    let (full, full_wall) = polled(&http, &base, &token, &run, started, Duration::from_millis(25)).await;
+    let (full, full_wall) = polled(
+        &http,
+        &base,
+        &token,
+        &run,
+        started,
+        Duration::from_millis(25),
+    )
+    .await;
     let (full_serve, full_pg, full_peak) = meter.stop().await;
     let (full_counters, full_requests) = apple_requests(&sim).await;
     println!(
@@ -752,9 +750,15 @@ async fn main() {
                 let run = request_sync(&http, &base, &token, &account).await;
                 // Polled as a caller would (every half second), not every 25 ms: forty
                 // authenticated requests a second would be load only this phase has.
-                let (run, wall) =
-                    polled(&http, &base, &token, &run, started, Duration::from_millis(500))
-                        .await;
+                let (run, wall) = polled(
+                    &http,
+                    &base,
+                    &token,
+                    &run,
+                    started,
+                    Duration::from_millis(500),
+                )
+                .await;
                 runs.push((run, wall));
             }
             runs
@@ -867,7 +871,7 @@ async fn scheduler_cost(db_url: &str, cycles: usize) -> (Duration, f64, usize) {
         .expect("schedule")
         .expect("the advisory lock is free");
     let cycles = cycles.max(1);
-    let ticks_before = cpu_ticks(pid);
+    let ticks_before = common::cpu_ticks(pid);
     let started = Instant::now();
     for _ in 0..cycles {
         queued += sync_runs::schedule(&mut own, timing)
@@ -876,6 +880,6 @@ async fn scheduler_cost(db_url: &str, cycles: usize) -> (Duration, f64, usize) {
             .expect("the advisory lock is free");
     }
     let wall = started.elapsed() / cycles as u32;
-    let cpu = seconds(cpu_ticks(pid) - ticks_before) / cycles as f64;
+    let cpu = seconds(common::cpu_ticks(pid) - ticks_before) / cycles as f64;
     (wall, cpu, queued)
 }

@@ -16,17 +16,20 @@
 //!    without webhooks, same run"): a second `serve` child (dispatcher and event sequencer
 //!    included) on its own fresh database, with the Apple simulator in this process (one
 //!    location owning 100 apps, 200 ms added to every Apple call) and one attached account.
-//!    Closed-loop clients allocate over HTTP (each request a new device, one of the 100 apps)
-//!    in four segments of `--alloc-seconds / 2` each, alternately without any enabled endpoint
-//!    and with 3 enabled endpoints on the local receiver subscribed to assignment events (order
-//!    off, on, on, off, to cancel drift); allocations/s and p50/p99 of both modes, their ratio,
-//!    and the deliveries that arrived during the segments with endpoints. Endpoints are switched
-//!    with `PATCH {"enabled": …}` (disabling drops their queue) a second before each segment.
+//!    Closed-loop clients allocate over HTTP (each request a new device, one of the 100 apps):
+//!    first `--alloc-warmup` seconds not counted (the service reaches its steady state: the
+//!    dispatcher's Apple backlog builds up over the first seconds and the allocation rate
+//!    falls to a plateau, whatever the webhooks), then eight segments of `--alloc-seconds / 4`
+//!    each, alternately without any enabled endpoint and with 3 enabled endpoints on the local
+//!    receiver subscribed to assignment events (order off, on, on, off, off, on, on, off, to
+//!    cancel drift); allocations/s and p50/p99 of both modes, their ratio, and the deliveries
+//!    that arrived during the segments with endpoints. Endpoints are switched with
+//!    `PATCH {"enabled": …}` (disabling drops their queue) a second before each segment.
 //!
 //! Every message's signature is checked on arrival (HMAC-SHA256, the endpoint's secret).
 //! Options: `--events N` (10000), `--endpoints N` (3), `--trickle-rate N` (200),
-//! `--trickle-seconds N` (5), `--alloc-seconds N` (20; 0 skips phase 3), `--alloc-clients N`
-//! (16).
+//! `--trickle-seconds N` (5), `--alloc-seconds N` per mode (20; 0 skips phase 3),
+//! `--alloc-warmup N` (15), `--alloc-clients N` (16).
 
 #![allow(
     clippy::unwrap_used,
@@ -301,9 +304,10 @@ async fn main() {
     common::drop_databases(&server, &[&db_name]).await;
 
     let alloc_secs = arg("--alloc-seconds", 20);
+    let warmup = arg("--alloc-warmup", 15);
     if alloc_secs > 0 {
         let clients = arg("--alloc-clients", 16) as usize;
-        allocations(&http, &received, &receiver, alloc_secs, clients).await;
+        allocations(&http, &received, &receiver, alloc_secs, warmup, clients).await;
     }
 }
 
@@ -327,6 +331,7 @@ async fn allocations(
     received: &Received,
     receiver: &str,
     alloc_secs: u64,
+    warmup: u64,
     clients: usize,
 ) {
     let (server, db_name, db_url) = common::fresh_database("webhook_bench_alloc").await;
@@ -425,28 +430,50 @@ async fn allocations(
     };
 
     println!(
-        "allocations with and without webhooks: {clients} clients, 4 segments of {:.1} s, load average before {}",
-        alloc_secs as f64 / 2.0,
+        "allocations with and without webhooks: {clients} clients, {warmup} s warm-up, 8 segments of {:.1} s, load average before {}",
+        alloc_secs as f64 / 4.0,
         load_average()
     );
-    // Warm-up (not counted): connections, caches, the dispatcher's first batches.
-    common::storm_for(
+    // Warm-up (not counted): connections, caches, and the dispatcher's Apple backlog, which
+    // builds up over the first seconds (the allocation rate falls to a plateau).
+    let (warm, warm_secs) = common::storm_for(
         http,
         &base,
         &token,
         space,
         clients,
-        Duration::from_secs(2),
+        Duration::from_secs(warmup),
         "warm",
         alloc_pick,
     )
     .await;
-    let segment = Duration::from_secs_f64(alloc_secs as f64 / 2.0);
-    // (latencies, seconds, deliveries) per mode: [without, with].
-    let mut modes: [(Vec<Duration>, f64, u64); 2] = Default::default();
-    for (i, on) in [false, true, true, false].into_iter().enumerate() {
+    // What autovacuum's ANALYZE does within its first minute in a deployment (naptime 1 min):
+    // without it, the plans serve's connections cached while the tables were empty (a
+    // sequential scan of a table of a few rows) stay in use while the ledger grows by
+    // thousands of rows a second, and the later segments measure those plans.
+    let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
+    conn.batch_execute("ANALYZE").await.unwrap();
+    drop(conn);
+    println!(
+        "  warm-up: {} allocations in {:.2} s = {:.0}/s",
+        warm.len(),
+        warm_secs.as_secs_f64(),
+        warm.len() as f64 / warm_secs.as_secs_f64()
+    );
+    let segment = Duration::from_secs_f64(alloc_secs as f64 / 4.0);
+    // (latencies, seconds, deliveries, CPU seconds of serve / this process / the rest) per
+    // mode: [without, with].
+    let mut modes: [(Vec<Duration>, f64, u64, [f64; 3]); 2] = Default::default();
+    let serve_pid = service.pid();
+    let order = [false, true, true, false, false, true, true, false];
+    for (i, on) in order.into_iter().enumerate() {
         switch(on).await;
         let before = received.count.load(Ordering::Relaxed);
+        let ticks = (
+            common::cpu_ticks(serve_pid),
+            common::cpu_ticks(std::process::id()),
+            common::machine_ticks(),
+        );
         let (lat, elapsed) = common::storm_for(
             http,
             &base,
@@ -459,8 +486,14 @@ async fn allocations(
         )
         .await;
         let arrived = received.count.load(Ordering::Relaxed) - before;
+        // CPU seconds of the segment: serve, this process (clients, receiver, simulator) and
+        // the rest of the machine (PostgreSQL, mostly).
+        let serve = (common::cpu_ticks(serve_pid) - ticks.0) as f64 / 100.0;
+        let own = (common::cpu_ticks(std::process::id()) - ticks.1) as f64 / 100.0;
+        let rest = (common::machine_ticks() - ticks.2) as f64 / 100.0 - serve - own;
         println!(
-            "  segment {} ({}): {} allocations in {:.2} s = {:.0}/s; deliveries arrived {arrived}",
+            "  segment {} ({}): {} allocations in {:.2} s = {:.0}/s; deliveries arrived {arrived}; \
+             CPU s serve {serve:.2}, benchmark {own:.2}, rest {rest:.2}",
             i + 1,
             if on { "3 endpoints" } else { "no endpoint" },
             lat.len(),
@@ -471,14 +504,19 @@ async fn allocations(
         mode.0.extend(lat);
         mode.1 += elapsed.as_secs_f64();
         mode.2 += arrived;
+        for (total, add) in mode.3.iter_mut().zip([serve, own, rest]) {
+            *total += add;
+        }
     }
     switch(false).await;
     let mut rate = [0.0f64; 2];
-    for (on, (lat, secs, arrived)) in modes.iter_mut().enumerate() {
+    for (on, (lat, secs, arrived, cpu)) in modes.iter_mut().enumerate() {
         lat.sort();
         rate[on] = lat.len() as f64 / *secs;
+        let per = |s: f64| s * 1000.0 / lat.len().max(1) as f64;
         println!(
-            "  {}: {:.0} allocations/s (p50 {:.1} ms, p99 {:.1} ms){}",
+            "  {}: {:.0} allocations/s (p50 {:.1} ms, p99 {:.1} ms; CPU ms per allocation: \
+             serve {:.2}, benchmark {:.2}, rest {:.2}){}",
             if on == 1 {
                 "with 3 endpoints"
             } else {
@@ -487,6 +525,9 @@ async fn allocations(
             rate[on],
             common::ms(common::percentile(lat, 0.5)),
             common::ms(common::percentile(lat, 0.99)),
+            per(cpu[0]),
+            per(cpu[1]),
+            per(cpu[2]),
             if on == 1 {
                 format!(
                     ", deliveries arrived {arrived} ({:.0}/s)",

@@ -3,8 +3,9 @@
 //! `VPP_WEBHOOK_CONCURRENCY` requests in flight, and write the outcomes (queue, log, streaks)
 //! in batches — when 256 are done, 20 ms after the first of a batch, or when nothing is in
 //! flight. It looks for work when woken, when the poll comes round or after a full claim, and
-//! only once at most half its requests are in flight (claims come in batches under load; an
-//! idle sender looks at once). A slow endpoint holds one slot per delivery, never the batch.
+//! only once at most half its requests are in flight and 50 ms after its last look (unless
+//! that claim was full): claims come in batches under load, and an event waits at most 50 ms
+//! more. A slow endpoint holds one slot per delivery, never the batch.
 //!
 //! It wakes on `NOTIFY vpp_events` (the sequencer's, after it appended events; one
 //! reconnecting listen connection per process, [`crate::waiters::spawn_listen_loop`]) and
@@ -29,6 +30,10 @@ use crate::webhooks::delivery::{self, Message, Sent};
 const FLUSH_AT: usize = 256;
 /// Longest an outcome waits to be written.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// Shortest time between two looks, unless the last claim was full: under load, wake-ups come
+/// with every round of the sequencer (about a hundred a second), and each look costs the same
+/// four statements whether it brings one event or fifty.
+const LOOK_GAP: Duration = Duration::from_millis(50);
 /// Time between housekeeping rounds.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
@@ -77,7 +82,8 @@ async fn run(
     // A look is four statements (fan-out, claim, endpoints, events) whatever it brings, so the
     // sender looks when there is a reason — a wake-up (new events), the poll (retries come
     // due), or a full claim (more is waiting) — and then only once at most half its slots are
-    // busy, so a busy sender claims in batches. It used to look after every finished request,
+    // busy and [`LOOK_GAP`] after the last look, so a busy sender claims in batches. It used
+    // to look after every finished request,
     // which cost the allocations a third of their throughput on two cores (docs/benchmarks.md,
     // webhooks phase 3). An idle sender looks at once.
     let refill_at = concurrency / 2;
@@ -85,16 +91,23 @@ async fn run(
     let mut done: Vec<(Message, Sent)> = Vec::new();
     let mut first_done: Option<Instant> = None;
     let mut look = true;
+    let mut full = false;
+    let mut last_look = Instant::now()
+        .checked_sub(LOOK_GAP)
+        .unwrap_or_else(Instant::now);
     let mut next_poll = Instant::now();
     let mut kept_house = Instant::now();
     while !cancel.is_cancelled() {
-        if look && inflight.len() <= refill_at {
-            next_poll = Instant::now() + settings.poll;
+        let gap_over = full || last_look.elapsed() >= LOOK_GAP;
+        if look && gap_over && inflight.len() <= refill_at {
+            last_look = Instant::now();
+            next_poll = last_look + settings.poll;
             let room = (concurrency - inflight.len()) as i64;
             match refill(&state, &name, room).await {
                 Ok(messages) => {
-                    // A full claim: more is probably due; look again at once.
-                    look = messages.len() as i64 >= room;
+                    // A full claim: more is probably due; look again as soon as there is room.
+                    full = messages.len() as i64 >= room;
+                    look = full;
                     for msg in messages {
                         let webhooks = state.webhooks.clone();
                         inflight.push(
@@ -109,14 +122,19 @@ async fn run(
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook claim failed");
                     look = false;
+                    full = false;
                 }
             }
         }
-        // The next flush of finished outcomes, or the poll.
-        let until = match first_done {
+        // The next flush of finished outcomes, the end of the gap when a look waits for it,
+        // or the poll.
+        let mut until = match first_done {
             Some(first) if !done.is_empty() => (first + FLUSH_AFTER).min(next_poll),
             _ => next_poll,
         };
+        if look && !gap_over {
+            until = until.min(last_look + LOOK_GAP);
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(out) = inflight.next(), if !inflight.is_empty() => {

@@ -477,13 +477,10 @@ pub async fn delete_releases(
 
 /// Drops the polls of an Apple event (it finished).
 pub async fn delete_polls(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<usize> {
-    let (_, payload) = Job::PollEvent(PollEvent {
-        event_id: event_id.to_owned(),
-    })
-    .columns();
-    diesel::sql_query("DELETE FROM jobs WHERE kind = $1 AND payload @> $2")
-        .bind::<diesel::sql_types::Text, _>(JobKind::PollEvent)
-        .bind::<diesel::sql_types::Jsonb, _>(payload)
+    // The kind is written out (not bound) so the partial index `jobs_poll_by_event` applies
+    // to the prepared statement's generic plan too.
+    diesel::sql_query("DELETE FROM jobs WHERE kind = 'poll_event' AND payload ->> 'event_id' = $1")
+        .bind::<diesel::sql_types::Text, _>(event_id)
         .execute(conn)
         .await
 }

@@ -64,10 +64,10 @@ pub async fn poll_queued(
     event_id: &str,
 ) -> diesel::QueryResult<bool> {
     let row: Yes = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = $1
-                          AND payload @> jsonb_build_object('event_id', $2::text)) AS yes",
+        // The kind written out: the partial index `jobs_poll_by_event` applies.
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'poll_event'
+                          AND payload ->> 'event_id' = $1) AS yes",
     )
-    .bind::<Text, _>(JobKind::PollEvent)
     .bind::<Text, _>(event_id)
     .get_result(conn)
     .await?;

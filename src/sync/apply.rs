@@ -66,6 +66,7 @@ pub async fn apply(
     let Some((inserted, deleted, mut scope)) = mirrored else {
         return Ok(None);
     };
+    let mirrored_at = chrono::Utc::now();
 
     let counted = conn
         .transaction(async |conn| {
@@ -249,6 +250,9 @@ pub async fn apply(
                 "version_moved": read.version_moved,
                 "fell_back_to_full": read.fell_back,
                 "read_ms": (applying - read.started_at).num_milliseconds(),
+                // The mirror's transaction, and this one (the one holding asset rows' locks).
+                "mirror_ms": (mirrored_at - applying).num_milliseconds(),
+                "counts_ms": (chrono::Utc::now() - mirrored_at).num_milliseconds(),
             });
             Ok(Some((stats, scope)))
         })
