@@ -311,6 +311,15 @@ async fn main() {
     }
 }
 
+/// What is left to deliver at the end of a segment.
+#[derive(diesel::QueryableByName)]
+struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    queued: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    unsequenced: i64,
+}
+
 /// The apps of phase 3: `ALLOC_BASE + 0..ALLOC_ASSETS`.
 const ALLOC_BASE: u64 = 600_000_000;
 const ALLOC_ASSETS: u64 = 100;
@@ -453,12 +462,11 @@ async fn allocations(
     // thousands of rows a second, and the later segments measure those plans.
     let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
     conn.batch_execute("ANALYZE").await.unwrap();
-    drop(conn);
     println!(
         "  warm-up: {} allocations in {:.2} s = {:.0}/s",
         warm.len(),
         warm_secs.as_secs_f64(),
-        warm.len() as f64 / warm_secs.as_secs_f64()
+        warm.len() as f64 / warm_secs.as_secs_f64().max(1e-9)
     );
     let segment = Duration::from_secs_f64(alloc_secs as f64 / 4.0);
     // (latencies, seconds, deliveries, CPU seconds of serve / this process / the rest) per
@@ -486,19 +494,35 @@ async fn allocations(
         )
         .await;
         let arrived = received.count.load(Ordering::Relaxed) - before;
+        // Whether the pipeline kept up: deliveries still queued, and activity rows the event
+        // sequencer has not turned into events yet (read before the switch drops the queue).
+        let backlog: Backlog = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query(
+                "SELECT (SELECT count(*) FROM webhook_deliveries) AS queued,
+                        (SELECT count(*) FROM activity_log l, event_watermark w
+                          WHERE l.txid IS NOT NULL AND (l.txid, l.id) > (w.txid, w.activity_id))
+                          AS unsequenced",
+            ),
+            &mut conn,
+        )
+        .await
+        .unwrap();
         // CPU seconds of the segment: serve, this process (clients, receiver, simulator) and
         // the rest of the machine (PostgreSQL, mostly).
-        let serve = (common::cpu_ticks(serve_pid) - ticks.0) as f64 / 100.0;
-        let own = (common::cpu_ticks(std::process::id()) - ticks.1) as f64 / 100.0;
-        let rest = (common::machine_ticks() - ticks.2) as f64 / 100.0 - serve - own;
+        let serve = common::cpu_ticks(serve_pid).saturating_sub(ticks.0) as f64 / 100.0;
+        let own = common::cpu_ticks(std::process::id()).saturating_sub(ticks.1) as f64 / 100.0;
+        let rest = common::machine_ticks().saturating_sub(ticks.2) as f64 / 100.0 - serve - own;
         println!(
             "  segment {} ({}): {} allocations in {:.2} s = {:.0}/s; deliveries arrived {arrived}; \
-             CPU s serve {serve:.2}, benchmark {own:.2}, rest {rest:.2}",
+             CPU s serve {serve:.2}, benchmark {own:.2}, rest {rest:.2}; at its end {} deliveries \
+             queued, {} activity rows not yet events",
             i + 1,
             if on { "3 endpoints" } else { "no endpoint" },
             lat.len(),
             elapsed.as_secs_f64(),
-            lat.len() as f64 / elapsed.as_secs_f64()
+            lat.len() as f64 / elapsed.as_secs_f64(),
+            backlog.queued,
+            backlog.unsequenced
         );
         let mode = &mut modes[usize::from(on)];
         mode.0.extend(lat);

@@ -334,8 +334,8 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
-/// CPU ticks (1/100 s) the whole machine used so far (every CPU's user, nice, system, irq,
-/// softirq and steal time of `/proc/stat`).
+/// CPU ticks (1/100 s) the whole machine used so far (every CPU's user, nice, system, irq and
+/// softirq time of `/proc/stat`; not steal, the hypervisor's time for other machines).
 pub fn machine_ticks() -> u64 {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
@@ -347,5 +347,5 @@ pub fn machine_ticks() -> u64 {
         .map(|f| f.parse().unwrap_or(0))
         .collect();
     // user nice system idle iowait irq softirq steal
-    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum()
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| v.get(i)).sum()
 }

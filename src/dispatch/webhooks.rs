@@ -2,10 +2,11 @@
 //! fan new events out to the endpoints, lease due deliveries, keep up to
 //! `VPP_WEBHOOK_CONCURRENCY` requests in flight, and write the outcomes (queue, log, streaks)
 //! in batches — when 256 are done, 20 ms after the first of a batch, or when nothing is in
-//! flight. It looks for work when woken, when the poll comes round or after a full claim, and
-//! only once at most half its requests are in flight and 50 ms after its last look (unless
-//! that claim was full): claims come in batches under load, and an event waits at most 50 ms
-//! more. A slow endpoint holds one slot per delivery, never the batch.
+//! flight. It looks for work when woken, when the poll comes round or after a full claim,
+//! with a free slot and at most every 50 ms (after a full claim, again without waiting once
+//! half its slots are free): under load claims come in batches, and an event waits up to
+//! 50 ms more than it would otherwise. A slow endpoint holds one slot per delivery, never the
+//! batch.
 //!
 //! It wakes on `NOTIFY vpp_events` (the sequencer's, after it appended events; one
 //! reconnecting listen connection per process, [`crate::waiters::spawn_listen_loop`]) and
@@ -80,12 +81,10 @@ async fn run(
     let settings = state.webhooks.settings.clone();
     let concurrency = settings.concurrency.max(1);
     // A look is four statements (fan-out, claim, endpoints, events) whatever it brings, so the
-    // sender looks when there is a reason — a wake-up (new events), the poll (retries come
-    // due), or a full claim (more is waiting) — and then only once at most half its slots are
-    // busy and [`LOOK_GAP`] after the last look, so a busy sender claims in batches. It used
-    // to look after every finished request,
-    // which cost the allocations a third of their throughput on two cores (docs/benchmarks.md,
-    // webhooks phase 3). An idle sender looks at once.
+    // sender looks only for a reason — a wake-up (new events), the poll (retries come due) or
+    // a full last claim (more is waiting) — with a free slot, and at most every [`LOOK_GAP`];
+    // after a full claim it looks again without the gap once half its slots are free. It used
+    // to look after every finished request (four statements per delivery under load).
     let refill_at = concurrency / 2;
     let mut inflight: InFlight = FuturesUnordered::new();
     let mut done: Vec<(Message, Sent)> = Vec::new();
@@ -98,15 +97,18 @@ async fn run(
     let mut next_poll = Instant::now();
     let mut kept_house = Instant::now();
     while !cancel.is_cancelled() {
-        let gap_over = full || last_look.elapsed() >= LOOK_GAP;
-        if look && gap_over && inflight.len() <= refill_at {
+        let gap_over = last_look.elapsed() >= LOOK_GAP;
+        let may_look =
+            inflight.len() < concurrency && (gap_over || (full && inflight.len() <= refill_at));
+        if look && may_look {
             last_look = Instant::now();
             next_poll = last_look + settings.poll;
             let room = (concurrency - inflight.len()) as i64;
             match refill(&state, &name, room).await {
-                Ok(messages) => {
-                    // A full claim: more is probably due; look again as soon as there is room.
-                    full = messages.len() as i64 >= room;
+                Ok((leased, messages)) => {
+                    // A full claim (counted in leased rows: some may give no message): more
+                    // is probably due; look again as soon as there is room.
+                    full = leased as i64 >= room;
                     look = full;
                     for msg in messages {
                         let webhooks = state.webhooks.clone();
@@ -132,7 +134,7 @@ async fn run(
             Some(first) if !done.is_empty() => (first + FLUSH_AFTER).min(next_poll),
             _ => next_poll,
         };
-        if look && !gap_over {
+        if look && !may_look && !gap_over {
             until = until.min(last_look + LOOK_GAP);
         }
         tokio::select! {
@@ -178,7 +180,7 @@ async fn refill(
     state: &AppState,
     name: &str,
     room: i64,
-) -> Result<Vec<Message>, crate::webhooks::WebhookError> {
+) -> Result<(usize, Vec<Message>), crate::webhooks::WebhookError> {
     let mut conn = state
         .pool
         .get()
@@ -188,7 +190,7 @@ async fn refill(
             message: e.to_string(),
         })?;
     delivery::fan_out(&mut conn).await?;
-    delivery::claim(&state.webhooks, &state.cipher, &mut conn, name, room).await
+    delivery::claim_counted(&state.webhooks, &state.cipher, &mut conn, name, room).await
 }
 
 async fn flush(state: &AppState, done: &mut Vec<(Message, Sent)>) {

@@ -264,11 +264,26 @@ pub async fn claim(
     worker: &str,
     limit: i64,
 ) -> Result<Vec<Message>, WebhookError> {
+    Ok(claim_counted(webhooks, cipher, conn, worker, limit)
+        .await?
+        .1)
+}
+
+/// [`claim`], with how many deliveries were leased (some of which may have given no message):
+/// the sender judges a full claim by the leased rows.
+pub async fn claim_counted(
+    webhooks: &Webhooks,
+    cipher: &TokenCipher,
+    conn: &mut AsyncPgConnection,
+    worker: &str,
+    limit: i64,
+) -> Result<(usize, Vec<Message>), WebhookError> {
     let lease = webhooks.settings.lease.as_secs() as i64;
     let claimed: Vec<Claimed> = store::claim(conn, worker, lease, limit).await?;
     if claimed.is_empty() {
-        return Ok(Vec::new());
+        return Ok((0, Vec::new()));
     }
+    let leased = claimed.len();
     let mut endpoint_ids: Vec<Uuid> = claimed.iter().map(|c| c.endpoint_id).collect();
     endpoint_ids.sort();
     endpoint_ids.dedup();
@@ -334,7 +349,7 @@ pub async fn claim(
         });
     }
     store::finish(conn, &dropped).await?;
-    Ok(messages)
+    Ok((leased, messages))
 }
 
 fn clone_key(key: &SecretSlice<u8>) -> SecretSlice<u8> {

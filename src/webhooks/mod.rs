@@ -14,8 +14,8 @@
 //! - Delivery ([`delivery`]) goes through the `webhook_deliveries` queue: fan-out is one
 //!   set-based statement per look, claims are `FOR UPDATE SKIP LOCKED` leases (a killed
 //!   replica's deliveries are sent again after the lease: at least once, with the same
-//!   `webhook-id`, the event id). The sender keeps `VPP_WEBHOOK_CONCURRENCY` requests in flight
-//!   on one keep-alive client and writes outcomes and the log in batches.
+//!   `webhook-id`, the event id). The sender keeps up to `VPP_WEBHOOK_CONCURRENCY` requests in
+//!   flight on one keep-alive client and writes outcomes and the log in batches.
 //! - Retries: attempts at 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (±20 % jitter; a later
 //!   `Retry-After` wins), then the delivery is given up (its log says so). 410 disables the
 //!   endpoint at once; an endpoint failing without a success for 5 days is disabled; either

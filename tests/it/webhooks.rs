@@ -1220,3 +1220,73 @@ async fn n3_an_allocation_reaches_the_receiver_as_signed_events_in_order() {
     assert!(bodies[0]["data"]["version"].as_i64() < bodies[1]["data"]["version"].as_i64());
     assert_eq!(bodies[0]["space"], "acme");
 }
+
+/// A slow endpoint holding most of the sender's slots does not hold up another endpoint's
+/// events: a wake-up looks with any free slot (only the re-look after a full claim waits for
+/// half the slots). With 8 slots, 6 deliveries to a receiver answering after 3 s are in flight
+/// when an event for a fast endpoint arrives; it is delivered before any of the slow ones ends.
+#[tokio::test]
+async fn n6_a_slow_endpoint_holding_most_slots_does_not_stall_another() {
+    let app = app_with(vpp_broker::config::WebhookArgs {
+        webhook_concurrency: 8,
+        ..test_webhooks()
+    })
+    .await;
+    let slow = Receiver::start().await;
+    *slow.delay.lock().unwrap() = Duration::from_secs(3);
+    let fast = Receiver::start().await;
+    create(
+        &app,
+        "s1",
+        json!({"url": slow.url, "event_types": ["assignment.allocated"]}),
+    )
+    .await;
+    create(
+        &app,
+        "s1",
+        json!({"url": fast.url, "event_types": ["assignment.revoked"]}),
+    )
+    .await;
+    append(&app, "s1", &["assignment.allocated"; 6]).await;
+    // The six are leased and sent (their queue rows are marked when claimed).
+    #[derive(diesel::QueryableByName, Debug)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    eventually(
+        "the six slow deliveries are in flight",
+        async || {
+            let mut conn = app.pool.get().await.unwrap();
+            let n: N = diesel::sql_query(
+                "SELECT count(*) AS n FROM webhook_deliveries WHERE locked_by IS NOT NULL",
+            )
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+            n.n
+        },
+        |n| *n == 6,
+    )
+    .await;
+    let sent = Instant::now();
+    append(&app, "s1", &["assignment.revoked"]).await;
+    eventually(
+        "the fast endpoint's event arrives",
+        async || fast.got().len(),
+        |n| *n == 1,
+    )
+    .await;
+    let took = sent.elapsed();
+    assert!(
+        slow.got().is_empty(),
+        "the fast endpoint's event waited for the slow deliveries ({took:?})"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    eventually(
+        "the slow deliveries arrive",
+        async || slow.got().len(),
+        |n| *n == 6,
+    )
+    .await;
+}
