@@ -487,7 +487,8 @@ pub struct WebhookArgs {
     #[arg(long, env = "VPP_WEBHOOK_SECRET_OVERLAP_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(0..=604_800))]
     pub webhook_secret_overlap_secs: u64,
     /// Milliseconds an idle sender waits between looks for due deliveries (retries, redeliveries);
-    /// new events wake it through `NOTIFY vpp_events`. A sender looks at most every 50 ms.
+    /// new events wake it through `NOTIFY vpp_events`. A sender looks at most every 50 ms
+    /// unless its last claim was full.
     #[arg(long, env = "VPP_WEBHOOK_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=60_000))]
     pub webhook_poll_ms: u64,
     /// Seconds a sender's claim on deliveries lasts; a killed sender's deliveries are sent

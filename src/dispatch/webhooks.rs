@@ -31,7 +31,8 @@ use crate::webhooks::delivery::{self, Message, Sent};
 const FLUSH_AT: usize = 256;
 /// Longest an outcome waits to be written.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
-/// Shortest time between two looks, unless the last claim was full: under load, wake-ups come
+/// Shortest time between two looks, unless the last claim was full (then the next comes once
+/// half the slots are free): under load, wake-ups come
 /// with every round of the sequencer (about a hundred a second), and each look costs the same
 /// four statements whether it brings one event or fifty.
 const LOOK_GAP: Duration = Duration::from_millis(50);
@@ -96,11 +97,14 @@ async fn run(
         .unwrap_or_else(Instant::now);
     let mut next_poll = Instant::now();
     let mut kept_house = Instant::now();
+    // Whether a pending look may happen now: a free slot, and the gap over or, after a full
+    // claim, half the slots free.
+    let may_look = |inflight: usize, full: bool, last_look: Instant| {
+        inflight < concurrency
+            && (last_look.elapsed() >= LOOK_GAP || (full && inflight <= refill_at))
+    };
     while !cancel.is_cancelled() {
-        let gap_over = last_look.elapsed() >= LOOK_GAP;
-        let may_look =
-            inflight.len() < concurrency && (gap_over || (full && inflight.len() <= refill_at));
-        if look && may_look {
+        if look && may_look(inflight.len(), full, last_look) {
             last_look = Instant::now();
             next_poll = last_look + settings.poll;
             let room = (concurrency - inflight.len()) as i64;
@@ -128,14 +132,19 @@ async fn run(
                 }
             }
         }
-        // The next flush of finished outcomes, the end of the gap when a look waits for it,
-        // or the poll.
+        // The next flush of finished outcomes, the poll, and for a pending look with a free
+        // slot: now (a full claim whose rows gave few messages, so slots are free), or the end
+        // of the gap. With every slot busy, a finished request wakes the loop.
         let mut until = match first_done {
             Some(first) if !done.is_empty() => (first + FLUSH_AFTER).min(next_poll),
             _ => next_poll,
         };
-        if look && !may_look && !gap_over {
-            until = until.min(last_look + LOOK_GAP);
+        if look && inflight.len() < concurrency {
+            until = if may_look(inflight.len(), full, last_look) {
+                Instant::now()
+            } else {
+                until.min(last_look + LOOK_GAP)
+            };
         }
         tokio::select! {
             _ = cancel.cancelled() => break,

@@ -1222,9 +1222,11 @@ async fn n3_an_allocation_reaches_the_receiver_as_signed_events_in_order() {
 }
 
 /// A slow endpoint holding most of the sender's slots does not hold up another endpoint's
-/// events: a wake-up looks with any free slot (only the re-look after a full claim waits for
-/// half the slots). With 8 slots, 6 deliveries to a receiver answering after 3 s are in flight
-/// when an event for a fast endpoint arrives; it is delivered before any of the slow ones ends.
+/// events: the poll (here; a wake-up alike) looks with any free slot, only the re-look after a
+/// full claim waits for half the slots. With 8 slots, 6 deliveries to a receiver answering
+/// after 3 s are in flight when an event for a fast endpoint arrives; it is delivered before
+/// any of the slow ones ends. (A slow endpoint with as many due deliveries as there are slots
+/// still fills them all: there is no per-endpoint cap, docs/webhooks.md.)
 #[tokio::test]
 async fn n6_a_slow_endpoint_holding_most_slots_does_not_stall_another() {
     let app = app_with(vpp_broker::config::WebhookArgs {
