@@ -9,10 +9,10 @@
 //! the call and the bookkeeping leaves assignments that the next worker simply submits again;
 //! Apple treats re-associating an assigned target as a no-op, so nothing is doubled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::Utc;
-use diesel_async::AsyncConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
 use super::{Ctx, DispatchError, retry};
@@ -42,11 +42,27 @@ pub struct Chunk {
     pub job_ids: Vec<i64>,
 }
 
+/// One batch: (assignment, target, its jobs) in claim order, and whether it is complete.
+struct Group {
+    chunk: Chunk,
+    entries: Vec<(Uuid, String, Vec<i64>)>,
+    index: HashMap<Uuid, usize>,
+    closed: bool,
+}
+
+/// (release?, adam id, pricing param, license type): releases sort after associations.
+type GroupKey = (bool, String, String, LicenseType);
+
 /// Splits claimed association/disassociation jobs into chunks. Jobs with nothing left to do
 /// are deleted; disassociations waiting for their association's event are postponed; the
 /// partial last request of a batch that was claimed only because it filled a request waits
-/// for more work.
-pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, DispatchError> {
+/// for more work; associations that would need a license whose release Apple has not
+/// finished wait for it ([`hold_for_releases`], rule A11).
+pub async fn plan(
+    ctx: &Ctx,
+    account: Uuid,
+    jobs_: &[ClaimedJob],
+) -> Result<Vec<Chunk>, DispatchError> {
     let ids: Vec<Uuid> = jobs_
         .iter()
         .filter_map(|j| j.job.as_ref().and_then(Job::assignment))
@@ -56,14 +72,7 @@ pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, Dispatc
     let work: HashMap<Uuid, submissions::Work> = work.into_iter().map(|w| (w.id, w)).collect();
     let service = ctx.state.apple.service_config().await?;
 
-    /// One batch: (assignment, target, its jobs) in claim order, and whether it is complete.
-    struct Group {
-        chunk: Chunk,
-        entries: Vec<(Uuid, String, Vec<i64>)>,
-        index: HashMap<Uuid, usize>,
-        closed: bool,
-    }
-    let mut groups: BTreeMap<(bool, String, String, LicenseType), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
     let mut done = Vec::new();
     let mut waiting = Vec::new();
     let mut later = Vec::new();
@@ -127,6 +136,7 @@ pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, Dispatc
             }
         }
     }
+    let for_releases = hold_for_releases(&mut conn, account, &mut groups).await?;
     let mut chunks = Vec::new();
     for (_, group) in groups {
         let limit = match group.chunk.license_type {
@@ -161,7 +171,61 @@ pub async fn plan(ctx: &Ctx, jobs_: &[ClaimedJob]) -> Result<Vec<Chunk>, Dispatc
     )
     .await?;
     jobs::unclaim(&mut conn, &later, Utc::now()).await?;
+    // Apple finishes an event within about the first status poll's delay.
+    jobs::unclaim(&mut conn, &for_releases, retry::at(ctx.settings.first_poll)).await?;
     Ok(chunks)
+}
+
+/// Rule A11: the ledger frees a revoked license at once (the next allocation may take it), but
+/// Apple counts it as assigned until the release's event finished; a release can lag behind
+/// (it waits for its own association's event, or was retried after a transient error), and
+/// Apple's processing order across events is not documented. So an asset's associations go
+/// only as far as Apple has licenses free without the unfinished releases; the rest — the
+/// newest — wait (their jobs are handed back for about one status poll) and go once the
+/// releases finish. Where Apple has licenses to spare nothing waits. Returns the jobs held.
+async fn hold_for_releases(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    groups: &mut BTreeMap<GroupKey, Group>,
+) -> Result<Vec<i64>, DispatchError> {
+    let assets: BTreeSet<(&String, &String)> = groups
+        .keys()
+        .filter(|(release, ..)| !release)
+        .map(|(_, adam, pricing, _)| (adam, pricing))
+        .collect();
+    if assets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (adam_ids, pricing_params): (Vec<String>, Vec<String>) = assets
+        .into_iter()
+        .map(|(a, p)| (a.clone(), p.clone()))
+        .unzip();
+    let short = submissions::release_shortfall(conn, account, &adam_ids, &pricing_params).await?;
+    let mut held = Vec::new();
+    for s in short {
+        let mut left = usize::try_from(s.short).unwrap_or(0);
+        // Device licenses first, then user licenses: both draw on the asset's one count.
+        for license_type in [LicenseType::Device, LicenseType::User] {
+            let key = (false, s.adam_id.clone(), s.pricing_param.clone(), license_type);
+            let Some(group) = groups.get_mut(&key) else {
+                continue;
+            };
+            let keep = group.entries.len().saturating_sub(left);
+            left -= group.entries.len() - keep;
+            for (_, _, jobs) in group.entries.drain(keep..) {
+                held.extend(jobs);
+            }
+        }
+    }
+    groups.retain(|_, g| !g.entries.is_empty());
+    if !held.is_empty() {
+        tracing::debug!(
+            account = %account,
+            jobs = held.len(),
+            "associations wait for releases Apple has not finished (A11)"
+        );
+    }
+    Ok(held)
 }
 
 /// What happened to a chunk.

@@ -31,8 +31,10 @@
 //! worker commits a burst of revocations batch after batch), when
 //! their oldest work waited `max_wait` (5 s), or, during a burst, as full Apple requests (1000
 //! targets; the partial rest waits). Releases also leave with any association of the account
-//! that leaves, and before it (A11: a license the ledger freed and re-allocated is free at Apple
-//! by the time its new association runs). A lone allocation or revocation reaches Apple after
+//! that leaves, and before it. An association that needs a license the ledger freed but Apple
+//! has not released yet (its release's event has not finished: it waited for its own
+//! association, or was retried) waits until it has (A11, [`batch::plan`]): the service never
+//! causes a 9709 itself. A lone allocation or revocation reaches Apple after
 //! ~`quiet`; a storm spread over many assets (10,000 retired devices' 30,000 licenses) goes out
 //! in as few requests as Apple's limits allow, because no asset's batch leaves half-filled
 //! while the storm goes on. A steady trickle on one asset delays the account's other partial
@@ -378,16 +380,16 @@ async fn process_account(
         .into_iter()
         .partition(|j| matches!(j.job, Some(Job::RetireUser(_))));
     let attempts = work.iter().map(|j| j.attempts).max().unwrap_or(1);
-    let chunks = batch::plan(ctx, &work).await?;
+    let chunks = batch::plan(ctx, id, &work).await?;
     if chunks.is_empty() && polls.is_empty() && retirements.is_empty() {
         // Only held-back or finished work: let the worker look at other accounts (or sleep)
         // instead of claiming the same jobs again at once.
         return Ok(false);
     }
     let blocked = AtomicBool::new(false);
-    // Releases first, and all of them accepted before any association goes out: Apple
-    // processes a location's events in order, so a license the ledger already re-allocated is
-    // free at Apple by the time its new association runs.
+    // Releases first, and all of them accepted before any association goes out, so Apple's
+    // free count grows as early as it can. What makes re-use safe (A11) is that `plan` kept
+    // back any association that needs a license whose release Apple has not finished.
     let (releases, associations): (Vec<&batch::Chunk>, Vec<&batch::Chunk>) =
         chunks.iter().partition(|c| !c.associate);
     for phase in [releases, associations] {

@@ -189,3 +189,47 @@ pub async fn fail_releases(
     .await?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
+
+/// An asset whose pending associations Apple cannot all take yet (rule A11).
+#[derive(Debug, QueryableByName)]
+pub struct Shortfall {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub adam_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub pricing_param: String,
+    /// How many of the asset's associations must wait: the licenses the ledger freed whose
+    /// release Apple has not finished (`revoking`), beyond what Apple has free besides them.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub short: i64,
+}
+
+/// Per asset of `account` among `(adam_ids[i], pricing_params[i])`, the associations that would
+/// need a license Apple still counts as assigned: at Apple a `revoking` license is held until
+/// its release finishes, so the asset's live licenses here (`held`: pending, associating and
+/// active), those assigned elsewhere and the revoking ones may exceed Apple's total by at most
+/// the revoking count. Only assets short of licenses are returned. Reads the transient states'
+/// partial index (`assignments_transient_by_asset`), which holds only unsettled rows.
+pub async fn release_shortfall(
+    conn: &mut AsyncPgConnection,
+    account: Uuid,
+    adam_ids: &[String],
+    pricing_params: &[String],
+) -> diesel::QueryResult<Vec<Shortfall>> {
+    diesel::sql_query(
+        "SELECT s.adam_id, s.pricing_param,
+                LEAST(r.n, s.held::bigint + s.foreign_assigned + r.n - s.apple_total) AS short
+           FROM unnest($2::text[], $3::text[]) AS k(adam_id, pricing_param)
+           JOIN assets s ON s.account_id = $1 AND s.adam_id = k.adam_id
+                        AND s.pricing_param = k.pricing_param
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS n FROM assignments a
+                 WHERE a.adam_id = s.adam_id AND a.pricing_param = s.pricing_param
+                   AND a.account_id = s.account_id AND a.state = 'revoking') r
+          WHERE r.n > 0 AND s.held::bigint + s.foreign_assigned + r.n > s.apple_total",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(account)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(adam_ids)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(pricing_params)
+    .load(conn)
+    .await
+}

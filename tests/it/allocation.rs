@@ -876,6 +876,62 @@ async fn v1_a_revoked_license_reused_at_once_is_released_at_apple_first() {
 }
 
 #[tokio::test]
+async fn a11_licenses_revoked_while_apple_still_associates_them_are_reused_only_once_released() {
+    // Issue 10's storm in small: every license of the account is revoked while Apple is still
+    // associating it, and as many new devices take the licenses the ledger freed at once. The
+    // releases wait for their associations' events; the new associations must wait for the
+    // releases, or Apple, which still counts every license as assigned, refuses them (9709).
+    let w = world(10, 0).await;
+    let api = w.api();
+    w.sim
+        .update_settings(&vpp_broker::apple_sim::SettingsPatch {
+            event_delay_ms: Some(1500),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut old = Vec::new();
+    for i in 0..10 {
+        old.push(api.allocated(&device(&format!("OLD{i}"))).await.id());
+    }
+    eventually(
+        "the first ten associations submitted to Apple",
+        async || {
+            let mut sent = 0;
+            for id in &old {
+                let a = api.assignment(*id).await;
+                sent += usize::from(a.state.as_str() == "associating" && a.apple_event_id.is_some());
+            }
+            sent
+        },
+        |n| *n == old.len(),
+    )
+    .await;
+    for id in &old {
+        assert_eq!(api.revoke(*id, "").await.status(), 202);
+    }
+    let mut new = Vec::new();
+    for i in 0..10 {
+        let next = api.allocated(&device(&format!("NEW{i}"))).await;
+        assert_eq!(next.account_id, w.a, "the ledger freed the revoked licenses at once");
+        new.push(next.id());
+    }
+    for id in &new {
+        let done = api.final_state(*id).await;
+        assert_eq!(
+            done.state.as_str(),
+            "active",
+            "an association went out before Apple released the license it needed: {done:?}"
+        );
+    }
+    for id in &old {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "revoked");
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("NEW{i}")).collect();
+    assert_eq!(sim_serials(&w.sim, U1).await, expected);
+}
+
+#[tokio::test]
 async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_to_end() {
     let sim = sim::start_with(vec![location(U1, "Library A", vec![app(APP, 100)])], |s| {
         s.limits.insert("maxSerialNumbers".to_owned(), 5);

@@ -62,8 +62,9 @@ async fn wait_with(api: &Client<'_>, body: &Value) -> Assignment {
     a
 }
 
-/// Allocates [`APP`] for a device and waits until Apple confirmed it: a license is freed for
-/// the line only once Apple holds it (a release racing its own association is issue 10's A11).
+/// Allocates [`APP`] for a device and waits until Apple confirmed it, so that the tests' later
+/// revocations free licenses Apple holds (a revocation racing its association would only delay
+/// the served entry's association: A11, `allocation.rs::a11_…`).
 async fn active(api: &Client<'_>, serial: &str) -> Uuid {
     let id = api.allocated(&device(serial)).await.id();
     assert_eq!(api.final_state(id).await.state.as_str(), "active");
