@@ -23,7 +23,8 @@
 //!   turns the token's pacing strict (each request counted until a second after it ended) for
 //!   ten minutes. Pacing is
 //!   not a retry: it keeps a single paged read of a big library (e.g. 30 pages) from tripping
-//!   9646 by itself.
+//!   9646 by itself. Across replicas, a request also holds a slot of the budget they share
+//!   ([`AppleClient::share_pace`], [`super::pace`]) after its local one, by the same rule.
 //! - **Priority**: a client made by [`AppleClient::background`] (the sync's reads) waits for its
 //!   slot while any request of an ordinary (urgent) client — the dispatcher's associations,
 //!   releases, status polls, users writes — waits for the same token's slot: allocations' Apple
@@ -59,7 +60,7 @@
 //! [`ErrorOrigin::Local`]: super::ErrorOrigin::Local
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -72,6 +73,7 @@ use sha2::{Digest, Sha256};
 
 use super::codes;
 use super::error::{AppleError, ErrorClass, parse_retry_after};
+use super::pace::{SharedPace, Slot};
 use super::stoken::SToken;
 use super::types::*;
 
@@ -495,6 +497,30 @@ struct Inner {
     /// Last fetched service config (defaults until one is fetched); used without I/O.
     known: Mutex<Arc<ServiceConfig>>,
     pacer: Pacer,
+    /// The budget per token that every replica shares (T13), once the service set one.
+    shared_pace: OnceLock<Arc<dyn SharedPace>>,
+    /// Each request's timeout (a shared slot's lease is derived from it).
+    timeout: Duration,
+}
+
+/// A request's slot of the shared budget; dropping it frees the slot a pacing window after
+/// the request was sent, or at once if the window has passed (see [`super::pace`]).
+struct SharedSlot {
+    pace: Arc<dyn SharedPace>,
+    key: [u8; 32],
+    slot: Slot,
+    sent: Instant,
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        let free_in = PACING_WINDOW.saturating_sub(self.sent.elapsed());
+        let release = self.pace.release(self.key, self.slot, free_in);
+        // No runtime (the process is ending): the slot frees when its lease runs out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(release);
+        }
+    }
 }
 
 /// Client of Apple's license API v2. Cheap to clone (one connection pool, one cache).
@@ -552,9 +578,18 @@ impl AppleClient {
                 service_config: tokio::sync::Mutex::new(None),
                 known: Mutex::new(Arc::new(ServiceConfig::default())),
                 pacer: Pacer::default(),
+                shared_pace: OnceLock::new(),
+                timeout,
             }),
             priority: Priority::Urgent,
         })
+    }
+
+    /// Makes every request (of this client and its clones) also take a slot of `pace`, the
+    /// budget per token that all replicas share (T13, [`super::pace`]). Set once; a second
+    /// call changes nothing.
+    pub fn share_pace(&self, pace: Arc<dyn SharedPace>) {
+        let _ = self.inner.shared_pace.set(pace);
     }
 
     /// The same client (connections, caches, pacer) whose requests wait for every urgent
@@ -1186,14 +1221,37 @@ impl AppleClient {
         let _permit = match token {
             Some(token) => {
                 let per_second = self.known_service_config().max_request_per_second();
-                Some(
-                    self.inner
-                        .pacer
-                        .acquire(token, per_second, self.priority)
-                        .await,
-                )
+                let permit = self
+                    .inner
+                    .pacer
+                    .acquire(token, per_second, self.priority)
+                    .await;
+                Some(permit)
             }
             None => None,
+        };
+        // Held until this function returns too: its drop frees the slot (see `super::pace`).
+        let _shared = match (token, self.inner.shared_pace.get()) {
+            (Some(token), Some(pace)) => {
+                let per_second = self.known_service_config().max_request_per_second();
+                let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
+                // The longest a request can take: two attempts (a GET's connect retry).
+                let lease = self.inner.timeout * 2 + PACING_WINDOW;
+                loop {
+                    match pace.take(key, per_second, PACING_WINDOW, lease).await {
+                        Ok(slot) => {
+                            break slot.map(|slot| SharedSlot {
+                                pace: pace.clone(),
+                                key,
+                                slot,
+                                sent: Instant::now(),
+                            });
+                        }
+                        Err(wait) => tokio::time::sleep(wait).await,
+                    }
+                }
+            }
+            _ => None,
         };
         let started = Instant::now();
         let mut attempt = 0;

@@ -18,7 +18,7 @@
 //! | GET, PUT | `/_sim/settings` | [`SettingsPatch`] → [`SimSettings`] |
 //! | GET, PUT, DELETE | `/_sim/faults` | [`FaultsPatch`] → [`Faults`] |
 //! | POST | `/_sim/events/flush` | → `{processed}` (completes every queued event now) |
-//! | GET, DELETE | `/_sim/counters` | → `{"GET /assets": 3, …}` |
+//! | GET, DELETE | `/_sim/counters` | → `{"GET /assets": 3, …}`; requests refused for the rate limit also count as `"429 maxRequestPerSecond"` |
 //! | GET, DELETE | `/_sim/notifications` | → `[DeliveryRecord]` |
 //!
 //! Errors answer `{"error": "…"}` with 400 (bad input) or 404 (unknown location).

@@ -161,6 +161,9 @@ struct Caller {
     exp_date: DateTime<Utc>,
 }
 
+/// The counter of requests refused for the per-token rate limit (429, 9646).
+pub const THROTTLED: &str = "429 maxRequestPerSecond";
+
 fn guard(sim: &Sim, req: &HttpRequest) -> Result<Caller, HttpResponse> {
     let bearer = req
         .headers()
@@ -179,6 +182,7 @@ fn guard(sim: &Sim, req: &HttpRequest) -> Result<Caller, HttpResponse> {
             }
         };
         if !state.admit(bearer, Instant::now()) {
+            *state.counters.entry(THROTTLED.to_owned()).or_default() += 1;
             return Err(with_retry_after(
                 apple_error(codes::TOO_MANY_REQUESTS, None, ErrorInfo::default()),
                 "1".into(),

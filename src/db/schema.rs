@@ -107,6 +107,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    apple_pace (token_key, slot) {
+        token_key -> Bytea,
+        slot -> Int4,
+        free_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     apple_users (account_id, client_user_id) {
         account_id -> Uuid,
         client_user_id -> Text,
@@ -618,6 +626,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     apple_assignments,
     apple_events,
     apple_notifications,
+    apple_pace,
     apple_users,
     asset_list_reads,
     assets,

@@ -206,7 +206,12 @@ async fn hold_for_releases(
         let mut left = usize::try_from(s.short).unwrap_or(0);
         // Device licenses first, then user licenses: both draw on the asset's one count.
         for license_type in [LicenseType::Device, LicenseType::User] {
-            let key = (false, s.adam_id.clone(), s.pricing_param.clone(), license_type);
+            let key = (
+                false,
+                s.adam_id.clone(),
+                s.pricing_param.clone(),
+                license_type,
+            );
             let Some(group) = groups.get_mut(&key) else {
                 continue;
             };

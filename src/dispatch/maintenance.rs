@@ -2,7 +2,8 @@
 //! idempotency keys older than 24 h, Apple notification ids older than a day and finished
 //! lifecycle events older than 30 days (their stale marks stay), the feed's events older than
 //! `VPP_EVENT_RETENTION_DAYS` (default 30; `crate::events::forget_old`), Apple events finished
-//! more than 30 days ago (`retention::APPLE_EVENT_RETENTION_DAYS`; pending ones stay), and make
+//! more than 30 days ago (`retention::APPLE_EVENT_RETENTION_DAYS`; pending ones stay), the
+//! shared Apple pacing slots of tokens idle for a day (`apple_pace::forget_idle`), and make
 //! stale leases (a worker that died holding them) claimable at once.
 
 use std::sync::Arc;
@@ -36,13 +37,15 @@ pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
     let apple =
         retention::forget_finished_apple_events(&mut conn, retention::APPLE_EVENT_RETENTION_DAYS)
             .await?;
-    if keys + notes + events + feed + apple > 0 {
+    let pace = crate::ledger::apple_pace::forget_idle(&mut conn).await?;
+    if keys + notes + events + feed + apple + pace > 0 {
         tracing::info!(
             idempotency_keys = keys,
             notifications = notes,
             lifecycle_events = events,
             feed_events = feed,
             apple_events = apple,
+            apple_pace_slots = pace,
             "maintenance removed old rows"
         );
     }

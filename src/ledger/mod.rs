@@ -12,6 +12,7 @@ pub mod allocation_write;
 pub mod apple_events;
 pub mod apple_mirror;
 pub mod apple_notifications;
+pub mod apple_pace;
 pub mod apple_users;
 pub mod asset_counts;
 pub mod assets;

@@ -900,7 +900,8 @@ async fn a11_licenses_revoked_while_apple_still_associates_them_are_reused_only_
             let mut sent = 0;
             for id in &old {
                 let a = api.assignment(*id).await;
-                sent += usize::from(a.state.as_str() == "associating" && a.apple_event_id.is_some());
+                sent +=
+                    usize::from(a.state.as_str() == "associating" && a.apple_event_id.is_some());
             }
             sent
         },
@@ -913,7 +914,10 @@ async fn a11_licenses_revoked_while_apple_still_associates_them_are_reused_only_
     let mut new = Vec::new();
     for i in 0..10 {
         let next = api.allocated(&device(&format!("NEW{i}"))).await;
-        assert_eq!(next.account_id, w.a, "the ledger freed the revoked licenses at once");
+        assert_eq!(
+            next.account_id, w.a,
+            "the ledger freed the revoked licenses at once"
+        );
         new.push(next.id());
     }
     for id in &new {

@@ -32,6 +32,7 @@ mod notifications;
 mod openapi;
 mod ops;
 mod outages;
+mod pace;
 mod plans;
 mod policies;
 mod problems;

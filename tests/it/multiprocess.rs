@@ -653,3 +653,62 @@ async fn v5_three_processes_apply_lifecycle_events_exactly_once_through_a_sigkil
     let queued: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
     assert_eq!(queued, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t13_three_processes_keep_to_one_apple_request_rate_per_token() {
+    // One serial per association request: each allocation is its own Apple request (and its
+    // event's status polls). Allocations come in waves, so each dispatch round is short and
+    // the account's dispatcher lock changes hands between the three processes all along; each
+    // process paces itself to 15 requests/s, so a new holder would start with an empty window
+    // of its own. Only the budget they share keeps the three together under Apple's limit
+    // (the simulator refuses the 16th request within a second with 429 and counts it).
+    let sim = sim::start_with(
+        vec![
+            location(UA, "Library A", vec![app(APP, 400)]),
+            location(UB, "Library B", vec![app(APP, 0)]),
+        ],
+        |s| {
+            s.limits.insert("maxSerialNumbers".to_owned(), 1);
+        },
+    )
+    .await;
+    let c = cluster_on(sim).await;
+    c.sim.reset_counters().await.unwrap();
+    let (waves, per_wave) = (20, 12);
+    for wave in 0..waves {
+        let posts: Vec<_> = (0..per_wave)
+            .map(|i| {
+                let n = wave * per_wave + i;
+                c.http
+                    .post(format!(
+                        "{}/v1/spaces/acme/assignments",
+                        c.procs[n % c.procs.len()].base_url
+                    ))
+                    .bearer_auth(admin_token())
+                    .json(&body(n))
+                    .send()
+            })
+            .collect();
+        for resp in futures_util::future::join_all(posts).await {
+            assert_eq!(resp.unwrap().status(), 201);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let ledger = drained(&c, Duration::from_secs(120)).await;
+    assert_eq!(ledger.len(), waves * per_wave);
+    assert_eq!(at_apple(&c).await, ledger);
+    let counters = c.sim.counters().await.unwrap();
+    let associations = counters.get("POST /assets/associate").copied().unwrap_or(0);
+    assert!(
+        associations >= (waves * per_wave) as u64,
+        "one request per serial: {counters:?}"
+    );
+    assert_eq!(
+        counters
+            .get(vpp_broker::apple_sim::THROTTLED)
+            .copied()
+            .unwrap_or(0),
+        0,
+        "more than 15 requests within a second for one token: {counters:?}"
+    );
+}
