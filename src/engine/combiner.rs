@@ -11,7 +11,12 @@
 //! size and cost 10-30% throughput (more transactions contending for the same rows).
 //!
 //! A batch that fails as a whole (a deadlock with another replica, a lost connection) is
-//! retried once, request by request, so one bad request cannot fail its neighbours.
+//! retried once, request by request, so one bad request cannot fail its neighbours — on a
+//! fresh connection from the pool, since the batch's own may be dead (a server restart, a
+//! terminated backend). When the batch's commit was lost with the connection, its outcome is
+//! unknown; the retries find out: an allocation that did commit answers its existing
+//! assignment (A6), one that did not is decided again. A batch of one request is not retried:
+//! its caller hears 503 and retrying answers the truth the same way (README "Errors").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -118,6 +123,21 @@ async fn run(pool: &Pool, space: &str, group: Vec<Pending>) {
         }
         Err(e) => {
             tracing::warn!(error = %e, size = group.len(), "allocation batch failed; retrying one by one");
+            // The batch's connection may be dead: the pool verifies the one it hands back.
+            drop(conn);
+            let mut conn = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = std::sync::Arc::new(e);
+                    for p in group {
+                        let _ = p.reply.send(Err(AllocationError::Unavailable {
+                            why: "no pooled connection",
+                            source: Some(e.clone()),
+                        }));
+                    }
+                    return;
+                }
+            };
             for p in group {
                 let outcome = allocate(&mut conn, &p.req).await;
                 let _ = p.reply.send(outcome);

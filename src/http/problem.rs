@@ -378,7 +378,9 @@ impl From<diesel::result::Error> for ApiError {
                 tracing::warn!(error = %err, "database unavailable");
                 ApiError::new(
                     &types::UNAVAILABLE,
-                    "the ledger database is unavailable or did not answer in time; retry later",
+                    "the ledger database is unavailable or did not answer in time; retry later \
+                     (a change that was under way may have been applied: retrying it with the \
+                     same Idempotency-Key, or the same allocation, answers what happened)",
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }

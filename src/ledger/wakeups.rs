@@ -2,7 +2,7 @@
 //! assignments sends `NOTIFY vpp_assignment, '<id>,<id>…'` in its transaction; each process
 //! keeps one connection that `LISTEN`s.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 const CHANNEL: &str = "vpp_assignment";
@@ -34,9 +34,10 @@ pub async fn listen_on(
     database_url: &str,
     channel: &'static str,
 ) -> diesel::ConnectionResult<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(database_url).await?;
-    conn.batch_execute(&format!("LISTEN {channel}"))
-        .await
-        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-    Ok(conn)
+    // Named like every other session of the service, so `pg_stat_activity` tells them apart.
+    crate::db::pool::open(
+        database_url,
+        &format!("SET application_name = 'vpp-broker listener {channel}'; LISTEN {channel}"),
+    )
+    .await
 }

@@ -247,12 +247,21 @@ async fn failed_deliveries_are_retried() {
         NotificationType::AssetCount
     );
     assert_eq!(receiver.attempts(), 4, "TEST + 2 failures + 1 success");
-    let log = env.sim.notifications().await.unwrap();
-    let count_attempts: Vec<_> = log
-        .iter()
-        .filter(|r| r.notification_type == NotificationType::AssetCount)
-        .map(|r| (r.attempt, r.outcome, r.http_status))
-        .collect();
+    // The simulator logs an attempt once its answer is read, which may be after the receiver
+    // counted it.
+    let count_attempts = super::eventually::eventually_within(
+        std::time::Duration::from_secs(5),
+        "three attempts logged",
+        async || {
+            let log = env.sim.notifications().await.unwrap();
+            log.iter()
+                .filter(|r| r.notification_type == NotificationType::AssetCount)
+                .map(|r| (r.attempt, r.outcome, r.http_status))
+                .collect::<Vec<_>>()
+        },
+        |attempts| attempts.len() >= 3,
+    )
+    .await;
     assert_eq!(
         count_attempts,
         [

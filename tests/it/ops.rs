@@ -141,3 +141,53 @@ async fn docs_ui_is_served_offline() {
         .unwrap();
     assert!(init.contains("/openapi.json"), "{init}");
 }
+
+#[tokio::test]
+async fn every_database_session_of_the_service_names_itself() {
+    // Issue 10: the listener connections had no `application_name`, so an operator could not
+    // tell them from anything else in `pg_stat_activity`.
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Session {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        application_name: String,
+    }
+    let app = TestApp::start_opts(crate::support::app::Options {
+        dispatcher: Some(crate::support::app::fast_dispatch("")),
+        ..Default::default()
+    })
+    .await;
+    let mut conn = app.db.connect().await;
+    let names = crate::support::eventually(
+        "the listeners, the dispatcher and the pool are connected",
+        async || {
+            diesel::sql_query(
+                "SELECT application_name FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  ORDER BY application_name",
+            )
+            .load::<Session>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.application_name)
+            .collect::<Vec<_>>()
+        },
+        |names| {
+            [
+                "vpp-broker listener vpp_assignment",
+                "vpp-broker listener vpp_events",
+            ]
+            .iter()
+            .all(|want| names.iter().any(|n| n == want))
+                && names.iter().any(|n| n == "vpp-broker dispatcher")
+        },
+    )
+    .await;
+    for name in &names {
+        assert!(
+            name.starts_with("vpp-broker"),
+            "an unnamed session: {names:?}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Issue 10 (the storm): the ledger database failing under a request — a statement cancelled
 //! by an operator (or a timeout) and a connection terminated by the server mid-allocation
 //! answer 503 problem+json with Retry-After, never a 500, and leave the ledger as it was; the
-//! service serves the next request on a fresh connection. And housekeeping forgets Apple events
+//! service serves the next request on a fresh connection; an allocation batch whose connection
+//! died is retried on a fresh one. And housekeeping forgets Apple events
 //! finished more than 30 days ago (the table grew forever), never pending ones.
 
 use std::time::Duration;
@@ -103,6 +104,98 @@ async fn t10_a_cancelled_statement_and_a_terminated_connection_answer_503_and_ch
     // The service goes on, on fresh connections.
     let allocated = api.allocated(&device("AFTER")).await;
     assert_eq!(allocated.id(), api.assignment(allocated.id()).await.id);
+}
+
+/// An allocation of [`APP`] for device `serial`, as the HTTP layer would ask.
+fn request(serial: &str) -> vpp_broker::domain::allocation::AllocationRequest {
+    use vpp_broker::domain::allocation::{AllocationRequest, AssetRef, SubjectInput};
+    AllocationRequest {
+        space: "acme".into(),
+        asset: AssetRef {
+            adam_id: APP.into(),
+            pricing_param: "STDQ".into(),
+        },
+        subject: SubjectInput::Device {
+            serial: serial.into(),
+            user: None,
+            shared_ipad: None,
+            groups: None,
+        },
+        wish: vpp_broker::domain::model::LicenseWish::Auto,
+        reason: String::new(),
+        origin: vpp_broker::domain::origin::Origin::new("outage test", None),
+        dry_run: false,
+        exclude_accounts: Vec::new(),
+        replaces: None,
+        wait_until: None,
+        policy_wait_until: None,
+        serves: None,
+        serves_holder: None,
+    }
+}
+
+async fn terminate(app: &TestApp, pid: i32) {
+    let mut conn = app.db.connect().await;
+    diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn t10_a_batch_whose_connection_died_is_retried_on_a_fresh_connection() {
+    use vpp_broker::engine::combiner::Combiner;
+    let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 10)])], &[("A", U1)]).await;
+    // One executor: the requests queued behind a blocked one become its next batch.
+    let combiner = Combiner::start(w.app.pool.clone(), 1, 128);
+    let mut lock = lock_assets(&w.app).await;
+    let first = tokio::spawn({
+        let c = combiner.clone();
+        async move { c.allocate(request("ALONE")).await }
+    });
+    let alone = blocked_backend(&w.app).await;
+    let batch: Vec<_> = (0..4)
+        .map(|i| {
+            let c = combiner.clone();
+            tokio::spawn(async move { c.allocate(request(&format!("BATCH{i}"))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(&w.app, alone).await;
+    // A batch of one is not retried: its caller hears the connection's failure (503
+    // `unavailable`, the test above) and retries.
+    let alone_result = first.await.unwrap();
+    assert!(
+        matches!(
+            alone_result,
+            Err(vpp_broker::engine::allocate::AllocationError::Db(_))
+        ),
+        "{alone_result:?}"
+    );
+    // The batch of four waits for the lock in its turn; its connection dies too.
+    let batch_backend = eventually(
+        "the batch of four waits for the lock",
+        async || blocked_backend(&w.app).await,
+        |pid| *pid != alone,
+    )
+    .await;
+    terminate(&w.app, batch_backend).await;
+    // Retried one by one on a fresh connection: the first retry waits for the lock anew.
+    eventually(
+        "a retry waits for the lock on another connection",
+        async || blocked_backend(&w.app).await,
+        |pid| *pid != batch_backend && *pid != alone,
+    )
+    .await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    for (i, t) in batch.into_iter().enumerate() {
+        let outcome = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("BATCH{i} failed after its retry: {e}"));
+        assert!(outcome.created, "BATCH{i}");
+    }
+    assert_eq!(fixtures::held(&w.app, w.accounts[0]).await, 4);
 }
 
 #[tokio::test]

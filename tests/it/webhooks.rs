@@ -791,6 +791,14 @@ async fn n3_redeliver_and_recover_send_again_with_the_same_webhook_id() {
     let got = eventually("redelivered", async || rx.got(), |g| g.len() >= 4).await;
     assert_eq!(got[3].header("webhook-id").unwrap(), ids[1].to_string());
     got[3].verify(&secret).unwrap();
+    // The redelivery is logged (and leaves the queue) after the receiver answered; a delivery
+    // still queued is not queued twice, so recovering before that would skip it.
+    eventually(
+        "the redelivery logged",
+        async || deliveries(&app, "s1", &id).await.len(),
+        |n| *n >= 4,
+    )
+    .await;
     // Recover everything since before the events.
     let resp = app
         .req(
