@@ -47,7 +47,7 @@ KNOWN_ENV = {
     "VPP_APPLE_TIMEOUT_SECS", "VPP_PUBLIC_URL",
     # The Apple dispatcher (background workers of `serve`).
     "VPP_WORKERS", "VPP_BATCH_QUIET_MS", "VPP_BATCH_MAX_WAIT_MS", "VPP_APPLE_CONCURRENCY",
-    "VPP_EVENT_POLL_SECS", "VPP_EVENT_POLL_MAX_SECS", "VPP_JOB_LEASE_SECS", "VPP_IDLE_POLL_MS",
+    "VPP_EVENT_POLL_SECS", "VPP_EVENT_POLL_MAX_SECS", "VPP_JOB_LEASE_SECS", "VPP_JOB_MAX_ATTEMPTS", "VPP_IDLE_POLL_MS",
     # Sync with Apple, drift, plans and Reconcile.
     "VPP_SYNC_WORKERS", "VPP_SYNC_INCREMENTAL_MINUTES", "VPP_SYNC_FULL_HOURS",
     "VPP_SYNC_SCHEDULE_SECS", "VPP_DRIFT_STUCK_MINUTES", "VPP_PLAN_CAP_PERCENT", "VPP_PLAN_CAP_MAX",
@@ -86,6 +86,7 @@ CONFIG_ENV: dict[str, str] = {
     "dispatch.eventPollSeconds": "VPP_EVENT_POLL_SECS",
     "dispatch.eventPollMaxSeconds": "VPP_EVENT_POLL_MAX_SECS",
     "dispatch.jobLeaseSeconds": "VPP_JOB_LEASE_SECS",
+    "dispatch.jobMaxAttempts": "VPP_JOB_MAX_ATTEMPTS",
     "dispatch.idlePollMs": "VPP_IDLE_POLL_MS",
     "sync.workers": "VPP_SYNC_WORKERS",
     "sync.incrementalMinutes": "VPP_SYNC_INCREMENTAL_MINUTES",

@@ -204,6 +204,12 @@ pub struct DispatchArgs {
     /// Seconds a worker's claim on jobs lasts; a crashed worker's jobs are taken over after it.
     #[arg(long, env = "VPP_JOB_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub job_lease_secs: u64,
+    /// Failed attempts after which an Apple job is no longer retried but set aside as a dead
+    /// letter (listed by `GET /v1/spaces/{space}/apple-jobs?state=dead`, retried by hand);
+    /// 0: retried forever. With the retry backoff capped at 5 minutes, 100 attempts are about
+    /// 8 hours of failures.
+    #[arg(long, env = "VPP_JOB_MAX_ATTEMPTS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub job_max_attempts: u64,
     /// Milliseconds an idle worker sleeps between looks for work.
     #[arg(long, env = "VPP_IDLE_POLL_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub idle_poll_ms: u64,
@@ -240,6 +246,7 @@ impl Default for DispatchArgs {
             event_poll_secs: 2,
             event_poll_max_secs: 30,
             job_lease_secs: 60,
+            job_max_attempts: 100,
             idle_poll_ms: 200,
             sync_workers: 1,
             sync_incremental_minutes: 15,

@@ -7,6 +7,7 @@ pub mod apple_notifications;
 pub mod assets;
 pub mod assignments;
 pub mod bulk;
+pub mod dead_letters;
 pub mod drift;
 pub mod events;
 pub mod lifecycle;
@@ -69,6 +70,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(notifications::list_notifications)
         .service(notifications::get_notification)
         .service(notifications::acknowledge_notification)
+        .service(dead_letters::list_dead_letters)
+        .service(dead_letters::get_dead_letter)
+        .service(dead_letters::retry_dead_letter)
         .service(drift::get_account_drift)
         .service(drift::get_space_drift)
         .service(plans::create_plan)

@@ -75,6 +75,13 @@ impl SpacePath for (String, Uuid) {
     }
 }
 
+/// `/…/{space}/…/{number}` (a job's id: dead letters).
+impl SpacePath for (String, i64) {
+    fn space(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `/…/{space}/…/{id}/…/{id}`.
 impl SpacePath for (String, Uuid, Uuid) {
     fn space(&self) -> &str {

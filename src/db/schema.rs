@@ -326,6 +326,7 @@ diesel::table! {
         adam_id -> Nullable<Text>,
         pricing_param -> Nullable<Text>,
         license_type -> Nullable<Text>,
+        dead_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -287,7 +287,15 @@ pub async fn submit(
                 // Another MDM holds the location (T3): the chunk waits, like behind any
                 // account-wide refusal, until ownership is reclaimed.
                 let until = Utc::now() + chrono::Duration::minutes(5);
-                requeue(ctx, chunk, batch, until, "another MDM holds the location").await?;
+                requeue(
+                    ctx,
+                    chunk,
+                    batch,
+                    until,
+                    "another MDM holds the location",
+                    Back::Waits,
+                )
+                .await?;
                 let mut conn = ctx.state.pool.get().await?;
                 jobs::postpone_account(&mut conn, account.id, until).await?;
                 return Ok(Sent::AccountBlocked);
@@ -447,6 +455,14 @@ async fn fail(
     Ok(())
 }
 
+/// Why a chunk goes back to the queue: the request failed (an attempt that counts towards
+/// the dead letter), or the account must wait (its jobs are not at fault).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Back {
+    Failed,
+    Waits,
+}
+
 /// Puts a chunk back: assignments to `pending` (associations) and the jobs to run at `at`.
 async fn requeue(
     ctx: &Ctx,
@@ -454,6 +470,7 @@ async fn requeue(
     batch: Uuid,
     at: chrono::DateTime<Utc>,
     why: &str,
+    back: Back,
 ) -> Result<(), DispatchError> {
     let mut conn = ctx.state.pool.get().await?;
     if chunk.associate {
@@ -464,7 +481,12 @@ async fn requeue(
         })
         .await?;
     }
-    jobs::postpone(&mut conn, &chunk.job_ids, at, Some(why)).await?;
+    match back {
+        Back::Failed => retry::failed(ctx, &mut conn, &chunk.job_ids, at, why).await?,
+        Back::Waits => {
+            jobs::postpone(&mut conn, &chunk.job_ids, at, Some(why)).await?;
+        }
+    }
     Ok(())
 }
 
@@ -488,7 +510,7 @@ async fn handle_error(
             _ => now + chrono::Duration::minutes(5),
         };
         drop(conn);
-        requeue(ctx, chunk, batch, until, &err.to_string()).await?;
+        requeue(ctx, chunk, batch, until, &err.to_string(), Back::Waits).await?;
         let mut conn = ctx.state.pool.get().await?;
         jobs::postpone_account(&mut conn, account.id, until).await?;
         return Ok(Sent::AccountBlocked);
@@ -497,13 +519,21 @@ async fn handle_error(
         // Apple lowered a batch limit since the service read it: not the subjects' fault. The
         // chunk goes back to the queue at once and the next plan cuts it to the new limit.
         tracing::info!(account = %account.id, size = chunk.items.len(), limit, "Apple lowered a batch limit; resending in smaller requests");
-        requeue(ctx, chunk, batch, Utc::now(), &err.to_string()).await?;
+        requeue(ctx, chunk, batch, Utc::now(), &err.to_string(), Back::Waits).await?;
         return Ok(Sent::Retry);
     }
     match class {
         ErrorClass::Transient { .. } | ErrorClass::Protocol => {
             let delay = retry::backoff(attempts, ctx.settings.max_backoff);
-            requeue(ctx, chunk, batch, retry::at(delay), &err.to_string()).await?;
+            requeue(
+                ctx,
+                chunk,
+                batch,
+                retry::at(delay),
+                &err.to_string(),
+                Back::Failed,
+            )
+            .await?;
             Ok(Sent::Retry)
         }
         _ => {

@@ -117,6 +117,8 @@ pub struct Settings {
     pub max_poll: Duration,
     /// Cap of the retry backoff for transient failures.
     pub max_backoff: Duration,
+    /// Failed attempts after which a job becomes a dead letter (0: never).
+    pub max_attempts: i32,
     /// Jobs leased per iteration.
     pub max_claim: i64,
     /// Sync workers of this process (0: none).
@@ -147,6 +149,7 @@ impl Settings {
             first_poll: Duration::from_secs(args.event_poll_secs),
             max_poll: Duration::from_secs(args.event_poll_max_secs.max(args.event_poll_secs)),
             max_backoff: Duration::from_secs(300),
+            max_attempts: i32::try_from(args.job_max_attempts).unwrap_or(i32::MAX),
             max_claim: 20_000,
             sync_workers: args.sync_workers as usize,
             sync_incremental: Duration::from_secs(args.sync_incremental_minutes * 60),
@@ -360,11 +363,12 @@ async fn process_account(
         Err(e) => {
             tracing::error!(account = %id, error = %e, "cannot decrypt the account's sToken; its jobs wait");
             let ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
-            jobs::postpone(
+            retry::failed(
+                ctx,
                 conn,
                 &ids,
                 now + chrono::Duration::minutes(5),
-                Some(&e.to_string()),
+                &e.to_string(),
             )
             .await?;
             return Ok(false);
@@ -551,11 +555,12 @@ async fn poll_failed(
         record_observation(&mut conn, account, &observation, now).await?;
     }
     let delay = retry::backoff(job.attempts, ctx.settings.max_backoff);
-    jobs::postpone(
+    retry::failed(
+        ctx,
         &mut conn,
         &[job.id],
         retry::at(delay),
-        Some(&err.to_string()),
+        &err.to_string(),
     )
     .await?;
     Ok(())

@@ -286,11 +286,12 @@ async fn send(
         .await?;
     if !retry_later.is_empty() {
         let delay = retry::backoff(tries, ctx.settings.max_backoff);
-        jobs::postpone(
+        retry::failed(
+            ctx,
             &mut conn,
             &retry_later,
             retry::at(delay),
-            Some("Apple did not retire the user"),
+            "Apple did not retire the user",
         )
         .await?;
     }
@@ -344,7 +345,7 @@ async fn failed(
         // The event of a retirement Apple forgot: sent again.
         | ErrorClass::NotFound => {
             let delay = retry::backoff(tries, ctx.settings.max_backoff);
-            jobs::postpone(&mut conn, job_ids, retry::at(delay), Some(&err.to_string())).await?;
+            retry::failed(ctx, &mut conn, job_ids, retry::at(delay), &err.to_string()).await?;
         }
         _ => {
             let error = json!({"number": err.error_number, "message": err.to_string()});

@@ -18,6 +18,29 @@ pub fn at(delay: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::seconds(60))
 }
 
+/// Records a failed attempt of claimed jobs (they run again at `at`), setting aside as dead
+/// letters those that failed `VPP_JOB_MAX_ATTEMPTS` times: counted in
+/// `apple_jobs_dead_lettered_total{kind}` and logged.
+pub async fn failed(
+    ctx: &super::Ctx,
+    conn: &mut diesel_async::AsyncPgConnection,
+    ids: &[i64],
+    at: DateTime<Utc>,
+    error: &str,
+) -> Result<(), diesel::result::Error> {
+    let dead = crate::ledger::jobs::fail(conn, ids, at, error, ctx.settings.max_attempts).await?;
+    for kind in dead {
+        metrics::counter!("apple_jobs_dead_lettered_total", "kind" => kind.as_str()).increment(1);
+        tracing::warn!(
+            kind = kind.as_str(),
+            attempts = ctx.settings.max_attempts,
+            error,
+            "an Apple job failed too often and is set aside as a dead letter"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -424,6 +424,47 @@ pub async fn postpone(
     .await
 }
 
+/// A failed attempt of the claimed jobs `ids`: they run again at `at` with `error` recorded,
+/// except those that have now failed `max_attempts` times (0: no limit), which become dead
+/// letters (`state = 'dead'`: never claimed again until retried by hand, see
+/// [`crate::ledger::dead_letters`]). Returns the kinds of the jobs dead-lettered.
+pub async fn fail(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    at: DateTime<Utc>,
+    error: &str,
+    max_attempts: i32,
+) -> QueryResult<Vec<JobKind>> {
+    #[derive(QueryableByName)]
+    struct Failed {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        kind: JobKind,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        state: String,
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Failed> = diesel::sql_query(
+        "UPDATE jobs SET run_at = $2, locked_by = NULL, locked_until = NULL, last_error = $3,
+                         state = CASE WHEN $4 > 0 AND attempts >= $4 THEN 'dead' ELSE state END,
+                         dead_at = CASE WHEN $4 > 0 AND attempts >= $4 THEN now() ELSE dead_at END
+          WHERE id = ANY($1) AND state = 'queued'
+      RETURNING kind, state",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .bind::<diesel::sql_types::Text, _>(error)
+    .bind::<diesel::sql_types::Integer, _>(max_attempts)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.state == "dead")
+        .map(|r| r.kind)
+        .collect())
+}
+
 /// Hands claimed jobs back to run at `at`, their claim not counted as an attempt: the partial
 /// remainder of a batch that waits for more work, a release that waits for an association.
 pub async fn unclaim(

@@ -18,6 +18,7 @@ pub mod asset_counts;
 pub mod assets;
 pub mod assignments;
 pub mod bulk_operations;
+pub mod dead_letters;
 pub mod deployment;
 pub mod drift;
 pub mod drift_scope;

@@ -16,6 +16,7 @@ mod assets;
 mod auth;
 mod bulk;
 mod cli;
+mod dead_letters;
 mod docs;
 mod drift;
 mod events;

@@ -336,6 +336,11 @@ fn documented_enums_are_spelled_as_on_the_wire() {
             "NoticeStateFilter",
             wire(vpp_broker::domain::notices::NoticeStateFilter::ALL),
         ),
+        ("JobKind", wire(vpp_broker::ledger::jobs::JobKind::ALL)),
+        (
+            "DeadLetterState",
+            wire(vpp_broker::ledger::dead_letters::DeadLetterState::ALL),
+        ),
         ("ProblemType", problem_types),
         ("PricingParam", vec!["STDQ".into(), "PLUS".into()]),
     ];

@@ -82,6 +82,7 @@ pub fn fast_dispatch(database_url: &str) -> vpp_broker::dispatch::Settings {
         first_poll: Duration::from_millis(100),
         max_poll: Duration::from_millis(400),
         max_backoff: Duration::from_secs(2),
+        max_attempts: 100,
         max_claim: 5000,
         // Tests that sync ask for a worker (`sync_workers: 1`); the others see no sync run
         // behind their back (a sync reads Apple and would change the requests they count).
