@@ -205,9 +205,9 @@ pub struct DispatchArgs {
     #[arg(long, env = "VPP_JOB_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub job_lease_secs: u64,
     /// Failed attempts after which an Apple job is no longer retried but set aside as a dead
-    /// letter (listed by `GET /v1/spaces/{space}/apple-jobs?state=dead`, retried by hand);
-    /// 0: retried forever. With the retry backoff capped at 5 minutes, 100 attempts are about
-    /// 8 hours of failures.
+    /// letter (listed by `GET /v1/spaces/{space}/dead-letters`, retried by hand);
+    /// 0: retried forever. With the retry backoff capped at 5 minutes (jittered: 262 s on
+    /// average), 100 failed attempts are about 7 hours of failures.
     #[arg(long, env = "VPP_JOB_MAX_ATTEMPTS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub job_max_attempts: u64,
     /// Milliseconds an idle worker sleeps between looks for work.

@@ -158,6 +158,17 @@ impl Service {
         let state = Arc::new(
             AppState::build(pool, &apple, &accounts, cipher, reconcile, webhook_settings).await?,
         );
+        // One Apple request budget per token across replicas (T13), on a small pool of its own
+        // so that a request storm holding the main pool does not delay Apple calls.
+        let pace_db = crate::config::DbArgs {
+            db_pool_size: 4,
+            ..db.clone()
+        };
+        state
+            .apple
+            .share_pace(Arc::new(crate::ledger::apple_pace::PgPace::new(
+                db::connect(&pace_db, &format!("{application_name} apple pace"))?,
+            )));
         state
             .waiters
             .clone()

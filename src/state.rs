@@ -65,10 +65,6 @@ impl AppState {
             std::time::Duration::from_secs(apple.apple_timeout_secs),
         )
         .map_err(StateError::AppleClient)?;
-        // One Apple request budget per token across replicas (T13).
-        client.share_pace(Arc::new(crate::ledger::apple_pace::PgPace::new(
-            pool.clone(),
-        )));
         let instance_id = match &accounts.instance_id {
             Some(id) => id.clone(),
             None => {

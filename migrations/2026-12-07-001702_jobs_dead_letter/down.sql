@@ -1,1 +1,1 @@
-ALTER TABLE jobs DROP COLUMN dead_at;
+ALTER TABLE jobs DROP COLUMN dead_at, DROP COLUMN failures;

@@ -14,8 +14,8 @@
 #      412), allocations with Idempotency-Key, typed 403/409 problems, paging, revocations, the
 #      read side (the asset inventory and detail, the device and user, the activity log), and
 #      keeping the ledger true to Apple: a manual sync polled to its end, the drift report, an
-#      Adopt plan applied (the previous MDM's licenses the demo location starts with), and a
-#      notification raised, acknowledged and cleared;
+#      Adopt plan applied (the previous MDM's licenses the demo location starts with), a
+#      notification raised, acknowledged and cleared, and the (empty) dead letters;
 #   5. validates every event of the feed against the document's `webhooks` schema of its type
 #      (payloads.py, jsonschema draft 2020-12).
 #

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from httpx import Timeout
 from vpp_broker_client import AuthenticatedClient
-from vpp_broker_client.api.accounts import get_sync_run, list_accounts, sync_account
+from vpp_broker_client.api.accounts import get_dead_letter, get_sync_run, list_accounts, list_dead_letters, sync_account
 from vpp_broker_client.api.activity import list_activity
 from vpp_broker_client.api.assets import get_asset, list_account_assets, list_assets
 from vpp_broker_client.api.drift import get_account_drift
@@ -57,6 +57,7 @@ from vpp_broker_client.models import (
     AssignmentPage,
     AssignmentState,
     ClearReason,
+    DeadLetterPage,
     Device,
     Disallowed,
     DriftClass,
@@ -1012,6 +1013,17 @@ def notifications_step(client: AuthenticatedClient) -> None:
     check(now.acknowledged_at == acknowledged.acknowledged_at, "the acknowledgement stays")
 
 
+def dead_letters_step(client: AuthenticatedClient) -> None:
+    """Apple work set aside after failing too often: the demo's simulator never fails, so the
+    list is empty, and an unknown one is a typed 404."""
+    page = expect(list_dead_letters.sync_detailed(SPACE, client=client, limit=10), 200, DeadLetterPage, "GET dead letters")
+    check(page.items == [], f"no Apple job failed for good: {page.items}")
+    missing = expect(
+        get_dead_letter.sync_detailed(SPACE, 987654321, client=client), 404, Problem, "GET an unknown dead letter"
+    )
+    check(missing.type_ == ProblemType.URNVPP_BROKERPROBLEMNOT_FOUND, f"404 type: {missing.type_}")
+
+
 def main() -> None:
     started = time.monotonic()
     client = AuthenticatedClient(
@@ -1035,6 +1047,7 @@ def main() -> None:
         activity_step(client, hq, device_assignment)
         sync_step(client, hq)
         notifications_step(client)
+        dead_letters_step(client)
         cleanup_step(client, keynote_etag)
     print(f"python scenario passed in {time.monotonic() - started:.1f} s")
 

@@ -1,10 +1,15 @@
 //! Dead letters (issue 10): Apple jobs that failed `VPP_JOB_MAX_ATTEMPTS` times (default 100,
-//! about 8 hours of failures at the 5-minute backoff cap) are set aside instead of being retried
+//! about 7 hours of failures at the 5-minute backoff cap) are set aside instead of being retried
 //! forever. They are listed per space (through their account), oldest first, and retried by
 //! hand once the cause is fixed; `apple_jobs_dead` (gauge, per kind) and
 //! `apple_jobs_dead_lettered_total` count them for alerting. The work of a dead letter waits
 //! meanwhile: its assignment stays `pending`, `associating` or `revoking` (the drift report lists
-//! it as `stuck`) and keeps its license in the ledger.
+//! it as `stuck`; a Repair plan queues its work anew) and keeps its license in the ledger. A dead
+//! release (or the dead poll of a release's event) also keeps the license it frees from being
+//! re-used at Apple: the asset's associations beyond Apple's free count wait for it (A11), their
+//! jobs saying so in `last_error`. Only failed attempts count (`failures`): a pending event's
+//! polls and an account's waits (throttled, token trouble, a key that cannot open its sToken)
+//! never make a dead letter.
 
 use actix_web::{get, post, web};
 use chrono::{DateTime, Utc};
@@ -41,8 +46,8 @@ pub struct DeadLetter {
     /// The Apple event a status poll follows.
     #[schema(required = true)]
     pub event_id: Option<String>,
-    /// Attempts made (reset to 0 by a retry).
-    pub attempts: i32,
+    /// Failed attempts (reset to 0 by a retry).
+    pub failures: i32,
     /// The last failure, as the service saw it (no secrets).
     #[schema(required = true)]
     pub last_error: Option<String>,
@@ -63,7 +68,7 @@ impl From<DeadLetterRow> for DeadLetter {
             adam_id: r.adam_id,
             pricing_param: r.pricing_param,
             event_id: r.event_id,
-            attempts: r.attempts,
+            failures: r.failures,
             last_error: r.last_error,
             created_at: r.created_at,
             dead_at: r.dead_at,
@@ -134,6 +139,9 @@ pub async fn list_dead_letters(
 }
 
 /// Read one dead letter.
+///
+/// The job as it was set aside: what it does, for which account, assignment, asset or Apple
+/// event, how often it was tried, the last error and when it was set aside.
 #[utoipa::path(
     tag = "accounts",
     operation_id = "get_dead_letter",

@@ -88,6 +88,10 @@ pub const MAX_TRAVERSALS: usize = 3;
 /// Window of the per-token pacer: Apple's one second plus a margin for clock granularity and
 /// scheduling delays between taking a slot and sending.
 const PACING_WINDOW: Duration = Duration::from_millis(1020);
+/// Window of the budget replicas share ([`super::pace`]): a wider margin, since its slots are
+/// stamped by the database's clock a round trip away from the send, and requests of several
+/// processes reach Apple through different schedulers (about 14.3 requests/s at the most).
+const SHARED_WINDOW: Duration = Duration::from_millis(1050);
 /// Times a tolerant read's page waits out a 429 before the read fails.
 const PAGE_PAUSES: u32 = 3;
 /// Longest Retry-After a tolerant read's page waits out (a longer one fails the read: the
@@ -421,6 +425,15 @@ impl Drop for Permit<'_> {
 }
 
 impl Pacer {
+    /// Whether the token of digest `key` is paced strictly now (see [`Pacer`]).
+    fn is_strict(&self, key: &[u8; 32]) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows
+            .get(key)
+            .and_then(|w| w.strict_until)
+            .is_some_and(|t| t > Instant::now())
+    }
+
     /// Apple answered 429 for the token: strict pacing for [`STRICT_FOR`].
     fn slow_down(&self, token: &SToken) {
         let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
@@ -510,11 +523,18 @@ struct SharedSlot {
     key: [u8; 32],
     slot: Slot,
     sent: Instant,
+    /// The token's pacing is strict (Apple answered 429 lately): the slot frees a whole window
+    /// after the request ended, as the local pacer's do.
+    strict: bool,
 }
 
 impl Drop for SharedSlot {
     fn drop(&mut self) {
-        let free_in = PACING_WINDOW.saturating_sub(self.sent.elapsed());
+        let free_in = if self.strict {
+            SHARED_WINDOW
+        } else {
+            SHARED_WINDOW.saturating_sub(self.sent.elapsed())
+        };
         let release = self.pace.release(self.key, self.slot, free_in);
         // No runtime (the process is ending): the slot frees when its lease runs out.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -1231,20 +1251,21 @@ impl AppleClient {
             None => None,
         };
         // Held until this function returns too: its drop frees the slot (see `super::pace`).
-        let _shared = match (token, self.inner.shared_pace.get()) {
+        let mut shared = match (token, self.inner.shared_pace.get()) {
             (Some(token), Some(pace)) => {
                 let per_second = self.known_service_config().max_request_per_second();
                 let key: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
                 // The longest a request can take: two attempts (a GET's connect retry).
-                let lease = self.inner.timeout * 2 + PACING_WINDOW;
+                let lease = self.inner.timeout * 2 + SHARED_WINDOW;
                 loop {
-                    match pace.take(key, per_second, PACING_WINDOW, lease).await {
+                    match pace.take(key, per_second, SHARED_WINDOW, lease).await {
                         Ok(slot) => {
                             break slot.map(|slot| SharedSlot {
                                 pace: pace.clone(),
                                 key,
                                 slot,
                                 sent: Instant::now(),
+                                strict: self.inner.pacer.is_strict(&key),
                             });
                         }
                         Err(wait) => tokio::time::sleep(wait).await,
@@ -1301,6 +1322,9 @@ impl AppleClient {
             && matches!(e.class(), ErrorClass::RateLimited { .. })
         {
             self.inner.pacer.slow_down(token);
+            if let Some(slot) = shared.as_mut() {
+                slot.strict = true;
+            }
         }
         result
     }

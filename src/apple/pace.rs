@@ -7,7 +7,8 @@
 //! slot of a [`SharedPace`] that every replica sees — the service's is in PostgreSQL
 //! (`crate::ledger::apple_pace`) — from just before it is sent until it ended, and the slot
 //! frees a pacing window after the request was sent, or when it ended if that is later: the
-//! local pacer's rule, across processes. A slot whose holder died frees when its lease (the
+//! local pacer's rule, across processes (and, while the process paces the token strictly after
+//! a 429, a whole window after the request ended). A slot whose holder died frees when its lease (the
 //! request's longest possible duration) runs out.
 //!
 //! The shared budget fails open: when it cannot be asked (the database is down), requests go

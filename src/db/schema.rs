@@ -327,6 +327,7 @@ diesel::table! {
         pricing_param -> Nullable<Text>,
         license_type -> Nullable<Text>,
         dead_at -> Nullable<Timestamptz>,
+        failures -> Int4,
     }
 }
 

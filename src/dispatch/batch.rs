@@ -172,17 +172,31 @@ pub async fn plan(
     .await?;
     jobs::unclaim(&mut conn, &later, Utc::now()).await?;
     // Apple finishes an event within about the first status poll's delay.
-    jobs::unclaim(&mut conn, &for_releases, retry::at(ctx.settings.first_poll)).await?;
+    jobs::unclaim_because(
+        &mut conn,
+        &for_releases,
+        retry::at(ctx.settings.first_poll),
+        WAITS_FOR_RELEASES,
+    )
+    .await?;
     Ok(chunks)
 }
+
+/// What an association held by [`hold_for_releases`] says in its job's `last_error`.
+const WAITS_FOR_RELEASES: &str = "waits until Apple finished releasing licenses of the asset: \
+    the license it needs is still assigned at Apple (A11); a release that is a dead letter \
+    (GET /v1/spaces/{space}/dead-letters) keeps it waiting until retried";
 
 /// Rule A11: the ledger frees a revoked license at once (the next allocation may take it), but
 /// Apple counts it as assigned until the release's event finished; a release can lag behind
 /// (it waits for its own association's event, or was retried after a transient error), and
 /// Apple's processing order across events is not documented. So an asset's associations go
 /// only as far as Apple has licenses free without the unfinished releases; the rest — the
-/// newest — wait (their jobs are handed back for about one status poll) and go once the
-/// releases finish. Where Apple has licenses to spare nothing waits. Returns the jobs held.
+/// newest — wait (their jobs are handed back for about one status poll, saying why in
+/// `last_error`) and go once the releases finish. Where Apple has licenses to spare nothing
+/// waits. A release that never finishes (a dead letter: its job, or its association's poll,
+/// failed `VPP_JOB_MAX_ATTEMPTS` times) keeps them waiting until it is retried: Apple still
+/// counts the license. Returns the jobs held.
 async fn hold_for_releases(
     conn: &mut AsyncPgConnection,
     account: Uuid,

@@ -363,12 +363,12 @@ async fn process_account(
         Err(e) => {
             tracing::error!(account = %id, error = %e, "cannot decrypt the account's sToken; its jobs wait");
             let ids: Vec<i64> = claimed.iter().map(|j| j.id).collect();
-            retry::failed(
-                ctx,
+            // An operator's fix (the key), not the jobs' fault: they wait, never dead letters.
+            jobs::postpone(
                 conn,
                 &ids,
                 now + chrono::Duration::minutes(5),
-                &e.to_string(),
+                Some(&e.to_string()),
             )
             .await?;
             return Ok(false);
@@ -551,10 +551,19 @@ async fn poll_failed(
         return Ok(());
     }
     let now = Utc::now();
-    if let Some(observation) = crate::accounts::observe_error(&err, now) {
-        record_observation(&mut conn, account, &observation, now).await?;
-    }
     let delay = retry::backoff(job.attempts, ctx.settings.max_backoff);
+    if let Some(observation) = crate::accounts::observe_error(&err, now) {
+        // The account's trouble (throttled, token), not the poll's: it waits (T7, A10).
+        record_observation(&mut conn, account, &observation, now).await?;
+        jobs::postpone(
+            &mut conn,
+            &[job.id],
+            retry::at(delay),
+            Some(&err.to_string()),
+        )
+        .await?;
+        return Ok(());
+    }
     retry::failed(
         ctx,
         &mut conn,

@@ -21,6 +21,13 @@ use futures_util::future::BoxFuture;
 use crate::apple::pace::{SharedPace, Slot};
 use crate::db::pool::Pool;
 
+/// The longest a request waits for a connection of the budget's pool before going without it
+/// (failing open).
+const CONNECTION_WAIT: Duration = Duration::from_millis(250);
+/// At most one warning per this long that the budget cannot be read (one per request would
+/// flood the log during an outage).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// The shortest wait before asking again (a free slot may be locked by a replica taking it).
 const MIN_WAIT: Duration = Duration::from_millis(2);
 /// The wait before asking again while every slot is held by a request in flight (its end, and
@@ -153,14 +160,28 @@ pub async fn forget_idle(conn: &mut AsyncPgConnection) -> diesel::QueryResult<us
     .await
 }
 
-/// The shared budget on the service's pool ([`SharedPace`] for the Apple client).
+/// The shared budget ([`SharedPace`] for the Apple client), on a pool of its own (the service
+/// gives it a small one, so a request storm holding the main pool does not delay Apple calls).
 pub struct PgPace {
     pool: Pool,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl PgPace {
     pub fn new(pool: Pool) -> PgPace {
-        PgPace { pool }
+        PgPace {
+            pool,
+            last_warning: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Logs that the budget cannot be read, at most once per [`WARN_EVERY`].
+    fn warn(&self, error: &str) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(%error, "the shared Apple request budget cannot be read; pacing locally");
+        }
     }
 
     async fn take_slot(
@@ -171,7 +192,10 @@ impl PgPace {
         lease: Duration,
     ) -> Result<Result<Slot, Duration>, String> {
         let per_window = i32::try_from(per_window.max(1)).unwrap_or(i32::MAX);
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = tokio::time::timeout(CONNECTION_WAIT, self.pool.get())
+            .await
+            .map_err(|_| format!("no connection within {CONNECTION_WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
         for _ in 0..2 {
             match take(&mut conn, &key, per_window, window, lease).await {
                 Ok(Taken::Slot(slot)) => return Ok(Ok(slot)),
@@ -200,7 +224,7 @@ impl SharedPace for PgPace {
                 Ok(taken) => taken.map(Some),
                 Err(error) => {
                     // Fail open (see `crate::apple::pace`): the local pacing still holds.
-                    tracing::warn!(%error, "the shared Apple request budget cannot be read; pacing locally");
+                    self.warn(&error);
                     Ok(None)
                 }
             }
@@ -210,6 +234,7 @@ impl SharedPace for PgPace {
     fn release(&self, key: [u8; 32], slot: Slot, free_in: Duration) -> BoxFuture<'static, ()> {
         let pool = self.pool.clone();
         Box::pin(async move {
+            // No hurry here: the request is done; the slot's lease frees it if this fails.
             let released = match pool.get().await {
                 Ok(mut conn) => release(&mut conn, &key, slot, free_in)
                     .await

@@ -45,8 +45,9 @@ pub struct DeadLetterRow {
     /// The Apple event a status poll follows.
     #[diesel(sql_type = Nullable<Text>)]
     pub event_id: Option<String>,
+    /// Failed attempts.
     #[diesel(sql_type = diesel::sql_types::Integer)]
-    pub attempts: i32,
+    pub failures: i32,
     #[diesel(sql_type = Nullable<Text>)]
     pub last_error: Option<String>,
     #[diesel(sql_type = Timestamptz)]
@@ -60,7 +61,7 @@ pub struct DeadLetterRow {
 fn columns(state: &str) -> String {
     format!(
         "j.id, j.kind, {state} AS state, j.account_id, j.assignment_id, j.adam_id,
-         j.pricing_param, j.payload ->> 'event_id' AS event_id, j.attempts, j.last_error,
+         j.pricing_param, j.payload ->> 'event_id' AS event_id, j.failures, j.last_error,
          j.created_at, j.dead_at"
     )
 }
@@ -103,7 +104,7 @@ pub async fn get(
     Ok(rows.pop())
 }
 
-/// Queues the dead letter `id` of `space` again, now, with its attempts reset. `None` when
+/// Queues the dead letter `id` of `space` again, now, with its attempts and failures reset. `None` when
 /// `space` has no such dead letter. A user's retirement whose twin was queued meanwhile (one
 /// queued retirement per user and account) is dropped instead: the twin does its work; the
 /// answer then says `state: "superseded"`.
@@ -124,7 +125,8 @@ pub async fn retry(
               DELETE FROM jobs j USING dead WHERE j.id = dead.id AND EXISTS (SELECT 1 FROM twin)
               RETURNING {}),
               queued AS (
-              UPDATE jobs j SET state = 'queued', attempts = 0, dead_at = NULL, run_at = now(),
+              UPDATE jobs j SET state = 'queued', attempts = 0, failures = 0, dead_at = NULL,
+                                run_at = now(),
                                 locked_by = NULL, locked_until = NULL
                 FROM dead WHERE j.id = dead.id AND NOT EXISTS (SELECT 1 FROM twin)
               RETURNING {})

@@ -361,9 +361,10 @@ pub async fn claim(
                FROM batched
          ), pick AS (
              SELECT id, fills,
-                    -- Releases go with any association that goes (A11): licenses they free may
-                    -- already be re-allocated, and Apple must see the release before the
-                    -- association that reuses it (the dispatcher sends releases first).
+                    -- Releases go with any association that goes: licenses they free may
+                    -- already be re-allocated, so Apple's free count grows as early as it can
+                    -- (the dispatcher sends them first; A11's guarantee is its hold of the
+                    -- associations that need an unfinished release, dispatch::batch::plan).
                     closed OR (kind = $10 AND bool_or(kind = $9 AND (closed OR fills)) OVER ())
                       AS closed
                FROM own
@@ -425,8 +426,9 @@ pub async fn postpone(
 }
 
 /// A failed attempt of the claimed jobs `ids`: they run again at `at` with `error` recorded,
-/// except those that have now failed `max_attempts` times (0: no limit), which become dead
-/// letters (`state = 'dead'`: never claimed again until retried by hand, see
+/// except those that have now failed `max_attempts` times (0: no limit; counted in `failures`,
+/// not `attempts`, which counts every claim: a pending event's polls, a throttled account's
+/// waits), which become dead letters (`state = 'dead'`: never claimed again until retried by hand, see
 /// [`crate::ledger::dead_letters`]). Returns the kinds of the jobs dead-lettered.
 pub async fn fail(
     conn: &mut AsyncPgConnection,
@@ -447,8 +449,10 @@ pub async fn fail(
     }
     let rows: Vec<Failed> = diesel::sql_query(
         "UPDATE jobs SET run_at = $2, locked_by = NULL, locked_until = NULL, last_error = $3,
-                         state = CASE WHEN $4 > 0 AND attempts >= $4 THEN 'dead' ELSE state END,
-                         dead_at = CASE WHEN $4 > 0 AND attempts >= $4 THEN now() ELSE dead_at END
+                         failures = failures + 1,
+                         state = CASE WHEN $4 > 0 AND failures + 1 >= $4 THEN 'dead' ELSE state END,
+                         dead_at = CASE WHEN $4 > 0 AND failures + 1 >= $4 THEN now()
+                                        ELSE dead_at END
           WHERE id = ANY($1) AND state = 'queued'
       RETURNING kind, state",
     )
@@ -483,6 +487,29 @@ pub async fn unclaim(
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
     .bind::<diesel::sql_types::Timestamptz, _>(at)
     .prepared()
+    .execute(conn)
+    .await
+}
+
+/// [`unclaim`], recording `why` the jobs wait in their `last_error` (a job that waits for
+/// another, e.g. an association for a release Apple has not finished, says so).
+pub async fn unclaim_because(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+    at: DateTime<Utc>,
+    why: &str,
+) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::sql_query(
+        "UPDATE jobs SET locked_by = NULL, locked_until = NULL, run_at = $2,
+                         attempts = GREATEST(attempts - 1, 0), last_error = $3
+          WHERE id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .bind::<diesel::sql_types::Text, _>(why)
     .execute(conn)
     .await
 }

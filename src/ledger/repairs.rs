@@ -42,14 +42,17 @@ pub async fn listed_at_apple(
     Ok(row.yes)
 }
 
-/// Whether a job of `kind` for `assignment` is queued (or running).
+/// Whether a job of `kind` for `assignment` is queued (or running). A dead letter is not: the
+/// repair queues the work anew (the dead letter stays listed; retrying it too is harmless,
+/// Apple treats a repeated association or release as done).
 pub async fn job_queued(
     conn: &mut AsyncPgConnection,
     kind: JobKind,
     assignment: Uuid,
 ) -> diesel::QueryResult<bool> {
     let row: Yes = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = $1 AND assignment_id = $2) AS yes",
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = $1 AND assignment_id = $2
+                          AND state = 'queued') AS yes",
     )
     .bind::<Text, _>(kind)
     .bind::<SqlUuid, _>(assignment)
@@ -58,7 +61,7 @@ pub async fn job_queued(
     Ok(row.yes)
 }
 
-/// Whether a poll of Apple event `event_id` is queued (or running).
+/// Whether a poll of Apple event `event_id` is queued (or running); a dead letter is not.
 pub async fn poll_queued(
     conn: &mut AsyncPgConnection,
     event_id: &str,
@@ -66,7 +69,7 @@ pub async fn poll_queued(
     let row: Yes = diesel::sql_query(
         // The kind written out: the partial index `jobs_poll_by_event` applies.
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'poll_event'
-                          AND payload ->> 'event_id' = $1) AS yes",
+                          AND payload ->> 'event_id' = $1 AND state = 'queued') AS yes",
     )
     .bind::<Text, _>(event_id)
     .get_result(conn)

@@ -60,7 +60,7 @@ async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
     assert_eq!(dead["assignment_id"], assignment.to_string());
     assert_eq!(dead["account_id"], w.accounts[0].to_string());
     assert_eq!(dead["adam_id"], APP);
-    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["failures"], 3);
     assert!(dead["dead_at"].is_string(), "{dead}");
     let error = dead["last_error"].as_str().unwrap();
     assert!(error.contains("9603"), "{error}");
@@ -159,7 +159,7 @@ async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
     assert_eq!(resp.status(), 200);
     let retried: Value = resp.json().await.unwrap();
     assert_eq!(retried["state"], "queued");
-    assert_eq!(retried["attempts"], 0);
+    assert_eq!(retried["failures"], 0);
     assert_eq!(api.final_state(assignment).await.state.as_str(), "active");
     let page = w.app.get_json("/v1/spaces/acme/dead-letters").await;
     assert_eq!(page["items"], serde_json::json!([]));
@@ -174,4 +174,49 @@ async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
         .await
         .unwrap();
     expect_problem(resp, 404, "not-found").await;
+}
+
+#[tokio::test]
+async fn t10_an_account_s_waits_never_make_a_dead_letter() {
+    // Only failed attempts count: Apple throttling the account (503 with Retry-After, T7) four
+    // times in a row pauses the work, and with a limit of three failures it is still no dead
+    // letter — the work resumes by itself and ends active.
+    let w = fixtures::world_with(
+        vec![location(U1, "Lib", vec![app(APP, 5)])],
+        |_| Options {
+            dispatcher: Some(vpp_broker::dispatch::Settings {
+                max_attempts: 3,
+                ..fast_dispatch("")
+            }),
+            ..Options::default()
+        },
+        &[("A", U1)],
+    )
+    .await;
+    let api = w.api();
+    w.sim
+        .set_faults(&FaultsPatch {
+            fail_next: Some(FailRule {
+                after: 0,
+                count: 4,
+                status: 503,
+                error_number: 9729,
+                retry_after_secs: Some(1),
+                retry_after_http_date: false,
+                location: Some(U1.into()),
+                endpoint: Some("assets/associate".into()),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let assignment = api.allocated(&device("WAITS1")).await.id();
+    assert_eq!(api.final_state(assignment).await.state.as_str(), "active");
+    let counters = w.sim.counters().await.unwrap();
+    assert!(
+        counters.get("POST /assets/associate").copied().unwrap_or(0) >= 5,
+        "four throttled attempts, then the one that went through: {counters:?}"
+    );
+    let page = w.app.get_json("/v1/spaces/acme/dead-letters").await;
+    assert_eq!(page["items"], serde_json::json!([]));
 }

@@ -164,6 +164,7 @@ async fn every_database_session_of_the_service_names_itself() {
             diesel::sql_query(
                 "SELECT application_name FROM pg_stat_activity
                   WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND backend_type = 'client backend'
                   ORDER BY application_name",
             )
             .load::<Session>(&mut conn)
