@@ -13,9 +13,9 @@ use crate::support::{Allocated, eventually, expect_problem, token};
 
 const U1: &str = "3000000091";
 
-#[tokio::test]
-async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
-    let w = fixtures::world_with(
+/// One account of 5 licenses, the fast dispatcher with a dead letter after three failures.
+async fn world_failing_after_three() -> fixtures::World {
+    fixtures::world_with(
         vec![location(U1, "Lib", vec![app(APP, 5)])],
         |_| Options {
             dispatcher: Some(vpp_broker::dispatch::Settings {
@@ -26,17 +26,26 @@ async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
         },
         &[("A", U1)],
     )
-    .await;
-    let api = w.api();
-    // Apple fails every association with a transient error (HTTP 500, 9603).
+    .await
+}
+
+/// Apple answers the next `count` association requests with `status` and `number` (and a
+/// Retry-After of `retry_after` seconds).
+async fn fail_associations(
+    w: &fixtures::World,
+    count: u32,
+    status: u16,
+    number: i32,
+    retry_after: Option<u64>,
+) {
     w.sim
         .set_faults(&FaultsPatch {
             fail_next: Some(FailRule {
                 after: 0,
-                count: 1_000,
-                status: 500,
-                error_number: 9603,
-                retry_after_secs: None,
+                count,
+                status,
+                error_number: number,
+                retry_after_secs: retry_after,
                 retry_after_http_date: false,
                 location: Some(U1.into()),
                 endpoint: Some("assets/associate".into()),
@@ -45,6 +54,14 @@ async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
         })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn t10_a_job_that_keeps_failing_becomes_a_dead_letter_until_retried() {
+    let w = world_failing_after_three().await;
+    let api = w.api();
+    // Apple fails every association with a transient error (HTTP 500, 9603).
+    fail_associations(&w, 1_000, 500, 9603, None).await;
     let assignment = api.allocated(&device("DEAD1")).await.id();
     let page = eventually(
         "the association set aside after three failed attempts",
@@ -181,35 +198,9 @@ async fn t10_an_account_s_waits_never_make_a_dead_letter() {
     // Only failed attempts count: Apple throttling the account (503 with Retry-After, T7) four
     // times in a row pauses the work, and with a limit of three failures it is still no dead
     // letter — the work resumes by itself and ends active.
-    let w = fixtures::world_with(
-        vec![location(U1, "Lib", vec![app(APP, 5)])],
-        |_| Options {
-            dispatcher: Some(vpp_broker::dispatch::Settings {
-                max_attempts: 3,
-                ..fast_dispatch("")
-            }),
-            ..Options::default()
-        },
-        &[("A", U1)],
-    )
-    .await;
+    let w = world_failing_after_three().await;
     let api = w.api();
-    w.sim
-        .set_faults(&FaultsPatch {
-            fail_next: Some(FailRule {
-                after: 0,
-                count: 4,
-                status: 503,
-                error_number: 9729,
-                retry_after_secs: Some(1),
-                retry_after_http_date: false,
-                location: Some(U1.into()),
-                endpoint: Some("assets/associate".into()),
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    fail_associations(&w, 4, 503, 9729, Some(1)).await;
     let assignment = api.allocated(&device("WAITS1")).await.id();
     assert_eq!(api.final_state(assignment).await.state.as_str(), "active");
     let counters = w.sim.counters().await.unwrap();
