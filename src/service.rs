@@ -161,7 +161,7 @@ impl Service {
         // One Apple request budget per token across replicas (T13), on a small pool of its own
         // so that a request storm holding the main pool does not delay Apple calls.
         let pace_db = crate::config::DbArgs {
-            db_pool_size: 4,
+            db_pool_size: 2,
             ..db.clone()
         };
         state

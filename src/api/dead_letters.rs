@@ -101,7 +101,7 @@ pub struct DeadLettersQuery {
 /// List the space's dead letters: Apple jobs set aside after failing too often.
 ///
 /// An Apple job (an association, a release, following an event, retiring a user) that failed
-/// `VPP_JOB_MAX_ATTEMPTS` times in a row of retries is no longer retried by itself; its work
+/// `VPP_JOB_MAX_ATTEMPTS` times in all is no longer retried by itself; its work
 /// waits here, oldest first, with the last error, until it is retried.
 #[utoipa::path(
     tag = "accounts",
@@ -167,7 +167,7 @@ pub async fn get_dead_letter(
 
 /// Retry a dead letter.
 ///
-/// Queues the job again, now, with its attempts reset; the dispatcher takes it up within its
+/// Queues the job again, now, with its failures reset; the dispatcher takes it up within its
 /// idle poll. Retry once the cause in `last_error` is fixed: if it fails as often again, it
 /// comes back here.
 #[utoipa::path(

@@ -520,17 +520,21 @@ struct Inner {
 /// the request was sent, or at once if the window has passed (see [`super::pace`]).
 struct SharedSlot {
     pace: Arc<dyn SharedPace>,
+    /// The client's shared state: whether this process paces the token strictly when the
+    /// request ends.
+    inner: Arc<Inner>,
     key: [u8; 32],
     slot: Slot,
     sent: Instant,
-    /// The token's pacing is strict (Apple answered 429 lately): the slot frees a whole window
-    /// after the request ended, as the local pacer's do.
+    /// Apple answered this request 429.
     strict: bool,
 }
 
 impl Drop for SharedSlot {
     fn drop(&mut self) {
-        let free_in = if self.strict {
+        // While this process paces the token strictly (Apple answered 429 lately), the slot
+        // frees a whole window after the request ended, as the local pacer's do.
+        let free_in = if self.strict || self.inner.pacer.is_strict(&self.key) {
             SHARED_WINDOW
         } else {
             SHARED_WINDOW.saturating_sub(self.sent.elapsed())
@@ -1262,10 +1266,11 @@ impl AppleClient {
                         Ok(slot) => {
                             break slot.map(|slot| SharedSlot {
                                 pace: pace.clone(),
+                                inner: self.inner.clone(),
                                 key,
                                 slot,
                                 sent: Instant::now(),
-                                strict: self.inner.pacer.is_strict(&key),
+                                strict: false,
                             });
                         }
                         Err(wait) => tokio::time::sleep(wait).await,

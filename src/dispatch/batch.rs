@@ -57,7 +57,7 @@ type GroupKey = (bool, String, String, LicenseType);
 /// are deleted; disassociations waiting for their association's event are postponed; the
 /// partial last request of a batch that was claimed only because it filled a request waits
 /// for more work; associations that would need a license whose release Apple has not
-/// finished wait for it ([`hold_for_releases`], rule A11).
+/// finished wait for it (`hold_for_releases`, rule A11).
 pub async fn plan(
     ctx: &Ctx,
     account: Uuid,

@@ -3,7 +3,8 @@
 //! lifecycle events older than 30 days (their stale marks stay), the feed's events older than
 //! `VPP_EVENT_RETENTION_DAYS` (default 30; `crate::events::forget_old`), Apple events finished
 //! more than 30 days ago (`retention::APPLE_EVENT_RETENTION_DAYS`; pending ones stay), the
-//! shared Apple pacing slots of tokens idle for a day (`apple_pace::forget_idle`), set the
+//! shared Apple pacing slots of tokens idle for a day (`apple_pace::forget_idle`), dead letters
+//! whose assignment no longer waits for them (`dead_letters::forget_settled`), set the
 //! `apple_jobs_dead` gauge (dead letters per kind), and make stale leases (a worker that died holding them) claimable at once.
 
 use std::sync::Arc;
@@ -38,12 +39,13 @@ pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
         retention::forget_finished_apple_events(&mut conn, retention::APPLE_EVENT_RETENTION_DAYS)
             .await?;
     let pace = crate::ledger::apple_pace::forget_idle(&mut conn).await?;
+    let settled = crate::ledger::dead_letters::forget_settled(&mut conn).await?;
     let dead = crate::ledger::dead_letters::count_by_kind(&mut conn).await?;
     for kind in crate::ledger::jobs::JobKind::ALL {
         let n = dead.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
         metrics::gauge!("apple_jobs_dead", "kind" => kind.as_str()).set(n as f64);
     }
-    if keys + notes + events + feed + apple + pace > 0 {
+    if keys + notes + events + feed + apple + pace + settled > 0 {
         tracing::info!(
             idempotency_keys = keys,
             notifications = notes,
@@ -51,6 +53,7 @@ pub async fn once(ctx: &Ctx) -> Result<(), super::DispatchError> {
             feed_events = feed,
             apple_events = apple,
             apple_pace_slots = pace,
+            settled_dead_letters = settled,
             "maintenance removed old rows"
         );
     }

@@ -213,11 +213,14 @@ async fn send(
         // Sent again later: harmless (a user already retired answers 9609).
         let mut conn = ctx.state.pool.get().await?;
         let delay = retry::backoff(tries, ctx.settings.max_backoff);
-        jobs::postpone(
+        // A failed attempt (the event did not finish within the wait): counted towards the
+        // dead letter, or a retirement Apple never finishes would be sent again forever.
+        retry::failed(
+            ctx,
             &mut conn,
             &job_ids,
             retry::at(delay),
-            Some("the retirement's event was still running"),
+            "the retirement's event was still running",
         )
         .await?;
         return Ok(Some(()));

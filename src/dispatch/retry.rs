@@ -33,7 +33,7 @@ pub async fn failed(
         metrics::counter!("apple_jobs_dead_lettered_total", "kind" => kind.as_str()).increment(1);
         tracing::warn!(
             kind = kind.as_str(),
-            attempts = ctx.settings.max_attempts,
+            failures = ctx.settings.max_attempts,
             error,
             "an Apple job failed too often and is set aside as a dead letter"
         );

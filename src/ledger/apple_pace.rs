@@ -21,8 +21,8 @@ use futures_util::future::BoxFuture;
 use crate::apple::pace::{SharedPace, Slot};
 use crate::db::pool::Pool;
 
-/// The longest a request waits for a connection of the budget's pool before going without it
-/// (failing open).
+/// The longest a request waits for a free connection of the budget's pool before going
+/// without it (failing open).
 const CONNECTION_WAIT: Duration = Duration::from_millis(250);
 /// At most one warning per this long that the budget cannot be read (one per request would
 /// flood the log during an outage).
@@ -192,9 +192,16 @@ impl PgPace {
         lease: Duration,
     ) -> Result<Result<Slot, Duration>, String> {
         let per_window = i32::try_from(per_window.max(1)).unwrap_or(i32::MAX);
-        let mut conn = tokio::time::timeout(CONNECTION_WAIT, self.pool.get())
+        // Only the wait for a busy pool is cut short; opening a connection gets the pool's
+        // own time (a slow connect would otherwise be cancelled every time, for good).
+        let timeouts = deadpool::managed::Timeouts {
+            wait: Some(CONNECTION_WAIT),
+            ..self.pool.timeouts()
+        };
+        let mut conn = self
+            .pool
+            .timeout_get(&timeouts)
             .await
-            .map_err(|_| format!("no connection within {CONNECTION_WAIT:?}"))?
             .map_err(|e| e.to_string())?;
         for _ in 0..2 {
             match take(&mut conn, &key, per_window, window, lease).await {

@@ -1,8 +1,9 @@
 //! Dead letters: Apple jobs set aside after failing `VPP_JOB_MAX_ATTEMPTS` times
 //! ([`super::jobs::fail`]) — listed per space (through their account), retried by hand, and
-//! counted for the metrics. A retried job is queued again with its attempts reset; its work
+//! counted for the metrics. A retried job is queued again with its failures reset; its work
 //! (an association, a release, an event's status, a user's retirement) goes on as if it had
-//! never stopped.
+//! never stopped. Housekeeping forgets a dead association or release whose assignment no
+//! longer waits for it ([`forget_settled`]).
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -139,6 +140,23 @@ pub async fn retry(
     .load(conn)
     .await?;
     Ok(rows.pop())
+}
+
+/// Forgets the dead associations and releases whose assignment no longer waits for them (it
+/// was revoked, failed, or its work was done by a repair's new job); returns how many. Their
+/// history is the assignment's and the activity log's; a dead letter is only pending work.
+pub async fn forget_settled(conn: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM jobs j
+          WHERE j.state = 'dead' AND j.kind IN ('associate', 'disassociate')
+            AND NOT EXISTS (
+                SELECT 1 FROM assignments a
+                 WHERE a.id = j.assignment_id
+                   AND ((j.kind = 'associate' AND a.state IN ('pending', 'associating'))
+                        OR (j.kind = 'disassociate' AND a.state = 'revoking')))",
+    )
+    .execute(conn)
+    .await
 }
 
 /// Dead letters per kind (for the metrics).

@@ -42,9 +42,44 @@ pub async fn listed_at_apple(
     Ok(row.yes)
 }
 
-/// Whether a job of `kind` for `assignment` is queued (or running). A dead letter is not: the
-/// repair queues the work anew (the dead letter stays listed; retrying it too is harmless,
-/// Apple treats a repeated association or release as done).
+/// Queues again a dead letter of `kind` for `assignment` (the repair retries it, as
+/// `POST …/dead-letters/{id}/retry` would); whether there was one.
+pub async fn revive_dead_job(
+    conn: &mut AsyncPgConnection,
+    kind: JobKind,
+    assignment: Uuid,
+) -> diesel::QueryResult<bool> {
+    let n = diesel::sql_query(format!(
+        "UPDATE jobs SET {REVIVED} WHERE kind = $1 AND assignment_id = $2 AND state = 'dead'"
+    ))
+    .bind::<Text, _>(kind)
+    .bind::<SqlUuid, _>(assignment)
+    .execute(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Queues again a dead letter polling Apple event `event_id`; whether there was one.
+pub async fn revive_dead_poll(
+    conn: &mut AsyncPgConnection,
+    event_id: &str,
+) -> diesel::QueryResult<bool> {
+    let n = diesel::sql_query(format!(
+        "UPDATE jobs SET {REVIVED} WHERE kind = 'poll_event' AND payload ->> 'event_id' = $1
+            AND state = 'dead'"
+    ))
+    .bind::<Text, _>(event_id)
+    .execute(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// What queueing a dead letter again sets (as `ledger::dead_letters::retry` does).
+const REVIVED: &str = "state = 'queued', attempts = 0, failures = 0, dead_at = NULL,
+                       run_at = now(), locked_by = NULL, locked_until = NULL";
+
+/// Whether a job of `kind` for `assignment` is queued (or running); a dead letter is not (see
+/// [`revive_dead_job`]).
 pub async fn job_queued(
     conn: &mut AsyncPgConnection,
     kind: JobKind,
@@ -61,7 +96,8 @@ pub async fn job_queued(
     Ok(row.yes)
 }
 
-/// Whether a poll of Apple event `event_id` is queued (or running); a dead letter is not.
+/// Whether a poll of Apple event `event_id` is queued (or running); a dead letter is not (see
+/// [`revive_dead_poll`]).
 pub async fn poll_queued(
     conn: &mut AsyncPgConnection,
     event_id: &str,

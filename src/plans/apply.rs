@@ -201,7 +201,9 @@ async fn apply_item(
                     if row.state != AssignmentState::Pending {
                         repairs::back_to_pending(conn, id).await?;
                     }
-                    if repairs::job_queued(conn, JobKind::Associate, id).await? {
+                    if repairs::revive_dead_job(conn, JobKind::Associate, id).await? {
+                        // Its association was a dead letter: queued again, the repair retries it.
+                    } else if repairs::job_queued(conn, JobKind::Associate, id).await? {
                         if row.state == AssignmentState::Pending {
                             return skipped(
                                 "its association is already queued (the account may be \
@@ -230,13 +232,17 @@ async fn apply_item(
                             ));
                         }
                     };
-                    if repairs::poll_queued(conn, &event).await? {
-                        return skipped(format!("Apple event {event} is already being followed"));
+                    if !repairs::revive_dead_poll(conn, &event).await? {
+                        if repairs::poll_queued(conn, &event).await? {
+                            return skipped(format!(
+                                "Apple event {event} is already being followed"
+                            ));
+                        }
+                        let job = Job::PollEvent(PollEvent {
+                            event_id: event.clone(),
+                        });
+                        jobs::enqueue(conn, row.account_id, &job, Utc::now()).await?;
                     }
-                    let job = Job::PollEvent(PollEvent {
-                        event_id: event.clone(),
-                    });
-                    jobs::enqueue(conn, row.account_id, &job, Utc::now()).await?;
                     let details = serde_json::json!({
                         "plan": plan.id, "reason": item.reason, "apple_event_id": event,
                     });
@@ -255,11 +261,13 @@ async fn apply_item(
                     if row.state != AssignmentState::Revoking {
                         return skipped(format!("the assignment is now {}", row.state));
                     }
-                    if repairs::job_queued(conn, JobKind::Disassociate, id).await? {
-                        return skipped("its release is already queued");
+                    if !repairs::revive_dead_job(conn, JobKind::Disassociate, id).await? {
+                        if repairs::job_queued(conn, JobKind::Disassociate, id).await? {
+                            return skipped("its release is already queued");
+                        }
+                        let job = Job::Disassociate(AssignmentWork { assignment_id: id });
+                        jobs::enqueue(conn, row.account_id, &job, Utc::now()).await?;
                     }
-                    let job = Job::Disassociate(AssignmentWork { assignment_id: id });
-                    jobs::enqueue(conn, row.account_id, &job, Utc::now()).await?;
                     repairs::log(
                         conn,
                         space,

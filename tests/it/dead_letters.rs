@@ -211,3 +211,32 @@ async fn t10_an_account_s_waits_never_make_a_dead_letter() {
     let page = w.app.get_json("/v1/spaces/acme/dead-letters").await;
     assert_eq!(page["items"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn t10_a_dead_letter_whose_work_is_no_longer_needed_goes_away() {
+    // The association failed for good; the license is then revoked: nothing waits for that
+    // association any more, so it is no dead letter either (the alert on `apple_jobs_dead`
+    // clears).
+    let w = world_failing_after_three().await;
+    let api = w.api();
+    fail_associations(&w, 1_000, 500, 9603, None).await;
+    let assignment = api.allocated(&device("GONE1")).await.id();
+    eventually(
+        "the association set aside",
+        async || w.app.get_json("/v1/spaces/acme/dead-letters").await,
+        |page: &Value| page["items"].as_array().is_some_and(|i| i.len() == 1),
+    )
+    .await;
+    assert_eq!(api.revoke(assignment, "").await.status(), 200);
+    let ctx = vpp_broker::dispatch::Ctx::new(
+        w.app.state.clone(),
+        vpp_broker::dispatch::Settings {
+            database_url: w.app.db.url.clone(),
+            ..fast_dispatch("")
+        },
+    );
+    vpp_broker::dispatch::maintenance::once(&ctx).await.unwrap();
+    let page = w.app.get_json("/v1/spaces/acme/dead-letters").await;
+    assert_eq!(page["items"], serde_json::json!([]));
+    assert_eq!(api.assignment(assignment).await.state.as_str(), "revoked");
+}
