@@ -57,6 +57,11 @@ pub struct DeadLetterRow {
     pub dead_at: Option<DateTime<Utc>>,
 }
 
+/// What queueing a dead letter again sets: queued now, attempts and failures reset (a retry
+/// here, and a Repair plan's: `super::repairs`).
+pub const REQUEUED: &str = "state = 'queued', attempts = 0, failures = 0, dead_at = NULL,
+                            run_at = now(), locked_by = NULL, locked_until = NULL";
+
 /// The columns of a [`DeadLetterRow`] of job `j`, its state given by `state` (an SQL
 /// expression).
 fn columns(state: &str) -> String {
@@ -126,9 +131,7 @@ pub async fn retry(
               DELETE FROM jobs j USING dead WHERE j.id = dead.id AND EXISTS (SELECT 1 FROM twin)
               RETURNING {}),
               queued AS (
-              UPDATE jobs j SET state = 'queued', attempts = 0, failures = 0, dead_at = NULL,
-                                run_at = now(),
-                                locked_by = NULL, locked_until = NULL
+              UPDATE jobs j SET {REQUEUED}
                 FROM dead WHERE j.id = dead.id AND NOT EXISTS (SELECT 1 FROM twin)
               RETURNING {})
          SELECT * FROM queued UNION ALL SELECT * FROM dropped",

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::model::LicenseType;
 use crate::domain::origin::Origin;
+use crate::ledger::dead_letters::REQUEUED;
 use crate::ledger::jobs::JobKind;
 
 #[derive(diesel::QueryableByName)]
@@ -42,7 +43,7 @@ pub async fn listed_at_apple(
     Ok(row.yes)
 }
 
-/// Queues again a dead letter of `kind` for `assignment` (the repair retries it, as
+/// Queues again a dead letter of `kind` for `assignment` ([`REQUEUED`]: the repair retries it, as
 /// `POST …/dead-letters/{id}/retry` would); whether there was one.
 pub async fn revive_dead_job(
     conn: &mut AsyncPgConnection,
@@ -50,7 +51,7 @@ pub async fn revive_dead_job(
     assignment: Uuid,
 ) -> diesel::QueryResult<bool> {
     let n = diesel::sql_query(format!(
-        "UPDATE jobs SET {REVIVED} WHERE kind = $1 AND assignment_id = $2 AND state = 'dead'"
+        "UPDATE jobs SET {REQUEUED} WHERE kind = $1 AND assignment_id = $2 AND state = 'dead'"
     ))
     .bind::<Text, _>(kind)
     .bind::<SqlUuid, _>(assignment)
@@ -65,7 +66,7 @@ pub async fn revive_dead_poll(
     event_id: &str,
 ) -> diesel::QueryResult<bool> {
     let n = diesel::sql_query(format!(
-        "UPDATE jobs SET {REVIVED} WHERE kind = 'poll_event' AND payload ->> 'event_id' = $1
+        "UPDATE jobs SET {REQUEUED} WHERE kind = 'poll_event' AND payload ->> 'event_id' = $1
             AND state = 'dead'"
     ))
     .bind::<Text, _>(event_id)
@@ -73,10 +74,6 @@ pub async fn revive_dead_poll(
     .await?;
     Ok(n > 0)
 }
-
-/// What queueing a dead letter again sets (as `ledger::dead_letters::retry` does).
-const REVIVED: &str = "state = 'queued', attempts = 0, failures = 0, dead_at = NULL,
-                       run_at = now(), locked_by = NULL, locked_until = NULL";
 
 /// Whether a job of `kind` for `assignment` is queued (or running); a dead letter is not (see
 /// [`revive_dead_job`]).
