@@ -14,11 +14,17 @@
 //! statement (a pool update, an assignment insert, a job insert, an activity insert) at the same
 //! concurrency, and prints the ratio.
 //!
+//! - `mixed` (issue 10): at 64 clients, each client in turn allocates the hot asset for a new
+//!   device and revokes one of its licenses of the same asset allocated (and made `active` at
+//!   Apple) before the run; it reports both p99s, their ratio, and Apple's disassociate
+//!   requests against the minimum (the revocations per asset cut at Apple's
+//!   `maxSerialNumbers`).
+//!
 //! Before the storms it fills the ledger with `--ledger N` licenses (default 10,240) and runs
 //! `VACUUM ANALYZE`, as autovacuum keeps a ledger that has been running a while.
 //!
 //! Options: `--requests-per-client N` (default 100), `--pgbench-seconds S` (default 8),
-//! `--ledger N`.
+//! `--ledger N`, `--mixed-only` (only the mixed scenario, no pgbench).
 
 #![allow(
     clippy::unwrap_used,
@@ -38,8 +44,8 @@ use vpp_broker::apple_sim::{SeedAsset, SeedFile, SeedLocation, SimConfig, SimSet
 
 mod common;
 use common::{
-    Service, apple_latency, create_space, drop_databases, fresh_database, http_client, memory,
-    percentile, rand_index, storm, token,
+    Service, allocate_once, apple_latency, create_space, drop_databases, fresh_database,
+    http_client, memory, percentile, rand_index, storm, token,
 };
 
 const HOT: u64 = 499_999_999;
@@ -50,6 +56,8 @@ struct Args {
     per_client: usize,
     pgbench_seconds: u64,
     ledger: usize,
+    /// Only the mixed scenario (no spread/hot storms, no pgbench).
+    mixed_only: bool,
 }
 
 fn args() -> Args {
@@ -57,6 +65,7 @@ fn args() -> Args {
         per_client: 100,
         pgbench_seconds: 8,
         ledger: 10_240,
+        mixed_only: std::env::args().any(|a| a == "--mixed-only"),
     };
     let argv: Vec<String> = std::env::args().collect();
     for w in argv.windows(2) {
@@ -165,6 +174,140 @@ async fn drained(db_url: &str, timeout: Duration) {
             n.n
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the mixed scenario measured.
+struct Mixed {
+    clients: usize,
+    /// Sorted latencies.
+    allocations: Vec<Duration>,
+    revocations: Vec<Duration>,
+    elapsed: Duration,
+    disassociates: u64,
+    disassociate_minimum: u64,
+}
+
+/// Allocates the hot asset for `per_client` new devices per client; the new assignments' ids,
+/// per client.
+async fn allocate_ids(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    clients: usize,
+    per_client: usize,
+    tag: &str,
+) -> Vec<Vec<String>> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (http, url, auth, tag) = (
+                http.clone(),
+                format!("{base}/v1/spaces/bench/assignments"),
+                format!("Bearer {token}"),
+                tag.to_owned(),
+            );
+            tokio::spawn(async move {
+                let mut ids = Vec::with_capacity(per_client);
+                for n in 0..per_client {
+                    let body = json!({
+                        "asset": {"adam_id": HOT.to_string()},
+                        "subject": {"kind": "device", "id": format!("{tag}-{c}-{n}")},
+                    });
+                    let resp = http
+                        .post(&url)
+                        .header("authorization", &auth)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("request");
+                    assert_eq!(resp.status(), 201, "allocation refused");
+                    let v: Value = resp.json().await.expect("assignment");
+                    ids.push(
+                        v["assignment"]["id"]
+                            .as_str()
+                            .expect("assignment id")
+                            .to_owned(),
+                    );
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("client"));
+    }
+    out
+}
+
+/// The `mixed` scenario: licenses of the hot asset are allocated and made active first; then
+/// each of `clients` clients, `per_client` times, allocates the hot asset for a new device and
+/// revokes one of its earlier licenses (`DELETE …/assignments/{id}`, 202 `revoking`).
+async fn mixed(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    db_url: &str,
+    sim: &vpp_broker::apple_sim::SimHandle,
+    clients: usize,
+    per_client: usize,
+) -> Mixed {
+    let earlier = allocate_ids(http, base, token, clients, per_client, "mixed-before").await;
+    drained(db_url, Duration::from_secs(300)).await;
+    sim.reset_counters().await.unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = earlier
+        .into_iter()
+        .enumerate()
+        .map(|(c, ids)| {
+            let (http, base, auth) = (http.clone(), base.to_owned(), format!("Bearer {token}"));
+            tokio::spawn(async move {
+                let url = format!("{base}/v1/spaces/bench/assignments");
+                let (mut alloc, mut revoke) = (Vec::new(), Vec::new());
+                for (n, id) in ids.iter().enumerate() {
+                    let body = json!({
+                        "asset": {"adam_id": HOT.to_string()},
+                        "subject": {"kind": "device", "id": format!("mixed-{c}-{n}")},
+                    });
+                    alloc.push(allocate_once(&http, &url, &auth, &body).await);
+                    let t = Instant::now();
+                    let resp = http
+                        .delete(format!("{url}/{id}"))
+                        .header("authorization", &auth)
+                        .send()
+                        .await
+                        .expect("request");
+                    let status = resp.status();
+                    let _ = resp.bytes().await;
+                    revoke.push(t.elapsed());
+                    assert_eq!(status, 202, "revocation of an active license");
+                }
+                (alloc, revoke)
+            })
+        })
+        .collect();
+    let (mut allocations, mut revocations) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (a, r) = t.await.expect("client");
+        allocations.extend(a);
+        revocations.extend(r);
+    }
+    let elapsed = started.elapsed();
+    drained(db_url, Duration::from_secs(300)).await;
+    let counters = sim.counters().await.unwrap();
+    let disassociates = counters
+        .get("POST /assets/disassociate")
+        .copied()
+        .unwrap_or(0);
+    allocations.sort();
+    revocations.sort();
+    Mixed {
+        clients,
+        disassociate_minimum: (revocations.len() as u64).div_ceil(1000),
+        allocations,
+        revocations,
+        elapsed,
+        disassociates,
     }
 }
 
@@ -334,7 +477,12 @@ async fn main() {
         .expect("vacuum analyze");
 
     let mut runs = Vec::new();
-    for scenario in ["spread", "hot"] {
+    let classic: &[&str] = if args.mixed_only {
+        &[]
+    } else {
+        &["spread", "hot"]
+    };
+    for &scenario in classic {
         for clients in [16usize, 64] {
             sim.reset_counters().await.unwrap();
             let tag = format!("{scenario}{clients}");
@@ -394,6 +542,7 @@ async fn main() {
             );
         }
     }
+    let mixed = mixed(&http, &base, &token, &db_url, &sim, 64, args.per_client).await;
     let (peak_kib, rss_kib) = memory(service.pid());
     service.stop();
 
@@ -421,7 +570,12 @@ async fn main() {
     .expect("pgbench fixtures");
     drop(conn);
     let mut ceilings = BTreeMap::new();
-    for (scenario, hot) in [("spread", false), ("hot", true)] {
+    let pgbench: &[(&str, bool)] = if args.mixed_only {
+        &[]
+    } else {
+        &[("spread", false), ("hot", true)]
+    };
+    for &(scenario, hot) in pgbench {
         for clients in [16usize, 64] {
             let tps = pgbench_tps(
                 &pg_url,
@@ -471,7 +625,35 @@ async fn main() {
     println!();
     println!(
         "Apple requests of every kind (associate, status, service config ...): {:.1} per 1000 allocations",
-        1000.0 * total_apple as f64 / total_alloc as f64
+        1000.0 * total_apple as f64 / total_alloc.max(1) as f64
+    );
+    println!();
+    println!(
+        "| mixed, {} clients | requests | req/s | p50 ms | p99 ms |",
+        mixed.clients
+    );
+    println!("|---|---|---|---|---|");
+    for (kind, l) in [
+        ("allocations", &mixed.allocations),
+        ("revocations", &mixed.revocations),
+    ] {
+        println!(
+            "| {kind} | {} | {:.0} | {:.1} | {:.1} |",
+            l.len(),
+            l.len() as f64 / mixed.elapsed.as_secs_f64(),
+            percentile(l, 0.50).as_secs_f64() * 1000.0,
+            percentile(l, 0.99).as_secs_f64() * 1000.0,
+        );
+    }
+    println!(
+        "mixed: revocation p99 / allocation p99 = {:.2} (target <= 1.5); Apple disassociate \
+         requests {} for {} releases (minimum {}, ratio {:.2}; target <= 1.05)",
+        percentile(&mixed.revocations, 0.99).as_secs_f64()
+            / percentile(&mixed.allocations, 0.99).as_secs_f64(),
+        mixed.disassociates,
+        mixed.revocations.len(),
+        mixed.disassociate_minimum,
+        mixed.disassociates as f64 / mixed.disassociate_minimum.max(1) as f64,
     );
     println!(
         "service memory: peak RSS {:.1} MiB, RSS at end {:.1} MiB",

@@ -1,7 +1,7 @@
 //! Sync benchmark: `cargo run --release --example sync_bench` (docs/benchmarks.md, Sync).
 //!
-//! Starts the Apple simulator in this process (on threads of its own at nice 10: Apple's CPU is
-//! not the service's) with one location owning 1,000 apps and 100,000
+//! Starts the Apple simulator in this process (on threads of its own in Linux's idle scheduling
+//! class: Apple's CPU is not the service's) with one location owning 1,000 apps and 100,000
 //! device assignments (10,000 devices holding 10 apps each) plus one app with no assignment for
 //! the allocation load, Apple's page size (500) and 200 ms added to every Apple call; then a
 //! `vpp-broker serve` child process (the release binary next to this example) on a fresh
@@ -325,21 +325,23 @@ async fn apple_requests(sim: &SimHandle) -> (BTreeMap<String, u64>, u64) {
     (counters, total)
 }
 
-/// Starts the simulator on threads of its own at a lower scheduling priority (nice 10), its
+/// Starts the simulator on threads of its own in the idle scheduling class (`SCHED_IDLE`), its
 /// own runtime included. Apple's CPU is not the service's: on this 2-core machine the
 /// simulator's page listings (each a scan of the 100,000 assignments; about as much CPU as the
 /// service's sync) would otherwise take cores from the service and PostgreSQL and count as the
-/// sync's cost to allocations. Linux keeps the nice value per thread, and the threads the
-/// simulator starts (its HTTP workers) inherit it.
+/// sync's cost to allocations. At nice 10 (until 2026-12-08) the simulator still held a core
+/// for a scheduler time slice when an allocation woke up; an idle-class thread gives way at
+/// once. Linux keeps the scheduling class per thread, and the threads the simulator starts
+/// (its HTTP workers) inherit it.
 fn simulator_apart(config: SimConfig) -> SimHandle {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // SAFETY: plain system calls on this thread's own id; no memory is shared.
+        // SAFETY: a plain system call on this thread (pid 0) with a parameter it only reads.
         let lowered = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
         };
-        assert_eq!(lowered, 0, "lowering the simulator thread's priority");
+        assert_eq!(lowered, 0, "moving the simulator thread to the idle class");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -162,10 +162,23 @@ pub async fn locate(given: Option<&str>) -> Result<Server, LocalPgError> {
             .ok_or(LocalPgError::BadPort(p))?,
         Err(_) => DEFAULT_PRIVATE_PORT,
     };
+    private(&dir, port, false).await
+}
+
+/// A private cluster in `dir` on `port` (`-k dir`, 127.0.0.1 only, fsync off), created the
+/// first time and started unless it answers already; waits until it accepts connections (10 s).
+/// `locate` uses it, and so does the test suite's chaos test, which stops the cluster
+/// ([`stop_private`]) and starts it again mid-storm.
+///
+/// Without `durable_commits` a commit returns before its WAL is written
+/// (`synchronous_commit=off`: fast for tests, and safe as long as the server is not killed);
+/// with it, as in production, a commit the server acknowledged survives a crash of the server
+/// (the chaos test checks that no granted license is lost).
+pub async fn private(dir: &Path, port: u16, durable_commits: bool) -> Result<Server, LocalPgError> {
     let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     if connect(&admin_url).await.is_err() {
-        let dir2 = dir.clone();
-        tokio::task::spawn_blocking(move || start_private(&dir2, port))
+        let dir2 = dir.to_owned();
+        tokio::task::spawn_blocking(move || start_private(&dir2, port, durable_commits))
             .await
             .map_err(LocalPgError::StartTask)??;
         let mut last = None;
@@ -185,12 +198,31 @@ pub async fn locate(given: Option<&str>) -> Result<Server, LocalPgError> {
     }
     Ok(Server {
         admin_url,
-        source: Source::Private { dir, port },
+        source: Source::Private {
+            dir: dir.to_owned(),
+            port,
+        },
     })
 }
 
+/// Stops the private cluster in `dir`: `immediate` is `pg_ctl stop -m immediate`, a crash as
+/// far as clients can tell (no checkpoint, every session cut); otherwise a fast shutdown.
+/// Blocking.
+pub fn stop_private(dir: &Path, immediate: bool) -> Result<(), LocalPgError> {
+    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let pg_ctl = find_binary("pg_ctl")?;
+    let data = dir.join("data");
+    let mode = if immediate { "immediate" } else { "fast" };
+    run(
+        as_root,
+        &pg_ctl,
+        &["-D", path_str(&data)?, "-m", mode, "-w", "stop"],
+    )
+}
+
 /// Creates (first time) and starts the private cluster. Blocking.
-fn start_private(dir: &Path, port: u16) -> Result<(), LocalPgError> {
+fn start_private(dir: &Path, port: u16, durable_commits: bool) -> Result<(), LocalPgError> {
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| LocalPgError::Io {
@@ -238,8 +270,9 @@ fn start_private(dir: &Path, port: u16) -> Result<(), LocalPgError> {
     if !status {
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
-            path_str(dir)?
+             -c synchronous_commit={} -c full_page_writes=off -c max_connections=400",
+            path_str(dir)?,
+            if durable_commits { "on" } else { "off" }
         );
         let log = dir.join("server.log");
         run(

@@ -9,6 +9,9 @@ use crate::apple::client::AppleClient;
 use crate::config::ConfigError;
 use crate::crypto::TokenCipher;
 use crate::db::Pool;
+use crate::engine::allocate::Allocations;
+use crate::engine::combiner::Combiner;
+use crate::engine::revoke::Revocations;
 
 /// Why the shared state could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +37,9 @@ pub struct AppState {
     /// Wakes the event feed's long polls when their space has new events.
     pub event_wakes: Arc<crate::events::wake::EventWakes>,
     /// Batches this process's concurrent allocations.
-    pub combiner: Arc<crate::engine::combiner::Combiner>,
+    pub combiner: Arc<Combiner<Allocations>>,
+    /// Batches this process's concurrent revocations of one assignment.
+    pub revocations: Arc<Combiner<Revocations>>,
     /// Exports running at once in this process: each holds a pool connection (and a snapshot)
     /// for as long as it streams, so at most a quarter of the pool (at least one) goes to
     /// them and allocations keep the rest.
@@ -75,8 +80,9 @@ impl AppState {
                     .to_string()
             }
         };
-        let pool_for_combiner = pool.clone();
         let exports = (pool.status().max_size / 4).max(1);
+        let combiner = Combiner::start(pool.clone(), 2, 128);
+        let revocations = Combiner::start(pool.clone(), 2, 128);
         Ok(AppState {
             pool,
             apple: client,
@@ -88,7 +94,8 @@ impl AppState {
             },
             waiters: Arc::new(crate::waiters::Waiters::default()),
             event_wakes: Arc::new(crate::events::wake::EventWakes::default()),
-            combiner: crate::engine::combiner::Combiner::start(pool_for_combiner, 2, 128),
+            combiner,
+            revocations,
             exports: Arc::new(tokio::sync::Semaphore::new(exports)),
             reconciliation,
             webhooks: Arc::new(webhooks),

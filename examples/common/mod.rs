@@ -255,7 +255,7 @@ pub async fn storm(
 }
 
 /// One allocation POST (asserts 201); returns its latency.
-async fn allocate_once(
+pub async fn allocate_once(
     http: &reqwest::Client,
     url: &str,
     auth: &str,

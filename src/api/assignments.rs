@@ -487,6 +487,14 @@ impl From<RevocationError> for ApiError {
             RevocationError::NotFound(what) => ApiError::not_found(what),
             RevocationError::NotRevocable(what) => not_revocable(what),
             RevocationError::Db(e) => e.into(),
+            e @ RevocationError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "revocation unavailable");
+                ApiError::new(
+                    &types::UNAVAILABLE,
+                    "the ledger database is unavailable; retry later",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
         }
     }
 }
@@ -761,10 +769,7 @@ pub async fn allocate_license(
     let key = idempotency::key(&req)?;
     let (mut answer, replayed) = match key {
         // The common path: decided together with this process's concurrent allocations.
-        None if !body.dry_run => (
-            render(state.combiner.allocate(request).await, false)?,
-            false,
-        ),
+        None if !body.dry_run => (render(state.combiner.submit(request).await, false)?, false),
         None => {
             let mut conn = state.pool.get().await?;
             (
@@ -1263,8 +1268,16 @@ pub async fn revoke_assignment(
             "reason must be at most 1000 characters",
         ));
     }
+    let row = state
+        .revocations
+        .submit(revocations::OneRevocation {
+            space,
+            id,
+            origin: caller.origin(),
+            reason,
+        })
+        .await?;
     let mut conn = state.pool.get().await?;
-    let row = revocations::revoke_one(&mut conn, &space, id, &caller.origin(), &reason).await?;
     let view = one_view(&mut conn, row).await?;
     // 202 only while Apple still has to release the license; a pending one dropped in the
     // ledger, or one already finished, is final: 200.

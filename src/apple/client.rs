@@ -101,6 +101,8 @@ const MAX_PAGE_PAUSE: Duration = Duration::from_secs(30);
 const STRICT_FOR: Duration = Duration::from_secs(600);
 /// Largest number of pages one listing follows (guards against a server that never ends).
 const MAX_PAGES: u32 = 100_000;
+/// At most this many items are reserved up front for a listing (`traverse`).
+const RESERVED_ITEMS: usize = 1_000_000;
 
 /// A list read across all its pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -743,8 +745,14 @@ impl AppleClient {
             tolerant: true,
             unless_version,
         };
-        self.list_with::<GetAssetsResponse>(Endpoint::GetAssets, token, query.pairs(), mode)
-            .await
+        self.list_with::<GetAssetsResponse, _>(
+            Endpoint::GetAssets,
+            token,
+            query.pairs(),
+            mode,
+            Some,
+        )
+        .await
     }
 
     /// `GET /assignments`, tolerant (see the module doc).
@@ -753,15 +761,29 @@ impl AppleClient {
         token: &SToken,
         query: &AssignmentQuery,
     ) -> Result<Listing<Assignment>, AppleError> {
+        self.read_assignments_as(token, query, Some).await
+    }
+
+    /// [`read_assignments`](Self::read_assignments), each page's assignments turned into what
+    /// the caller keeps (`None`: dropped) as the page arrives: a sync of 100,000 assignments
+    /// holds only its own rows, not Apple's records beside them (the sync's peak RSS,
+    /// docs/benchmarks.md).
+    pub async fn read_assignments_as<U: Send>(
+        &self,
+        token: &SToken,
+        query: &AssignmentQuery,
+        keep: fn(Assignment) -> Option<U>,
+    ) -> Result<Listing<U>, AppleError> {
         let mode = ReadMode {
             tolerant: true,
             unless_version: None,
         };
-        self.list_with::<GetAssignmentsResponse>(
+        self.list_with::<GetAssignmentsResponse, U>(
             Endpoint::GetAssignments,
             token,
             query.pairs(),
             mode,
+            keep,
         )
         .await
     }
@@ -776,7 +798,7 @@ impl AppleClient {
             tolerant: true,
             unless_version: None,
         };
-        self.list_with::<GetUsersResponse>(Endpoint::GetUsers, token, query.pairs(), mode)
+        self.list_with::<GetUsersResponse, _>(Endpoint::GetUsers, token, query.pairs(), mode, Some)
             .await
     }
 
@@ -1031,24 +1053,29 @@ impl AppleClient {
         token: &SToken,
         query: Pairs,
     ) -> Result<Listing<R::Item>, AppleError> {
-        self.list_with::<R>(ep, token, query, ReadMode::default())
+        self.list_with::<R, R::Item>(ep, token, query, ReadMode::default(), Some)
             .await
     }
 
     /// [`list`](Self::list) in a mode: a tolerant read restarts once, then accepts the
     /// traversal whatever its `versionId` did.
-    async fn list_with<R: Paged>(
+    /// `keep` turns each item into what the listing holds, page by page.
+    async fn list_with<R: Paged, U: Send>(
         &self,
         ep: Endpoint,
         token: &SToken,
         query: Pairs,
         mode: ReadMode<'_>,
-    ) -> Result<Listing<R::Item>, AppleError> {
+        keep: fn(R::Item) -> Option<U>,
+    ) -> Result<Listing<U>, AppleError> {
         let traversals = if mode.tolerant { 2 } else { MAX_TRAVERSALS };
         let mut requests = 0;
         for traversal in 1..=traversals {
             let accept = mode.tolerant && traversal == traversals;
-            match self.traverse::<R>(ep, token, &query, mode, accept).await? {
+            match self
+                .traverse::<R, U>(ep, token, &query, mode, accept, keep)
+                .await?
+            {
                 Traversal::Done(mut listing) => {
                     listing.requests += requests;
                     return Ok(listing);
@@ -1068,17 +1095,28 @@ impl AppleClient {
 
     /// One traversal from page 0. `accept`: a moving `versionId` (or a vanished page) ends
     /// the read with what was read, marked `version_moved`, instead of [`Traversal::Changed`].
-    async fn traverse<R: Paged>(
+    async fn traverse<R: Paged, U: Send>(
         &self,
         ep: Endpoint,
         token: &SToken,
         query: &Pairs,
         mode: ReadMode<'_>,
         accept: bool,
-    ) -> Result<Traversal<R::Item>, AppleError> {
+        keep: fn(R::Item) -> Option<U>,
+    ) -> Result<Traversal<U>, AppleError> {
         let first: R = self.fetch_page(ep, token, query, 0, mode.tolerant).await?;
         let version = first.version().map(str::to_owned);
-        let (mut items, info, meta) = first.into_parts();
+        let (first_items, info, meta) = first.into_parts();
+        // Room for every page announced, so the list is not copied as it grows (up to
+        // RESERVED_ITEMS: the count is Apple's word; beyond it the list grows as usual).
+        let announced = info.total_pages.unwrap_or(1).clamp(1, MAX_PAGES) as usize;
+        let mut items: Vec<U> = Vec::with_capacity(
+            first_items
+                .len()
+                .saturating_mul(announced)
+                .min(RESERVED_ITEMS),
+        );
+        items.extend(first_items.into_iter().filter_map(keep));
         let mut pages: u32 = 1;
         let mut requests: u32 = 1;
         let mut moved = false;
@@ -1146,7 +1184,7 @@ impl AppleClient {
                     moved = true;
                 }
                 let (page_items, page_info, _) = page.into_parts();
-                items.extend(page_items);
+                items.extend(page_items.into_iter().filter_map(keep));
                 pages += 1;
                 total = page_info.total_pages.unwrap_or(total);
                 next = page_info.next_page_index;

@@ -20,6 +20,10 @@ use super::state::{Event, Location, Refusal, State, Task, asset_id, assignment_v
 use crate::apple::codes;
 use crate::apple::types::*;
 
+/// The counter (in `GET /admin/counters`) of associations an event failed with 9709 because the
+/// location had no license left — Apple's own, not a fault injected by `failNext`.
+pub const NOT_ENOUGH: &str = "9709 notEnoughLicenses";
+
 /// Elements per notification (Apple: 100).
 const NOTIFICATION_CHUNK: usize = 100;
 
@@ -345,10 +349,15 @@ impl State {
         (out, None)
     }
 
+    /// Processes one event's tasks. An association that finds no license left counts under
+    /// [`NOT_ENOUGH`] (tests check the service never causes one).
     fn process_event(&mut self, id: &str, out: &mut Vec<Outgoing>) {
         let retire_releases = self.settings.retire_releases_licenses;
         let State {
-            events, locations, ..
+            events,
+            locations,
+            counters,
+            ..
         } = self;
         let Some(event) = events.get_mut(id) else {
             return;
@@ -366,6 +375,9 @@ impl State {
                     let (key, target, result) = match task {
                         Task::Associate(key, target) => {
                             let r = location.assign(&key, &target);
+                            if r == Err(codes::NOT_ENOUGH_LICENSES) {
+                                *counters.entry(NOT_ENOUGH.to_owned()).or_default() += 1;
+                            }
                             (key, target, r)
                         }
                         Task::Disassociate(key, target) => {

@@ -58,6 +58,7 @@ use crate::apple::stoken::SToken;
 use crate::apple::types::{AssetKey, MdmInfo};
 pub use admin::{AssetTotal, NewAssignments, NewToken, TokenStatusChange};
 pub use api::THROTTLED;
+pub use events::NOT_ENOUGH;
 pub use notify::{DeliveryOutcome, DeliveryRecord};
 pub use seed::{
     GeneratedAssignments, SeedAsset, SeedAssignment, SeedFile, SeedLocation, SeedUser,

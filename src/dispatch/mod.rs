@@ -30,8 +30,11 @@
 //! releases also no lifecycle event of the account's space left to apply, since the lifecycle
 //! worker commits a burst of revocations batch after batch), when
 //! their oldest work waited `max_wait` (5 s), or, during a burst, as full Apple requests (1000
-//! targets; the partial rest waits). Releases also leave with any association of the account
-//! that leaves, and before it. An association that needs a license the ledger freed but Apple
+//! targets; the partial rest waits). An asset's releases also leave with an association of the
+//! same asset that leaves, and before it, when Apple's count of the asset is tight (the ledger's
+//! live licenses, those assigned elsewhere and the releases queued exceed Apple's total), so the
+//! licenses they free reach Apple's free count as early as they can; otherwise releases keep to
+//! their own batches, and a storm of revocations goes out in full requests. An association that needs a license the ledger freed but Apple
 //! has not released yet (its release's event has not finished: it waited for its own
 //! association, or was retried) waits until it has (A11, [`batch::plan`]): the service never
 //! causes a 9709 itself. A lone allocation or revocation reaches Apple after

@@ -106,7 +106,9 @@ pub async fn run_once(
 }
 
 /// Renews the lease every third of it; returns (after cancelling `lost`) when the job was
-/// taken over or is gone. A failed renewal is retried at the next beat (the lease has time).
+/// taken over. When nobody holds the job any more (the run's own end deleted or released it,
+/// or its account is gone) it stops beating and leaves the run to finish: the apply checks
+/// the job again. A failed renewal is retried at the next beat (the lease has time).
 async fn heartbeat(ctx: &Ctx, claimed: &Claimed, name: &str, lost: &CancellationToken) {
     let every = (ctx.settings.lease / 3).max(Duration::from_millis(100));
     loop {
@@ -121,11 +123,12 @@ async fn heartbeat(ctx: &Ctx, claimed: &Claimed, name: &str, lost: &Cancellation
             }
         };
         match renewed {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(sync_runs::Beat::Renewed) => {}
+            Ok(sync_runs::Beat::TakenOver) => {
                 lost.cancel();
                 return;
             }
+            Ok(sync_runs::Beat::NotHeld) => std::future::pending::<()>().await,
             Err(e) => tracing::warn!(error = %e, "sync heartbeat failed"),
         }
     }

@@ -102,6 +102,47 @@ pub async fn allocate(
     }
 }
 
+/// Allocations decided in batches by a [`super::combiner::Combiner`].
+pub struct Allocations;
+
+impl super::combiner::Batched for Allocations {
+    type Req = AllocationRequest;
+    type Out = Outcome;
+    type Err = AllocationError;
+    const METRIC: &'static str = "allocation_batch_size";
+
+    fn space(req: &AllocationRequest) -> &str {
+        &req.space
+    }
+
+    fn decide_many<'a>(
+        conn: &'a mut AsyncPgConnection,
+        space: &'a str,
+        reqs: &'a [&'a AllocationRequest],
+    ) -> super::combiner::Decided<'a, Outcome, AllocationError> {
+        Box::pin(allocate_many(conn, space, reqs))
+    }
+
+    fn decide_one<'a>(
+        conn: &'a mut AsyncPgConnection,
+        req: &'a AllocationRequest,
+    ) -> futures_util::future::BoxFuture<'a, Result<Outcome, AllocationError>> {
+        Box::pin(allocate(conn, req))
+    }
+
+    fn unavailable(
+        why: &'static str,
+        source: Option<std::sync::Arc<super::combiner::PoolError>>,
+    ) -> AllocationError {
+        AllocationError::Unavailable { why, source }
+    }
+
+    /// The ledger changed under the batch's guarded write: deciding again gives the answer.
+    fn retry_alone(err: &AllocationError) -> bool {
+        matches!(err, AllocationError::Overdrawn)
+    }
+}
+
 /// Decides and writes a batch of allocations of one space; runs inside the caller's
 /// transaction (which holds the batch's locks until it commits). The outer error fails the
 /// whole batch (the caller rolls back); inner results are per request.

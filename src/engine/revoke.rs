@@ -142,6 +142,13 @@ pub enum RevocationError {
     NotRevocable(String),
     #[error(transparent)]
     Db(#[from] diesel::result::Error),
+    /// No pooled connection could be had, or the batch executors stopped (no source).
+    #[error("the ledger database is unavailable: {why}")]
+    Unavailable {
+        why: &'static str,
+        #[source]
+        source: Option<std::sync::Arc<super::combiner::PoolError>>,
+    },
 }
 
 /// Revokes one assignment if it is live (a finished one is left as it is) and returns it as it
@@ -185,6 +192,145 @@ pub async fn revoke_one(
     assignments::find(conn, space, id)
         .await?
         .ok_or_else(not_found)
+}
+
+/// One caller's revocation of one assignment ([`revoke_one`]), decided with its neighbours in
+/// a batch ([`Revocations`]).
+#[derive(Clone, Debug)]
+pub struct OneRevocation {
+    pub space: String,
+    pub id: Uuid,
+    pub origin: Origin,
+    pub reason: String,
+}
+
+/// [`revoke_one`] for many callers of one space in the caller's transaction, each answered as
+/// [`revoke_one`] would (in `reqs`' order): the assignment rows are locked at once in id order,
+/// then every live license among them is released in one statement
+/// ([`store::start_each`], each with its own caller and reason), and the rows are read back at
+/// once. Under load a hot asset's revocations then cost one lock hand-off and one commit per
+/// batch, as allocations do (issue 10: revocation p99 1.2 s against ~100 ms for allocations
+/// when each revocation was a transaction of its own on the hot asset row).
+///
+/// A request naming an id twice in one batch is answered like the first; a license Apple does
+/// not take back (books) is refused for its caller alone.
+pub async fn revoke_many(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    reqs: &[&OneRevocation],
+) -> Result<Vec<Result<AssignmentRow, RevocationError>>, RevocationError> {
+    let mut ids: Vec<Uuid> = reqs.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let locked = assignments::find_many_locked(conn, space, &ids).await?;
+    let state_of: std::collections::HashMap<Uuid, AssignmentState> =
+        locked.iter().map(|r| (r.id, r.state)).collect();
+    let live: Vec<Uuid> = locked
+        .iter()
+        .filter(|r| r.state.is_live())
+        .map(|r| r.id)
+        .collect();
+    let revocable = store::revocable(conn, space, &live).await?;
+    let mut refused: std::collections::HashMap<Uuid, String> = std::collections::HashMap::new();
+    for row in &locked {
+        if row.state.is_live() && !revocable.get(&row.id).copied().unwrap_or(false) {
+            refused.insert(
+                row.id,
+                format!(
+                    "assignment {} holds a license of asset {}/{}",
+                    row.id, row.adam_id, row.pricing_param
+                ),
+            );
+        }
+    }
+    // The first request naming an assignment acts; the others are answered alike.
+    let mut targets: Vec<Uuid> = Vec::new();
+    let mut causes: Vec<store::Cause> = Vec::new();
+    let mut seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    for req in reqs {
+        if !seen.insert(req.id) {
+            continue;
+        }
+        match state_of.get(&req.id) {
+            // A12: cancelling a waiting assignment ends it at once; Apple never heard of it.
+            Some(AssignmentState::Waiting) => {
+                let scope = Scope {
+                    assignment: Some(req.id),
+                    ..Default::default()
+                };
+                super::waitlist::cancel(conn, space, &scope, &req.origin, &req.reason).await?;
+            }
+            Some(state) if state.is_live() && !refused.contains_key(&req.id) => {
+                targets.push(req.id);
+                causes.push(store::Cause {
+                    origin: req.origin.clone(),
+                    reason: req.reason.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    store::start_each(conn, space, &targets, &causes).await?;
+    let after: std::collections::HashMap<Uuid, AssignmentRow> =
+        assignments::find_many(conn, space, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+    Ok(reqs
+        .iter()
+        .map(|req| {
+            if let Some(why) = refused.get(&req.id) {
+                return Err(RevocationError::NotRevocable(why.clone()));
+            }
+            after
+                .get(&req.id)
+                .cloned()
+                .ok_or_else(|| RevocationError::NotFound(format!("assignment {}", req.id)))
+        })
+        .collect())
+}
+
+/// Revocations of one assignment decided in batches by a [`super::combiner::Combiner`].
+pub struct Revocations;
+
+impl super::combiner::Batched for Revocations {
+    type Req = OneRevocation;
+    type Out = AssignmentRow;
+    type Err = RevocationError;
+    const METRIC: &'static str = "revocation_batch_size";
+
+    fn space(req: &OneRevocation) -> &str {
+        &req.space
+    }
+
+    fn decide_many<'a>(
+        conn: &'a mut AsyncPgConnection,
+        space: &'a str,
+        reqs: &'a [&'a OneRevocation],
+    ) -> super::combiner::Decided<'a, AssignmentRow, RevocationError> {
+        Box::pin(revoke_many(conn, space, reqs))
+    }
+
+    fn decide_one<'a>(
+        conn: &'a mut AsyncPgConnection,
+        req: &'a OneRevocation,
+    ) -> futures_util::future::BoxFuture<'a, Result<AssignmentRow, RevocationError>> {
+        Box::pin(revoke_one(
+            conn,
+            &req.space,
+            req.id,
+            &req.origin,
+            &req.reason,
+        ))
+    }
+
+    fn unavailable(
+        why: &'static str,
+        source: Option<std::sync::Arc<super::combiner::PoolError>>,
+    ) -> RevocationError {
+        RevocationError::Unavailable { why, source }
+    }
 }
 
 /// Which live assignments to revoke: every given filter must match.

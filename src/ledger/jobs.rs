@@ -323,7 +323,7 @@ pub async fn claim(
          ), batched AS (
              -- One pass over the account's due jobs (window functions, no self-join: a claim
              -- stays linear in the queue's length). A batch: kind, asset, pricing, license type.
-             SELECT id, kind, adam_id, license_type,
+             SELECT id, kind, adam_id, pricing_param, license_type,
                     count(*) OVER batch AS size,
                     row_number() OVER in_order AS rank,
                     min(created_at) OVER batch AS oldest,
@@ -340,10 +340,15 @@ pub async fn claim(
                              WHERE a.id = $1 AND e.state IN ('queued', 'scheduled')
                                AND e.due_at <= now()) AS busy
          ), own AS (
-             SELECT id, kind,
+             SELECT b.id, b.kind, b.adam_id, b.pricing_param,
+                    -- Apple's count of the asset is tight: the ledger's live licenses, those
+                    -- assigned elsewhere and the releases queued exceed Apple's total, so an
+                    -- association of the asset may need a license only these releases free.
+                    COALESCE(s.held::bigint + s.foreign_assigned + b.size > s.apple_total,
+                             false) AS tight,
                     -- Event polls (and jobs queued before jobs carried their batch key) are
                     -- never held back.
-                    (kind NOT IN ($9, $10) OR adam_id IS NULL
+                    (b.kind NOT IN ($9, $10) OR b.adam_id IS NULL
                      -- The account's burst is over: no association (for an association), no
                      -- release (for a release, nor lifecycle events left to apply) joined any
                      -- batch lately ...
@@ -358,14 +363,20 @@ pub async fn claim(
                     -- (the rest stays unleased, so the next claim does not take it twice).
                     rank <= size / CASE WHEN license_type = 'user' THEN $8 ELSE $6 END
                                  * CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS fills
-               FROM batched
+               FROM batched b
+               LEFT JOIN assets s ON s.account_id = $1 AND s.adam_id = b.adam_id
+                                 AND s.pricing_param = b.pricing_param
          ), pick AS (
              SELECT id, fills,
-                    -- Releases go with any association that goes: licenses they free may
-                    -- already be re-allocated, so Apple's free count grows as early as it can
-                    -- (the dispatcher sends them first; A11's guarantee is its hold of the
-                    -- associations that need an unfinished release, dispatch::batch::plan).
-                    closed OR (kind = $10 AND bool_or(kind = $9 AND (closed OR fills)) OVER ())
+                    -- A tight asset's releases go with an association of the asset that goes:
+                    -- the licenses they free may already be re-allocated, so Apple's free
+                    -- count grows as early as it can (the dispatcher sends them first; A11's
+                    -- guarantee is its hold of the associations that need an unfinished
+                    -- release, dispatch::batch::plan). Other releases wait for their own batch
+                    -- to close or fill, so a storm of revocations goes out in full requests.
+                    closed OR (kind = $10 AND tight
+                               AND bool_or(kind = $9 AND (closed OR fills))
+                                   OVER (PARTITION BY adam_id, pricing_param))
                       AS closed
                FROM own
          ), locked AS (

@@ -59,6 +59,30 @@ pub async fn matching(
     .await
 }
 
+/// Whether each of the live assignments `ids` of `space` can be revoked (its asset is
+/// revocable, or it is still `pending`), by id; the rows are already locked by the caller.
+pub async fn revocable(
+    conn: &mut AsyncPgConnection,
+    space: &str,
+    ids: &[Uuid],
+) -> diesel::QueryResult<std::collections::HashMap<Uuid, bool>> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows: Vec<Target> = diesel::sql_query(
+        "SELECT a.id, (COALESCE(s.revocable, false) OR a.state = 'pending') AS revocable
+           FROM assignments a
+           LEFT JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
+                             AND s.pricing_param = a.pricing_param
+          WHERE a.space_id = $1 AND a.id = ANY($2)",
+    )
+    .bind::<diesel::sql_types::Text, _>(space)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|t| (t.id, t.revocable)).collect())
+}
+
 /// Locks up front what a use case revoking several sets of licenses in one transaction (a
 /// lifecycle event: one license at a time with its own reason, or a device and then its user)
 /// may touch: the assignment rows `ids` and those of `subjects` (live or waiting) in id order,

@@ -208,24 +208,56 @@ pub async fn claim(
     }))
 }
 
-/// Renews the lease of `worker` on the job. False: the worker lost it (the job is gone or
-/// another worker took it over); it must stop without applying.
+/// What renewing a sync job's lease found ([`heartbeat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// The lease is renewed.
+    Renewed,
+    /// Another worker holds the job now (this one's lease ran out): stop without applying.
+    TakenOver,
+    /// Nobody else holds the job: it is gone or released — most often because this worker's
+    /// own run just finished (the renewal waited for the transaction that deleted the job).
+    /// The run goes on; its apply checks again ([`still_held`]).
+    NotHeld,
+}
+
+/// Renews the lease of `worker` on the job.
+///
+/// Whether another worker holds it is read from the statement's snapshot, taken before the
+/// update waited for any lock: the run's own last transaction, which ends the job, is then
+/// not mistaken for a takeover (it logged "sync lost its lease" for runs that had applied).
 pub async fn heartbeat(
     conn: &mut AsyncPgConnection,
     job: i64,
     worker: &str,
     lease: std::time::Duration,
-) -> QueryResult<bool> {
-    let n = diesel::sql_query(
-        "UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
-          WHERE id = $1 AND locked_by = $2",
+) -> QueryResult<Beat> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        renewed: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        taken: bool,
+    }
+    let row: Row = diesel::sql_query(
+        "WITH renewed AS (
+             UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
+              WHERE id = $1 AND locked_by = $2
+             RETURNING id)
+         SELECT EXISTS (SELECT 1 FROM renewed) AS renewed,
+                EXISTS (SELECT 1 FROM jobs
+                         WHERE id = $1 AND locked_by IS NOT NULL AND locked_by <> $2) AS taken",
     )
     .bind::<BigInt, _>(job)
     .bind::<Text, _>(worker)
     .bind::<diesel::sql_types::Double, _>(lease.as_secs_f64())
-    .execute(conn)
+    .get_result(conn)
     .await?;
-    Ok(n == 1)
+    Ok(match (row.renewed, row.taken) {
+        (true, _) => Beat::Renewed,
+        (false, true) => Beat::TakenOver,
+        (false, false) => Beat::NotHeld,
+    })
 }
 
 /// Locks the job, if it is there, and tells whether another worker than `worker` holds it now

@@ -119,16 +119,12 @@ async fn full(
     let (config, assets, assignments) = tokio::try_join!(
         apple.get_client_config(token),
         apple.read_assets(token, &asset_query, None),
-        apple.read_assignments(token, &assignment_query),
+        apple.read_assignments_as(token, &assignment_query, mirror_row),
     )?;
     counters.requests += 1;
     counters.add(&assets);
     counters.add(&assignments);
-    let wants_users = known.users
-        || assignments
-            .items
-            .iter()
-            .any(|a| a.serial_number.is_none() && a.client_user_id.is_some());
+    let wants_users = known.users || assignments.items.iter().any(|r| r.license_type == "user");
     let users = if wants_users {
         let users = apple.read_users(token, &UserQuery::default()).await?;
         counters.add(&users);
@@ -179,7 +175,7 @@ async fn incremental(
     };
     let asset_query = AssetQuery::default();
     let (assignments, users, assets) = tokio::try_join!(
-        apple.read_assignments(token, &assignment_query),
+        apple.read_assignments_as(token, &assignment_query, mirror_row),
         async {
             if known.users {
                 apple.read_users(token, &users_query).await.map(Some)
@@ -205,7 +201,7 @@ async fn incremental(
         assets: (!assets.unchanged)
             .then(|| assets.items.iter().map(AppleAsset::from_apple).collect()),
         assets_version: assets.version_id,
-        assignments: mirror_rows(assignments.items),
+        assignments: sorted(assignments.items),
         digests: None,
         assignments_version: assignments.version_id,
         version_before: known.assignments_version.clone(),
@@ -246,11 +242,9 @@ fn split_users(listing: Option<Listing<crate::apple::types::User>>) -> (Users, O
 /// A full read's rows, sorted, and their digests: CPU work of about 100 ms for 100,000
 /// assignments, done on a blocking thread so that the runtime's threads, which also decide
 /// allocations, are not held by it (the allocation latency during syncs, docs/benchmarks.md).
-async fn rows_and_digests(
-    items: Vec<crate::apple::types::Assignment>,
-) -> (Vec<MirrorRow>, ReadDigests) {
+async fn rows_and_digests(rows: Vec<MirrorRow>) -> (Vec<MirrorRow>, ReadDigests) {
     let work = || {
-        let rows = mirror_rows(items);
+        let rows = sorted(rows);
         let digests = ReadDigests::of(&rows);
         (rows, digests)
     };
@@ -268,25 +262,25 @@ async fn rows_and_digests(
     }
 }
 
-/// Apple's assignments as mirror rows, sorted and distinct (a moving read may list one twice;
-/// an upsert statement must not touch a row twice).
-fn mirror_rows(items: Vec<crate::apple::types::Assignment>) -> Vec<MirrorRow> {
-    let mut rows: Vec<MirrorRow> = items
-        .into_iter()
-        .filter_map(|a| {
-            let (license_type, target) = match (a.serial_number, a.client_user_id) {
-                (Some(serial), _) => ("device", serial),
-                (None, Some(user)) => ("user", user),
-                (None, None) => return None,
-            };
-            Some(MirrorRow {
-                adam_id: a.adam_id,
-                pricing_param: a.pricing_param.as_str().to_owned(),
-                license_type,
-                target,
-            })
-        })
-        .collect();
+/// One of Apple's assignments as a mirror row (`None`: Apple named neither a device nor a
+/// user). The client calls it on each page as it arrives.
+fn mirror_row(a: crate::apple::types::Assignment) -> Option<MirrorRow> {
+    let (license_type, target) = match (a.serial_number, a.client_user_id) {
+        (Some(serial), _) => ("device", serial),
+        (None, Some(user)) => ("user", user),
+        (None, None) => return None,
+    };
+    Some(MirrorRow {
+        adam_id: a.adam_id,
+        pricing_param: a.pricing_param.as_str().to_owned(),
+        license_type,
+        target,
+    })
+}
+
+/// Rows sorted and distinct (a moving read may list one twice; an upsert statement must not
+/// touch a row twice).
+fn sorted(mut rows: Vec<MirrorRow>) -> Vec<MirrorRow> {
     rows.sort_unstable();
     rows.dedup();
     rows
@@ -306,12 +300,17 @@ mod tests {
             client_user_id: user.map(Into::into),
             ..Default::default()
         };
-        let rows = mirror_rows(vec![
-            a(Some("S1"), None),
-            a(None, Some("u1")),
-            a(Some("S1"), None),
-            a(None, None),
-        ]);
+        let rows = sorted(
+            [
+                a(Some("S1"), None),
+                a(None, Some("u1")),
+                a(Some("S1"), None),
+                a(None, None),
+            ]
+            .into_iter()
+            .filter_map(mirror_row)
+            .collect(),
+        );
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].license_type, "device");
         assert_eq!(rows[1].license_type, "user");

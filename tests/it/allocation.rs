@@ -984,6 +984,69 @@ async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_
     assert_eq!(associates, 3, "12 serials at 5 per request: {counters:?}");
 }
 
+/// Releases are batched like associations: while Apple has licenses of the asset to spare, a
+/// burst of revocations mixed with allocations of the same asset goes out in full release
+/// requests, not a partial one each time an association leaves (issue 10: 2.4 serials per
+/// disassociate request under a storm).
+#[tokio::test]
+async fn t10_releases_of_an_asset_with_licenses_to_spare_go_out_in_full_requests() {
+    let sim = sim::start_with(vec![location(U1, "Library A", vec![app(APP, 100)])], |s| {
+        s.limits.insert("maxSerialNumbers".to_owned(), 5);
+    })
+    .await;
+    let mut dispatch = crate::support::app::fast_dispatch("");
+    dispatch.quiet = Duration::from_secs(2);
+    dispatch.max_wait = Duration::from_secs(3);
+    let app_ = TestApp::start_opts(crate::support::app::Options {
+        apple_base_url: sim.base_url(),
+        dispatcher: Some(dispatch),
+        ..Default::default()
+    })
+    .await;
+    app_.space("acme").await;
+    let api = app_.client("acme");
+    api.attach("A", &sim::stoken(&sim, U1)).await;
+    let mut old = Vec::new();
+    for i in 0..9 {
+        old.push(api.allocated(&device(&format!("OLD{i}"))).await.id());
+    }
+    for id in &old {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "active");
+    }
+    sim.reset_counters().await.unwrap();
+
+    // Three rounds: three revocations, then a full association request of the same asset,
+    // which the dispatcher sends at once; the releases stay behind while Apple has room.
+    let mut new = Vec::new();
+    for round in 0..3 {
+        for id in &old[round * 3..round * 3 + 3] {
+            assert_eq!(api.revoke(*id, "").await.status(), 202);
+        }
+        for i in 0..5 {
+            new.push(api.allocated(&device(&format!("NEW{round}{i}"))).await.id());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for id in &new {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "active");
+    }
+    for id in &old {
+        assert_eq!(api.final_state(*id).await.state.as_str(), "revoked");
+    }
+    let counters = sim.counters().await.unwrap();
+    assert_eq!(
+        counters.get("POST /assets/disassociate").copied(),
+        Some(2),
+        "9 releases at 5 per request: {counters:?}"
+    );
+    assert_eq!(
+        counters.get("POST /assets/associate").copied(),
+        Some(3),
+        "15 associations at 5 per request: {counters:?}"
+    );
+    assert_eq!(sim_serials(&sim, U1).await.len(), 15);
+}
+
 #[tokio::test]
 async fn t10_a_batch_is_full_by_its_own_license_types_limit() {
     use vpp_broker::ledger::jobs::{self, Batching};

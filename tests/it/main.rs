@@ -15,6 +15,7 @@ mod allocation;
 mod assets;
 mod auth;
 mod bulk;
+mod chaos;
 mod cli;
 mod dead_letters;
 mod docs;

@@ -144,20 +144,21 @@ async fn terminate(app: &TestApp, pid: i32) {
 
 #[tokio::test]
 async fn t10_a_batch_whose_connection_died_is_retried_on_a_fresh_connection() {
+    use vpp_broker::engine::allocate::Allocations;
     use vpp_broker::engine::combiner::Combiner;
     let w = fixtures::world(vec![location(U1, "Lib", vec![app(APP, 10)])], &[("A", U1)]).await;
     // One executor: the requests queued behind a blocked one become its next batch.
-    let combiner = Combiner::start(w.app.pool.clone(), 1, 128);
+    let combiner = Combiner::<Allocations>::start(w.app.pool.clone(), 1, 128);
     let mut lock = lock_assets(&w.app).await;
     let first = tokio::spawn({
         let c = combiner.clone();
-        async move { c.allocate(request("ALONE")).await }
+        async move { c.submit(request("ALONE")).await }
     });
     let alone = blocked_backend(&w.app).await;
     let batch: Vec<_> = (0..4)
         .map(|i| {
             let c = combiner.clone();
-            tokio::spawn(async move { c.allocate(request(&format!("BATCH{i}"))).await })
+            tokio::spawn(async move { c.submit(request(&format!("BATCH{i}"))).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -459,3 +459,141 @@ async fn v1_an_asset_revocation_judges_the_rows_it_locks() {
     assert_eq!(api.assignment(second).await.state.as_str(), "pending");
     assert_eq!(api.assignment(first).await.state.as_str(), "associating");
 }
+
+/// Revocations of one assignment decided together (`engine::revoke::revoke_many`, what the
+/// revocation combiner runs): each caller is answered as alone — its own license `revoking`
+/// with its own record, a book refused for its caller only, an id named twice answered alike,
+/// an unknown id not found — and the ledger frees exactly the licenses released.
+#[tokio::test]
+async fn v1_revocations_decided_in_one_batch_answer_each_caller_as_alone() {
+    use diesel_async::AsyncConnection;
+    use vpp_broker::domain::origin::Origin;
+    use vpp_broker::engine::revoke::{OneRevocation, RevocationError, revoke_many};
+
+    let (_sim, app, account) = world().await;
+    let apps: Vec<Uuid> = {
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            ids.push(allocate(&app, device(&format!("BATCH{n}")), &format!("a{n}")).await);
+        }
+        ids
+    };
+    let book_id = allocate(&app, user_book("reader-9"), "b1").await;
+    for id in apps.iter().chain([&book_id]) {
+        assert_eq!(
+            app.client("acme").final_state(*id).await.state.as_str(),
+            "active"
+        );
+    }
+    let held_before = held_of(&app, account, APP).await;
+    let one = |id: Uuid, who: &str| OneRevocation {
+        space: "acme".into(),
+        id,
+        origin: Origin::new(who, Some(format!("req-{who}"))),
+        reason: format!("asked by {who}"),
+    };
+    let unknown = Uuid::now_v7();
+    let reqs = [
+        one(apps[0], "alice"),
+        one(book_id, "bob"),
+        one(apps[1], "carol"),
+        one(apps[0], "dave"),
+        one(unknown, "erin"),
+        one(apps[2], "frank"),
+    ];
+    let refs: Vec<&OneRevocation> = reqs.iter().collect();
+    let mut conn = app.db.connect().await;
+    let answers = conn
+        .transaction(async |c| revoke_many(c, "acme", &refs).await)
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), reqs.len());
+    for (i, who) in [(0, "alice"), (2, "carol"), (3, "dave"), (5, "frank")] {
+        let row = answers[i].as_ref().unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(row.state.as_str(), "revoking", "{who}");
+    }
+    // The first caller naming an assignment acts: its record is alice's, not dave's.
+    assert_eq!(answers[3].as_ref().unwrap().id, apps[0]);
+    let first = app.client("acme").assignment(apps[0]).await;
+    assert_eq!(record(&first).3.as_deref(), Some("req-alice"), "{first:?}");
+    let third = app.client("acme").assignment(apps[2]).await;
+    assert_eq!(record(&third).0, "frank");
+    assert_eq!(record(&third).1, "asked by frank");
+    assert!(
+        matches!(&answers[1], Err(RevocationError::NotRevocable(why)) if why.contains(BOOK)),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        matches!(&answers[4], Err(RevocationError::NotFound(_))),
+        "{:?}",
+        answers[4]
+    );
+    assert_eq!(held_of(&app, account, APP).await, held_before - 3);
+    assert_eq!(
+        ledger_of_book(&app, account).await.0,
+        1,
+        "the book still held"
+    );
+    assert_eq!(
+        app.client("acme").assignment(book_id).await.state.as_str(),
+        "active",
+        "the book untouched"
+    );
+    for id in &apps {
+        assert_eq!(
+            app.client("acme").final_state(*id).await.state.as_str(),
+            "revoked"
+        );
+    }
+}
+
+async fn held_of(app: &TestApp, account: Uuid, adam: &str) -> i32 {
+    let mut conn = app.db.connect().await;
+    assets::table
+        .filter(assets::account_id.eq(account))
+        .filter(assets::adam_id.eq(adam))
+        .select(assets::held)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Concurrent `DELETE`s of one asset's licenses go through the revocation combiner: every
+/// caller gets 202 and its own revocation record (its request id), the ledger frees each
+/// license once, and Apple releases them all.
+#[tokio::test]
+async fn v1_concurrent_revocations_each_keep_their_callers_record() {
+    let w = fixtures::world(
+        vec![location(U1, "Library", vec![app(APP, 40)])],
+        &[("A", U1)],
+    )
+    .await;
+    let app = &w.app;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(allocate(app, device(&format!("C{n}")), &format!("alloc-{n}")).await);
+    }
+    for id in &ids {
+        app.client("acme").final_state(*id).await;
+    }
+    assert_eq!(held_of(app, w.accounts[0], APP).await, 30);
+    let answers = futures_util::future::join_all(ids.iter().enumerate().map(|(n, id)| {
+        app.req(Method::DELETE, &format!("/v1/spaces/acme/assignments/{id}"))
+            .header("x-request-id", format!("revoke-{n}"))
+            .send()
+    }))
+    .await;
+    for resp in answers {
+        let a: Assignment = read(resp.unwrap(), 202).await;
+        assert_eq!(a.state.as_str(), "revoking");
+    }
+    assert_eq!(held_of(app, w.accounts[0], APP).await, 0);
+    for (n, id) in ids.iter().enumerate() {
+        let a = app.client("acme").final_state(*id).await;
+        assert_eq!(a.state.as_str(), "revoked");
+        assert_eq!(record(&a).3, Some(format!("revoke-{n}")));
+    }
+    let at_apple = w.sim.location(U1).await.unwrap().assignments.len();
+    assert_eq!(at_apple, 0, "Apple released every license");
+}

@@ -741,6 +741,68 @@ async fn t5_a_worker_that_lost_its_lease_neither_fails_nor_postpones_the_run() {
     assert_eq!(after.1.0, "queued");
 }
 
+/// The lease renewal tells a takeover from the run's own end: a renewal that waited for the
+/// transaction ending the job (the run finished) finds nobody else holding it and lets the run
+/// finish, where it used to report the lease lost ("sync lost its lease" for an applied run).
+#[tokio::test]
+async fn t5_a_renewal_racing_the_runs_own_end_is_not_a_takeover() {
+    use diesel_async::AsyncConnection;
+    let w = quiet_world(10, 0).await;
+    let mut conn = w.app.db.connect().await;
+
+    // A takeover: another worker claims a run whose lease ran out.
+    let dead = runs::claim(&mut conn, "dead", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .expect("the attach run is due");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mine = runs::claim(&mut conn, "me", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("an expired lease makes the job claimable");
+    assert_eq!(
+        runs::heartbeat(&mut conn, dead.job_id, "dead", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        runs::Beat::TakenOver
+    );
+    assert_eq!(
+        runs::heartbeat(&mut conn, mine.job_id, "me", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        runs::Beat::Renewed
+    );
+
+    // The run's last transaction deletes the job; the renewal waits for it, then finds no row.
+    let mut ender = w.app.db.connect().await;
+    let job = mine.job_id;
+    let (deleting, deleted) = tokio::sync::oneshot::channel::<()>();
+    let end = tokio::spawn(async move {
+        ender
+            .transaction(async |c| {
+                diesel::sql_query("DELETE FROM jobs WHERE id = $1")
+                    .bind::<diesel::sql_types::BigInt, _>(job)
+                    .execute(c)
+                    .await?;
+                let _ = deleting.send(());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await
+            .unwrap();
+    });
+    deleted.await.unwrap();
+    let beat = runs::heartbeat(&mut conn, job, "me", Duration::from_secs(30))
+        .await
+        .unwrap();
+    end.await.unwrap();
+    assert_eq!(
+        beat,
+        runs::Beat::NotHeld,
+        "the run's own end is no takeover"
+    );
+}
+
 /// An account deleted while its sync runs takes the job with it (cascade): the run is still
 /// ended, `failed`, rather than left `running` for ever.
 #[tokio::test]
@@ -813,15 +875,16 @@ async fn t5_one_sync_job_per_account_and_an_expired_lease_restarts_the_run_once(
             .await
             .unwrap()
     );
-    assert!(
-        !runs::heartbeat(
+    assert_eq!(
+        runs::heartbeat(
             &mut conn,
             first.job_id,
             "dead-worker",
             Duration::from_secs(1)
         )
         .await
-        .unwrap()
+        .unwrap(),
+        runs::Beat::TakenOver
     );
     let settings = vpp_broker::sync::Settings::from_state(&w.app.state, Duration::from_secs(5));
     let lost = vpp_broker::sync::run(&w.app.state, &first, "dead-worker", &settings)
