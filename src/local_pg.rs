@@ -172,8 +172,9 @@ pub async fn locate(given: Option<&str>) -> Result<Server, LocalPgError> {
 ///
 /// Without `durable_commits` a commit returns before its WAL is written
 /// (`synchronous_commit=off`: fast for tests, and safe as long as the server is not killed);
-/// with it, as in production, a commit the server acknowledged survives a crash of the server
-/// (the chaos test checks that no granted license is lost).
+/// with it, a commit the server acknowledged survives a crash of the PostgreSQL server (the
+/// chaos test checks that no granted license is lost) — not of the machine: `fsync` and
+/// full-page writes stay off either way, unlike production.
 pub async fn private(dir: &Path, port: u16, durable_commits: bool) -> Result<Server, LocalPgError> {
     let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     if connect(&admin_url).await.is_err() {

@@ -101,8 +101,9 @@ const MAX_PAGE_PAUSE: Duration = Duration::from_secs(30);
 const STRICT_FOR: Duration = Duration::from_secs(600);
 /// Largest number of pages one listing follows (guards against a server that never ends).
 const MAX_PAGES: u32 = 100_000;
-/// At most this many items are reserved up front for a listing (`traverse`).
-const RESERVED_ITEMS: usize = 1_000_000;
+/// At most this much memory is reserved up front for a listing's items (`traverse`): enough
+/// for 200,000 mirror rows; a larger list grows as it arrives.
+const RESERVED_BYTES: usize = 16 << 20;
 
 /// A list read across all its pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1108,14 +1109,11 @@ impl AppleClient {
         let version = first.version().map(str::to_owned);
         let (first_items, info, meta) = first.into_parts();
         // Room for every page announced, so the list is not copied as it grows (up to
-        // RESERVED_ITEMS: the count is Apple's word; beyond it the list grows as usual).
+        // RESERVED_BYTES: the count is Apple's word; beyond it the list grows as usual).
         let announced = info.total_pages.unwrap_or(1).clamp(1, MAX_PAGES) as usize;
-        let mut items: Vec<U> = Vec::with_capacity(
-            first_items
-                .len()
-                .saturating_mul(announced)
-                .min(RESERVED_ITEMS),
-        );
+        let most = RESERVED_BYTES / std::mem::size_of::<U>().max(1);
+        let mut items: Vec<U> =
+            Vec::with_capacity(first_items.len().saturating_mul(announced).min(most));
         items.extend(first_items.into_iter().filter_map(keep));
         let mut pages: u32 = 1;
         let mut requests: u32 = 1;

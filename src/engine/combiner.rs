@@ -119,7 +119,6 @@ async fn execute<B: Batched>(
             }
             batch
         };
-        metrics::histogram!(B::METRIC).record(batch.len() as f64);
         let mut by_space: BTreeMap<String, Vec<Pending<B>>> = BTreeMap::new();
         for p in batch {
             by_space
@@ -157,6 +156,7 @@ async fn run<B: Batched>(pool: &Pool, space: &str, group: Vec<Pending<B>>) {
     let Some((mut conn, group)) = connection::<B>(pool, group).await else {
         return;
     };
+    metrics::histogram!(B::METRIC).record(group.len() as f64);
     let reqs: Vec<&B::Req> = group.iter().map(|p| &p.req).collect();
     let result = conn
         .transaction(async |conn| B::decide_many(conn, space, &reqs).await)

@@ -233,7 +233,7 @@ pub async fn revoke_many(
     let revocable = store::revocable(conn, space, &live).await?;
     let mut refused: std::collections::HashMap<Uuid, String> = std::collections::HashMap::new();
     for row in &locked {
-        if row.state.is_live() && !revocable.get(&row.id).copied().unwrap_or(false) {
+        if row.state.is_live() && revocable.get(&row.id) == Some(&false) {
             refused.insert(
                 row.id,
                 format!(
@@ -260,7 +260,11 @@ pub async fn revoke_many(
                 };
                 super::waitlist::cancel(conn, space, &scope, &req.origin, &req.reason).await?;
             }
-            Some(state) if state.is_live() && !refused.contains_key(&req.id) => {
+            Some(state)
+                if state.is_live()
+                    && !refused.contains_key(&req.id)
+                    && revocable.contains_key(&req.id) =>
+            {
                 targets.push(req.id);
                 causes.push(store::Cause {
                     origin: req.origin.clone(),

@@ -332,6 +332,21 @@ pub async fn claim(
                FROM free
              WINDOW batch AS (PARTITION BY kind, adam_id, pricing_param, license_type),
                     in_order AS (PARTITION BY kind, adam_id, pricing_param, license_type ORDER BY id)
+         ), tight AS (
+             -- Assets whose count at Apple is tight: the ledger's live licenses, those
+             -- assigned elsewhere and the licenses Apple still holds for releases not yet
+             -- finished exceed Apple's total (as `submissions::release_shortfall` measures for
+             -- A11's hold), so an association of the asset may need a license only the
+             -- releases free. Only assets with releases due are looked at.
+             SELECT s.adam_id, s.pricing_param
+               FROM (SELECT DISTINCT adam_id, pricing_param FROM free WHERE kind = $10) r
+               JOIN assets s ON s.account_id = $1 AND s.adam_id = r.adam_id
+                            AND s.pricing_param = r.pricing_param
+              CROSS JOIN LATERAL (
+                    SELECT count(*) AS n FROM assignments a
+                     WHERE a.account_id = s.account_id AND a.adam_id = s.adam_id
+                       AND a.pricing_param = s.pricing_param AND a.state = 'revoking') rv
+              WHERE s.held::bigint + s.foreign_assigned + rv.n > s.apple_total
          ), lifecycle AS (
              -- Lifecycle events of the account's space still to apply: a burst of revocations
              -- is not over (the worker commits them batch after batch).
@@ -341,11 +356,8 @@ pub async fn claim(
                                AND e.due_at <= now()) AS busy
          ), own AS (
              SELECT b.id, b.kind, b.adam_id, b.pricing_param,
-                    -- Apple's count of the asset is tight: the ledger's live licenses, those
-                    -- assigned elsewhere and the releases queued exceed Apple's total, so an
-                    -- association of the asset may need a license only these releases free.
-                    COALESCE(s.held::bigint + s.foreign_assigned + b.size > s.apple_total,
-                             false) AS tight,
+                    (b.adam_id, b.pricing_param) IN (SELECT adam_id, pricing_param FROM tight)
+                      AS tight,
                     -- Event polls (and jobs queued before jobs carried their batch key) are
                     -- never held back.
                     (b.kind NOT IN ($9, $10) OR b.adam_id IS NULL
@@ -364,8 +376,6 @@ pub async fn claim(
                     rank <= size / CASE WHEN license_type = 'user' THEN $8 ELSE $6 END
                                  * CASE WHEN license_type = 'user' THEN $8 ELSE $6 END AS fills
                FROM batched b
-               LEFT JOIN assets s ON s.account_id = $1 AND s.adam_id = b.adam_id
-                                 AND s.pricing_param = b.pricing_param
          ), pick AS (
              SELECT id, fills,
                     -- A tight asset's releases go with an association of the asset that goes:

@@ -60,7 +60,8 @@ pub async fn matching(
 }
 
 /// Whether each of the live assignments `ids` of `space` can be revoked (its asset is
-/// revocable, or it is still `pending`), by id; the rows are already locked by the caller.
+/// revocable, or it is still `pending`), by id, for those [`matching`] would find (joined to
+/// their asset row, as there); the rows are already locked by the caller.
 pub async fn revocable(
     conn: &mut AsyncPgConnection,
     space: &str,
@@ -70,10 +71,9 @@ pub async fn revocable(
         return Ok(std::collections::HashMap::new());
     }
     let rows: Vec<Target> = diesel::sql_query(
-        "SELECT a.id, (COALESCE(s.revocable, false) OR a.state = 'pending') AS revocable
-           FROM assignments a
-           LEFT JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
-                             AND s.pricing_param = a.pricing_param
+        "SELECT a.id, (s.revocable OR a.state = 'pending') AS revocable FROM assignments a
+           JOIN assets s ON s.account_id = a.account_id AND s.adam_id = a.adam_id
+                        AND s.pricing_param = a.pricing_param
           WHERE a.space_id = $1 AND a.id = ANY($2)",
     )
     .bind::<diesel::sql_types::Text, _>(space)

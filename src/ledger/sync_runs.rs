@@ -226,6 +226,8 @@ pub enum Beat {
 /// Whether another worker holds it is read from the statement's snapshot, taken before the
 /// update waited for any lock: the run's own last transaction, which ends the job, is then
 /// not mistaken for a takeover (it logged "sync lost its lease" for runs that had applied).
+/// When the renewal found no row of its own, a second statement (a fresh snapshot) tells a
+/// takeover that committed during the wait.
 pub async fn heartbeat(
     conn: &mut AsyncPgConnection,
     job: i64,
@@ -256,7 +258,20 @@ pub async fn heartbeat(
     Ok(match (row.renewed, row.taken) {
         (true, _) => Beat::Renewed,
         (false, true) => Beat::TakenOver,
-        (false, false) => Beat::NotHeld,
+        // The snapshot predates any lock wait: a takeover committed during the wait is only
+        // seen by a statement of its own.
+        (false, false) => {
+            let holder: Option<Option<String>> = crate::db::schema::jobs::table
+                .find(job)
+                .select(crate::db::schema::jobs::locked_by)
+                .first(conn)
+                .await
+                .optional()?;
+            match holder {
+                Some(Some(other)) if other != worker => Beat::TakenOver,
+                _ => Beat::NotHeld,
+            }
+        }
     })
 }
 

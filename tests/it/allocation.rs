@@ -935,16 +935,16 @@ async fn a11_licenses_revoked_while_apple_still_associates_them_are_reused_only_
     assert_eq!(sim_serials(&w.sim, U1).await, expected);
 }
 
-#[tokio::test]
-async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_to_end() {
+/// Space `acme` with account A (100 licenses of APP) at an Apple that takes 5 serials per
+/// request, dispatched with a quiet window of `quiet` and at most `max_wait` of waiting.
+async fn five_per_request(quiet: Duration, max_wait: Duration) -> (SimHandle, TestApp) {
     let sim = sim::start_with(vec![location(U1, "Library A", vec![app(APP, 100)])], |s| {
         s.limits.insert("maxSerialNumbers".to_owned(), 5);
     })
     .await;
     let mut dispatch = crate::support::app::fast_dispatch("");
-    // A long quiet window: only batches that fill an Apple request may go before it passes.
-    dispatch.quiet = Duration::from_secs(3);
-    dispatch.max_wait = Duration::from_secs(3);
+    dispatch.quiet = quiet;
+    dispatch.max_wait = max_wait;
     let app_ = TestApp::start_opts(crate::support::app::Options {
         apple_base_url: sim.base_url(),
         dispatcher: Some(dispatch),
@@ -952,8 +952,17 @@ async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_
     })
     .await;
     app_.space("acme").await;
+    app_.client("acme")
+        .attach("A", &sim::stoken(&sim, U1))
+        .await;
+    (sim, app_)
+}
+
+#[tokio::test]
+async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_to_end() {
+    // A long quiet window: only batches that fill an Apple request may go before it passes.
+    let (sim, app_) = five_per_request(Duration::from_secs(3), Duration::from_secs(3)).await;
     let api = app_.client("acme");
-    api.attach("A", &sim::stoken(&sim, U1)).await;
     // The account's sync and config calls are done; count associations from here.
     sim.reset_counters().await.unwrap();
 
@@ -990,22 +999,9 @@ async fn t10_full_requests_go_out_during_a_burst_and_the_remainder_waits_for_it_
 /// disassociate request under a storm).
 #[tokio::test]
 async fn t10_releases_of_an_asset_with_licenses_to_spare_go_out_in_full_requests() {
-    let sim = sim::start_with(vec![location(U1, "Library A", vec![app(APP, 100)])], |s| {
-        s.limits.insert("maxSerialNumbers".to_owned(), 5);
-    })
-    .await;
-    let mut dispatch = crate::support::app::fast_dispatch("");
-    dispatch.quiet = Duration::from_secs(2);
-    dispatch.max_wait = Duration::from_secs(3);
-    let app_ = TestApp::start_opts(crate::support::app::Options {
-        apple_base_url: sim.base_url(),
-        dispatcher: Some(dispatch),
-        ..Default::default()
-    })
-    .await;
-    app_.space("acme").await;
+    // Windows long enough that a slow machine does not end the burst between two rounds.
+    let (sim, app_) = five_per_request(Duration::from_secs(4), Duration::from_secs(10)).await;
     let api = app_.client("acme");
-    api.attach("A", &sim::stoken(&sim, U1)).await;
     let mut old = Vec::new();
     for i in 0..9 {
         old.push(api.allocated(&device(&format!("OLD{i}"))).await.id());

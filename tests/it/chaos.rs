@@ -21,12 +21,12 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use vpp_broker::api::accounts::Account;
 use vpp_broker::apple_sim::{FailRule, FaultsPatch, SimHandle};
-use vpp_broker::db::schema::{assignments, jobs, subjects};
+use vpp_broker::db::schema::{assignments, subjects};
 use vpp_broker::local_pg;
 
 use crate::support::procs::{ServeProcess, chart_env};
 use crate::support::sim::{self, app, location};
-use crate::support::{admin_token, eventually_within, read};
+use crate::support::{admin_token, read};
 
 const UA: &str = "3000000001";
 const UB: &str = "3000000002";
@@ -107,7 +107,16 @@ async fn t10_chaos_three_replicas_through_a_kill_a_database_crash_and_apple_faul
         dir: std::env::temp_dir().join(format!("vpp-chaos-{}", std::process::id())),
     };
     let port = free_port();
-    let server = local_pg::private(&cluster.dir, port, true).await.unwrap();
+    let server = match local_pg::private(&cluster.dir, port, true).await {
+        Ok(server) => server,
+        // Tests pointed at an external server (DATABASE_URL) on a machine without PostgreSQL's
+        // server binaries cannot crash a cluster of their own.
+        Err(e @ local_pg::LocalPgError::NoBinaries(_)) => {
+            eprintln!("chaos test skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("private cluster: {e}"),
+    };
     server.ensure_database("chaos").await.unwrap();
     let db_url = server.database_url("chaos");
     vpp_broker::db::migrate::run_pending(&db_url).await.unwrap();
@@ -307,22 +316,7 @@ async fn t10_chaos_three_replicas_through_a_kill_a_database_crash_and_apple_faul
 
     // Drained: no job left, nothing in flight.
     let mut conn = AsyncPgConnection::establish(&db_url).await.unwrap();
-    eventually_within(
-        Duration::from_secs(90),
-        "drained: (queued jobs, assignments in flight) both zero",
-        async || {
-            let queued: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
-            let moving: i64 = assignments::table
-                .filter(assignments::state.eq_any(["pending", "associating", "revoking"]))
-                .count()
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-            (queued, moving)
-        },
-        |in_flight| *in_flight == (0, 0),
-    )
-    .await;
+    crate::support::fixtures::wait_drained(&mut conn, Duration::from_secs(90)).await;
 
     // Every subject: its final state in the ledger.
     let rows: Vec<(uuid::Uuid, String, String, Option<Value>)> = assignments::table

@@ -166,22 +166,7 @@ async fn storm(
 /// Waits until no Apple work is left and returns the ledger's active (account, serial) pairs.
 async fn drained(c: &Cluster, timeout: Duration) -> BTreeSet<(String, String)> {
     let mut conn = c.db.connect().await;
-    eventually_within(
-        timeout,
-        "drained: (queued jobs, assignments in flight) both zero",
-        async || {
-            let queued: i64 = jobs::table.count().get_result(&mut conn).await.unwrap();
-            let moving: i64 = assignments::table
-                .filter(assignments::state.eq_any(["pending", "associating", "revoking"]))
-                .count()
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-            (queued, moving)
-        },
-        |in_flight| *in_flight == (0, 0),
-    )
-    .await;
+    crate::support::fixtures::wait_drained(&mut conn, timeout).await;
     let rows: Vec<(uuid::Uuid, String)> = assignments::table
         .inner_join(subjects::table)
         .filter(assignments::state.eq("active"))

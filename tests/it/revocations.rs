@@ -485,7 +485,7 @@ async fn v1_revocations_decided_in_one_batch_answer_each_caller_as_alone() {
             "active"
         );
     }
-    let held_before = held_of(&app, account, APP).await;
+    let held_before = fixtures::held(&app, account).await;
     let one = |id: Uuid, who: &str| OneRevocation {
         space: "acme".into(),
         id,
@@ -529,7 +529,7 @@ async fn v1_revocations_decided_in_one_batch_answer_each_caller_as_alone() {
         "{:?}",
         answers[4]
     );
-    assert_eq!(held_of(&app, account, APP).await, held_before - 3);
+    assert_eq!(fixtures::held(&app, account).await, held_before - 3);
     assert_eq!(
         ledger_of_book(&app, account).await.0,
         1,
@@ -546,17 +546,6 @@ async fn v1_revocations_decided_in_one_batch_answer_each_caller_as_alone() {
             "revoked"
         );
     }
-}
-
-async fn held_of(app: &TestApp, account: Uuid, adam: &str) -> i32 {
-    let mut conn = app.db.connect().await;
-    assets::table
-        .filter(assets::account_id.eq(account))
-        .filter(assets::adam_id.eq(adam))
-        .select(assets::held)
-        .first(&mut conn)
-        .await
-        .unwrap()
 }
 
 /// Concurrent `DELETE`s of one asset's licenses go through the revocation combiner: every
@@ -577,7 +566,7 @@ async fn v1_concurrent_revocations_each_keep_their_callers_record() {
     for id in &ids {
         app.client("acme").final_state(*id).await;
     }
-    assert_eq!(held_of(app, w.accounts[0], APP).await, 30);
+    assert_eq!(fixtures::held(app, w.accounts[0]).await, 30);
     let answers = futures_util::future::join_all(ids.iter().enumerate().map(|(n, id)| {
         app.req(Method::DELETE, &format!("/v1/spaces/acme/assignments/{id}"))
             .header("x-request-id", format!("revoke-{n}"))
@@ -588,7 +577,7 @@ async fn v1_concurrent_revocations_each_keep_their_callers_record() {
         let a: Assignment = read(resp.unwrap(), 202).await;
         assert_eq!(a.state.as_str(), "revoking");
     }
-    assert_eq!(held_of(app, w.accounts[0], APP).await, 0);
+    assert_eq!(fixtures::held(app, w.accounts[0]).await, 0);
     for (n, id) in ids.iter().enumerate() {
         let a = app.client("acme").final_state(*id).await;
         assert_eq!(a.state.as_str(), "revoked");

@@ -135,3 +135,28 @@ impl World {
         self.app.client("acme")
     }
 }
+
+/// Waits (up to `timeout`) until no Apple work is left: no job queued, no assignment `pending`,
+/// `associating` or `revoking`.
+pub async fn wait_drained(
+    conn: &mut diesel_async::AsyncPgConnection,
+    timeout: std::time::Duration,
+) {
+    use vpp_broker::db::schema::{assignments, jobs};
+    super::eventually_within(
+        timeout,
+        "drained: (queued jobs, assignments in flight) both zero",
+        async || {
+            let queued: i64 = jobs::table.count().get_result(conn).await.unwrap();
+            let moving: i64 = assignments::table
+                .filter(assignments::state.eq_any(["pending", "associating", "revoking"]))
+                .count()
+                .get_result(conn)
+                .await
+                .unwrap();
+            (queued, moving)
+        },
+        |in_flight| *in_flight == (0, 0),
+    )
+    .await;
+}
