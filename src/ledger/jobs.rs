@@ -356,8 +356,9 @@ pub async fn claim(
                                AND e.due_at <= now()) AS busy
          ), own AS (
              SELECT b.id, b.kind, b.adam_id, b.pricing_param,
-                    (b.adam_id, b.pricing_param) IN (SELECT adam_id, pricing_param FROM tight)
-                      AS tight,
+                    -- (A job without a batch key is never tight: NULL must not reach `closed`.)
+                    COALESCE((b.adam_id, b.pricing_param)
+                               IN (SELECT adam_id, pricing_param FROM tight), false) AS tight,
                     -- Event polls (and jobs queued before jobs carried their batch key) are
                     -- never held back.
                     (b.kind NOT IN ($9, $10) OR b.adam_id IS NULL
