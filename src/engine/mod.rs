@@ -5,7 +5,8 @@
 //! - [`allocate`]: the batch pipeline: the store loads ([`crate::ledger::allocation_load`]), the
 //!   domain decides ([`crate::domain::decide`]), the store writes
 //!   ([`crate::ledger::allocation_write`]), all in one transaction;
-//! - [`combiner`]: gathers a process's concurrent allocations into batches;
+//! - [`combiner`]: gathers a process's concurrent allocations, and its concurrent revocations of
+//!   one assignment, into batches decided one transaction each;
 //! - [`revoke`] gives licenses back;
 //! - [`waitlist`] serves allocations that wait for a license (A12) when one frees.
 

@@ -1,7 +1,9 @@
 //! Revocation (rule V1 in docs/rules.md): one assignment, all of an asset (in one account or all),
 //! all of a subject's, all of an account's. [`revoke`] starts it inside the caller's transaction
 //! (account deletion uses it so); [`revoke_one`] and [`revoke_matching`] are what a caller asks
-//! for, each in a transaction of its own. The statements are the store's
+//! for, each in a transaction of its own. `DELETE …/assignments/{id}` goes through
+//! [`Revocations`]: concurrent ones are decided together by [`revoke_many`], each caller
+//! answered as [`revoke_one`] would answer it alone. The statements are the store's
 //! ([`crate::ledger::revocations`]).
 //!
 //! A revoked license is free in the ledger at once (`held` drops in the same statement).
