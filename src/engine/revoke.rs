@@ -262,11 +262,8 @@ pub async fn revoke_many(
                 };
                 super::waitlist::cancel(conn, space, &scope, &req.origin, &req.reason).await?;
             }
-            Some(state)
-                if state.is_live()
-                    && !refused.contains_key(&req.id)
-                    && revocable.contains_key(&req.id) =>
-            {
+            // Live and revocable (only live rows are in `revocable`).
+            Some(_) if revocable.get(&req.id) == Some(&true) => {
                 targets.push(req.id);
                 causes.push(store::Cause {
                     origin: req.origin.clone(),
@@ -277,12 +274,13 @@ pub async fn revoke_many(
         }
     }
     store::start_each(conn, space, &targets, &causes).await?;
-    let after: std::collections::HashMap<Uuid, AssignmentRow> =
-        assignments::find_many(conn, space, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.id, r))
-            .collect();
+    // The rows found (and locked) above are the space's: read them back as they are now.
+    let found: Vec<Uuid> = locked.iter().map(|r| r.id).collect();
+    let after: std::collections::HashMap<Uuid, AssignmentRow> = assignments::by_ids(conn, &found)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
     Ok(reqs
         .iter()
         .map(|req| {

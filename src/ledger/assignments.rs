@@ -58,21 +58,6 @@ pub async fn find_many_locked(
         .await
 }
 
-/// The assignments `ids` of `space`, in id order.
-pub async fn find_many(
-    conn: &mut AsyncPgConnection,
-    space: &str,
-    ids: &[Uuid],
-) -> QueryResult<Vec<AssignmentRow>> {
-    assignments::table
-        .filter(assignments::space_id.eq(space))
-        .filter(assignments::id.eq_any(ids))
-        .order(assignments::id)
-        .select(AssignmentRow::as_select())
-        .load(conn)
-        .await
-}
-
 pub async fn by_id(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<AssignmentRow>> {
     assignments::table
         .filter(assignments::id.eq(id))
